@@ -1,0 +1,182 @@
+"""The ingest agent: validate each event once, update the user's state, emit score requests.
+
+:class:`IngestProcessor` holds the per-batch logic with no Faust or Kafka types, so it is unit-tested in
+memory; :func:`register` wires it to the ``events`` topic, the ``user_state`` table (with changelog) and
+the output topics.
+
+Delivery is at-least-once. State updates are idempotent: a user's state remembers the partition and
+offset of the last event it applied, and a redelivered event (offset not above it) is skipped and counted.
+The table is written once per user per micro-batch, and one score request is emitted per user per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from streams.records import BadEvent, ScoreRequest, dead_letter, parse_event
+from streams.topics import partition_for
+
+__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "pseudonymize", "register"]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """What the processor needs of one Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # Kafka record time, seconds
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class UserState:
+    """A user's state: bounded recent sequence, event count, last event time, last applied offset."""
+
+    sequence: list[str] = field(default_factory=list)
+    count: int = 0
+    last_ts: float = 0.0
+    partition: int = -1
+    offset: int = -1
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([self.sequence, self.count, self.last_ts, self.partition, self.offset])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserState:
+        seq, count, last_ts, partition, offset = orjson.loads(raw)
+        return cls(seq, count, last_ts, partition, offset)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    states: dict[str, UserState] = field(default_factory=dict)
+    requests: list[ScoreRequest] = field(default_factory=list)
+    dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (reason, dlq record)
+    reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
+    applied: int = 0
+    duplicates: int = 0
+
+
+def pseudonymize(user_id: str, key: str) -> str:
+    """Keyed BLAKE2b hash of a user id (hex, 32 chars): stable, not reversible without the key."""
+    return hashlib.blake2b(user_id.encode(), key=key.encode()[:64], digest_size=16).hexdigest()
+
+
+class IngestProcessor:
+    """Turn a micro-batch of raw ``events`` records into state updates, score requests and dead letters."""
+
+    def __init__(self, *, partitions: int, history_len: int, max_event_bytes: int,
+                 pseudonymize_key: str | None = None) -> None:
+        self.partitions = partitions
+        self.history_len = history_len
+        self.max_event_bytes = max_event_bytes
+        self.pseudonymize_key = pseudonymize_key
+
+    def process(self, records: Sequence[RawRecord], get_state: Callable[[str], UserState | None],
+                *, now: float | None = None) -> BatchResult:
+        now = time.time() if now is None else now
+        out = BatchResult()
+        new: dict[str, list[tuple[str, float, str]]] = {}
+        ingested: dict[str, float] = {}
+        for rec in records:
+            try:
+                ev = parse_event(rec.value, max_bytes=self.max_event_bytes, default_ts=rec.timestamp)
+            except BadEvent as exc:
+                out.dead_letters.append((exc.reason, dead_letter(
+                    reason=exc.reason, error=exc.detail, topic=rec.topic, partition=rec.partition,
+                    offset=rec.offset, timestamp=rec.timestamp, key=rec.key, value=rec.value)))
+                continue
+            user = ev.user_id
+            pseudonymized = bool(ev.props.get("_pseudonymized"))
+            if self.pseudonymize_key and not pseudonymized:
+                user = pseudonymize(user, self.pseudonymize_key)
+            key = user.encode()
+            target = partition_for(key, self.partitions)
+            if target != rec.partition:
+                # The producer keyed it otherwise (or not at all): forward it to the partition its user
+                # hashes to, so that one worker owns each user's state. Raw ids don't travel further.
+                body = {"user_id": user, "item_id": ev.item_id, "event": ev.event, "ts": ev.ts}
+                props = dict(ev.props)
+                if self.pseudonymize_key:
+                    props["_pseudonymized"] = True
+                if props:
+                    body["props"] = props
+                out.reroutes.append((key, orjson.dumps(body), target))
+                continue
+            state = out.states.get(user)
+            if state is None:
+                state = get_state(user) or UserState()
+            if state.partition == rec.partition and rec.offset <= state.offset:
+                out.duplicates += 1
+                continue
+            state.sequence.append(ev.item_id)
+            if len(state.sequence) > self.history_len:
+                del state.sequence[: len(state.sequence) - self.history_len]
+            state.count += 1
+            state.last_ts = ev.ts
+            state.partition, state.offset = rec.partition, rec.offset
+            out.states[user] = state
+            new.setdefault(user, []).append((ev.item_id, ev.ts, ev.event))
+            ingested[user] = min(ingested.get(user, rec.timestamp), rec.timestamp)
+            out.applied += 1
+        for user, items in new.items():
+            state = out.states[user]
+            out.requests.append(ScoreRequest(
+                user_id=user, sequence=list(state.sequence), new=items[-self.history_len:], event_count=state.count,
+                event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now))
+        return out
+
+
+def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, batch_wait_s: float):
+    """Declare the ``user_state`` table and the ingest agent on a Faust app."""
+    from streams.topics import DLQ, EVENTS, SCORE_REQUESTS
+
+    import faust
+
+    user_state = app.Table(
+        "user_state", default=None, partitions=processor.partitions,
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        # The changelog partition comes from the key (murmur2, like the events topic), not from the
+        # "current event": a micro-batch mixes partitions.
+        use_partitioner=True,
+        help="Per-user state: recent items, event count, last ts, last applied offset",
+    )
+    producer = app.producer
+
+    def get_state(user: str) -> UserState | None:
+        raw = user_state.get(user.encode())
+        return None if raw is None else UserState.from_bytes(raw)
+
+    @app.agent(topics[EVENTS], name="ingest")
+    async def ingest(stream):
+        async for events in stream.take_events(batch, within=batch_wait_s):
+            records = [RawRecord(EVENTS, e.message.partition, e.message.offset, e.message.timestamp,
+                                 e.message.key, e.message.value) for e in events]
+            out = processor.process(records, get_state)
+            for user, state in out.states.items():
+                user_state[user.encode()] = state.to_bytes()
+            for request in out.requests:
+                await producer.send(SCORE_REQUESTS, request.user_id.encode(), request.to_bytes(), None, None, None)
+            for reason, record in out.dead_letters:
+                await producer.send(DLQ, None, record, None, None, None)
+                metrics.dlq_records.labels(reason=reason).inc()
+            for key, value, partition in out.reroutes:
+                await producer.send(EVENTS, key, value, partition, None, None)
+            metrics.events_consumed.inc(len(records))
+            metrics.events_valid.inc(out.applied)
+            metrics.duplicates_skipped.inc(out.duplicates)
+            metrics.rerouted.inc(len(out.reroutes))
+            metrics.score_requests.inc(len(out.requests))
+            metrics.batch_size.observe(len(records))
+            metrics.user_states.set(len(user_state))
+
+    return ingest, user_state

@@ -1,0 +1,148 @@
+"""The scorer agent: micro-batches of score requests in, recommendation lists out.
+
+Per micro-batch (:class:`ScorerCore`, no Kafka types, unit-tested in memory):
+
+1. **learn** — every event the batch carries updates the online models (popularity, co-visitation, MF)
+   once, in order, and (inside ``learn_one``) labels the list the user was last shown for the blender;
+   a per-user high-water mark makes redelivered requests idempotent;
+2. **coalesce** — only the newest state of each user is scored; an older state is never published after
+   a newer one;
+3. **encode** — the Transformer (when a checkpoint is loaded) encodes all users of the batch at once and
+   retrieves candidates with one matrix product;
+4. **blend and re-rank** — the online recommender merges its own candidates with the Transformer's,
+   blends them with the feedback-trained blender and re-ranks for the tail with the user's A/B arm.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from online.arms import ArmAssigner
+from online.base import Candidate
+from streams.records import Recommendation, RecommendedItem, ScoreRequest
+
+__all__ = ["SequenceModel", "ScorerCore", "BatchOutput", "LearnedEvent"]
+
+
+class SequenceModel(Protocol):
+    """What the scorer needs of a batch model (models.scoring.BatchScorer fits)."""
+
+    version: str
+
+    def topk(self, histories: list[list[str]], k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedEvent:
+    """One event applied by the scorer, with its 1-based index in the user's history (for evaluation)."""
+
+    user: str
+    item: str
+    ts: float
+    index: int
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    recommendations: list[Recommendation] = field(default_factory=list)
+    events: list[LearnedEvent] = field(default_factory=list)
+    coalesced: int = 0
+    stale: int = 0
+
+
+class _LRU(OrderedDict):
+    """A dict capped at ``cap`` entries, least recently set evicted first."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def put(self, key: str, value: int) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.cap:
+            self.popitem(last=False)
+
+
+class ScorerCore:
+    """Learn from, coalesce, score and publish one micro-batch of :class:`ScoreRequest`."""
+
+    def __init__(self, *, recommender, arms: ArmAssigner, k: int, n_candidates: int = 100,
+                 online_version: str = "online", max_users: int = 1_000_000) -> None:
+        self.recommender = recommender
+        self.arms = arms
+        self.k = k
+        self.n_candidates = n_candidates
+        self.online_version = online_version
+        self.model: SequenceModel | None = None
+        self._learned = _LRU(max_users)    # user -> events applied to the online models
+        self._published = _LRU(max_users)  # user -> event_count of the newest list published
+
+    def swap_model(self, model: SequenceModel | None) -> None:
+        """Install a new batch model; called between micro-batches only."""
+        self.model = model
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version if self.model is not None else self.online_version
+
+    def _learn(self, request: ScoreRequest, out: BatchOutput) -> None:
+        user = request.user_id
+        first_index = request.event_count - len(request.new) + 1
+        done = self._learned.get(user, 0)
+        seq = request.sequence
+        base = len(seq) - len(request.new)  # position of the first new item in the sequence
+        for i, (item, ts, _event) in enumerate(request.new):
+            index = first_index + i
+            if index <= done:
+                continue  # redelivered: already learned
+            history = seq[:base + i] if base + i > 0 else []
+            self.recommender.learn_one(user, item, ts, history)
+            out.events.append(LearnedEvent(user, item, ts, index))
+            done = index
+        self._learned.put(user, done)
+
+    def process(self, requests: Sequence[ScoreRequest], *, now: float | None = None) -> BatchOutput:
+        out = BatchOutput()
+        newest: dict[str, ScoreRequest] = {}
+        for request in requests:
+            self._learn(request, out)
+            prev = newest.get(request.user_id)
+            if prev is None or request.event_count > prev.event_count:
+                if prev is not None:
+                    out.coalesced += 1
+                newest[request.user_id] = request
+            else:
+                out.coalesced += 1
+        todo = []
+        for user, request in newest.items():
+            if request.event_count <= self._published.get(user, 0):
+                out.stale += 1  # a newer (or the same) state was already published
+                continue
+            todo.append(request)
+        if not todo:
+            return out
+        extra: list[dict[str, list[Candidate]] | None] = [None] * len(todo)
+        if self.model is not None:
+            histories = [r.sequence for r in todo]
+            found = self.model.topk(histories, self.n_candidates, [set(h) for h in histories])
+            extra = [{"transformer": [Candidate(item, float(score), "transformer") for item, score in cands]}
+                     for cands in found]
+        generated_at = time.time() if now is None else now
+        version = self.model_version
+        for request, more in zip(todo, extra):
+            arm = self.arms.assign(request.user_id)
+            cands = self.recommender.recommend(request.user_id, request.sequence, request.event_count, arm=arm,
+                                               extra=more)
+            out.recommendations.append(Recommendation(
+                user_id=request.user_id,
+                items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, c.reason()) for c in cands],
+                user_event_count=request.event_count, model_version=version, arm=arm,
+                event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at))
+            self._published.put(request.user_id, request.event_count)
+        return out

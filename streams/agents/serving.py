@@ -1,0 +1,183 @@
+"""The scorer process's agents: scoring, item catalogue, model hot-swap, and the exposure agent.
+
+* ``score`` (agent on ``score-requests``): micro-batches by size and wait time, runs :class:`ScorerCore`,
+  publishes to ``recommendations``.
+* ``catalog`` (task): reads ALL partitions of the compacted ``items`` topic (no consumer group: every
+  scorer needs the whole catalogue), encodes item texts with the text encoder in a thread, and gives the
+  vectors to the content model and the Transformer.
+* ``watch_model`` (timer): loads a newer checkpoint in a thread; the swap happens between micro-batches.
+  A corrupt or incompatible checkpoint is counted and logged, and the previous model keeps serving.
+* ``exposure`` (agent on ``recommendations``): consumes published lists the way a downstream consumer
+  would, pairs them with the events the scorer applied (by ``user_event_count``), and publishes one
+  ``longtail-metrics`` record per arm every interval, mirrored as Prometheus gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from online.arms import ArmAssigner
+from online.prequential import ArmMetrics
+from streams.agents.scorer import ScorerCore
+from streams.config import Settings
+from streams.kafka import client_kwargs
+from streams.metrics import LongTailMetrics, ScorerMetrics
+from streams.records import BadEvent, Recommendation, ScoreRequest, dumps, parse_item
+from streams.topics import ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
+
+__all__ = ["register", "build_recommender", "TextVectors"]
+
+log = logging.getLogger(__name__)
+
+
+def build_recommender(settings: Settings, *, text_dim: int):
+    """The online recommender of ``online/`` configured from settings."""
+    from online.blender import FeedbackBlender
+    from online.content import ContentNeighbours
+    from online.covisit import CoVisitation
+    from online.mf import OnlineMF
+    from online.popularity import DecayedPopularity
+    from online.recommender import CORE_SOURCES, OnlineRecommender
+
+    lt = settings.longtail
+    return OnlineRecommender(
+        popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
+        covisit=CoVisitation(),
+        mf=OnlineMF(seed=0),
+        content=ContentNeighbours(dim=text_dim),
+        blender=FeedbackBlender(sources=(*CORE_SOURCES, "transformer")),
+        arms=list(settings.scorer.arms),
+        k=settings.scorer.k,
+    )
+
+
+class TextVectors:
+    """Item text → vector: the pretrained MiniLM (``minilm``) or a token-hashing fallback (``hashing``)."""
+
+    def __init__(self, kind: str, device: str) -> None:
+        self.kind = kind
+        if kind == "minilm":
+            from models.content import TextEncoder
+
+            self._encoder = TextEncoder(device=device)
+            self.dim = self._encoder.dim
+        else:
+            from online.content import TagVectoriser
+
+            self._encoder = TagVectoriser()
+            self.dim = self._encoder.dim
+
+    def encode(self, texts: list[str]):
+        if self.kind == "minilm":
+            return self._encoder.encode(texts)
+        return self._encoder.transform_many(texts)
+
+
+def register(app, *, topics: dict[str, Any], settings: Settings, registry: CollectorRegistry) -> dict[str, Any]:
+    metrics = ScorerMetrics.create(registry)
+    longtail = LongTailMetrics.create(registry)
+    text = TextVectors(settings.scorer.text_encoder, settings.scorer.device)
+    recommender = build_recommender(settings, text_dim=text.dim)
+    core = ScorerCore(recommender=recommender, arms=ArmAssigner.from_configs(settings.scorer.arms),
+                      k=settings.scorer.k)
+    lt = settings.longtail
+    arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share)
+    pending_model: list[Any] = []
+    producer = app.producer
+    exposure_on = lt.exposure_agent
+
+    @app.agent(topics[SCORE_REQUESTS], name="score")
+    async def score(stream):
+        async for events in stream.take_events(settings.scorer.batch, within=settings.scorer.batch_wait_s):
+            started = time.perf_counter()
+            if pending_model:
+                core.swap_model(pending_model.pop())
+                pending_model.clear()
+            requests = []
+            for e in events:
+                try:
+                    requests.append(ScoreRequest.from_bytes(e.message.value))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("unreadable score request at %s[%d]@%d: %s", SCORE_REQUESTS, e.message.partition,
+                              e.message.offset, exc)
+            metrics.requests_consumed.inc(len(events))
+            out = core.process(requests)
+            now = time.time()
+            for rec in out.recommendations:
+                await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
+                metrics.recommendations.labels(arm=rec.arm).inc()
+                metrics.latency.labels(arm=rec.arm).observe(max(0.0, now - rec.ingested_at))
+            if exposure_on:
+                for ev in out.events:
+                    _count_pairings(arm_metrics.observe_event(ev.user, ev.item, ev.index))
+            metrics.requests_coalesced.inc(out.coalesced + out.stale)
+            metrics.batch_size.observe(len(out.recommendations))
+            metrics.batch_latency.observe(time.perf_counter() - started)
+
+    def _count_pairings(outcomes) -> None:
+        for o in outcomes:
+            if o.arm is not None:
+                longtail.paired_events.labels(arm=o.arm, pairing=o.pairing).inc()
+
+    parts: dict[str, Any] = {"metrics": metrics, "longtail": longtail, "core": core, "recommender": recommender,
+                             "arm_metrics": arm_metrics, "text": text, "pending_model": pending_model}
+
+    if exposure_on:
+        @app.agent(topics[RECOMMENDATIONS], name="exposure")
+        async def exposure(stream):
+            async for events in stream.take_events(1000, within=0.05):
+                for e in events:
+                    try:
+                        rec = Recommendation.from_bytes(e.message.value)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("unreadable recommendation at offset %d: %s", e.message.offset, exc)
+                        continue
+                    _count_pairings(arm_metrics.observe_recommendation(
+                        rec.user_id, rec.user_event_count, [i.item_id for i in rec.items], rec.arm))
+
+        @app.timer(lt.interval_s)
+        async def publish_longtail() -> None:
+            now = time.time()
+            for arm in arm_metrics.arms():
+                record = arm_metrics.record(arm, now)
+                longtail.set_record(record)
+                await producer.send(LONGTAIL_METRICS, arm.encode(), dumps(record), None, None, None)
+            for source, value in recommender.blender.auc().items():
+                metrics.blender_auc.labels(source=source).set(value)
+
+    @app.task
+    async def catalog() -> None:
+        """Read the whole items topic, then follow it; encode texts off the event loop."""
+        consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(ITEMS) or {0}
+            consumer.assign([TopicPartition(ITEMS, p) for p in partitions])
+            loop = asyncio.get_running_loop()
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=256)
+                items, texts = [], []
+                for records in batch.values():
+                    for r in records:
+                        try:
+                            item = parse_item(r.value, max_bytes=settings.worker.max_event_bytes)
+                        except BadEvent as exc:
+                            log.warning("skipping bad item record at offset %d: %s", r.offset, exc)
+                            continue
+                        items.append(item.item_id)
+                        texts.append(item.content())
+                if items:
+                    vectors = await loop.run_in_executor(None, text.encode, texts)
+                    recommender.content.set_vectors(items, vectors)
+                    metrics.catalog_items.set(len(recommender.content))
+        finally:
+            await consumer.stop()
+
+    return parts

@@ -1,0 +1,214 @@
+"""``tailcast`` command line: broker, worker, scorer, trainer, replay, tail, demo, evaluate, settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from streams.broker import BrokerError, EmbeddedBroker, wait_for_kafka
+from streams.config import ConfigError, Settings, load_settings, settings_table
+
+__all__ = ["main"]
+
+log = logging.getLogger("tailcast")
+
+
+def _logging(settings: Settings) -> None:
+    level = {"warn": "WARNING", "crit": "CRITICAL"}.get(settings.log_level, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _connect(settings: Settings, *, timeout: float) -> None:
+    """Wait (with backoff) for the configured broker; a clear error naming the address otherwise."""
+    try:
+        wait_for_kafka(settings.kafka.servers, timeout=timeout)
+    except BrokerError as exc:
+        hint = ("start one with `tailcast broker` or set TAILCAST_KAFKA" if settings.kafka.embedded
+                else "check TAILCAST_KAFKA and the network")
+        raise SystemExit(f"tailcast: {exc}; {hint}") from None
+
+
+def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
+    host, port = "127.0.0.1", settings.kafka.embedded_port
+    if settings.kafka.bootstrap:
+        first = settings.kafka.bootstrap.split(",")[0]
+        host, _, port_text = first.rpartition(":")
+        port = int(port_text)
+    broker = EmbeddedBroker(host=host, port=port).start()
+    print(f"tailcast broker: Tansu on {broker.address} (MEMORY ONLY: all data is lost when it stops)",
+          flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import create_app
+    from streams.metrics import serve_metrics
+    from streams.topics import ensure_topics
+
+    _connect(settings, timeout=args.connect_timeout)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    counts = loop.run_until_complete(ensure_topics(settings.kafka))
+    built = create_app(settings, role=role, partitions=counts)
+    port = settings.metrics_port_for(role)
+    serve_metrics(built.registry, port)
+    log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
+    worker = faust.Worker(built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                          override_logging=False, loop=loop)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_faust_role(settings, "worker", args)
+
+
+def cmd_scorer(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_faust_role(settings, "scorer", args)
+
+
+def cmd_trainer(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.trainer import run_trainer
+
+    _connect(settings, timeout=args.connect_timeout)
+    return run_trainer(settings, once=args.once, dataset=args.dataset)
+
+
+def _source(args: argparse.Namespace):
+    from streams.tools import dataset_source, synthetic_source
+
+    if args.dataset:
+        return dataset_source(args.dataset, limit=args.limit)
+    return synthetic_source(n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed,
+                            limit=args.limit)
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.tools import replay
+
+    if not args.dataset and not args.synthetic:
+        raise SystemExit("tailcast replay: give --dataset PATH or --synthetic")
+    _connect(settings, timeout=args.connect_timeout)
+    source = _source(args)
+    print(f"replaying {source.name}: {len(source.items)} items, {len(source.events)} events "
+          f"at {'max' if not args.rate else args.rate} events/s", flush=True)
+
+    def progress(sent: int, elapsed: float) -> None:
+        print(f"  {sent} events in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):.0f}/s)", flush=True)
+
+    sent = asyncio.run(replay(settings.kafka, source, rate=args.rate, progress=progress))
+    print(f"done: {sent} events", flush=True)
+    return 0
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.tools import tail
+
+    _connect(settings, timeout=args.connect_timeout)
+    try:
+        asyncio.run(tail(settings.kafka, args.topic, from_beginning=args.from_beginning, max_records=args.max,
+                         idle_timeout=args.idle_timeout, raw=args.raw))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings, args)
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.evaluate import run_evaluate
+
+    return run_evaluate(settings, args)
+
+
+def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    print(settings_table())
+    return 0
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="MovieLens dir/file (ratings.csv, u.data, ratings.dat) or CSV "
+                                     "user_id,item_id,ts[,event]")
+    p.add_argument("--synthetic", action="store_true", help="the built-in long-tail synthetic stream")
+    p.add_argument("--limit", type=int, default=None, help="first N events (time order)")
+    p.add_argument("--users", type=int, default=2000, help="synthetic: users")
+    p.add_argument("--items", type=int, default=1000, help="synthetic: items")
+    p.add_argument("--events", type=int, default=50_000, help="synthetic: events")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailcast", description=(
+        "Streaming long-tail recommender. Settings come from TAILCAST_* environment variables "
+        "(`tailcast settings` lists them); unset TAILCAST_KAFKA means the embedded broker."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--connect-timeout", type=float, default=30.0,
+                       help="seconds to wait for the broker (retries with backoff)")
+        return p
+
+    add("broker", cmd_broker, "Run the embedded Kafka-compatible broker (Tansu, memory only) on "
+                              "TAILCAST_KAFKA's address or 127.0.0.1:TAILCAST_EMBEDDED_PORT.")
+    add("worker", cmd_worker, "Run an ingest worker: validate events, keep user state, emit score requests.")
+    add("scorer", cmd_scorer, "Run a scorer: micro-batch score requests, publish recommendations and "
+                              "long-tail metrics.")
+    p = add("trainer", cmd_trainer, "Run the periodic batch refresh of the Transformer: read the event log, "
+                                    "train, publish a versioned checkpoint.")
+    p.add_argument("--once", action="store_true", help="train once and exit")
+    p.add_argument("--dataset", help="train from a dataset file instead of the events topic")
+    p = add("replay", cmd_replay, "Publish a dataset or the synthetic stream to the events and items topics.")
+    _add_source_args(p)
+    p.add_argument("--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)")
+    p = add("tail", cmd_tail, "Print records of a topic as they arrive (default: recommendations).")
+    p.add_argument("--topic", default="recommendations")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=int, default=None, help="stop after N records")
+    p.add_argument("--idle-timeout", type=float, default=None, help="stop after S seconds without records")
+    p.add_argument("--raw", action="store_true", help="print JSON")
+    p = add("demo", cmd_demo, "Start broker (if TAILCAST_KAFKA is unset), worker and scorer, replay the "
+                              "synthetic stream (or --dataset) and show live progress.")
+    _add_source_args(p)
+    p.add_argument("--rate", type=float, default=500.0, help="events per second")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p = add("evaluate", cmd_evaluate, "Replay a dataset through the live pipeline and baselines; write a report.")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", default="out/evaluate")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
+    p.add_argument("--seed", type=int, default=0)
+    add("settings", cmd_settings, "Print every TAILCAST_* setting with its default.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"tailcast: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _logging(settings)
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

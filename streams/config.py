@@ -1,0 +1,319 @@
+"""Every tailcast setting, declared once, typed, and validated at start-up.
+
+The only module that reads ``TAILCAST_*`` environment variables. Each room gets a frozen dataclass;
+:func:`load_settings` builds them all and fails fast with a :class:`ConfigError` that names the variable.
+The README's settings table is generated from :data:`SETTINGS` (``tailcast settings`` prints it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from online.arms import ArmConfig, parse_arms
+
+__all__ = [
+    "ConfigError",
+    "KafkaSettings",
+    "WorkerSettings",
+    "ScorerSettings",
+    "LongTailSettings",
+    "TrainerSettings",
+    "Settings",
+    "SETTINGS",
+    "load_settings",
+    "settings_table",
+]
+
+
+class ConfigError(ValueError):
+    """A ``TAILCAST_*`` variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: its name, default (as text), parser and meaning."""
+
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be strictly between 0 and 1")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("TAILCAST_KAFKA", "", _optional_text,
+            "Kafka bootstrap servers (host:port[,host:port]). Unset: start the embedded Tansu broker "
+            "(memory only); `tailcast broker` listens on the address it names."),
+    Setting("TAILCAST_EMBEDDED_PORT", "19092", _positive_int,
+            "Loopback port of the embedded broker when TAILCAST_KAFKA is unset."),
+    Setting("TAILCAST_PARTITIONS", "4", _positive_int,
+            "Partitions of the user-keyed topics (events, score-requests, recommendations)."),
+    Setting("TAILCAST_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+            _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol."),
+    Setting("TAILCAST_KAFKA_SASL_MECHANISM", "PLAIN",
+            _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism (SASL_* protocols)."),
+    Setting("TAILCAST_KAFKA_SASL_USERNAME", "", _optional_text, "SASL username."),
+    Setting("TAILCAST_KAFKA_SASL_PASSWORD", "", _optional_text, "SASL password (never logged)."),
+    Setting("TAILCAST_KAFKA_SSL_CAFILE", "", _optional_text, "CA bundle for SSL/SASL_SSL."),
+    Setting("TAILCAST_PROCESSING_GUARANTEE", "at_least_once", _choice("at_least_once", "exactly_once"),
+            "Faust processing guarantee. exactly_once needs Kafka transactions (real Kafka only)."),
+    Setting("TAILCAST_STATE_DIR", "var/state", _text, "Faust data directory (local table state)."),
+    Setting("TAILCAST_METRICS_PORT", "", _optional_text,
+            "Prometheus /metrics port; default 9101 worker, 9102 scorer, 9103 trainer; 0 disables."),
+    Setting("TAILCAST_LOG_LEVEL", "info", _choice("debug", "info", "warn", "error", "crit"), "Log level."),
+    Setting("TAILCAST_HISTORY_LEN", "50", _positive_int, "Recent items kept per user (sequence length)."),
+    Setting("TAILCAST_MAX_EVENT_BYTES", "65536", _positive_int,
+            "Largest accepted event; larger ones go to events.dlq as `oversized`."),
+    Setting("TAILCAST_WORKER_BATCH", "1000", _positive_int, "Worker micro-batch size (events)."),
+    Setting("TAILCAST_WORKER_BATCH_WAIT_S", "0.02", _positive_float,
+            "Longest a worker waits to fill a batch (seconds)."),
+    Setting("TAILCAST_PSEUDONYMIZE_KEY", "", _optional_text,
+            "If set, user ids are replaced at ingest by a keyed BLAKE2b hash; raw ids never pass the edge."),
+    Setting("TAILCAST_SCORER_BATCH", "256", _positive_int, "Scorer micro-batch size (score requests)."),
+    Setting("TAILCAST_SCORER_BATCH_WAIT_S", "0.02", _positive_float,
+            "Longest the scorer waits to fill a micro-batch (seconds)."),
+    Setting("TAILCAST_K", "10", _positive_int, "Length of each recommendation list."),
+    Setting("TAILCAST_ARMS", "control:0.5:0.0,tail:0.5:0.5", parse_arms,
+            "A/B arms as name:traffic_weight:rerank_strength, comma-separated."),
+    Setting("TAILCAST_WINDOW_EVENTS", "100000", _positive_int,
+            "Sliding window (events) for head/tail split and long-tail metrics."),
+    Setting("TAILCAST_HEAD_SHARE", "0.2", _share, "Share of active items that form the head."),
+    Setting("TAILCAST_METRICS_INTERVAL_S", "5", _positive_float,
+            "How often a longtail-metrics record is published per arm (seconds)."),
+    Setting("TAILCAST_EXPOSURE_AGENT", "true", _bool,
+            "Run the exposure (long-tail metrics) agent inside the scorer process."),
+    Setting("TAILCAST_DEVICE", "auto", _choice("auto", "cpu", "cuda"), "Torch device for the scorer/trainer."),
+    Setting("TAILCAST_CHECKPOINT_DIR", "var/checkpoints", _text, "Where the trainer publishes checkpoints."),
+    Setting("TAILCAST_MODEL_POLL_S", "10", _positive_float, "How often the scorer looks for a new checkpoint."),
+    Setting("TAILCAST_QUANTIZE", "none", _choice("none", "int8", "bf16"), "CPU inference precision."),
+    Setting("TAILCAST_TEXT_ENCODER", "minilm", _choice("minilm", "hashing"),
+            "Item text encoder: the pretrained all-MiniLM-L6-v2, or a token-hashing fallback."),
+    Setting("TAILCAST_TRAIN_INTERVAL_S", "600", _positive_float, "Trainer refresh interval (seconds)."),
+    Setting("TAILCAST_TRAIN_MIN_EVENTS", "1000", _positive_int,
+            "New events needed before the trainer refreshes early."),
+    Setting("TAILCAST_TRAIN_EVENTS", "1000000", _positive_int, "Most recent events the trainer keeps."),
+)
+
+_BY_ENV = {s.env: s for s in SETTINGS}
+
+
+def _read(env: Mapping[str, str], name: str) -> Any:
+    setting = _BY_ENV[name]
+    raw = env.get(name, setting.default)
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc} ({setting.help})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: str | None
+    embedded_port: int
+    partitions: int
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str | None
+    sasl_password: str | None = field(repr=False)
+    ssl_cafile: str | None
+    processing_guarantee: str
+
+    @property
+    def embedded(self) -> bool:
+        """True when tailcast must run its own (memory-only) broker."""
+        return self.bootstrap is None
+
+    @property
+    def servers(self) -> str:
+        """Bootstrap servers to connect to (the embedded broker's loopback address when unset)."""
+        return self.bootstrap or f"127.0.0.1:{self.embedded_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    history_len: int
+    max_event_bytes: int
+    batch: int
+    batch_wait_s: float
+    pseudonymize_key: str | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerSettings:
+    batch: int
+    batch_wait_s: float
+    k: int
+    arms: tuple[ArmConfig, ...]
+    device: str
+    checkpoint_dir: Path
+    model_poll_s: float
+    quantize: str
+    text_encoder: str
+
+
+@dataclass(frozen=True, slots=True)
+class LongTailSettings:
+    window_events: int
+    head_share: float
+    interval_s: float
+    exposure_agent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerSettings:
+    interval_s: float
+    min_events: int
+    max_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: KafkaSettings
+    worker: WorkerSettings
+    scorer: ScorerSettings
+    longtail: LongTailSettings
+    trainer: TrainerSettings
+    state_dir: Path
+    metrics_port: int | None
+    log_level: str
+
+    def metrics_port_for(self, role: str) -> int:
+        """The /metrics port of a role: TAILCAST_METRICS_PORT, else the role's default; 0 = disabled."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return {"worker": 9101, "scorer": 9102, "trainer": 9103}.get(role, 0)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every ``TAILCAST_*`` variable (``env`` defaults to ``os.environ``)."""
+    env = os.environ if env is None else env
+    unknown = sorted(k for k in env if k.startswith("TAILCAST_") and k not in _BY_ENV)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_BY_ENV))}")
+
+    def r(name: str) -> Any:
+        return _read(env, name)
+
+    port_text = r("TAILCAST_METRICS_PORT")
+    try:
+        metrics_port = None if port_text is None else int(port_text)
+        if metrics_port is not None and not 0 <= metrics_port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"TAILCAST_METRICS_PORT={port_text!r}: must be a port number 0-65535") from None
+    kafka = KafkaSettings(
+        bootstrap=r("TAILCAST_KAFKA"),
+        embedded_port=r("TAILCAST_EMBEDDED_PORT"),
+        partitions=r("TAILCAST_PARTITIONS"),
+        security_protocol=r("TAILCAST_KAFKA_SECURITY_PROTOCOL"),
+        sasl_mechanism=r("TAILCAST_KAFKA_SASL_MECHANISM"),
+        sasl_username=r("TAILCAST_KAFKA_SASL_USERNAME"),
+        sasl_password=r("TAILCAST_KAFKA_SASL_PASSWORD"),
+        ssl_cafile=r("TAILCAST_KAFKA_SSL_CAFILE"),
+        processing_guarantee=r("TAILCAST_PROCESSING_GUARANTEE"),
+    )
+    if kafka.security_protocol.startswith("SASL") and not (kafka.sasl_username and kafka.sasl_password):
+        raise ConfigError("TAILCAST_KAFKA_SECURITY_PROTOCOL=SASL_* needs TAILCAST_KAFKA_SASL_USERNAME and "
+                          "TAILCAST_KAFKA_SASL_PASSWORD")
+    if kafka.embedded and kafka.processing_guarantee == "exactly_once":
+        raise ConfigError("TAILCAST_PROCESSING_GUARANTEE=exactly_once needs a real Kafka (TAILCAST_KAFKA): "
+                          "the embedded broker has no transactions")
+    return Settings(
+        kafka=kafka,
+        worker=WorkerSettings(
+            history_len=r("TAILCAST_HISTORY_LEN"),
+            max_event_bytes=r("TAILCAST_MAX_EVENT_BYTES"),
+            batch=r("TAILCAST_WORKER_BATCH"),
+            batch_wait_s=r("TAILCAST_WORKER_BATCH_WAIT_S"),
+            pseudonymize_key=r("TAILCAST_PSEUDONYMIZE_KEY"),
+        ),
+        scorer=ScorerSettings(
+            batch=r("TAILCAST_SCORER_BATCH"),
+            batch_wait_s=r("TAILCAST_SCORER_BATCH_WAIT_S"),
+            k=r("TAILCAST_K"),
+            arms=tuple(r("TAILCAST_ARMS")),
+            device=r("TAILCAST_DEVICE"),
+            checkpoint_dir=Path(r("TAILCAST_CHECKPOINT_DIR")),
+            model_poll_s=r("TAILCAST_MODEL_POLL_S"),
+            quantize=r("TAILCAST_QUANTIZE"),
+            text_encoder=r("TAILCAST_TEXT_ENCODER"),
+        ),
+        longtail=LongTailSettings(
+            window_events=r("TAILCAST_WINDOW_EVENTS"),
+            head_share=r("TAILCAST_HEAD_SHARE"),
+            interval_s=r("TAILCAST_METRICS_INTERVAL_S"),
+            exposure_agent=r("TAILCAST_EXPOSURE_AGENT"),
+        ),
+        trainer=TrainerSettings(
+            interval_s=r("TAILCAST_TRAIN_INTERVAL_S"),
+            min_events=r("TAILCAST_TRAIN_MIN_EVENTS"),
+            max_events=r("TAILCAST_TRAIN_EVENTS"),
+        ),
+        state_dir=Path(r("TAILCAST_STATE_DIR")),
+        metrics_port=metrics_port,
+        log_level=r("TAILCAST_LOG_LEVEL"),
+    )
+
+
+def settings_table() -> str:
+    """The README's settings table, as markdown."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows)

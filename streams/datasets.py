@@ -1,0 +1,192 @@
+"""Read real interaction datasets into one time-ordered event list plus item texts.
+
+Accepted (DESIGN §6): a MovieLens directory or file (`ratings.csv` + `movies.csv`/`tags.csv`,
+`u.data` + `u.item`, `ratings.dat` + `movies.dat`), and a plain CSV/TSV with a header naming
+`user_id,item_id,ts[,event]` (`time`/`timestamp` are accepted for `ts`, `userId`/`movieId` too).
+Events are ordered by (ts, user, item) — a deterministic tie-break, since real logs have many ties.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Event", "Dataset", "DatasetError", "load_dataset"]
+
+
+class DatasetError(ValueError):
+    """The path is not a dataset tailcast can read; the message says what was expected."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Event:
+    ts: float
+    user: str
+    item: str
+    event: str = "click"
+
+
+@dataclass(slots=True)
+class Dataset:
+    name: str
+    events: list[Event]
+    item_text: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len({e.user for e in self.events})
+
+    @property
+    def n_items(self) -> int:
+        return len({e.item for e in self.events})
+
+
+_USER = ("user_id", "userid", "user")
+_ITEM = ("item_id", "itemid", "movieid", "item")
+_TS = ("ts", "timestamp", "time")
+
+
+def _sorted(events: list[Event]) -> list[Event]:
+    events.sort()
+    return events
+
+
+def _pick(header: list[str], names: tuple[str, ...], path: Path) -> int:
+    lowered = [h.strip().lower() for h in header]
+    for name in names:
+        if name in lowered:
+            return lowered.index(name)
+    raise DatasetError(f"{path}: header {header} has no column among {names}")
+
+
+def _read_table(path: Path, *, limit: int | None) -> list[Event]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        sample = fh.readline()
+        delimiter = "\t" if "\t" in sample else ","
+        fh.seek(0)
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"{path}: empty file")
+        iu, ii, it = _pick(header, _USER, path), _pick(header, _ITEM, path), _pick(header, _TS, path)
+        lowered = [h.strip().lower() for h in header]
+        ie = lowered.index("event") if "event" in lowered else None
+        events = []
+        for n, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                ts = float(row[it])
+            except (ValueError, IndexError):
+                raise DatasetError(f"{path}:{n}: bad timestamp in row {row!r}") from None
+            event = row[ie] if ie is not None and ie < len(row) and row[ie] else "click"
+            events.append(Event(ts, row[iu], row[ii], event))
+    events = _sorted(events)
+    return events[:limit] if limit else events
+
+
+def _read_sep(path: Path, sep: str, encoding: str, *, limit: int | None) -> list[Event]:
+    events = []
+    with path.open(encoding=encoding) as fh:
+        for n, line in enumerate(fh, start=1):
+            parts = line.rstrip("\n").split(sep)
+            if len(parts) < 4:
+                raise DatasetError(f"{path}:{n}: expected user{sep}item{sep}rating{sep}ts")
+            events.append(Event(float(parts[3]), parts[0], parts[1], "rating"))
+    events = _sorted(events)
+    return events[:limit] if limit else events
+
+
+def _movielens_csv_text(directory: Path) -> dict[str, str]:
+    text: dict[str, list[str]] = {}
+    movies = directory / "movies.csv"
+    if movies.exists():
+        with movies.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                genres = row["genres"].replace("|", ", ") if row["genres"] != "(no genres listed)" else ""
+                text[row["movieId"]] = [row["title"], genres]
+    tags = directory / "tags.csv"
+    if tags.exists():
+        by_item: dict[str, list[str]] = defaultdict(list)
+        with tags.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                tag = row["tag"].strip()
+                if tag and tag not in by_item[row["movieId"]]:
+                    by_item[row["movieId"]].append(tag)
+        for item, item_tags in by_item.items():
+            text.setdefault(item, [item, ""]).append("tags: " + ", ".join(item_tags[:20]))
+    return {item: ". ".join(p for p in parts if p) for item, parts in text.items()}
+
+
+_ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+                  "Thriller", "War", "Western")
+
+
+def _uitem_text(path: Path) -> dict[str, str]:
+    text = {}
+    with path.open(encoding="latin-1") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("|")
+            if len(parts) < 5:
+                continue
+            flags = parts[5:]
+            genres = [g for g, f in zip(_ML100K_GENRES, flags) if f == "1"]
+            text[parts[0]] = f"{parts[1]}. {', '.join(genres)}"
+    return text
+
+
+def _movies_dat_text(path: Path) -> dict[str, str]:
+    text = {}
+    with path.open(encoding="latin-1") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("::")
+            if len(parts) >= 3:
+                text[parts[0]] = f"{parts[1]}. {parts[2].replace('|', ', ')}"
+    return text
+
+
+def _item_meta_text(path: Path) -> dict[str, str]:
+    """Amazon (ReChorus) item_meta.csv: only a category code is available as content."""
+    text = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        for row in reader:
+            if row.get("item_id") and row.get("i_category"):
+                text[row["item_id"]] = f"category {row['i_category']}"
+    return text
+
+
+def load_dataset(path: str | Path, *, limit: int | None = None) -> Dataset:
+    """Load a dataset directory or file; ``limit`` keeps the first N events in time order."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or directory")
+    directory = path if path.is_dir() else path.parent
+    if path.is_dir():
+        for candidate in ("ratings.csv", "u.data", "ratings.dat", "train.csv", "events.csv", "events.tsv"):
+            if (path / candidate).exists():
+                path = path / candidate
+                break
+        else:
+            raise DatasetError(f"{path}: no ratings.csv, u.data, ratings.dat, train.csv or events.csv inside")
+    name = directory.name if path.name in {"ratings.csv", "u.data", "ratings.dat", "train.csv"} else path.stem
+    if path.name == "u.data":
+        events = _read_sep(path, "\t", "latin-1", limit=limit)
+        item_text = _uitem_text(directory / "u.item") if (directory / "u.item").exists() else {}
+    elif path.suffix == ".dat":
+        events = _read_sep(path, "::", "latin-1", limit=limit)
+        item_text = _movies_dat_text(directory / "movies.dat") if (directory / "movies.dat").exists() else {}
+    else:
+        events = _read_table(path, limit=limit)
+        if path.name == "ratings.csv":
+            item_text = _movielens_csv_text(directory)
+        elif (directory / "item_meta.csv").exists():
+            item_text = _item_meta_text(directory / "item_meta.csv")
+        else:
+            item_text = {}
+    if not events:
+        raise DatasetError(f"{path}: no events")
+    return Dataset(name=name, events=events, item_text=item_text)

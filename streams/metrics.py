@@ -1,0 +1,194 @@
+"""Prometheus instruments, one typed container per subsystem, the registry always passed in.
+
+Names follow ``tailcast_<subsystem>_<name>_<unit>``; latencies are in seconds, as histograms.
+Tests read values with ``registry.get_sample_value(...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from streams.records import DLQ_REASONS
+
+__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "serve_metrics"]
+
+# Freshness buckets: the target is p99 < 250 ms at 1k events/s, so resolve 5 ms .. 1 s finely, then coarse
+# buckets up to 60 s to still see a backlog when the scorer falls behind.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)
+# Batch-processing time: a micro-batch should take milliseconds; seconds mean trouble.
+BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMetrics:
+    events_consumed: Counter
+    events_valid: Counter
+    dlq_records: Counter
+    duplicates_skipped: Counter
+    rerouted: Counter
+    user_states: Gauge
+    score_requests: Counter
+    batch_size: Histogram
+    consumer_lag: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
+        m = cls(
+            events_consumed=Counter("tailcast_worker_events_consumed", "Records read from the events topic",
+                                    registry=registry),
+            events_valid=Counter("tailcast_worker_events_valid", "Events that passed validation and were applied",
+                                 registry=registry),
+            dlq_records=Counter("tailcast_worker_dlq_records", "Records sent to events.dlq, by reason",
+                                ["reason"], registry=registry),
+            duplicates_skipped=Counter("tailcast_worker_duplicates_skipped",
+                                       "Redelivered events already applied to user state (idempotency)",
+                                       registry=registry),
+            rerouted=Counter("tailcast_worker_rerouted",
+                             "Events re-published to the partition their user_id hashes to", registry=registry),
+            user_states=Gauge("tailcast_worker_user_states", "User states held by this worker",
+                              registry=registry),
+            score_requests=Counter("tailcast_worker_score_requests", "Score requests emitted",
+                                   registry=registry),
+            batch_size=Histogram("tailcast_worker_batch_size_events", "Events per worker micro-batch",
+                                 buckets=BATCH_SIZE_BUCKETS, registry=registry),
+            consumer_lag=Gauge("tailcast_worker_consumer_lag_messages", "Records not yet consumed, by topic",
+                               ["topic"], registry=registry),
+        )
+        for reason in DLQ_REASONS:  # export zeros so rates and alerts have series from the start
+            m.dlq_records.labels(reason=reason)
+        return m
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerMetrics:
+    requests_consumed: Counter
+    requests_coalesced: Counter
+    recommendations: Counter
+    latency: Histogram
+    batch_size: Histogram
+    batch_latency: Histogram
+    model_info: Gauge
+    model_loaded: Gauge
+    model_load_failures: Counter
+    pending: Gauge
+    consumer_lag: Gauge
+    blender_auc: Gauge
+    catalog_items: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ScorerMetrics:
+        return cls(
+            requests_consumed=Counter("tailcast_scorer_requests_consumed", "Score requests read",
+                                      registry=registry),
+            requests_coalesced=Counter("tailcast_scorer_requests_coalesced",
+                                       "Requests superseded by a newer state of the same user (not scored)",
+                                       registry=registry),
+            recommendations=Counter("tailcast_scorer_recommendations_published", "Recommendation lists published",
+                                    ["arm"], registry=registry),
+            latency=Histogram("tailcast_scorer_event_to_recommendation_latency_seconds",
+                              "Wall time from the oldest newly reflected event's Kafka timestamp to publication",
+                              ["arm"], buckets=LATENCY_BUCKETS, registry=registry),
+            batch_size=Histogram("tailcast_scorer_batch_size_users", "Users scored per micro-batch",
+                                 buckets=BATCH_SIZE_BUCKETS, registry=registry),
+            batch_latency=Histogram("tailcast_scorer_batch_latency_seconds", "Time to score one micro-batch",
+                                    buckets=BATCH_SECONDS_BUCKETS, registry=registry),
+            model_info=Gauge("tailcast_scorer_model_info", "1 for the model version in service",
+                             ["version", "device"], registry=registry),
+            model_loaded=Gauge("tailcast_scorer_model_loaded_timestamp_seconds",
+                               "When the model in service was loaded", registry=registry),
+            model_load_failures=Counter("tailcast_scorer_model_load_failures",
+                                        "Checkpoints that failed to load (the previous model stays)",
+                                        registry=registry),
+            pending=Gauge("tailcast_scorer_pending_requests", "Requests buffered, waiting to be scored",
+                          registry=registry),
+            consumer_lag=Gauge("tailcast_scorer_consumer_lag_messages", "Records not yet consumed, by topic",
+                               ["topic"], registry=registry),
+            blender_auc=Gauge("tailcast_blender_auc_ratio",
+                              "Online ROC AUC on click feedback: the blender and each single source",
+                              ["source"], registry=registry),
+            catalog_items=Gauge("tailcast_scorer_catalog_items", "Items with a content vector",
+                                registry=registry),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LongTailMetrics:
+    tail_share: Gauge
+    coverage: Gauge
+    gini: Gauge
+    aplt: Gauge
+    novelty: Gauge
+    ndcg: Gauge
+    hit_rate: Gauge
+    window_events: Gauge
+    paired_events: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> LongTailMetrics:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("arm",)) -> Gauge:
+            return Gauge(name, doc, list(labels), registry=registry)
+
+        return cls(
+            tail_share=gauge("tailcast_longtail_tail_share_ratio", "Share of recommended slots filled by tail items"),
+            coverage=gauge("tailcast_longtail_coverage_ratio", "Distinct recommended active items / active items"),
+            gini=gauge("tailcast_longtail_gini_ratio", "Gini coefficient of exposure over active items"),
+            aplt=gauge("tailcast_longtail_aplt_ratio", "Average percentage of long-tail items per list"),
+            novelty=gauge("tailcast_longtail_novelty_bits", "Mean self-information of recommended items"),
+            ndcg=gauge("tailcast_longtail_ndcg_ratio", "Prequential NDCG@K"),
+            hit_rate=gauge("tailcast_longtail_hit_rate_ratio",
+                           "Prequential HR@K; target=tail: tail target items; bucket: user's prior event count",
+                           ("arm", "target", "bucket")),
+            window_events=gauge("tailcast_longtail_window_events", "Events in the metric window"),
+            paired_events=Counter("tailcast_longtail_paired_events",
+                                  "Events paired with the latest preceding recommendation: exact, stale or none",
+                                  ["arm", "pairing"], registry=registry),
+        )
+
+    def set_record(self, record: dict) -> None:
+        """Export one ``longtail-metrics`` record (DESIGN §3) as gauges."""
+        arm = record["arm"]
+        self.tail_share.labels(arm=arm).set(record["tail_share"])
+        self.coverage.labels(arm=arm).set(record["coverage"])
+        self.gini.labels(arm=arm).set(record["gini"])
+        self.aplt.labels(arm=arm).set(record["aplt"])
+        self.novelty.labels(arm=arm).set(record["novelty"])
+        self.ndcg.labels(arm=arm).set(record["ndcg"])
+        self.window_events.labels(arm=arm).set(record["window_events"])
+        self.hit_rate.labels(arm=arm, target="all", bucket="all").set(record["hr"])
+        self.hit_rate.labels(arm=arm, target="tail", bucket="all").set(record["tail_hr"])
+        for bucket, value in record["hr_by_bucket"].items():
+            self.hit_rate.labels(arm=arm, target="all", bucket=bucket).set(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerMetrics:
+    refreshes: Counter
+    last_refresh: Gauge
+    refresh_duration: Histogram
+    valid_ndcg: Gauge
+    events_buffered: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> TrainerMetrics:
+        return cls(
+            refreshes=Counter("tailcast_trainer_refresh", "Batch refreshes completed", registry=registry),
+            last_refresh=Gauge("tailcast_trainer_last_refresh_timestamp_seconds", "When the last refresh finished",
+                               registry=registry),
+            # a refresh trains a model: seconds to tens of minutes
+            refresh_duration=Histogram("tailcast_trainer_refresh_duration_seconds", "Duration of a refresh",
+                                       buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600), registry=registry),
+            valid_ndcg=Gauge("tailcast_trainer_valid_ndcg_ratio", "Validation NDCG@10 of the published model",
+                             registry=registry),
+            events_buffered=Gauge("tailcast_trainer_events_buffered", "Events held for the next refresh",
+                                  registry=registry),
+        )
+
+
+def serve_metrics(registry: CollectorRegistry, port: int) -> None:
+    """Serve ``/metrics`` for ``registry`` on ``port`` (0 = disabled) in a daemon thread."""
+    if port:
+        start_http_server(port, registry=registry)

@@ -1,0 +1,292 @@
+"""The records that travel on tailcast's topics (DESIGN §3), and validation of input at the edge.
+
+Everything is JSON (UTF-8) encoded with orjson. Topic values are handled as raw bytes by Faust and
+decoded here once, so a malformed record never crashes a codec inside the stream machinery: it becomes
+a :class:`BadEvent` with a reason, and the worker sends it to ``events.dlq``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BadEvent",
+    "DLQ_REASONS",
+    "ValidEvent",
+    "parse_event",
+    "ScoreRequest",
+    "RecommendedItem",
+    "Recommendation",
+    "dead_letter",
+    "parse_item",
+    "ItemRecord",
+    "dumps",
+    "loads",
+]
+
+dumps = orjson.dumps
+loads = orjson.loads
+
+MAX_ID_CHARS = 256
+MAX_EVENT_TYPE_CHARS = 32
+FUTURE_TOLERANCE_S = 86_400.0
+MS_THRESHOLD = 1e11  # a ts above this (year 5138 in seconds) is read as milliseconds
+
+#: Every reason a record can be dead-lettered for; the label set of ``tailcast_worker_dlq_records_total``.
+DLQ_REASONS = (
+    "empty_payload",
+    "oversized",
+    "invalid_utf8",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "empty_id",
+    "id_too_long",
+    "wrong_type",
+    "bad_timestamp",
+)
+
+
+class BadEvent(ValueError):
+    """An input record that breaks the contract; ``reason`` is one of :data:`DLQ_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in DLQ_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    user_id: str
+    item_id: str
+    event: str
+    ts: float
+    props: dict[str, Any] = field(default_factory=dict)
+
+
+def _decode_object(raw: bytes | None, *, max_bytes: int) -> dict[str, Any]:
+    if raw is None or len(raw) == 0:
+        raise BadEvent("empty_payload", "the record has no value")
+    if len(raw) > max_bytes:
+        raise BadEvent("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadEvent("invalid_utf8", "the value is not valid UTF-8") from None
+        raise BadEvent("not_json", str(exc)) from None
+    if not isinstance(value, dict):
+        raise BadEvent("not_object", f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _id(obj: dict[str, Any], name: str) -> str:
+    if name not in obj or obj[name] is None:
+        raise BadEvent("missing_field", f"{name} is missing")
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadEvent("wrong_type", f"{name} must be a string (or integer), got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise BadEvent("empty_id", f"{name} is empty")
+    if len(text) > MAX_ID_CHARS:
+        raise BadEvent("id_too_long", f"{name} has {len(text)} characters > {MAX_ID_CHARS}")
+    return text
+
+
+def _timestamp(obj: dict[str, Any], default_ts: float) -> float:
+    value = obj.get("ts")
+    if value is None:
+        return default_ts
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadEvent("wrong_type", f"ts must be a number of Unix seconds, got {type(value).__name__}")
+    ts = float(value)
+    if not math.isfinite(ts) or ts < 0:
+        raise BadEvent("bad_timestamp", f"ts={value!r} is not a finite non-negative number")
+    if ts > MS_THRESHOLD:
+        ts /= 1000.0
+    if ts > max(default_ts, time.time()) + FUTURE_TOLERANCE_S:
+        raise BadEvent("bad_timestamp", f"ts={value!r} is more than a day in the future")
+    return ts
+
+
+def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ValidEvent:
+    """Validate one ``events`` record (DESIGN §3) or raise :class:`BadEvent`.
+
+    Normalisations (documented in the README): integer ids become strings, ids are stripped of
+    surrounding whitespace, ``event`` is lower-cased (default ``"click"``; unknown types are kept),
+    ``ts`` defaults to the Kafka record time and is read as milliseconds when above 1e11, and unknown
+    top-level fields are kept in ``props``.
+
+    >>> parse_event(b'{"user_id": "u1", "item_id": 42}', max_bytes=1000, default_ts=5.0)
+    ValidEvent(user_id='u1', item_id='42', event='click', ts=5.0, props={})
+    >>> parse_event(b'{"user_id": ""}', max_bytes=1000, default_ts=5.0)
+    Traceback (most recent call last):
+    ...
+    streams.records.BadEvent: empty_id: user_id is empty
+    """
+    obj = _decode_object(raw, max_bytes=max_bytes)
+    user_id = _id(obj, "user_id")
+    item_id = _id(obj, "item_id")
+    event = obj.get("event", "click")
+    if event is None:
+        event = "click"
+    if not isinstance(event, str) or not event.strip() or len(event) > MAX_EVENT_TYPE_CHARS:
+        raise BadEvent("wrong_type", f"event must be a short non-empty string, got {event!r:.40}")
+    ts = _timestamp(obj, default_ts)
+    props = obj.get("props")
+    if props is not None and not isinstance(props, dict):
+        raise BadEvent("wrong_type", f"props must be an object, got {type(props).__name__}")
+    extra = {k: v for k, v in obj.items() if k not in {"user_id", "item_id", "event", "ts", "props"}}
+    if extra:
+        props = {**(props or {}), **extra}
+    return ValidEvent(user_id, item_id, event.strip().lower(), ts, props or {})
+
+
+def _bytes_field(raw: bytes | None, limit: int) -> dict[str, Any]:
+    if raw is None:
+        return {"value": None, "value_encoding": "none", "value_bytes": 0, "value_truncated": False}
+    kept = raw[:limit]
+    try:
+        text, encoding = kept.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+    return {"value": text, "value_encoding": encoding, "value_bytes": len(raw),
+            "value_truncated": len(raw) > limit}
+
+
+def dead_letter(*, reason: str, error: str, topic: str, partition: int, offset: int, timestamp: float | None,
+                key: bytes | None, value: bytes | None, keep_bytes: int = 65_536) -> bytes:
+    """The ``events.dlq`` record: the original bytes (UTF-8 text or base64), the error, and where it came from.
+
+    Values larger than ``keep_bytes`` are truncated in the DLQ record (``value_truncated``); the original
+    stays addressable in its source topic at ``partition``/``offset``.
+    """
+    record = {
+        "reason": reason,
+        "error": error,
+        "source": {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp},
+        "key": None if key is None else _bytes_field(key, 1024)["value"],
+        **_bytes_field(value, keep_bytes),
+        "dlq_at": time.time(),
+    }
+    return orjson.dumps(record)
+
+
+@dataclass(slots=True)
+class ScoreRequest:
+    """Internal ``score-requests`` record: what the scorer needs to recommend for one user state.
+
+    ``new`` holds the events this request adds since the user's previous request, as
+    ``(item_id, ts, event)``; they are the last ``len(new)`` of the ``event_count`` events.
+    ``ingested_at`` is the Kafka record time (wall clock) of the oldest of them: freshness is measured from it.
+    """
+
+    user_id: str
+    sequence: list[str]
+    new: list[tuple[str, float, str]]
+    event_count: int
+    event_ts: float
+    ingested_at: float
+    requested_at: float
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({
+            "user_id": self.user_id, "sequence": self.sequence, "new": self.new,
+            "event_count": self.event_count, "event_ts": self.event_ts,
+            "ingested_at": self.ingested_at, "requested_at": self.requested_at,
+        })
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ScoreRequest:
+        d = orjson.loads(raw)
+        return cls(d["user_id"], d["sequence"], [tuple(x) for x in d["new"]], d["event_count"], d["event_ts"],
+                   d["ingested_at"], d["requested_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendedItem:
+    item_id: str
+    score: float
+    source: str
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Recommendation:
+    """The ``recommendations`` contract (DESIGN §3).
+
+    ``user_event_count`` = number of the user's events this list reflects: the k-th recommendation
+    predicts the user's (k+1)-th event. ``ingested_at`` (additive field) is the wall-clock Kafka time of
+    the oldest event first reflected by this list, so ``generated_at - ingested_at`` is its freshness.
+    """
+
+    user_id: str
+    items: list[RecommendedItem]
+    user_event_count: int
+    model_version: str
+    arm: str
+    event_ts: float
+    generated_at: float
+    ingested_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "items": [{"item_id": i.item_id, "score": i.score, "source": i.source, "reason": i.reason}
+                      for i in self.items],
+            "user_event_count": self.user_event_count,
+            "model_version": self.model_version,
+            "arm": self.arm,
+            "event_ts": self.event_ts,
+            "generated_at": self.generated_at,
+            "ingested_at": self.ingested_at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Recommendation:
+        d = orjson.loads(raw)
+        return cls(d["user_id"], [RecommendedItem(i["item_id"], i["score"], i["source"], i.get("reason", ""))
+                                  for i in d["items"]],
+                   d["user_event_count"], d["model_version"], d["arm"], d["event_ts"], d["generated_at"],
+                   d.get("ingested_at", d["generated_at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    item_id: str
+    title: str
+    text: str
+    tags: tuple[str, ...]
+
+    def content(self) -> str:
+        """The text the content encoder reads: title, text and tags."""
+        parts = [self.title, self.text, ", ".join(self.tags)]
+        return ". ".join(p for p in parts if p)
+
+
+def parse_item(raw: bytes | None, *, max_bytes: int) -> ItemRecord:
+    """Validate one ``items`` record (DESIGN §3) or raise :class:`BadEvent`."""
+    obj = _decode_object(raw, max_bytes=max_bytes)
+    item_id = _id(obj, "item_id")
+    title = obj.get("title", "")
+    text = obj.get("text", "") or ""
+    tags = obj.get("tags", []) or []
+    if not isinstance(title, str) or not isinstance(text, str):
+        raise BadEvent("wrong_type", "title and text must be strings")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BadEvent("wrong_type", "tags must be a list of strings")
+    return ItemRecord(item_id, title.strip(), text.strip(), tuple(t.strip() for t in tags if t.strip()))
