@@ -48,7 +48,7 @@ def _faust_app(settings: Settings, app_id: str) -> faust.App:
         autodiscover=False,
         processing_guarantee=kafka.processing_guarantee,
         topic_partitions=kafka.partitions,
-        topic_replication_factor=1 if kafka.embedded else 0 or 1,
+        topic_replication_factor=kafka.replication,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         # First consumer-group join on Tansu takes ~30 s with Faust's defaults, ~3 s with these.

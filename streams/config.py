@@ -105,6 +105,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Loopback port of the embedded broker when TAILCAST_KAFKA is unset."),
     Setting("TAILCAST_PARTITIONS", "4", _positive_int,
             "Partitions of the user-keyed topics (events, score-requests, recommendations)."),
+    Setting("TAILCAST_REPLICATION", "1", _positive_int,
+            "Replication factor of the topics tailcast creates (use 3 on a production cluster)."),
     Setting("TAILCAST_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
             _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol."),
     Setting("TAILCAST_KAFKA_SASL_MECHANISM", "PLAIN",
@@ -168,6 +170,7 @@ class KafkaSettings:
     bootstrap: str | None
     embedded_port: int
     partitions: int
+    replication: int
     security_protocol: str
     sasl_mechanism: str
     sasl_username: str | None
@@ -262,6 +265,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap=r("TAILCAST_KAFKA"),
         embedded_port=r("TAILCAST_EMBEDDED_PORT"),
         partitions=r("TAILCAST_PARTITIONS"),
+        replication=r("TAILCAST_REPLICATION"),
         security_protocol=r("TAILCAST_KAFKA_SECURITY_PROTOCOL"),
         sasl_mechanism=r("TAILCAST_KAFKA_SASL_MECHANISM"),
         sasl_username=r("TAILCAST_KAFKA_SASL_USERNAME"),

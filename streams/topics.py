@@ -62,7 +62,7 @@ async def ensure_topics(kafka: KafkaSettings) -> dict[str, int]:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1 if kafka.embedded else -1,
+            new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=kafka.replication,
                             topic_configs={"cleanup.policy": "compact"} if s.compacted else {})
                    for s in missing]
             try:

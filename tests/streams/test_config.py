@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from streams.config import SETTINGS, ConfigError, load_settings, settings_table
+
+
+def test_defaults_are_valid():
+    s = load_settings({})
+    assert s.kafka.embedded and s.kafka.servers == "127.0.0.1:19092"
+    assert s.metrics_port_for("worker") == 9101 and s.metrics_port_for("scorer") == 9102
+    assert [a.name for a in s.scorer.arms] == ["control", "tail"]
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"TAILCAST_PARTITIONS": "0"}, "TAILCAST_PARTITIONS"),
+    ({"TAILCAST_HEAD_SHARE": "1.5"}, "TAILCAST_HEAD_SHARE"),
+    ({"TAILCAST_DEVICE": "tpu"}, "TAILCAST_DEVICE"),
+    ({"TAILCAST_ARMS": "a:x:0"}, "TAILCAST_ARMS"),
+    ({"TAILCAST_METRICS_PORT": "99999"}, "TAILCAST_METRICS_PORT"),
+    ({"TAILCAST_TYPO": "1"}, "TAILCAST_TYPO"),
+    ({"TAILCAST_PROCESSING_GUARANTEE": "exactly_once"}, "TAILCAST_PROCESSING_GUARANTEE"),
+    ({"TAILCAST_KAFKA": "k:9092", "TAILCAST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "TAILCAST_KAFKA_SASL_USERNAME"),
+])
+def test_errors_name_the_variable(env, name):
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env)
+
+
+def test_secrets_are_not_in_repr():
+    s = load_settings({"TAILCAST_KAFKA": "k:9092", "TAILCAST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                       "TAILCAST_KAFKA_SASL_USERNAME": "u", "TAILCAST_KAFKA_SASL_PASSWORD": "hunter2",
+                       "TAILCAST_PSEUDONYMIZE_KEY": "pepper"})
+    assert "hunter2" not in repr(s) and "pepper" not in repr(s)
+
+
+def test_readme_lists_every_setting():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert settings_table().splitlines()[0] in readme
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme]
+    assert not missing, f"README lacks {missing}"

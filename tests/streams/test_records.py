@@ -1,0 +1,86 @@
+"""Edge validation of the events contract (DESIGN §3)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.records import (DLQ_REASONS, BadEvent, Recommendation, RecommendedItem, ScoreRequest, dead_letter,
+                             parse_event, parse_item)
+
+OK = dict(max_bytes=10_000, default_ts=1_700_000_000.0)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (None, "empty_payload"), (b"", "empty_payload"), (b"x" * 10_001, "oversized"),
+    (b"\xff\xfe", "invalid_utf8"), (b"{nope", "not_json"), (b"42", "not_object"), (b"null", "not_object"),
+    (b'{"item_id": "i"}', "missing_field"), (b'{"user_id": "u"}', "missing_field"),
+    (b'{"user_id": null, "item_id": "i"}', "missing_field"),
+    (b'{"user_id": "", "item_id": "i"}', "empty_id"), (b'{"user_id": "u", "item_id": " \\t"}', "empty_id"),
+    (b'{"user_id": true, "item_id": "i"}', "wrong_type"), (b'{"user_id": 1.5, "item_id": "i"}', "wrong_type"),
+    (b'{"user_id": {"a": 1}, "item_id": "i"}', "wrong_type"),
+    (b'{"user_id": "u", "item_id": "i", "event": 3}', "wrong_type"),
+    (b'{"user_id": "u", "item_id": "i", "ts": "yesterday"}', "wrong_type"),
+    (b'{"user_id": "u", "item_id": "i", "ts": -1}', "bad_timestamp"),
+    (b'{"user_id": "u", "item_id": "i", "ts": 1e300}', "bad_timestamp"),
+    (b'{"user_id": "u", "item_id": "i", "props": [1]}', "wrong_type"),
+    (b'{"user_id": "' + b"u" * 300 + b'", "item_id": "i"}', "id_too_long"),
+])
+def test_bad_events_have_a_reason(raw, reason):
+    with pytest.raises(BadEvent) as info:
+        parse_event(raw, **OK)
+    assert info.value.reason == reason and info.value.detail
+
+
+def test_normalisation():
+    ev = parse_event(b'{"user_id": 7, "item_id": " i1 ", "event": "PURCHASE", "ts": 1700000000123, "x": 1}', **OK)
+    assert (ev.user_id, ev.item_id, ev.event) == ("7", "i1", "purchase")
+    assert ev.ts == pytest.approx(1_700_000_000.123)  # milliseconds read as such
+    assert ev.props == {"x": 1}  # unknown fields kept in props
+    assert parse_event(b'{"user_id": "\xc3\xa9\xe2\x98\x83", "item_id": "i"}', **OK).user_id == "é☃"
+    assert parse_event(b'{"user_id": "u", "item_id": "i"}', **OK).ts == OK["default_ts"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["user_id", "item_id", "ts", "event",
+                                                                         "props", "x"]), c, max_size=5),
+    max_leaves=12).map(lambda v: json.dumps(v).encode())))
+def test_fuzz_never_crashes(raw):
+    """Any bytes either validate or raise BadEvent with a known reason, never anything else."""
+    try:
+        ev = parse_event(raw, **OK)
+    except BadEvent as exc:
+        assert exc.reason in DLQ_REASONS
+    else:
+        assert ev.user_id.strip() and ev.item_id.strip() and math.isfinite(ev.ts) and ev.ts >= 0
+
+
+def test_dead_letter_keeps_bytes_and_source():
+    rec = orjson.loads(dead_letter(reason="not_json", error="x", topic="events", partition=2, offset=9,
+                                   timestamp=1.0, key=b"k", value=b"\xff" * 10))
+    assert rec["source"] == {"topic": "events", "partition": 2, "offset": 9, "timestamp": 1.0}
+    assert rec["value_encoding"] == "base64" and rec["value_bytes"] == 10 and not rec["value_truncated"]
+
+
+def test_round_trips():
+    req = ScoreRequest("u", ["a", "b"], [("b", 2.0, "click")], 2, 2.0, 3.0, 4.0)
+    assert ScoreRequest.from_bytes(req.to_bytes()) == req
+    rec = Recommendation("u", [RecommendedItem("a", 0.5, "covisit", "co-visited with b")], 2, "v1", "control",
+                         2.0, 5.0, 3.0)
+    assert Recommendation.from_bytes(rec.to_bytes()) == rec
+    assert set(rec.to_dict()) >= {"user_id", "items", "user_event_count", "model_version", "arm", "event_ts",
+                                  "generated_at"}
+
+
+def test_parse_item():
+    item = parse_item(b'{"item_id": "i1", "title": "Jazz", "tags": ["a", " "]}', max_bytes=1000)
+    assert item.content() == "Jazz. a"
+    with pytest.raises(BadEvent):
+        parse_item(b'{"item_id": "i1", "tags": "a"}', max_bytes=1000)
