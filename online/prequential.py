@@ -1,0 +1,571 @@
+"""Prequential HR@K / NDCG@K: pair each event with the recommendation list that preceded it (DESIGN §3, §4).
+
+The k-th recommendation for a user (``user_event_count == k``) predicts that user's (k+1)-th event. Events
+and recommendations arrive on two topics in any interleaving, so pairing is done by count, never by time:
+event ``j`` (1-based ``event_index``) is paired with the user's **latest** list whose count is ``<= j-1``:
+
+* ``"exact"``: that count is ``j - 1`` (the list made right after the previous event);
+* ``"stale"``: it is older (the scorer coalesced requests and skipped counts);
+* ``"none"``: there is no such list (every user's first event; users never served).
+
+Per user, recommendation counts arrive non-decreasing, so once a list with count ``>= j - 1`` has been
+seen no list that could pair with event ``j`` is still on its way: the event is resolved then (or on
+arrival if such a list is already known). This makes the streaming result equal to the offline one (sort
+everything, pair by count) whatever the interleaving, provided counts are strictly increasing per user
+(with a repeated count, an event resolved on the first copy keeps it; a later copy pairs with later events).
+
+* :func:`hit_rank` - where the target sits in a list.
+* :class:`Outcome` - one resolved event.
+* :class:`PrequentialPairer` - the bounded-memory streaming pairing.
+* :class:`PrequentialMetrics` - HR@K, NDCG@K, tail HR@K, HR@K per user-activity bucket over a sliding
+  window of outcomes.
+* :class:`ArmMetrics` - one interaction window, plus per-arm exposure and per-arm prequential metrics,
+  building the DESIGN §3 ``longtail-metrics`` record.
+
+>>> pairer = PrequentialPairer()
+>>> pairer.observe_event("u", "i1", 1)          # first event: waits for any list with count >= 0
+[]
+>>> (o,) = pairer.observe_recommendation("u", 1, ["i2", "i3"], "A")   # resolves event 1
+>>> o.pairing, o.rank, o.arm, o.prior_events                          # nothing preceded it
+('none', None, 'A', 0)
+>>> pairer.observe_event("u", "i3", 2)          # list 1 predicts event 2: exact, rank 1
+[Outcome(user='u', item='i3', event_index=2, arm='A', rank=1, pairing='exact', prior_events=1, rec_count=1)]
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from online.exposure import ExposureWindow, ItemWindow
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "ArmMetrics",
+    "Outcome",
+    "PrequentialMetrics",
+    "PrequentialPairer",
+    "hit_rank",
+]
+
+Pairing = Literal["exact", "stale", "none"]
+PAIRINGS: tuple[Pairing, ...] = ("exact", "stale", "none")
+
+#: User-activity buckets by prior event count: ``(low, high or None, label)``, inclusive bounds.
+DEFAULT_BUCKETS: tuple[tuple[int, int | None, str], ...] = ((0, 5, "<=5"), (6, 20, "6-20"), (21, None, ">20"))
+
+
+def hit_rank(items: Sequence[str], target: str) -> int | None:
+    """0-based position of ``target`` in ``items``, ``None`` if absent.
+
+    >>> hit_rank(["a", "b", "c"], "c"), hit_rank(["a"], "z"), hit_rank([], "a")
+    (2, None, None)
+    """
+    try:
+        return items.index(target)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One event, resolved against the list that preceded it.
+
+    ``arm`` is the paired list's arm; for a ``"none"`` pairing it is the arm of the user's latest known
+    list (arms are assigned per user, so a user's first event is charged to the arm that then serves
+    them), or ``None`` if the user has received no list at all. ``rank`` is the 0-based position of
+    ``item`` in the paired (full) list, ``None`` if absent or if there is no list. ``rec_count`` is the
+    paired list's ``user_event_count`` (``None`` for ``"none"``).
+    """
+
+    user: str
+    item: str
+    event_index: int
+    arm: str | None
+    rank: int | None
+    pairing: Pairing
+    prior_events: int
+    rec_count: int | None
+
+    def hit(self, k: int) -> bool:
+        """Whether the item is within the top ``k`` of the paired list."""
+        return self.rank is not None and self.rank < k
+
+    def gain(self, k: int) -> float:
+        """NDCG@k with one relevant item: ``1 / log2(rank + 2)`` inside the top ``k``, else 0."""
+        return 1.0 / math.log2(self.rank + 2) if self.rank is not None and self.rank < k else 0.0
+
+
+class _Rec:
+    __slots__ = ("count", "items", "arm")
+
+    def __init__(self, count: int, items: tuple[str, ...], arm: str) -> None:
+        self.count = count
+        self.items = items
+        self.arm = arm
+
+
+class _UserState:
+    __slots__ = ("recs", "counts", "pending", "max_count", "last_event", "arm", "dropped_from")
+
+    def __init__(self) -> None:
+        self.recs: list[_Rec] = []  # ascending count, arrival order within a count
+        self.counts: list[int] = []  # parallel to recs, for bisect
+        self.pending: deque[tuple[int, str]] = deque()  # (event_index, item), ascending event_index
+        self.max_count = -1  # highest list count seen (-1: none yet)
+        self.last_event = 0  # highest event index seen
+        self.arm: str | None = None  # arm of the latest list seen
+        self.dropped_from: int | None = None  # smallest count of a list this state threw away
+
+
+class PrequentialPairer:
+    """Streaming pairing of events with the recommendation lists that preceded them, in bounded memory.
+
+    ``observe_event`` / ``observe_recommendation`` / ``flush`` return the :class:`Outcome` objects they
+    resolve (ascending ``event_index`` per user). Memory is bounded three ways, each with a counter:
+
+    * per user, at most ``max_pending_per_user`` unresolved events; the oldest beyond that is resolved
+      as ``"none"`` (its list has not arrived, so none can be vouched for) - ``evicted_events``;
+    * per user, only the lists still needed are kept: the latest one with count ``<=`` the oldest pending
+      event's ``j - 1`` (or the last event index if nothing is pending) and every newer one; beyond
+      ``max_recs_per_user`` lists (recommendations far ahead of events) the oldest are dropped;
+    * at most ``max_users`` users, the least recently touched evicted first - ``evicted_users``; their
+      pending events resolve as ``"none"`` and count in ``evicted_events``. A returning evicted user
+      starts afresh: events needing a list from before the eviction pair as ``"none"``.
+
+    An event whose list was thrown away (an event arriving out of order after its list was pruned, or
+    after the cap above) is resolved as ``"none"`` and counted in ``lost_pairings``. A list whose count is
+    lower than one already seen for the user cannot change any pairing (every pending event needs a newer
+    one) and is dropped, counted in ``late_recommendations``.
+
+    >>> p = PrequentialPairer()
+    >>> p.observe_recommendation("u", 2, ["x", "y"], "B")       # list 1 was skipped (coalesced)
+    []
+    >>> [(o.event_index, o.pairing, o.rank) for o in p.observe_event("u", "y", 4)]   # needs list 3
+    []
+    >>> [(o.event_index, o.pairing, o.rank) for o in p.observe_recommendation("u", 5, ["z"], "B")]
+    [(4, 'stale', 1)]
+    >>> p.observe_event("u", "q", 7), p.pending
+    ([], 1)
+    >>> [(o.event_index, o.pairing, o.rec_count) for o in p.flush()]   # end of replay: latest <= 6 is 5
+    [(7, 'stale', 5)]
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending_per_user: int = 64,
+        max_recs_per_user: int = 32,
+        max_users: int = 1_000_000,
+    ) -> None:
+        for name, value in (
+            ("max_pending_per_user", max_pending_per_user),
+            ("max_recs_per_user", max_recs_per_user),
+            ("max_users", max_users),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.max_pending_per_user = max_pending_per_user
+        self.max_recs_per_user = max_recs_per_user
+        self.max_users = max_users
+        self._users: OrderedDict[str, _UserState] = OrderedDict()
+        self.pending = 0
+        self.evicted_events = 0
+        self.evicted_users = 0
+        self.lost_pairings = 0
+        self.late_recommendations = 0
+
+    # -- state
+    def _state(self, user: str, out: list[Outcome]) -> _UserState:
+        users = self._users
+        st = users.get(user)
+        if st is None:
+            st = users[user] = _UserState()
+            if len(users) > self.max_users:
+                old_user, old = users.popitem(last=False)
+                self.evicted_users += 1
+                while old.pending:
+                    j, item = old.pending.popleft()
+                    out.append(self._evict(old_user, old, j, item))
+        else:
+            users.move_to_end(user)
+        return st
+
+    @property
+    def n_users(self) -> int:
+        return len(self._users)
+
+    def stored_lists(self) -> int:
+        """Recommendation lists currently held (for memory checks)."""
+        return sum(len(st.recs) for st in self._users.values())
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "users": len(self._users),
+            "pending": self.pending,
+            "stored_lists": self.stored_lists(),
+            "evicted_events": self.evicted_events,
+            "evicted_users": self.evicted_users,
+            "lost_pairings": self.lost_pairings,
+            "late_recommendations": self.late_recommendations,
+        }
+
+    # -- pairing
+    def _resolve(self, user: str, st: _UserState, j: int, item: str) -> Outcome:
+        prior = j - 1
+        idx = bisect_right(st.counts, prior) - 1
+        if idx < 0:
+            if st.dropped_from is not None and st.dropped_from <= prior:
+                self.lost_pairings += 1
+            return Outcome(user, item, j, st.arm, None, "none", prior, None)
+        rec = st.recs[idx]
+        pairing: Pairing = "exact" if rec.count == prior else "stale"
+        return Outcome(user, item, j, rec.arm, hit_rank(rec.items, item), pairing, prior, rec.count)
+
+    def _evict(self, user: str, st: _UserState, j: int, item: str) -> Outcome:
+        """A pending event given up for memory: its list is not known yet, so it pairs with nothing."""
+        self.pending -= 1
+        self.evicted_events += 1
+        return Outcome(user, item, j, st.arm, None, "none", j - 1, None)
+
+    def _prune(self, st: _UserState) -> None:
+        need = st.pending[0][0] - 1 if st.pending else st.last_event
+        idx = bisect_right(st.counts, need) - 1
+        drop = max(idx, len(st.recs) - self.max_recs_per_user, 0)
+        if drop:
+            if st.dropped_from is None:
+                st.dropped_from = st.counts[0]
+            del st.recs[:drop]
+            del st.counts[:drop]
+
+    def observe_recommendation(
+        self, user: str, user_event_count: int, items: Sequence[str], arm: str
+    ) -> list[Outcome]:
+        """One published list (DESIGN §3 ``recommendations``); returns the events it resolves."""
+        if not isinstance(user_event_count, int) or user_event_count < 0:
+            raise ValueError(f"user_event_count must be an int >= 0, got {user_event_count!r}")
+        if isinstance(items, str):
+            raise TypeError("items must be a sequence of item ids, not a single str")
+        out: list[Outcome] = []
+        st = self._state(user, out)
+        if user_event_count < st.max_count:
+            self.late_recommendations += 1
+            return out
+        st.max_count = user_event_count
+        st.arm = arm
+        st.recs.append(_Rec(user_event_count, tuple(items), arm))
+        st.counts.append(user_event_count)
+        pending = st.pending
+        while pending and pending[0][0] - 1 <= user_event_count:
+            j, item = pending.popleft()
+            self.pending -= 1
+            out.append(self._resolve(user, st, j, item))
+        self._prune(st)
+        return out
+
+    def observe_event(self, user: str, item: str, event_index: int) -> list[Outcome]:
+        """One interaction, ``event_index`` = its 1-based position in the user's history."""
+        if not isinstance(event_index, int) or event_index < 1:
+            raise ValueError(f"event_index must be an int >= 1, got {event_index!r}")
+        out: list[Outcome] = []
+        st = self._state(user, out)
+        if event_index > st.last_event:
+            st.last_event = event_index
+        if event_index - 1 <= st.max_count:
+            out.append(self._resolve(user, st, event_index, item))
+        else:
+            pending = st.pending
+            if not pending or pending[-1][0] <= event_index:
+                pending.append((event_index, item))
+            else:  # out of order: keep the queue sorted (rare; the queue is short)
+                pos = bisect_right([j for j, _ in pending], event_index)
+                pending.insert(pos, (event_index, item))
+            self.pending += 1
+            if len(pending) > self.max_pending_per_user:
+                j, old_item = pending.popleft()
+                out.append(self._evict(user, st, j, old_item))
+        self._prune(st)
+        return out
+
+    def flush(self) -> list[Outcome]:
+        """Resolve every pending event with the lists known now (end of a replay)."""
+        out: list[Outcome] = []
+        for user, st in self._users.items():
+            while st.pending:
+                j, item = st.pending.popleft()
+                self.pending -= 1
+                out.append(self._resolve(user, st, j, item))
+            self._prune(st)
+        return out
+
+
+def _check_buckets(buckets: Iterable[tuple[int, int | None, str]]) -> tuple[tuple[int, int | None, str], ...]:
+    bs = tuple(tuple(b) for b in buckets)  # type: ignore[misc]
+    if not bs:
+        raise ValueError("buckets must not be empty")
+    expected_low = 0
+    for i, (low, high, label) in enumerate(bs):
+        if low != expected_low:
+            raise ValueError(
+                f"buckets must be contiguous from 0: bucket {label!r} starts at {low}, "
+                f"expected {expected_low}"
+            )
+        if high is None:
+            if i != len(bs) - 1:
+                raise ValueError(f"only the last bucket may be open-ended (high=None), not {label!r}")
+            break
+        if high < low:
+            raise ValueError(f"bucket {label!r} has high {high} < low {low}")
+        expected_low = high + 1
+    else:
+        raise ValueError("the last bucket must be open-ended (high=None) so every prior count has a bucket")
+    if len({label for _, _, label in bs}) != len(bs):
+        raise ValueError("bucket labels must be distinct")
+    return bs  # type: ignore[return-value]
+
+
+class PrequentialMetrics:
+    """HR@K, NDCG@K, tail HR@K and HR@K per user-activity bucket over the last ``window_events`` outcomes.
+
+    ``update(outcome, is_tail=...)`` takes the target item's head/tail status decided by the caller when
+    the outcome was resolved (e.g. ``ExposureWindow.is_tail(outcome.item)``). O(1) per update.
+
+    **"none" pairings count as misses** (rank ``None``): DESIGN §4 asks, *for each event*, whether its item
+    appears in the latest list preceding it; with no such list it does not appear. Excluding them would
+    reward a system for not serving (fewer, later lists would raise its HR), and a user's first event
+    is exactly the long-tail-user case the metric must not hide. The counts ``exact``, ``stale`` and
+    ``none`` are reported beside the rates, so HR over served events is ``hr * evaluated / (evaluated -
+    none)`` if wanted. ``"stale"`` pairings are scored against the stale list, as served.
+
+    ``get()`` keys: ``hr``, ``ndcg``, ``tail_hr`` (HR over events whose item is tail), ``hr_by_bucket``
+    (by the user's *prior* event count ``j - 1``), and the counts ``evaluated``, ``exact``, ``stale``,
+    ``none``, ``tail_evaluated``, ``bucket_counts``. A rate with nothing to count is 0.0 (never NaN, so
+    records stay valid JSON) and its count, reported beside it, is 0.
+
+    >>> m = PrequentialMetrics(k=2)
+    >>> hit_first = Outcome("u", "i", 2, "A", 0, "exact", 1, 1)
+    >>> hit_second = Outcome("v", "j", 8, "A", 1, "stale", 7, 5)
+    >>> miss = Outcome("w", "k", 1, "A", None, "none", 0, None)
+    >>> m = m.update(hit_first, is_tail=False).update(hit_second, is_tail=True)
+    >>> r = m.update(miss, is_tail=True).get()
+    >>> round(r["hr"], 4), round(r["ndcg"], 4), r["tail_hr"]     # 2/3; (1 + 1/log2(3)) / 3; 1 of 2 tail
+    (0.6667, 0.5436, 0.5)
+    >>> r["hr_by_bucket"], r["bucket_counts"]
+    ({'<=5': 0.5, '6-20': 1.0, '>20': 0.0}, {'<=5': 2, '6-20': 1, '>20': 0})
+    >>> r["evaluated"], r["exact"], r["stale"], r["none"]
+    (3, 1, 1, 1)
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int = 10,
+        window_events: int | None = 100_000,
+        buckets: Iterable[tuple[int, int | None, str]] = DEFAULT_BUCKETS,
+    ) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if window_events is not None and (not isinstance(window_events, int) or window_events < 1):
+            raise ValueError(f"window_events must be a positive int or None (no window), got {window_events!r}")
+        self.k = k
+        self.window_events = window_events
+        self.buckets = _check_buckets(buckets)
+        self._bounds = [b[0] for b in self.buckets]
+        # one entry per outcome in the window: (hit, gain, is_tail, bucket index, pairing index)
+        self._window: deque[tuple[bool, float, bool, int, int]] = deque()
+        self._hits = 0
+        self._gain = 0.0
+        self._tail_n = 0
+        self._tail_hits = 0
+        self._bucket_n = [0] * len(self.buckets)
+        self._bucket_hits = [0] * len(self.buckets)
+        self._pairing_n = [0, 0, 0]
+        self._evictions = 0
+
+    def bucket(self, prior_events: int) -> str:
+        """Label of the bucket holding ``prior_events``.
+
+        >>> m = PrequentialMetrics()
+        >>> m.bucket(0), m.bucket(5), m.bucket(6), m.bucket(20), m.bucket(21)
+        ('<=5', '<=5', '6-20', '6-20', '>20')
+        """
+        return self.buckets[self._bucket_index(prior_events)][2]
+
+    def _bucket_index(self, prior_events: int) -> int:
+        if prior_events < 0:
+            raise ValueError(f"prior_events must be >= 0, got {prior_events!r}")
+        return bisect_right(self._bounds, prior_events) - 1
+
+    def update(self, outcome: Outcome, *, is_tail: bool) -> PrequentialMetrics:
+        hit = outcome.hit(self.k)
+        gain = outcome.gain(self.k)
+        tail = bool(is_tail)
+        b = self._bucket_index(outcome.prior_events)
+        p = PAIRINGS.index(outcome.pairing)
+        self._window.append((hit, gain, tail, b, p))
+        self._add(hit, gain, tail, b, p, 1)
+        if self.window_events is not None and len(self._window) > self.window_events:
+            self._add(*self._window.popleft(), -1)
+            self._evictions += 1
+            if self._evictions >= self.window_events:  # re-add the gains once per window turn: no drift
+                self._evictions = 0
+                self._gain = math.fsum(e[1] for e in self._window)
+        return self
+
+    def _add(self, hit: bool, gain: float, tail: bool, b: int, p: int, sign: int) -> None:
+        self._hits += sign * hit
+        self._gain += sign * gain
+        self._bucket_n[b] += sign
+        self._bucket_hits[b] += sign * hit
+        if tail:
+            self._tail_n += sign
+            self._tail_hits += sign * hit
+        self._pairing_n[p] += sign
+
+    def get(self) -> dict:
+        n = len(self._window)
+        labels = [label for _, _, label in self.buckets]
+        return {
+            "hr": self._hits / n if n else 0.0,
+            "ndcg": max(self._gain, 0.0) / n if n else 0.0,
+            "tail_hr": self._tail_hits / self._tail_n if self._tail_n else 0.0,
+            "hr_by_bucket": {
+                label: (h / c if c else 0.0) for label, h, c in zip(labels, self._bucket_hits, self._bucket_n)
+            },
+            "evaluated": n,
+            "exact": self._pairing_n[0],
+            "stale": self._pairing_n[1],
+            "none": self._pairing_n[2],
+            "tail_evaluated": self._tail_n,
+            "bucket_counts": dict(zip(labels, self._bucket_n)),
+        }
+
+    def __repr__(self) -> str:
+        r = self.get()
+        return f"PrequentialMetrics(k={self.k}): hr={r['hr']:.4f} ndcg={r['ndcg']:.4f} n={r['evaluated']}"
+
+
+class ArmMetrics:
+    """Everything the exposure agent and the evaluate harness need, per A/B arm.
+
+    * **one** :class:`~online.exposure.ItemWindow` of the last ``window_events`` interactions, shared by
+      all arms: head/tail and popularity are properties of the item stream, not of an arm;
+    * per arm, an :class:`~online.exposure.ExposureWindow` over that arm's last ``window_events`` lists
+      (exposure is per arm), and a :class:`PrequentialMetrics` over its last ``window_events`` outcomes;
+    * one :class:`PrequentialPairer` (a user's lists and events are paired whatever the arm; the outcome
+      carries the arm of its list). Outcomes with no arm (users never served) are counted in
+      ``unattributed`` and scored for no arm.
+
+    A target's head/tail status is read from the shared window when its outcome resolves; an event is
+    paired (tested) before it enters the window (trained), the usual prequential order.
+
+    >>> am = ArmMetrics(k=2, window_events=100)
+    >>> _ = am.observe_event("u1", "a", 1)
+    >>> _ = am.observe_recommendation("u1", 1, ["a", "b"], "tail-rerank")
+    >>> _ = am.observe_event("u1", "b", 2)        # list 1 predicts event 2: hit at rank 1
+    >>> am.arms()
+    ['tail-rerank']
+    >>> rec = am.record("tail-rerank", window_end=1700000000.0)
+    >>> rec["hr"], rec["hr_by_bucket"]["<=5"], rec["coverage"], rec["window_events"], rec["k"]
+    (0.5, 0.5, 1.0, 2, 2)
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int = 10,
+        window_events: int = 100_000,
+        head_share: float = 0.2,
+        buckets: Iterable[tuple[int, int | None, str]] = DEFAULT_BUCKETS,
+        refresh_events: int | None = None,
+        max_pending_per_user: int = 64,
+        max_recs_per_user: int = 32,
+        max_users: int = 1_000_000,
+    ) -> None:
+        self.k = k
+        self.window_events = window_events
+        self.buckets = _check_buckets(buckets)
+        self.items = ItemWindow(
+            window_events=window_events, head_share=head_share, refresh_events=refresh_events
+        )
+        self.pairer = PrequentialPairer(
+            max_pending_per_user=max_pending_per_user,
+            max_recs_per_user=max_recs_per_user,
+            max_users=max_users,
+        )
+        self._exposure: dict[str, ExposureWindow] = {}
+        self._quality: dict[str, PrequentialMetrics] = {}
+        self.unattributed = 0
+        PrequentialMetrics(k=k, window_events=window_events, buckets=self.buckets)  # validate early
+
+    def _arm(self, arm: str) -> None:
+        if arm not in self._exposure:
+            self._exposure[arm] = ExposureWindow.shared(self.items, k=self.k, rec_window=self.window_events)
+            self._quality[arm] = PrequentialMetrics(
+                k=self.k, window_events=self.window_events, buckets=self.buckets
+            )
+
+    def _score(self, outcomes: list[Outcome]) -> list[Outcome]:
+        is_tail = self.items.is_tail
+        for o in outcomes:
+            if o.arm is None:
+                self.unattributed += 1
+                continue
+            self._arm(o.arm)
+            self._quality[o.arm].update(o, is_tail=is_tail(o.item))
+        return outcomes
+
+    def observe_event(self, user: str, item: str, event_index: int) -> list[Outcome]:
+        outcomes = self._score(self.pairer.observe_event(user, item, event_index))
+        self.items.observe_event(user, item)
+        return outcomes
+
+    def observe_recommendation(
+        self, user: str, user_event_count: int, items: Sequence[str], arm: str
+    ) -> list[Outcome]:
+        if not isinstance(arm, str):
+            raise TypeError(f"arm must be a str, got {type(arm).__name__}")
+        self._arm(arm)
+        self._exposure[arm].observe_recommendation(items)
+        return self._score(self.pairer.observe_recommendation(user, user_event_count, items, arm))
+
+    def flush(self) -> list[Outcome]:
+        return self._score(self.pairer.flush())
+
+    def arms(self) -> list[str]:
+        return sorted(self._exposure)
+
+    def exposure(self, arm: str) -> ExposureWindow:
+        return self._exposure[self._known(arm)]
+
+    def quality(self, arm: str) -> PrequentialMetrics:
+        return self._quality[self._known(arm)]
+
+    def _known(self, arm: str) -> str:
+        if arm not in self._exposure:
+            raise KeyError(f"unknown arm {arm!r}; arms seen so far: {self.arms()}")
+        return arm
+
+    def record(self, arm: str, window_end: float) -> dict:
+        """The DESIGN §3 ``longtail-metrics`` record for ``arm`` (exactly its keys)."""
+        snap = self.exposure(arm).snapshot()
+        q = self._quality[arm].get()
+        return {
+            "window_end": float(window_end),
+            "window_events": snap["window_events"],
+            "arm": arm,
+            "tail_share": snap["tail_share"],
+            "coverage": snap["coverage"],
+            "gini": snap["gini"],
+            "aplt": snap["aplt"],
+            "novelty": snap["novelty"],
+            "hr": q["hr"],
+            "ndcg": q["ndcg"],
+            "tail_hr": q["tail_hr"],
+            "hr_by_bucket": q["hr_by_bucket"],
+            "k": self.k,
+        }
