@@ -140,11 +140,9 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
     """Declare the ``user_state`` table and the ingest agent on a Faust app."""
     from streams.topics import DLQ, EVENTS, SCORE_REQUESTS
 
-    import faust
-
     user_state = app.Table(
         "user_state", default=None, partitions=processor.partitions,
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        key_type=bytes, value_type=bytes,  # Faust picks the "raw" codec for bytes, in changelog and recovery
         # The changelog partition comes from the key (murmur2, like the events topic), not from the
         # "current event": a micro-batch mixes partitions.
         use_partitioner=True,

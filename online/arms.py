@@ -1,0 +1,116 @@
+"""A/B arms: which users get which re-ranking strength, decided by a stable hash of the user id.
+
+``blake2b(salt + ":" + user)`` mapped to [0, 1) and cut by the cumulative arm weights: the same user
+lands in the same arm in every process and every run (Python's ``hash`` is salted per process, so it
+is not used), and changing ``salt`` reshuffles everyone.
+
+>>> arms = parse_arms("control:0.5:0.0,tail:0.5:0.3")
+>>> arms[1]
+ArmConfig(name='tail', weight=0.5, rerank_strength=0.3)
+>>> assigner = ArmAssigner.from_configs(arms)
+>>> assigner.assign("user-42") == assigner.assign("user-42")
+True
+>>> parse_arms("control:0.5:0.0,tail:x:0.3")
+Traceback (most recent call last):
+...
+online.arms.ArmSpecError: arm 'tail:x:0.3': weight 'x' is not a number
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["ArmAssigner", "ArmConfig", "ArmSpecError", "parse_arms"]
+
+
+class ArmSpecError(ValueError):
+    """An arm specification (or weight table) is malformed; the message names the bad part."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmConfig:
+    """One arm: its name, its share of traffic (relative weight) and its re-ranking strength."""
+
+    name: str
+    weight: float
+    rerank_strength: float
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ArmSpecError("arm name must not be empty")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ArmSpecError(f"arm {self.name!r}: weight must be a finite number >= 0, got {self.weight}")
+        if not 0.0 <= self.rerank_strength <= 1.0:
+            raise ArmSpecError(
+                f"arm {self.name!r}: rerank_strength must be in [0, 1], got {self.rerank_strength}"
+            )
+
+
+def parse_arms(spec: str) -> list[ArmConfig]:
+    """Parse ``"name:weight:strength,name:weight:strength,..."`` (e.g. ``TAILCAST_ARMS``)."""
+    arms: list[ArmConfig] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            raise ArmSpecError(f"empty arm in {spec!r} (expected name:weight:strength, comma-separated)")
+        fields = [f.strip() for f in part.split(":")]
+        if len(fields) != 3:
+            raise ArmSpecError(f"arm {part!r}: expected name:weight:strength, got {len(fields)} field(s)")
+        name, weight_s, strength_s = fields
+        try:
+            weight = float(weight_s)
+        except ValueError:
+            raise ArmSpecError(f"arm {part!r}: weight {weight_s!r} is not a number") from None
+        try:
+            strength = float(strength_s)
+        except ValueError:
+            raise ArmSpecError(f"arm {part!r}: rerank strength {strength_s!r} is not a number") from None
+        arms.append(ArmConfig(name, weight, strength))
+    names = [a.name for a in arms]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ArmSpecError(f"duplicate arm name(s) {dupes} in {spec!r}")
+    if not sum(a.weight for a in arms) > 0:
+        raise ArmSpecError(f"arm weights in {spec!r} sum to 0: no arm would get traffic")
+    return arms
+
+
+class ArmAssigner:
+    """Deterministic user -> arm assignment proportional to the arm weights."""
+
+    def __init__(self, arms: Mapping[str, float], *, salt: str = "tailcast") -> None:
+        if not arms:
+            raise ArmSpecError("at least one arm is needed")
+        for name, w in arms.items():
+            if not (math.isfinite(w) and w >= 0):
+                raise ArmSpecError(f"arm {name!r}: weight must be a finite number >= 0, got {w}")
+        total = float(sum(arms.values()))
+        if not total > 0:
+            raise ArmSpecError("arm weights sum to 0: no arm would get traffic")
+        self.salt = salt
+        self.names: tuple[str, ...] = tuple(arms)
+        self.weights: tuple[float, ...] = tuple(float(arms[n]) / total for n in self.names)
+        cum, acc = [], 0.0
+        for w in self.weights:
+            acc += w
+            cum.append(acc)
+        cum[-1] = 1.0
+        self._cum = cum
+
+    @classmethod
+    def from_configs(cls, arms: Sequence[ArmConfig], *, salt: str = "tailcast") -> ArmAssigner:
+        return cls({a.name: a.weight for a in arms}, salt=salt)
+
+    def position(self, user: str) -> float:
+        """The user's stable uniform draw in [0, 1)."""
+        digest = hashlib.blake2b(f"{self.salt}:{user}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64
+
+    def assign(self, user: str) -> str:
+        i = bisect.bisect_right(self._cum, self.position(user))
+        # arms of weight 0 own an empty interval; min() guards the float edge at 1.0
+        return self.names[min(i, len(self.names) - 1)]

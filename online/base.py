@@ -1,0 +1,233 @@
+"""The contract every online model honours, and the small pieces they share.
+
+Every model in ``online/`` learns from one event at a time and answers three questions::
+
+    learn_one(user, item, ts, history)          # history: the user's recent items BEFORE this event,
+                                                # oldest first, most recent last (bounded, e.g. 50)
+    recommend(user, history, k, exclude=())     # top-k Candidates, best first
+    score(user, history, items)                 # float64 scores aligned with items; unknown item -> 0.0
+
+Ids are ``str`` in the public API and dense ``int`` indices inside (see :class:`IdIndex`); timestamps
+are float Unix seconds. ``recommend`` never returns an item of ``exclude`` nor of ``history``
+(re-recommending what the user just consumed is left to the caller to add back, on purpose).
+
+>>> c = Candidate("i7", 0.9, "covisit", anchor="i42")
+>>> c.reason()
+'co-visited with i42'
+>>> Candidate("i9", 0.1, "fresh").reason()
+'tail discovery'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "SOURCES",
+    "Candidate",
+    "DecayClock",
+    "Event",
+    "IdIndex",
+    "OnlineModel",
+    "learn_many",
+    "top_k",
+]
+
+#: Every value ``Candidate.source`` may take.
+SOURCES = ("popularity", "covisit", "mf", "content", "fresh", "transformer", "blend")
+
+_REASONS = {
+    "popularity": "popular now",
+    "covisit": "co-visited with {anchor}",
+    "mf": "liked by people with your taste",
+    "content": "similar to {anchor}",
+    "fresh": "tail discovery",
+    "transformer": "matches your recent sequence",
+    "blend": "picked for you",
+}
+_REASONS_NO_ANCHOR = {"covisit": "often seen together", "content": "similar to what you like"}
+
+#: ``(user, item, ts, history)``, the argument tuple of ``learn_one``.
+Event = tuple[str, str, float, Sequence[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One recommended item, the source that proposed it and (optionally) the history item behind it."""
+
+    item: str
+    score: float
+    source: str
+    anchor: str | None = None
+
+    def reason(self) -> str:
+        """Short human text for the recommendation message, e.g. ``"co-visited with i42"``."""
+        if self.anchor is None and self.source in _REASONS_NO_ANCHOR:
+            return _REASONS_NO_ANCHOR[self.source]
+        return _REASONS.get(self.source, "recommended").format(anchor=self.anchor)
+
+
+@runtime_checkable
+class OnlineModel(Protocol):
+    """What the scorer, the evaluator and the contract test rely on."""
+
+    name: str
+
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None: ...
+
+    def recommend(
+        self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]: ...
+
+    def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray: ...
+
+
+def learn_many(model: OnlineModel, events: Iterable[Event]) -> int:
+    """Feed ``(user, item, ts, history)`` tuples to ``model.learn_one`` in order; return how many."""
+    n = 0
+    for user, item, ts, history in events:
+        model.learn_one(user, item, ts, history)
+        n += 1
+    return n
+
+
+class IdIndex:
+    """Dense, append-only ``str -> int`` mapping (index = order of first appearance).
+
+    >>> ix = IdIndex()
+    >>> ix.add("a"), ix.add("b"), ix.add("a"), ix.get("zz")
+    (0, 1, 0, -1)
+    >>> len(ix), ix.name(1)
+    (2, 'b')
+    """
+
+    __slots__ = ("_ids", "_names")
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
+
+    def add(self, key: str) -> int:
+        idx = self._ids.get(key)
+        if idx is None:
+            idx = len(self._names)
+            self._ids[key] = idx
+            self._names.append(key)
+        return idx
+
+    def get(self, key: str, default: int = -1) -> int:
+        return self._ids.get(key, default)
+
+    def name(self, idx: int) -> str:
+        return self._names[idx]
+
+    @property
+    def names(self) -> list[str]:
+        return self._names
+
+    def indices(self, keys: Iterable[str]) -> np.ndarray:
+        """int64 indices of ``keys``, -1 for unknown ones."""
+        get = self._ids.get
+        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getstate__(self) -> list[str]:
+        return self._names
+
+    def __setstate__(self, names: list[str]) -> None:
+        self._names = list(names)
+        self._ids = {n: i for i, n in enumerate(self._names)}
+
+
+class DecayClock:
+    """Lazy exponential decay: weights are stored in a moving reference frame.
+
+    An event at time ``ts`` adds ``2 ** ((ts - t0) / half_life)`` instead of decaying every stored
+    weight on every event; the true decayed value at time ``now`` is ``stored * 2 ** (-(now - t0) /
+    half_life)``. Ratios and rankings of stored weights are therefore exact without any decay pass.
+    When the exponent grows past ``max_exponent`` the owner rescales its stored weights by
+    :meth:`rebase`'s factor (rare: every ``max_exponent`` half-lives of stream time).
+
+    >>> clock = DecayClock(half_life_s=10.0)
+    >>> clock.weight(0.0), clock.weight(10.0), clock.weight(20.0)
+    (1.0, 2.0, 4.0)
+    >>> clock.now_factor(20.0)   # multiply stored weights by this to read them at t=20
+    0.25
+    """
+
+    __slots__ = ("half_life_s", "t0", "max_exponent", "_inv")
+
+    def __init__(self, half_life_s: float, max_exponent: float = 200.0) -> None:
+        if not half_life_s > 0:
+            raise ValueError(f"half_life_s must be > 0, got {half_life_s!r}")
+        self.half_life_s = float(half_life_s)
+        self.t0: float | None = None
+        self.max_exponent = max_exponent
+        self._inv = 1.0 / self.half_life_s
+
+    def exponent(self, ts: float) -> float:
+        if self.t0 is None:
+            self.t0 = float(ts)
+        return (ts - self.t0) * self._inv
+
+    def weight(self, ts: float) -> float:
+        return 2.0 ** self.exponent(ts)
+
+    def needs_rebase(self, ts: float) -> bool:
+        return self.t0 is not None and (ts - self.t0) * self._inv > self.max_exponent
+
+    def rebase(self, ts: float) -> float:
+        """Move the reference time to ``ts``; return the factor to multiply stored weights by."""
+        factor = 2.0 ** (-self.exponent(ts))
+        self.t0 = float(ts)
+        return factor
+
+    def now_factor(self, now: float) -> float:
+        if self.t0 is None:
+            return 1.0
+        return 2.0 ** (-(now - self.t0) * self._inv)
+
+    def __getstate__(self) -> tuple[float, float | None, float]:
+        return (self.half_life_s, self.t0, self.max_exponent)
+
+    def __setstate__(self, state: tuple[float, float | None, float]) -> None:
+        self.half_life_s, self.t0, self.max_exponent = state
+        self._inv = 1.0 / self.half_life_s
+
+
+def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` largest finite scores, best first; ties go to the lower index.
+
+    ``banned`` is an index array excluded from the result (e.g. history and ``exclude`` items).
+
+    >>> top_k(np.array([0.1, 0.9, 0.5, 0.9]), 2, banned=np.array([1]))
+    array([3, 2])
+    """
+    if k <= 0 or scores.size == 0:
+        return np.empty(0, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if banned is not None and banned.size:
+        s = s.copy()
+        s[banned[banned >= 0]] = -np.inf
+    finite = np.isfinite(s)
+    n_ok = int(finite.sum())
+    if n_ok == 0:
+        return np.empty(0, dtype=np.int64)
+    k = min(k, n_ok)
+    if k < s.size:
+        thr = s[np.argpartition(-s, k - 1)[k - 1]]
+        part = np.flatnonzero(s >= thr)  # ties at the boundary all kept, then cut by index
+    else:
+        part = np.flatnonzero(finite)
+    order = np.lexsort((part, -s[part]))
+    return part[order][:k].astype(np.int64)
+

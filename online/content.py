@@ -1,0 +1,211 @@
+"""Content neighbours: items similar in content to what the user just consumed.
+
+The only model that can recommend an item nobody has clicked yet: an item is recommendable as soon
+as it has a content vector (from the text encoder, or from :class:`TagVectoriser` when that is
+absent). Vectors are stored L2-normalised in a growable float32 matrix; ``recommend`` is the cosine
+of the recency-weighted mean of the last ``history_window`` history vectors against every item
+vector (one matrix-vector product), and a candidate's ``anchor`` is the history item most similar
+to it. ``learn_one`` is a no-op: this model learns from the catalogue, not from events.
+
+Measured ``learn_one`` cost: 0.03 µs/event (a no-op), with
+``.venv/bin/python -m timeit -s "from online.content import ContentNeighbours as C; m = C(dim=8)" "m.learn_one('u', 'i', 0.0, ())"``.
+
+>>> cn = ContentNeighbours(dim=3)
+>>> cn.set_vectors(["a", "b", "c"], np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], dtype=np.float32))
+>>> [(c.item, c.anchor) for c in cn.recommend("u", ["a"], k=2)]
+[('b', 'a'), ('c', 'a')]
+>>> tv = TagVectoriser(dim=16)
+>>> v = tv.transform("The Matrix", ["sci-fi", "action"])
+>>> v.shape, round(float(np.linalg.norm(v)), 5), bool((v == tv.transform("the matrix", ["action", "sci-fi"])).all())
+((16,), 1.0, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+
+from online.base import Candidate, Event, IdIndex, top_k
+
+__all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
+
+
+class ShapeMismatchError(ValueError):
+    """A content vector does not have the model's dimension (or items and rows disagree)."""
+
+
+class ContentNeighbours:
+    """Cosine nearest neighbours over item content vectors. ``name = "content"``."""
+
+    name = "content"
+
+    def __init__(self, *, dim: int, history_window: int = 10) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.history_window = int(history_window)
+        self._index = IdIndex()
+        self._v = np.zeros((0, dim), dtype=np.float32)  # (n_items_cap, D), rows L2-normalised
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, item: object) -> bool:
+        """Whether the model knows ``item`` (has seen it / holds its vector)."""
+        return item in self._index
+
+    def has_vector(self, item: str) -> bool:
+        return item in self._index
+
+    def _rows(self, items: Sequence[str]) -> np.ndarray:
+        rows = np.empty(len(items), dtype=np.int64)
+        for n, item in enumerate(items):
+            rows[n] = self._index.add(item)
+        need = int(rows.max()) + 1 if rows.size else 0
+        if need > self._v.shape[0]:
+            v = np.zeros((max(need, 2 * self._v.shape[0], 1024), self.dim), dtype=np.float32)
+            v[: self._v.shape[0]] = self._v
+            self._v = v
+        return rows
+
+    def set_vectors(self, items: Sequence[str], matrix: np.ndarray) -> None:
+        """Set (or replace) the vectors of ``items``; ``matrix`` is (len(items), dim), any scale."""
+        m = np.asarray(matrix, dtype=np.float32)
+        if m.ndim != 2 or m.shape != (len(items), self.dim):
+            raise ShapeMismatchError(
+                f"expected a ({len(items)}, {self.dim}) matrix for {len(items)} items, got {m.shape}"
+            )
+        norms = np.linalg.norm(m, axis=1, keepdims=True)
+        m = np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
+        rows = self._rows(items)  # may grow self._v: index it only afterwards
+        self._v[rows] = m
+
+    def set_vector(self, item: str, vec: np.ndarray) -> None:
+        v = np.asarray(vec, dtype=np.float32)
+        if v.shape != (self.dim,):
+            raise ShapeMismatchError(f"expected a ({self.dim},) vector for {item!r}, got {v.shape}")
+        self.set_vectors([item], v[None, :])
+
+    def vector(self, item: str) -> np.ndarray | None:
+        idx = self._index.get(item)
+        return None if idx < 0 else self._v[idx].copy()
+
+    # ---------------------------------------------------------------- OnlineModel
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
+        """No-op: content similarity does not learn from events."""
+
+    def learn_many(self, events: Iterable[Event]) -> None:
+        """No-op, like :meth:`learn_one`."""
+
+    def _history_rows(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the recent history items that have a vector, most recent first, and their weights."""
+        rows: list[int] = []
+        weights: list[float] = []
+        seen: set[str] = set()
+        r = 0
+        for item in reversed(history):
+            if r >= self.history_window:
+                break
+            if item in seen:
+                continue
+            seen.add(item)
+            r += 1
+            idx = self._index.get(item)
+            if idx >= 0:
+                rows.append(idx)
+                weights.append(1.0 / r)
+        return np.asarray(rows, dtype=np.int64), np.asarray(weights, dtype=np.float32)
+
+    def _query(self, history: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        rows, w = self._history_rows(history)
+        if not rows.size:
+            return None, rows
+        q = w @ self._v[rows]  # (D,)
+        norm = float(np.linalg.norm(q))
+        return (q / norm if norm > 0 else None), rows
+
+    def recommend(
+        self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
+        q, rows = self._query(history)
+        if q is None:
+            return []
+        n = len(self._index)
+        sims = (self._v[:n] @ q).astype(np.float64)  # (n_items,)
+        banned = self._index.indices([*history, *exclude])
+        best = top_k(sims, k, banned)
+        if not best.size:
+            return []
+        anchors = rows[np.argmax(self._v[rows] @ self._v[best].T, axis=0)]  # (k,)
+        names = self._index.names
+        return [
+            Candidate(names[j], float(sims[j]), "content", anchor=names[a])
+            for j, a in zip(best.tolist(), anchors.tolist())
+        ]
+
+    def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        idx = self._index.indices(items)
+        out = np.zeros(len(idx))
+        q, _ = self._query(history)
+        known = idx >= 0
+        if q is not None and known.any():
+            out[known] = self._v[idx[known]] @ q
+        return out
+
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+class TagVectoriser:
+    """Hashed bag of title tokens and tags/genres, L2-normalised: the fallback item featuriser.
+
+    Deterministic across processes (blake2b, not Python's salted ``hash``); signed hashing so that
+    collisions cancel out on average. Tags weigh ``tag_weight`` (they are curated), title tokens 1.
+    """
+
+    def __init__(self, dim: int = 256, *, tag_weight: float = 2.0) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.tag_weight = float(tag_weight)
+        self._cache: dict[str, tuple[int, float]] = {}
+
+    def _slot(self, feature: str) -> tuple[int, float]:
+        hit = self._cache.get(feature)
+        if hit is None:
+            h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+            hit = (h % self.dim, 1.0 if (h >> 63) & 1 else -1.0)
+            if len(self._cache) < 1_000_000:
+                self._cache[feature] = hit
+        return hit
+
+    def transform(self, title: str = "", tags: Iterable[str] = ()) -> np.ndarray:
+        """(dim,) float32 unit vector (all zeros when there is no token at all)."""
+        v = np.zeros(self.dim, dtype=np.float32)
+        for tok in _TOKEN.findall(title.lower()):
+            slot, sign = self._slot("w:" + tok)
+            v[slot] += sign
+        for tag in tags:
+            slot, sign = self._slot("t:" + tag.strip().lower())
+            v[slot] += sign * self.tag_weight
+        norm = float(np.linalg.norm(v))
+        return v / norm if norm > 0 else v
+
+    def transform_many(self, titles: Sequence[str], tags: Sequence[Iterable[str]] | None = None) -> np.ndarray:
+        """(len(titles), dim) float32 matrix of :meth:`transform` rows."""
+        tag_lists = tags if tags is not None else [()] * len(titles)
+        if len(tag_lists) != len(titles):
+            raise ShapeMismatchError(f"{len(titles)} titles but {len(tag_lists)} tag lists")
+        out = np.zeros((len(titles), self.dim), dtype=np.float32)
+        for n, (title, t) in enumerate(zip(titles, tag_lists)):
+            out[n] = self.transform(title, t)
+        return out
+
+    def __getstate__(self) -> dict:
+        return {"dim": self.dim, "tag_weight": self.tag_weight}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["dim"], tag_weight=state["tag_weight"])

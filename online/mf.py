@@ -1,0 +1,267 @@
+"""Online implicit matrix factorisation: BPR-style SGD, one event at a time, on growable numpy arrays.
+
+For an event (user ``u``, item ``i``) we draw ``n_negatives`` items ``j`` from the recent events
+(a ring buffer of the last ``negative_pool`` event items, so negatives follow the seen-item
+distribution: popular items are pushed down as often as they are seen, which is what keeps the
+factors from simply encoding popularity) and take one SGD step on ``-log sigmoid(x_ui - x_uj)`` with
+``x_ui = p_u . q_i + b_i`` and L2 ``reg``. Events are buffered and applied ``batch_size`` at a time
+as one vectorised step (the sum of the per-event gradients, ``np.add.at`` for repeated rows): numpy's
+per-call overhead made one step per event cost 26 µs, the batch costs a few µs per event. Reads
+(``recommend``, ``score``, ``user_vector``) see the factors as of the last step, at most
+``batch_size - 1`` events behind (flushing on every read would bring back the 26 µs per event when
+every event is followed by a recommendation); :meth:`OnlineMF.flush` forces the step. A pickle holds
+the buffer too (pickling does not flush: it must not change what the original recommends). The history a read is given is always current.
+
+Scoring. A known user is ``p_u + history_weight * mean(q_h for h in the last history_window items)``;
+a user the model has not seen (or evicted: at most ``max_users`` user rows, least recently active
+evicted first) is the mean of their history item vectors, so cold users with some history get
+personal scores; a user with neither gets the item biases. ``recommend`` is one matrix-vector product
+over all item factors plus ``argpartition``.
+
+Measured ``learn_one`` cost: 4.3 µs/event amortised (dim 32, 4 negatives, batch_size 64, 100k events,
+20k items, 2-core shared CPU box; 26 µs with one numpy step per event), with
+``.venv/bin/python -m timeit -s "from online.mf import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
+(per-event figure = time / 100k).
+
+>>> mf = OnlineMF(dim=8, seed=1)
+>>> for n in range(200):
+...     mf.learn_one(f"u{n % 10}", f"i{n % 7}", float(n), [])
+>>> recs = mf.recommend("u3", ["i3"], k=3)
+>>> len(recs), recs[0].source, "i3" in {c.item for c in recs}
+(3, 'mf', False)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+
+from online.base import Candidate, Event, IdIndex, top_k
+
+__all__ = ["OnlineMF"]
+
+_RAND_BLOCK = 8192
+
+
+class OnlineMF:
+    """BPR matrix factorisation trained online. ``name = "mf"``."""
+
+    name = "mf"
+
+    def __init__(
+        self,
+        *,
+        dim: int = 32,
+        lr: float = 0.05,
+        reg: float = 0.01,
+        n_negatives: int = 4,
+        seed: int = 0,
+        max_users: int = 1_000_000,
+        init_scale: float = 0.1,
+        negative_pool: int = 10_000,
+        history_window: int = 20,
+        history_weight: float = 1.0,
+        batch_size: int = 64,
+    ) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if n_negatives < 1:
+            raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {max_users}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if negative_pool < 1:
+            raise ValueError(f"negative_pool must be >= 1, got {negative_pool}")
+        self.dim = int(dim)
+        self.lr = float(lr)
+        self.reg = float(reg)
+        self.n_negatives = int(n_negatives)
+        self.seed = int(seed)
+        self.max_users = int(max_users)
+        self.init_scale = float(init_scale)
+        self.history_window = int(history_window)
+        self.history_weight = float(history_weight)
+        self._rng = np.random.default_rng(seed)
+        self._items = IdIndex()
+        self._q = np.zeros((0, dim), dtype=np.float32)  # (n_items_cap, D) item factors
+        self._b = np.zeros(0, dtype=np.float32)  # (n_items_cap,) item biases
+        self._users: OrderedDict[str, int] = OrderedDict()  # user -> row of _p, LRU order
+        self._p = np.zeros((0, dim), dtype=np.float32)  # (n_users_cap, D) user factors
+        self._pool = np.zeros(negative_pool, dtype=np.int64)  # ring buffer of recent event items
+        self._pool_n = 0
+        self._pool_pos = 0
+        self._rand = self._rng.random(_RAND_BLOCK)
+        self._rand_pos = 0
+        self.batch_size = int(batch_size)
+        self._buf_u: list[int] = []  # events waiting for the next vectorised SGD step
+        self._buf_i: list[int] = []
+        self._buf_pool_n: list[int] = []
+
+    # ---------------------------------------------------------------- rows
+    def _item_row(self, item: str) -> int:
+        idx = self._items.get(item)
+        if idx >= 0:
+            return idx
+        idx = self._items.add(item)
+        if idx >= self._q.shape[0]:
+            cap = max(1024, 2 * self._q.shape[0])
+            q = np.zeros((cap, self.dim), dtype=np.float32)
+            q[: self._q.shape[0]] = self._q
+            b = np.zeros(cap, dtype=np.float32)
+            b[: self._b.shape[0]] = self._b
+            self._q, self._b = q, b
+        self._q[idx] = self._rng.normal(0.0, self.init_scale, self.dim)
+        return idx
+
+    def _user_row(self, user: str) -> int:
+        users = self._users
+        row = users.get(user)
+        if row is not None:
+            users.move_to_end(user)
+            return row
+        if len(users) >= self.max_users:
+            _, row = users.popitem(last=False)  # evict the least recently active user
+        else:
+            row = len(users)
+            if row >= self._p.shape[0]:
+                cap = min(self.max_users, max(1024, 2 * self._p.shape[0]))
+                p = np.zeros((cap, self.dim), dtype=np.float32)
+                p[: self._p.shape[0]] = self._p
+                self._p = p
+        users[user] = row
+        self._p[row] = self._rng.normal(0.0, self.init_scale, self.dim)
+        return row
+
+    def _uniform(self, n: int) -> np.ndarray:
+        if n > _RAND_BLOCK:
+            return self._rng.random(n)
+        if self._rand_pos + n > _RAND_BLOCK:
+            self._rand = self._rng.random(_RAND_BLOCK)
+            self._rand_pos = 0
+        out = self._rand[self._rand_pos : self._rand_pos + n]
+        self._rand_pos += n
+        return out
+
+    # ---------------------------------------------------------------- learning
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
+        i = self._item_row(item)
+        if user not in self._users and len(self._users) >= self.max_users:
+            self._flush()  # the evicted user's row may still be waiting in the buffer
+        u = self._user_row(user)
+        self._buf_u.append(u)
+        self._buf_i.append(i)
+        self._buf_pool_n.append(self._pool_n)
+        pos = self._pool_pos
+        self._pool[pos] = i
+        self._pool_pos = pos + 1 if pos + 1 < self._pool.size else 0
+        if self._pool_n < self._pool.size:
+            self._pool_n += 1
+        if len(self._buf_u) >= self.batch_size:
+            self._flush()
+
+    def flush(self) -> None:
+        """Apply the buffered events now (reads do not wait for a full batch; see the module doc)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        """Apply the buffered events as one vectorised SGD step (sum of the per-event gradients).
+
+        Each event's negatives are drawn from the pool as it was when the event arrived (the
+        pool's size then is buffered; slots overwritten since hold more recent items, which follow
+        the same distribution).
+        """
+        if not self._buf_u:
+            return
+        us = np.asarray(self._buf_u, dtype=np.int64)  # (B,)
+        its = np.asarray(self._buf_i, dtype=np.int64)  # (B,)
+        pool_n = np.asarray(self._buf_pool_n, dtype=np.int64)  # (B,)
+        self._buf_u, self._buf_i, self._buf_pool_n = [], [], []
+        ok = pool_n > 0
+        if not ok.all():
+            us, its, pool_n = us[ok], its[ok], pool_n[ok]
+            if not us.size:
+                return
+        n_b, n_n = us.size, self.n_negatives
+        slots = (self._uniform(n_b * n_n).reshape(n_b, n_n) * pool_n[:, None]).astype(np.int64)
+        negs = self._pool[slots]  # (B, N)
+        mask = (negs != its[:, None]).astype(np.float32)  # (B, N) the positive is no negative
+        P, Q, Bias = self._p, self._q, self._b
+        lr, reg = np.float32(self.lr), np.float32(self.reg)
+        pu = P[us]  # (B, D)
+        qi = Q[its]  # (B, D)
+        qj = Q[negs]  # (B, N, D)
+        diff = qi[:, None, :] - qj  # (B, N, D)
+        x = np.einsum("bnd,bd->bn", diff, pu) + (Bias[its][:, None] - Bias[negs])  # (B, N)
+        g = mask / (1.0 + np.exp(np.clip(x, -30.0, 30.0)))  # sigmoid(-x): grad of -log sigmoid(x)
+        gs = g.sum(axis=1)  # (B,)
+        np.add.at(P, us, lr * (np.einsum("bn,bnd->bd", g, diff) - reg * pu))
+        np.add.at(Q, its, lr * (gs[:, None] * pu - reg * qi))
+        np.add.at(Q, negs.ravel(), (-lr * (g[:, :, None] * pu[:, None, :] + reg * qj)).reshape(-1, self.dim))
+        np.add.at(Bias, its, lr * (gs - reg * Bias[its]))
+        np.add.at(Bias, negs.ravel(), (-lr * (g + reg * Bias[negs])).ravel())
+
+    def learn_many(self, events: Iterable[Event]) -> None:
+        for user, item, ts, history in events:
+            self.learn_one(user, item, ts, history)
+
+    # ---------------------------------------------------------------- scoring
+    def user_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
+        """The (D,) query vector for ``user``, or ``None`` when nothing is known about them."""
+        hist = self._items.indices(history[-self.history_window :]) if len(history) else None
+        if hist is not None:
+            hist = hist[hist >= 0]
+        row = self._users.get(user)
+        h_mean = self._q[hist].mean(axis=0) if hist is not None and hist.size else None
+        if row is None:
+            return h_mean
+        p = self._p[row]
+        return p if h_mean is None else p + self.history_weight * h_mean
+
+    def _all_scores(self, user: str, history: Sequence[str]) -> np.ndarray:
+        n = len(self._items)
+        vec = self.user_vector(user, history)
+        if vec is None:
+            return self._b[:n].astype(np.float64)
+        return (self._q[:n] @ vec + self._b[:n]).astype(np.float64)  # (n_items,)
+
+    def recommend(
+        self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
+        if not len(self._items):
+            return []
+        scores = self._all_scores(user, history)
+        banned = self._items.indices([*history, *exclude])
+        names = self._items.names
+        return [Candidate(names[j], float(scores[j]), "mf") for j in top_k(scores, k, banned).tolist()]
+
+    def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        idx = self._items.indices(items)
+        out = np.zeros(len(idx))
+        known = idx >= 0
+        if not known.any():
+            return out
+        vec = self.user_vector(user, history)
+        q_rows = idx[known]
+        if vec is None:
+            out[known] = self._b[q_rows]
+        else:
+            out[known] = self._q[q_rows] @ vec + self._b[q_rows]
+        return out
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        """Whether the model knows ``item`` (has seen it / holds its vector)."""
+        return item in self._items
+
+
+def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, n_users: int = 5000, seed: int = 0):
+    """A fresh model and a Zipf event stream, for the timeit figure in the module docstring."""
+    rng = np.random.default_rng(seed)
+    items = [f"i{j}" for j in (rng.zipf(1.2, n_events) % n_items)]
+    users = [f"u{u}" for u in rng.integers(0, n_users, n_events).tolist()]
+    return OnlineMF(), [(u, it, float(n), ()) for n, (u, it) in enumerate(zip(users, items))]

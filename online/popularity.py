@@ -1,0 +1,300 @@
+"""Time-decayed popularity, and the head/tail split over a sliding window of events (DESIGN §4).
+
+Two views of one stream:
+
+* **ranking**: a decayed count per item, ``sum over its events of 2 ** (-(now - ts) / half_life_s)``,
+  kept lazily (see :class:`online.base.DecayClock`), so an event costs one add, not a decay pass;
+* **head/tail**: counts over the last ``window_events`` events (a deque of item indices plus counts).
+  Head = the top ``head_share`` of *active* items (>= 1 event in the window) by window count, i.e. the
+  top ``floor(head_share * n_active)`` items by window count, ties broken by item id (ascending) — the
+  same convention as ``online/exposure.py``, so the models and the metrics agree on what the tail is. Tail = every other item, including never-seen ones. The head set is
+  recomputed lazily, at most once every ``refresh_every`` events (O(n_items) then), and
+  read from a cached set in O(1) for every recommendation.
+
+Memory is bounded: when more than ``max_items`` items are known, the items that are out of the window
+are dropped, least decayed-popular first, down to ``max_items // 2`` known items (items active in the
+window are always kept, so the bound is ``max(max_items, window_events)``).
+
+Measured ``learn_one`` cost: 0.5 µs/event (100k events over 20k Zipf items, 2-core shared CPU box), with
+``.venv/bin/python -m timeit -s "from online.popularity import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
+(per-event figure = time / 100k).
+
+>>> pop = DecayedPopularity(half_life_s=10.0, window_events=8, head_share=0.25, refresh_every=1)
+>>> for n, item in enumerate("aaaabbcd"):
+...     pop.learn_one("u", item, ts=float(n), history=())
+>>> [c.item for c in pop.recommend("u", (), k=3)]
+['a', 'b', 'd']
+>>> pop.is_tail("a"), pop.is_tail("b"), pop.is_tail("never-seen")
+(False, True, True)
+>>> pop.window_count("a"), pop.popularity_share("b")
+(4, 0.25)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+
+from online.base import Candidate, DecayClock, Event, IdIndex, top_k
+
+__all__ = ["DecayedPopularity"]
+
+_CACHE_TOP = 1000  # size of the cached "most popular now" list used by recommend()
+
+
+class DecayedPopularity:
+    """Decayed popularity ranking plus the windowed head/tail split. ``name = "popularity"``."""
+
+    name = "popularity"
+
+    def __init__(
+        self,
+        *,
+        half_life_s: float = 86400.0,
+        window_events: int = 100_000,
+        head_share: float = 0.2,
+        max_items: int = 1_000_000,
+        refresh_every: int = 1000,
+        fresh_max_count: int = 3,
+    ) -> None:
+        if window_events < 1:
+            raise ValueError(f"window_events must be >= 1, got {window_events}")
+        if not 0.0 <= head_share <= 1.0:
+            raise ValueError(f"head_share must be in [0, 1], got {head_share}")
+        if max_items < 2:
+            raise ValueError(f"max_items must be >= 2, got {max_items}")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self.half_life_s = float(half_life_s)
+        self.window_events = int(window_events)
+        self.head_share = float(head_share)
+        self.max_items = int(max_items)
+        self.refresh_every = int(refresh_every)
+        self.fresh_max_count = int(fresh_max_count)
+
+        self._clock = DecayClock(half_life_s)
+        self._index = IdIndex()
+        # Plain lists, not numpy: a scalar list update is ~4x cheaper than a numpy item update and
+        # learn_one is on the ingest hot path. They are turned into arrays only on refresh.
+        self._score: list[float] = []  # lazily decayed counts (DecayClock frame)
+        self._count: list[int] = []  # events in the window
+        self._first_ts: list[float] = []  # ts of the first event seen
+        self._window: deque[int] = deque()
+        self._n_active = 0
+        self._n_events = 0
+        self._last_ts = -math.inf
+        # lazily refreshed caches
+        self._refreshed_at = -1
+        self._head: frozenset[str] = frozenset()
+        self._head_mask = np.zeros(0, dtype=bool)
+        self._top: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    # ---------------------------------------------------------------- learning
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
+        idx = self._index.get(item)
+        if idx < 0:
+            idx = self._add_item(item, ts)
+        clock = self._clock
+        if clock.t0 is None:
+            clock.t0 = float(ts)
+        e = (ts - clock.t0) * clock._inv
+        if e > clock.max_exponent:
+            f = clock.rebase(ts)
+            self._score = [v * f for v in self._score]
+            e = 0.0
+        self._score[idx] += 2.0**e
+        count = self._count
+        window = self._window
+        if len(window) >= self.window_events:
+            old = window.popleft()
+            count[old] -= 1
+            if count[old] == 0:
+                self._n_active -= 1
+        window.append(idx)
+        count[idx] += 1
+        if count[idx] == 1:
+            self._n_active += 1
+        self._n_events += 1
+        if ts > self._last_ts:
+            self._last_ts = ts
+
+    def learn_many(self, events: Iterable[Event]) -> None:
+        for user, item, ts, history in events:
+            self.learn_one(user, item, ts, history)
+
+    def _add_item(self, item: str, ts: float) -> int:
+        if len(self._index) >= self.max_items:
+            self._compact()
+        idx = self._index.add(item)
+        self._score.append(0.0)
+        self._count.append(0)
+        self._first_ts.append(float(ts))
+        return idx
+
+    def _compact(self) -> None:
+        """Forget out-of-window items, least decayed-popular first, down to ``max_items // 2``."""
+        count = np.asarray(self._count)
+        score = np.asarray(self._score)
+        keep = count > 0
+        room = self.max_items // 2 - int(keep.sum())
+        if room > 0:
+            idle = np.flatnonzero(~keep)
+            keep[idle[top_k(score[idle], room)]] = True
+        kept = np.flatnonzero(keep)  # ascending: first-seen order is preserved
+        remap = np.full(count.size, -1, dtype=np.int64)
+        remap[kept] = np.arange(kept.size)
+        names = self._index.names
+        index = IdIndex()
+        for i in kept.tolist():
+            index.add(names[i])
+        self._index = index
+        self._score = score[kept].tolist()
+        self._count = count[kept].tolist()
+        self._first_ts = np.asarray(self._first_ts)[kept].tolist()
+        self._window = deque(remap[np.fromiter(self._window, dtype=np.int64)].tolist())
+        self._refreshed_at = -1
+
+    # ---------------------------------------------------------------- head / tail
+    def _refresh(self) -> None:
+        if self._refreshed_at >= 0 and self._n_events - self._refreshed_at < self.refresh_every:
+            return
+        count = np.asarray(self._count, dtype=np.int64)
+        active = np.flatnonzero(count > 0)
+        n_head = int(math.floor(self.head_share * active.size + 1e-9))
+        names = self._index.names
+        if n_head == 0:
+            head = active[:0]
+        elif n_head >= active.size:
+            head = active
+        else:
+            c = count[active]
+            thr = np.partition(c, c.size - n_head)[c.size - n_head]  # the n_head-th largest count
+            above = active[c > thr]
+            tied = sorted(active[c == thr].tolist(), key=names.__getitem__)  # ties: by item id
+            head = np.concatenate([above, np.asarray(tied[: n_head - above.size], dtype=np.int64)])
+        self._head_mask = np.zeros(count.size, dtype=bool)
+        self._head_mask[head] = True
+        self._head = frozenset(names[i] for i in head.tolist())
+        self._top = top_k(np.asarray(self._score), _CACHE_TOP)
+        self._refreshed_at = self._n_events
+
+    def is_tail(self, item: str) -> bool:
+        """True unless ``item`` is in the current head (an unknown item is tail)."""
+        self._refresh()
+        return item not in self._head
+
+    def tail_mask(self, items: Iterable[str]) -> np.ndarray:
+        """Boolean array, True where the item is tail."""
+        self._refresh()
+        head = self._head
+        return np.fromiter((i not in head for i in items), dtype=bool)
+
+    def head_items(self) -> frozenset[str]:
+        self._refresh()
+        return self._head
+
+    def window_count(self, item: str) -> int:
+        idx = self._index.get(item)
+        return self._count[idx] if idx >= 0 else 0
+
+    def window_size(self) -> int:
+        return len(self._window)
+
+    def active_items(self) -> list[str]:
+        """Items with at least one event in the window, in first-seen order."""
+        names = self._index.names
+        return [names[i] for i, c in enumerate(self._count) if c > 0]
+
+    @property
+    def n_active(self) -> int:
+        return self._n_active
+
+    def popularity_share(self, item: str) -> float:
+        """Window count / window size (the probability used for novelty = -log2(share))."""
+        n = len(self._window)
+        return self.window_count(item) / n if n else 0.0
+
+    def decayed_count(self, item: str, now: float | None = None) -> float:
+        """Decayed number of events of ``item`` read at ``now`` (default: the latest event ts)."""
+        idx = self._index.get(item)
+        if idx < 0:
+            return 0.0
+        return self._score[idx] * self._clock.now_factor(self._now(now))
+
+    def _now(self, now: float | None) -> float:
+        if now is not None:
+            return now
+        return self._last_ts if math.isfinite(self._last_ts) else 0.0
+
+    def fresh_items(self, k: int, exclude: Collection[str] = ()) -> list[Candidate]:
+        """The fresh tail: most recently first-seen items still active with few window counts.
+
+        Score = ``2 ** (-age / half_life_s)`` of the item's first appearance (1.0 = brand new).
+        """
+        self._refresh()
+        names = self._index.names
+        count = self._count
+        head = self._head_mask
+        factor = 1.0 / self.half_life_s
+        now = self._now(None)
+        out: list[Candidate] = []
+        scanned = 0
+        for i in range(len(names) - 1, -1, -1):
+            if len(out) >= k or scanned >= 20 * k + 1000:
+                break
+            scanned += 1
+            c = count[i]
+            if c < 1 or c > self.fresh_max_count or (i < head.size and head[i]):
+                continue
+            name = names[i]
+            if name in exclude:
+                continue
+            age = max(0.0, now - self._first_ts[i])
+            out.append(Candidate(name, 2.0 ** (-age * factor), "fresh"))
+        return out
+
+    # ---------------------------------------------------------------- OnlineModel
+    def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        idx = self._index.indices(items)
+        if not len(self._score):
+            return np.zeros(len(idx))
+        scores = np.asarray(self._score)[np.maximum(idx, 0)] * self._clock.now_factor(self._now(None))
+        return np.where(idx >= 0, scores, 0.0)
+
+    def recommend(
+        self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
+        self._refresh()
+        banned = set(exclude)
+        banned.update(history)
+        names = self._index.names
+        top = self._top
+        if k + len(banned) > top.size and top.size < len(names):
+            top = top_k(np.asarray(self._score), k + len(banned))
+        f = self._clock.now_factor(self._now(None))
+        out: list[Candidate] = []
+        for i in top.tolist():
+            name = names[i]
+            if name not in banned:
+                out.append(Candidate(name, self._score[i] * f, "popularity"))
+                if len(out) >= k:
+                    break
+        return out
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, item: object) -> bool:
+        """Whether the model knows ``item`` (has seen it / holds its vector)."""
+        return item in self._index
+
+
+def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, seed: int = 0):
+    """A fresh model and a Zipf event stream, for the timeit figure in the module docstring."""
+    rng = np.random.default_rng(seed)
+    items = [f"i{j}" for j in (rng.zipf(1.2, n_events) % n_items)]
+    events = [(f"u{n % 5000}", it, float(n), ()) for n, it in enumerate(items)]
+    return DecayedPopularity(window_events=50_000), events

@@ -1,0 +1,120 @@
+"""The Prometheus metrics tailcast promises, as the infra files may use them.
+
+This is the list the lead fixed for the exporters (STYLE item 10: ``tailcast_<subsystem>_<name>_<unit>``).
+The dashboard and alert tests allow only these names, and the fake exporter in
+``test_dashboard_live.py`` serves exactly these. When an exporter gains or renames a metric, change it
+here and in ``infra/`` in the same commit.
+
+Loaded by ``conftest.py`` (the ``metric_catalog`` fixture); plain data, no pytest.
+
+>>> "tailcast_scorer_batch_latency_seconds_bucket" in series_names()
+True
+>>> "tailcast_scorer_batch_latency_seconds" in series_names()  # a histogram has no series of its own
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric family: ``name`` as written in PromQL (counters keep their ``_total``)."""
+
+    name: str
+    kind: Kind
+    labels: tuple[str, ...] = ()
+    # Labels an exporter may leave out (``tailcast_blender_auc_ratio`` without ``arm``).
+    optional_labels: tuple[str, ...] = ()
+
+
+METRICS: tuple[Metric, ...] = (
+    # worker (TAILCAST_METRICS_PORT default 9101)
+    Metric("tailcast_worker_events_consumed_total", "counter"),
+    Metric("tailcast_worker_events_valid_total", "counter"),
+    Metric("tailcast_worker_dlq_records_total", "counter", ("reason",)),
+    Metric("tailcast_worker_duplicates_skipped_total", "counter"),
+    Metric("tailcast_worker_user_states", "gauge"),
+    Metric("tailcast_worker_score_requests_total", "counter"),
+    Metric("tailcast_worker_batch_size_events", "histogram"),
+    Metric("tailcast_worker_consumer_lag_messages", "gauge", ("topic",)),
+    # scorer (default 9102)
+    Metric("tailcast_scorer_requests_consumed_total", "counter"),
+    Metric("tailcast_scorer_requests_coalesced_total", "counter"),
+    Metric("tailcast_scorer_recommendations_published_total", "counter", ("arm",)),
+    Metric("tailcast_scorer_event_to_recommendation_latency_seconds", "histogram", ("arm",)),
+    Metric("tailcast_scorer_batch_size_users", "histogram"),
+    Metric("tailcast_scorer_batch_latency_seconds", "histogram"),
+    Metric("tailcast_scorer_model_info", "gauge", ("version", "device")),
+    Metric("tailcast_scorer_model_loaded_timestamp_seconds", "gauge"),
+    Metric("tailcast_scorer_model_load_failures_total", "counter"),
+    Metric("tailcast_scorer_pending_requests", "gauge"),
+    Metric("tailcast_scorer_consumer_lag_messages", "gauge", ("topic",)),
+    Metric("tailcast_blender_auc_ratio", "gauge", ("arm", "source"), optional_labels=("arm",)),
+    # long-tail exposure agent (in the scorer process)
+    Metric("tailcast_longtail_tail_share_ratio", "gauge", ("arm",)),
+    Metric("tailcast_longtail_coverage_ratio", "gauge", ("arm",)),
+    Metric("tailcast_longtail_gini_ratio", "gauge", ("arm",)),
+    Metric("tailcast_longtail_aplt_ratio", "gauge", ("arm",)),
+    Metric("tailcast_longtail_novelty_bits", "gauge", ("arm",)),
+    Metric("tailcast_longtail_ndcg_ratio", "gauge", ("arm",)),
+    Metric("tailcast_longtail_hit_rate_ratio", "gauge", ("arm", "target", "bucket")),
+    Metric("tailcast_longtail_window_events", "gauge", ("arm",)),
+    Metric("tailcast_longtail_paired_events_total", "counter", ("arm", "pairing")),
+    # trainer (default 9103)
+    Metric("tailcast_trainer_refresh_total", "counter"),
+    Metric("tailcast_trainer_last_refresh_timestamp_seconds", "gauge"),
+    Metric("tailcast_trainer_refresh_duration_seconds", "histogram"),
+    Metric("tailcast_trainer_valid_ndcg_ratio", "gauge"),
+)
+
+# Series Prometheus itself adds to every target.
+BUILTIN_SERIES = frozenset({"up"})
+
+# Label values the contracts fix (DESIGN.md sections 3 and 4) or that are typical, for fakes and tests.
+LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "arm": ("control", "tail"),
+    "reason": ("invalid_json", "missing_field"),
+    "topic": ("events", "score-requests"),
+    "version": ("v1",),
+    "device": ("cpu",),
+    "source": ("blend", "popularity", "covisitation", "mf", "transformer"),
+    "target": ("all", "tail"),
+    "bucket": ("all", "<=5", "6-20", ">20"),
+    "pairing": ("exact", "stale", "none"),
+}
+
+# Default metrics port per process (TAILCAST_METRICS_PORT unset); prometheus.local.yml scrapes these.
+DEFAULT_PORTS = {"worker": 9101, "scorer": 9102, "trainer": 9103}
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def series_names() -> frozenset[str]:
+    """Every name a PromQL expression may select: counters and gauges as named, histograms by series."""
+    names: set[str] = set(BUILTIN_SERIES)
+    for metric in METRICS:
+        if metric.kind == "histogram":
+            names.update(metric.name + suffix for suffix in HISTOGRAM_SUFFIXES)
+        else:
+            names.add(metric.name)
+    return frozenset(names)
+
+
+def family_of(series: str) -> str:
+    """The family a series name belongs to (strips a histogram suffix).
+
+    >>> family_of("tailcast_trainer_refresh_duration_seconds_count")
+    'tailcast_trainer_refresh_duration_seconds'
+    >>> family_of("tailcast_worker_user_states")
+    'tailcast_worker_user_states'
+    """
+    histograms = {m.name for m in METRICS if m.kind == "histogram"}
+    for suffix in HISTOGRAM_SUFFIXES:
+        if series.endswith(suffix) and series[: -len(suffix)] in histograms:
+            return series[: -len(suffix)]
+    return series

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from online.covisit import CoVisitation
+
+
+def test_learns_planted_sequential_pattern() -> None:
+    """Among 50 noise items, B always follows A: after A, B is the top neighbour and A its anchor."""
+    rng = np.random.default_rng(0)
+    cv = CoVisitation(lookback=5, half_life_s=1e6)
+    ts = 0.0
+    for u in range(300):
+        hist: list[str] = []
+        seq = [f"n{j}" for j in rng.integers(0, 50, 6)]
+        if u % 2 == 0:
+            pos = int(rng.integers(0, 5))
+            seq[pos : pos + 2] = ["A", "B"]
+        for item in seq:
+            cv.learn_one(f"u{u}", item, ts, tuple(hist))
+            hist.append(item)
+            ts += 1.0
+    recs = cv.recommend("someone", ["n3", "n7", "A"], 5)
+    assert recs[0].item == "B" and recs[0].anchor == "A" and recs[0].reason() == "co-visited with A"
+    assert cv.neighbours("A", 1)[0][0] == "B"
+    # the sequential direction counts more than the backward one
+    assert dict(cv.neighbours("A", 60))["B"] > dict(cv.neighbours("B", 60))["A"]
+
+
+def test_normalisation_keeps_popular_items_from_swamping() -> None:
+    """P (500 events) follows A 30 times, T (20 events) follows A 20 times: T is the better neighbour."""
+    cv = CoVisitation(lookback=1, half_life_s=1e9, backward_weight=0.0)
+    ts = 0.0
+    for n in range(500):
+        prev = "A" if n < 30 else f"x{n % 40}"
+        cv.learn_one(f"p{n}", prev, ts, ())
+        cv.learn_one(f"p{n}", "P", ts, (prev,))
+        ts += 1
+    for n in range(20):
+        cv.learn_one(f"t{n}", "A", ts, ())
+        cv.learn_one(f"t{n}", "T", ts, ("A",))
+    sims = dict(cv.neighbours("A", 10))
+    # cosine: W / sqrt(n_A * n_j), n_A = 50: T = 20 / sqrt(50 * 20), P = 30 / sqrt(50 * 500)
+    assert sims["T"] == pytest.approx(20 / np.sqrt(50 * 20))
+    assert sims["P"] == pytest.approx(30 / np.sqrt(50 * 500))
+    assert [c.item for c in cv.recommend("u", ["A"], 2)] == ["T", "P"]
+
+
+def test_recent_history_counts_more() -> None:
+    cv = CoVisitation(lookback=1, half_life_s=1e9, backward_weight=0.0)
+    for n in range(10):
+        cv.learn_one(f"a{n}", "A", 0.0, ())
+        cv.learn_one(f"a{n}", "B", 0.0, ("A",))
+        cv.learn_one(f"c{n}", "C", 0.0, ())
+        cv.learn_one(f"c{n}", "D", 0.0, ("C",))
+    recs = cv.recommend("u", ["A", "C"], 2)  # C is the most recent
+    assert [(c.item, c.anchor) for c in recs] == [("D", "C"), ("B", "A")]
+    assert recs[0].score == pytest.approx(2 * recs[1].score)  # weights 1 and 1/2
+    np.testing.assert_allclose(cv.score("u", ["A", "C"], ["D", "B", "zz"]), [recs[0].score, recs[1].score, 0.0])
+
+
+def test_decay_prefers_recent_pairs() -> None:
+    cv = CoVisitation(lookback=1, half_life_s=10.0, backward_weight=0.0)
+    for n in range(5):
+        cv.learn_one(f"x{n}", "A", 0.0, ())
+        cv.learn_one(f"x{n}", "X", 0.0, ("A",))
+    for n in range(2):
+        cv.learn_one(f"y{n}", "A", 100.0, ())  # ten half-lives later
+        cv.learn_one(f"y{n}", "Y", 100.0, ("A",))
+    assert [c.item for c in cv.recommend("u", ["A"], 2)] == ["Y", "X"]
+
+
+def test_neighbour_lists_are_bounded() -> None:
+    cv = CoVisitation(lookback=1, max_neighbours=10)
+    for n in range(500):
+        cv.learn_one(f"u{n}", f"i{n}", float(n), ("A",))
+    assert len(cv._nbrs[cv._index.get("A")]) <= 20
+    assert len(cv.neighbours("A", 100)) <= 20
+    # the strongest neighbour survives pruning
+    for n in range(5):
+        cv.learn_one(f"v{n}", "strong", 600.0, ("A",))
+    for n in range(500, 700):
+        cv.learn_one(f"u{n}", f"i{n}", 700.0, ("A",))
+    assert cv.neighbours("A", 1)[0][0] == "strong"
+
+
+def test_survives_very_long_streams() -> None:
+    cv = CoVisitation(lookback=1, half_life_s=1.0)
+    cv.learn_one("u", "A", 0.0, ())
+    cv.learn_one("u", "B", 0.0, ("A",))
+    cv.learn_one("v", "A", 10_000.0, ())  # 10k half-lives later: rebased, no overflow
+    cv.learn_one("v", "C", 10_000.0, ("A",))
+    recs = cv.recommend("u", ["A"], 2)
+    assert recs[0].item == "C" and all(np.isfinite(c.score) for c in recs)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from online.popularity import DecayedPopularity
+
+
+def feed(model: DecayedPopularity, counts: list[int]) -> None:
+    """Item ``i{n}`` gets ``counts[n]`` events, interleaved, at ts 0, 1, 2, ..."""
+    left = list(counts)
+    ts = 0.0
+    while any(left):
+        for n, c in enumerate(left):
+            if c:
+                model.learn_one("u", f"i{n}", ts, ())
+                left[n] -= 1
+                ts += 1.0
+
+
+def test_decay_arithmetic() -> None:
+    pop = DecayedPopularity(half_life_s=10.0)
+    pop.learn_one("u", "a", 0.0, ())
+    pop.learn_one("u", "a", 10.0, ())
+    pop.learn_one("u", "b", 10.0, ())
+    assert pop.decayed_count("a", now=10.0) == pytest.approx(1.5)  # 0.5 + 1
+    assert pop.decayed_count("a", now=20.0) == pytest.approx(0.75)
+    assert pop.decayed_count("b", now=30.0) == pytest.approx(0.25)
+    np.testing.assert_allclose(pop.score("u", (), ["a", "b", "zz"]), [1.5, 1.0, 0.0])  # read at latest ts
+    assert [c.item for c in pop.recommend("u", (), 2)] == ["a", "b"]
+
+
+def test_decay_rebases_over_long_streams() -> None:
+    pop = DecayedPopularity(half_life_s=1.0)
+    pop.learn_one("u", "old", 0.0, ())
+    pop.learn_one("u", "new", 5000.0, ())  # 5000 half-lives later: 2**5000 would overflow
+    pop.learn_one("u", "new", 5000.0, ())
+    assert pop.decayed_count("new") == pytest.approx(2.0)
+    assert pop.decayed_count("old") == pytest.approx(0.0)
+    assert np.isfinite(pop.score("u", (), ["old", "new"])).all()
+    assert [c.item for c in pop.recommend("u", (), 2)] == ["new", "old"]
+
+
+def test_head_tail_split_on_fixture() -> None:
+    counts = [50, 30, 10, 5, 3, 1, 1]  # 7 active items; floor(0.2 * 7) = 1 head item
+    pop = DecayedPopularity(window_events=1000, head_share=0.2, refresh_every=1)
+    feed(pop, counts)
+    assert pop.head_items() == frozenset({"i0"})
+    assert [pop.is_tail(f"i{n}") for n in range(7)] == [False] + [True] * 6
+    assert pop.is_tail("never-seen")
+    np.testing.assert_array_equal(pop.tail_mask(["i0", "i1", "zz"]), [False, True, True])
+    assert pop.window_count("i1") == 30 and pop.n_active == 7
+    assert pop.popularity_share("i0") == pytest.approx(50 / 100)
+
+    wider = DecayedPopularity(window_events=1000, head_share=0.3, refresh_every=1)  # floor(2.1) = 2
+    feed(wider, counts)
+    assert wider.head_items() == frozenset({"i0", "i1"})
+
+
+def test_head_ties_broken_by_item_id() -> None:
+    pop = DecayedPopularity(window_events=100, head_share=0.5, refresh_every=1)
+    for item in ["z", "b", "a", "c"]:  # all count 1: the 2 head items are the smallest ids
+        pop.learn_one("u", item, 0.0, ())
+    assert pop.head_items() == frozenset({"a", "b"})
+
+
+def test_sliding_window_forgets() -> None:
+    pop = DecayedPopularity(window_events=3, head_share=0.4, refresh_every=1)
+    for n, item in enumerate("aabcd"):
+        pop.learn_one("u", item, float(n), ())
+    assert pop.window_count("a") == 0 and pop.window_size() == 3
+    assert pop.active_items() == ["b", "c", "d"]
+    assert pop.head_items() == frozenset({"b"})  # floor(0.4 * 3) = 1, three-way tie -> smallest id
+    assert pop.decayed_count("a") > 0  # the decayed ranking keeps its memory
+
+
+def test_head_set_refreshes_lazily() -> None:
+    pop = DecayedPopularity(window_events=1000, head_share=0.5, refresh_every=100)
+    for _ in range(3):
+        pop.learn_one("u", "a", 0.0, ())
+    pop.learn_one("u", "b", 0.0, ())
+    assert pop.head_items() == frozenset({"a"})
+    for _ in range(10):
+        pop.learn_one("u", "b", 1.0, ())
+    assert pop.head_items() == frozenset({"a"})  # cached: fewer than 100 events since the refresh
+    for _ in range(100):
+        pop.learn_one("u", "b", 2.0, ())
+    assert pop.head_items() == frozenset({"b"})
+
+
+def test_fresh_items_are_recent_and_rare() -> None:
+    pop = DecayedPopularity(half_life_s=100.0, window_events=1000, head_share=0.2, refresh_every=1, fresh_max_count=2)
+    for n in range(30):
+        pop.learn_one("u", "hit", float(n), ())
+    for n, item in enumerate(["old-rare", "mid", "mid", "mid", "new-1", "new-2"]):
+        pop.learn_one("u", item, 100.0 + n, ())
+    fresh = pop.fresh_items(3, exclude={"new-1"})
+    assert [c.item for c in fresh] == ["new-2", "old-rare"]  # "mid" has 3 events, "hit" is head
+    assert all(c.source == "fresh" and 0 < c.score <= 1 for c in fresh)
+    assert fresh[0].score > fresh[1].score
+    assert fresh[0].reason() == "tail discovery"
+
+
+def test_memory_is_bounded() -> None:
+    pop = DecayedPopularity(window_events=5, max_items=20, refresh_every=1)
+    for n in range(200):
+        pop.learn_one("u", f"i{n}", float(n), ())
+    assert len(pop) <= 20
+    assert pop.active_items() == [f"i{n}" for n in range(195, 200)]
+    assert all(pop.window_count(f"i{n}") == 1 for n in range(195, 200))
+    assert [c.item for c in pop.recommend("u", ["i199"], 2)] == ["i198", "i197"]
+
+
+def test_rejects_bad_config() -> None:
+    with pytest.raises(ValueError, match="head_share"):
+        DecayedPopularity(head_share=1.5)
+    with pytest.raises(ValueError, match="half_life_s"):
+        DecayedPopularity(half_life_s=0.0)
+
+
+def test_recommend_excludes_history_and_exclude() -> None:
+    pop = DecayedPopularity()
+    feed(pop, [5, 4, 3, 2, 1])
+    recs = pop.recommend("u", ["i0"], 3, exclude={"i2"})
+    assert [c.item for c in recs] == ["i1", "i3", "i4"]
+    assert all(c.source == "popularity" and c.reason() == "popular now" for c in recs)
+    assert math.isfinite(recs[0].score)

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from online.arms import parse_arms
+from online.base import Candidate
+from online.recommender import OnlineRecommender, UnknownArmError, UnknownSourceError
+
+ARMS = parse_arms("control:0.5:0.0,tail:0.5:0.6")
+
+
+def make(**kwargs) -> OnlineRecommender:
+    return OnlineRecommender.create(arms=ARMS, content_dim=8, seed=0, **kwargs)
+
+
+def warm(rec: OnlineRecommender, n_events: int = 3000, seed: int = 0) -> dict[str, list[str]]:
+    """A Zipf stream over 200 items where B always follows A; returns the users' histories."""
+    rng = np.random.default_rng(seed)
+    hist: dict[str, list[str]] = {}
+    n = 0
+    while n < n_events:
+        user = f"u{int(rng.integers(0, 150))}"
+        h = hist.setdefault(user, [])
+        seq = ["A", "B"] if rng.random() < 0.1 else [f"i{min(int(rng.zipf(1.3)), 200)}"]
+        for item in seq:
+            rec.learn_one(user, item, float(n), tuple(h[-50:]))
+            h.append(item)
+            n += 1
+    return hist
+
+
+def test_cold_start_mixes_popular_and_fresh_tail() -> None:
+    rec = make()
+    warm(rec)
+    for n in range(5):  # brand-new items, one event each
+        rec.learn_one(f"x{n}", f"new-{n}", 5000.0 + n, ())
+    recs = rec.recommend("newcomer", [], 0, arm="control")
+    sources = {c.source for c in recs}
+    assert len(recs) == 10 and {"popularity", "fresh"} <= sources
+    assert any(c.item.startswith("new-") and rec.is_tail(c.item) for c in recs)
+
+
+def test_history_user_gets_covisit_with_anchor_and_no_history_items() -> None:
+    rec = make()
+    hist = warm(rec)
+    recs = rec.recommend("someone", ["i3", "A"], 2, arm="control")  # blender still on its prior
+    b = [c for c in recs if c.item == "B"]
+    assert b and recs.index(b[0]) < 3 and b[0].source == "covisit" and b[0].anchor == "A"
+    user, h = next((u, h) for u, h in hist.items() if len(h) > 20)
+    recs = rec.recommend(user, h[-50:], len(h), arm="tail", exclude={"i1"})
+    assert len(recs) == 10 and not {c.item for c in recs} & (set(h[-50:]) | {"i1"})
+
+
+def test_never_clicked_item_is_recommendable_through_its_vector() -> None:
+    rec = make()
+    warm(rec)
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(201, 8)).astype(np.float32)
+    rec.content.set_vectors([f"i{j}" for j in range(1, 201)] + ["catalogue-only"], vecs)
+    rec.content.set_vector("catalogue-only", vecs[4] + 0.01)  # a near twin of i5
+    recs = rec.recommend("fan", ["i5"], 1, arm="control")
+    hit = [c for c in recs if c.item == "catalogue-only"]
+    assert hit and hit[0].source == "content" and hit[0].anchor == "i5" and hit[0].reason() == "similar to i5"
+
+
+def test_feedback_is_exact_and_consumed_once() -> None:
+    rec = make()
+    warm(rec)
+    shown = rec.recommend("u1", ["i2", "i3"], 2, arm="control")
+    before = rec.blender.n_learned
+    assert rec.feedback("u1", [shown[1], shown[0]], shown[0].item) == 0  # not the list shown: no learning
+    shown = rec.recommend("u1", ["i2", "i3"], 2, arm="control")
+    assert rec.feedback("u1", shown, shown[3].item) == 1 + rec.max_negatives
+    assert rec.blender.n_learned == before + 1 + rec.max_negatives and rec.blender.n_clicked >= 1
+    assert rec.feedback("u1", shown, shown[3].item) == 0  # consumed
+    # learn_one labels the latest list itself
+    after_first = rec.blender.n_learned
+    shown = rec.recommend("u2", ["i2"], 1, arm="tail")
+    rec.learn_one("u2", "i9", 9999.0, ("i2",))
+    clicked = int("i9" in {c.item for c in shown})
+    assert rec.blender.n_learned == after_first + clicked + rec.max_negatives
+
+
+def test_blender_learns_from_the_stream() -> None:
+    rec = make()
+    hist: dict[str, list[str]] = {}
+    rng = np.random.default_rng(3)
+    for n in range(1500):
+        user = f"u{int(rng.integers(0, 60))}"
+        h = hist.setdefault(user, [])
+        item = "B" if h and h[-1] == "A" else ("A" if rng.random() < 0.2 else f"i{int(rng.integers(0, 80))}")
+        rec.learn_one(user, item, float(n), tuple(h[-50:]))
+        h.append(item)
+        rec.recommend(user, h[-50:], len(h), arm=rec.assign_arm(user))
+    assert rec.blender.warmed_up
+    auc = rec.blender.auc()
+    assert np.isfinite(list(auc.values())).all() and auc["blend"] > 0.6
+    recs = rec.recommend("fan", ["i5", "A"], 2, arm="control")  # the learned blend puts the pattern first
+    assert recs[0].item == "B" and recs[0].source == "covisit" and recs[0].anchor == "A"
+
+
+def test_pending_lists_are_lru_capped() -> None:
+    rec = make(max_pending=3)
+    warm(rec, n_events=300)
+    for n in range(5):
+        rec.recommend(f"p{n}", ["i1"], 1, arm="control")
+    assert list(rec._pending) == ["p2", "p3", "p4"]
+
+
+def test_tail_arm_shows_more_tail_to_tail_lovers() -> None:
+    rec = make()
+    hist = warm(rec)
+    tail_items = [it for it in rec.popularity.active_items() if rec.is_tail(it)]
+    lovers = [(f"lover{n}", tail_items[n : n + 8]) for n in range(0, 40, 4)]  # all-tail histories
+
+    def n_tail(arm: str, users) -> int:
+        return sum(rec.is_tail(c.item) for u, h in users for c in rec.recommend(u, h, len(h), arm=arm))
+
+    assert n_tail("tail", lovers) > n_tail("control", lovers)
+    # calibrate=False: the tail arm never shows fewer tail items, whatever the user
+    one_sided = make(calibrate=False)
+    warm(one_sided)
+    rec = one_sided
+    everyone = [(u, h[-50:]) for u, h in hist.items() if len(h) >= 5][:30]
+    assert n_tail("tail", everyone) > n_tail("control", everyone)
+
+
+def test_extra_sources() -> None:
+    rec = make()
+    warm(rec, n_events=500)
+    extra = {"transformer": [Candidate("seq-only", 3.0, "transformer"), Candidate("i1", 2.0, "transformer")]}
+    recs = rec.recommend("u", ["i1"], 1, arm="control", extra=extra)
+    assert any(c.item == "seq-only" and c.source == "transformer" for c in recs)
+    assert "i1" not in {c.item for c in recs}
+    with pytest.raises(UnknownSourceError, match="gpt"):
+        rec.recommend("u", ["i1"], 1, arm="control", extra={"gpt": []})
+
+
+def test_unknown_arm_and_bad_wiring() -> None:
+    rec = make()
+    with pytest.raises(UnknownArmError, match="nope"):
+        rec.recommend("u", [], 0, arm="nope")
+    assert rec.assign_arm("u") in {"control", "tail"}
+    with pytest.raises(UnknownSourceError, match="fresh"):
+        from online.blender import FeedbackBlender
+
+        OnlineRecommender(
+            popularity=rec.popularity, covisit=rec.covisit, mf=rec.mf, content=rec.content,
+            blender=FeedbackBlender(sources=["popularity", "covisit", "mf", "content"]), arms=ARMS,
+        )
