@@ -96,6 +96,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     async def score(stream):
         async for events in stream.take_events(settings.scorer.batch, within=settings.scorer.batch_wait_s):
             started = time.perf_counter()
+            metrics.pending.set(len(events))
             if pending_model:
                 core.swap_model(pending_model.pop())
                 pending_model.clear()
@@ -119,6 +120,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             metrics.requests_coalesced.inc(out.coalesced + out.stale)
             metrics.batch_size.observe(len(out.recommendations))
             metrics.batch_latency.observe(time.perf_counter() - started)
+            metrics.pending.set(0)
 
     def _count_pairings(outcomes) -> None:
         for o in outcomes:

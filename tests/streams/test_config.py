@@ -41,3 +41,21 @@ def test_readme_lists_every_setting():
     assert settings_table().splitlines()[0] in readme
     missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme]
     assert not missing, f"README lacks {missing}"
+
+
+def test_sasl_ssl_settings_reach_every_kafka_client(tmp_path):
+    import ssl
+
+    from streams.kafka import client_kwargs, faust_credentials
+
+    env = {"TAILCAST_KAFKA": "k1:9093,k2:9093", "TAILCAST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+           "TAILCAST_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "TAILCAST_KAFKA_SASL_USERNAME": "svc",
+           "TAILCAST_KAFKA_SASL_PASSWORD": "pw"}
+    kafka = load_settings(env).kafka
+    kw = client_kwargs(kafka)
+    assert kw["bootstrap_servers"] == "k1:9093,k2:9093" and kw["security_protocol"] == "SASL_SSL"
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-512" and kw["sasl_plain_username"] == "svc"
+    assert isinstance(kw["ssl_context"], ssl.SSLContext)
+    creds = faust_credentials(kafka)
+    assert creds.username == "svc" and creds.mechanism.value == "SCRAM-SHA-512"
+    assert client_kwargs(load_settings({}).kafka).keys() == {"bootstrap_servers", "security_protocol"}
