@@ -151,6 +151,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_TRAIN_MIN_EVENTS", "1000", _positive_int,
             "New events needed before the trainer refreshes early."),
     Setting("TAILCAST_TRAIN_EVENTS", "1000000", _positive_int, "Most recent events the trainer keeps."),
+    Setting("TAILCAST_TRAIN_EPOCHS", "30", _positive_int, "Most epochs per refresh (early stopping on validation)."),
+    Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of one refresh's training."),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -224,6 +226,8 @@ class TrainerSettings:
     interval_s: float
     min_events: int
     max_events: int
+    epochs: int
+    max_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +313,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             interval_s=r("TAILCAST_TRAIN_INTERVAL_S"),
             min_events=r("TAILCAST_TRAIN_MIN_EVENTS"),
             max_events=r("TAILCAST_TRAIN_EVENTS"),
+            epochs=r("TAILCAST_TRAIN_EPOCHS"),
+            max_seconds=r("TAILCAST_TRAIN_MAX_SECONDS"),
         ),
         state_dir=Path(r("TAILCAST_STATE_DIR")),
         metrics_port=metrics_port,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,7 +62,7 @@ class _LRU(OrderedDict):
         super().__init__()
         self.cap = cap
 
-    def put(self, key: str, value: int) -> None:
+    def put(self, key: str, value: object) -> None:
         self[key] = value
         self.move_to_end(key)
         if len(self) > self.cap:
@@ -73,7 +73,7 @@ class ScorerCore:
     """Learn from, coalesce, score and publish one micro-batch of :class:`ScoreRequest`."""
 
     def __init__(self, *, recommender, arms: ArmAssigner, k: int, n_candidates: int = 100,
-                 online_version: str = "online", max_users: int = 1_000_000) -> None:
+                 online_version: str = "online", max_users: int = 1_000_000, max_active: int = 100_000) -> None:
         self.recommender = recommender
         self.arms = arms
         self.k = k
@@ -82,6 +82,7 @@ class ScorerCore:
         self.model: SequenceModel | None = None
         self._learned = _LRU(max_users)    # user -> events applied to the online models
         self._published = _LRU(max_users)  # user -> event_count of the newest list published
+        self._active = _LRU(max_active)  # user -> the newest request scored (re-scored after a model swap)
 
     def swap_model(self, model: SequenceModel | None) -> None:
         """Install a new batch model; called between micro-batches only."""
@@ -125,8 +126,12 @@ class ScorerCore:
                 out.stale += 1  # a newer (or the same) state was already published
                 continue
             todo.append(request)
+        out.recommendations = self._score(todo, now)
+        return out
+
+    def _score(self, todo: Sequence[ScoreRequest], now: float | None) -> list[Recommendation]:
         if not todo:
-            return out
+            return []
         extra: list[dict[str, list[Candidate]] | None] = [None] * len(todo)
         if self.model is not None:
             histories = [r.sequence for r in todo]
@@ -135,14 +140,28 @@ class ScorerCore:
                      for cands in found]
         generated_at = time.time() if now is None else now
         version = self.model_version
+        recs = []
         for request, more in zip(todo, extra):
             arm = self.arms.assign(request.user_id)
             cands = self.recommender.recommend(request.user_id, request.sequence, request.event_count, arm=arm,
                                                extra=more)
-            out.recommendations.append(Recommendation(
+            recs.append(Recommendation(
                 user_id=request.user_id,
                 items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, c.reason()) for c in cands],
                 user_event_count=request.event_count, model_version=version, arm=arm,
                 event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at))
             self._published.put(request.user_id, request.event_count)
-        return out
+            self._active.put(request.user_id, request)
+        return recs
+
+    def rescore_active(self, *, batch: int = 1024, now: float | None = None) -> Iterator[list[Recommendation]]:
+        """Re-score every recently active user's newest state, ``batch`` users at a time.
+
+        Called after a model swap, so that lists reflect the new model and the current tail split without
+        waiting for each user's next event. The lists keep the user's ``user_event_count``.
+        """
+        requests = list(self._active.values())
+        for start in range(0, len(requests), batch):
+            chunk = [r for r in requests[start:start + batch]
+                     if self._published.get(r.user_id, 0) <= r.event_count]  # skip users who moved on
+            yield self._score(chunk, now)

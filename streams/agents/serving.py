@@ -19,9 +19,12 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
+from models.scoring import BatchScorer
 from online.arms import ArmAssigner
 from online.prequential import ArmMetrics
 from streams.agents.scorer import ScorerCore
@@ -98,8 +101,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             started = time.perf_counter()
             metrics.pending.set(len(events))
             if pending_model:
-                core.swap_model(pending_model.pop())
-                pending_model.clear()
+                await _swap(pending_model.pop())
             requests = []
             for e in events:
                 try:
@@ -121,6 +123,54 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             metrics.batch_size.observe(len(out.recommendations))
             metrics.batch_latency.observe(time.perf_counter() - started)
             metrics.pending.set(0)
+
+    async def _swap(model) -> None:
+        """Install a loaded model between micro-batches, then re-score recently active users with it."""
+        previous = core.model_version
+        core.swap_model(model)
+        metrics.model_info.clear()
+        metrics.model_info.labels(version=model.version, device=str(model.device)).set(1)
+        metrics.model_loaded.set(time.time())
+        log.info("model %s in service (was %s) on %s; re-scoring active users", model.version, previous,
+                 model.device)
+        n = 0
+        for recs in core.rescore_active(batch=256):
+            for rec in recs:
+                await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
+                metrics.recommendations.labels(arm=rec.arm).inc()
+            n += len(recs)
+            await asyncio.sleep(0)  # let heartbeats and other agents run between chunks
+        log.info("re-scored %d active users with %s", n, model.version)
+
+    catalog_items: dict[str, None] = {}  # item ids with a content vector, in arrival order
+    checkpoints = CheckpointRegistry(settings.scorer.checkpoint_dir)
+    watched: dict[str, Any] = {"path": None}
+
+    def _load(path):
+        ckpt = load_checkpoint(path)
+        scorer = BatchScorer(ckpt, device=settings.scorer.device, quantize=settings.scorer.quantize)
+        # items in the catalogue but new since training: retrievable through their text vectors
+        if ckpt.config.text_dim == text.dim and catalog_items:
+            new = [i for i in list(catalog_items) if i not in scorer.vocab]
+            if new:
+                scorer.extend_items(new, np.stack([recommender.content.vector(i) for i in new]))
+        return scorer
+
+    @app.timer(settings.scorer.model_poll_s)
+    async def watch_model() -> None:
+        paths = checkpoints.paths()
+        if not paths or paths[-1] == watched["path"]:
+            return
+        newest = watched["path"] = paths[-1]  # a broken file is reported once, not on every poll
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(None, _load, newest)
+        except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
+            metrics.model_load_failures.inc()
+            log.error("checkpoint %s could not be loaded (%s); still serving %s", newest.name, exc,
+                      core.model_version)
+            return
+        pending_model.clear()
+        pending_model.append(model)
 
     def _count_pairings(outcomes) -> None:
         for o in outcomes:
@@ -178,6 +228,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                 if items:
                     vectors = await loop.run_in_executor(None, text.encode, texts)
                     recommender.content.set_vectors(items, vectors)
+                    catalog_items.update(dict.fromkeys(items))
                     metrics.catalog_items.set(len(recommender.content))
         finally:
             await consumer.stop()

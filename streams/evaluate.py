@@ -1,0 +1,307 @@
+"""``tailcast evaluate``: replay a dataset through tailcast and baselines; write a side-by-side report.
+
+    tailcast evaluate --dataset PATH --out DIR [--mode offline|live|loo] [--limit N] [--seed S]
+    python -m streams.evaluate --dataset PATH --out DIR [same options] [the extra options below]
+
+Modes (DESIGN §5):
+
+* ``offline``: no broker. The dataset, in time order, is cut into micro-batches of ``--batch`` events
+  (default 256; smaller = fresher lists, fewer ``stale`` pairings, slower) that go through the worker's
+  :class:`~streams.agents.ingest.IngestProcessor` and, per system, the scorer's
+  :class:`~streams.agents.scorer.ScorerCore`. Systems: tailcast with one arm forced for every user at each
+  re-ranking strength of ``--strengths`` (the knob sweep), MostPop over the window, online item-CF
+  (co-visitation), co-visitation × (1 + λ·is_tail) at each λ of ``--boosts``, and the Transformer alone
+  when a model is given (``--checkpoint``) or trained here on the warm-up part (``--train-transformer``).
+* ``live``: embedded broker (unless ``TAILCAST_KAFKA`` is set), ``tailcast worker`` and ``tailcast scorer``
+  processes, the dataset replayed at ``--rate`` events/s, ``recommendations`` consumed downstream and paired
+  with the events per A/B arm (``TAILCAST_ARMS``); the offline systems run on the same stream too.
+* ``loo``: leave-one-out full-catalogue ranking with ``models/loo.py`` (MostPop, ItemCF, the Transformer if
+  ``--train-transformer``) and tailcast at each strength (see :mod:`streams.evaluation.loo`).
+
+Every event is paired with the user's latest list that precedes it by ``user_event_count`` (the live
+exposure agent's :class:`~online.prequential.ArmMetrics`, window = the whole stream): ``exact``, ``stale``
+(the user's previous event was coalesced into the same micro-batch) or ``none`` (no list yet: the user's
+first event, or every event of their first micro-batch) - a miss. Output in ``--out``: ``report.json``
+(``{system: {metric: value}}``, ``hr_by_bucket`` nested as in the ``longtail-metrics`` record),
+``report.md`` (table, the command, the DESIGN §7 checks), ``run.json`` (run details, per-chunk series),
+``tradeoff.png``, ``hr_by_bucket.png``, ``lorenz.png``, ``over_time.png`` and ``recommendations.jsonl``.
+
+Deterministic: the online models are seeded as in the live scorer (fixed seeds); ``--seed`` seeds the
+Transformer's training and the leave-one-out tie-breaks. Nothing is tuned on the reported events: with
+``--warmup F`` the first fraction F of the stream trains every system but is not scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from streams.config import Settings
+
+__all__ = ["add_arguments", "run_evaluate", "main", "DEFAULT_STRENGTHS", "DEFAULT_BOOSTS"]
+
+DEFAULT_STRENGTHS = "0,0.25,0.5,1"
+DEFAULT_BOOSTS = "0.5,1,2,4"
+
+#: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
+#: ``tailcast evaluate`` works whether or not its parser has them).
+_EXTRA = {"batch": 256, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
+          "train_transformer": 0.0, "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
+          "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
+
+
+def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse.ArgumentParser:
+    """Declare ``evaluate``'s options on ``p`` (``base=True`` also adds --dataset/--out/--limit/--mode/--seed)."""
+    if base:
+        p.add_argument("--dataset", required=True, help="MovieLens dir/file or CSV user_id,item_id,ts[,event]")
+        p.add_argument("--out", default="out/evaluate", help="output folder")
+        p.add_argument("--limit", type=int, default=None, help="first N events (time order)")
+        p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
+        p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=_EXTRA["batch"],
+                   help="offline micro-batch (events): smaller = fresher lists, fewer stale pairings, slower")
+    p.add_argument("--strengths", default=_EXTRA["strengths"],
+                   help="tailcast re-ranking strengths to sweep, one forced arm each (comma list)")
+    p.add_argument("--boosts", default=_EXTRA["boosts"], help="TailBoost λ values (comma list; ItemCF = λ 0)")
+    p.add_argument("--checkpoint", default=None, help="Transformer checkpoint file or registry folder")
+    p.add_argument("--train-transformer", type=float, default=0.0, metavar="SECONDS",
+                   help="train a Transformer here for this many seconds (offline/live: on the warm-up part)")
+    p.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
+                   help="first fraction of the stream trains but is not scored (default 0.2 with "
+                        "--train-transformer, else 0)")
+    p.add_argument("--rate", type=float, default=_EXTRA["rate"], help="live: replay rate, events/s")
+    p.add_argument("--timeout", type=float, default=_EXTRA["timeout"],
+                   help="live: seconds to wait after the replay for every user's final list")
+    p.add_argument("--chunks", type=int, default=_EXTRA["chunks"], help="chunks for the metrics-over-time plot")
+    p.add_argument("--progress-every", type=int, default=_EXTRA["progress_every"], help="events between progress lines")
+    p.add_argument("--lists", choices=("tailcast", "all", "none"), default=_EXTRA["lists"],
+                   help="offline: which systems' lists go to recommendations.jsonl")
+    p.add_argument("--device", default=_EXTRA["device"], help="torch device for the Transformer")
+    p.add_argument("--workdir", default=None, help="live: folder for broker/worker/scorer logs (default: temp)")
+    return p
+
+
+def _opt(args: argparse.Namespace, name: str):
+    return getattr(args, name, _EXTRA[name])
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"tailcast evaluate: expected a comma list of numbers, got {text!r}") from None
+
+
+def _command(args: argparse.Namespace) -> str:
+    given = getattr(args, "command_line", None)
+    if given:
+        return given
+    prog = Path(sys.argv[0]).name
+    if prog in ("tailcast", "cli.py"):
+        return shlex.join(["tailcast", *sys.argv[1:]])
+    if prog == "evaluate.py" or prog.startswith("__main__"):
+        return shlex.join([".venv/bin/python", "-m", "streams.evaluate", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
+def _text_vectors(settings: Settings, item_text: dict[str, str], log) -> tuple[list[str], np.ndarray] | None:
+    """Item vectors exactly as the scorer's catalogue task makes them from ``replay``'s item records."""
+    if not item_text:
+        return None
+    from streams.agents.serving import TextVectors
+    from streams.records import ItemRecord
+
+    t = time.perf_counter()
+    enc = TextVectors(settings.scorer.text_encoder, settings.scorer.device)
+    ids = sorted(item_text)
+    texts = [ItemRecord(i, item_text[i].split(". ")[0], item_text[i], ()).content() for i in ids]
+    vecs = np.asarray(enc.encode(texts), dtype=np.float32)
+    log(f"  encoded {len(ids)} item texts with {settings.scorer.text_encoder} in {time.perf_counter() - t:.0f}s")
+    return ids, vecs
+
+
+class _Jsonl:
+    def __init__(self, path: Path) -> None:
+        self.fh = path.open("wb")
+        self.n = 0
+
+    def __call__(self, rec) -> None:
+        d = rec if isinstance(rec, dict) else rec.to_dict()
+        self.fh.write(orjson.dumps({k: v for k, v in d.items() if not k.startswith("_")}) + b"\n")
+        self.n += 1
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _pairing_line(name: str, m: dict) -> str:
+    return (f"  {name}: evaluated {m['evaluated']} events: exact {m['exact']}, stale {m['stale']} (coalesced: the "
+            f"user's previous event fell in the same micro-batch), none {m['none']} ({m['none_first_event']} first "
+            f"events of a user, {m['none_later']} later events with no list yet)")
+
+
+def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.datasets import load_dataset
+
+    from .evaluation.harness import prepare_events, run_offline
+    from .evaluation.report import write_report
+    from .evaluation.systems import default_systems, tail_boost_impl
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    started = time.perf_counter()
+    seed = int(args.seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    mode = args.mode
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = _command(args)
+    ds = load_dataset(args.dataset, limit=args.limit)
+    stream = prepare_events(ds.events, max_event_bytes=settings.worker.max_event_bytes)
+    n = len(stream.events)
+    n_users = len(stream.final_counts)
+    log(f"evaluate [{mode}] {ds.name}: {n} events, {n_users} users, {ds.n_items} items"
+        + (f" (first {args.limit} events)" if args.limit else "")
+        + (f"; {sum(stream.rejected.values())} events rejected at the edge: {stream.rejected}" if stream.rejected else ""))
+    strengths = _floats(_opt(args, "strengths"))
+    boosts = _floats(_opt(args, "boosts"))
+    train_s = float(_opt(args, "train_transformer"))
+    device = _opt(args, "device")
+    notes = [f"dataset {args.dataset}: {n} events, {n_users} users, {ds.n_items} items"
+             + (f", limited to the first {args.limit} events in time order" if args.limit else ""),
+             "pairing: event j of a user is scored against the user's latest list with user_event_count <= j-1 "
+             "(exact = j-1; stale = older, the previous event was coalesced in the same micro-batch; none = no list "
+             "yet, counted as a miss); window = the whole stream",
+             "head/tail for the metrics: top 20% of active items by count over the events so far (DESIGN §4)",
+             f"TailBoost implementation: {tail_boost_impl()}; ItemCF/TailBoost lists are topped up with window "
+             "MostPop when co-visitation has fewer than k candidates",
+             "online models seeded as in the live scorer (build_recommender); --seed seeds Transformer training and "
+             "leave-one-out tie-breaks"]
+    meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
+            "limit": args.limit, "seed": seed, "k": settings.scorer.k, "rejected": stream.rejected}
+    text_vectors = _text_vectors(settings, ds.item_text, log) if ds.item_text else None
+
+    if mode == "loo":
+        from .evaluation.loo import run_loo
+
+        results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, train_seconds=train_s,
+                                     device=device, batch=int(_opt(args, "batch")), text_vectors=text_vectors,
+                                     log=log)
+        (out / "recommendations.jsonl").write_bytes(b"")
+        notes += loo_notes + ["recommendations.jsonl is empty in loo mode: no stream of lists is paired"]
+        write_report(out, results, command=command, title=f"{ds.name} leave-one-out", notes=notes, meta=meta,
+                     loo=True)
+        log((out / "report.md").read_text())
+        return 0
+
+    # the Transformer: a given checkpoint, or one trained on the warm-up part, or none
+    model = None
+    warmup = _opt(args, "warmup")
+    if _opt(args, "checkpoint"):
+        from .evaluation.transformer import load_model
+
+        model = load_model(_opt(args, "checkpoint"), device=device, quantize=settings.scorer.quantize)
+        notes.append(f"Transformer: checkpoint {_opt(args, 'checkpoint')} (version {model.version}), frozen for the run")
+    elif train_s > 0:
+        from .evaluation.transformer import train_quick
+
+        warmup = 0.2 if warmup is None else warmup
+        head = stream.events[: int(warmup * n)]
+        trained = train_quick([(e.user, e.item, e.ts) for e in head], seconds=train_s, seed=seed, device=device,
+                              log_line=log)
+        model = trained.scorer
+        notes.append(f"Transformer: trained here on the first {len(head)} events (the warm-up, not scored), "
+                     f"{trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
+                     f"{trained.valid_ndcg}, {trained.seconds:.0f}s; frozen afterwards (items first seen later are "
+                     "unknown to it)")
+    else:
+        notes.append("Transformer without tail re-ranking: SKIPPED (no --checkpoint, no --train-transformer)")
+    warmup = 0.0 if warmup is None else float(warmup)
+    if not 0.0 <= warmup < 1.0:
+        raise SystemExit(f"tailcast evaluate: --warmup must be in [0, 1), got {warmup}")
+    warmup_events = int(warmup * n)
+    if warmup_events:
+        notes.append(f"warm-up: the first {warmup_events} events ({100 * warmup:.0f}%) train every system and are "
+                     f"not scored; metrics are over the last {n - warmup_events} events")
+    meta["warmup_events"] = warmup_events
+    specs = default_systems(strengths, boosts, transformer=model is not None)
+
+    results = {}
+    lists = _Jsonl(out / "recommendations.jsonl")
+    try:
+        if mode == "live":
+            from .evaluation.live import run_live, score_live
+
+            rate = float(_opt(args, "rate"))
+            log(f"live: worker + scorer, replay at {rate:.0f} events/s")
+            consumed, info = run_live(settings, stream, ds.item_text, rate=rate, timeout=float(_opt(args, "timeout")),
+                                      workdir=_opt(args, "workdir"), log=log)
+            for rec in consumed:
+                lists(rec)
+            live_results, live_info = score_live(stream, consumed, settings, n_chunks=int(_opt(args, "chunks")),
+                                                 pseudonymize_key=settings.worker.pseudonymize_key)
+            results.update(live_results)
+            meta["live"] = {**info, **live_info, "rate": rate, "lists": len(consumed)}
+            notes.append(f"live: {len(consumed)} lists consumed from `recommendations`; replay {info['replay_seconds']}s, "
+                         f"complete={info['complete']}; per-arm systems use TAILCAST_ARMS "
+                         f"({', '.join(f'{a.name}:{a.rerank_strength}' for a in settings.scorer.arms)}); every event of a "
+                         "user is scored in that user's arm; the offline systems below ran on the same stream")
+            if warmup_events:
+                notes.append("live arms are scored on the whole stream (warm-up applies to the offline systems)")
+        log(f"offline: {len(specs)} systems, micro-batches of {_opt(args, 'batch')} events")
+        sink_kinds = {"tailcast": ("tailcast",), "all": ("tailcast", "mostpop", "itemcf", "tailboost", "transformer"),
+                      "none": ()}[_opt(args, "lists")]
+        offline = run_offline(stream, specs, settings, batch=int(_opt(args, "batch")), warmup_events=warmup_events,
+                              text_vectors=text_vectors, model=model, n_chunks=int(_opt(args, "chunks")),
+                              progress_every=int(_opt(args, "progress_every")),
+                              lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log)
+        results.update(offline)
+    finally:
+        lists.close()
+    first = next(iter(offline.values()))
+    learned = first.metrics["learned_events"]
+    if learned < n:
+        notes.append(f"{n - learned} events were never learned by the online models: a user had more than "
+                     f"TAILCAST_HISTORY_LEN={settings.worker.history_len} events in one micro-batch, and a score "
+                     "request carries only the last HISTORY_LEN new events (streams/agents/ingest.py); the same "
+                     "happens in the live worker. They are still scored as targets")
+    for name, r in results.items():
+        if r.kind == "live" or name == first.name:
+            log(_pairing_line(name, r.metrics))
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    intro = [f"Dataset `{args.dataset}` ({ds.name}): {n} events, {n_users} users, {ds.n_items} items"
+             + (f", first {args.limit} events" if args.limit else "") + f"; mode {mode}; k = {settings.scorer.k}; "
+             f"micro-batch {_opt(args, 'batch')} events; {meta['seconds']:.0f}s."]
+    write_report(out, results, command=command, title=f"{ds.name} {mode}", intro=intro, notes=notes, meta=meta)
+    log((out / "report.md").read_text())
+    log(f"wrote {out}/report.json, report.md, run.json, recommendations.jsonl ({lists.n} lists) and PNG plots")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from streams.config import ConfigError, load_settings
+
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m streams.evaluate", description=__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter), base=True)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"tailcast: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return run_evaluate(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

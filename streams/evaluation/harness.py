@@ -1,0 +1,285 @@
+"""Prequential replay of a dataset through the pipeline's own code, and the pairing every mode shares.
+
+**Offline** (:func:`run_offline`): events, in time order, are cut into micro-batches of ``batch`` events
+and go through :class:`~streams.agents.ingest.IngestProcessor` (the worker's logic: state, one score request
+per user per batch) and, for each compared system, a :class:`~streams.agents.scorer.ScorerCore` (the
+scorer's logic: learn, coalesce, encode, recommend). The lists a batch produces predict the events of
+the following batches. Smaller batches = fresher lists (fewer ``stale`` pairings) and a slower run;
+``batch=1`` scores after every event.
+
+**Pairing** (:class:`Scoreboard`, the same :class:`~online.prequential.ArmMetrics` as the live exposure
+agent): event ``j`` of a user is paired with the user's latest list with ``user_event_count <= j - 1``:
+``exact`` (count ``j - 1``), ``stale`` (older: coalesced in a micro-batch) or ``none`` (no list yet: the
+user's first event, or every event of their first micro-batch). ``none`` counts as a miss. The window
+is the whole stream, so the metrics are over every evaluated event and every list.
+
+**Warm-up** (``warmup_events``): the first events train every system but are not scored, and their lists
+are kept only as predecessors of the first scored events (used when a Transformer is trained on the
+start of the stream: reporting on what it was trained on would be leakage).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from online.prequential import ArmMetrics, Outcome
+from streams.agents.ingest import IngestProcessor, RawRecord
+from streams.agents.scorer import ScorerCore
+from streams.config import Settings
+from streams.datasets import Event
+from streams.records import BadEvent, Recommendation, ScoreRequest, parse_event
+from streams.topics import EVENTS, partition_for
+
+from .systems import SystemSpec, build_core
+
+__all__ = ["HarnessError", "PreparedStream", "prepare_events", "micro_batches", "Scoreboard", "SystemResult",
+           "run_offline"]
+
+
+class HarnessError(RuntimeError):
+    """The replay broke an invariant of the harness (e.g. the ingest logic dropped or rerouted events)."""
+
+
+@dataclass(slots=True)
+class PreparedStream:
+    """Validated events (ids and ts normalised exactly as the worker does), each with its user index."""
+
+    events: list[Event]
+    index: list[int]  # 1-based position of each event in its user's history
+    rejected: dict[str, int]  # DLQ reason -> events the worker would dead-letter (not replayed)
+
+    @property
+    def final_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e, j in zip(self.events, self.index):
+            out[e.user] = j
+        return out
+
+
+def _value(e: Event) -> bytes:
+    return orjson.dumps({"user_id": e.user, "item_id": e.item, "event": e.event, "ts": e.ts})
+
+
+def prepare_events(events: Sequence[Event], *, max_event_bytes: int = 65_536) -> PreparedStream:
+    """Validate each event with the edge's :func:`~streams.records.parse_event`; count the rejects."""
+    kept: list[Event] = []
+    index: list[int] = []
+    counts: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    for e in events:
+        try:
+            v = parse_event(_value(e), max_bytes=max_event_bytes, default_ts=e.ts)
+        except BadEvent as exc:
+            rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+            continue
+        j = counts[v.user_id] = counts.get(v.user_id, 0) + 1
+        kept.append(Event(v.ts, v.user_id, v.item_id, v.event))
+        index.append(j)
+    return PreparedStream(kept, index, rejected)
+
+
+def micro_batches(events: Sequence[Event], settings: Settings, batch: int) -> Iterator[tuple[int, int, list[ScoreRequest]]]:
+    """``(start, end, score requests)`` per micro-batch of ``events[start:end]``, via the worker's logic."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    n_parts = settings.kafka.partitions
+    proc = IngestProcessor(partitions=n_parts, history_len=settings.worker.history_len,
+                           max_event_bytes=settings.worker.max_event_bytes)
+    states: dict = {}
+    offsets = [0] * n_parts
+    for start in range(0, len(events), batch):
+        chunk = events[start:start + batch]
+        records = []
+        for e in chunk:
+            key = e.user.encode()
+            p = partition_for(key, n_parts)
+            records.append(RawRecord(EVENTS, p, offsets[p], e.ts, key, _value(e)))
+            offsets[p] += 1
+        out = proc.process(records, states.get, now=chunk[-1].ts)
+        if out.dead_letters or out.reroutes or out.duplicates or out.applied != len(chunk):
+            raise HarnessError(f"ingest applied {out.applied} of {len(chunk)} events at {start} "
+                               f"({len(out.dead_letters)} dead letters, {len(out.reroutes)} reroutes, "
+                               f"{out.duplicates} duplicates): give prepare_events() output to the harness")
+        states.update(out.states)
+        yield start, start + len(chunk), out.requests
+
+
+@dataclass(slots=True)
+class SystemResult:
+    """What one system produced: the report metrics, the per-chunk series and the exposure counts."""
+
+    name: str
+    kind: str
+    param: float | None
+    metrics: dict
+    chunks: list[dict]
+    exposure: list[int]  # recommendation count per active item (zeros included), for Lorenz curves
+    seconds: float = 0.0
+
+
+@dataclass
+class Scoreboard:
+    """One system's pairing and metrics (a single-arm :class:`ArmMetrics`) plus per-chunk series.
+
+    ``observe_event`` / ``observe_list`` take the global position of the event (or of the last event
+    a list reflects); positions before ``warmup`` train nothing here and are not scored.
+    """
+
+    name: str
+    k: int
+    n_events: int
+    warmup: int = 0
+    n_chunks: int = 10
+    pos_of: dict[tuple[str, int], int] = field(default_factory=dict)
+    metrics: ArmMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        size = max(self.n_events, 1)
+        self.metrics = ArmMetrics(k=self.k, window_events=size, max_pending_per_user=size,
+                                  max_recs_per_user=size)
+        n = max(1, min(self.n_chunks, self.n_events - self.warmup))
+        self.n_chunks = n
+        self.chunk_n = [0] * n
+        self.chunk_hits = [0] * n
+        self.chunk_slots = [0] * n
+        self.chunk_tail_slots = [0] * n
+        self.none_first = 0
+        self.none_later = 0
+        self.lists = 0
+
+    def chunk(self, pos: int) -> int:
+        span = max(self.n_events - self.warmup, 1)
+        return min(self.n_chunks - 1, max(0, (pos - self.warmup) * self.n_chunks // span))
+
+    def _take(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            c = self.chunk(self.pos_of[(o.user, o.event_index)])
+            self.chunk_n[c] += 1
+            self.chunk_hits[c] += o.hit(self.k)
+            if o.pairing == "none":
+                if o.event_index == 1:
+                    self.none_first += 1
+                else:
+                    self.none_later += 1
+
+    def observe_event(self, pos: int, user: str, item: str, index: int, *, pair: bool = True) -> None:
+        """One event; ``pair=False`` only counts it in the item window (another arm's user, live mode)."""
+        if pos < self.warmup or not pair:
+            self.metrics.items.observe_event(user, item)
+            return
+        self.pos_of[(user, index)] = pos
+        self._take(self.metrics.observe_event(user, item, index))
+
+    def observe_list(self, pos: int, user: str, count: int, items: list[str], arm: str | None = None) -> None:
+        arm = arm or self.name
+        if pos < self.warmup:
+            self.metrics.pairer.observe_recommendation(user, count, items, arm)
+            return
+        self.lists += 1
+        top = items[: self.k]
+        c = self.chunk(pos)
+        self.chunk_slots[c] += len(top)
+        self.chunk_tail_slots[c] += sum(1 for i in top if self.metrics.items.is_tail(i))
+        self._take(self.metrics.observe_recommendation(user, count, items, arm))
+
+    def finish(self, *, kind: str, param: float | None, seconds: float = 0.0, window_end: float = 0.0,
+               arm: str | None = None, extra: dict | None = None) -> SystemResult:
+        self._take(self.metrics.flush())
+        arm = arm or self.name
+        am = self.metrics
+        if arm in am.arms():
+            rec = am.record(arm, window_end)
+            q = am.quality(arm).get()
+            counts = am.exposure(arm).exposure_counts()
+        else:  # a system that never published a list
+            raise HarnessError(f"{self.name}: no list was ever observed for arm {arm!r}")
+        metrics = {
+            "hr": rec["hr"], "ndcg": rec["ndcg"], "tail_hr": rec["tail_hr"], "hr_by_bucket": rec["hr_by_bucket"],
+            "tail_share": rec["tail_share"], "coverage": rec["coverage"], "gini": rec["gini"], "aplt": rec["aplt"],
+            "novelty": rec["novelty"], "k": rec["k"],
+            "evaluated": q["evaluated"], "exact": q["exact"], "stale": q["stale"], "none": q["none"],
+            "none_first_event": self.none_first, "none_later": self.none_later,
+            "unattributed": am.unattributed, "tail_evaluated": q["tail_evaluated"],
+            "bucket_counts": q["bucket_counts"], "lists": self.lists,
+        }
+        if extra:
+            metrics.update(extra)
+        chunks = [{"chunk": c, "events": n, "hr": (h / n if n else 0.0),
+                   "tail_share": (t / s if s else 0.0), "lists_slots": s}
+                  for c, (n, h, s, t) in enumerate(zip(self.chunk_n, self.chunk_hits, self.chunk_slots,
+                                                       self.chunk_tail_slots))]
+        exposure = [counts.get(i, 0) for i in am.items.active_items()]
+        return SystemResult(self.name, kind, param, metrics, chunks, exposure, seconds)
+
+
+def run_offline(
+    stream: PreparedStream,
+    specs: Sequence[SystemSpec],
+    settings: Settings,
+    *,
+    batch: int = 256,
+    warmup_events: int = 0,
+    text_vectors=None,
+    model=None,
+    n_chunks: int = 10,
+    progress_every: int = 20_000,
+    lists_sink: Callable[[Recommendation], None] | None = None,
+    sink_kinds: Sequence[str] = ("tailcast",),
+    log: Callable[[str], None] = print,
+    cores: Mapping[str, ScorerCore] | None = None,
+) -> dict[str, SystemResult]:
+    """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
+
+    ``cores`` (system name -> :class:`ScorerCore`) replaces :func:`build_core` for those systems (tests
+    plug in recommenders whose lists they control).
+    """
+    events, index = stream.events, stream.index
+    n = len(events)
+    k = settings.scorer.k
+    given = dict(cores or {})
+    cores = {s.name: given.get(s.name) or build_core(s, settings, text_vectors=text_vectors, model=model)
+             for s in specs}
+    pos_of_user_count: dict[tuple[str, int], int] = {}  # shared by every scoreboard
+    boards = {s.name: Scoreboard(s.name, k, n, warmup=warmup_events, n_chunks=n_chunks, pos_of=pos_of_user_count)
+              for s in specs}
+    seconds = {s.name: 0.0 for s in specs}
+    learned = {s.name: 0 for s in specs}
+    scorer_stats = {s.name: {"coalesced": 0, "stale_skipped": 0} for s in specs}
+    started = time.perf_counter()
+    next_report = progress_every
+    for start, end, requests in micro_batches(events, settings, batch):
+        for pos in range(start, end):
+            e = events[pos]
+            pos_of_user_count[(e.user, index[pos])] = pos
+            for board in boards.values():
+                board.observe_event(pos, e.user, e.item, index[pos])
+        now = events[end - 1].ts
+        for spec in specs:
+            t = time.perf_counter()
+            out = cores[spec.name].process(requests, now=now)
+            seconds[spec.name] += time.perf_counter() - t
+            learned[spec.name] += len(out.events)
+            scorer_stats[spec.name]["coalesced"] += out.coalesced
+            scorer_stats[spec.name]["stale_skipped"] += out.stale
+            board = boards[spec.name]
+            for rec in out.recommendations:
+                pos = pos_of_user_count[(rec.user_id, rec.user_event_count)]
+                board.observe_list(pos, rec.user_id, rec.user_event_count, [i.item_id for i in rec.items])
+                if lists_sink is not None and spec.kind in sink_kinds:
+                    lists_sink(rec)
+        if progress_every and end >= next_report:
+            next_report += progress_every
+            per = ", ".join(f"{name} {s:.0f}s" for name, s in seconds.items())
+            log(f"  {end}/{n} events ({100 * end / max(n, 1):.0f}%) in {time.perf_counter() - started:.0f}s; {per}")
+    window_end = events[-1].ts if events else 0.0
+    results = {}
+    for spec in specs:
+        extra = {"scorer_seconds": round(seconds[spec.name], 3), "learned_events": learned[spec.name],
+                 "micro_batch": batch, **scorer_stats[spec.name]}
+        results[spec.name] = boards[spec.name].finish(kind=spec.kind, param=spec.param, seconds=seconds[spec.name],
+                                                      window_end=window_end, extra=extra)
+    return results

@@ -1,0 +1,136 @@
+"""Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast.
+
+* MostPop and ItemCF: ``models.loo.MostPop`` / ``models.loo.ItemCF`` through ``models.loo.evaluate_split``
+  (full-catalogue ranking, history excluded, random tie-break seeded by ``--seed``);
+* the Transformer (``--train-transformer SECONDS``): trained with ``models.train.train`` on the training
+  part, early-stopped on the validation item, scored once on the test item (the recipe of
+  ``benchmarks/quality_loo.py``, with ids only);
+* tailcast at each strength: the stream minus every user's test event is replayed through the scorer's
+  micro-batch logic (so the blender learns from the lists it showed, as live), then each evaluated user
+  gets one list for their state before the test event. A list has ``k`` items, so the target's rank is
+  known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
+  The online recommender never re-recommends a history item, so a test target that repeats a history
+  item is a miss for it (``models/loo.py`` keeps such targets rankable for the other systems).
+
+Tail targets, short users and the metric names are those of ``models.loo.evaluate_split``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from streams.config import Settings
+
+from .harness import PreparedStream, SystemResult, micro_batches
+from .systems import SystemSpec, build_core
+
+__all__ = ["run_loo"]
+
+
+def _groups(split, index, targets, *, head_share: float, short_max: int = 5):
+    from models.loo import tail_items, train_counts
+
+    tail = tail_items(train_counts(split.train_sequences(index), len(index)), head_share=head_share)
+    is_tail = tail[np.asarray(targets, dtype=np.int64)]
+    is_short = np.array([len(split.train[u]) <= short_max for u in split.users()], dtype=bool)
+    return is_tail, is_short
+
+
+def _metrics(ranks: np.ndarray, is_tail: np.ndarray, is_short: np.ndarray, k: int) -> dict:
+    from models.loo import metrics_from_ranks
+
+    overall, tail_m, short_m = (metrics_from_ranks(r, k=k) for r in (ranks, ranks[is_tail], ranks[is_short]))
+    return {"k": k, "hr": overall["hr"], "ndcg": overall["ndcg"], "tail_hr": tail_m["hr"], "tail_ndcg": tail_m["ndcg"],
+            "short_hr": short_m["hr"], "users": overall["users"], "tail_users": tail_m["users"],
+            "short_users": short_m["users"]}
+
+
+def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[float], seed: int = 0,
+            train_seconds: float = 0.0, device: str = "auto", batch: int = 256, text_vectors=None,
+            log: Callable[[str], None] = print) -> tuple[dict[str, SystemResult], list[str]]:
+    from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out
+
+    k = settings.scorer.k
+    head_share = settings.longtail.head_share
+    events = [(e.user, e.item, e.ts) for e in stream.events]
+    split = leave_one_out(events)
+    index = item_index(split)
+    n_items = len(index)
+    train_seqs = split.train_sequences(index)
+    notes = [f"leave-one-out: {len(split.train)} users, {len(split.test)} evaluated (>= 3 events), {n_items} items; "
+             f"tail = bottom {100 * (1 - head_share):.0f}% of items by train count (models.loo.tail_items); "
+             f"short users = <= 5 train events"]
+    results: dict[str, SystemResult] = {}
+
+    def add(name: str, kind: str, param, metrics: dict, seconds: float) -> None:
+        metrics = {**metrics, "seconds": round(seconds, 1)}
+        results[name] = SystemResult(name, kind, param, metrics, [], [], seconds)
+        log(f"  {name}: HR@{k} {metrics['hr']:.4f} NDCG@{k} {metrics['ndcg']:.4f} tail HR {metrics['tail_hr']:.4f} "
+            f"({seconds:.0f}s)")
+
+    for name, cls in (("MostPop", MostPop), ("ItemCF", ItemCF)):
+        t = time.perf_counter()
+        m = evaluate_split(cls(train_seqs, n_items=n_items), split, index, stage="test", k=k, head_share=head_share,
+                           seed=seed)
+        add(name, name.lower(), None, m, time.perf_counter() - t)
+
+    if train_seconds > 0:
+        import torch
+
+        from models.sequence import pad_batch
+
+        from .transformer import _train
+
+        t = time.perf_counter()
+        model, res = _train(train_seqs, split.histories("valid", index), n_items, seconds=train_seconds, seed=seed,
+                            device=device, max_len=200 if np.median([len(s) for s in train_seqs]) > 50 else 50)
+        dev = next(model.parameters()).device
+
+        @torch.inference_mode()
+        def score(histories: list[list[int]]) -> np.ndarray:
+            return model.score(pad_batch(histories, model.config.max_len, device=dev)).float().cpu().numpy()
+
+        m = evaluate_split(score, split, index, stage="test", k=k, head_share=head_share, seed=seed)
+        m.update(valid_ndcg=res.best_valid_ndcg, epochs=len(res.history))
+        add("Transformer", "transformer", None, m, time.perf_counter() - t)
+    else:
+        notes.append("Transformer not trained (give --train-transformer SECONDS to include it)")
+
+    if strengths:
+        per_user_last = {}
+        for n, (u, _i, _ts) in enumerate(events):
+            per_user_last[u] = n
+        test_pos = {n for u, n in per_user_last.items() if u in split.test}
+        kept = [e for n, e in enumerate(stream.events) if n not in test_pos]
+        histories, targets = split.histories("test", index)
+        is_tail, is_short = _groups(split, index, targets, head_share=head_share)
+        users = split.users()
+        specs = [SystemSpec("tailcast", float(s)) for s in strengths]
+        cores = {s.name: build_core(s, settings, text_vectors=text_vectors) for s in specs}
+        seconds = {s.name: 0.0 for s in specs}
+        for _start, end, requests in micro_batches(kept, settings, batch):
+            for s in specs:
+                t = time.perf_counter()
+                cores[s.name].process(requests, now=kept[end - 1].ts)
+                seconds[s.name] += time.perf_counter() - t
+        # the state before each test event: last history_len items of train + valid, as the worker keeps it
+        full = {u: split.train[u] + [split.valid[u]] for u in users}
+        hl = settings.worker.history_len
+        for s in specs:
+            t = time.perf_counter()
+            rec = cores[s.name].recommender
+            ranks = np.full(len(users), n_items, dtype=np.int64)
+            for b, u in enumerate(users):
+                shown = rec.recommend(u, full[u][-hl:], len(full[u]), arm=s.name)
+                items = [c.item for c in shown][:k]
+                if split.test[u] in items:
+                    ranks[b] = items.index(split.test[u])
+            seconds[s.name] += time.perf_counter() - t
+            add(s.name, "tailcast", s.param, _metrics(ranks, is_tail, is_short, k), seconds[s.name])
+        notes.append("tailcast in leave-one-out: the stream minus each user's test event is replayed through the "
+                     "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
+                     "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast")
+    return results, notes

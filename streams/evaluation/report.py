@@ -1,0 +1,234 @@
+"""``report.json``, ``report.md`` and the PNG plots of ``tailcast evaluate`` (DESIGN §6).
+
+``report.json`` is ``{system: {metric: value}}`` with the DESIGN §3/§4 names: ``hr``, ``ndcg``, ``tail_hr``,
+``hr_by_bucket`` (nested, ``{"<=5": .., "6-20": .., ">20": ..}`` as in the ``longtail-metrics`` record),
+``tail_share``, ``coverage``, ``gini``, ``aplt``, ``novelty``, ``k``, the pairing counts ``evaluated``,
+``exact``, ``stale``, ``none``, and extras (``bucket_counts``, ``tail_evaluated``, ``lists``, timings...).
+Everything else about the run (command, dataset, settings, per-chunk series, the trade-off verdicts)
+goes to ``run.json``, so that ``report.json`` keeps exactly that shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from online.exposure import lorenz_curve
+
+from .harness import SystemResult
+
+__all__ = ["write_report", "tradeoff_verdicts", "markdown_table", "BUCKETS"]
+
+BUCKETS = ("<=5", "6-20", ">20")
+
+
+def _f(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def markdown_table(results: dict[str, SystemResult]) -> str:
+    rows = ["| system | HR@10 | ±95% | NDCG@10 | tail HR@10 | HR@10 users ≤5 | HR@10 6-20 | HR@10 >20 | tail share | "
+            "coverage | Gini | APLT | novelty | evaluated | exact | stale | none |",
+            "|---|" + "---:|" * 16]
+    for name, r in results.items():
+        m = r.metrics
+        b = m.get("hr_by_bucket", {})
+        n = m.get("evaluated") or 0
+        ci = 1.96 * math.sqrt(m["hr"] * (1 - m["hr"]) / n) if n else float("nan")  # normal approximation
+        rows.append(f"| {name} | {_f(m['hr'])} | {_f(ci)} | {_f(m['ndcg'])} | {_f(m['tail_hr'])} | "
+                    + " | ".join(_f(b.get(x, float("nan"))) for x in BUCKETS)
+                    + f" | {_f(m.get('tail_share'))} | {_f(m.get('coverage'))} | {_f(m.get('gini'))} | "
+                      f"{_f(m.get('aplt'))} | {_f(m.get('novelty'))} | {m.get('evaluated', '-')} | "
+                      f"{m.get('exact', '-')} | {m.get('stale', '-')} | {m.get('none', '-')} |")
+    return "\n".join(rows)
+
+
+def _curve(results: dict[str, SystemResult], kind: str, y: str) -> list[tuple[float, float, float, str]]:
+    pts = [(r.metrics["ndcg"], r.metrics[y], r.param if r.param is not None else 0.0, name)
+           for name, r in results.items() if r.kind == kind or (kind == "tailboost" and r.kind == "itemcf")]
+    return sorted(pts, key=lambda p: p[2])
+
+
+def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
+    """DESIGN §7: does tailcast's knob curve lie above TailBoost's λ curve, at every tailcast setting?
+
+    For each tailcast point (NDCG@10, y) with y = tail share or tail HR@10, TailBoost's curve (ItemCF =
+    λ 0 included, points sorted by NDCG) is linearly interpolated at the same NDCG; "above" if tailcast's
+    y is higher. A tailcast NDCG outside TailBoost's NDCG range is compared with the nearest end: above
+    it AND with a higher NDCG counts as dominating, anything else as "not above".
+    And: long-tail users' (``<=5`` bucket) HR@10 of the tailcast settings vs every baseline.
+    """
+    out: dict = {"tradeoff": {}, "long_tail_users": {}}
+    for y in ("tail_share", "tail_hr"):
+        tc = _curve(results, "tailcast", y)
+        tb = sorted(_curve(results, "tailboost", y), key=lambda p: p[0])
+        rows = []
+        for ndcg, val, param, name in tc:
+            if not tb:
+                rows.append({"system": name, "verdict": "no TailBoost curve"})
+                continue
+            xs = [p[0] for p in tb]
+            ys = [p[1] for p in tb]
+            if xs[0] <= ndcg <= xs[-1]:
+                ref = float(np.interp(ndcg, xs, ys))
+                above = val > ref
+                how = "interpolated"
+            else:
+                end = tb[0] if ndcg < xs[0] else tb[-1]
+                ref = end[1]
+                above = val > end[1] and ndcg > end[0]
+                how = f"outside TailBoost's NDCG range; nearest end {end[3]}"
+            rows.append({"system": name, "ndcg": ndcg, y: val, f"tailboost_{y}_at_same_ndcg": ref, "above": above,
+                         "how": how})
+        out["tradeoff"][y] = {"points": rows, "above_at_every_setting": bool(rows) and all(
+            r.get("above", False) for r in rows)}
+    baselines = {n: r.metrics["hr_by_bucket"]["<=5"] for n, r in results.items()
+                 if r.kind not in ("tailcast", "live") and "hr_by_bucket" in r.metrics}
+    for name, r in results.items():
+        if r.kind in ("tailcast", "live") and "hr_by_bucket" in r.metrics:
+            mine = r.metrics["hr_by_bucket"]["<=5"]
+            beaten = {b: mine > v for b, v in baselines.items()}
+            out["long_tail_users"][name] = {"hr_<=5": mine, "above_every_baseline": all(beaten.values()),
+                                            "vs": beaten}
+    return out
+
+
+def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    names = list(results)
+    # 1. trade-off: tail share and tail HR vs NDCG, one curve per family
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, y, label in ((axes[0], "tail_share", "tail exposure share"), (axes[1], "tail_hr", "tail HR@10")):
+        for kind, style, lab in (("tailcast", "o-", "tailcast (re-ranking strength s)"),
+                                 ("tailboost", "s--", "co-visitation × (1 + λ·tail)")):
+            pts = _curve(results, kind, y)
+            if kind == "tailboost":
+                pts = sorted(pts, key=lambda p: p[2])
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=lab)
+            for p in pts:
+                ax.annotate(f"{p[2]:g}", (p[0], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for name, r in results.items():
+            if r.kind in ("mostpop", "transformer", "live"):
+                ax.plot([r.metrics["ndcg"]], [r.metrics[y]], "^", label=name)
+        ax.set_xlabel("NDCG@10 (prequential)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: accuracy vs long-tail trade-off")
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png", dpi=110)
+    plt.close(fig)
+    files.append("tradeoff.png")
+    # 2. HR@10 by user-activity bucket
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 3), 4.8))
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(BUCKETS))
+    for n, name in enumerate(names):
+        b = results[name].metrics.get("hr_by_bucket", {})
+        ax.bar(x + n * width - 0.4 + width / 2, [b.get(k, 0.0) for k in BUCKETS], width, label=name)
+    ax.set_xticks(x, [f"users with {k} prior events" for k in BUCKETS])
+    ax.set_ylabel("HR@10")
+    ax.set_title(f"{title}: HR@10 by user activity")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "hr_by_bucket.png", dpi=110)
+    plt.close(fig)
+    files.append("hr_by_bucket.png")
+    # 3. Lorenz curves of exposure
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for name in names:
+        r = results[name]
+        if not r.exposure:
+            continue
+        lx, ly = lorenz_curve(r.exposure)
+        ax.plot(lx, ly, label=f"{name} (Gini {r.metrics.get('gini', float('nan')):.2f})")
+    ax.plot([0, 1], [0, 1], "k:", label="equal exposure")
+    ax.set_xlabel("share of active items (least exposed first)")
+    ax.set_ylabel("share of recommendation slots")
+    ax.set_title(f"{title}: Lorenz curves of exposure")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "lorenz.png", dpi=110)
+    plt.close(fig)
+    files.append("lorenz.png")
+    # 4. metrics over time
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in names:
+        ch = results[name].chunks
+        if not ch:
+            continue
+        axes[0].plot([c["chunk"] + 1 for c in ch], [c["hr"] for c in ch], marker=".", label=name)
+        axes[1].plot([c["chunk"] + 1 for c in ch], [c["tail_share"] for c in ch], marker=".", label=name)
+    axes[0].set_ylabel("HR@10")
+    axes[1].set_ylabel("tail exposure share")
+    for ax in axes:
+        ax.set_xlabel("chunk of the (scored) stream, in time order")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{title}: metrics over time")
+    fig.tight_layout()
+    fig.savefig(out / "over_time.png", dpi=110)
+    plt.close(fig)
+    files.append("over_time.png")
+    return files
+
+
+def write_report(out: Path, results: dict[str, SystemResult], *, command: str, title: str,
+                 intro: Sequence[str] = (), notes: Sequence[str] = (), meta: dict | None = None,
+                 plots: bool = True, loo: bool = False) -> dict:
+    """Write report.json, run.json, report.md and (unless ``plots=False``) the PNGs; return run.json's dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = {name: r.metrics for name, r in results.items()}
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False))
+    verdicts = tradeoff_verdicts(results) if not loo else {}
+    files = _plots(results, out, title) if plots and not loo else []
+    run = {"command": command, "title": title, **(meta or {}), "verdicts": verdicts, "plots": files,
+           "chunks": {name: r.chunks for name, r in results.items()}, "notes": list(notes)}
+    (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
+    md = [f"# tailcast evaluate: {title}", "", "Command:", "", "```", command, "```", ""]
+    md += list(intro)
+    md += ["", markdown_table(results) if not loo else _loo_table(results), ""]
+    if verdicts:
+        md += ["## DESIGN §7 checks", ""]
+        for y, v in verdicts["tradeoff"].items():
+            md.append(f"- tailcast's curve above TailBoost's ({y} at equal NDCG@10) at every setting: "
+                      f"**{'yes' if v['above_at_every_setting'] else 'no'}**")
+            for p in v["points"]:
+                if "above" in p:
+                    md.append(f"  - {p['system']}: NDCG {p['ndcg']:.4f}, {y} {p[y]:.4f} vs TailBoost "
+                              f"{p[f'tailboost_{y}_at_same_ndcg']:.4f} -> {'above' if p['above'] else 'NOT above'}"
+                              f" ({p['how']})")
+        for name, v in verdicts["long_tail_users"].items():
+            losers = [b for b, ok in v["vs"].items() if not ok]
+            md.append(f"- long-tail users (<=5 prior events) HR@10 of {name} = {v['hr_<=5']:.4f}, above every "
+                      f"baseline: **{'yes' if v['above_every_baseline'] else 'no'}**"
+                      + (f" (not above: {', '.join(losers)})" if losers else ""))
+        md.append("")
+    if files:
+        md += ["## Plots", ""] + [f"- `{f}`" for f in files] + [""]
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    (out / "report.md").write_text("\n".join(md))
+    return run
+
+
+def _loo_table(results: dict[str, SystemResult]) -> str:
+    rows = ["| system | HR@10 | NDCG@10 | tail HR@10 | tail NDCG@10 | short-user HR@10 | users | seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        m = r.metrics
+        rows.append(f"| {name} | {_f(m['hr'])} | {_f(m['ndcg'])} | {_f(m['tail_hr'])} | {_f(m.get('tail_ndcg'))} | "
+                    f"{_f(m.get('short_hr'))} | {m.get('users', '-')} | {m.get('seconds', 0):.0f} |")
+    return "\n".join(rows)

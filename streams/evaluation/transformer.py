@@ -1,0 +1,92 @@
+"""The Transformer for evaluation: load a published checkpoint, or train one quickly with ``models/``.
+
+Quick training (``--train-transformer SECONDS``) uses only the events it is given (the warm-up part of
+the stream in offline/live mode, the training part of the split in leave-one-out mode): per-user
+leave-one-out on those events, the last event of each user as validation target for early stopping
+(``models.train.train`` selects on validation only), ids only (no text vectors, so no MiniLM download),
+a wall-clock budget. The result serves through :class:`models.scoring.BatchScorer`, as in the scorer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["load_model", "train_quick", "TrainedTransformer"]
+
+log = logging.getLogger(__name__)
+
+
+def load_model(path: str | Path, *, device: str = "auto", quantize: str = "none"):
+    """A ``BatchScorer`` from a checkpoint file, or from the newest valid checkpoint in a registry folder."""
+    from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
+    from models.scoring import BatchScorer
+
+    path = Path(path)
+    if path.is_dir():
+        ckpt = CheckpointRegistry(path).latest()
+        if ckpt is None:
+            raise CheckpointError(f"no valid checkpoint in {path}")
+    else:
+        ckpt = load_checkpoint(path)
+    return BatchScorer(ckpt, device=device, quantize=quantize)
+
+
+class TrainedTransformer:
+    """A model trained here, with the figures the report needs."""
+
+    def __init__(self, scorer, *, valid_ndcg: float | None, epochs: int, seconds: float, items: int,
+                 events: int) -> None:
+        self.scorer = scorer
+        self.valid_ndcg = valid_ndcg
+        self.epochs = epochs
+        self.seconds = seconds
+        self.items = items
+        self.events = events
+
+
+def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]] | None, n_items: int, *,
+           seconds: float, seed: int, device: str, max_len: int = 50):
+    import torch
+
+    from models.sequence import SeqEncoder, SeqEncoderConfig
+    from models.train import TrainConfig, train
+
+    cfg = SeqEncoderConfig(n_items=n_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2, dropout=0.2,
+                           text_dim=0, loss="auto")
+    torch.manual_seed(seed)
+    model = SeqEncoder(cfg)
+    tcfg = TrainConfig(epochs=200, batch_size=128, lr=1e-3, patience=3, eval_every=1, seed=seed, device=device,
+                       max_seconds=seconds)
+    res = train(model, train_seqs, valid, config=tcfg)
+    return model, res
+
+
+def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, seed: int = 0, device: str = "auto",
+                log_line: Callable[[str], None] = print) -> TrainedTransformer:
+    """Train on ``(user, item, ts)`` events; select on each user's last event (users with >= 3 events)."""
+    import time
+
+    from models.loo import item_index, leave_one_out
+    from models.scoring import BatchScorer
+    from models.vocab import ItemVocab
+
+    t0 = time.perf_counter()
+    split = leave_one_out(events)
+    # validation = each evaluated user's last event; train on everything before it (valid item included)
+    train_split = {u: seq + ([split.valid[u]] if u in split.valid else []) for u, seq in split.train.items()}
+    index = item_index(split)
+    vocab = ItemVocab.from_ids([str(i) for i in sorted(index, key=index.__getitem__)])
+    train_seqs = [[index[i] for i in seq] for seq in train_split.values()]
+    users = list(split.test)
+    valid = ([[index[i] for i in train_split[u]] for u in users], [index[split.test[u]] for u in users])
+    log_line(f"  training the Transformer on {len(events)} events, {len(vocab)} items, {len(users)} validation "
+             f"users, budget {seconds:.0f}s ...")
+    model, res = _train(train_seqs, valid if users else None, len(vocab), seconds=seconds, seed=seed, device=device)
+    scorer = BatchScorer(model=model, vocab=vocab, device=device)
+    scorer.version = f"trained-here-{len(events)}ev"
+    dt = time.perf_counter() - t0
+    log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, {dt:.0f}s")
+    return TrainedTransformer(scorer, valid_ndcg=res.best_valid_ndcg, epochs=len(res.history), seconds=dt,
+                              items=len(vocab), events=len(events))

@@ -1,0 +1,170 @@
+"""``tailcast trainer``: the periodic batch refresh of the Transformer sequence encoder.
+
+It reads the validated event log (``score-requests``: every event once, pseudonymised when configured)
+and the item catalogue from the beginning, keeps the most recent ``TAILCAST_TRAIN_EVENTS`` events, and
+every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as ``TAILCAST_TRAIN_MIN_EVENTS`` new events have
+arrived — trains a fresh encoder (``models.refresh``) off the event loop and publishes a versioned
+checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it up and hot-swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from models.checkpoint import CheckpointRegistry
+from models.refresh import RefreshConfig, fit_refresh
+from streams.config import Settings
+from streams.kafka import client_kwargs
+from streams.metrics import TrainerMetrics, serve_metrics
+from streams.records import BadEvent, ScoreRequest, parse_item
+from streams.topics import ITEMS, SCORE_REQUESTS
+
+__all__ = ["run_trainer", "EventLog", "refresh_once"]
+
+log = logging.getLogger(__name__)
+
+
+class EventLog:
+    """The most recent events, each applied once (a per-user high-water mark drops redelivered ones)."""
+
+    def __init__(self, max_events: int) -> None:
+        self.events: deque[tuple[str, str, float]] = deque(maxlen=max_events)
+        self._seen: dict[str, int] = {}
+        self.new_since_refresh = 0
+
+    def add_request(self, request: ScoreRequest) -> int:
+        first = request.event_count - len(request.new) + 1
+        done = self._seen.get(request.user_id, 0)
+        added = 0
+        for i, (item, ts, _event) in enumerate(request.new):
+            if first + i > done:
+                self.events.append((request.user_id, item, float(ts)))
+                added += 1
+        self._seen[request.user_id] = max(done, request.event_count)
+        self.new_since_refresh += added
+        return added
+
+
+def _text_vectors(settings: Settings, texts: Mapping[str, str]) -> dict[str, np.ndarray]:
+    from streams.agents.serving import TextVectors
+
+    if not texts:
+        return {}
+    encoder = TextVectors(settings.scorer.text_encoder, settings.scorer.device)
+    items = sorted(texts)
+    matrix = encoder.encode([texts[i] for i in items])
+    return dict(zip(items, matrix))
+
+
+def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts: Mapping[str, str], *,
+                 metrics: TrainerMetrics, config: RefreshConfig | None = None):
+    """Train on ``events`` and publish a checkpoint; returns the published checkpoint."""
+    started = time.time()
+    vectors = _text_vectors(settings, texts)
+    result = fit_refresh(events, text_vectors=vectors,
+                         config=config or RefreshConfig(device=settings.scorer.device,
+                                                        max_len=settings.worker.history_len,
+                                                        epochs=settings.trainer.epochs,
+                                                        max_seconds=settings.trainer.max_seconds))
+    ckpt = CheckpointRegistry(settings.scorer.checkpoint_dir).publish(
+        model=result.model, vocab=result.vocab, step=result.train.steps, metrics=result.metrics)
+    duration = time.time() - started
+    metrics.refreshes.inc()
+    metrics.refresh_duration.observe(duration)
+    metrics.last_refresh.set(time.time())
+    metrics.valid_ndcg.set(result.metrics["valid_ndcg"])
+    log.info("published %s: %d events, %d users, %d items, valid NDCG@10 %.4f, %.1fs", ckpt.version,
+             result.n_events, result.n_users, len(result.vocab), result.metrics["valid_ndcg"], duration)
+    return ckpt
+
+
+async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str], *, caught_up: asyncio.Event,
+                  stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for topic in (SCORE_REQUESTS, ITEMS)
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, records in batch.items():
+                for r in records:
+                    if tp.topic == ITEMS:
+                        try:
+                            item = parse_item(r.value, max_bytes=settings.worker.max_event_bytes)
+                        except BadEvent as exc:
+                            log.warning("skipping bad item at offset %d: %s", r.offset, exc)
+                            continue
+                        texts[item.item_id] = item.content()
+                    else:
+                        event_log.add_request(ScoreRequest.from_bytes(r.value))
+            if not caught_up.is_set():
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= end[tp] for pos, tp in zip(positions, tps)):
+                    caught_up.set()
+    finally:
+        await consumer.stop()
+
+
+async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> None:
+    event_log = EventLog(settings.trainer.max_events)
+    texts: dict[str, str] = {}
+    stop, caught_up = asyncio.Event(), asyncio.Event()
+    follower = asyncio.create_task(_follow(settings, event_log, texts, caught_up=caught_up, stop=stop))
+    loop = asyncio.get_running_loop()
+    last = time.monotonic()
+    try:
+        await caught_up.wait()
+        log.info("trainer caught up with the event log: %d events, %d items with text", len(event_log.events),
+                 len(texts))
+        while True:
+            metrics.events_buffered.set(len(event_log.events))
+            due = time.monotonic() - last >= settings.trainer.interval_s and event_log.new_since_refresh > 0
+            enough = event_log.new_since_refresh >= settings.trainer.min_events
+            if once or due or enough:
+                events, snapshot = list(event_log.events), dict(texts)
+                event_log.new_since_refresh = 0
+                if len({u for u, _, _ in events}) >= 2:
+                    await loop.run_in_executor(None, lambda: refresh_once(settings, events, snapshot,
+                                                                          metrics=metrics))
+                else:
+                    log.warning("not enough events to train on yet (%d)", len(events))
+                last = time.monotonic()
+                if once:
+                    return
+            await asyncio.sleep(1.0)  # the refresh schedule's tick, not a wait for data
+            if follower.done():
+                follower.result()  # surface a crashed follower
+    finally:
+        stop.set()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
+def run_trainer(settings: Settings, *, once: bool = False, dataset: str | None = None) -> int:
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    serve_metrics(registry, settings.metrics_port_for("trainer"))
+    if dataset:
+        from streams.datasets import load_dataset
+
+        ds = load_dataset(dataset)
+        events = [(e.user, e.item, e.ts) for e in ds.events][-settings.trainer.max_events:]
+        refresh_once(settings, events, ds.item_text, metrics=metrics)
+        return 0
+    try:
+        asyncio.run(_run(settings, metrics, once=once))
+    except KeyboardInterrupt:
+        pass
+    return 0
