@@ -11,7 +11,7 @@ from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics, Outcome, PrequentialMetrics, PrequentialPairer, hit_rank
 from online.recommender import ArmView, OnlineRecommender, UnknownArmError, UnknownSourceError
-from online.rerank import TailReranker, tail_appetite
+from online.rerank import TailBoost, TailReranker, tail_appetite
 from online.synthetic import SyntheticData, generate
 
 __all__ = [
@@ -19,6 +19,6 @@ __all__ = [
     "CoVisitation", "ContentNeighbours", "Coverage", "DecayedPopularity", "ExposureGini", "ExposureWindow",
     "FeedbackBlender", "ItemWindow", "Novelty", "OnlineMF", "OnlineModel", "OnlineRecommender", "Outcome",
     "PrequentialMetrics", "PrequentialPairer", "ShapeMismatchError", "SyntheticData", "TagVectoriser",
-    "TailReranker", "TailShare", "UnknownArmError", "UnknownSourceError", "aplt", "coverage", "generate", "gini",
+    "TailBoost", "TailReranker", "TailShare", "UnknownArmError", "UnknownSourceError", "aplt", "coverage", "generate", "gini",
     "hit_rank", "learn_many", "lorenz_curve", "novelty", "parse_arms", "tail_appetite", "tail_share",
 ]

@@ -33,8 +33,10 @@ __all__ = [
     "Event",
     "IdIndex",
     "OnlineModel",
+    "group",
     "learn_many",
     "top_k",
+    "top_k_rows",
 ]
 
 #: Every value ``Candidate.source`` may take.
@@ -231,3 +233,61 @@ def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.nd
     order = np.lexsort((part, -s[part]))
     return part[order][:k].astype(np.int64)
 
+
+
+def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True)`` for 1-d int keys, via one stable
+    argsort (numpy 2's ``unique`` costs ~10x a sort on the few hundred keys of a request).
+
+    Returns ``(uniq, first, inv)``: sorted distinct keys, the position of each one's first
+    occurrence, and each key's position in ``uniq``.
+
+    >>> group(np.array([5, 3, 5, 1]))
+    (array([1, 3, 5]), array([3, 1, 0]), array([2, 1, 2, 0]))
+    """
+    keys = np.asarray(keys)
+    if not keys.size:
+        empty = np.zeros(0, dtype=np.int64)
+        return keys[:0], empty, empty
+    order = np.argsort(keys, kind="stable")
+    s = keys[order]
+    new = np.empty(s.size, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    inv = np.empty(s.size, dtype=np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return s[new], order[new], inv
+
+
+def top_k_rows(scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+    """:func:`top_k` of every row of ``scores`` (B, N), same result, one vectorised partition.
+
+    ``banned[b]`` are the indices excluded from row ``b``. A row with ties at its k-th score (or
+    with fewer than ``k`` finite scores) falls back to :func:`top_k` so that ties still go to the
+    lower index.
+
+    >>> [r.tolist() for r in top_k_rows(np.array([[0.1, 0.9, 0.5], [3.0, 2.0, 1.0]]), 2, [None, np.array([0])])]
+    [[1, 2], [1, 2]]
+    """
+    n_rows, n = scores.shape
+    if n_rows == 1:
+        return [top_k(scores[0], k, None if banned is None else banned[0])]
+    s = np.array(scores, dtype=np.float64)  # (B, N), a copy we may write -inf into
+    if k <= 0 or n == 0:
+        return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
+    if banned is not None:
+        rows = [np.full(b[b >= 0].size, r) for r, b in enumerate(banned) if b is not None and b.size]
+        if rows:
+            cols = np.concatenate([b[b >= 0] for b in banned if b is not None and b.size])
+            s[np.concatenate(rows), cols] = -np.inf
+    kk = min(k, n)
+    if kk < n:
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (B, kk), unordered
+    else:
+        part = np.broadcast_to(np.arange(n), (n_rows, n))
+    vals = np.take_along_axis(s, part, axis=1)  # (B, kk)
+    thr = vals.min(axis=1)
+    clean = np.isfinite(thr) & ((s >= thr[:, None]).sum(axis=1) == kk)  # no tie at the boundary
+    order = np.lexsort((part, -vals), axis=1)
+    ranked = np.take_along_axis(part, order, axis=1)
+    return [ranked[r].astype(np.int64) if clean[r] else top_k(s[r], k) for r in range(n_rows)]

@@ -1,37 +1,58 @@
 """The feedback blender: learns from the stream itself how to weigh the candidate sources.
 
 Every shown recommendation list is labelled by the user's next event: the shown item that was
-consumed next is a positive, the others negatives. A river ``Pipeline(StandardScaler(),
-LogisticRegression())`` learns from these labels, one example at a time (prequentially: each
-example is first predicted, for the running AUC, then learned).
+consumed next is a positive, the others negatives. An online logistic regression over standardised
+features learns from these labels (prequentially: each example is first predicted, for the running
+AUC, then learned).
 
-Choice of model (measured here, 6 sources = 15 features): ``LogisticRegression`` learns in ~14 µs per
-example through the scaler pipeline, ``facto.FMClassifier(n_factors=4)`` in ~245 µs; the interactions FM would add
-(source x source) barely matter once the rank features are in, so the linear model it is.
+Choice of model. The learner is river's ``Pipeline(StandardScaler(), LogisticRegression(SGD))``
+re-implemented in numpy, with the same update rules (running mean and population variance per
+feature, updated before the example is scaled; SGD on the log loss with L2 ``l2 * w`` and an
+intercept step of ``lr``), applied as one vectorised mini-batch step every ``batch_size`` examples
+(the sum of the per-example gradients, as :mod:`online.mf` does). Why not river itself: it is the
+scorer's own hot path, and river's dict-per-example path cost 115-145 µs per labelled list (14-20 µs
+per example through the pipeline, plus ~8 ``RollingROCAUC`` updates per example), against a
+target of 20 µs for a whole ``learn_one``; here a labelled list costs ~2 µs amortised and the
+weights are already the arrays the serving matrix product needs. Reads see the weights as of the
+last step, at most ``batch_size - 1`` examples behind (:meth:`flush` forces the step; a pickle
+keeps the buffer).
+
+Standardised features are clipped to ``[-z_clip, z_clip]`` (default 5), in learning and in
+serving. Without it the blender can lock itself in: a feature that was nearly constant in the
+feedback so far (``is_tail`` is 1 for every item during the first ``refresh_every`` events, before
+popularity has a head set) has a tiny standard deviation, so the first items that differ get
+z-scores of -30 or more, one batch of them moves that weight by several units, the lists then
+hold only what the weight favours, and the feedback never shows the learner anything else. Seen
+on the 2k-user synthetic stream with river's exact sequential learner as well as with the
+mini-batch one (HR@10 0.17 instead of 0.40); with the clip both recover. ``z_clip=inf`` is
+river's pipeline. ``facto.FMClassifier(n_factors=4)`` was measured at ~245 µs per example and its
+source x source interactions barely matter once the rank features are in, so the model stays linear.
 
 Features per (user, candidate), for each source ``s`` of ``sources``:
 
 * ``s``: the source's raw score, squashed by ``sign(v) * log1p(|v|)`` (monotone, so each source's
   ranking and AUC are unchanged, while a decayed popularity count of 10^4 no longer dominates the
-  scaler), 0 when the source did not propose the candidate;
+  scaler), 0 when the source did not propose the candidate (or its score is not finite);
 * ``s_rr``: reciprocal rank ``1 / (1 + rank)`` of the candidate in that source's list, 0 when absent;
 
 plus ``is_tail`` and ``log_user_events`` (``log1p`` of the user's event count) and their product
 ``tail_x_log_user_events`` (does a user's history length change how much they take tail items?).
+The serving path builds them as one ``(n_candidates, n_features)`` matrix (:meth:`feature_matrix`);
+:meth:`features` builds one example as a dict (same values), for callers outside the hot path.
 
-Before ``warmup`` examples (with at least one click and one non-click) have been learned, predictions
-are a prior, a weighted reciprocal-rank fusion with the normalised scores as tie-breakers:
-``sum_s a_s * (rr_s + 0.1 * v_s / (1 + |v_s|))`` with ``a_s = 0.5`` for the non-personal sources
-(``popularity``, ``fresh``) and 1 for the others, passed through a sigmoid (a ranking, not a
-calibrated probability).
+Before ``warmup`` examples (with at least one click and one non-click) have been applied,
+predictions are a prior, a weighted reciprocal-rank fusion with the normalised scores as
+tie-breakers: ``sum_s a_s * (rr_s + 0.1 * v_s / (1 + |v_s|))`` with ``a_s = 0.5`` for the
+non-personal sources (``popularity``, ``fresh``) and 1 for the others, passed through a sigmoid (a
+ranking, not a calibrated probability).
 
-``auc()`` returns the running ROC AUC (over the last ``auc_window`` examples, exact and scale-free:
-``river.metrics.RollingROCAUC``; ``metrics.ROCAUC`` bins scores over [0, 1], which raw source scores
-are not) of the blender and of every single source's raw score, on the same examples.
+``auc()`` returns the ROC AUC over the last ``auc_window`` examples (Mann-Whitney, ties count one
+half; 0.0 while one class is missing) of the blender's prequential prediction and of every single
+source's score, on the same examples; the examples sit in a ring buffer and the AUC is computed
+when asked (O(window log window)), not on every example.
 
-Measured ``learn_one`` cost: 18 µs per feedback example (6 sources, 20k examples, 2-core shared CPU box),
-with ``.venv/bin/python -m timeit -s "from online.blender import _bench_setup as s; b, ex = s()" "b.learn_many(ex)"``
-(per-example figure = time / 20k).
+Measured ``learn_one`` cost: see ``benchmarks/online_recommender.py`` ("learn fb": a whole
+``OnlineRecommender.learn_one`` with feedback).
 
 >>> blender = FeedbackBlender(sources=["covisit", "mf"])
 >>> x = blender.features({"covisit": 0.8}, is_tail=True, user_event_count=3)
@@ -49,12 +70,32 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from river import compose, linear_model, metrics, optim, preprocessing
 
 __all__ = ["FeedbackBlender"]
 
 #: Prior weight of the sources that are not personal (the others weigh 1).
 _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
+
+
+def _squash(v: np.ndarray) -> np.ndarray:
+    """``sign(v) * log1p(|v|)``, 0 where ``v`` is not finite."""
+    v = np.where(np.isfinite(v), v, 0.0)
+    return np.sign(v) * np.log1p(np.abs(v))
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC AUC of scores ``s`` for boolean labels ``y`` (average ranks: a tie counts one half)."""
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.0
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct value
+    return float((avg_rank[inv][y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 class FeedbackBlender:
@@ -69,17 +110,25 @@ class FeedbackBlender:
         lr: float = 0.02,
         warmup: int = 200,
         auc_window: int = 10_000,
+        batch_size: int = 32,
+        z_clip: float = 5.0,
     ) -> None:
         if not sources:
             raise ValueError("sources must name at least one candidate source")
         if len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct, got {list(sources)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if auc_window < 1:
+            raise ValueError(f"auc_window must be >= 1, got {auc_window}")
         self.sources = tuple(sources)
         self.seed = int(seed)
         self.l2 = float(l2)
         self.lr = float(lr)
         self.warmup = int(warmup)
         self.auc_window = int(auc_window)
+        self.batch_size = int(batch_size)
+        self.z_clip = float(z_clip)
         self.feature_names: tuple[str, ...] = (
             *self.sources,
             *(f"{s}_rr" for s in self.sources),
@@ -87,17 +136,34 @@ class FeedbackBlender:
             "log_user_events",
             "tail_x_log_user_events",
         )
+        n_f = len(self.feature_names)
+        self._col = {f: n for n, f in enumerate(self.feature_names)}
         self._rr_name = {s: f"{s}_rr" for s in self.sources}
         self._prior_weights = np.array([_PRIOR_WEIGHTS.get(s, 1.0) for s in self.sources])
-        self._scaler = preprocessing.StandardScaler()
-        self._lr = linear_model.LogisticRegression(
-            optimizer=optim.SGD(self.lr), l2=self.l2, intercept_lr=self.lr
-        )
-        self._model = compose.Pipeline(self._scaler, self._lr)
-        self._aucs = {name: metrics.RollingROCAUC(window_size=self.auc_window) for name in ("blend", *self.sources)}
+        # scaler (running mean / population variance) and logistic regression, as arrays
+        self._n_seen = 0
+        self._mean = np.zeros(n_f)
+        self._var = np.zeros(n_f)
+        self._w = np.zeros(n_f)
+        self._b = 0.0
+        self._eff: tuple[np.ndarray, np.ndarray] | None = None  # (means, 1 / stds) cache for serving
+        self._buf_x: list[tuple[np.ndarray, Sequence[int] | None]] = []
+        self._buf_y: list[bool] = []
+        self._n_buf = 0
+        # prequential AUC ring buffer: label, blend prediction, each source's (squashed) score
+        self._auc_y = np.zeros(self.auc_window, dtype=bool)
+        self._auc_s = np.zeros((self.auc_window, 1 + len(self.sources)))
+        self._auc_pos = 0
+        self._auc_n = 0
         self._rng = random.Random(seed)
-        self.n_learned = 0
+        self.n_learned = 0  # examples received (applied or buffered)
         self.n_clicked = 0
+        self._n_applied = 0
+        self._n_applied_clicked = 0
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
 
     # ---------------------------------------------------------------- features
     def features(
@@ -111,7 +177,7 @@ class FeedbackBlender:
         """The feature dict of one (user, candidate); sources not in ``self.sources`` are ignored."""
         x = dict.fromkeys(self.feature_names, 0.0)
         for s, v in source_scores.items():
-            if s in x and s in self._rr_name:
+            if s in self._rr_name:
                 v = float(v)
                 if v - v == 0.0:  # finite
                     x[s] = math.log1p(v) if v >= 0.0 else -math.log1p(-v)
@@ -121,23 +187,48 @@ class FeedbackBlender:
                 name = rr_name.get(s)
                 if name is not None:
                     x[name] = 1.0 / (1.0 + r)
+        log_events = math.log1p(max(0, user_event_count))
+        x["log_user_events"] = log_events
         if is_tail:
-            log_events = math.log1p(max(0, user_event_count))
             x["is_tail"] = 1.0
-            x["log_user_events"] = log_events
             x["tail_x_log_user_events"] = log_events
-        else:
-            x["log_user_events"] = math.log1p(max(0, user_event_count))
         return x
+
+    def feature_matrix(
+        self,
+        scores: np.ndarray,
+        ranks: np.ndarray,
+        is_tail: np.ndarray,
+        user_event_count: int | np.ndarray,
+    ) -> np.ndarray:
+        """(n, n_features) float64 feature rows, the vectorised :meth:`features`.
+
+        ``scores``: (n, S) raw scores in ``sources`` order, 0 where a source did not propose the
+        candidate; ``ranks``: (n, S) 0-based ranks, ``inf`` where absent; ``is_tail``: (n,) bool;
+        ``user_event_count``: one count, or (n,) counts (rows of several users).
+        """
+        n, n_s = scores.shape
+        X = np.empty((n, 2 * n_s + 3))
+        X[:, :n_s] = _squash(scores)
+        X[:, n_s : 2 * n_s] = 1.0 / (1.0 + ranks)
+        log_events = np.log1p(np.maximum(0, np.asarray(user_event_count, dtype=np.float64)))
+        tail = np.asarray(is_tail, dtype=np.float64)
+        X[:, 2 * n_s] = tail
+        X[:, 2 * n_s + 1] = log_events
+        X[:, 2 * n_s + 2] = tail * log_events
+        return X
+
+    def _matrix(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
+        if isinstance(xs, np.ndarray):
+            return xs.reshape(-1, self.n_features).astype(np.float64, copy=False)
+        names = self.feature_names
+        return np.array([[x.get(f, 0.0) for f in names] for x in xs], dtype=np.float64).reshape(len(xs), len(names))
 
     # ---------------------------------------------------------------- prediction
     @property
     def warmed_up(self) -> bool:
-        return self.n_learned >= self.warmup and 0 < self.n_clicked < self.n_learned
-
-    def _matrix(self, xs: Sequence[Mapping[str, float]]) -> np.ndarray:
-        names = self.feature_names
-        return np.array([[x.get(f, 0.0) for f in names] for x in xs], dtype=np.float64).reshape(len(xs), len(names))
+        """Whether predictions come from the learned model (``warmup`` examples applied, both labels)."""
+        return self._n_applied >= self.warmup and 0 < self._n_applied_clicked < self._n_applied
 
     def _prior_terms(self, X: np.ndarray) -> np.ndarray:
         """(n, S) per-source prior terms ``a_s * (rr_s + 0.1 * v_s / (1 + |v_s|))``."""
@@ -145,62 +236,50 @@ class FeedbackBlender:
         scores, rr = X[:, :n_s], X[:, n_s : 2 * n_s]
         return self._prior_weights * (rr + 0.1 * scores / (1.0 + np.abs(scores)))
 
-    def _prior_logits(self, X: np.ndarray) -> np.ndarray:
-        return self._prior_terms(X).sum(axis=1)
+    def _std(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self._var, 0.0))
 
-    def _linear(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """The pipeline as arrays: feature means, stds (0 = constant so far), weights, intercept."""
-        names = self.feature_names
-        means = np.array([self._scaler.means.get(f, 0.0) for f in names])
-        stds = np.sqrt(np.array([max(self._scaler.vars.get(f, 0.0), 0.0) for f in names]))
-        w = self._lr.weights
-        weights = np.array([w.get(f, 0.0) for f in names])
-        return means, stds, weights, float(self._lr.intercept)
+    def _scaling(self) -> tuple[np.ndarray, np.ndarray]:
+        """(means, 1 / stds) of the scaler (1 / std = 0 for a feature constant so far)."""
+        if self._eff is None:
+            std = self._std()
+            self._eff = (self._mean.copy(), np.divide(1.0, std, out=np.zeros_like(std), where=std > 0))
+        return self._eff
 
-    def _model_logits(self, X: np.ndarray) -> np.ndarray:
-        means, stds, weights, intercept = self._linear()
-        z = np.divide(X - means, stds, out=np.zeros_like(X), where=stds > 0)  # (n, F)
-        return z @ weights + intercept
+    def _z(self, X: np.ndarray) -> np.ndarray:
+        """Standardised features, clipped to ``[-z_clip, z_clip]`` (n, F)."""
+        mean, inv_std = self._scaling()
+        Z = (X - mean) * inv_std
+        return np.clip(Z, -self.z_clip, self.z_clip, out=Z)
 
-    def predict_many(self, xs: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """Click probabilities of ``xs`` (the prior's sigmoid before warm-up), float64 (len(xs),).
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """(n,) logits of feature rows ``X`` (the prior's before warm-up)."""
+        if not self.warmed_up:
+            return self._prior_terms(X).sum(axis=1)
+        return self._z(X) @ self._w + self._b
 
-        Vectorised equivalent of ``pipeline.predict_proba_one`` for each x (one matrix product).
-        """
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Click probabilities of feature rows ``X`` (n, n_features), float64 (n,)."""
+        return _sigmoid(self.logits(X))
+
+    def predict_many(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
+        """Click probabilities of ``xs`` (feature dicts or rows), float64 (len(xs),)."""
         if not len(xs):
             return np.zeros(0)
-        X = self._matrix(xs)
-        logits = self._model_logits(X) if self.warmed_up else self._prior_logits(X)
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -35.0, 35.0)))
+        return self.predict_matrix(self._matrix(xs))
 
-    def _predict_one(self, x: Mapping[str, float]) -> float:
-        """``predict_many([x])[0]`` in plain Python (a 1-row numpy path costs ~20 µs of overhead)."""
-        if self.warmed_up:
-            means, vars_, w = self._scaler.means, self._scaler.vars, self._lr._weights
-            logit = float(self._lr.intercept)
-            for f in self.feature_names:
-                v = vars_.get(f, 0.0)
-                if v > 0:
-                    logit += w.get(f, 0.0) * (x.get(f, 0.0) - means.get(f, 0.0)) / math.sqrt(v)
-        else:
-            logit = 0.0
-            for s, a in zip(self.sources, self._prior_weights.tolist()):
-                v = x.get(s, 0.0)
-                logit += a * (x.get(self._rr_name[s], 0.0) + 0.1 * v / (1.0 + abs(v)))
-        logit = min(35.0, max(-35.0, logit))
-        return 1.0 / (1.0 + math.exp(-logit))
-
-    def contributions_many(self, xs: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """(len(xs), len(sources)): each source's additive share of each logit (its score and rank
-        terms), i.e. which source "proposed" a candidate most. Prior phase: the prior's terms."""
-        X = self._matrix(xs)
-        n_s = len(self.sources)
-        if self.warmed_up:
-            means, stds, weights, _ = self._linear()
-            part = np.divide(X - means, stds, out=np.zeros_like(X), where=stds > 0) * weights
-        else:
+    def contributions_matrix(self, X: np.ndarray) -> np.ndarray:
+        """(n, S): each source's additive share of each logit (its score and rank terms), i.e. which
+        source "proposed" a candidate most. Prior phase: the prior's terms."""
+        if not self.warmed_up:
             return self._prior_terms(X)
-        return part[:, :n_s] + part[:, n_s : 2 * n_s]
+        n_s = len(self.sources)
+        part = self._z(X)[:, : 2 * n_s] * self._w[: 2 * n_s]
+        return part[:, :n_s] + part[:, n_s:]
+
+    def contributions_many(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
+        """:meth:`contributions_matrix` of feature dicts (or rows)."""
+        return self.contributions_matrix(self._matrix(xs))
 
     def contributions(self, x: Mapping[str, float]) -> dict[str, float]:
         """:meth:`contributions_many` of one ``x``, as ``{source: share}``."""
@@ -208,46 +287,111 @@ class FeedbackBlender:
         return {s: float(v) for s, v in zip(self.sources, row.tolist())}
 
     # ---------------------------------------------------------------- learning
+    def learn_matrix(self, X: np.ndarray, clicked: np.ndarray | Sequence[bool]) -> None:
+        """Learn feature rows ``X`` (m, n_features) with labels ``clicked`` (m,); applied in mini-batches."""
+        y = [bool(c) for c in clicked]
+        if X.shape != (len(y), self.n_features):
+            raise ValueError(f"expected a ({len(y)}, {self.n_features}) feature matrix, got {X.shape}")
+        if not y:
+            return
+        self._buf_x.append((X, None))
+        self._buf_y.extend(y)
+        self._n_buf += len(y)
+        self.n_learned += len(y)
+        self.n_clicked += sum(y)
+        if self._n_buf >= self.batch_size:
+            self._flush()
+
+    def learn_rows(self, X: np.ndarray, rows: Sequence[int], clicked: Sequence[bool]) -> None:
+        """:meth:`learn_matrix` of ``X[rows]`` without the copy now (rows are gathered per mini-batch)."""
+        self._buf_x.append((X, rows))
+        self._buf_y.extend(clicked)
+        self._n_buf += len(rows)
+        self.n_learned += len(rows)
+        self.n_clicked += sum(clicked)
+        if self._n_buf >= self.batch_size:
+            self._flush()
+
     def learn_one(self, x: Mapping[str, float], clicked: bool) -> None:
-        """Prequential step: score ``x`` for the running AUCs, then learn from it."""
-        y = bool(clicked)
-        p = self._predict_one(x)
-        self._aucs["blend"].update(y, p)
-        for s in self.sources:
-            self._aucs[s].update(y, x.get(s, 0.0))
-        self._model.learn_one(dict(x), y)
-        self.n_learned += 1
-        self.n_clicked += y
+        """Learn one example given as a feature dict (see :meth:`features`)."""
+        self.learn_matrix(self._matrix([x]), [bool(clicked)])
 
     def learn_many(self, examples: Iterable[tuple[Mapping[str, float], bool]]) -> None:
         for x, clicked in examples:
             self.learn_one(x, clicked)
 
     def learn_shown(
-        self, xs: Sequence[Mapping[str, float]], clicked: Sequence[bool], *, max_negatives: int | None = None
+        self, xs: Sequence[Mapping[str, float]] | np.ndarray, clicked: Sequence[bool], *,
+        max_negatives: int | None = None,
     ) -> int:
         """Learn one shown list: every clicked example, and ``max_negatives`` of the others drawn at
         random (``None``: all of them). Subsampling negatives keeps feedback cheap (a list of 10 is
-        10 learn steps otherwise) and leaves AUC, a ranking measure, unbiased. Returns examples learned.
+        10 examples otherwise) and leaves AUC, a ranking measure, unbiased. Returns examples learned.
         """
         if len(xs) != len(clicked):
-            raise ValueError(f"{len(xs)} feature dicts but {len(clicked)} click labels")
+            raise ValueError(f"{len(xs)} feature rows but {len(clicked)} click labels")
         pos = [n for n, c in enumerate(clicked) if c]
         neg = [n for n, c in enumerate(clicked) if not c]
         if max_negatives is not None and len(neg) > max_negatives:
             neg = sorted(self._rng.sample(neg, max_negatives))
         chosen = sorted(pos + neg)
-        for n in chosen:
-            self.learn_one(xs[n], clicked[n])
+        if chosen:
+            X = self._matrix(xs)[chosen]
+            self.learn_matrix(X, [bool(clicked[n]) for n in chosen])
         return len(chosen)
 
+    def flush(self) -> None:
+        """Apply the buffered examples now (reads do not wait for a full batch; see the module doc)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._n_buf:
+            return
+        parts, sel, offset = [], [], 0
+        for X, rows in self._buf_x:  # (X, rows to learn, None = all)
+            parts.append(X)
+            sel.extend(range(offset, offset + X.shape[0]) if rows is None else [offset + r for r in rows])
+            offset += X.shape[0]
+        X = np.concatenate(parts)[sel]  # (m, F)
+        y = np.array(self._buf_y, dtype=bool)  # (m,)
+        self._buf_x, self._buf_y, self._n_buf = [], [], 0
+        m = y.size
+        # prequential: record the prediction made before learning, for the AUCs
+        slots = (self._auc_pos + np.arange(m)) % self.auc_window
+        self._auc_y[slots] = y
+        self._auc_s[slots, 0] = self.predict_matrix(X)
+        self._auc_s[slots, 1:] = X[:, : len(self.sources)]
+        self._auc_pos = int(slots[-1] + 1) % self.auc_window
+        self._auc_n = min(self.auc_window, self._auc_n + m)
+        # scaler: merge the batch's mean and variance into the running ones (Chan et al.)
+        n0 = self._n_seen
+        n1 = n0 + m
+        b_mean = X.mean(axis=0)
+        b_var = X.var(axis=0)
+        delta = b_mean - self._mean
+        self._var = (self._var * n0 + b_var * m + delta * delta * (n0 * m / n1)) / n1
+        self._mean = self._mean + delta * (m / n1)
+        self._n_seen = n1
+        # logistic regression: one SGD step with the sum of the per-example gradients
+        self._eff = None
+        Z = self._z(X)  # (m, F), with the scaler just updated (as river's pipeline does)
+        g = _sigmoid(Z @ self._w + self._b) - y  # d logloss / d logit, (m,)
+        self._w -= self.lr * (Z.T @ g + m * self.l2 * self._w)
+        self._b -= self.lr * float(g.sum())
+        self._eff = None
+        self._n_applied += m
+        self._n_applied_clicked += int(y.sum())
+
     def auc(self) -> dict[str, float]:
-        """Running ROC AUC of ``"blend"`` and of each source's raw score, on the same examples."""
-        return {name: float(m.get()) for name, m in self._aucs.items()}
+        """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples."""
+        self._flush()
+        n = self._auc_n
+        y, s = self._auc_y[:n], self._auc_s[:n]
+        return {name: _auc(y, s[:, c]) for c, name in enumerate(("blend", *self.sources))}
 
 
 def _bench_setup(n_examples: int = 20_000, seed: int = 0):
-    """A blender over 6 sources and a synthetic labelled stream, for the timeit figure."""
+    """A blender over 6 sources and a synthetic labelled stream (feature dicts)."""
     rng = np.random.default_rng(seed)
     sources = ["popularity", "covisit", "mf", "content", "fresh", "transformer"]
     blender = FeedbackBlender(sources=sources)

@@ -16,7 +16,8 @@ Scoring. A known user is ``p_u + history_weight * mean(q_h for h in the last his
 a user the model has not seen (or evicted: at most ``max_users`` user rows, least recently active
 evicted first) is the mean of their history item vectors, so cold users with some history get
 personal scores; a user with neither gets the item biases. ``recommend`` is one matrix-vector product
-over all item factors plus ``argpartition``.
+over all item factors plus ``argpartition``; :meth:`OnlineMF.candidates_many` scores a batch of users
+with one (B, D) x (D, n_items) product.
 
 Measured ``learn_one`` cost: 4.3 µs/event amortised (dim 32, 4 negatives, batch_size 64, 100k events,
 20k items, 2-core shared CPU box; 26 µs with one numpy step per event), with
@@ -38,7 +39,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, Event, IdIndex, top_k
+from online.base import Candidate, Event, IdIndex, top_k_rows
 
 __all__ = ["OnlineMF"]
 
@@ -227,15 +228,33 @@ class OnlineMF:
             return self._b[:n].astype(np.float64)
         return (self._q[:n] @ vec + self._b[:n]).astype(np.float64)  # (n_items,)
 
+    def candidates_many(
+        self, users: Sequence[str], histories: Sequence[Sequence[str]], k: int,
+        banned: Sequence[np.ndarray | None] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top ``k`` per user as index arrays (items, scores), best first: one (B, D) x (D, n_items)
+        product for the batch. ``banned[b]`` are item indices excluded for user ``b`` (history items
+        are always excluded)."""
+        n = len(self._items)
+        if not n:
+            return [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in users]
+        zero = np.zeros(self.dim, dtype=np.float32)
+        vecs, bans = [], []
+        for b, (user, history) in enumerate(zip(users, histories)):
+            vec = self.user_vector(user, history)
+            vecs.append(zero if vec is None else vec)  # unknown user, no history: item biases only
+            ban = self._items.indices(history)
+            extra = banned[b] if banned is not None else None
+            bans.append(ban if extra is None or not extra.size else np.concatenate([ban, extra]))
+        scores = np.stack(vecs) @ self._q[:n].T + self._b[:n]  # (B, N) float32
+        return [(top, scores[r, top].astype(np.float64)) for r, top in enumerate(top_k_rows(scores, k, bans))]
+
     def recommend(
         self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
     ) -> list[Candidate]:
-        if not len(self._items):
-            return []
-        scores = self._all_scores(user, history)
-        banned = self._items.indices([*history, *exclude])
+        top, scores = self.candidates_many([user], [history], k, [self._items.indices(exclude)])[0]
         names = self._items.names
-        return [Candidate(names[j], float(scores[j]), "mf") for j in top_k(scores, k, banned).tolist()]
+        return [Candidate(names[j], s, "mf") for j, s in zip(top.tolist(), scores.tolist())]
 
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
         idx = self._items.indices(items)

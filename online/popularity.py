@@ -234,27 +234,56 @@ class DecayedPopularity:
 
         Score = ``2 ** (-age / half_life_s)`` of the item's first appearance (1.0 = brand new).
         """
-        self._refresh()
+        idx, scores = self.fresh_indices(k, self._index.indices(exclude))
         names = self._index.names
+        return [Candidate(names[i], s, "fresh") for i, s in zip(idx.tolist(), scores.tolist())]
+
+    def fresh_indices(self, k: int, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`fresh_items` as (item indices, scores); ``banned``: indices to skip (-1 ignored)."""
+        self._refresh()
         count = self._count
         head = self._head_mask
+        skip = set(banned.tolist()) if banned is not None and banned.size else ()
         factor = 1.0 / self.half_life_s
         now = self._now(None)
-        out: list[Candidate] = []
+        first_ts = self._first_ts
+        out: list[int] = []
+        scores: list[float] = []
         scanned = 0
-        for i in range(len(names) - 1, -1, -1):
+        for i in range(len(count) - 1, -1, -1):
             if len(out) >= k or scanned >= 20 * k + 1000:
                 break
             scanned += 1
             c = count[i]
-            if c < 1 or c > self.fresh_max_count or (i < head.size and head[i]):
+            if c < 1 or c > self.fresh_max_count or (i < head.size and head[i]) or i in skip:
                 continue
-            name = names[i]
-            if name in exclude:
-                continue
-            age = max(0.0, now - self._first_ts[i])
-            out.append(Candidate(name, 2.0 ** (-age * factor), "fresh"))
-        return out
+            out.append(i)
+            scores.append(2.0 ** (-max(0.0, now - first_ts[i]) * factor))
+        return np.asarray(out, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+
+    def head_mask(self) -> np.ndarray:
+        """(n,) bool over this model's item indices at the last refresh: True for head items (items
+        added since are tail). Read-only."""
+        self._refresh()
+        return self._head_mask
+
+    def top_indices(self, k: int, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` as (item indices, decayed counts); ``banned``: indices to skip (-1 ignored)."""
+        self._refresh()
+        ban = set(banned.tolist()) if banned is not None and banned.size else set()
+        ban.discard(-1)
+        top = self._top
+        if k + len(ban) > top.size and top.size < len(self._index):
+            top = top_k(np.asarray(self._score), k + len(ban))
+        out: list[int] = []
+        for i in top[: k + len(ban)].tolist():
+            if i not in ban:
+                out.append(i)
+                if len(out) >= k:
+                    break
+        f = self._clock.now_factor(self._now(None))
+        score = self._score
+        return np.asarray(out, dtype=np.int64), np.array([score[i] * f for i in out], dtype=np.float64)
 
     # ---------------------------------------------------------------- OnlineModel
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
@@ -267,22 +296,9 @@ class DecayedPopularity:
     def recommend(
         self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
     ) -> list[Candidate]:
-        self._refresh()
-        banned = set(exclude)
-        banned.update(history)
+        top, scores = self.top_indices(k, self._index.indices([*exclude, *history]))
         names = self._index.names
-        top = self._top
-        if k + len(banned) > top.size and top.size < len(names):
-            top = top_k(np.asarray(self._score), k + len(banned))
-        f = self._clock.now_factor(self._now(None))
-        out: list[Candidate] = []
-        for i in top.tolist():
-            name = names[i]
-            if name not in banned:
-                out.append(Candidate(name, self._score[i] * f, "popularity"))
-                if len(out) >= k:
-                    break
-        return out
+        return [Candidate(names[i], s, "popularity") for i, s in zip(top.tolist(), scores.tolist())]
 
     def __len__(self) -> int:
         return len(self._index)

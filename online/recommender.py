@@ -14,20 +14,30 @@ first turns the user's previous shown list into blender feedback (see below).
 2. blend: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and
    ranks, its tail flag and the user's event count into a click probability;
 3. re-rank with the arm's strength (:class:`~online.rerank.TailReranker`, the user's tail appetite
-   from their history; ``calibrate=False`` makes the re-ranker only ever add tail items, see there);
+   from their history; by default one-sided, so that a stronger arm never shows fewer tail items;
+   ``calibrate=True`` gives the paper's two-sided xQuAD, see there);
 4. each returned :class:`~online.base.Candidate` has the blended probability as score, the source
-   that contributed most to it (by the blender's per-source logit terms) and that source's anchor.
+   that contributed most to it (by the blender's per-source logit terms; ties: the better rank) and
+   that source's anchor.
 
-Feedback is exact: the feature dicts of the k shown items are kept (the latest list per user,
+How it stays cheap. Items are dense indices of one recommender-wide :class:`~online.base.IdIndex`;
+each model keeps its own index, mapped onto this one by an append-only array per model (extended
+when the model learns new items, rebuilt when popularity compacts its index). Every source hands
+back index arrays (no per-candidate objects); the candidates of all sources are merged without a
+sort (first positions through a dense scratch array, first-appearance order kept) into an
+(n_candidates, n_sources) score matrix and rank matrix, from which the blender builds the feature
+matrix and scores it with one matrix-vector product. Only the k shown items become :class:`Candidate` objects.
+:meth:`OnlineRecommender.recommend_many` serves a micro-batch: the content and MF parts become one
+(B, D) x (D, n_items) product each for the whole batch; :meth:`recommend` is the batch of one.
+
+Feedback is exact: the feature rows of the k shown items are kept (the latest list per user,
 at most ``max_pending`` users, least recently served dropped first), and the user's next event
 labels them (clicked = shown item == next item). Negatives are subsampled to ``max_negatives`` per
-list to keep feedback cheap.
+list to keep feedback cheap; the blender applies the examples in mini-batches (see there).
 
-Measured costs (2-core CPU box, 20k events over 2k items, 6 blender sources):
-``learn_one`` 8-11 µs/event without a pending list, 115-145 µs when it labels a pending list (1 to 3
-blender examples, ~20-40 µs each, plus the model updates); ``recommend`` 2.9-3.7 ms (warm user, 100
-candidates per source, 7 blender sources); ranges = repeated runs on the shared box, with
-``.venv/bin/python -c "from online.recommender import _bench; _bench()"``.
+Measured costs: ``.venv/bin/python benchmarks/online_recommender.py`` (its docstring says what is
+timed). Before this design (dict features per candidate, river blender): ``recommend`` 2.5 ms per
+user on 1k items and 16 ms on 10k items, ``learn_one`` with feedback 61-204 µs, on that benchmark.
 
 >>> rec = OnlineRecommender.create(arms=parse_arms("control:1:0.0"), content_dim=8)
 >>> for n, item in enumerate(["a", "b", "a", "c", "a", "b"]):
@@ -48,18 +58,20 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
-from online.base import Candidate, Event
+from online.base import Candidate, Event, IdIndex
 from online.blender import FeedbackBlender
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
-from online.rerank import TailReranker, tail_appetite
+from online.rerank import TailReranker, appetite_from_counts
 
 __all__ = ["CORE_SOURCES", "ArmView", "OnlineRecommender", "UnknownArmError", "UnknownSourceError"]
 
 #: Sources the recommender itself produces; the blender must know all of them.
 CORE_SOURCES = ("popularity", "covisit", "mf", "content", "fresh")
+
+_BIG = 1 << 62  # "no position yet" in the merge scratch array
 
 
 class UnknownArmError(KeyError):
@@ -91,7 +103,7 @@ class OnlineRecommender:
         max_negatives: int = 2,
         max_pending: int = 100_000,
         salt: str = "tailcast",
-        calibrate: bool = True,
+        calibrate: bool = False,
     ) -> None:
         missing = [s for s in CORE_SOURCES if s not in blender.sources]
         if missing:
@@ -117,8 +129,14 @@ class OnlineRecommender:
         self.max_pending = int(max_pending)
         self.calibrate = bool(calibrate)
         self._rng = random.Random(seed)
-        # user -> (shown items, their feature dicts), LRU order
-        self._pending: OrderedDict[str, tuple[tuple[str, ...], list[dict[str, float]]]] = OrderedDict()
+        # user -> (shown items, their (k, n_features) feature rows), LRU order
+        self._pending: OrderedDict[str, tuple[tuple[str, ...], np.ndarray]] = OrderedDict()
+        self._items = IdIndex()  # recommender-wide item index
+        self._maps: dict[str, tuple[IdIndex, np.ndarray]] = {}  # model -> (its index, its idx -> ours)
+        self._tail_key: tuple | None = None
+        self._tail = np.zeros(0, dtype=bool)  # (n_items,) over our index, at the last head refresh
+        self._col = {s: n for n, s in enumerate(blender.sources)}
+        self._scratch = np.zeros(0, dtype=np.int64)  # merge scratch, all entries "large" between calls
 
     @classmethod
     def create(
@@ -133,7 +151,7 @@ class OnlineRecommender:
         n_fresh: int = 10,
         max_negatives: int = 2,
         max_pending: int = 100_000,
-        calibrate: bool = True,
+        calibrate: bool = False,
     ) -> OnlineRecommender:
         """A recommender over default-configured models (the blender also knows ``extra_sources``)."""
         return cls(
@@ -174,17 +192,20 @@ class OnlineRecommender:
         entry = self._pending.pop(user, None)
         if entry is None:
             return 0
-        items, xs = entry
+        items, X = entry
         if shown is not None and tuple(c.item for c in shown) != items:
             return 0
-        clicked = [it == clicked_item for it in items]
-        chosen = [n for n, c in enumerate(clicked) if c]
-        negatives = [n for n, c in enumerate(clicked) if not c]
-        if len(negatives) > self.max_negatives:
-            negatives = self._rng.sample(negatives, self.max_negatives)
-        chosen = sorted(chosen + negatives)
-        for n in chosen:
-            self.blender.learn_one(xs[n], clicked[n])
+        hit = items.index(clicked_item) if clicked_item in items else -1
+        negatives = [n for n in range(len(items)) if n != hit]
+        if len(negatives) > self.max_negatives:  # a partial Fisher-Yates draw of max_negatives of them
+            rand = self._rng.random
+            for i in range(self.max_negatives):
+                j = i + int(rand() * (len(negatives) - i))
+                negatives[i], negatives[j] = negatives[j], negatives[i]
+            del negatives[self.max_negatives :]
+        chosen = sorted(negatives + [hit]) if hit >= 0 else sorted(negatives)
+        if chosen:
+            self.blender.learn_rows(X, chosen, [n == hit for n in chosen])
         return len(chosen)
 
     # ---------------------------------------------------------------- serving
@@ -194,64 +215,38 @@ class OnlineRecommender:
     def assign_arm(self, user: str) -> str:
         return self.assigner.assign(user)
 
-    def _candidate_lists(
-        self,
-        user: str,
-        history: Sequence[str],
-        banned: set[str],
-        extra: Mapping[str, Sequence[Candidate]] | None,
-    ) -> dict[str, list[Candidate]]:
-        n = self.n_candidates
-        lists: dict[str, list[Candidate]] = {}
-        if history:
-            lists["covisit"] = self.covisit.recommend(user, history, n, banned)
-            lists["content"] = self.content.recommend(user, history, n, banned)
-            lists["mf"] = self.mf.recommend(user, history, n, banned)
-            lists["popularity"] = self.popularity.recommend(user, history, max(self.k, n // 10), banned)
-            lists["fresh"] = self.popularity.fresh_items(self.n_fresh, banned)
-        else:
-            lists["popularity"] = self.popularity.recommend(user, history, n, banned)
-            lists["fresh"] = self.popularity.fresh_items(max(self.n_fresh, self.k), banned)
-        for source, cands in (extra or {}).items():
-            if source not in self.blender.sources:
-                raise UnknownSourceError(
-                    f"extra source {source!r} is not one of the blender's sources {self.blender.sources}"
-                )
-            lists[source] = [c for c in cands if c.item not in banned]
-        return lists
+    def _map(self, key: str, index: IdIndex) -> np.ndarray:
+        """``model index -> our index`` for one model's :class:`IdIndex` (kept in step, append-only)."""
+        entry = self._maps.get(key)
+        m = entry[1] if entry is not None and entry[0] is index else np.zeros(0, dtype=np.int64)
+        n = len(index)
+        if n > m.size:
+            add = self._items.add
+            new = np.fromiter((add(name) for name in index.names[m.size : n]), dtype=np.int64, count=n - m.size)
+            m = np.concatenate([m, new])
+        if entry is None or entry[1] is not m:
+            self._maps[key] = (index, m)
+        return m
 
-    def _blend(
-        self, lists: Mapping[str, list[Candidate]], user_event_count: int
-    ) -> tuple[list[Candidate], list[dict[str, float]]]:
-        table: dict[str, dict[str, tuple[float, int, str | None]]] = {}
-        for source, cands in lists.items():
-            for rank, c in enumerate(cands):
-                per = table.setdefault(c.item, {})
-                if source not in per:
-                    per[source] = (c.score, rank, c.anchor)
-        if not table:
-            return [], []
-        items = list(table)
-        tail = self.popularity.tail_mask(items)
-        xs = [
-            self.blender.features(
-                {s: v[0] for s, v in table[it].items()},
-                is_tail=bool(t),
-                user_event_count=user_event_count,
-                source_ranks={s: v[1] for s, v in table[it].items()},
-            )
-            for it, t in zip(items, tail.tolist())
-        ]
-        probs = self.blender.predict_many(xs)
-        contrib = self.blender.contributions_many(xs)  # (n, S)
-        col = {s: n for n, s in enumerate(self.blender.sources)}
-        out: list[Candidate] = []
-        for row, (it, p) in enumerate(zip(items, probs.tolist())):
-            per = table[it]
-            # the proposing source with the largest logit share; ties: the better rank
-            source = max(per, key=lambda s: (contrib[row, col[s]], -per[s][1]))
-            out.append(Candidate(it, p, source, anchor=per[source][2]))
-        return out, xs
+    def _tail_mask(self) -> np.ndarray:
+        """(n_items,) bool over our index: tail at popularity's last head refresh (unknown = tail)."""
+        pop = self.popularity
+        head = pop.head_mask()  # refreshes the head set when due
+        pmap = self._map("popularity", pop._index)
+        key = (pop._refreshed_at, id(pop._index), len(self._items))
+        if key != self._tail_key:
+            tail = np.ones(len(self._items), dtype=bool)
+            tail[pmap[np.flatnonzero(head)]] = False
+            self._tail, self._tail_key = tail, key
+        return self._tail
+
+    @staticmethod
+    def _lookup(mask: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``mask[idx]``, True where ``idx`` is -1 or beyond the mask (items it does not know are tail)."""
+        ok = (idx >= 0) & (idx < mask.size)
+        out = np.ones(idx.size, dtype=bool)
+        out[ok] = mask[idx[ok]]
+        return out
 
     def recommend(
         self,
@@ -265,25 +260,172 @@ class OnlineRecommender:
         exclude: Collection[str] = (),
     ) -> list[Candidate]:
         """The top-``k`` (default ``self.k``) list for ``user`` in ``arm``, best first."""
-        config = self.arms.get(arm)
-        if config is None:
-            raise UnknownArmError(f"arm {arm!r} is not configured (arms: {sorted(self.arms)})")
+        return self.recommend_many(
+            [user], [history], [user_event_count], arms=[arm], extras=[extra], k=k, excludes=[exclude]
+        )[0]
+
+    def recommend_many(
+        self,
+        users: Sequence[str],
+        histories: Sequence[Sequence[str]],
+        user_event_counts: Sequence[int],
+        *,
+        arms: Sequence[str],
+        extras: Sequence[Mapping[str, Sequence[Candidate]] | None] | None = None,
+        k: int | None = None,
+        excludes: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Candidate]]:
+        """:meth:`recommend` for a micro-batch of users (one list per user, in order).
+
+        The same lists as one :meth:`recommend` call per user in turn (up to float rounding of the
+        batched products), for a fraction of the cost: content and MF score the whole batch with
+        one matrix product each. A user listed twice keeps the later list as pending feedback.
+        """
+        n_b = len(users)
+        if not (len(histories) == len(user_event_counts) == len(arms) == n_b):
+            raise ValueError(
+                f"users, histories, user_event_counts and arms differ in length: "
+                f"{n_b}, {len(histories)}, {len(user_event_counts)}, {len(arms)}"
+            )
+        if extras is not None and len(extras) != n_b:
+            raise ValueError(f"{len(extras)} extras for {n_b} users")
+        if excludes is not None and len(excludes) != n_b:
+            raise ValueError(f"{len(excludes)} excludes for {n_b} users")
+        configs = []
+        for arm in arms:
+            config = self.arms.get(arm)
+            if config is None:
+                raise UnknownArmError(f"arm {arm!r} is not configured (arms: {sorted(self.arms)})")
+            configs.append(config)
+        for extra in extras or ():
+            for source in extra or {}:
+                if source not in self._col:
+                    raise UnknownSourceError(
+                        f"extra source {source!r} is not one of the blender's sources {self.blender.sources}"
+                    )
         k = self.k if k is None else int(k)
-        banned = set(exclude)
-        banned.update(history)
-        lists = self._candidate_lists(user, history, banned, extra)
-        cands, xs = self._blend(lists, user_event_count)
-        if not cands:
+        n = self.n_candidates
+        excl = [list(e) for e in excludes] if excludes is not None else [[] for _ in range(n_b)]
+        cv, ct, mf, pop = self.covisit, self.content, self.mf, self.popularity
+        cv_map = self._map("covisit", cv._index)
+        ct_map = self._map("content", ct._index)
+        mf_map = self._map("mf", mf._items)
+        tail_mask = self._tail_mask()
+        pmap = self._maps["popularity"][1]
+        warm = [b for b in range(n_b) if len(histories[b])]
+        content = ct.candidates_many(
+            [histories[b] for b in warm], n, [ct._index.indices(excl[b]) for b in warm]
+        ) if warm else []
+        mfs = mf.candidates_many(
+            [users[b] for b in warm], [histories[b] for b in warm], n, [mf._items.indices(excl[b]) for b in warm]
+        ) if warm else []
+        batch = dict(zip(warm, zip(content, mfs)))
+        out: list[list[Candidate]] = []
+        for b in range(n_b):
+            history = histories[b]
+            # (source, our indices, scores, anchors, anchor names (None: anchors are names already))
+            lists: list[tuple[str, np.ndarray, np.ndarray, Sequence | None, list[str] | None]] = []
+            pop_ban = pop._index.indices([*history, *excl[b]])
+            if len(history):
+                (c_idx, c_s, c_a), (m_idx, m_s) = batch[b]
+                j, sc, an = cv.candidates(history, n, cv._index.indices(excl[b]))
+                lists.append(("covisit", cv_map[j], sc, an, cv._index.names))
+                lists.append(("content", ct_map[c_idx], c_s, c_a, ct._index.names))
+                lists.append(("mf", mf_map[m_idx], m_s, None, None))
+                j, sc = pop.top_indices(max(k, n // 10), pop_ban)
+                lists.append(("popularity", pmap[j], sc, None, None))
+                j, sc = pop.fresh_indices(self.n_fresh, pop_ban)
+                lists.append(("fresh", pmap[j], sc, None, None))
+            else:
+                j, sc = pop.top_indices(n, pop_ban)
+                lists.append(("popularity", pmap[j], sc, None, None))
+                j, sc = pop.fresh_indices(max(self.n_fresh, k), pop_ban)
+                lists.append(("fresh", pmap[j], sc, None, None))
+            extra = extras[b] if extras is not None else None
+            if extra:
+                banned = {*history, *excl[b]}
+                add = self._items.add
+                for source, cands in extra.items():
+                    kept = list({c.item: c for c in reversed(cands) if c.item not in banned}.values())[::-1]
+                    lists.append((
+                        source,
+                        np.fromiter((add(c.item) for c in kept), dtype=np.int64, count=len(kept)),
+                        np.fromiter((c.score for c in kept), dtype=np.float64, count=len(kept)),
+                        [c.anchor for c in kept],
+                        None,
+                    ))
+            out.append(self._blend_and_rerank(
+                users[b], history, int(user_event_counts[b]), configs[b], lists, tail_mask, k
+            ))
+        return out
+
+    def _blend_and_rerank(
+        self,
+        user: str,
+        history: Sequence[str],
+        user_event_count: int,
+        config: ArmConfig,
+        lists: list[tuple[str, np.ndarray, np.ndarray, Sequence | None, list[str] | None]],
+        tail_mask: np.ndarray,
+        k: int,
+    ) -> list[Candidate]:
+        lists = [entry for entry in lists if entry[1].size]
+        if not lists:
             return []
+        lens = [entry[1].size for entry in lists]
+        entries = np.concatenate([entry[1] for entry in lists])  # (m,) every list entry's item
+        # merge without sorting: the first position of each item, through a dense scratch array
+        m = entries.size
+        pos = np.arange(m)
+        if self._scratch.size < len(self._items):
+            self._scratch = np.full(max(1024, 2 * len(self._items)), _BIG, dtype=np.int64)
+        scratch = self._scratch
+        np.minimum.at(scratch, entries, pos)
+        first = scratch[entries]  # (m,) position of the item's first entry
+        scratch[entries] = _BIG  # reset for the next request
+        is_first = first == pos
+        items = entries[is_first]  # (n,) our item indices, in order of first appearance
+        rows = (np.cumsum(is_first) - 1)[first]  # (m,) candidate row of every list entry
+        n_s = len(self.blender.sources)
+        scores = np.zeros((items.size, n_s))  # (n, S) raw source scores, 0 = not proposed
+        ranks = np.full((items.size, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
+        start = 0
+        for (source, _, sc, _, _), m in zip(lists, lens):
+            r = rows[start : start + m]
+            col = self._col[source]
+            scores[r, col] = sc
+            ranks[r, col] = np.arange(m)
+            start += m
+        tail = self._lookup(tail_mask, items)
+        X = self.blender.feature_matrix(scores, ranks, tail, user_event_count)  # (n, F)
+        probs = self.blender.predict_matrix(X)  # (n,)
+        hist_tail = self._lookup(tail_mask, self._items.indices(history))
+        appetite = appetite_from_counts(int(hist_tail.sum()), hist_tail.size)
         reranker = TailReranker(strength=config.rerank_strength, k=k, calibrate=self.calibrate)
-        appetite = tail_appetite(history, self.popularity.is_tail)
-        shown = reranker.rerank(cands, is_tail=self.popularity.is_tail, tail_appetite=appetite)
-        pos = {c.item: n for n, c in enumerate(cands)}
-        self._pending[user] = (tuple(c.item for c in shown), [xs[pos[c.item]] for c in shown])
+        shown = reranker.order(probs, tail, appetite)  # (k,) rows
+        # the proposing source with the largest logit share; ties: the better rank
+        contrib = self.blender.contributions_matrix(X[shown])  # (k, S)
+        r_shown = ranks[shown]
+        contrib = np.where(np.isfinite(r_shown), contrib, -np.inf)
+        tied = contrib == contrib.max(axis=1, keepdims=True)
+        src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
+        by_source = {entry[0]: entry for entry in lists}
+        names = self._items.names
+        sources = self.blender.sources
+        result: list[Candidate] = []
+        for row, col, p in zip(shown.tolist(), src_col.tolist(), probs[shown].tolist()):
+            source = sources[col]
+            _, _, _, anchors, anchor_names = by_source[source]
+            anchor = None
+            if anchors is not None:
+                a = anchors[int(ranks[row, col])]
+                anchor = anchor_names[a] if anchor_names is not None else a
+            result.append(Candidate(names[items[row]], p, source, anchor=anchor))
+        self._pending[user] = (tuple(c.item for c in result), X[shown])
         self._pending.move_to_end(user)
         while len(self._pending) > self.max_pending:
             self._pending.popitem(last=False)
-        return shown
+        return result
 
     def __contains__(self, item: object) -> bool:
         return item in self.popularity or item in self.content or item in self.mf
@@ -339,37 +481,3 @@ class ArmView:
 
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
         return self.recommender.score(user, history, items)
-
-
-def _bench(n_events: int = 20_000, n_items: int = 2000, n_users: int = 500, seed: int = 0) -> None:
-    """Print learn_one / recommend costs on a synthetic Zipf stream (figures in the docstring)."""
-    import time
-
-    rng = np.random.default_rng(seed)
-    items = [f"i{j}" for j in (rng.zipf(1.3, n_events) % n_items)]
-    users = [f"u{u}" for u in rng.integers(0, n_users, n_events).tolist()]
-    rec = OnlineRecommender.create(arms=parse_arms("control:0.5:0.0,tail:0.5:0.3"), content_dim=32, seed=seed)
-    vecs = rng.normal(size=(n_items, 32)).astype(np.float32)
-    rec.content.set_vectors([f"i{j}" for j in range(n_items)], vecs)
-    hist: dict[str, list[str]] = {}
-    events = []
-    for n, (u, it) in enumerate(zip(users, items)):
-        h = hist.setdefault(u, [])
-        events.append((u, it, float(n), tuple(h[-50:])))
-        h.append(it)
-    half = n_events // 2
-    t = time.perf_counter()
-    rec.learn_many(events[:half])
-    plain = (time.perf_counter() - t) / half
-    t_rec = t_learn = 0.0
-    for u, it, ts, h in events[half : half + 2000]:
-        t = time.perf_counter()
-        rec.recommend(u, h, len(h), arm=rec.assign_arm(u))
-        t_rec += time.perf_counter() - t
-        t = time.perf_counter()
-        rec.learn_one(u, it, ts, h)  # labels the list just shown: blender feedback included
-        t_learn += time.perf_counter() - t
-    print(
-        f"learn_one: {plain * 1e6:.1f} us/event without a pending list, {t_learn / 2000 * 1e6:.1f} us with one;"
-        f" recommend: {t_rec / 2000 * 1e3:.2f} ms"
-    )

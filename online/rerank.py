@@ -17,11 +17,26 @@ Greedily builds the list ``S``, each step taking the candidate ``i`` that maximi
 
 ``λ = strength``; ``strength = 0`` returns exactly the relevance order (stable on ties).
 
-xQuAD *calibrates*: it moves the list's tail share toward ``P(tail|u)``, so a head-loving user whose
-candidates are tail-heavy gets *more* head items as the strength grows. ``calibrate=False`` drops the
-head term (only tail items earn a bonus, still scaled by ``P(tail|u)`` and by their relevance): the
-tail share then only grows with the strength, for every user. Returned
-candidates are the input objects unchanged (score, source, anchor), in the new order.
+Which categories earn a bonus (``calibrate``). The paper's xQuAD *calibrates*: it has a head term
+too, so it moves the list's tail share toward ``P(tail|u)`` (the calibration view of Steck,
+"Calibrated Recommendations", RecSys 2018) — a head-leaning user whose candidates are tail-heavy
+then gets *more* head items, and fewer tail items, as the strength grows. That breaks the product's
+promise for the arm knob ("raising the knob raises tail exposure share and coverage
+monotonically"), so the **default is ``calibrate=False``**: the head term is dropped and only tail
+items earn a bonus, still scaled by ``P(tail|u)`` and by their relevance. Each step of the greedy
+then merges the head and tail candidates (each in relevance order) with a tail bonus that grows with
+λ, so the number of tail items in the list never falls as λ rises, for every user (tested over a
+replay of the synthetic stream, ``tests/online/test_rerank.py``). ``calibrate=True`` keeps the
+paper's two-sided xQuAD as an option.
+
+Cost: the greedy only ever takes the most relevant free candidate of one category (the objective
+grows with relevance within a category), so it runs over the top ``k`` head and top ``k`` tail
+candidates: one sort and ``k`` scalar steps (:meth:`TailReranker.order`, arrays in and out, is
+what the recommender calls).
+
+:class:`TailBoost` is the simple baseline of DESIGN §7: scores multiplied by ``1 + λ·is_tail``.
+
+Returned candidates are the input objects unchanged (score, source, anchor), in the new order.
 
 >>> from online.base import Candidate
 >>> cands = [Candidate("h1", 1.0, "mf"), Candidate("h2", 0.9, "mf"), Candidate("t1", 0.8, "covisit", "h0"),
@@ -29,20 +44,25 @@ candidates are the input objects unchanged (score, source, anchor), in the new o
 >>> [c.item for c in TailReranker(strength=0.0, k=3).rerank(cands, is_tail={"t1"}, tail_appetite=0.5)]
 ['h1', 'h2', 't1']
 >>> [c.item for c in TailReranker(strength=0.5, k=3).rerank(cands, is_tail={"t1"}, tail_appetite=0.5)]
+['t1', 'h1', 'h2']
+>>> [c.item for c in TailReranker(strength=0.5, k=3, calibrate=True).rerank(cands, is_tail={"t1"}, tail_appetite=0.5)]
 ['h1', 't1', 'h2']
 >>> round(tail_appetite(["t1", "h1"], {"t1"}), 4)   # (1 + 0.2 * 5) / (2 + 5)
 0.2857
+>>> [c.item for c in TailBoost(strength=0.5, k=3).rerank(cands, is_tail={"t1"})]   # 0.8 * 1.5 = 1.2
+['t1', 'h1', 'h2']
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
 from online.base import Candidate
 
-__all__ = ["TailReranker", "tail_appetite"]
+__all__ = ["TailBoost", "TailReranker", "appetite_from_counts", "tail_appetite"]
 
 TailTest = Callable[[str], bool] | Collection[str]
 
@@ -66,15 +86,24 @@ def tail_appetite(
     if prior_weight < 0:
         raise ValueError(f"prior_weight must be >= 0, got {prior_weight}")
     pred = _as_predicate(is_tail)
-    n_tail = sum(1 for item in history if pred(item))
-    denom = len(history) + prior_weight
+    return appetite_from_counts(sum(1 for item in history if pred(item)), len(history), prior, prior_weight)
+
+
+def appetite_from_counts(n_tail: int, n: int, prior: float = 0.2, prior_weight: float = 5.0) -> float:
+    """:func:`tail_appetite` from the history's tail count ``n_tail`` and length ``n``."""
+    denom = n + prior_weight
     return (n_tail + prior * prior_weight) / denom if denom > 0 else prior
 
 
 class TailReranker:
-    """Greedy popularity-aware xQuAD with a single ``strength`` knob (λ in [0, 1])."""
+    """Greedy popularity-aware xQuAD with a single ``strength`` knob (λ in [0, 1]).
 
-    def __init__(self, *, strength: float, k: int = 10, smooth: bool = True, calibrate: bool = True) -> None:
+    ``calibrate=False`` (default): only tail items earn the diversification bonus, so the tail share
+    never falls as the strength rises; ``calibrate=True``: the paper's two-sided xQuAD (see the
+    module docstring).
+    """
+
+    def __init__(self, *, strength: float, k: int = 10, smooth: bool = True, calibrate: bool = False) -> None:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         if k < 1:
@@ -91,31 +120,42 @@ class TailReranker:
         if not candidates:
             return []
         scores = np.array([c.score for c in candidates], dtype=np.float64)
+        pred = _as_predicate(is_tail)
+        tail = np.fromiter((pred(c.item) for c in candidates), dtype=bool, count=len(candidates))
+        return [candidates[i] for i in self.order(scores, tail, tail_appetite).tolist()]
+
+    def order(self, scores: np.ndarray, tail: np.ndarray, tail_appetite: float) -> np.ndarray:
+        """Positions (into ``scores``) of the ``k`` chosen candidates, best first.
+
+        ``scores``: (n,) relevance (non-finite = irrelevant); ``tail``: (n,) bool.
+        """
+        n = scores.size
+        if not n:
+            return np.zeros(0, dtype=np.int64)
         scores = np.where(np.isfinite(scores), scores, -np.inf)
         order = np.argsort(-scores, kind="stable")  # relevance order, ties by input position
-        k = min(self.k, len(candidates))
+        k = min(self.k, n)
         if self.strength == 0.0:
-            return [candidates[i] for i in order[:k].tolist()]
-        cands = [candidates[i] for i in order.tolist()]
+            return order[:k]
         s = scores[order]
         finite = np.isfinite(s)
         lo = s[finite].min() if finite.any() else 0.0
         hi = s[finite].max() if finite.any() else 0.0
         rel = np.where(finite, (s - lo) / (hi - lo), 0.0) if hi > lo else finite.astype(np.float64)
-        pred = _as_predicate(is_tail)
-        tail = np.fromiter((pred(c.item) for c in cands), dtype=bool, count=len(cands))
+        t = tail[order]
         p_tail = min(1.0, max(0.0, float(tail_appetite)))
-        p_cat = np.where(tail, p_tail, 1.0 - p_tail if self.calibrate else 0.0)  # P(c(i)|u)
-        p_item = np.zeros_like(rel)  # P(i|c(i))
-        for mask in (tail, ~tail):
-            if mask.any():
-                top = rel[mask].max()
-                p_item[mask] = rel[mask] / top if top > 0 else 0.0
         lam = self.strength
-        base = (1.0 - lam) * rel
-        bonus = lam * p_cat * p_item
+        # The greedy only takes the most relevant free item of a category (the objective grows with
+        # rel within one): queues of the top k of each category, in relevance order.
+        queues = []
+        for mask, p_cat in ((~t, 1.0 - p_tail if self.calibrate else 0.0), (t, p_tail)):
+            pos = np.flatnonzero(mask)[:k]
+            top = rel[pos[0]] if pos.size else 0.0  # rel is sorted: the category's best comes first
+            p_item = rel[pos] / top if top > 0 else np.zeros(pos.size)  # P(i|c)
+            queues.append((pos.tolist(), ((1.0 - lam) * rel[pos]).tolist(), (lam * p_cat * p_item).tolist()))
+        (h_pos, h_base, h_bonus), (t_pos, t_base, t_bonus) = queues
         chosen: list[int] = []
-        free = np.ones(len(cands), dtype=bool)
+        hi_, ti_ = 0, 0
         n_tail_in = 0
         for step in range(k):
             if self.smooth:
@@ -124,10 +164,39 @@ class TailReranker:
             else:
                 cov_t = 0.0 if n_tail_in else 1.0
                 cov_h = 0.0 if step - n_tail_in else 1.0
-            obj = base + bonus * np.where(tail, cov_t, cov_h)
-            obj[~free] = -np.inf
-            best = int(np.argmax(obj))  # first maximum: ties go to the more relevant
-            chosen.append(best)
-            free[best] = False
-            n_tail_in += int(tail[best])
-        return [cands[i] for i in chosen]
+            oh = h_base[hi_] + h_bonus[hi_] * cov_h if hi_ < len(h_pos) else -math.inf
+            ot = t_base[ti_] + t_bonus[ti_] * cov_t if ti_ < len(t_pos) else -math.inf
+            # ties go to the more relevant (the earlier position in relevance order)
+            if ot > oh or (ot == oh and ti_ < len(t_pos) and (hi_ >= len(h_pos) or t_pos[ti_] < h_pos[hi_])):
+                chosen.append(t_pos[ti_])
+                ti_ += 1
+                n_tail_in += 1
+            else:
+                chosen.append(h_pos[hi_])
+                hi_ += 1
+        return order[chosen]
+
+
+class TailBoost:
+    """The DESIGN §7 baseline: score × (1 + λ·is_tail), then the top ``k`` (λ = ``strength`` >= 0).
+
+    Meant over co-visitation scores (non-negative); ties keep the input order.
+    """
+
+    def __init__(self, *, strength: float, k: int = 10) -> None:
+        if not strength >= 0.0:
+            raise ValueError(f"strength must be >= 0, got {strength}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.strength = float(strength)
+        self.k = int(k)
+
+    def rerank(self, candidates: Sequence[Candidate], *, is_tail: TailTest) -> list[Candidate]:
+        """The best ``k`` of ``candidates`` by boosted score, best first (objects unchanged)."""
+        if not candidates:
+            return []
+        pred = _as_predicate(is_tail)
+        tail = np.fromiter((pred(c.item) for c in candidates), dtype=bool, count=len(candidates))
+        scores = np.array([c.score for c in candidates], dtype=np.float64)
+        boosted = np.where(np.isfinite(scores), scores * (1.0 + self.strength * tail), -np.inf)
+        return [candidates[i] for i in np.argsort(-boosted, kind="stable")[: self.k].tolist()]

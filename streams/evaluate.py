@@ -142,6 +142,21 @@ class _Jsonl:
         self.fh.close()
 
 
+def _code_version() -> str:
+    """The git commit of the code that ran, with ``+dirty`` when tracked files were modified."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return commit + ("+dirty" if dirty else "")
+
+
 def _pairing_line(name: str, m: dict) -> str:
     return (f"  {name}: evaluated {m['evaluated']} events: exact {m['exact']}, stale {m['stale']} (coalesced: the "
             f"user's previous event fell in the same micro-batch), none {m['none']} ({m['none_first_event']} first "
@@ -279,9 +294,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         if r.kind == "live" or name == first.name:
             log(_pairing_line(name, r.metrics))
     meta["seconds"] = round(time.perf_counter() - started, 1)
+    meta["code"] = _code_version()
     intro = [f"Dataset `{args.dataset}` ({ds.name}): {n} events, {n_users} users, {ds.n_items} items"
              + (f", first {args.limit} events" if args.limit else "") + f"; mode {mode}; k = {settings.scorer.k}; "
-             f"micro-batch {_opt(args, 'batch')} events; {meta['seconds']:.0f}s."]
+             f"offline micro-batch {_opt(args, 'batch')} events; {meta['seconds']:.0f}s; code {meta['code']}."]
     write_report(out, results, command=command, title=f"{ds.name} {mode}", intro=intro, notes=notes, meta=meta)
     log((out / "report.md").read_text())
     log(f"wrote {out}/report.json, report.md, run.json, recommendations.jsonl ({lists.n} lists) and PNG plots")

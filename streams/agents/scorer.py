@@ -132,19 +132,19 @@ class ScorerCore:
     def _score(self, todo: Sequence[ScoreRequest], now: float | None) -> list[Recommendation]:
         if not todo:
             return []
-        extra: list[dict[str, list[Candidate]] | None] = [None] * len(todo)
+        extras: list[dict[str, list[Candidate]]] | None = None
         if self.model is not None:
             histories = [r.sequence for r in todo]
             found = self.model.topk(histories, self.n_candidates, [set(h) for h in histories])
-            extra = [{"transformer": [Candidate(item, float(score), "transformer") for item, score in cands]}
-                     for cands in found]
+            extras = [{"transformer": [Candidate(item, float(score), "transformer") for item, score in cands]}
+                      for cands in found]
         generated_at = time.time() if now is None else now
         version = self.model_version
+        arms = [self.arms.assign(r.user_id) for r in todo]
+        lists = self.recommender.recommend_many([r.user_id for r in todo], [r.sequence for r in todo],
+                                                [r.event_count for r in todo], arms=arms, extras=extras)
         recs = []
-        for request, more in zip(todo, extra):
-            arm = self.arms.assign(request.user_id)
-            cands = self.recommender.recommend(request.user_id, request.sequence, request.event_count, arm=arm,
-                                               extra=more)
+        for request, arm, cands in zip(todo, arms, lists):
             recs.append(Recommendation(
                 user_id=request.user_id,
                 items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, c.reason()) for c in cands],

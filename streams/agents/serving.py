@@ -5,7 +5,8 @@
 * ``catalog`` (task): reads ALL partitions of the compacted ``items`` topic (no consumer group: every
   scorer needs the whole catalogue), encodes item texts with the text encoder in a thread, and gives the
   vectors to the content model and the Transformer.
-* ``watch_model`` (timer): loads a newer checkpoint in a thread; the swap happens between micro-batches.
+* ``watch_model`` (timer): loads a newer checkpoint in a thread, then swaps it in between two micro-batches
+  (a lock shared with ``score``) and re-scores the recently active users with it.
   A corrupt or incompatible checkpoint is counted and logged, and the previous model keeps serving.
 * ``exposure`` (agent on ``recommendations``): consumes published lists the way a downstream consumer
   would, pairs them with the events the scorer applied (by ``user_event_count``), and publishes one
@@ -91,38 +92,40 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                       k=settings.scorer.k)
     lt = settings.longtail
     arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share)
-    pending_model: list[Any] = []
+    between_batches = asyncio.Lock()
     producer = app.producer
     exposure_on = lt.exposure_agent
 
     @app.agent(topics[SCORE_REQUESTS], name="score")
     async def score(stream):
         async for events in stream.take_events(settings.scorer.batch, within=settings.scorer.batch_wait_s):
-            started = time.perf_counter()
-            metrics.pending.set(len(events))
-            if pending_model:
-                await _swap(pending_model.pop())
-            requests = []
-            for e in events:
-                try:
-                    requests.append(ScoreRequest.from_bytes(e.message.value))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.error("unreadable score request at %s[%d]@%d: %s", SCORE_REQUESTS, e.message.partition,
-                              e.message.offset, exc)
-            metrics.requests_consumed.inc(len(events))
-            out = core.process(requests)
-            now = time.time()
-            for rec in out.recommendations:
-                await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
-                metrics.recommendations.labels(arm=rec.arm).inc()
-                metrics.latency.labels(arm=rec.arm).observe(max(0.0, now - rec.ingested_at))
-            if exposure_on:
-                for ev in out.events:
-                    _count_pairings(arm_metrics.observe_event(ev.user, ev.item, ev.index))
-            metrics.requests_coalesced.inc(out.coalesced + out.stale)
-            metrics.batch_size.observe(len(out.recommendations))
-            metrics.batch_latency.observe(time.perf_counter() - started)
-            metrics.pending.set(0)
+            async with between_batches:  # a model swap happens only between micro-batches
+                await _score_batch(events)
+
+    async def _score_batch(events) -> None:
+        started = time.perf_counter()
+        metrics.pending.set(len(events))
+        requests = []
+        for e in events:
+            try:
+                requests.append(ScoreRequest.from_bytes(e.message.value))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("unreadable score request at %s[%d]@%d: %s", SCORE_REQUESTS, e.message.partition,
+                          e.message.offset, exc)
+        metrics.requests_consumed.inc(len(events))
+        out = core.process(requests)
+        now = time.time()
+        for rec in out.recommendations:
+            await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
+            metrics.recommendations.labels(arm=rec.arm).inc()
+            metrics.latency.labels(arm=rec.arm).observe(max(0.0, now - rec.ingested_at))
+        if exposure_on:
+            for ev in out.events:
+                _count_pairings(arm_metrics.observe_event(ev.user, ev.item, ev.index))
+        metrics.requests_coalesced.inc(out.coalesced + out.stale)
+        metrics.batch_size.observe(len(out.recommendations))
+        metrics.batch_latency.observe(time.perf_counter() - started)
+        metrics.pending.set(0)
 
     async def _swap(model) -> None:
         """Install a loaded model between micro-batches, then re-score recently active users with it."""
@@ -169,8 +172,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             log.error("checkpoint %s could not be loaded (%s); still serving %s", newest.name, exc,
                       core.model_version)
             return
-        pending_model.clear()
-        pending_model.append(model)
+        async with between_batches:
+            await _swap(model)
 
     def _count_pairings(outcomes) -> None:
         for o in outcomes:
@@ -178,7 +181,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                 longtail.paired_events.labels(arm=o.arm, pairing=o.pairing).inc()
 
     parts: dict[str, Any] = {"metrics": metrics, "longtail": longtail, "core": core, "recommender": recommender,
-                             "arm_metrics": arm_metrics, "text": text, "pending_model": pending_model}
+                             "arm_metrics": arm_metrics, "text": text}
 
     if exposure_on:
         @app.agent(topics[RECOMMENDATIONS], name="exposure")

@@ -66,9 +66,12 @@ async def _drive(settings: Settings, stream: PreparedStream, items: list[dict], 
                                                   for e in stream.events])
         started = time.monotonic()
 
+        shown = {"at": -10.0}
+
         def progress(sent: int, elapsed: float) -> None:
             info["replayed"] = sent
-            if sent and (sent % 10_000 < rate or sent == len(stream.events)):
+            if elapsed - shown["at"] >= 10 or sent == len(stream.events):
+                shown["at"] = elapsed
                 log(f"  replayed {sent}/{len(stream.events)} events in {elapsed:.0f}s; {len(consumed)} lists consumed")
 
         replay_task = asyncio.create_task(replay(settings.kafka, source, rate=rate, progress=progress))

@@ -1,9 +1,10 @@
 """The systems ``tailcast evaluate`` compares, each behind the scorer's own micro-batch logic.
 
 Every system is a :class:`~streams.agents.scorer.ScorerCore` (learn, coalesce, encode, recommend) around
-a recommender with the two methods ``ScorerCore`` calls, ``learn_one(user, item, ts, history)`` and
-``recommend(user, history, user_event_count, *, arm, extra)``, so all of them see the same micro-batches,
-the same coalescing and the same pairing:
+a recommender with the methods ``ScorerCore`` calls, ``learn_one(user, item, ts, history)`` and
+``recommend_many(users, histories, user_event_counts, *, arms, extras)`` (the baselines implement
+``recommend`` per user and get ``recommend_many`` from :class:`PerUserRecommender`), so all of them see the
+same micro-batches, the same coalescing and the same pairing:
 
 * ``tailcast[s=…]``: the live scorer's :class:`~online.recommender.OnlineRecommender`, built by
   :func:`streams.agents.serving.build_recommender` from the settings with ONE arm forced for every user,
@@ -32,7 +33,7 @@ from online.covisit import CoVisitation
 from streams.agents.scorer import ScorerCore
 from streams.config import Settings
 
-__all__ = ["SystemSpec", "WindowMostPop", "CoVisitBaseline", "TransformerOnly", "build_core", "tail_boost",
+__all__ = ["SystemSpec", "PerUserRecommender", "WindowMostPop", "CoVisitBaseline", "TransformerOnly", "build_core", "tail_boost",
            "tail_boost_impl", "default_systems"]
 
 
@@ -61,7 +62,19 @@ def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, tran
     return specs
 
 
-class WindowMostPop:
+class PerUserRecommender:
+    """``recommend_many`` (what :class:`ScorerCore` calls per micro-batch) as one ``recommend`` per user."""
+
+    def recommend_many(self, users: Sequence[str], histories: Sequence[Sequence[str]],
+                       user_event_counts: Sequence[int], *, arms: Sequence[str],
+                       extras: Sequence[Mapping[str, Sequence[Candidate]] | None] | None = None,
+                       k: int | None = None, excludes=None) -> list[list[Candidate]]:
+        extras = extras if extras is not None else [None] * len(users)
+        return [self.recommend(u, h, c, arm=a, extra=x)
+                for u, h, c, a, x in zip(users, histories, user_event_counts, arms, extras)]
+
+
+class WindowMostPop(PerUserRecommender):
     """Counts over the last ``window_events`` events; top-k by count (ties by id) and the §4 head/tail split.
 
     The ranking and the head set are recomputed lazily, on the first read after new events: once per
@@ -165,7 +178,7 @@ def tail_boost(strength: float, k: int = 10) -> Callable[[list[Candidate], Calla
     return rerank
 
 
-class CoVisitBaseline:
+class CoVisitBaseline(PerUserRecommender):
     """Online item-CF (co-visitation), optionally with a tail boost, topped up with window MostPop."""
 
     def __init__(self, *, boost: float, k: int, n_candidates: int, window_events: int, head_share: float,
@@ -194,7 +207,7 @@ class CoVisitBaseline:
         return shown
 
 
-class TransformerOnly:
+class TransformerOnly(PerUserRecommender):
     """The checkpoint's top-k (the scorer passes it as ``extra["transformer"]``), MostPop when it has none."""
 
     def __init__(self, *, k: int, window_events: int, head_share: float, history_len: int) -> None:

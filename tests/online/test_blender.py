@@ -50,18 +50,51 @@ def test_prior_ranks_sensibly_before_learning() -> None:
     assert not blender.warmed_up
 
 
-def test_vectorised_prediction_equals_the_river_pipeline() -> None:
-    blender = FeedbackBlender(sources=SOURCES, warmup=50)
+def test_one_example_batches_equal_the_river_pipeline() -> None:
+    """With batch_size=1 the numpy learner is river's Pipeline(StandardScaler(), LogisticRegression(SGD))."""
+    from river import compose, linear_model, optim, preprocessing
+
+    blender = FeedbackBlender(sources=SOURCES, warmup=50, batch_size=1, z_clip=float("inf"))
+    river_model = compose.Pipeline(
+        preprocessing.StandardScaler(),
+        linear_model.LogisticRegression(optimizer=optim.SGD(blender.lr), l2=blender.l2, intercept_lr=blender.lr),
+    )
     stream = [pair for shown in feedback_stream(n_lists=30) for pair in shown]
     xs = [blender.features(s, is_tail=bool(n % 2), user_event_count=n % 7) for n, (s, _) in enumerate(stream)]
     for x, (_, y) in zip(xs, stream):
         blender.learn_one(x, y)
+        river_model.learn_one(dict(x), y)
     assert blender.warmed_up
-    expected = [blender._model.predict_proba_one(x)[True] for x in xs[:40]]
+    expected = [river_model.predict_proba_one(x)[True] for x in xs[:40]]
     np.testing.assert_allclose(blender.predict_many(xs[:40]), expected, rtol=1e-9)
-    np.testing.assert_allclose([blender._predict_one(x) for x in xs[:40]], expected, rtol=1e-9)
+    np.testing.assert_allclose(blender.predict_matrix(blender._matrix(xs[:40])), expected, rtol=1e-9)
     contrib = blender.contributions_many(xs[:5])
     assert contrib.shape == (5, len(SOURCES)) and np.isfinite(contrib).all()
+
+
+def test_feature_matrix_equals_the_feature_dicts() -> None:
+    blender = FeedbackBlender(sources=SOURCES)
+    scores = np.array([[0.5, -3.0, np.inf], [0.0, 2.0, 40.0]])
+    ranks = np.array([[1, np.inf, 0], [np.inf, 3, 2]])
+    X = blender.feature_matrix(scores, ranks, np.array([True, False]), 9)
+    dicts = [
+        blender.features({"covisit": 0.5, "mf": -3.0, "popularity": np.inf}, is_tail=True, user_event_count=9,
+                         source_ranks={"covisit": 1, "popularity": 0}),
+        blender.features({"mf": 2.0, "popularity": 40.0}, is_tail=False, user_event_count=9,
+                         source_ranks={"mf": 3, "popularity": 2}),
+    ]
+    np.testing.assert_allclose(X, blender._matrix(dicts), rtol=1e-12)
+
+
+def test_mini_batches_are_applied_late_but_counted_at_once() -> None:
+    blender = FeedbackBlender(sources=SOURCES, warmup=10, batch_size=32)
+    x = blender.features({"mf": 1.0}, is_tail=False, user_event_count=1)
+    for n in range(20):
+        blender.learn_one(x, n % 2 == 0)
+    assert blender.n_learned == 20 and blender.n_clicked == 10
+    assert not blender.warmed_up  # nothing applied yet: still the prior
+    blender.flush()
+    assert blender.warmed_up and blender.auc()["blend"] >= 0.0
 
 
 def test_features() -> None:

@@ -75,7 +75,7 @@ def test_neighbour_lists_are_bounded() -> None:
     cv = CoVisitation(lookback=1, max_neighbours=10)
     for n in range(500):
         cv.learn_one(f"u{n}", f"i{n}", float(n), ("A",))
-    assert len(cv._nbrs[cv._index.get("A")]) <= 20
+    assert len(cv._slot[cv._index.get("A")]) <= 20 and len(cv._nw[cv._index.get("A")]) <= 20
     assert len(cv.neighbours("A", 100)) <= 20
     # the strongest neighbour survives pruning
     for n in range(5):

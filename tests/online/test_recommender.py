@@ -149,3 +149,27 @@ def test_unknown_arm_and_bad_wiring() -> None:
             popularity=rec.popularity, covisit=rec.covisit, mf=rec.mf, content=rec.content,
             blender=FeedbackBlender(sources=["popularity", "covisit", "mf", "content"]), arms=ARMS,
         )
+
+
+def test_recommend_many_equals_one_call_per_user() -> None:
+    import pickle
+
+    rec = make()
+    hist = warm(rec)
+    rng = np.random.default_rng(2)
+    rec.content.set_vectors([f"i{j}" for j in range(1, 201)], rng.normal(size=(200, 8)).astype(np.float32))
+    users = [u for u, h in hist.items() if len(h) > 3][:12] + ["cold-user"]
+    histories = [tuple(hist.get(u, [])[-50:]) for u in users]
+    counts = [len(hist.get(u, [])) for u in users]
+    arms = [rec.assign_arm(u) for u in users]
+    twin = pickle.loads(pickle.dumps(rec))
+    batch = rec.recommend_many(users, histories, counts, arms=arms)
+    one_by_one = [twin.recommend(u, h, n, arm=a) for u, h, n, a in zip(users, histories, counts, arms)]
+    assert [[(c.item, c.source, c.anchor) for c in cands] for cands in batch] == [
+        [(c.item, c.source, c.anchor) for c in cands] for cands in one_by_one
+    ]
+    for a, b in zip(batch, one_by_one):
+        np.testing.assert_allclose([c.score for c in a], [c.score for c in b], rtol=1e-5)
+    assert list(rec._pending)[-len(users):] == users  # every list is pending feedback
+    with pytest.raises(ValueError, match="differ in length"):
+        rec.recommend_many(users, histories[:-1], counts, arms=arms)
