@@ -64,10 +64,11 @@ def _api_versions_ok(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def wait_for_kafka(servers: str, *, timeout: float = 30.0) -> None:
-    """Block until one bootstrap server answers a Kafka ApiVersions request, with backoff.
+def wait_for_kafka(servers: str, *, timeout: float | None = 30.0, max_delay: float = 5.0) -> None:
+    """Block until one bootstrap server answers a Kafka ApiVersions request, with exponential backoff.
 
-    Raises :class:`BrokerError` naming the address when none answers within ``timeout`` seconds.
+    Raises :class:`BrokerError` naming the address when none answers within ``timeout`` seconds
+    (``None``: wait forever, logging the address every minute).
     """
     addresses = []
     for server in servers.split(","):
@@ -75,16 +76,21 @@ def wait_for_kafka(servers: str, *, timeout: float = 30.0) -> None:
         if not host or not port.isdigit():
             raise BrokerError(f"bad bootstrap server {server!r}: expected host:port")
         addresses.append((host.strip("[]"), int(port)))
-    deadline = time.monotonic() + timeout
-    delay = 0.05
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    delay, next_report = 0.05, started + 60.0
     while True:
         for host, port in addresses:
-            if _api_versions_ok(host, port, timeout=min(2.0, timeout)):
+            if _api_versions_ok(host, port, timeout=2.0 if timeout is None else min(2.0, timeout)):
                 return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             raise BrokerError(f"no Kafka broker answered at {servers} within {timeout:.0f}s")
+        if now >= next_report:
+            log.warning("still no Kafka broker at %s after %.0fs; retrying", servers, now - started)
+            next_report = now + 60.0
         time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        delay = min(delay * 2, max_delay)
 
 
 class EmbeddedBroker:

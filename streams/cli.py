@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -67,8 +68,36 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
     worker = faust.Worker(built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False, loop=loop)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        stopped_by_signal = bool(getattr(worker, "_signal_stop_time", None))  # mode.Worker's own record
+        if stopped_by_signal or exc.code in (0, None) or _broker_answers(settings):
+            raise
+        _restart_when_broker_returns(settings, role)
     return 0
+
+
+def _broker_answers(settings: Settings) -> bool:
+    try:
+        wait_for_kafka(settings.kafka.servers, timeout=2.0)
+    except BrokerError:
+        return False
+    return True
+
+
+def _restart_when_broker_returns(settings: Settings, role: str) -> None:
+    """The broker went away under a running worker: wait for it with backoff, then restart this process.
+
+    State is recovered from the table changelog and committed offsets on restart, as after a crash.
+    """
+    log.error("lost the Kafka broker at %s; the %s waits for it (backoff up to 5 s) and restarts",
+              settings.kafka.servers, role)
+    wait_for_kafka(settings.kafka.servers, timeout=None)
+    log.warning("Kafka at %s answers again; restarting the %s", settings.kafka.servers, role)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]])
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:

@@ -52,11 +52,11 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, started: float,
-                 duration: float | None) -> dict:
+                 duration: float | None, procs: dict[str, subprocess.Popen], workdir: Path) -> dict:
     recs = deque(maxlen=5000)  # (arrival time, latency)
     latest_longtail: dict[str, dict] = {}
     samples: deque[str] = deque(maxlen=3)
-    stats = {"recommendations": 0, "first_recommendation_s": None}
+    stats = {"recommendations": 0, "first_recommendation_s": None, "failed": None}
 
     async def consume(topic: str) -> None:
         async for r in iterate_topic(settings.kafka, topic, from_beginning=True, stop=stop):
@@ -91,6 +91,12 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
             last_sent, last_recs, last_t = sent[0], stats["recommendations"], now
             if duration is not None and now - started >= duration:
                 stop.set()
+            for role, proc in procs.items():
+                if proc.poll() is not None:
+                    log_tail = (workdir / f"{role}.log").read_text(errors="replace")[-2000:]
+                    print(f"the {role} exited with code {proc.returncode}; end of its log:\n{log_tail}", flush=True)
+                    stats["failed"] = role
+                    stop.set()
     finally:
         for t in tasks:
             t.cancel()
@@ -98,7 +104,8 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
     return {**stats, "longtail": latest_longtail}
 
 
-async def _demo(settings: Settings, args: argparse.Namespace, started: float) -> dict:
+async def _demo(settings: Settings, args: argparse.Namespace, started: float, procs: dict[str, subprocess.Popen],
+                workdir: Path) -> dict:
     from streams.cli import _source
 
     source = _source(args)
@@ -111,7 +118,8 @@ async def _demo(settings: Settings, args: argparse.Namespace, started: float) ->
     def progress(n: int, _elapsed: float) -> None:
         sent[0] = n
 
-    watcher = asyncio.create_task(_watch(settings, sent=sent, stop=stop, started=started, duration=args.duration))
+    watcher = asyncio.create_task(_watch(settings, sent=sent, stop=stop, started=started, duration=args.duration,
+                                         procs=procs, workdir=workdir))
     await replay(settings.kafka, source, rate=args.rate, progress=progress, stop=stop)
     print(f"replay finished: {sent[0]} events; still showing recommendations (Ctrl-C to stop)", flush=True)
     return await watcher
@@ -129,21 +137,21 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         print(f"embedded broker on {broker.address} (memory only)", flush=True)
     env.setdefault("TAILCAST_STATE_DIR", str(workdir / "state"))
     env.setdefault("TAILCAST_METRICS_INTERVAL_S", "2")
-    procs = []
+    procs: dict[str, subprocess.Popen] = {}
     try:
         from streams.topics import ensure_topics
 
         asyncio.run(ensure_topics(settings.kafka))
         for role in ("worker", "scorer"):
-            procs.append(spawn_role(role, env, workdir / f"{role}.log"))
+            procs[role] = spawn_role(role, env, workdir / f"{role}.log")
         print(f"worker and scorer started (logs in {workdir}); metrics on :{settings.metrics_port_for('worker')} "
               f"and :{settings.metrics_port_for('scorer')}", flush=True)
-        stats = asyncio.run(_demo(settings, args, started))
+        stats = asyncio.run(_demo(settings, args, started, procs, workdir))
         first = stats["first_recommendation_s"]
         print(f"demo done: {stats['recommendations']} recommendations; first after "
               f"{'-' if first is None else f'{first:.1f}s'}", flush=True)
-        return 0 if stats["recommendations"] else 1
+        return 0 if stats["recommendations"] and not stats["failed"] else 1
     finally:
-        _stop(procs)
+        _stop(list(procs.values()))
         if broker is not None:
             broker.stop()

@@ -191,4 +191,8 @@ class TrainerMetrics:
 def serve_metrics(registry: CollectorRegistry, port: int) -> None:
     """Serve ``/metrics`` for ``registry`` on ``port`` (0 = disabled) in a daemon thread."""
     if port:
-        start_http_server(port, registry=registry)
+        try:
+            start_http_server(port, registry=registry)
+        except OSError as exc:
+            raise SystemExit(f"tailcast: cannot serve /metrics on port {port} ({exc.strerror}); "
+                             "set TAILCAST_METRICS_PORT to a free port, or 0 to disable") from None

@@ -16,7 +16,7 @@ import pytest
 from online.synthetic import generate
 from streams.agents.ingest import UserState
 from streams.broker import free_port
-from streams.topics import EVENTS, RECOMMENDATIONS
+from streams.topics import EVENTS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +54,6 @@ def _metric(pipeline, name: str, metric: str) -> float:
 
 
 def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env, kio, wait):
-    from streams.topics import ensure_topics
-
     asyncio.run(ensure_topics(pipeline_env.settings.kafka))
     first, second = _events(1500, seed=1), _events(1500, seed=2)
     expected = collections.Counter(k.decode() for k, _ in first + second)
@@ -107,3 +105,42 @@ def test_broker_unavailable_at_start_gives_a_clear_error_after_backoff(tmp_path)
     assert proc.returncode != 0
     assert f"127.0.0.1:{port}" in proc.stderr and "no Kafka broker answered" in proc.stderr
     assert elapsed >= 3  # it retried for the whole connect timeout instead of failing at once
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_broker_gone_mid_run_no_busy_loop_and_the_address_is_named(pipeline, kio, wait):
+    """The broker dies under a running worker and scorer: they stay up, wait with backoff (little CPU), say
+    which address they cannot reach, and serve again when a broker is back at that address."""
+    events = _events(300, seed=4)
+    kio.produce(EVENTS, events)
+    wait(lambda: _metric(pipeline, "worker", "tailcast_worker_events_valid_total") >= 300, timeout=60,
+         message="the worker to apply the events")
+    pids = {name: p.pid for name, p in pipeline.procs.items()}
+    pipeline.broker.stop()
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    outage = 10.0
+    deadline = time.monotonic() + outage
+    while time.monotonic() < deadline:  # observe the processes through the outage
+        assert all(p.poll() is None for p in pipeline.procs.values())
+        time.sleep(0.5)
+    used = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    assert all(cpu < 0.5 * outage for cpu in used.values()), f"CPU seconds during a {outage:.0f}s outage: {used}"
+    address = pipeline.broker.address
+    for name in pipeline.procs:
+        log = pipeline.log(name)
+        assert "ERROR" in log and address in log[log.index("ERROR"):], f"{name} never named {address}"
+    # a broker comes back at the same address (the embedded one is memory-only: it comes back empty)
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=pipeline.broker.port, log_path=pipeline.workdir / "broker2.log"):
+        asyncio.run(ensure_topics(pipeline.settings.kafka))
+        later = [(b"after", orjson.dumps({"user_id": "after", "item_id": "i1"}))]
+        kio.produce(EVENTS, later)
+        wait(lambda: any(rec["user_id"] == "after" for *_, rec in kio.read_all(RECOMMENDATIONS)), timeout=90,
+             message="a recommendation after the broker came back")
+        assert all(p.poll() is None for p in pipeline.procs.values())
