@@ -30,6 +30,9 @@ class RefreshConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.3
+    id_dropout: float = 0.2  # train some text-bearing items text-only, so text-only (new) items are served well
+    loss: str = "sampled"  # sampled softmax with logQ correction: matched full CE's validation NDCG at 2x speed
+    n_negatives: int = 1024
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -73,7 +76,8 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
             matrix[index[item]] = torch.as_tensor(np.asarray(vec, dtype=np.float32))
     cfg = SeqEncoderConfig(n_items=len(vocab), max_len=config.max_len, d_model=config.d_model,
                            n_layers=config.n_layers, n_heads=config.n_heads, dropout=config.dropout,
-                           text_dim=text_dim)
+                           text_dim=text_dim, id_dropout=config.id_dropout if text_dim else 0.0,
+                           loss=config.loss, n_negatives=min(config.n_negatives, len(vocab)))
     torch.manual_seed(config.seed)
     model = SeqEncoder(cfg, text_vectors=matrix)
     result = train(model, train_seqs, valid, config=TrainConfig(

@@ -50,6 +50,12 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
         broker.stop()
 
 
+def _torch_threads(settings: Settings) -> None:
+    import torch
+
+    torch.set_num_threads(settings.scorer.torch_threads)
+
+
 def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> int:
     import faust
 
@@ -62,6 +68,8 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     counts = loop.run_until_complete(ensure_topics(settings.kafka))
+    if role == "scorer":
+        _torch_threads(settings)
     built = create_app(settings, role=role, partitions=counts)
     port = settings.metrics_port_for(role)
     serve_metrics(built.registry, port)
@@ -112,6 +120,7 @@ def cmd_trainer(settings: Settings, args: argparse.Namespace) -> int:
     from streams.trainer import run_trainer
 
     _connect(settings, timeout=args.connect_timeout)
+    _torch_threads(settings)
     return run_trainer(settings, once=args.once, dataset=args.dataset)
 
 

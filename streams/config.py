@@ -144,6 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_DEVICE", "auto", _choice("auto", "cpu", "cuda"), "Torch device for the scorer/trainer."),
     Setting("TAILCAST_CHECKPOINT_DIR", "var/checkpoints", _text, "Where the trainer publishes checkpoints."),
     Setting("TAILCAST_MODEL_POLL_S", "10", _positive_float, "How often the scorer looks for a new checkpoint."),
+    Setting("TAILCAST_TORCH_THREADS", "1", _positive_int,
+            "Torch intra-op threads in the scorer and trainer (1 keeps a small box responsive)."),
     Setting("TAILCAST_QUANTIZE", "none", _choice("none", "int8", "bf16"), "CPU inference precision."),
     Setting("TAILCAST_TEXT_ENCODER", "minilm", _choice("minilm", "hashing"),
             "Item text encoder: the pretrained all-MiniLM-L6-v2, or a token-hashing fallback."),
@@ -209,6 +211,7 @@ class ScorerSettings:
     device: str
     checkpoint_dir: Path
     model_poll_s: float
+    torch_threads: int
     quantize: str
     text_encoder: str
 
@@ -300,6 +303,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             device=r("TAILCAST_DEVICE"),
             checkpoint_dir=Path(r("TAILCAST_CHECKPOINT_DIR")),
             model_poll_s=r("TAILCAST_MODEL_POLL_S"),
+            torch_threads=r("TAILCAST_TORCH_THREADS"),
             quantize=r("TAILCAST_QUANTIZE"),
             text_encoder=r("TAILCAST_TEXT_ENCODER"),
         ),

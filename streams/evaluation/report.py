@@ -122,6 +122,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
             if r.kind in ("mostpop", "transformer", "live"):
                 ax.plot([r.metrics["ndcg"]], [r.metrics[y]], "^", label=name)
         ax.set_xlabel("NDCG@10 (prequential)")
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

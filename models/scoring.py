@@ -1,0 +1,188 @@
+"""Batched serving: histories of item ids -> top-k item ids, one forward and one matrix product per batch.
+
+``BatchScorer`` owns a copy of the model and vocabulary (so ``extend_items`` never changes the caller's),
+caches the (N+1, D) item matrix, and per call: encodes the histories (unknown items dropped, last
+``max_len`` kept), computes the user vectors, multiplies once against all item vectors, masks padding,
+non-retrievable items (zero vector: new items without text) and excluded items, and takes ``torch.topk``.
+
+Precision (``quantize``):
+  * ``"none"``: fp32.
+  * ``"int8"``: dynamic int8 quantisation of the encoder's Linear layers (CPU only; GPT-2's ``Conv1D``
+    layers are first rewritten as the equivalent ``nn.Linear``); the item matrix product stays fp32.
+  * ``"bf16"``: ``torch.autocast`` to bfloat16 for the encoder and the item product (CPU or CUDA).
+``benchmarks/scorer_throughput.py`` measures speed and NDCG of each against fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.checkpoint import Checkpoint
+from models.device import choose_device
+from models.sequence import SeqEncoder, pad_batch
+from models.vocab import ItemVocab
+
+__all__ = ["BatchScorer", "QUANTIZE_MODES", "conv1d_to_linear"]
+
+QUANTIZE_MODES = ("none", "int8", "bf16")
+
+
+def conv1d_to_linear(module: nn.Module) -> nn.Module:
+    """Replace every ``transformers`` ``Conv1D`` (y = x W + b, W: (in, out)) by the same ``nn.Linear``, in place."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, child in module.named_children():
+        if isinstance(child, Conv1D):
+            w = child.weight  # (in, out)
+            lin = nn.Linear(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w.T)
+                lin.bias.copy_(child.bias)
+            setattr(module, name, lin)
+        else:
+            conv1d_to_linear(child)
+    return module
+
+
+class BatchScorer:
+    """Top-k retrieval over the whole catalogue for a batch of users."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint | None = None,
+        *,
+        model: SeqEncoder | None = None,
+        vocab: ItemVocab | None = None,
+        device: str = "auto",
+        quantize: str = "none",
+    ) -> None:
+        if (checkpoint is None) == (model is None):
+            raise ValueError("give either a checkpoint or model= and vocab=")
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {QUANTIZE_MODES}, got {quantize!r}")
+        self.device = choose_device(device)
+        if quantize == "int8" and self.device.type != "cpu":
+            raise ValueError("quantize='int8' (dynamic quantisation) runs on CPU only; use 'bf16' on CUDA")
+        if checkpoint is not None:
+            self.model = checkpoint.build_model()
+            self.vocab = checkpoint.vocab()
+            self.version = checkpoint.version
+        else:
+            if vocab is None:
+                raise ValueError("model= needs vocab= (the ItemVocab it was trained with)")
+            self.model = copy.deepcopy(model).cpu()
+            self.vocab = vocab.copy()
+            self.version = "unversioned"
+        if len(self.vocab) != self.model.config.n_items:
+            raise ValueError(f"vocabulary has {len(self.vocab)} items, the model {self.model.config.n_items}")
+        self.quantize = quantize
+        self.model.eval()
+        self._build()
+
+    # ---- state ------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """(Re)build the serving encoder and the cached item matrix after any model change."""
+        self.model.to(self.device).eval()
+        if self.quantize == "int8":
+            fp32 = conv1d_to_linear(copy.deepcopy(self.model).cpu())
+            with warnings.catch_warnings():
+                # torch 2.13 marks eager-mode quantisation deprecated in favour of torchao, which this
+                # project does not ship; the API still works and is what we measure
+                warnings.filterwarnings("ignore", message=r".*(torch\.ao\.quantization|quantize_per_tensor).*")
+                self.encoder = torch.ao.quantization.quantize_dynamic(fp32, {nn.Linear}, dtype=torch.qint8)
+        else:
+            self.encoder = self.model
+        with torch.inference_mode():
+            items = self.model.item_matrix().detach().float()  # (N+1, D)
+        self.inputs = items  # (N+1, D) fp32 input lookup table (no per-position text projection)
+        self.items = items.to(torch.bfloat16) if self.quantize == "bf16" else items
+        bias = torch.zeros(items.shape[0], device=self.device)  # (N+1,) 0 or -inf
+        bias[items.abs().sum(1) == 0] = float("-inf")  # padding and items with no vector
+        self.bias = bias
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.quantize == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def max_len(self) -> int:
+        return self.model.config.max_len
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    # ---- serving ----------------------------------------------------------------------------------------
+    def encode_histories(self, histories: Sequence[Sequence[str]]) -> Tensor:
+        """(B, T) left-padded item indices on the scorer's device; unknown items are dropped."""
+        return pad_batch([self.vocab.encode(h) for h in histories], self.max_len, device=self.device)
+
+    @torch.inference_mode()
+    def score_encoded(self, seqs: Tensor) -> Tensor:
+        """(B, T) indices -> (B, N+1) fp32 scores; -inf for padding and non-retrievable items."""
+        with self._autocast():
+            users = self.encoder.user_vectors(seqs.to(self.device), item_table=self.inputs)  # (B, D)
+            scores = users.to(self.items.dtype) @ self.items.T  # (B, N+1): the one item product
+        return scores.float() + self.bias
+
+    @torch.inference_mode()
+    def topk(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Iterable[str]] | None = None,
+        *,
+        exclude_history: bool = True,
+    ) -> list[list[tuple[str, float]]]:
+        """Best ``k`` (item id, score) per user, best first. Excluded: the user's history items (unless
+        ``exclude_history=False``) and ``exclude[b]``; lists are shorter when fewer items are left."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if exclude is not None and len(exclude) != len(histories):
+            raise ValueError(f"{len(exclude)} exclusion sets for {len(histories)} histories")
+        if not histories:
+            return []
+        scores = self.score_encoded(self.encode_histories(histories))  # (B, N+1)
+        rows, cols = [], []
+        for b in range(len(histories)):
+            drop = set(self.vocab.encode(histories[b])) if exclude_history else set()
+            if exclude is not None:
+                drop.update(self.vocab.encode(exclude[b]))
+            rows.extend([b] * len(drop))
+            cols.extend(drop)
+        if rows:
+            scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
+        vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k)
+        vals, idx = vals.cpu().tolist(), idx.cpu().tolist()
+        ids = self.vocab.ids
+        return [[(ids[i - 1], v) for v, i in zip(vr, ir) if v != float("-inf")] for vr, ir in zip(vals, idx)]
+
+    # ---- catalogue changes -----------------------------------------------------------------------------
+    def extend_items(self, new_ids: Sequence[str], text_vectors: np.ndarray | Tensor | None = None) -> list[str]:
+        """Add items unseen in training; with text vectors ((len(new_ids), C)) they are retrievable at once
+        (vector = text projection). Known ids are skipped. Returns the ids actually added."""
+        if text_vectors is not None:
+            text_vectors = torch.as_tensor(np.asarray(text_vectors), dtype=torch.float32)
+            if text_vectors.shape[0] != len(new_ids):
+                raise ValueError(f"{text_vectors.shape[0]} text vectors for {len(new_ids)} ids")
+        seen: set[str] = set()
+        keep = []  # positions in new_ids of the first occurrence of each unknown id
+        for j, item in enumerate(new_ids):
+            if item not in self.vocab and item not in seen:
+                seen.add(item)
+                keep.append(j)
+        added = [new_ids[j] for j in keep]
+        if not added:
+            return []
+        self.model.cpu().extend_items(len(added), None if text_vectors is None else text_vectors[keep])
+        self.vocab.add_many(added)
+        self._build()
+        return added

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint, load_checkpoint
+from models.scoring import BatchScorer, conv1d_to_linear
+from models.sequence import SeqEncoder
+from models.train import TrainConfig, evaluate_model, train
+from models.vocab import ItemVocab
+
+
+def histories(synthetic, n=100):
+    return [synthetic.vocab.decode(h) for h in synthetic.test[0][:n]]
+
+
+def test_topk_excludes_history_and_extra_items(trained, synthetic):
+    model, _ = trained
+    scorer = BatchScorer(model=model, vocab=synthetic.vocab, device="cpu")
+    hs = histories(synthetic)
+    recs = scorer.topk(hs, k=10)
+    assert all(len(r) == 10 for r in recs)
+    for h, r in zip(hs, recs):
+        assert not set(h) & {i for i, _ in r}
+        assert [s for _, s in r] == sorted((s for _, s in r), reverse=True)
+    extra = [{r[0][0]} for r in recs]
+    again = scorer.topk(hs, k=10, exclude=extra)
+    assert all(e.isdisjoint(i for i, _ in r) for e, r in zip(extra, again))
+    with_history = scorer.topk(hs[:5], k=100, exclude_history=False)
+    assert all(len(r) == 100 for r in with_history)
+
+
+def test_unknown_items_are_dropped_and_k_larger_than_catalogue(trained, synthetic):
+    scorer = BatchScorer(model=trained[0], vocab=synthetic.vocab, device="cpu")
+    a = scorer.topk([["i3", "i4", "i5"]], k=5)
+    b = scorer.topk([["never-seen", "i3", "i4", "also-new", "i5"]], k=5)
+    assert [i for i, _ in a[0]] == [i for i, _ in b[0]]
+    assert a[0][0][0] == "i6"  # the learnt pattern
+    assert len(scorer.topk([["i1", "i2"]], k=1000)[0]) == 98
+    assert scorer.topk([], k=3) == []
+
+
+def test_scorer_matches_model_and_loads_from_checkpoint(tmp_path, trained, synthetic):
+    model, _ = trained
+    save_checkpoint(tmp_path / "m.pt", model=model, vocab=synthetic.vocab)
+    scorer = BatchScorer(load_checkpoint(tmp_path / "m.pt"), device="cpu")
+    seqs = scorer.encode_histories(histories(synthetic, 8))
+    with torch.no_grad():
+        assert torch.allclose(scorer.score_encoded(seqs), model.score(seqs), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_reduced_precision_keeps_top1(trained, synthetic, mode):
+    model, _ = trained
+    fp32 = BatchScorer(model=model, vocab=synthetic.vocab, device="cpu")
+    low = BatchScorer(model=model, vocab=synthetic.vocab, device="cpu", quantize=mode)
+    hs = histories(synthetic, 200)
+    top_fp32 = [r[0][0] for r in fp32.topk(hs, k=1)]
+    top_low = [r[0][0] for r in low.topk(hs, k=1)]
+    agree = np.mean([a == b for a, b in zip(top_fp32, top_low)])
+    assert agree >= 0.9, agree
+
+
+def test_conv1d_rewrite_is_exact(trained):
+    import copy
+    model = trained[0]
+    rewritten = conv1d_to_linear(copy.deepcopy(model)).eval()
+    seqs = torch.tensor([[0, 1, 2, 3]])
+    with torch.no_grad():
+        assert torch.allclose(rewritten.score(seqs), model.eval().score(seqs), atol=1e-5)
+
+
+def test_new_items_need_a_vector_to_be_retrievable(make_config):
+    torch.manual_seed(0)
+    m = SeqEncoder(make_config(n_items=3, text_dim=4))
+    scorer = BatchScorer(model=m, vocab=ItemVocab("abc"), device="cpu")
+    assert scorer.extend_items(["d", "a", "d"]) == ["d"]  # known and repeated ids are skipped
+    assert "d" not in {i for i, _ in scorer.topk([["a"]], k=10)[0]}  # no text, never trained: not served
+    assert scorer.extend_items(["e"], np.ones((1, 4), np.float32)) == ["e"]
+    assert "e" in {i for i, _ in scorer.topk([["a"]], k=10)[0]}
+    assert m.config.n_items == 3  # the caller's model is untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_train_and_score(synthetic, make_config):
+    model = SeqEncoder(make_config())
+    train(model, synthetic.train, synthetic.valid, config=TrainConfig(epochs=3, batch_size=64, lr=3e-3, device="cuda"))
+    assert next(model.parameters()).is_cuda
+    assert evaluate_model(model, *synthetic.test)["hr"] > 0.3
+    for mode in ("none", "bf16"):
+        scorer = BatchScorer(model=model, vocab=synthetic.vocab, device="cuda", quantize=mode)
+        recs = scorer.topk(histories(synthetic, 16), k=5)
+        assert all(len(r) == 5 for r in recs) and scorer.items.is_cuda
+    with pytest.raises(ValueError, match="CPU only"):
+        BatchScorer(model=model, vocab=synthetic.vocab, device="cuda", quantize="int8")
