@@ -131,7 +131,7 @@ class IngestProcessor:
         for user, items in new.items():
             state = out.states[user]
             out.requests.append(ScoreRequest(
-                user_id=user, sequence=list(state.sequence), new=items[-self.history_len:], event_count=state.count,
+                user_id=user, sequence=list(state.sequence), new=items, event_count=state.count,
                 event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now))
         return out
 

@@ -96,13 +96,17 @@ class ScorerCore:
         user = request.user_id
         first_index = request.event_count - len(request.new) + 1
         done = self._learned.get(user, 0)
-        seq = request.sequence
-        base = len(seq) - len(request.new)  # position of the first new item in the sequence
+        # ``sequence`` is bounded and ends with the new items; ``new`` is not bounded (a burst can hold
+        # more events than the sequence keeps), so each event's history is what preceded the new
+        # items in the sequence plus the new items before it.
+        new_items = [item for item, _ts, _event in request.new]
+        before = request.sequence[:max(0, len(request.sequence) - len(new_items))]
+        limit = max(len(request.sequence), 1)
         for i, (item, ts, _event) in enumerate(request.new):
             index = first_index + i
             if index <= done:
                 continue  # redelivered: already learned
-            history = seq[:base + i] if base + i > 0 else []
+            history = (before + new_items[:i])[-limit:]
             self.recommender.learn_one(user, item, ts, history)
             out.events.append(LearnedEvent(user, item, ts, index))
             done = index

@@ -25,7 +25,8 @@ def test_batch_updates_state_once_per_user_and_emits_one_request_each():
     assert out.states["u1"].sequence == ["b", "c", "d"] and out.states["u1"].count == 4  # bounded to 3
     reqs = {r.user_id: r for r in out.requests}
     assert len(out.requests) == 2
-    assert reqs["u1"].event_count == 4 and [n[0] for n in reqs["u1"].new] == ["b", "c", "d"]
+    assert reqs["u1"].event_count == 4 and [n[0] for n in reqs["u1"].new] == ["a", "b", "c", "d"]
+    # every new event travels, even when there are more than the bounded sequence keeps
     assert reqs["u2"].sequence == ["c"] and reqs["u2"].event_count == 1
 
 

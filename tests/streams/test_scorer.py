@@ -30,6 +30,17 @@ def test_coalesces_to_the_newest_state_and_learns_every_event_once():
     assert again.recommendations == [] and again.events == [] and again.stale == 1
 
 
+def test_a_burst_longer_than_the_bounded_sequence_is_learned_in_full_with_its_histories():
+    c = core()
+    seen = []
+    c.recommender.learn_one = lambda user, item, ts, history: seen.append((item, list(history)))
+    burst = [f"i{n}" for n in range(6)]
+    out = c.process([req("u1", burst[-3:], burst, 6)])  # the sequence keeps 3, the request carries 6 new
+    assert [e.index for e in out.events] == [1, 2, 3, 4, 5, 6]
+    assert seen == [("i0", []), ("i1", ["i0"]), ("i2", ["i0", "i1"]), ("i3", ["i0", "i1", "i2"]),
+                    ("i4", ["i1", "i2", "i3"]), ("i5", ["i2", "i3", "i4"])]
+
+
 def test_lists_exclude_history_and_carry_the_contract_fields():
     c = core()
     warm = [req(f"w{n}", [f"i{n % 7}", f"i{(n + 1) % 7}"], [f"i{n % 7}", f"i{(n + 1) % 7}"], 2) for n in range(40)]
