@@ -39,8 +39,14 @@ def test_trainer_checkpoint_is_hot_swapped_without_loss_and_a_corrupt_one_is_ref
     first, rest = events[:2000], events[2000:]
     expected = collections.Counter(k.decode() for k, _ in events)
     kio.produce(EVENTS, first)
-    wait(lambda: _metric(pipeline_env.metrics_url("scorer"), "tailcast_scorer_requests_consumed_total") > 500,
-         timeout=60, message="the scorer to consume the first half")
+    # the worker coalesces a user's events within a micro-batch into one request: wait until the scorer
+    # has read every request the worker emitted for the first half
+    worker_url, scorer_url = pipeline_env.metrics_url("worker"), pipeline_env.metrics_url("scorer")
+    wait(lambda: _metric(worker_url, "tailcast_worker_events_valid_total") == len(first), timeout=60,
+         message="the worker to apply the first half")
+    wait(lambda: 0 < _metric(worker_url, "tailcast_worker_score_requests_total")
+         <= _metric(scorer_url, "tailcast_scorer_requests_consumed_total"),
+         timeout=60, message="the scorer to consume the first half's requests")
     trainer = subprocess.run([sys.executable, "-m", "streams.cli", "trainer", "--once"],
                              env={**pipeline_env.env, "TAILCAST_METRICS_PORT": "0"}, capture_output=True, text=True,
                              timeout=180)
