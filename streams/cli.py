@@ -228,11 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="events per second")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p = add("evaluate", cmd_evaluate, "Replay a dataset through the live pipeline and baselines; write a report.")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", default="out/evaluate")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
-    p.add_argument("--seed", type=int, default=0)
+    from streams.evaluate import add_arguments
+
+    add_arguments(p, base=True)
     add("settings", cmd_settings, "Print every TAILCAST_* setting with its default.")
     return parser
 

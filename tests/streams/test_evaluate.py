@@ -1,0 +1,258 @@
+"""``tailcast evaluate``: the harness arithmetic on hand-made streams, exact-once evaluation, the report files,
+determinism. Small synthetic data only (never /work/shared)."""
+
+from __future__ import annotations
+
+import argparse
+import doctest
+import json
+import math
+from pathlib import Path
+
+import orjson
+import pytest
+
+from online.arms import ArmAssigner
+from online.base import Candidate
+from online.synthetic import generate
+from streams.agents.scorer import ScorerCore
+from streams.config import load_settings
+from streams.datasets import Event
+from streams.evaluate import add_arguments, run_evaluate
+from streams.evaluation import harness as harness_mod
+from streams.evaluation import systems as systems_mod
+from streams.evaluation.harness import SystemResult, prepare_events, run_offline
+from streams.evaluation.report import tradeoff_verdicts
+from streams.evaluation.systems import PerUserRecommender, SystemSpec, WindowMostPop, build_core, default_systems
+
+SETTINGS = load_settings({"TAILCAST_TEXT_ENCODER": "hashing"})
+CONTRACT = {"user_id", "items", "user_event_count", "model_version", "arm", "event_ts", "generated_at"}
+
+
+class FixedLists(PerUserRecommender):
+    """A fake recommender: learns nothing, always shows the same list."""
+
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+
+    def learn_one(self, user, item, ts, history) -> None:
+        pass
+
+    def recommend(self, user, history, user_event_count, *, arm, extra=None):
+        return [Candidate(item, 1.0 / (n + 1), "covisit") for n, item in enumerate(self.items)]
+
+
+def _fake(name: str, items: list[str]) -> ScorerCore:
+    return ScorerCore(recommender=FixedLists(items), arms=ArmAssigner({name: 1.0}), k=10, online_version="fake")
+
+
+def _stream(rows: list[tuple[str, str]]):
+    return prepare_events([Event(1000.0 + n, u, i) for n, (u, i) in enumerate(rows)])
+
+
+def _run_fake(rows, *, batch: int):
+    spec = SystemSpec("mostpop")  # the name only: the core is the fake
+    res = run_offline(_stream(rows), [spec], SETTINGS, batch=batch, progress_every=0,
+                      cores={spec.name: _fake(spec.name, ["a", "b"])})
+    return res[spec.name].metrics
+
+
+# Nine events, one list ["a", "b"] after every event (batch=1). By hand:
+#   pos 0-5: first events of u1..u6 -> "none" (misses); pos 6 u1 b: list 1 of u1, rank 1 -> hit, gain 1/log2(3);
+#   pos 7 u2 a: rank 0 -> hit, gain 1; pos 8 u3 z: miss.
+#   head (top floor(0.2 * active) by count, ties by id): none while < 5 items are active, {a} from pos 4 on.
+ROWS = [("u1", "a"), ("u2", "b"), ("u3", "c"), ("u4", "d"), ("u5", "e"), ("u6", "a"),
+        ("u1", "b"), ("u2", "a"), ("u3", "z")]
+
+
+def test_hand_computed_hr_ndcg_and_pairing_counts():
+    m = _run_fake(ROWS, batch=1)
+    assert (m["evaluated"], m["exact"], m["stale"], m["none"]) == (9, 3, 0, 6)
+    assert (m["none_first_event"], m["none_later"]) == (6, 0)
+    assert m["hr"] == pytest.approx(2 / 9)
+    assert m["ndcg"] == pytest.approx((1 / math.log2(3) + 1) / 9)
+    assert m["hr_by_bucket"] == {"<=5": pytest.approx(2 / 9), "6-20": 0.0, ">20": 0.0}
+    # tail targets: every target but the two "a" events resolved once a is head (pos 5 and pos 7): 7,
+    # of which pos 6 (b, tail) is a hit
+    assert m["tail_evaluated"] == 7
+    assert m["tail_hr"] == pytest.approx(1 / 7)
+
+
+def test_hand_computed_exposure_metrics():
+    m = _run_fake(ROWS, batch=1)
+    # lists after pos 0-3: no head, both slots tail (4 x 2); after pos 4-8: head {a}, one tail slot (5 x 1)
+    assert m["lists"] == 9
+    assert m["tail_share"] == pytest.approx(13 / 18)
+    assert m["aplt"] == pytest.approx(13 / 18)
+    # active items a b c d e z; a and b recommended -> coverage 2/6; exposure counts [0,0,0,0,9,9]
+    assert m["coverage"] == pytest.approx(2 / 6)
+    assert m["gini"] == pytest.approx((7 - 2 * (2 * 9 + 1 * 9) / 18) / 6)
+    # novelty: -log2(share) of a and b when each list was published (after the event it reflects)
+    bits = [0 + 1, 1 + 1, 2 * math.log2(3), 2 + 2, 2 * math.log2(5), math.log2(3) + math.log2(6),
+            2 * math.log2(3.5), math.log2(8 / 3) + 2, math.log2(3) + math.log2(4.5)]
+    assert m["novelty"] == pytest.approx(sum(bits) / 18)
+
+
+def test_coalesced_events_pair_stale():
+    # batch 2: [u1 x, u2 q] [u1 y, u1 z]: y pairs with u1's list 1 (exact), z too, but it needs list 2 (stale)
+    m = _run_fake([("u1", "x"), ("u2", "q"), ("u1", "y"), ("u1", "z")], batch=2)
+    assert (m["evaluated"], m["exact"], m["stale"], m["none"]) == (4, 1, 1, 2)
+    assert m["none_first_event"] == 2 and m["hr"] == 0.0
+
+
+def test_first_micro_batch_events_pair_none_later():
+    m = _run_fake([("u1", "a"), ("u1", "b"), ("u1", "a")], batch=2)   # u1's event 2 has no list before it
+    assert (m["none_first_event"], m["none_later"], m["exact"]) == (1, 1, 1)
+    assert m["hr"] == pytest.approx(1 / 3)    # event 3 (a) is rank 0 of list 2
+
+
+@pytest.fixture(scope="module")
+def synthetic_stream():
+    data = generate(n_users=60, n_items=100, n_events=500, seed=3)
+    return prepare_events([Event(ts, u, i, e) for ts, u, i, e in data.events])
+
+
+@pytest.fixture(scope="module")
+def offline_results(synthetic_stream):
+    specs = default_systems([0.0, 0.5], [1.0], transformer=False)
+    return run_offline(synthetic_stream, specs, SETTINGS, batch=32, progress_every=0)
+
+
+def test_every_event_evaluated_exactly_once(synthetic_stream, offline_results):
+    n = len(synthetic_stream.events)
+    assert set(offline_results) == {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "ItemCF", "TailBoost[λ=1]"}
+    for name, r in offline_results.items():
+        m = r.metrics
+        assert m["evaluated"] == n, name
+        assert m["exact"] + m["stale"] + m["none"] == m["evaluated"], name
+        assert m["none_first_event"] == len(synthetic_stream.final_counts)
+        assert m["none_first_event"] + m["none_later"] == m["none"]
+        assert m["unattributed"] == 0 and m["learned_events"] == n
+        assert sum(c["events"] for c in r.chunks) == n
+        assert sum(m["bucket_counts"].values()) == n
+        assert 0.0 <= m["ndcg"] <= m["hr"] <= 1.0
+
+
+def test_pairing_counts_do_not_depend_on_the_system(offline_results):
+    counts = {(r.metrics["exact"], r.metrics["stale"], r.metrics["none"]) for r in offline_results.values()}
+    assert len(counts) == 1    # same micro-batching, same pairing for every system
+
+
+def test_offline_run_is_deterministic(synthetic_stream, offline_results):
+    again = run_offline(synthetic_stream, default_systems([0.0, 0.5], [1.0], transformer=False), SETTINGS,
+                        batch=32, progress_every=0)
+    drop = {"scorer_seconds"}
+    for name, r in offline_results.items():
+        assert {k: v for k, v in r.metrics.items() if k not in drop} == \
+            {k: v for k, v in again[name].metrics.items() if k not in drop}
+        assert r.chunks == again[name].chunks and r.exposure == again[name].exposure
+
+
+def test_warmup_events_are_not_scored(synthetic_stream):
+    specs = [SystemSpec("mostpop")]
+    res = run_offline(synthetic_stream, specs, SETTINGS, batch=32, warmup_events=200, progress_every=0)
+    m = res["MostPop"].metrics
+    assert m["evaluated"] == len(synthetic_stream.events) - 200
+    assert m["exact"] + m["stale"] + m["none"] == m["evaluated"]
+
+
+def test_tailcast_system_is_the_live_recommender_with_one_forced_arm():
+    core = build_core(SystemSpec("tailcast", 0.25), SETTINGS)
+    assert list(core.recommender.arms) == ["tailcast[s=0.25]"]
+    assert core.recommender.arms["tailcast[s=0.25]"].rerank_strength == 0.25
+    assert core.arms.assign("anyone") == "tailcast[s=0.25]"
+    assert core.recommender.popularity.window_events == SETTINGS.longtail.window_events
+
+
+def test_tail_boost_and_window_mostpop_doctests():
+    assert doctest.testmod(systems_mod).failed == 0
+    pop = WindowMostPop(window_events=3, k=2)
+    for item in "abbc":            # window keeps b b c
+        pop.learn_one("u", item, 0.0, [])
+    assert [c.item for c in pop.recommend("u", [], 0, arm="x")] == ["b", "c"]
+
+
+def test_tradeoff_verdicts_interpolate_tailboost():
+    def r(name, kind, param, ndcg, tail):
+        return SystemResult(name, kind, param, {"ndcg": ndcg, "tail_share": tail, "tail_hr": tail,
+                                                "hr_by_bucket": {"<=5": tail}}, [], [])
+    res = {"a": r("a", "tailcast", 0.0, 0.15, 0.5), "b": r("b", "tailcast", 0.5, 0.10, 0.3),
+           "cf": r("cf", "itemcf", None, 0.20, 0.2), "tb": r("tb", "tailboost", 2.0, 0.10, 0.6)}
+    v = tradeoff_verdicts(res)["tradeoff"]["tail_share"]
+    a, b = v["points"]
+    assert a["tailboost_tail_share_at_same_ndcg"] == pytest.approx(0.4) and a["above"]   # midway 0.2 -> 0.6
+    assert b["tailboost_tail_share_at_same_ndcg"] == pytest.approx(0.6) and not b["above"]
+    assert not v["above_at_every_setting"]
+    lt = tradeoff_verdicts(res)["long_tail_users"]
+    assert lt["a"]["vs"] == {"cf": True, "tb": False}
+
+
+def _csv(path: Path, n_events: int = 400) -> Path:
+    data = generate(n_users=50, n_items=80, n_events=n_events, seed=5)
+    lines = ["user_id,item_id,ts"] + [f"{u},{i},{ts}" for ts, u, i, _e in data.events]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _args(dataset: Path, out: Path, **extra) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p, base=True)
+    argv = ["--dataset", str(dataset), "--out", str(out), "--mode", extra.pop("mode", "offline"),
+            "--strengths", "0,0.5", "--boosts", "1", "--batch", "32", "--chunks", "4"]
+    for k, v in extra.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    args = p.parse_args(argv)
+    args.command_line = "tailcast evaluate --dataset data.csv (test)"
+    return args
+
+
+def test_report_files_are_written(tmp_path):
+    out = tmp_path / "out"
+    assert run_evaluate(SETTINGS, _args(_csv(tmp_path / "d.csv"), out)) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "ItemCF", "TailBoost[λ=1]"}
+    for m in report.values():
+        for key in ("hr", "ndcg", "tail_hr", "hr_by_bucket", "tail_share", "coverage", "gini", "aplt", "novelty",
+                    "k", "evaluated", "exact", "stale", "none"):
+            assert key in m
+        assert set(m["hr_by_bucket"]) == {"<=5", "6-20", ">20"} and m["k"] == 10
+        assert m["evaluated"] == 400
+    md = (out / "report.md").read_text()
+    assert "tailcast evaluate --dataset data.csv (test)" in md and "| tailcast[s=0.50] |" in md
+    assert "Transformer without tail re-ranking: SKIPPED" in md
+    for png in ("tradeoff.png", "hr_by_bucket.png", "lorenz.png", "over_time.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["chunks"]["MostPop"]) == 4
+    lines = (out / "recommendations.jsonl").read_text().splitlines()
+    assert lines
+    for line in lines[:50]:
+        rec = orjson.loads(line)
+        assert CONTRACT <= set(rec)
+        assert rec["arm"] in {"tailcast[s=0.00]", "tailcast[s=0.50]"}
+        assert all({"item_id", "score", "source"} <= set(i) for i in rec["items"])
+    # determinism under --seed: a second run gives the same report (timings aside)
+    out2 = tmp_path / "out2"
+    run_evaluate(SETTINGS, _args(tmp_path / "d.csv", out2))
+    again = json.loads((out2 / "report.json").read_text())
+    strip = lambda r: {s: {k: v for k, v in m.items() if k != "scorer_seconds"} for s, m in r.items()}  # noqa: E731
+    assert strip(report) == strip(again)
+    assert (out / "recommendations.jsonl").read_bytes() == (out2 / "recommendations.jsonl").read_bytes()
+
+
+def test_loo_mode_reports_baselines_and_tailcast(tmp_path):
+    out = tmp_path / "loo"
+    assert run_evaluate(SETTINGS, _args(_csv(tmp_path / "d.csv", 600), out, mode="loo", strengths="0")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {"MostPop", "ItemCF", "tailcast[s=0.00]"} <= set(report)
+    for m in report.values():
+        assert 0.0 <= m["ndcg"] <= m["hr"] <= 1.0 and m["users"] > 0
+    assert report["MostPop"]["users"] == report["tailcast[s=0.00]"]["users"]
+
+
+def test_harness_rejects_events_the_edge_would_dead_letter():
+    stream = prepare_events([Event(1.0, "u1", "a"), Event(2.0, " ", "b"), Event(3.0, "u1", "c")])
+    assert [e.item for e in stream.events] == ["a", "c"] and stream.index == [1, 2]
+    assert stream.rejected == {"empty_id": 1}
+    with pytest.raises(harness_mod.HarnessError):
+        list(harness_mod.micro_batches([Event(1.0, " ", "b")], SETTINGS, 8))
