@@ -1,0 +1,41 @@
+"""`make bench` in miniature: the quick ingest and memory benchmarks run and write well-formed figures.
+
+No timing thresholds: the machine is shared, so only the shape of the results is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(240)
+def test_quick_bench_writes_positive_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "ingest,memory",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {"ingest", "memory"} <= set(results)
+    assert set(results) <= {"ingest", "memory", "targets"}
+    for benchmark, figures in results.items():
+        assert isinstance(figures, dict) and figures, benchmark
+        for figure, value in figures.items():
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (benchmark, figure, value)
+    for figure in ("raw_aiokafka_events_per_s", "bare_faust_events_per_s", "worker_events_per_s",
+                   "worker_vs_bare_ratio", "worker_vs_raw_ratio"):
+        assert figure in results["ingest"], figure
+    for figure in ("user_state_serialized_bytes", "user_state_table_entry_bytes", "recommender_bytes_per_user",
+                   "recommender_bytes_per_item"):
+        assert figure in results["memory"], figure
+    assert "ingest_worker_vs_0.75_bare_faust" in results["targets"]
+    assert "== DESIGN §7 targets" in proc.stdout
