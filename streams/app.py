@@ -36,8 +36,31 @@ class Role:
     parts: dict[str, Any]
 
 
+def _fetch_max_wait(ms: int) -> None:
+    """Make Faust's worker consumers use ``fetch_max_wait_ms=ms``.
+
+    faust-streaming 0.15 hard-codes 1500 ms in ``AIOKafkaConsumerThread._create_worker_consumer`` and has
+    no setting for it. Tansu answers a fetch only when that wait is over, so every idle partition added
+    up to 1.5 s to the freshness p99 (measured: p99 1.5 s -> 0.135 s at 500 events/s with 50 ms). The
+    consumer reads the value when it starts, after this wrapper has set it.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = getattr(cls._create_worker_consumer, "__wrapped__", cls._create_worker_consumer)
+
+    def create(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    create.__wrapped__ = original
+    cls._create_worker_consumer = create
+
+
 def _faust_app(settings: Settings, app_id: str) -> faust.App:
     kafka = settings.kafka
+    _fetch_max_wait(kafka.fetch_max_wait_ms)
     return faust.App(
         app_id,
         broker=[f"kafka://{s.strip()}" for s in kafka.servers.split(",")],
@@ -92,7 +115,10 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
             history_len=settings.worker.history_len, max_event_bytes=settings.worker.max_event_bytes,
             pseudonymize_key=settings.worker.pseudonymize_key)
         agent, table = ingest.register(app, topics=topics, processor=processor, metrics=metrics,
-                                       batch=settings.worker.batch, batch_wait_s=settings.worker.batch_wait_s)
+                                       batch=settings.worker.batch, batch_wait_s=settings.worker.batch_wait_s,
+                                       request_partitions=(partitions or {}).get(SCORE_REQUESTS,
+                                                                                 settings.kafka.partitions),
+                                       batched_writes=settings.kafka.processing_guarantee == "at_least_once")
         _lag_timer(app, metrics.consumer_lag)
         return Role(app, registry, role, {"metrics": metrics, "processor": processor, "table": table,
                                           "agent": agent})

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from streams.broker import BrokerError, EmbeddedBroker, wait_for_kafka
 from streams.config import ConfigError, Settings, load_settings, settings_table
@@ -51,9 +52,14 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _torch_threads(settings: Settings) -> None:
+    """One knob for the scorer's and trainer's compute threads: torch's pool and numpy's BLAS pool."""
+    import threadpoolctl
     import torch
 
     torch.set_num_threads(settings.scorer.torch_threads)
+    # numpy's BLAS would otherwise start a thread per core for the online models' small products and
+    # contend with torch and the event loop on a small box
+    threadpoolctl.threadpool_limits(settings.scorer.torch_threads, user_api="blas")
 
 
 def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> int:
@@ -74,8 +80,9 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     port = settings.metrics_port_for(role)
     serve_metrics(built.registry, port)
     log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
-    worker = faust.Worker(built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-                          override_logging=False, loop=loop)
+    worker = _bounded_shutdown_worker(faust.Worker, settings.shutdown_grace_s, settings.kafka.servers)(
+        built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False,
+        loop=loop)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -84,6 +91,31 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
             raise
         _restart_when_broker_returns(settings, role)
     return 0
+
+
+def _bounded_shutdown_worker(base: type, grace_s: float, servers: str) -> type:
+    """``base`` (faust.Worker) whose stop on SIGTERM/SIGINT takes at most ``grace_s`` seconds.
+
+    A graceful Faust stop commits offsets and flushes the producer; with the broker gone it waits for
+    it indefinitely. Past the grace period the process logs why and exits: at-least-once delivery
+    redelivers what was not committed, and the worker's offset check skips what was already applied.
+    """
+
+    def force_exit(signum: int) -> None:
+        log.error("shutdown after signal %d did not finish in %.0fs (Kafka at %s unreachable?); exiting now",
+                  signum, grace_s, servers)
+        logging.shutdown()
+        os._exit(128 + int(signum))
+
+    class BoundedShutdownWorker(base):
+        def _schedule_shutdown(self, signum) -> None:
+            if not self._signal_stop_time:
+                timer = threading.Timer(grace_s, force_exit, args=(signum,))
+                timer.daemon = True
+                timer.start()
+            super()._schedule_shutdown(signum)
+
+    return BoundedShutdownWorker
 
 
 def _broker_answers(settings: Settings) -> bool:

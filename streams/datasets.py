@@ -159,8 +159,39 @@ def _item_meta_text(path: Path) -> dict[str, str]:
     return text
 
 
+SYNTHETIC = "synthetic"
+
+
+def synthetic_dataset(spec: str = SYNTHETIC, *, limit: int | None = None) -> Dataset:
+    """The project's own long-tail stream: ``synthetic`` or ``synthetic:USERS,ITEMS,EVENTS[,SEED]``.
+
+    >>> ds = synthetic_dataset("synthetic:50,40,300,3")
+    >>> (ds.name, len(ds.events), ds.n_users <= 50, ds.n_items <= 40, bool(ds.item_text))
+    ('synthetic-50x40x300-s3', 300, True, True, True)
+    """
+    from online.synthetic import generate
+
+    _, _, params = spec.partition(":")
+    try:
+        values = [int(x) for x in params.split(",")] if params else []
+    except ValueError:
+        raise DatasetError(f"{spec!r}: expected synthetic:USERS,ITEMS,EVENTS[,SEED] with integers") from None
+    if len(values) not in (0, 3, 4):
+        raise DatasetError(f"{spec!r}: expected synthetic:USERS,ITEMS,EVENTS[,SEED]")
+    n_users, n_items, n_events, seed = (values + [0])[:4] if values else (2000, 1000, 50_000, 0)
+    data = generate(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed)
+    events = _sorted([Event(ts, user, item, kind) for ts, user, item, kind in data.events])
+    return Dataset(name=f"synthetic-{n_users}x{n_items}x{n_events}-s{seed}", events=events[:limit] if limit else events,
+                   item_text={item_id: item.text() for item_id, item in data.items.items()})
+
+
 def load_dataset(path: str | Path, *, limit: int | None = None) -> Dataset:
-    """Load a dataset directory or file; ``limit`` keeps the first N events in time order."""
+    """Load a dataset directory or file; ``limit`` keeps the first N events in time order.
+
+    ``synthetic`` (or ``synthetic:USERS,ITEMS,EVENTS[,SEED]``) is the built-in generated stream.
+    """
+    if str(path) == SYNTHETIC or str(path).startswith(SYNTHETIC + ":"):
+        return synthetic_dataset(str(path), limit=limit)
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory")

@@ -61,7 +61,8 @@ _EXTRA = {"batch": 256, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS
 def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse.ArgumentParser:
     """Declare ``evaluate``'s options on ``p`` (``base=True`` also adds --dataset/--out/--limit/--mode/--seed)."""
     if base:
-        p.add_argument("--dataset", required=True, help="MovieLens dir/file or CSV user_id,item_id,ts[,event]")
+        p.add_argument("--dataset", required=True, help="MovieLens dir/file, CSV user_id,item_id,ts[,event], or "
+                       "synthetic[:USERS,ITEMS,EVENTS[,SEED]] (the built-in long-tail stream)")
         p.add_argument("--out", default="out/evaluate", help="output folder")
         p.add_argument("--limit", type=int, default=None, help="first N events (time order)")
         p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
@@ -286,10 +287,9 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     first = next(iter(offline.values()))
     learned = first.metrics["learned_events"]
     if learned < n:
-        notes.append(f"{n - learned} events were never learned by the online models: a user had more than "
-                     f"TAILCAST_HISTORY_LEN={settings.worker.history_len} events in one micro-batch, and a score "
-                     "request carries only the last HISTORY_LEN new events (streams/agents/ingest.py); the same "
-                     "happens in the live worker. They are still scored as targets")
+        notes.append(f"{n - learned} events were never learned by the online models (expected 0: a score "
+                     "request carries every new event of its micro-batch and the scorer learns each once). "
+                     "They are still scored as targets")
     for name, r in results.items():
         if r.kind == "live" or name == first.name:
             log(_pairing_line(name, r.metrics))

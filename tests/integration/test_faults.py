@@ -141,6 +141,22 @@ def test_broker_gone_mid_run_no_busy_loop_and_the_address_is_named(pipeline, kio
         asyncio.run(ensure_topics(pipeline.settings.kafka))
         later = [(b"after", orjson.dumps({"user_id": "after", "item_id": "i1"}))]
         kio.produce(EVENTS, later)
-        wait(lambda: any(rec["user_id"] == "after" for *_, rec in kio.read_all(RECOMMENDATIONS)), timeout=90,
-             message="a recommendation after the broker came back")
+        try:
+            wait(lambda: any(rec["user_id"] == "after" for *_, rec in kio.read_all(RECOMMENDATIONS)), timeout=90,
+                 message="a recommendation after the broker came back")
+        except AssertionError as exc:
+            logs = "\n".join(f"--- {name} ---\n{pipeline.log(name)[-4000:]}" for name in pipeline.procs)
+            raise AssertionError(f"{exc}\n{logs}") from None
         assert all(p.poll() is None for p in pipeline.procs.values())
+
+    # the broker is gone again: SIGTERM must still end both processes, within the shutdown grace period
+    started = time.monotonic()
+    for proc in pipeline.procs.values():
+        proc.terminate()
+    grace = float(pipeline.env.get("TAILCAST_SHUTDOWN_GRACE_S", "15"))
+    for name, proc in pipeline.procs.items():
+        proc.wait(timeout=grace + 15)
+        log = pipeline.log(name)
+        if "exiting now" in log:  # the graceful stop waited for the broker: bounded, and it says why
+            assert pipeline.broker.address in log[log.rindex("did not finish"):]
+    assert time.monotonic() - started < grace + 15
