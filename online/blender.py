@@ -383,11 +383,20 @@ class FeedbackBlender:
         self._n_applied_clicked += int(y.sum())
 
     def auc(self) -> dict[str, float]:
-        """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples."""
+        """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples.
+
+        A source whose score was the same for every example in the window (one that never proposed a
+        candidate, e.g. the Transformer before its first checkpoint) gets NaN: it carried no signal, and
+        its 0.5 would otherwise read as a measured chance-level ranking.
+        """
         self._flush()
         n = self._auc_n
         y, s = self._auc_y[:n], self._auc_s[:n]
-        return {name: _auc(y, s[:, c]) for c, name in enumerate(("blend", *self.sources))}
+        out = {}
+        for c, name in enumerate(("blend", *self.sources)):
+            col = s[:, c]
+            out[name] = float("nan") if c and n and bool(np.all(col == col[0])) else _auc(y, col)
+        return out
 
 
 def _bench_setup(n_examples: int = 20_000, seed: int = 0):

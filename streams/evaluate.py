@@ -291,6 +291,13 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                      "request carries every new event of its micro-batch and the scorer learns each once). "
                      "They are still scored as targets")
     for name, r in results.items():
+        aucs = {key[len("blender_auc_"):]: v for key, v in r.metrics.items() if key.startswith("blender_auc_")}
+        if "blend" in aucs:
+            best = max((v for key, v in aucs.items() if key != "blend"), default=float("nan"))
+            notes.append(f"{name}: feedback blender online ROC AUC {aucs['blend']:.4f} (best single source "
+                         f"{best:.4f}; " + ", ".join(f"{key} {v:.4f}" for key, v in aucs.items() if key != "blend")
+                         + ")")
+    for name, r in results.items():
         if r.kind == "live" or name == first.name:
             log(_pairing_line(name, r.metrics))
     meta["seconds"] = round(time.perf_counter() - started, 1)

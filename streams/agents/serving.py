@@ -204,7 +204,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                 longtail.set_record(record)
                 await producer.send(LONGTAIL_METRICS, arm.encode(), dumps(record), None, None, None)
             for source, value in recommender.blender.auc().items():
-                metrics.blender_auc.labels(source=source).set(value)
+                if value == value:  # NaN: the source carried no signal in the window (no series)
+                    metrics.blender_auc.labels(source=source).set(value)
 
     @app.task
     async def catalog() -> None:

@@ -280,6 +280,10 @@ def run_offline(
     for spec in specs:
         extra = {"scorer_seconds": round(seconds[spec.name], 3), "learned_events": learned[spec.name],
                  "micro_batch": batch, **scorer_stats[spec.name]}
+        blender = getattr(getattr(cores[spec.name], "recommender", None), "blender", None)
+        if blender is not None:  # online ROC AUC on click feedback, the blend and each single source
+            extra.update({f"blender_auc_{name}": round(v, 4) for name, v in blender.auc().items()
+                          if v == v})  # NaN: a source never scored an item with feedback
         results[spec.name] = boards[spec.name].finish(kind=spec.kind, param=spec.param, seconds=seconds[spec.name],
                                                       window_end=window_end, extra=extra)
     return results

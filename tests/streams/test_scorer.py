@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from online.arms import ArmAssigner, parse_arms
-from online.recommender import OnlineRecommender
+from online.recommender import CORE_SOURCES, OnlineRecommender
 from streams.agents.scorer import ScorerCore
 from streams.records import ScoreRequest
 
@@ -50,7 +50,9 @@ def test_lists_exclude_history_and_carry_the_contract_fields():
     assert rec.user_event_count == 2 and rec.generated_at == 123.0 and rec.model_version == "online"
     assert rec.arm in {"control", "tail"} and 0 < len(rec.items) <= 5
     assert not {"i1", "i2"} & {i.item_id for i in rec.items}
-    assert all(i.source and i.reason for i in rec.items)
+    # every item explains itself: a real source, and a reason that names the anchor item when there is one
+    assert all(i.source in CORE_SOURCES and i.reason for i in rec.items)
+    assert any(i.reason in {f"co-visited with {a}" for a in ("i1", "i2")} for i in rec.items)
 
 
 class FakeSeqModel:
