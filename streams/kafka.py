@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from streams.config import KafkaSettings
 
-__all__ = ["client_kwargs", "faust_credentials"]
+__all__ = ["client_kwargs", "faust_credentials", "send_batched"]
 
 
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -39,3 +40,20 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+async def send_batched(producer, topic: str, records: Sequence[tuple[bytes, bytes, int]]) -> None:
+    """Enqueue ``(key, value, partition)`` records as one record batch per partition (aiokafka's batch
+    API) on ``producer``, the app's own aiokafka producer, so the flush Faust does before each offset
+    commit covers them too (at-least-once)."""
+    batches = {}
+    for key, value, partition in records:
+        builder = batches.get(partition)
+        if builder is None:
+            builder = batches[partition] = producer.create_batch()
+        if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            await producer.send_batch(builder, topic, partition=partition)
+            builder = batches[partition] = producer.create_batch()
+            builder.append(key=key, value=value, timestamp=None)
+    for partition, builder in batches.items():
+        await producer.send_batch(builder, topic, partition=partition)

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from streams.kafka import send_batched
 from streams.records import BadEvent, ScoreRequest, dead_letter, parse_event
 from streams.topics import partition_for
 
-__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "pseudonymize", "register", "send_batched"]
+__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "pseudonymize", "register"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,23 +135,6 @@ class IngestProcessor:
                 user_id=user, sequence=list(state.sequence), new=items, event_count=state.count,
                 event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now))
         return out
-
-
-async def send_batched(producer, topic: str, records: Sequence[tuple[bytes, bytes, int]]) -> None:
-    """Enqueue ``(key, value, partition)`` records as one record batch per partition (aiokafka's batch
-    API) on ``producer``, the app's own aiokafka producer, so the flush Faust does before each offset
-    commit covers them too (at-least-once)."""
-    batches = {}
-    for key, value, partition in records:
-        builder = batches.get(partition)
-        if builder is None:
-            builder = batches[partition] = producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-            await producer.send_batch(builder, topic, partition=partition)
-            builder = batches[partition] = producer.create_batch()
-            builder.append(key=key, value=value, timestamp=None)
-    for partition, builder in batches.items():
-        await producer.send_batch(builder, topic, partition=partition)
 
 
 def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, batch_wait_s: float,

@@ -30,10 +30,10 @@ from online.arms import ArmAssigner
 from online.prequential import ArmMetrics
 from streams.agents.scorer import ScorerCore
 from streams.config import Settings
-from streams.kafka import client_kwargs
+from streams.kafka import client_kwargs, send_batched
 from streams.metrics import LongTailMetrics, ScorerMetrics
 from streams.records import BadEvent, Recommendation, ScoreRequest, dumps, parse_item
-from streams.topics import ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
+from streams.topics import ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for
 
 __all__ = ["register", "build_recommender", "TextVectors"]
 
@@ -96,6 +96,20 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     producer = app.producer
     exposure_on = lt.exposure_agent
 
+    batched_writes = settings.kafka.processing_guarantee == "at_least_once"
+
+    async def publish(recs: list[Recommendation]) -> None:
+        """One record batch per partition (at-least-once: Faust's pre-commit flush covers it); with
+        exactly-once, Faust's own send keeps each record inside the transaction."""
+        if not batched_writes:
+            for rec in recs:
+                await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
+            return
+        aio = producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
+        n = len(await aio.partitions_for(RECOMMENDATIONS))
+        await send_batched(aio, RECOMMENDATIONS, [(key, rec.to_bytes(), partition_for(key, n))
+                                                  for rec in recs for key in (rec.user_id.encode(),)])
+
     @app.agent(topics[SCORE_REQUESTS], name="score")
     async def score(stream):
         async for events in stream.take_events(settings.scorer.batch, within=settings.scorer.batch_wait_s):
@@ -114,9 +128,9 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                           e.message.offset, exc)
         metrics.requests_consumed.inc(len(events))
         out = core.process(requests)
+        await publish(out.recommendations)
         now = time.time()
         for rec in out.recommendations:
-            await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
             metrics.recommendations.labels(arm=rec.arm).inc()
             metrics.latency.labels(arm=rec.arm).observe(max(0.0, now - rec.ingested_at))
         if exposure_on:
@@ -138,8 +152,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                  model.device)
         n = 0
         for recs in core.rescore_active(batch=256):
+            await publish(recs)
             for rec in recs:
-                await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
                 metrics.recommendations.labels(arm=rec.arm).inc()
             n += len(recs)
             await asyncio.sleep(0)  # let heartbeats and other agents run between chunks
