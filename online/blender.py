@@ -107,7 +107,7 @@ class FeedbackBlender:
         sources: Sequence[str],
         seed: int = 0,
         l2: float = 1e-4,
-        lr: float = 0.02,
+        lr: float = 0.002,
         warmup: int = 200,
         auc_window: int = 10_000,
         batch_size: int = 32,
