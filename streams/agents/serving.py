@@ -91,7 +91,12 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     core = ScorerCore(recommender=recommender, arms=ArmAssigner.from_configs(settings.scorer.arms),
                       k=settings.scorer.k)
     lt = settings.longtail
-    arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share)
+    # The agent sees a request's events at once and their list only when it comes back through the
+    # recommendations topic: a user can have a whole worker micro-batch of events waiting for it. Fewer
+    # pending slots would resolve the oldest as unattributed misses (seen in a burst replay: the live
+    # HR@10 then disagreed with the library's on the same stream).
+    arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share,
+                             max_pending_per_user=max(64, 2 * settings.worker.batch))
     between_batches = asyncio.Lock()
     producer = app.producer
     exposure_on = lt.exposure_agent
