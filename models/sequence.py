@@ -195,24 +195,40 @@ class SeqEncoder(nn.Module):
         scores[:, 0] = float("-inf")
         return scores
 
-    def forward(self, seqs: Tensor, targets: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+    def forward(self, seqs: Tensor, targets: Tensor | None = None, weights: Tensor | None = None
+                ) -> tuple[Tensor | None, Tensor | None]:
         """Training: ``targets`` (B, T) next items (0 = no target) -> ``(None, loss)``.
-        Inference: ``targets=None`` -> ``(scores (B, N+1) for the last position, None)``."""
+        Inference: ``targets=None`` -> ``(scores (B, N+1) for the last position, None)``.
+
+        ``weights`` (B, T), optional: the loss is then the weighted mean sum_m w_m l_m / sum_m w_m over the
+        M target positions (e.g. < 1 where the target is a synthetic item, ``models.augment``); without
+        it, the plain mean (the same computation as before weights existed)."""
         if targets is None:
             return self.score(seqs), None
         if targets.shape != seqs.shape:
             raise ValueError(f"targets {tuple(targets.shape)} must have the shape of seqs {tuple(seqs.shape)}")
+        if weights is not None and weights.shape != targets.shape:
+            raise ValueError(f"weights {tuple(weights.shape)} must have the shape of targets {tuple(targets.shape)}")
         drop = self._id_drop_mask()
         h = self.hidden(seqs, drop)  # (B, T, D)
         sel = targets > 0  # (B, T)
         h, t = h[sel], targets[sel]  # (M, D), (M,)
+        w = None if weights is None else weights[sel].float()  # (M,)
+        if w is not None and not (torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise ValueError("weights at target positions must be finite, >= 0, and not all zero")
+        reduction = "mean" if w is None else "none"
         if self.config.resolved_loss == "ce":
             items = self._item_vectors(None, drop)[1:]  # (N, D): real items only
             logits = h @ items.T  # (M, N)
-            return None, F.cross_entropy(logits, t - 1)
-        return None, self._sampled_softmax_loss(h, t, drop)
+            loss = F.cross_entropy(logits, t - 1, reduction=reduction)  # () or (M,)
+        else:
+            loss = self._sampled_softmax_loss(h, t, drop, reduction=reduction)
+        if w is not None:
+            loss = (loss.float() * w).sum() / w.sum()  # weighted mean over the M targets
+        return None, loss
 
-    def _sampled_softmax_loss(self, h: Tensor, t: Tensor, drop: Tensor | None) -> Tensor:
+    def _sampled_softmax_loss(self, h: Tensor, t: Tensor, drop: Tensor | None, *, reduction: str = "mean"
+                              ) -> Tensor:
         K = self.config.n_negatives
         neg = torch.multinomial(self.neg_log_q.exp(), K, replacement=True)  # (K,) shared negatives
         # log Z ~ log(exp(s_t) + sum_j exp(s_j) / (K q_j)): the positive is always present, so only the
@@ -222,7 +238,7 @@ class SeqEncoder(nn.Module):
         negl = h @ self._item_vectors(neg, drop).T - (math.log(K) + self.neg_log_q[neg])  # (M, K)
         negl = negl.masked_fill(neg.unsqueeze(0) == t.unsqueeze(1), float("-inf"))  # accidental hits
         logits = torch.cat([pos.unsqueeze(1), negl], dim=1)  # (M, 1+K), the positive is class 0
-        return F.cross_entropy(logits, torch.zeros_like(t))
+        return F.cross_entropy(logits, torch.zeros_like(t), reduction=reduction)  # () or (M,)
 
     # ---- catalogue changes --------------------------------------------------------------------------
     @staticmethod

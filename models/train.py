@@ -23,7 +23,8 @@ from models.device import choose_device
 from models.loo import evaluate_ranking, metrics_from_ranks, train_counts
 from models.sequence import SeqEncoder, pad_batch
 
-__all__ = ["TrainConfig", "EpochLog", "TrainResult", "make_windows", "evaluate_model", "train", "log_epoch"]
+__all__ = ["TrainConfig", "EpochLog", "TrainResult", "make_windows", "make_weight_windows", "evaluate_model", "train",
+           "log_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +88,35 @@ def log_epoch(log: EpochLog) -> None:
                 " *" if log.improved else "", log.seconds)
 
 
-def make_windows(seqs: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
-    """(W, max_len + 1) left-padded windows; consecutive windows of a sequence share one item.
-
-    >>> make_windows([[1, 2, 3, 4, 5], [6], [7, 8]], max_len=2).tolist()
-    [[3, 4, 5], [1, 2, 3], [0, 7, 8]]
-    """
+def _window_rows(seqs: Sequence[Sequence], max_len: int, pad) -> list[list]:
     L = max_len + 1
     rows = []
     for seq in seqs:
         end = len(seq)
         while end >= 2:
             w = list(seq[max(0, end - L) : end])
-            rows.append([0] * (L - len(w)) + w)
+            rows.append([pad] * (L - len(w)) + w)
             end -= max_len
-    return torch.tensor(rows, dtype=torch.long).reshape(-1, L)
+    return rows
+
+
+def make_windows(seqs: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
+    """(W, max_len + 1) left-padded windows; consecutive windows of a sequence share one item.
+
+    >>> make_windows([[1, 2, 3, 4, 5], [6], [7, 8]], max_len=2).tolist()
+    [[3, 4, 5], [1, 2, 3], [0, 7, 8]]
+    """
+    return torch.tensor(_window_rows(seqs, max_len, 0), dtype=torch.long).reshape(-1, max_len + 1)
+
+
+def make_weight_windows(weights: Sequence[Sequence[float]], max_len: int) -> torch.Tensor:
+    """(W, max_len + 1) float32 windows of per-item weights, cut exactly like ``make_windows`` cuts the
+    items they are parallel to (padding: 0.0), so row w, column j weighs the item at row w, column j.
+
+    >>> make_weight_windows([[0.5, 0.5, 1.0, 1.0, 1.0], [1.0], [0.5, 1.0]], max_len=2).tolist()
+    [[1.0, 1.0, 1.0], [0.5, 0.5, 1.0], [0.0, 0.5, 1.0]]
+    """
+    return torch.tensor(_window_rows(weights, max_len, 0.0), dtype=torch.float32).reshape(-1, max_len + 1)
 
 
 @torch.inference_mode()
@@ -160,10 +175,15 @@ def train(
     *,
     config: TrainConfig = TrainConfig(),
     callbacks: Sequence[Callback] = (),
+    sample_weights: Sequence[Sequence[float]] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on item-index sequences; select the epoch with the best validation NDCG@k.
 
     ``valid`` = (histories, targets): each history is the user's item indices before the target.
+    ``sample_weights``: optional per-item weights parallel to ``train_seqs`` (same number of lists, same
+    lengths); the loss at a position is weighted by the weight of its TARGET item (``models.augment``:
+    synthetic items < 1.0, real ones 1.0), a weighted mean per batch. ``None``: every target weighs the
+    same, and training is the same computation as without the argument.
     Returns the best state (also loaded into ``model``) and the per-epoch history."""
     device = choose_device(config.device)
     torch.manual_seed(config.seed)
@@ -175,6 +195,13 @@ def train(
         raise ValueError(f"training sequences hold item indices outside 1..{n_items}, e.g. {bad[:5]}")
     model.set_negative_counts(torch.from_numpy(train_counts(train_seqs, n_items)).float())
     windows = make_windows(train_seqs, model.config.max_len)
+    weight_windows = None
+    if sample_weights is not None:
+        if len(sample_weights) != len(train_seqs) or any(len(w) != len(s) for w, s in zip(sample_weights, train_seqs)):
+            raise ValueError("sample_weights must be parallel to train_seqs: one weight per item of every sequence")
+        if any(not (math.isfinite(x) and x > 0) for ws in sample_weights for x in ws):
+            raise ValueError("sample_weights must be finite and > 0 (drop an item instead of weighting it 0)")
+        weight_windows = make_weight_windows(sample_weights, model.config.max_len)  # (W, L), rows as windows
     if len(windows) == 0:
         raise ValueError("no training examples: every sequence has fewer than 2 items")
     L = windows.shape[1]
@@ -188,10 +215,14 @@ def train(
         total, n_batches = 0.0, 0
         for idx in _length_bucketed_batches(lengths, config.batch_size, rng):
             w = windows[idx]
-            w = w[:, L - int(lengths[idx].max()) :].to(device)  # drop all-padding columns
+            first = L - int(lengths[idx].max())
+            w = w[:, first:].to(device)  # drop all-padding columns
             seqs, targets = w[:, :-1], w[:, 1:] * (w[:, :-1] != 0)  # no target without an input item
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                _, loss = model(seqs, targets)
+                if weight_windows is None:
+                    _, loss = model(seqs, targets)
+                else:  # the weight of each position's target item
+                    _, loss = model(seqs, targets, weight_windows[idx][:, first + 1 :].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
