@@ -83,13 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("%s: %s", system, {k: round(v, 4) for k, v in results[system].items()})
 
     n_train_users = sum(1 for s in train_seqs if s)
-    batch_size = args.batch_size or (500 if n_train_users >= 5000 else 64)
-    steps_per_epoch = -(-n_train_users // batch_size)
-    anneal = args.anneal_steps if args.anneal_steps is not None else 20 * steps_per_epoch
-    cfg = MultVAEConfig(hidden=tuple(int(h) for h in args.hidden.split(",") if h), latent=args.latent,
-                        dropout=args.dropout, beta_max=args.beta_max, total_anneal_steps=anneal,
-                        epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                        patience=args.patience, eval_every=args.eval_every)
+    cfg = MultVAEConfig.for_users(
+        n_train_users, batch_size=args.batch_size, total_anneal_steps=args.anneal_steps,
+        hidden=tuple(int(h) for h in args.hidden.split(",") if h), latent=args.latent, dropout=args.dropout,
+        beta_max=args.beta_max, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        patience=args.patience, eval_every=args.eval_every)
 
     def progress(e: VaeEpochLog) -> None:
         if e.valid_ndcg is not None:

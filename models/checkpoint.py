@@ -4,7 +4,9 @@ A checkpoint file (``torch.save`` of plain dicts/lists/tensors, loaded with ``we
 ``format``, ``format_version``, ``version``, ``created_at`` (Unix s), ``step``, ``config`` (dict of
 ``SeqEncoderConfig``), ``state_dict`` (text vectors included, as the ``text_vectors`` buffer),
 ``vocab_ids`` (item ids in index order) and ``vocab_hash``, ``text_hash`` (sha256 of the text vectors,
-or None), ``metrics`` (name -> number). Writes are atomic (temp file in the same folder + ``os.replace``),
+or None), ``metrics`` (name -> number), and optionally ``vae``: a Mult-VAE candidate source trained in the
+same refresh on the same vocabulary (``models.vae.MultVAE.state()``; absent or None = no VAE; files
+written before it existed load unchanged). Writes are atomic (temp file in the same folder + ``os.replace``),
 so a reader sees the old file or the new one, never half of one.
 
 The registry keeps ``v{n:04d}-{UTC time}.pt`` files in one folder (one publisher per folder), newest =
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from models.sequence import ConfigError, SeqEncoder, SeqEncoderConfig
+from models.vae import MultVAE, VaeFormatError
 from models.vocab import ItemVocab
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointRegistry", "save_checkpoint", "load_checkpoint", "FORMAT"]
@@ -68,6 +71,11 @@ class Checkpoint:
     text_hash: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
+    vae_state: dict[str, Any] | None = None  # MultVAE.state() over the same vocabulary, or None
+
+    @property
+    def has_vae(self) -> bool:
+        return self.vae_state is not None
 
     def vocab(self) -> ItemVocab:
         return ItemVocab.from_ids(self.vocab_ids)
@@ -78,6 +86,10 @@ class Checkpoint:
         model.load_state_dict(self.state_dict)
         return model.to(device).eval()
 
+    def build_vae(self, device: torch.device | str = "cpu") -> MultVAE | None:
+        """The Mult-VAE candidate source stored with the encoder (eval mode), or None."""
+        return None if self.vae_state is None else MultVAE.from_state(self.vae_state, device=device)
+
 
 def save_checkpoint(
     path: str | os.PathLike,
@@ -87,12 +99,16 @@ def save_checkpoint(
     step: int = 0,
     metrics: dict[str, float] | None = None,
     version: str | None = None,
+    vae: MultVAE | None = None,
 ) -> Checkpoint:
-    """Write ``model`` + ``vocab`` atomically to ``path``; ``version`` defaults to a content hash."""
+    """Write ``model`` + ``vocab`` (+ ``vae``) atomically to ``path``; ``version`` defaults to a content hash."""
     path = Path(path)
     if len(vocab) != model.config.n_items:
         raise ConfigError(f"vocabulary has {len(vocab)} items but the model has n_items={model.config.n_items}; "
                           "extend the model (SeqEncoder.extend_items) or the vocabulary so they agree")
+    if vae is not None and vae.n_items != len(vocab):
+        raise ConfigError(f"the Mult-VAE has {vae.n_items} items but the vocabulary {len(vocab)}; train both on "
+                          "the same vocabulary")
     metrics = dict(metrics or {})
     for k, v in metrics.items():
         if not isinstance(k, str) or not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -100,16 +116,18 @@ def save_checkpoint(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     text = state.get("text_vectors")
     config = model.config.to_dict()
+    vae_state = vae.state() if vae is not None else None
     if version is None:
-        h = hashlib.sha256(_state_hash(state).encode() + vocab.hash().encode() + repr(sorted(config.items())).encode())
+        h = hashlib.sha256(_state_hash(state).encode() + vocab.hash().encode() + repr(sorted(config.items())).encode()
+                           + (_state_hash(vae_state["state_dict"]).encode() if vae_state else b""))
         version = "c" + h.hexdigest()[:12]
     ckpt = Checkpoint(version=version, created_at=time.time(), step=int(step), config=model.config,
                       state_dict=state, vocab_ids=vocab.ids, vocab_hash=vocab.hash(), text_hash=_tensor_hash(text),
-                      metrics={k: float(v) for k, v in metrics.items()}, path=path)
+                      metrics={k: float(v) for k, v in metrics.items()}, path=path, vae_state=vae_state)
     payload = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": ckpt.version, "created_at": ckpt.created_at,
         "step": ckpt.step, "config": config, "state_dict": state, "vocab_ids": ckpt.vocab_ids,
-        "vocab_hash": ckpt.vocab_hash, "text_hash": ckpt.text_hash, "metrics": ckpt.metrics,
+        "vocab_hash": ckpt.vocab_hash, "text_hash": ckpt.text_hash, "metrics": ckpt.metrics, "vae": vae_state,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -181,9 +199,18 @@ def load_checkpoint(
     metrics = raw["metrics"]
     if not isinstance(metrics, dict):
         raise CheckpointError(f"checkpoint {path}: metrics must be a dict, got {type(metrics).__name__}")
+    vae_state = raw.get("vae")
+    if vae_state is not None:
+        try:
+            vae = MultVAE.from_state(vae_state)
+        except (VaeFormatError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: its Mult-VAE does not load: {str(e)[:300]}") from e
+        if vae.n_items != len(vocab):
+            raise CheckpointError(f"checkpoint {path}: the Mult-VAE has {vae.n_items} items, the vocabulary "
+                                  f"{len(vocab)}")
     return Checkpoint(version=str(raw["version"]), created_at=float(raw["created_at"]), step=int(raw["step"]),
                       config=config, state_dict=state, vocab_ids=list(ids), vocab_hash=raw["vocab_hash"],
-                      text_hash=raw["text_hash"], metrics=dict(metrics), path=path)
+                      text_hash=raw["text_hash"], metrics=dict(metrics), path=path, vae_state=vae_state)
 
 
 _NAME = re.compile(r"^v(\d+)-[0-9TZ]+\.pt$")
@@ -212,13 +239,13 @@ class CheckpointRegistry:
         return [p for _, p in sorted(found)]
 
     def publish(self, *, model: SeqEncoder, vocab: ItemVocab, step: int = 0,
-                metrics: dict[str, float] | None = None) -> Checkpoint:
+                metrics: dict[str, float] | None = None, vae: MultVAE | None = None) -> Checkpoint:
         """Save as the next version and delete all but the newest ``keep`` files."""
         paths = self.paths()
         n = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
         version = f"v{n:04d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         ckpt = save_checkpoint(self.directory / f"{version}.pt", model=model, vocab=vocab, step=step,
-                               metrics=metrics, version=version)
+                               metrics=metrics, version=version, vae=vae)
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return ckpt

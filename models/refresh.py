@@ -5,6 +5,11 @@ No Kafka and no files: ``streams/trainer.py`` feeds it the event log and publish
 validation (leave-one-out, ``models.loo``), never a held-out test set. Items that have a text vector but
 no interaction yet are put in the vocabulary too, so the new model retrieves them through their text
 projection from its first minute in service.
+
+With ``RefreshConfig.vae`` (the default), a Mult-VAE (``models.vae``) is trained on the same training
+split and vocabulary, selected on the same validation items, and published in the same checkpoint: the
+scorer serves it as a second candidate source (``"vae"``) that the feedback blender weighs against the
+others. It knows the items that had interactions or text at refresh time.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from models.loo import item_index, leave_one_out
 from models.sequence import SeqEncoder, SeqEncoderConfig
 from models.train import Callback, TrainConfig, TrainResult, train
+from models.vae import MultVAE, MultVAEConfig, fit_vae
 from models.vocab import ItemVocab
 
 __all__ = ["RefreshConfig", "RefreshResult", "fit_refresh"]
@@ -33,13 +39,18 @@ class RefreshConfig:
     id_dropout: float = 0.2  # train some text-bearing items text-only, so text-only (new) items are served well
     loss: str = "sampled"  # sampled softmax with logQ correction: matched full CE's validation NDCG at 2x speed
     n_negatives: int = 1024
-    epochs: int = 30
+    epochs: int = 30  # most epochs of each model (Transformer and Mult-VAE); both stop early on validation
     batch_size: int = 128
     lr: float = 1e-3
     patience: int = 3
     max_seconds: float = 300.0
     seed: int = 0
     device: str = "auto"
+    # ---- the Mult-VAE candidate source (models.vae), trained in the same refresh
+    vae: bool = True
+    vae_hidden: tuple[int, ...] = (600,)
+    vae_latent: int = 200
+    vae_max_seconds: float = 120.0
 
 
 @dataclass
@@ -49,11 +60,15 @@ class RefreshResult:
     train: TrainResult
     n_events: int
     n_users: int
+    vae: MultVAE | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
-        return {"valid_ndcg": float(self.train.best_valid_ndcg or 0.0), "events": float(self.n_events),
-                "users": float(self.n_users), "items": float(len(self.vocab))}
+        out = {"valid_ndcg": float(self.train.best_valid_ndcg or 0.0), "events": float(self.n_events),
+               "users": float(self.n_users), "items": float(len(self.vocab))}
+        if self.vae is not None:
+            out["vae_valid_ndcg"] = float(self.vae.best_valid_ndcg or 0.0)
+        return out
 
 
 def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mapping[str, np.ndarray] | None = None,
@@ -83,5 +98,12 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
     result = train(model, train_seqs, valid, config=TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
         seed=config.seed, device=config.device, max_seconds=config.max_seconds), callbacks=callbacks)
+    vae = None
+    if config.vae:
+        n_users = sum(1 for seq in train_seqs if seq)
+        vae_cfg = MultVAEConfig.for_users(n_users, hidden=config.vae_hidden, latent=config.vae_latent,
+                                          epochs=config.epochs)
+        vae = fit_vae(train_seqs, len(vocab), vae_cfg, valid=valid, max_seconds=config.vae_max_seconds,
+                      seed=config.seed).cpu().eval()
     return RefreshResult(model=model.cpu().eval(), vocab=vocab, train=result, n_events=len(events),
-                         n_users=len(split.train))
+                         n_users=len(split.train), vae=vae)

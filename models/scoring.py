@@ -11,6 +11,10 @@ Precision (``quantize``):
     layers are first rewritten as the equivalent ``nn.Linear``); the item matrix product stays fp32.
   * ``"bf16"``: ``torch.autocast`` to bfloat16 for the encoder and the item product (CPU or CUDA).
 ``benchmarks/scorer_throughput.py`` measures speed and NDCG of each against fp32.
+
+A checkpoint that carries a Mult-VAE (``Checkpoint.build_vae``) makes it a second candidate source:
+:meth:`BatchScorer.candidates` returns ``{"transformer": ..., "vae": ...}`` with the same exclusion rules
+(the VAE scores in fp32; it knows the items of its training vocabulary, not items added later).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import Tensor, nn
 from models.checkpoint import Checkpoint
 from models.device import choose_device
 from models.sequence import SeqEncoder, pad_batch
+from models.vae import MultVAE
 from models.vocab import ItemVocab
 
 __all__ = ["BatchScorer", "QUANTIZE_MODES", "conv1d_to_linear"]
@@ -62,6 +67,7 @@ class BatchScorer:
         vocab: ItemVocab | None = None,
         device: str = "auto",
         quantize: str = "none",
+        vae: MultVAE | None = None,
     ) -> None:
         if (checkpoint is None) == (model is None):
             raise ValueError("give either a checkpoint or model= and vocab=")
@@ -74,6 +80,7 @@ class BatchScorer:
             self.model = checkpoint.build_model()
             self.vocab = checkpoint.vocab()
             self.version = checkpoint.version
+            vae = checkpoint.build_vae() if vae is None else vae
         else:
             if vocab is None:
                 raise ValueError("model= needs vocab= (the ItemVocab it was trained with)")
@@ -82,6 +89,9 @@ class BatchScorer:
             self.version = "unversioned"
         if len(self.vocab) != self.model.config.n_items:
             raise ValueError(f"vocabulary has {len(self.vocab)} items, the model {self.model.config.n_items}")
+        if vae is not None and vae.n_items > len(self.vocab):
+            raise ValueError(f"the Mult-VAE has {vae.n_items} items, more than the vocabulary's {len(self.vocab)}")
+        self.vae = None if vae is None else copy.deepcopy(vae).to(self.device).eval()
         self.quantize = quantize
         self.model.eval()
         self._build()
@@ -133,6 +143,31 @@ class BatchScorer:
             scores = users.to(self.items.dtype) @ self.items.T  # (B, N+1): the one item product
         return scores.float() + self.bias
 
+    def _check(self, histories: Sequence[Sequence[str]], k: int, exclude) -> None:
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if exclude is not None and len(exclude) != len(histories):
+            raise ValueError(f"{len(exclude)} exclusion sets for {len(histories)} histories")
+
+    def _top(self, scores: Tensor, encoded: list[list[int]], k: int, exclude: Sequence[Iterable[str]] | None,
+             exclude_history: bool) -> list[list[tuple[str, float]]]:
+        """Mask each row's history / excluded items in (B, M) ``scores`` (M <= N+1) and take the top ``k``."""
+        rows, cols = [], []
+        width = scores.shape[1]
+        for b, enc in enumerate(encoded):
+            drop = set(enc) if exclude_history else set()
+            if exclude is not None:
+                drop.update(self.vocab.encode(exclude[b]))
+            drop = [i for i in drop if i < width]
+            rows.extend([b] * len(drop))
+            cols.extend(drop)
+        if rows:
+            scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
+        vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k)
+        vals, idx = vals.cpu().tolist(), idx.cpu().tolist()
+        ids = self.vocab.ids
+        return [[(ids[i - 1], v) for v, i in zip(vr, ir) if v != float("-inf")] for vr, ir in zip(vals, idx)]
+
     @torch.inference_mode()
     def topk(
         self,
@@ -142,28 +177,47 @@ class BatchScorer:
         *,
         exclude_history: bool = True,
     ) -> list[list[tuple[str, float]]]:
-        """Best ``k`` (item id, score) per user, best first. Excluded: the user's history items (unless
-        ``exclude_history=False``) and ``exclude[b]``; lists are shorter when fewer items are left."""
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        if exclude is not None and len(exclude) != len(histories):
-            raise ValueError(f"{len(exclude)} exclusion sets for {len(histories)} histories")
+        """Best ``k`` (item id, score) per user from the Transformer, best first. Excluded: the user's history
+        items (unless ``exclude_history=False``) and ``exclude[b]``; lists are shorter when fewer items are left."""
+        self._check(histories, k, exclude)
         if not histories:
             return []
-        scores = self.score_encoded(self.encode_histories(histories))  # (B, N+1)
-        rows, cols = [], []
-        for b in range(len(histories)):
-            drop = set(self.vocab.encode(histories[b])) if exclude_history else set()
-            if exclude is not None:
-                drop.update(self.vocab.encode(exclude[b]))
-            rows.extend([b] * len(drop))
-            cols.extend(drop)
-        if rows:
-            scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
-        vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k)
-        vals, idx = vals.cpu().tolist(), idx.cpu().tolist()
-        ids = self.vocab.ids
-        return [[(ids[i - 1], v) for v, i in zip(vr, ir) if v != float("-inf")] for vr, ir in zip(vals, idx)]
+        encoded = [self.vocab.encode(h) for h in histories]
+        scores = self.score_encoded(pad_batch(encoded, self.max_len, device=self.device))  # (B, N+1)
+        return self._top(scores, encoded, k, exclude, exclude_history)
+
+    @torch.inference_mode()
+    def vae_topk(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Iterable[str]] | None = None,
+        *,
+        exclude_history: bool = True,
+    ) -> list[list[tuple[str, float]]]:
+        """As :meth:`topk`, from the Mult-VAE (decoder logits of the user's item set); [] per user without one."""
+        self._check(histories, k, exclude)
+        if self.vae is None:
+            return [[] for _ in histories]
+        if not histories:
+            return []
+        encoded = [self.vocab.encode(h) for h in histories]
+        scores = self.vae.score(encoded).float()  # (B, N_vae + 1), column 0 = -inf
+        return self._top(scores, encoded, k, exclude, exclude_history)
+
+    def candidates(self, histories: Sequence[Sequence[str]], k: int,
+                   exclude: Sequence[Iterable[str]] | None = None) -> dict[str, list[list[tuple[str, float]]]]:
+        """Every batch source's top ``k`` per user: ``{"transformer": lists}`` plus ``"vae"`` when there is one."""
+        out = {"transformer": self.topk(histories, k, exclude)}
+        if self.vae is not None:
+            out["vae"] = self.vae_topk(histories, k, exclude)
+        return out
+
+    def without_vae(self) -> "BatchScorer":
+        """A shallow copy serving the Transformer alone (shares the encoder; for side-by-side evaluation)."""
+        other = copy.copy(self)
+        other.vae = None
+        return other
 
     # ---- catalogue changes -----------------------------------------------------------------------------
     def extend_items(self, new_ids: Sequence[str], text_vectors: np.ndarray | Tensor | None = None) -> list[str]:

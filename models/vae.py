@@ -115,6 +115,21 @@ class MultVAEConfig:
             return self.beta_max
         return min(self.beta_max, self.beta_max * step / self.total_anneal_steps)
 
+    @classmethod
+    def for_users(cls, n_users: int, **overrides: Any) -> "MultVAEConfig":
+        """The defaults used for a catalogue with ``n_users`` training users: batches of 500 users (the
+        paper's) from 5,000 users up, else 64, and beta annealed over 20 epochs' worth of steps.
+
+        >>> c = MultVAEConfig.for_users(1000)
+        >>> c.batch_size, c.total_anneal_steps
+        (64, 320)
+        """
+        batch_size = int(overrides.pop("batch_size", None) or (500 if n_users >= 5000 else 64))
+        anneal = overrides.pop("total_anneal_steps", None)
+        if anneal is None:
+            anneal = 20 * -(-max(n_users, 1) // batch_size)
+        return cls(batch_size=batch_size, total_anneal_steps=int(anneal), **overrides)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)

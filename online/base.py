@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Every value ``Candidate.source`` may take.
-SOURCES = ("popularity", "covisit", "mf", "content", "fresh", "transformer", "blend")
+SOURCES = ("popularity", "covisit", "mf", "content", "fresh", "transformer", "vae", "blend")
 
 _REASONS = {
     "popularity": "popular now",
@@ -49,6 +49,7 @@ _REASONS = {
     "content": "similar to {anchor}",
     "fresh": "tail discovery",
     "transformer": "matches your recent sequence",
+    "vae": "fits your whole history",
     "blend": "picked for you",
 }
 _REASONS_NO_ANCHOR = {"covisit": "often seen together", "content": "similar to what you like"}

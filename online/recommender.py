@@ -147,7 +147,7 @@ class OnlineRecommender:
         k: int = 10,
         n_candidates: int = 100,
         seed: int = 0,
-        extra_sources: Sequence[str] = ("transformer",),
+        extra_sources: Sequence[str] = ("transformer", "vae"),
         n_fresh: int = 10,
         max_negatives: int = 2,
         max_pending: int = 100_000,

@@ -159,8 +159,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_TRAIN_MIN_EVENTS", "1000", _positive_int,
             "New events needed before the trainer refreshes early."),
     Setting("TAILCAST_TRAIN_EVENTS", "1000000", _positive_int, "Most recent events the trainer keeps."),
-    Setting("TAILCAST_TRAIN_EPOCHS", "30", _positive_int, "Most epochs per refresh (early stopping on validation)."),
+    Setting("TAILCAST_TRAIN_EPOCHS", "30", _positive_int,
+            "Most epochs per refresh, for each model (early stopping on validation)."),
     Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of one refresh's training."),
+    Setting("TAILCAST_TRAIN_VAE", "true", _bool,
+            "Also train a Mult-VAE in each refresh and serve it as the `vae` candidate source."),
+    Setting("TAILCAST_TRAIN_VAE_MAX_SECONDS", "120", _positive_float,
+            "Wall-clock budget of one refresh's Mult-VAE training."),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -238,6 +243,8 @@ class TrainerSettings:
     max_events: int
     epochs: int
     max_seconds: float
+    vae: bool = True
+    vae_max_seconds: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +335,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_events=r("TAILCAST_TRAIN_EVENTS"),
             epochs=r("TAILCAST_TRAIN_EPOCHS"),
             max_seconds=r("TAILCAST_TRAIN_MAX_SECONDS"),
+            vae=r("TAILCAST_TRAIN_VAE"),
+            vae_max_seconds=r("TAILCAST_TRAIN_VAE_MAX_SECONDS"),
         ),
         state_dir=Path(r("TAILCAST_STATE_DIR")),
         metrics_port=metrics_port,

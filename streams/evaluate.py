@@ -54,7 +54,7 @@ DEFAULT_BOOSTS = "0.5,1,2,4"
 #: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
 #: ``tailcast evaluate`` works whether or not its parser has them).
 _EXTRA = {"batch": 256, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
-          "train_transformer": 0.0, "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
+          "train_transformer": 0.0, "train_vae": 0.0, "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
           "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
 
 
@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--checkpoint", default=None, help="Transformer checkpoint file or registry folder")
     p.add_argument("--train-transformer", type=float, default=0.0, metavar="SECONDS",
                    help="train a Transformer here for this many seconds (offline/live: on the warm-up part)")
+    p.add_argument("--train-vae", type=float, default=0.0, metavar="SECONDS",
+                   help="with --train-transformer: also train a Mult-VAE for this many seconds and serve it as the "
+                        "vae source; adds 'tailcast[s] no VAE' and 'Mult-VAE' rows (loo: a Mult-VAE row)")
     p.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
                    help="first fraction of the stream trains but is not scored (default 0.2 with "
                         "--train-transformer, else 0)")
@@ -211,6 +214,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         from .evaluation.loo import run_loo
 
         results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, train_seconds=train_s,
+                                     vae_seconds=float(_opt(args, "train_vae")),
                                      device=device, batch=int(_opt(args, "batch")), text_vectors=text_vectors,
                                      log=log)
         (out / "recommendations.jsonl").write_bytes(b"")
@@ -234,12 +238,16 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         warmup = 0.2 if warmup is None else warmup
         head = stream.events[: int(warmup * n)]
         trained = train_quick([(e.user, e.item, e.ts) for e in head], seconds=train_s, seed=seed, device=device,
-                              log_line=log)
+                              vae_seconds=float(_opt(args, "train_vae")), log_line=log)
         model = trained.scorer
         notes.append(f"Transformer: trained here on the first {len(head)} events (the warm-up, not scored), "
                      f"{trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
                      f"{trained.valid_ndcg}, {trained.seconds:.0f}s; frozen afterwards (items first seen later are "
                      "unknown to it)")
+        if trained.vae_epochs:
+            notes.append(f"Mult-VAE: trained on the same warm-up split, {trained.vae_epochs} epochs, best validation "
+                         f"NDCG@10 {trained.vae_valid_ndcg}; served as the `vae` candidate source of tailcast "
+                         "(the 'no VAE' rows switch it off) and alone as 'Mult-VAE'")
     else:
         notes.append("Transformer without tail re-ranking: SKIPPED (no --checkpoint, no --train-transformer)")
     warmup = 0.0 if warmup is None else float(warmup)
@@ -250,7 +258,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         notes.append(f"warm-up: the first {warmup_events} events ({100 * warmup:.0f}%) train every system and are "
                      f"not scored; metrics are over the last {n - warmup_events} events")
     meta["warmup_events"] = warmup_events
-    specs = default_systems(strengths, boosts, transformer=model is not None)
+    specs = default_systems(strengths, boosts, transformer=model is not None,
+                            vae=getattr(model, "vae", None) is not None)
 
     results = {}
     lists = _Jsonl(out / "recommendations.jsonl")
@@ -275,7 +284,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             if warmup_events:
                 notes.append("live arms are scored on the whole stream (warm-up applies to the offline systems)")
         log(f"offline: {len(specs)} systems, micro-batches of {_opt(args, 'batch')} events")
-        sink_kinds = {"tailcast": ("tailcast",), "all": ("tailcast", "mostpop", "itemcf", "tailboost", "transformer"),
+        sink_kinds = {"tailcast": ("tailcast",), "all": ("tailcast", "tailcast-novae", "mostpop", "itemcf",
+                                                         "tailboost", "transformer", "vae"),
                       "none": ()}[_opt(args, "lists")]
         offline = run_offline(stream, specs, settings, batch=int(_opt(args, "batch")), warmup_events=warmup_events,
                               text_vectors=text_vectors, model=model, n_chunks=int(_opt(args, "chunks")),

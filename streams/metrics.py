@@ -181,8 +181,9 @@ class TrainerMetrics:
             # a refresh trains a model: seconds to tens of minutes
             refresh_duration=Histogram("tailcast_trainer_refresh_duration_seconds", "Duration of a refresh",
                                        buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600), registry=registry),
-            valid_ndcg=Gauge("tailcast_trainer_valid_ndcg_ratio", "Validation NDCG@10 of the published model",
-                             registry=registry),
+            valid_ndcg=Gauge("tailcast_trainer_valid_ndcg_ratio",
+                             "Validation NDCG@10 of the published models (model: transformer, vae)",
+                             ["model"], registry=registry),
             events_buffered=Gauge("tailcast_trainer_events_buffered", "Events held for the next refresh",
                                   registry=registry),
         )

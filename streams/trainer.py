@@ -73,16 +73,21 @@ def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts
                          config=config or RefreshConfig(device=settings.scorer.device,
                                                         max_len=settings.worker.history_len,
                                                         epochs=settings.trainer.epochs,
-                                                        max_seconds=settings.trainer.max_seconds))
+                                                        max_seconds=settings.trainer.max_seconds,
+                                                        vae=settings.trainer.vae,
+                                                        vae_max_seconds=settings.trainer.vae_max_seconds))
     ckpt = CheckpointRegistry(settings.scorer.checkpoint_dir).publish(
-        model=result.model, vocab=result.vocab, step=result.train.steps, metrics=result.metrics)
+        model=result.model, vocab=result.vocab, step=result.train.steps, metrics=result.metrics, vae=result.vae)
     duration = time.time() - started
     metrics.refreshes.inc()
     metrics.refresh_duration.observe(duration)
     metrics.last_refresh.set(time.time())
-    metrics.valid_ndcg.set(result.metrics["valid_ndcg"])
-    log.info("published %s: %d events, %d users, %d items, valid NDCG@10 %.4f, %.1fs", ckpt.version,
-             result.n_events, result.n_users, len(result.vocab), result.metrics["valid_ndcg"], duration)
+    metrics.valid_ndcg.labels(model="transformer").set(result.metrics["valid_ndcg"])
+    if "vae_valid_ndcg" in result.metrics:
+        metrics.valid_ndcg.labels(model="vae").set(result.metrics["vae_valid_ndcg"])
+    log.info("published %s: %d events, %d users, %d items, valid NDCG@10 %.4f (Mult-VAE %s), %.1fs", ckpt.version,
+             result.n_events, result.n_users, len(result.vocab), result.metrics["valid_ndcg"],
+             f"{result.metrics['vae_valid_ndcg']:.4f}" if result.vae is not None else "off", duration)
     return ckpt
 
 

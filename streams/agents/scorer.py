@@ -7,9 +7,10 @@ Per micro-batch (:class:`ScorerCore`, no Kafka types, unit-tested in memory):
    a per-user high-water mark makes redelivered requests idempotent;
 2. **coalesce** — only the newest state of each user is scored; an older state is never published after
    a newer one;
-3. **encode** — the Transformer (when a checkpoint is loaded) encodes all users of the batch at once and
-   retrieves candidates with one matrix product;
-4. **blend and re-rank** — the online recommender merges its own candidates with the Transformer's,
+3. **encode** — the batch model (when a checkpoint is loaded) encodes all users of the batch at once:
+   the Transformer retrieves candidates with one matrix product, and the Mult-VAE, when the checkpoint
+   carries one, decodes each user's item set into a second candidate list (``BATCH_SOURCES``);
+4. **blend and re-rank** — the online recommender merges its own candidates with the batch model's,
    blends them with the feedback-trained blender and re-ranks for the tail with the user's A/B arm.
 """
 
@@ -25,7 +26,10 @@ from online.arms import ArmAssigner
 from online.base import Candidate
 from streams.records import Recommendation, RecommendedItem, ScoreRequest
 
-__all__ = ["SequenceModel", "ScorerCore", "BatchOutput", "LearnedEvent"]
+__all__ = ["SequenceModel", "ScorerCore", "BatchOutput", "LearnedEvent", "BATCH_SOURCES"]
+
+#: Candidate sources a batch model may hand the scorer (the blender knows them all).
+BATCH_SOURCES = ("transformer", "vae")
 
 
 class SequenceModel(Protocol):
@@ -33,7 +37,9 @@ class SequenceModel(Protocol):
 
     version: str
 
-    def topk(self, histories: list[list[str]], k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
+    def candidates(self, histories: list[list[str]], k: int,
+                   exclude: list[set[str]]) -> dict[str, list[list[tuple[str, float]]]]:
+        """Top ``k`` (item, score) per user from each of its sources (names in ``BATCH_SOURCES``)."""
         ...
 
 
@@ -139,9 +145,12 @@ class ScorerCore:
         extras: list[dict[str, list[Candidate]]] | None = None
         if self.model is not None:
             histories = [r.sequence for r in todo]
-            found = self.model.topk(histories, self.n_candidates, [set(h) for h in histories])
-            extras = [{"transformer": [Candidate(item, float(score), "transformer") for item, score in cands]}
-                      for cands in found]
+            found = self.model.candidates(histories, self.n_candidates, [set(h) for h in histories])
+            unknown = sorted(set(found) - set(BATCH_SOURCES))
+            if unknown:
+                raise ValueError(f"batch model sources {unknown} are not among {BATCH_SOURCES}")
+            extras = [{source: [Candidate(item, float(score), source) for item, score in lists[b]]
+                       for source, lists in found.items()} for b in range(len(todo))]
         generated_at = time.time() if now is None else now
         version = self.model_version
         arms = [self.arms.assign(r.user_id) for r in todo]

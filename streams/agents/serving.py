@@ -48,6 +48,7 @@ def build_recommender(settings: Settings, *, text_dim: int):
     from online.mf import OnlineMF
     from online.popularity import DecayedPopularity
     from online.recommender import CORE_SOURCES, OnlineRecommender
+    from streams.agents.scorer import BATCH_SOURCES
 
     lt = settings.longtail
     return OnlineRecommender(
@@ -55,7 +56,7 @@ def build_recommender(settings: Settings, *, text_dim: int):
         covisit=CoVisitation(),
         mf=OnlineMF(seed=0),
         content=ContentNeighbours(dim=text_dim),
-        blender=FeedbackBlender(sources=(*CORE_SOURCES, "transformer")),
+        blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES)),
         arms=list(settings.scorer.arms),
         k=settings.scorer.k,
     )

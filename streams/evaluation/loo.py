@@ -5,6 +5,8 @@
 * the Transformer (``--train-transformer SECONDS``): trained with ``models.train.train`` on the training
   part, early-stopped on the validation item, scored once on the test item (the recipe of
   ``benchmarks/quality_loo.py``, with ids only);
+* Mult-VAE (``--train-vae SECONDS``): trained on the same training part with the trainer's configuration,
+  early-stopped on the validation item, scored once on the test item (fold-in);
 * tailcast at each strength: the stream minus every user's test event is replayed through the scorer's
   micro-batch logic (so the blender learns from the lists it showed, as live), then each evaluated user
   gets one list for their state before the test event. A list has ``k`` items, so the target's rank is
@@ -49,7 +51,7 @@ def _metrics(ranks: np.ndarray, is_tail: np.ndarray, is_short: np.ndarray, k: in
 
 
 def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[float], seed: int = 0,
-            train_seconds: float = 0.0, device: str = "auto", batch: int = 256, text_vectors=None,
+            train_seconds: float = 0.0, vae_seconds: float = 0.0, device: str = "auto", batch: int = 256, text_vectors=None,
             log: Callable[[str], None] = print) -> tuple[dict[str, SystemResult], list[str]]:
     from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out
 
@@ -98,6 +100,17 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         add("Transformer", "transformer", None, m, time.perf_counter() - t)
     else:
         notes.append("Transformer not trained (give --train-transformer SECONDS to include it)")
+    if vae_seconds > 0:
+        from models.vae import score_users
+
+        from .transformer import train_vae
+
+        t = time.perf_counter()
+        vae = train_vae(train_seqs, split.histories("valid", index), n_items, seconds=vae_seconds, seed=seed)
+        m = evaluate_split(lambda h: score_users(vae, h), split, index, stage="test", k=k, head_share=head_share,
+                           seed=seed)
+        m.update(valid_ndcg=vae.best_valid_ndcg, epochs=len(vae.history))
+        add("Mult-VAE", "vae", None, m, time.perf_counter() - t)
 
     if strengths:
         per_user_last = {}

@@ -8,12 +8,16 @@ same micro-batches, the same coalescing and the same pairing:
 
 * ``tailcast[s=…]``: the live scorer's :class:`~online.recommender.OnlineRecommender`, built by
   :func:`streams.agents.serving.build_recommender` from the settings with ONE arm forced for every user,
-  whose re-ranking strength is the knob being swept (plus the Transformer when a checkpoint is given);
+  whose re-ranking strength is the knob being swept (plus the batch model's candidates when a checkpoint
+  is given: the Transformer, and the Mult-VAE when the checkpoint carries one);
+* ``tailcast[s=…] no VAE``: the same, with the batch model's Mult-VAE source switched off (only when there
+  is one), for the with/without comparison;
 * ``MostPop``: the most interacted items in the last ``TAILCAST_WINDOW_EVENTS`` events (:class:`WindowMostPop`);
 * ``ItemCF``: online item co-visitation (:class:`~online.covisit.CoVisitation`) alone, lists topped up with
   MostPop when co-visitation has fewer than ``k`` candidates (a user's first list, rare items);
 * ``TailBoost[λ=…]``: the same co-visitation scores × (1 + λ·is_tail), re-sorted (λ = 0 is ``ItemCF``);
-* ``Transformer``: the checkpoint's top-k alone, no online models, no tail re-ranking.
+* ``Transformer``: the checkpoint's top-k alone, no online models, no tail re-ranking;
+* ``Mult-VAE``: the checkpoint's Mult-VAE top-k alone, likewise (only when there is one).
 
 Head/tail for the baselines is :class:`WindowMostPop`'s window, the DESIGN §4 definition (top
 ``head_share`` of active items by window count, ties by item id), i.e. the same split as tailcast's.
@@ -39,7 +43,8 @@ __all__ = ["SystemSpec", "PerUserRecommender", "WindowMostPop", "CoVisitBaseline
 
 @dataclass(frozen=True, slots=True)
 class SystemSpec:
-    """One compared system: ``kind`` in tailcast/mostpop/itemcf/tailboost/transformer, ``param`` its knob."""
+    """One compared system: ``kind`` in tailcast/tailcast-novae/mostpop/itemcf/tailboost/transformer/vae,
+    ``param`` its knob."""
 
     kind: str
     param: float | None = None
@@ -48,17 +53,24 @@ class SystemSpec:
     def name(self) -> str:
         if self.kind == "tailcast":
             return f"tailcast[s={self.param:.2f}]"
+        if self.kind == "tailcast-novae":
+            return f"tailcast[s={self.param:.2f}] no VAE"
         if self.kind == "tailboost":
             return f"TailBoost[λ={self.param:g}]"
-        return {"mostpop": "MostPop", "itemcf": "ItemCF", "transformer": "Transformer"}[self.kind]
+        return {"mostpop": "MostPop", "itemcf": "ItemCF", "transformer": "Transformer", "vae": "Mult-VAE"}[self.kind]
 
 
-def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, transformer: bool) -> list[SystemSpec]:
+def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, transformer: bool,
+                    vae: bool = False) -> list[SystemSpec]:
     specs = [SystemSpec("tailcast", float(s)) for s in strengths]
+    if transformer and vae:
+        specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
     specs += [SystemSpec("mostpop"), SystemSpec("itemcf")]
     specs += [SystemSpec("tailboost", float(b)) for b in boosts if b > 0]
     if transformer:
         specs.append(SystemSpec("transformer"))
+        if vae:
+            specs.append(SystemSpec("vae"))
     return specs
 
 
@@ -208,10 +220,13 @@ class CoVisitBaseline(PerUserRecommender):
 
 
 class TransformerOnly(PerUserRecommender):
-    """The checkpoint's top-k (the scorer passes it as ``extra["transformer"]``), MostPop when it has none."""
+    """The checkpoint's top-k of one batch source (the scorer passes it as ``extra[source]``; ``"transformer"``
+    or ``"vae"``), topped up with MostPop when it has fewer than ``k``."""
 
-    def __init__(self, *, k: int, window_events: int, head_share: float, history_len: int) -> None:
+    def __init__(self, *, k: int, window_events: int, head_share: float, history_len: int,
+                 source: str = "transformer") -> None:
         self.k = k
+        self.source = source
         self.pop = WindowMostPop(window_events=window_events, head_share=head_share, k=k, history_len=history_len)
 
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
@@ -220,7 +235,7 @@ class TransformerOnly(PerUserRecommender):
     def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
                   extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
         banned = set(history)
-        shown = [c for c in (extra or {}).get("transformer", []) if c.item not in banned][: self.k]
+        shown = [c for c in (extra or {}).get(self.source, []) if c.item not in banned][: self.k]
         if len(shown) < self.k:
             banned.update(c.item for c in shown)
             shown += self.pop.top(self.k - len(shown), banned)
@@ -237,11 +252,12 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
 
     k = settings.scorer.k
     lt = settings.longtail
-    arm = ArmConfig(spec.name, 1.0, float(spec.param) if spec.kind == "tailcast" else 0.0)
+    tailcast = spec.kind in ("tailcast", "tailcast-novae")
+    arm = ArmConfig(spec.name, 1.0, float(spec.param) if tailcast else 0.0)
     arms = ArmAssigner.from_configs([arm])
     common = {"k": k, "window_events": lt.window_events, "head_share": lt.head_share,
               "history_len": settings.worker.history_len}
-    if spec.kind == "tailcast":
+    if tailcast:
         forced = replace(settings, scorer=replace(settings.scorer, arms=(arm,)))
         dim = text_vectors[1].shape[1] if text_vectors is not None else 8
         recommender = build_recommender(forced, text_dim=dim)
@@ -254,13 +270,17 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
         boost = float(spec.param or 0.0) if spec.kind == "tailboost" else 0.0
         recommender = CoVisitBaseline(boost=boost, n_candidates=100, **common)
         version = "baseline-itemcf" if boost == 0 else f"baseline-tailboost-{boost:g}"
-    elif spec.kind == "transformer":
+    elif spec.kind in ("transformer", "vae"):
         if model is None:
-            raise ValueError("the Transformer system needs a model (--checkpoint or --train-transformer)")
-        recommender, version = TransformerOnly(**common), "transformer"
+            raise ValueError(f"the {spec.name} system needs a model (--checkpoint or --train-transformer)")
+        if spec.kind == "vae" and getattr(model, "vae", None) is None:
+            raise ValueError("the Mult-VAE system needs a model with a Mult-VAE (--train-vae or a checkpoint with one)")
+        recommender, version = TransformerOnly(source=spec.kind, **common), spec.kind
     else:
         raise ValueError(f"unknown system kind {spec.kind!r}")
     core = ScorerCore(recommender=recommender, arms=arms, k=k, online_version=version)
-    if model is not None and spec.kind in ("tailcast", "transformer"):
+    if model is not None and spec.kind in ("tailcast", "transformer", "vae"):
         core.swap_model(model)
+    elif model is not None and spec.kind == "tailcast-novae":
+        core.swap_model(model.without_vae())
     return core

@@ -5,6 +5,8 @@ the stream in offline/live mode, the training part of the split in leave-one-out
 leave-one-out on those events, the last event of each user as validation target for early stopping
 (``models.train.train`` selects on validation only), ids only (no text vectors, so no MiniLM download),
 a wall-clock budget. The result serves through :class:`models.scoring.BatchScorer`, as in the scorer.
+With ``vae_seconds`` a Mult-VAE (``models.vae``, the trainer's configuration) is trained on the same split,
+selected on the same validation targets, and served beside it as the ``vae`` source, as a refresh does.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ class TrainedTransformer:
     """A model trained here, with the figures the report needs."""
 
     def __init__(self, scorer, *, valid_ndcg: float | None, epochs: int, seconds: float, items: int,
-                 events: int) -> None:
+                 events: int, vae_valid_ndcg: float | None = None, vae_epochs: int = 0) -> None:
         self.scorer = scorer
         self.valid_ndcg = valid_ndcg
+        self.vae_valid_ndcg = vae_valid_ndcg
+        self.vae_epochs = vae_epochs
         self.epochs = epochs
         self.seconds = seconds
         self.items = items
@@ -63,8 +67,20 @@ def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]]
     return model, res
 
 
+def train_vae(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]] | None, n_items: int, *,
+              seconds: float, seed: int):
+    """A Mult-VAE as the trainer's refresh makes it (``models.refresh.RefreshConfig`` sizes), early-stopped
+    on ``valid``, within ``seconds``."""
+    from models.refresh import RefreshConfig
+    from models.vae import MultVAEConfig, fit_vae
+
+    rc = RefreshConfig()
+    cfg = MultVAEConfig.for_users(sum(1 for s in train_seqs if s), hidden=rc.vae_hidden, latent=rc.vae_latent)
+    return fit_vae(train_seqs, n_items, cfg, valid=valid, max_seconds=seconds, seed=seed)
+
+
 def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, seed: int = 0, device: str = "auto",
-                log_line: Callable[[str], None] = print) -> TrainedTransformer:
+                vae_seconds: float = 0.0, log_line: Callable[[str], None] = print) -> TrainedTransformer:
     """Train on ``(user, item, ts)`` events; select on each user's last event (users with >= 3 events)."""
     import time
 
@@ -84,9 +100,18 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     log_line(f"  training the Transformer on {len(events)} events, {len(vocab)} items, {len(users)} validation "
              f"users, budget {seconds:.0f}s ...")
     model, res = _train(train_seqs, valid if users else None, len(vocab), seconds=seconds, seed=seed, device=device)
-    scorer = BatchScorer(model=model, vocab=vocab, device=device)
+    log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, "
+             f"{time.perf_counter() - t0:.0f}s")
+    vae = None
+    if vae_seconds > 0:
+        t1 = time.perf_counter()
+        vae = train_vae(train_seqs, valid if users else None, len(vocab), seconds=vae_seconds, seed=seed)
+        log_line(f"  Mult-VAE: {len(vae.history)} epochs, best validation NDCG@10 {vae.best_valid_ndcg}, "
+                 f"{time.perf_counter() - t1:.0f}s")
+    scorer = BatchScorer(model=model, vocab=vocab, device=device, vae=vae)
     scorer.version = f"trained-here-{len(events)}ev"
     dt = time.perf_counter() - t0
-    log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, {dt:.0f}s")
     return TrainedTransformer(scorer, valid_ndcg=res.best_valid_ndcg, epochs=len(res.history), seconds=dt,
-                              items=len(vocab), events=len(events))
+                              items=len(vocab), events=len(events),
+                              vae_valid_ndcg=None if vae is None else vae.best_valid_ndcg,
+                              vae_epochs=0 if vae is None else len(vae.history))

@@ -54,6 +54,9 @@ def test_trainer_checkpoint_is_hot_swapped_without_loss_and_a_corrupt_one_is_ref
     checkpoints = sorted((pipeline_env.workdir / "checkpoints").glob("v*.pt"))
     assert len(checkpoints) == 1
     version = checkpoints[0].stem
+    from models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(checkpoints[0]).has_vae  # TAILCAST_TRAIN_VAE defaults on: a second source
 
     # a steady stream while the scorer picks the checkpoint up and swaps it in between micro-batches
     def produce_rest():

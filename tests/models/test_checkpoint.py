@@ -81,3 +81,42 @@ def test_registry_latest_skips_corrupt_newest_and_keeps_n(tmp_path, model_vocab,
         latest = reg.latest()
     assert latest.version == second.version and latest.step == 2
     assert any("skipping checkpoint" in r.message for r in caplog.records)
+
+
+@pytest.fixture(scope="module")
+def vae(synthetic):
+    from models.vae import MultVAEConfig, fit_vae
+
+    return fit_vae(synthetic.train, len(synthetic.vocab),
+                   MultVAEConfig(hidden=(32,), latent=8, epochs=3, batch_size=64, total_anneal_steps=10))
+
+
+def test_a_mult_vae_travels_with_the_checkpoint(tmp_path, model_vocab, vae):
+    from models.vae import score_users
+
+    model, vocab = model_vocab
+    plain = save_checkpoint(tmp_path / "plain.pt", model=model, vocab=vocab)
+    with_vae = save_checkpoint(tmp_path / "vae.pt", model=model, vocab=vocab, vae=vae)
+    assert plain.version != with_vae.version  # the VAE's weights are part of the content hash
+    assert load_checkpoint(tmp_path / "plain.pt").build_vae() is None
+    ck = load_checkpoint(tmp_path / "vae.pt")
+    assert ck.has_vae
+    hs = [[1, 2, 3], [50]]
+    assert (score_users(ck.build_vae(), hs) == score_users(vae, hs)).all()
+
+
+def test_a_mult_vae_over_another_vocabulary_is_refused(tmp_path, model_vocab, vae):
+    from models.sequence import ConfigError
+    from models.vae import MultVAE, MultVAEConfig
+
+    model, vocab = model_vocab
+    small = MultVAE(len(vocab) - 1, MultVAEConfig(hidden=(8,), latent=2))
+    with pytest.raises(ConfigError, match="same vocabulary"):
+        save_checkpoint(tmp_path / "x.pt", model=model, vocab=vocab, vae=small)
+    # a file whose VAE was damaged after writing: refused with the reason, as any other corruption
+    save_checkpoint(tmp_path / "y.pt", model=model, vocab=vocab, vae=vae)
+    raw = torch.load(tmp_path / "y.pt", weights_only=True)
+    raw["vae"]["state_dict"].pop(next(iter(raw["vae"]["state_dict"])))
+    torch.save(raw, tmp_path / "y.pt")
+    with pytest.raises(CheckpointError, match="Mult-VAE does not load"):
+        load_checkpoint(tmp_path / "y.pt")

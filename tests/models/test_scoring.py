@@ -93,3 +93,27 @@ def test_cuda_train_and_score(synthetic, make_config):
         assert all(len(r) == 5 for r in recs) and scorer.items.is_cuda
     with pytest.raises(ValueError, match="CPU only"):
         BatchScorer(model=model, vocab=synthetic.vocab, device="cuda", quantize="int8")
+
+
+def test_a_checkpointed_mult_vae_is_a_second_candidate_source(tmp_path, trained, synthetic):
+    from models.vae import MultVAEConfig, fit_vae
+
+    vae = fit_vae(synthetic.train, len(synthetic.vocab),
+                  MultVAEConfig(hidden=(32,), latent=8, epochs=3, batch_size=64, total_anneal_steps=10))
+    ck = save_checkpoint(tmp_path / "m.pt", model=trained[0], vocab=synthetic.vocab, vae=vae)
+    scorer = BatchScorer(load_checkpoint(tmp_path / "m.pt"), device="cpu")
+    assert ck.has_vae and scorer.vae is not None
+    hs = histories(synthetic, 20)
+    extra = [{h[0]} for h in hs]
+    found = scorer.candidates(hs, 10, extra)
+    assert set(found) == {"transformer", "vae"}
+    assert found["transformer"] == scorer.topk(hs, 10, extra)
+    for h, ex, lst in zip(hs, extra, found["vae"]):
+        items = [i for i, _ in lst]
+        assert len(items) == 10 and not (set(h) | ex) & set(items)
+        assert [s for _, s in lst] == sorted((s for _, s in lst), reverse=True)
+    # items added after training (served by the Transformer through text) are unknown to the VAE: no error
+    assert scorer.extend_items(["brand-new"]) == ["brand-new"]
+    assert len(scorer.candidates(hs[:2], 10)["vae"][0]) == 10
+    assert "vae" not in scorer.without_vae().candidates(hs[:2], 10)
+    assert scorer.vae is not None  # the copy did not change the original

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from online.arms import ArmAssigner, parse_arms
+from online.base import Candidate
 from online.recommender import CORE_SOURCES, OnlineRecommender
 from streams.agents.scorer import ScorerCore
 from streams.records import ScoreRequest
@@ -58,8 +61,12 @@ def test_lists_exclude_history_and_carry_the_contract_fields():
 class FakeSeqModel:
     version = "v-test"
 
-    def topk(self, histories, k, exclude):
-        return [[(f"t{n}", 1.0 - n / 10) for n in range(k) if f"t{n}" not in ex] for ex in exclude]
+    def __init__(self, sources=("transformer", "vae")):
+        self.sources = sources
+
+    def candidates(self, histories, k, exclude):
+        return {s: [[(f"{s[0]}{n}", 1.0 - n / 10) for n in range(k) if f"{s[0]}{n}" not in ex] for ex in exclude]
+                for s in self.sources}
 
 
 def test_swapped_model_candidates_and_version_reach_the_list():
@@ -67,3 +74,15 @@ def test_swapped_model_candidates_and_version_reach_the_list():
     c.swap_model(FakeSeqModel())
     out = c.process([req("u1", ["a"], ["a"], 1)])
     assert out.recommendations[0].model_version == "v-test"
+    # the recommender saw both batch sources: a brand-new catalogue holds no other "t…"/"v…" items
+    lists = c.recommender.recommend_many(["u9"], [["a"]], [1], arms=["control"], extras=[
+        {"transformer": [Candidate("t0", 1.0, "transformer")], "vae": [Candidate("v0", 1.0, "vae")]}])
+    assert {x.item: x.source for x in lists[0] if x.item in ("t0", "v0")} == {"t0": "transformer", "v0": "vae"}
+    assert {x.reason() for x in lists[0] if x.item == "v0"} == {"fits your whole history"}
+
+
+def test_a_batch_model_with_an_unknown_source_is_refused():
+    c = core()
+    c.swap_model(FakeSeqModel(sources=("transformer", "gan")))
+    with pytest.raises(ValueError, match="gan"):
+        c.process([req("u1", ["a"], ["a"], 1)])
