@@ -2,9 +2,12 @@
 
 No Kafka and no files: ``streams/trainer.py`` feeds it the event log and publishes the result with
 :class:`models.checkpoint.CheckpointRegistry`. Model selection uses each user's second-to-last event as
-validation (leave-one-out, ``models.loo``), never a held-out test set. Items that have a text vector but
-no interaction yet are put in the vocabulary too, so the new model retrieves them through their text
-projection from its first minute in service.
+validation (leave-one-out, ``models.loo``), never a held-out test set. With item texts, an encoder with
+the text projection and one on ids only are trained (``RefreshConfig.text="auto"``) and the better one on
+validation is kept: text helps where titles carry taste (MovieLens), ids win where they do not (Amazon
+Grocery; see the README). When the text encoder is kept, items that have a text vector but no interaction
+yet are in its vocabulary too, so the new model retrieves them through their text projection from its
+first minute in service.
 
 With ``RefreshConfig.vae`` (the default), a Mult-VAE (``models.vae``) is trained on the same training
 split and vocabulary, selected on the same validation items, and published in the same checkpoint: the
@@ -15,7 +18,7 @@ others. It knows the items that had interactions or text at refresh time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +54,17 @@ class RefreshConfig:
     vae_hidden: tuple[int, ...] = (600,)
     vae_latent: int = 200
     vae_max_seconds: float = 120.0
+    # ---- item text in the encoder: "auto" trains ids-only and text and keeps the better on validation
+    text: str = "auto"
+    # ---- augmentation of short users' training sequences from the Mult-VAE (models.augment); 0 = off
+    augment_cap: int = 0
+    augment_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.text not in ("auto", "on", "off"):
+            raise ValueError(f"RefreshConfig.text must be 'auto', 'on' or 'off', got {self.text!r}")
+        if self.augment_cap < 0 or not 0.0 < self.augment_weight <= 1.0:
+            raise ValueError("RefreshConfig: augment_cap must be >= 0 and augment_weight in (0, 1]")
 
 
 @dataclass
@@ -61,28 +75,22 @@ class RefreshResult:
     n_events: int
     n_users: int
     vae: MultVAE | None = None
+    variant: str = "ids"  # "ids" or "text": the encoder kept (RefreshConfig.text)
+    variants_valid_ndcg: dict[str, float] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
         out = {"valid_ndcg": float(self.train.best_valid_ndcg or 0.0), "events": float(self.n_events),
-               "users": float(self.n_users), "items": float(len(self.vocab))}
+               "users": float(self.n_users), "items": float(len(self.vocab)),
+               "text": float(self.variant == "text")}
+        out.update({f"valid_ndcg_{k}": v for k, v in self.variants_valid_ndcg.items()})
         if self.vae is not None:
             out["vae_valid_ndcg"] = float(self.vae.best_valid_ndcg or 0.0)
         return out
 
 
-def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mapping[str, np.ndarray] | None = None,
-                config: RefreshConfig = RefreshConfig(), callbacks: Sequence[Callback] = ()) -> RefreshResult:
-    """Train a fresh encoder on ``(user, item, ts)`` events (time order within a user is restored here)."""
-    events = list(events)
-    split = leave_one_out(events)
-    index = item_index(split)
-    text_vectors = dict(text_vectors or {})
-    for item in sorted(text_vectors):
-        index.setdefault(item, len(index) + 1)  # text-only items: retrievable through their text
-    vocab = ItemVocab.from_ids(sorted(index, key=index.get))
-    train_seqs = split.train_sequences(index)
-    valid = split.histories("valid", index) if split.valid else None
+def _encoder(config: RefreshConfig, vocab: ItemVocab, index: dict[str, int],
+             text_vectors: Mapping[str, np.ndarray]) -> SeqEncoder:
     text_dim = len(next(iter(text_vectors.values()))) if text_vectors else 0
     matrix = None
     if text_dim:
@@ -94,16 +102,87 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
                            text_dim=text_dim, id_dropout=config.id_dropout if text_dim else 0.0,
                            loss=config.loss, n_negatives=min(config.n_negatives, len(vocab)))
     torch.manual_seed(config.seed)
-    model = SeqEncoder(cfg, text_vectors=matrix)
-    result = train(model, train_seqs, valid, config=TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
-        seed=config.seed, device=config.device, max_seconds=config.max_seconds), callbacks=callbacks)
+    return SeqEncoder(cfg, text_vectors=matrix)
+
+
+def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mapping[str, np.ndarray] | None = None,
+                config: RefreshConfig = RefreshConfig(), callbacks: Sequence[Callback] = ()) -> RefreshResult:
+    """Train a fresh encoder (and Mult-VAE) on ``(user, item, ts)`` events (time order within a user is
+    restored here).
+
+    ``config.text``: ``"on"`` uses the text vectors when there are any; ``"off"`` trains on ids only;
+    ``"auto"`` trains both and keeps the one with the better validation NDCG@10 (``RefreshResult.variant``).
+    The ids-only encoder's vocabulary holds only items with interactions (its rows for text-only items
+    would be untrained noise); new items then reach users through the online content neighbours.
+    ``config.augment_cap > 0`` prepends up to that many Mult-VAE-drawn items to each training sequence
+    of a user with <= 5 training events, weighted ``config.augment_weight`` (``models.augment``).
+    """
+    events = list(events)
+    split = leave_one_out(events)
+    base_index = item_index(split)
+    text_vectors = dict(text_vectors or {})
+    variants = {"on": ["text"], "off": ["ids"], "auto": ["ids", "text"]}[config.text]
+    if not text_vectors:
+        variants = ["ids"]
+    full_index = dict(base_index)
+    if "text" in variants:
+        for item in sorted(text_vectors):
+            full_index.setdefault(item, len(full_index) + 1)  # text-only items: retrievable through their text
+    # the Mult-VAE is trained on the full vocabulary, so that one VAE fits the published vocabulary in either
+    # case (text-only items have no interactions: it learns to rank them low)
+    vocab_full = ItemVocab.from_ids(sorted(full_index, key=full_index.get))
+    train_full = split.train_sequences(full_index)
+    valid_full = split.histories("valid", full_index) if split.valid else None
     vae = None
-    if config.vae:
-        n_users = sum(1 for seq in train_seqs if seq)
+    if config.vae or config.augment_cap > 0:
+        n_users = sum(1 for seq in train_full if seq)
         vae_cfg = MultVAEConfig.for_users(n_users, hidden=config.vae_hidden, latent=config.vae_latent,
                                           epochs=config.epochs)
-        vae = fit_vae(train_seqs, len(vocab), vae_cfg, valid=valid, max_seconds=config.vae_max_seconds,
+        vae = fit_vae(train_full, len(vocab_full), vae_cfg, valid=valid_full, max_seconds=config.vae_max_seconds,
                       seed=config.seed).cpu().eval()
-    return RefreshResult(model=model.cpu().eval(), vocab=vocab, train=result, n_events=len(events),
-                         n_users=len(split.train), vae=vae)
+    best: tuple[str, SeqEncoder, ItemVocab, TrainResult] | None = None
+    tried: dict[str, float] = {}
+    for variant in variants:
+        index = full_index if variant == "text" else base_index
+        vocab = vocab_full if variant == "text" else ItemVocab.from_ids(sorted(index, key=index.get))
+        train_seqs = train_full if variant == "text" else split.train_sequences(index)
+        valid = valid_full if variant == "text" else (split.histories("valid", index) if split.valid else None)
+        weights = None
+        if config.augment_cap > 0 and vae is not None:
+            from models.augment import AugmentConfig, augment_sequences
+
+            # the VAE's item indices are full_index's; base_index is its prefix, so ids agree
+            train_seqs, weights = augment_sequences(train_seqs, vae, AugmentConfig(
+                cap=config.augment_cap, weight=config.augment_weight, seed=config.seed))
+            if variant == "ids":
+                n = len(vocab)
+                kept = [[(i, w) for i, w in zip(s, ws) if i <= n] for s, ws in zip(train_seqs, weights)]
+                train_seqs, weights = [[i for i, _ in k] for k in kept], [[w for _, w in k] for k in kept]
+        model = _encoder(config, vocab, index, text_vectors if variant == "text" else {})
+        result = train(model, train_seqs, valid, config=TrainConfig(
+            epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, patience=config.patience,
+            seed=config.seed, device=config.device, max_seconds=config.max_seconds), callbacks=callbacks,
+            sample_weights=weights)
+        tried[variant] = float(result.best_valid_ndcg or 0.0)
+        if best is None or tried[variant] > tried[best[0]]:
+            best = (variant, model.cpu().eval(), vocab, result)
+    variant, model, vocab, result = best
+    if vae is not None and vae.n_items != len(vocab):
+        vae = _vae_prefix(vae, len(vocab)) if config.vae else None
+    return RefreshResult(model=model, vocab=vocab, train=result, n_events=len(events), n_users=len(split.train),
+                         vae=vae if config.vae else None, variant=variant, variants_valid_ndcg=tried)
+
+
+def _vae_prefix(vae: MultVAE, n_items: int) -> MultVAE:
+    """The same Mult-VAE restricted to items 1..n_items (drops the input rows and output columns of the
+    items beyond: text-only items that the ids-only encoder's vocabulary does not hold)."""
+    state = vae.state()
+    sd = dict(state["state_dict"])
+    sd["item_in.weight"] = sd["item_in.weight"][: n_items + 1].clone()
+    last = len(vae.decoder) - 1
+    sd[f"decoder.{last}.weight"] = sd[f"decoder.{last}.weight"][:n_items].clone()
+    sd[f"decoder.{last}.bias"] = sd[f"decoder.{last}.bias"][:n_items].clone()
+    small = MultVAE.from_state({**state, "n_items": n_items, "state_dict": sd})
+    small.best_valid_ndcg = getattr(vae, "best_valid_ndcg", None)
+    small.history = getattr(vae, "history", [])
+    return small

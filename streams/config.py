@@ -166,6 +166,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Also train a Mult-VAE in each refresh and serve it as the `vae` candidate source."),
     Setting("TAILCAST_TRAIN_VAE_MAX_SECONDS", "120", _positive_float,
             "Wall-clock budget of one refresh's Mult-VAE training."),
+    Setting("TAILCAST_TRAIN_TEXT", "auto", _choice("auto", "on", "off"),
+            "Item text in the encoder: `auto` trains with and without it and keeps the better on validation."),
+    Setting("TAILCAST_TRAIN_AUGMENT_CAP", "0", _non_negative_int,
+            "Mult-VAE items prepended to each short user's training sequence (≤5 events); 0 = off."),
+    Setting("TAILCAST_TRAIN_AUGMENT_WEIGHT", "0.5", _share,
+            "Loss weight of those synthetic items (real events weigh 1)."),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -245,6 +251,9 @@ class TrainerSettings:
     max_seconds: float
     vae: bool = True
     vae_max_seconds: float = 120.0
+    text: str = "auto"
+    augment_cap: int = 0
+    augment_weight: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +346,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_seconds=r("TAILCAST_TRAIN_MAX_SECONDS"),
             vae=r("TAILCAST_TRAIN_VAE"),
             vae_max_seconds=r("TAILCAST_TRAIN_VAE_MAX_SECONDS"),
+            text=r("TAILCAST_TRAIN_TEXT"),
+            augment_cap=r("TAILCAST_TRAIN_AUGMENT_CAP"),
+            augment_weight=r("TAILCAST_TRAIN_AUGMENT_WEIGHT"),
         ),
         state_dir=Path(r("TAILCAST_STATE_DIR")),
         metrics_port=metrics_port,

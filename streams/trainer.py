@@ -75,7 +75,10 @@ def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts
                                                         epochs=settings.trainer.epochs,
                                                         max_seconds=settings.trainer.max_seconds,
                                                         vae=settings.trainer.vae,
-                                                        vae_max_seconds=settings.trainer.vae_max_seconds))
+                                                        vae_max_seconds=settings.trainer.vae_max_seconds,
+                                                        text=settings.trainer.text,
+                                                        augment_cap=settings.trainer.augment_cap,
+                                                        augment_weight=settings.trainer.augment_weight))
     ckpt = CheckpointRegistry(settings.scorer.checkpoint_dir).publish(
         model=result.model, vocab=result.vocab, step=result.train.steps, metrics=result.metrics, vae=result.vae)
     duration = time.time() - started
@@ -85,8 +88,9 @@ def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts
     metrics.valid_ndcg.labels(model="transformer").set(result.metrics["valid_ndcg"])
     if "vae_valid_ndcg" in result.metrics:
         metrics.valid_ndcg.labels(model="vae").set(result.metrics["vae_valid_ndcg"])
-    log.info("published %s: %d events, %d users, %d items, valid NDCG@10 %.4f (Mult-VAE %s), %.1fs", ckpt.version,
-             result.n_events, result.n_users, len(result.vocab), result.metrics["valid_ndcg"],
+    log.info("published %s: %d events, %d users, %d items, %s encoder (valid NDCG@10 %s), Mult-VAE %s, %.1fs",
+             ckpt.version, result.n_events, result.n_users, len(result.vocab), result.variant,
+             ", ".join(f"{k} {v:.4f}" for k, v in result.variants_valid_ndcg.items()),
              f"{result.metrics['vae_valid_ndcg']:.4f}" if result.vae is not None else "off", duration)
     return ckpt
 

@@ -1,0 +1,66 @@
+"""One periodic refresh (models.refresh): variant selection on validation, vocabularies, the Mult-VAE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.refresh import RefreshConfig, _vae_prefix, fit_refresh
+from models.vae import score_users
+
+
+def _events(n_users=60, n_items=30, length=8, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(n_users):
+        x = int(rng.integers(n_items))
+        for t in range(length):
+            out.append((f"u{u}", f"i{x}", float(t)))
+            x = (x + 1) % n_items if rng.random() < 0.9 else int(rng.integers(n_items))
+    return out
+
+
+TINY = dict(max_len=10, d_model=16, n_layers=1, n_heads=2, epochs=2, batch_size=32, n_negatives=16,
+            vae_hidden=(16,), vae_latent=4, device="cpu", max_seconds=30, vae_max_seconds=30)
+
+
+@pytest.fixture(scope="module")
+def texts():
+    rng = np.random.default_rng(1)
+    # 30 items with interactions and 5 text-only (new) items
+    return {f"i{k}": rng.normal(size=8).astype(np.float32) for k in range(35)}
+
+
+def test_auto_keeps_the_variant_with_the_better_validation_ndcg(texts):
+    res = fit_refresh(_events(), text_vectors=texts, config=RefreshConfig(text="auto", **TINY))
+    assert set(res.variants_valid_ndcg) == {"ids", "text"}
+    assert res.variant == max(res.variants_valid_ndcg, key=res.variants_valid_ndcg.get)
+    assert res.metrics["valid_ndcg"] == pytest.approx(res.variants_valid_ndcg[res.variant])
+    assert res.vae is not None and res.vae.n_items == len(res.vocab)
+
+
+def test_text_on_and_off_vocabularies_and_vae(texts):
+    on = fit_refresh(_events(), text_vectors=texts, config=RefreshConfig(text="on", **TINY))
+    off = fit_refresh(_events(), text_vectors=texts, config=RefreshConfig(text="off", **TINY))
+    assert on.variant == "text" and on.model.config.text_dim == 8 and "i34" in on.vocab  # text-only item served
+    assert off.variant == "ids" and off.model.config.text_dim == 0 and "i34" not in off.vocab
+    assert len(off.vocab) == 30 and len(on.vocab) == 35
+    assert off.vae.n_items == 30 and on.vae.n_items == 35
+    # when "auto" keeps the ids-only encoder, the VAE (trained on the text vocabulary) is cut to its
+    # vocabulary: the same scores on the shared items
+    small = _vae_prefix(on.vae, 30)
+    hist = [[1, 2, 3], [30]]
+    assert small.n_items == 30
+    assert np.allclose(score_users(small, hist)[:, 1:], score_users(on.vae, hist)[:, 1:31], atol=1e-6)
+    assert not RefreshConfig().augment_cap  # augmentation is off unless asked for
+
+
+def test_augmentation_and_no_vae(texts):
+    res = fit_refresh(_events(n_users=40, length=4), text_vectors=None,
+                      config=RefreshConfig(augment_cap=2, augment_weight=0.5, vae=False, **TINY))
+    assert res.vae is None and res.variant == "ids"  # the VAE fed the augmentation but is not served
+    assert res.train.steps > 0
+    with pytest.raises(ValueError):
+        RefreshConfig(text="maybe")
+    with pytest.raises(ValueError):
+        RefreshConfig(augment_weight=0.0)
