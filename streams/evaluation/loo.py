@@ -11,6 +11,9 @@
   micro-batch logic (so the blender learns from the lists it showed, as live), then each evaluated user
   gets one list for their state before the test event. A list has ``k`` items, so the target's rank is
   known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
+  With ``--train-transformer`` the Transformer trained above (and the Mult-VAE with ``--train-vae``) are
+  tailcast's batch candidate sources, frozen, as a checkpoint is in the scorer; with both, the rows
+  ``tailcast[s=…] no VAE`` switch the VAE source off.
   The online recommender never re-recommends a history item, so a test target that repeats a history
   item is a miss for it (``models/loo.py`` keeps such targets rankable for the other systems).
 
@@ -25,6 +28,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from streams.config import Settings
+
+from online.base import Candidate
 
 from .harness import PreparedStream, SystemResult, micro_batches
 from .systems import SystemSpec, build_core
@@ -98,6 +103,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         m = evaluate_split(score, split, index, stage="test", k=k, head_share=head_share, seed=seed)
         m.update(valid_ndcg=res.best_valid_ndcg, epochs=len(res.history))
         add("Transformer", "transformer", None, m, time.perf_counter() - t)
+        encoder = model
     else:
         notes.append("Transformer not trained (give --train-transformer SECONDS to include it)")
     if vae_seconds > 0:
@@ -111,6 +117,15 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                            seed=seed)
         m.update(valid_ndcg=vae.best_valid_ndcg, epochs=len(vae.history))
         add("Mult-VAE", "vae", None, m, time.perf_counter() - t)
+    batch_model = None
+    if train_seconds > 0:
+        # tailcast serves the same frozen models through the scorer's path (BatchScorer.candidates)
+        from models.scoring import BatchScorer
+        from models.vocab import ItemVocab
+
+        vocab = ItemVocab.from_ids(sorted(index, key=index.__getitem__))
+        batch_model = BatchScorer(model=encoder, vocab=vocab, device=device, vae=vae if vae_seconds > 0 else None)
+        batch_model.version = "loo-trained"
 
     if strengths:
         per_user_last = {}
@@ -122,7 +137,9 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         is_tail, is_short = _groups(split, index, targets, head_share=head_share)
         users = split.users()
         specs = [SystemSpec("tailcast", float(s)) for s in strengths]
-        cores = {s.name: build_core(s, settings, text_vectors=text_vectors) for s in specs}
+        if batch_model is not None and batch_model.vae is not None:
+            specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
+        cores = {s.name: build_core(s, settings, text_vectors=text_vectors, model=batch_model) for s in specs}
         seconds = {s.name: 0.0 for s in specs}
         for _start, end, requests in micro_batches(kept, settings, batch):
             for s in specs:
@@ -134,16 +151,27 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         hl = settings.worker.history_len
         for s in specs:
             t = time.perf_counter()
-            rec = cores[s.name].recommender
+            core = cores[s.name]
             ranks = np.full(len(users), n_items, dtype=np.int64)
-            for b, u in enumerate(users):
-                shown = rec.recommend(u, full[u][-hl:], len(full[u]), arm=s.name)
-                items = [c.item for c in shown][:k]
-                if split.test[u] in items:
-                    ranks[b] = items.index(split.test[u])
+            for lo in range(0, len(users), batch):
+                chunk = users[lo:lo + batch]
+                hs = [full[u][-hl:] for u in chunk]
+                extras = None
+                if core.model is not None:  # the batch model's candidates, as ScorerCore passes them
+                    found = core.model.candidates(hs, core.n_candidates, [set(h) for h in hs])
+                    extras = [{src: [Candidate(i, float(v), src) for i, v in lists[b]] for src, lists in found.items()}
+                              for b in range(len(chunk))]
+                lists = core.recommender.recommend_many(chunk, hs, [len(full[u]) for u in chunk],
+                                                        arms=[s.name] * len(chunk), extras=extras)
+                for b, shown in enumerate(lists):
+                    items = [c.item for c in shown][:k]
+                    if split.test[chunk[b]] in items:
+                        ranks[lo + b] = items.index(split.test[chunk[b]])
             seconds[s.name] += time.perf_counter() - t
-            add(s.name, "tailcast", s.param, _metrics(ranks, is_tail, is_short, k), seconds[s.name])
+            add(s.name, s.kind, s.param, _metrics(ranks, is_tail, is_short, k), seconds[s.name])
         notes.append("tailcast in leave-one-out: the stream minus each user's test event is replayed through the "
                      "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
-                     "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast")
+                     "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"
+                     + ("; tailcast serves the Transformer trained here (and the Mult-VAE, off in the 'no VAE' rows) "
+                        "as its batch candidate sources, frozen for the replay" if batch_model is not None else ""))
     return results, notes

@@ -276,10 +276,11 @@ def test_offline_with_a_mult_vae_compares_tailcast_with_and_without_it(tmp_path)
     assert "Mult-VAE: trained on the same warm-up split" in (out / "report.md").read_text()
 
 
-def test_loo_mode_reports_a_mult_vae_row(tmp_path):
+def test_loo_mode_reports_mult_vae_rows(tmp_path):
     out = tmp_path / "loo"
-    args = _args(_csv(tmp_path / "d.csv", 600), out, mode="loo", strengths="", train_vae=3)
+    args = _args(_csv(tmp_path / "d.csv", 600), out, mode="loo", strengths="0", train_transformer=3, train_vae=3)
     assert run_evaluate(SETTINGS, args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert {"MostPop", "ItemCF", "Mult-VAE"} <= set(report)
-    assert report["Mult-VAE"]["users"] == report["MostPop"]["users"] and report["Mult-VAE"]["epochs"] >= 1
+    assert {"MostPop", "ItemCF", "Transformer", "Mult-VAE", "tailcast[s=0.00]", "tailcast[s=0.00] no VAE"} <= set(report)
+    assert len({m["users"] for m in report.values()}) == 1 and report["Mult-VAE"]["epochs"] >= 1
+    assert "as its batch candidate sources" in (out / "report.md").read_text()
