@@ -360,7 +360,11 @@ class FeedbackBlender:
         slots = (self._auc_pos + np.arange(m)) % self.auc_window
         self._auc_y[slots] = y
         self._auc_s[slots, 0] = self.predict_matrix(X)
-        self._auc_s[slots, 1:] = X[:, : len(self.sources)]
+        n_s = len(self.sources)
+        # a source ranks the candidates it proposed by its score, and all the others below them (its score
+        # column is 0 for those, which would rank them above a source's negative scores: logits, dot products)
+        proposed = (X[:, n_s : 2 * n_s] > 0) | (X[:, :n_s] != 0)
+        self._auc_s[slots, 1:] = np.where(proposed, X[:, :n_s], -np.inf)
         self._auc_pos = int(slots[-1] + 1) % self.auc_window
         self._auc_n = min(self.auc_window, self._auc_n + m)
         # scaler: merge the batch's mean and variance into the running ones (Chan et al.)
@@ -384,6 +388,9 @@ class FeedbackBlender:
 
     def auc(self) -> dict[str, float]:
         """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples.
+
+        A single source ranks the candidates it proposed by its score and every other candidate below
+        them (what that source alone would have shown), whatever the sign of its scores.
 
         A source whose score was the same for every example in the window (one that never proposed a
         candidate, e.g. the Transformer before its first checkpoint) gets NaN: it carried no signal, and

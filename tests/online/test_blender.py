@@ -128,3 +128,23 @@ def test_rejects_bad_config() -> None:
         FeedbackBlender(sources=["mf", "mf"])
     with pytest.raises(ValueError, match="at least one"):
         FeedbackBlender(sources=[])
+
+
+def test_single_source_auc_ranks_unproposed_candidates_last_whatever_the_score_sign() -> None:
+    # a source with negative scores (decoder logits) that proposes 3 of 10 shown items; the clicked item is
+    # always its best one: alone it ranks well (pooled over lists, so not perfectly), although its scores are
+    # below the 0 of "not proposed" (ranking those above its own proposals gave 0.19)
+    blender = FeedbackBlender(sources=["vae", "popularity"], seed=0, auc_window=2000)
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        logits = -5.0 - rng.random(3)
+        best = int(np.argmax(logits))
+        for n in range(10):
+            scores = {"popularity": float(rng.exponential(10.0))}
+            ranks = {}
+            if n < 3:
+                scores["vae"] = float(logits[n])
+                ranks["vae"] = int((logits > logits[n]).sum())
+            blender.learn_one(blender.features(scores, is_tail=False, user_event_count=3, source_ranks=ranks),
+                              n == best)
+    assert blender.auc()["vae"] > 0.9
