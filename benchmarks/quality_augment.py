@@ -27,6 +27,7 @@ Prints a markdown table and writes JSON (``--out``) with the command line, the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -123,14 +124,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vae-seconds", type=float, default=None, help="Mult-VAE training budget; default --max-seconds")
     p.add_argument("--vae-patience", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: shared 2-core machine, see quality_loo.py)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="Mult-VAE, augmentation draw and Transformer training seed")
+    p.add_argument("--baseline-seeds", default="",
+                   help="comma list of further training seeds for the run without augmentation: the spread between "
+                        "seeds is the run-to-run noise an augmentation effect has to exceed (not used to select)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     command = "python benchmarks/quality_augment.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     caps = [int(c) for c in args.caps.split(",") if c]
     weights = [float(w) for w in args.weights.split(",") if w]
+    # validates every point before any training; with cap <= 1 no synthetic item is ever a target (the first
+    # item of a sequence is only context), so the weight is unused: one point per such cap
     grid = [AugmentConfig(max_events=args.max_events, cap=c, weight=w, temperature=args.temperature, seed=args.seed)
-            for c in caps for w in weights]  # validates every point before any training
+            for c in caps for w in (weights if c > 1 else weights[:1])]
+    baseline_seeds = [int(x) for x in args.baseline_seeds.split(",") if x and int(x) != args.seed]
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("quality_augment")
@@ -197,16 +204,18 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, dict] = {}
     per_user: dict[str, dict] = {}
 
-    def run(label: str, seqs: list[list[int]], sample_weights: list[list[float]] | None, extra: dict) -> None:
+    def run(label: str, seqs: list[list[int]], sample_weights: list[list[float]] | None, extra: dict,
+            seed: int = args.seed) -> None:
         def progress(e: EpochLog) -> None:
             if e.valid_ndcg is not None:
                 log.info("  [%s] epoch %d loss %.3f valid ndcg %.4f hr %.4f%s %.0fs", label, e.epoch, e.train_loss,
                          e.valid_ndcg, e.valid_hr, " *" if e.improved else "", e.seconds)
 
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         model = SeqEncoder(cfg, text_vectors=text_matrix)
         t = time.perf_counter()
-        res = train(model, seqs, valid, config=tcfg, callbacks=[progress], sample_weights=sample_weights)
+        res = train(model, seqs, valid, config=dataclasses.replace(tcfg, seed=seed), callbacks=[progress],
+                    sample_weights=sample_weights)
         seconds = time.perf_counter() - t
         metrics, per_user[label] = evaluate(model_score_fn(model), split, index, max_events=args.max_events)
         last = res.history[-1]
@@ -221,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
                  len(res.history), seconds)
 
     run(BASELINE, train_seqs, None, {"augment": None})
+    for seed in baseline_seeds:
+        run(f"{BASELINE}, seed {seed}", train_seqs, None, {"augment": None, "training_seed": seed}, seed=seed)
     for point in grid:
         t = time.perf_counter()
         seqs, sample_weights = augment_sequences(train_seqs, vae, point)
@@ -229,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "temperature": point.temperature, "seed": point.seed},
                 "augmented_users": int((extra > 0).sum()), "synthetic_items": int(extra.sum()),
                 "train_targets": int(sum(max(len(s) - 1, 0) for s in seqs)), "augment_seconds": time.perf_counter() - t}
-        label = f"cap {point.cap}, weight {point.weight:g}"
+        label = f"cap {point.cap}, weight {point.weight:g}" if point.cap > 1 else f"cap {point.cap} (weight unused)"
         log.info("%s: %d users augmented, %d synthetic items (%.1fs)", label, info["augmented_users"],
                  info["synthetic_items"], info["augment_seconds"])
         if info["augmented_users"] == 0:  # the training data would be the baseline's: nothing to measure
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 3. selection on validation only
     base_v = runs[BASELINE]["valid"]
-    trained = [k for k, r in runs.items() if k != BASELINE and "skipped" not in r]
+    trained = [k for k, r in runs.items() if r.get("augment") and "skipped" not in r]
     key = "short_hr" if base_v["short_users"] else "augmentable_hr"
     selected = max(trained, key=lambda k: (_num(runs[k]["valid"].get(key)), runs[k]["valid"]["ndcg"]), default=None)
     if selected is None:

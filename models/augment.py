@@ -13,8 +13,10 @@ are a sample without replacement from that softmax (in draw order). The syntheti
 
 so the real items stay the most recent context, and every real item keeps weight 1.0 as a training target
 (``models.train.train(..., sample_weights=weights)`` weights the loss at a position by the weight of its
-TARGET item). A one-item user, who gives the encoder no training example on its own, now gives one: its
-real item is the target after the synthetic context. Users with no items or more than ``max_events`` items
+TARGET item). The first item of a sequence is never a target, so of c synthetic items c - 1 are targets
+(weighted) and all c are context: with ``cap=1`` the weight has no effect. A one-item user, who gives the
+encoder no training example on its own, now gives one: its real item is the target after the synthetic
+context. Users with no items or more than ``max_events`` items
 are returned unchanged. The VAE scores the user from the item set in eval mode (z = mu, no dropout), so the
 draw is random only through the Gumbel noise, which comes from a generator seeded by (``seed``, the user's
 position in ``train_seqs``): deterministic under a seed and independent of batching. History items outside
