@@ -1,8 +1,10 @@
-"""Torch models: the Transformer sequence encoder, the text encoder, training, checkpoints, batched scoring.
+"""Torch models: the Transformer sequence encoder, the text encoder, the Mult-VAE, augmentation of sparse
+users, training, the periodic refresh, checkpoints, batched scoring.
 
 No Kafka here; ``streams/`` wires these to topics. Importing this package imports transformers (a few s).
 """
 
+from models.augment import AugmentConfig, augment_sequences
 from models.checkpoint import Checkpoint, CheckpointError, CheckpointRegistry, load_checkpoint, save_checkpoint
 from models.content import ItemTextCache, TextEncoder, TextEncoderLoadError
 from models.device import DeviceUnavailableError, choose_device
@@ -14,7 +16,7 @@ from models.vae import MultVAE, MultVAEConfig, fit_vae, load_vae, save_vae, scor
 from models.vocab import PAD, ItemVocab, UnknownItemError
 
 __all__ = [
-    "PAD", "BatchScorer", "Checkpoint", "CheckpointError", "CheckpointRegistry", "ConfigError",
+    "PAD", "AugmentConfig", "augment_sequences", "BatchScorer", "Checkpoint", "CheckpointError", "CheckpointRegistry", "ConfigError",
     "DeviceUnavailableError", "EpochLog", "ItemTextCache", "ItemVocab", "RefreshConfig", "RefreshResult",
     "SeqEncoder", "SeqEncoderConfig", "TextEncoder", "TextEncoderLoadError", "TrainConfig", "TrainResult",
     "UnknownItemError", "choose_device", "evaluate_model", "fit_refresh", "load_checkpoint", "pad_batch",
