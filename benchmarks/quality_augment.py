@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs: dict[str, dict] = {}
     per_user: dict[str, dict] = {}
+    tail = tail_items(train_counts(train_seqs, n_items))  # (N+1,) the tail of models.loo
+    real_tail_share = float(np.mean([tail[i] for s in train_seqs for i in s]))
 
     def run(label: str, seqs: list[list[int]], sample_weights: list[list[float]] | None, extra: dict,
             seed: int = args.seed) -> None:
@@ -239,10 +241,12 @@ def main(argv: list[str] | None = None) -> dict:
         info = {"augment": {"cap": point.cap, "weight": point.weight, "max_events": point.max_events,
                             "temperature": point.temperature, "seed": point.seed},
                 "augmented_users": int((extra > 0).sum()), "synthetic_items": int(extra.sum()),
-                "train_targets": int(sum(max(len(s) - 1, 0) for s in seqs)), "augment_seconds": time.perf_counter() - t}
+                "train_targets": int(sum(max(len(s) - 1, 0) for s in seqs)), "augment_seconds": time.perf_counter() - t,
+                "synthetic_tail_share": float(np.mean([tail[i] for s, n in zip(seqs, extra) for i in s[:n]] or [np.nan]))}
         label = f"cap {point.cap}, weight {point.weight:g}" if point.cap > 1 else f"cap {point.cap} (weight unused)"
-        log.info("%s: %d users augmented, %d synthetic items (%.1fs)", label, info["augmented_users"],
-                 info["synthetic_items"], info["augment_seconds"])
+        log.info("%s: %d users augmented, %d synthetic items, %.1f%% of them tail items (real events: %.1f%%) "
+                 "(%.1fs)", label, info["augmented_users"], info["synthetic_items"], 100 * info["synthetic_tail_share"],
+                 100 * real_tail_share, info["augment_seconds"])
         if info["augmented_users"] == 0:  # the training data would be the baseline's: nothing to measure
             runs[label] = {**info, "skipped": f"no user has 1..{point.max_events} training events"}
             continue
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": command, "dataset": name, "path": str(args.dataset), "events": len(events),
         "users": len(split.train), "evaluated_users": len(split.test), "items": n_items, "k": 10,
+        "train_events_tail_share": real_tail_share,
         "evaluated_users_by_train_events": {"<=5": int((n_eval_train <= 5).sum()),
                                             f"1..{args.max_events}": int((n_eval_train <= args.max_events).sum())},
         "transformer": {**cfg.to_dict(), "variant": args.variant, "lr": args.lr, "batch_size": batch_size,
