@@ -162,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 1. Mult-VAE on the train split, validation-selected (quality_vae.py's defaults)
     n_train_users = int((lengths > 0).sum())
-    vae_batch = 500 if n_train_users >= 5000 else 64
-    vae_cfg = MultVAEConfig(batch_size=vae_batch, total_anneal_steps=20 * -(-n_train_users // vae_batch),
-                            patience=args.vae_patience)
+    vae_cfg = MultVAEConfig.for_users(n_train_users, patience=args.vae_patience)
 
     def vae_progress(e: VaeEpochLog) -> None:
         if e.valid_ndcg is not None:
