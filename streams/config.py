@@ -161,7 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_TRAIN_EVENTS", "1000000", _positive_int, "Most recent events the trainer keeps."),
     Setting("TAILCAST_TRAIN_EPOCHS", "30", _positive_int,
             "Most epochs per refresh, for each model (early stopping on validation)."),
-    Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of one refresh's training."),
+    Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of each encoder's training in a refresh."),
     Setting("TAILCAST_TRAIN_VAE", "true", _bool,
             "Also train a Mult-VAE in each refresh and serve it as the `vae` candidate source."),
     Setting("TAILCAST_TRAIN_VAE_MAX_SECONDS", "120", _positive_float,
