@@ -54,7 +54,8 @@ DEFAULT_BOOSTS = "0.5,1,2,4"
 #: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
 #: ``tailcast evaluate`` works whether or not its parser has them).
 _EXTRA = {"batch": 256, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
-          "train_transformer": 0.0, "train_vae": 0.0, "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
+          "train_transformer": 0.0, "train_vae": 0.0, "augment_cap": 0, "augment_weight": 0.5,
+          "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
           "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
 
 
@@ -78,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--train-vae", type=float, default=0.0, metavar="SECONDS",
                    help="with --train-transformer: also train a Mult-VAE for this many seconds and serve it as the "
                         "vae source; adds 'tailcast[s] no VAE' and 'Mult-VAE' rows (loo: a Mult-VAE row)")
+    p.add_argument("--augment-cap", type=int, default=0, metavar="N",
+                   help="offline/live with --train-vae: train the Transformer with up to N Mult-VAE items prepended "
+                        "to each user with <= 5 events (models.augment); 0 = off")
+    p.add_argument("--augment-weight", type=float, default=0.5, help="loss weight of those synthetic items")
     p.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
                    help="first fraction of the stream trains but is not scored (default 0.2 with "
                         "--train-transformer, else 0)")
@@ -238,7 +243,9 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         warmup = 0.2 if warmup is None else warmup
         head = stream.events[: int(warmup * n)]
         trained = train_quick([(e.user, e.item, e.ts) for e in head], seconds=train_s, seed=seed, device=device,
-                              vae_seconds=float(_opt(args, "train_vae")), log_line=log)
+                              vae_seconds=float(_opt(args, "train_vae")),
+                              augment_cap=int(_opt(args, "augment_cap")),
+                              augment_weight=float(_opt(args, "augment_weight")), log_line=log)
         model = trained.scorer
         notes.append(f"Transformer: trained here on the first {len(head)} events (the warm-up, not scored), "
                      f"{trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
@@ -248,6 +255,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             notes.append(f"Mult-VAE: trained on the same warm-up split, {trained.vae_epochs} epochs, best validation "
                          f"NDCG@10 {trained.vae_valid_ndcg}; served as the `vae` candidate source of tailcast "
                          "(the 'no VAE' rows switch it off) and alone as 'Mult-VAE'")
+        if int(_opt(args, "augment_cap")):
+            notes.append(f"Transformer trained on sequences augmented from the Mult-VAE: up to "
+                         f"{int(_opt(args, 'augment_cap'))} items per user with <= 5 events, weight "
+                         f"{float(_opt(args, 'augment_weight'))}")
     else:
         notes.append("Transformer without tail re-ranking: SKIPPED (no --checkpoint, no --train-transformer)")
     warmup = 0.0 if warmup is None else float(warmup)

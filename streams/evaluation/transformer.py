@@ -51,7 +51,7 @@ class TrainedTransformer:
 
 
 def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]] | None, n_items: int, *,
-           seconds: float, seed: int, device: str, max_len: int = 50):
+           seconds: float, seed: int, device: str, max_len: int = 50, sample_weights=None):
     import torch
 
     from models.sequence import SeqEncoder, SeqEncoderConfig
@@ -63,7 +63,7 @@ def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]]
     model = SeqEncoder(cfg)
     tcfg = TrainConfig(epochs=200, batch_size=128, lr=1e-3, patience=3, eval_every=1, seed=seed, device=device,
                        max_seconds=seconds)
-    res = train(model, train_seqs, valid, config=tcfg)
+    res = train(model, train_seqs, valid, config=tcfg, sample_weights=sample_weights)
     return model, res
 
 
@@ -80,8 +80,12 @@ def train_vae(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[in
 
 
 def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, seed: int = 0, device: str = "auto",
-                vae_seconds: float = 0.0, log_line: Callable[[str], None] = print) -> TrainedTransformer:
-    """Train on ``(user, item, ts)`` events; select on each user's last event (users with >= 3 events)."""
+                vae_seconds: float = 0.0, augment_cap: int = 0, augment_weight: float = 0.5,
+                log_line: Callable[[str], None] = print) -> TrainedTransformer:
+    """Train on ``(user, item, ts)`` events; select on each user's last event (users with >= 3 events).
+
+    ``augment_cap > 0`` (needs ``vae_seconds``): the Transformer trains on sequences of users with <= 5
+    events augmented from the Mult-VAE (``models.augment``), synthetic targets weighted ``augment_weight``."""
     import time
 
     from models.loo import item_index, leave_one_out
@@ -99,15 +103,28 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     valid = ([[index[i] for i in train_split[u]] for u in users], [index[split.test[u]] for u in users])
     log_line(f"  training the Transformer on {len(events)} events, {len(vocab)} items, {len(users)} validation "
              f"users, budget {seconds:.0f}s ...")
-    model, res = _train(train_seqs, valid if users else None, len(vocab), seconds=seconds, seed=seed, device=device)
-    log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, "
-             f"{time.perf_counter() - t0:.0f}s")
+    if augment_cap > 0 and vae_seconds <= 0:
+        raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
     vae = None
     if vae_seconds > 0:
         t1 = time.perf_counter()
         vae = train_vae(train_seqs, valid if users else None, len(vocab), seconds=vae_seconds, seed=seed)
         log_line(f"  Mult-VAE: {len(vae.history)} epochs, best validation NDCG@10 {vae.best_valid_ndcg}, "
                  f"{time.perf_counter() - t1:.0f}s")
+    weights = None
+    if augment_cap > 0:
+        from models.augment import AugmentConfig, augment_sequences
+
+        before = sum(map(len, train_seqs))
+        train_seqs, weights = augment_sequences(train_seqs, vae, AugmentConfig(cap=augment_cap, weight=augment_weight,
+                                                                               seed=seed))
+        log_line(f"  augmentation: {sum(map(len, train_seqs)) - before} synthetic items (cap {augment_cap}, "
+                 f"weight {augment_weight})")
+    t2 = time.perf_counter()
+    model, res = _train(train_seqs, valid if users else None, len(vocab), seconds=seconds, seed=seed, device=device,
+                        sample_weights=weights)
+    log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, "
+             f"{time.perf_counter() - t2:.0f}s")
     scorer = BatchScorer(model=model, vocab=vocab, device=device, vae=vae)
     scorer.version = f"trained-here-{len(events)}ev"
     dt = time.perf_counter() - t0

@@ -284,3 +284,14 @@ def test_loo_mode_reports_mult_vae_rows(tmp_path):
     assert {"MostPop", "ItemCF", "Transformer", "Mult-VAE", "tailcast[s=0.00]", "tailcast[s=0.00] no VAE"} <= set(report)
     assert len({m["users"] for m in report.values()}) == 1 and report["Mult-VAE"]["epochs"] >= 1
     assert "as its batch candidate sources" in (out / "report.md").read_text()
+
+
+def test_offline_transformer_trained_on_augmented_sequences(tmp_path):
+    out = tmp_path / "aug"
+    args = _args(_csv(tmp_path / "d.csv", 600), out, strengths="0", boosts="", train_transformer=2, train_vae=2,
+                 augment_cap=2)
+    assert run_evaluate(SETTINGS, args) == 0
+    assert "Transformer" in json.loads((out / "report.json").read_text())
+    assert "augmented from the Mult-VAE: up to 2 items" in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match="--train-vae"):
+        run_evaluate(SETTINGS, _args(tmp_path / "d.csv", tmp_path / "x", train_transformer=2, augment_cap=2))
