@@ -69,7 +69,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_trainer_refresh_total", "counter"),
     Metric("tailcast_trainer_last_refresh_timestamp_seconds", "gauge"),
     Metric("tailcast_trainer_refresh_duration_seconds", "histogram"),
-    Metric("tailcast_trainer_valid_ndcg_ratio", "gauge"),
+    Metric("tailcast_trainer_valid_ndcg_ratio", "gauge", ("model",)),
 )
 
 # Series Prometheus itself adds to every target.
@@ -82,7 +82,8 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "topic": ("events", "score-requests"),
     "version": ("v1",),
     "device": ("cpu",),
-    "source": ("blend", "popularity", "covisitation", "mf", "transformer"),
+    "source": ("blend", "popularity", "covisitation", "mf", "transformer", "vae"),
+    "model": ("transformer", "vae"),
     "target": ("all", "tail"),
     "bucket": ("all", "<=5", "6-20", ">20"),
     "pairing": ("exact", "stale", "none"),
