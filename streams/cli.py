@@ -21,6 +21,11 @@ log = logging.getLogger("tailcast")
 def _logging(settings: Settings) -> None:
     level = {"warn": "WARNING", "crit": "CRITICAL"}.get(settings.log_level, settings.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streams.kafka import UnreachableReporter
+
+    aiokafka_log = logging.getLogger("aiokafka")
+    if not any(isinstance(h, UnreachableReporter) for h in aiokafka_log.handlers):
+        aiokafka_log.addHandler(UnreachableReporter(settings.kafka.servers))
 
 
 def _connect(settings: Settings, *, timeout: float) -> None:

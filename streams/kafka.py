@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from streams.config import KafkaSettings
 
-__all__ = ["client_kwargs", "faust_credentials", "send_batched"]
+__all__ = ["client_kwargs", "faust_credentials", "send_batched", "UnreachableReporter"]
 
 
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
@@ -57,3 +59,49 @@ async def send_batched(producer, topic: str, records: Sequence[tuple[bytes, byte
             builder.append(key=key, value=value, timestamp=None)
     for partition, builder in batches.items():
         await producer.send_batch(builder, topic, partition=partition)
+
+
+class UnreachableReporter(logging.Handler):
+    """Turns aiokafka's connection errors into tailcast's own error that names the configured address.
+
+    aiokafka names a lost broker by node id and socket tuple ("Unable connect to node with id 111 ...
+    ('127.0.0.1', 9092)"), and which of its messages appear during an outage depends on timing. Attached
+    to the ``aiokafka`` logger, this handler logs ``Kafka at HOST:PORT is unreachable (...)`` on the
+    ``tailcast`` logger, at most once every ``every`` seconds while the errors continue.
+
+    >>> import io
+    >>> out = io.StringIO(); h = logging.StreamHandler(out); logging.getLogger("tailcast").addHandler(h)
+    >>> t = [0.0]
+    >>> reporter = UnreachableReporter("127.0.0.1:9092", every=30.0, clock=lambda: t[0])
+    >>> aio = logging.getLogger("aiokafka.consumer.fetcher"); aio.addHandler(reporter); aio.propagate = False
+    >>> aio.error("Unable connect to node with id 1: Connect call failed ('127.0.0.1', 9092)")
+    >>> aio.error("Unable to update metadata from [1]"); t[0] = 10.0
+    >>> aio.error("Unable connect to node with id 1: Connect call failed ('127.0.0.1', 9092)")
+    >>> print(out.getvalue().strip())
+    Kafka at 127.0.0.1:9092 is unreachable (Unable connect to node with id 1: Connect call failed ('127.0.0.1', 9092)); retrying with backoff
+    >>> aio.removeHandler(reporter); aio.propagate = True; logging.getLogger("tailcast").removeHandler(h)
+    """
+
+    MARKERS = ("Connect call failed", "Unable to bootstrap", "Unable connect", "KafkaConnectionError",
+               "Connection at", "not ready")
+
+    def __init__(self, servers: str, *, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(level=logging.ERROR)
+        self.servers = servers
+        self.every = float(every)
+        self.clock = clock
+        self._last: float | None = None
+        self._log = logging.getLogger("tailcast")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed third-party record must not break logging
+            return
+        if not any(marker in message for marker in self.MARKERS):
+            return
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every:
+            return
+        self._last = now
+        self._log.error("Kafka at %s is unreachable (%s); retrying with backoff", self.servers, message[:200])

@@ -133,7 +133,7 @@ def test_broker_gone_mid_run_no_busy_loop_and_the_address_is_named(pipeline, kio
     address = pipeline.broker.address
     for name in pipeline.procs:
         log = pipeline.log(name)
-        assert "ERROR" in log and address in log[log.index("ERROR"):], f"{name} never named {address}"
+        assert f"Kafka at {address} is unreachable" in log, f"{name} never named {address}"
     # a broker comes back at the same address (the embedded one is memory-only: it comes back empty)
     from streams.broker import EmbeddedBroker
 
