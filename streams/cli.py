@@ -12,6 +12,7 @@ import threading
 
 from streams.broker import BrokerError, EmbeddedBroker, wait_for_kafka
 from streams.config import ConfigError, Settings, load_settings, settings_table
+from streams.kafka import UnreachableReporter
 
 __all__ = ["main"]
 
@@ -21,7 +22,6 @@ log = logging.getLogger("tailcast")
 def _logging(settings: Settings) -> None:
     level = {"warn": "WARNING", "crit": "CRITICAL"}.get(settings.log_level, settings.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from streams.kafka import UnreachableReporter
 
     aiokafka_log = logging.getLogger("aiokafka")
     if not any(isinstance(h, UnreachableReporter) for h in aiokafka_log.handlers):
@@ -92,7 +92,14 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
         worker.execute_from_commandline()
     except SystemExit as exc:
         stopped_by_signal = bool(getattr(worker, "_signal_stop_time", None))  # mode.Worker's own record
-        if stopped_by_signal or exc.code in (0, None) or _broker_answers(settings):
+        if stopped_by_signal or exc.code in (0, None):
+            raise
+        # a crash while the broker is away, or soon after an outage (Faust's consumer thread can crash
+        # on its way out of one after the broker is back: seen 50 s later in CI): restart
+        reporter = next((h for h in logging.getLogger("aiokafka").handlers
+                         if isinstance(h, UnreachableReporter)), None)
+        after_outage = reporter is not None and reporter.seen_within(300.0)
+        if _broker_answers(settings) and not after_outage:
             raise
         _restart_when_broker_returns(settings, role)
     return 0

@@ -77,6 +77,8 @@ class UnreachableReporter(logging.Handler):
     >>> aio.error("Unable connect to node with id 1: Connect call failed ('127.0.0.1', 9092)")
     >>> aio.error("Unable to update metadata from [1]"); t[0] = 10.0
     >>> aio.error("Unable connect to node with id 1: Connect call failed ('127.0.0.1', 9092)")
+    >>> reporter.seen_within(5.0), reporter.seen_within(0.0)
+    (True, True)
     >>> print(out.getvalue().strip())
     Kafka at 127.0.0.1:9092 is unreachable (Unable connect to node with id 1: Connect call failed ('127.0.0.1', 9092)); retrying with backoff
     >>> aio.removeHandler(reporter); aio.propagate = True; logging.getLogger("tailcast").removeHandler(h)
@@ -91,7 +93,12 @@ class UnreachableReporter(logging.Handler):
         self.every = float(every)
         self.clock = clock
         self._last: float | None = None
+        self.last_error_at: float | None = None  # the latest connection error seen, reported or not
         self._log = logging.getLogger("tailcast")
+
+    def seen_within(self, seconds: float) -> bool:
+        """Whether a connection error was seen in the last ``seconds``."""
+        return self.last_error_at is not None and self.clock() - self.last_error_at <= seconds
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -101,6 +108,7 @@ class UnreachableReporter(logging.Handler):
         if not any(marker in message for marker in self.MARKERS):
             return
         now = self.clock()
+        self.last_error_at = now
         if self._last is not None and now - self._last < self.every:
             return
         self._last = now
