@@ -167,10 +167,12 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
         if best is None or tried[variant] > tried[best[0]]:
             best = (variant, model.cpu().eval(), vocab, result)
     variant, model, vocab, result = best
-    if vae is not None and vae.n_items != len(vocab):
-        vae = _vae_prefix(vae, len(vocab)) if config.vae else None
+    if not config.vae:
+        vae = None  # trained for the augmentation only
+    elif vae.n_items != len(vocab):
+        vae = _vae_prefix(vae, len(vocab))  # the ids-only encoder was kept: drop the text-only items
     return RefreshResult(model=model, vocab=vocab, train=result, n_events=len(events), n_users=len(split.train),
-                         vae=vae if config.vae else None, variant=variant, variants_valid_ndcg=tried)
+                         vae=vae, variant=variant, variants_valid_ndcg=tried)
 
 
 def _vae_prefix(vae: MultVAE, n_items: int) -> MultVAE:

@@ -182,9 +182,7 @@ class BatchScorer:
         self._check(histories, k, exclude)
         if not histories:
             return []
-        encoded = [self.vocab.encode(h) for h in histories]
-        scores = self.score_encoded(pad_batch(encoded, self.max_len, device=self.device))  # (B, N+1)
-        return self._top(scores, encoded, k, exclude, exclude_history)
+        return self._transformer_top([self.vocab.encode(h) for h in histories], k, exclude, exclude_history)
 
     @torch.inference_mode()
     def vae_topk(
@@ -201,17 +199,29 @@ class BatchScorer:
             return [[] for _ in histories]
         if not histories:
             return []
-        encoded = [self.vocab.encode(h) for h in histories]
-        scores = self.vae.score(encoded).float()  # (B, N_vae + 1), column 0 = -inf
-        return self._top(scores, encoded, k, exclude, exclude_history)
+        return self._vae_top([self.vocab.encode(h) for h in histories], k, exclude, exclude_history)
 
+    @torch.inference_mode()
     def candidates(self, histories: Sequence[Sequence[str]], k: int,
                    exclude: Sequence[Iterable[str]] | None = None) -> dict[str, list[list[tuple[str, float]]]]:
-        """Every batch source's top ``k`` per user: ``{"transformer": lists}`` plus ``"vae"`` when there is one."""
-        out = {"transformer": self.topk(histories, k, exclude)}
+        """Every batch source's top ``k`` per user: ``{"transformer": lists}`` plus ``"vae"`` when there is
+        one (the histories are encoded once for both)."""
+        self._check(histories, k, exclude)
+        if not histories:
+            return {"transformer": []} if self.vae is None else {"transformer": [], "vae": []}
+        encoded = [self.vocab.encode(h) for h in histories]
+        out = {"transformer": self._transformer_top(encoded, k, exclude, True)}
         if self.vae is not None:
-            out["vae"] = self.vae_topk(histories, k, exclude)
+            out["vae"] = self._vae_top(encoded, k, exclude, True)
         return out
+
+    def _transformer_top(self, encoded: list[list[int]], k: int, exclude, exclude_history: bool):
+        scores = self.score_encoded(pad_batch(encoded, self.max_len, device=self.device))  # (B, N+1)
+        return self._top(scores, encoded, k, exclude, exclude_history)
+
+    def _vae_top(self, encoded: list[list[int]], k: int, exclude, exclude_history: bool):
+        scores = self.vae.score(encoded).float()  # (B, N_vae + 1), column 0 = -inf
+        return self._top(scores, encoded, k, exclude, exclude_history)
 
     def without_vae(self) -> "BatchScorer":
         """A shallow copy serving the Transformer alone (shares the encoder; for side-by-side evaluation)."""

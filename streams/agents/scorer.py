@@ -139,18 +139,21 @@ class ScorerCore:
         out.recommendations = self._score(todo, now)
         return out
 
+    def batch_candidates(self, histories: Sequence[Sequence[str]]) -> list[dict[str, list[Candidate]]] | None:
+        """The batch model's candidates per user, as the recommender's ``extras`` (None without a model)."""
+        if self.model is None:
+            return None
+        found = self.model.candidates(list(histories), self.n_candidates, [set(h) for h in histories])
+        unknown = sorted(set(found) - set(BATCH_SOURCES))
+        if unknown:
+            raise ValueError(f"batch model sources {unknown} are not among {BATCH_SOURCES}")
+        return [{source: [Candidate(item, float(score), source) for item, score in lists[b]]
+                 for source, lists in found.items()} for b in range(len(histories))]
+
     def _score(self, todo: Sequence[ScoreRequest], now: float | None) -> list[Recommendation]:
         if not todo:
             return []
-        extras: list[dict[str, list[Candidate]]] | None = None
-        if self.model is not None:
-            histories = [r.sequence for r in todo]
-            found = self.model.candidates(histories, self.n_candidates, [set(h) for h in histories])
-            unknown = sorted(set(found) - set(BATCH_SOURCES))
-            if unknown:
-                raise ValueError(f"batch model sources {unknown} are not among {BATCH_SOURCES}")
-            extras = [{source: [Candidate(item, float(score), source) for item, score in lists[b]]
-                       for source, lists in found.items()} for b in range(len(todo))]
+        extras = self.batch_candidates([r.sequence for r in todo])
         generated_at = time.time() if now is None else now
         version = self.model_version
         arms = [self.arms.assign(r.user_id) for r in todo]

@@ -29,8 +29,6 @@ import numpy as np
 
 from streams.config import Settings
 
-from online.base import Candidate
-
 from .harness import PreparedStream, SystemResult, micro_batches
 from .systems import SystemSpec, build_core
 
@@ -156,13 +154,9 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
             for lo in range(0, len(users), batch):
                 chunk = users[lo:lo + batch]
                 hs = [full[u][-hl:] for u in chunk]
-                extras = None
-                if core.model is not None:  # the batch model's candidates, as ScorerCore passes them
-                    found = core.model.candidates(hs, core.n_candidates, [set(h) for h in hs])
-                    extras = [{src: [Candidate(i, float(v), src) for i, v in lists[b]] for src, lists in found.items()}
-                              for b in range(len(chunk))]
                 lists = core.recommender.recommend_many(chunk, hs, [len(full[u]) for u in chunk],
-                                                        arms=[s.name] * len(chunk), extras=extras)
+                                                        arms=[s.name] * len(chunk),
+                                                        extras=core.batch_candidates(hs))
                 for b, shown in enumerate(lists):
                     items = [c.item for c in shown][:k]
                     if split.test[chunk[b]] in items:
