@@ -72,7 +72,16 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
         states = _final_states(kio)
         return states if {u: s.count for u, s in states.items()} == dict(expected) else None
 
-    states = wait(settled, timeout=120, message="recovered worker to reflect every event exactly once")
+    try:
+        states = wait(settled, timeout=120, message="recovered worker to reflect every event exactly once")
+    except AssertionError as exc:  # say which way it is off: lost events, or applied twice
+        got = {u: st.count for u, st in _final_states(kio).items()}
+        short = {u: (got.get(u, 0), n) for u, n in expected.items() if got.get(u, 0) < n}
+        over = {u: (got[u], expected.get(u, 0)) for u in got if got[u] > expected.get(u, 0)}
+        raise AssertionError(f"{exc}; users below their published count (state, published): {len(short)}, e.g. "
+                             f"{dict(list(short.items())[:5])}; above it: {len(over)}, e.g. "
+                             f"{dict(list(over.items())[:5])}; valid events seen by the restarted worker: "
+                             f"{_metric(pipeline_env, 'worker2', 'tailcast_worker_events_valid_total')}") from None
     assert sum(s.count for s in states.values()) == len(first) + len(second)
     latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=60,
                   message="a recommendation for every user's final state")
