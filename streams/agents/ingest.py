@@ -4,9 +4,11 @@
 memory; :func:`register` wires it to the ``events`` topic, the ``user_state`` table (with changelog) and
 the output topics.
 
-Delivery is at-least-once. State updates are idempotent: a user's state remembers the partition and
-offset of the last event it applied, and a redelivered event (offset not above it) is skipped and counted.
-The table is written once per user per micro-batch, and one score request is emitted per user per batch.
+Delivery is at-least-once. State updates are idempotent: a user's state remembers, for each partition its
+events came from, the offset of the last event it applied, and a redelivered event (offset not above it)
+is skipped and counted. An event forwarded from the wrong partition carries its origin (partition,
+offset) in ``props["_origin"]``, so a forward repeated after a crash is skipped too. The table is written
+once per user per micro-batch, and one score request is emitted per user per batch.
 """
 
 from __future__ import annotations
@@ -40,21 +42,36 @@ class RawRecord:
 
 @dataclass(slots=True)
 class UserState:
-    """A user's state: bounded recent sequence, event count, last event time, last applied offset."""
+    """A user's state: bounded recent sequence, event count, last event time, and the last applied offset
+    of each source partition (the user's own, and those that events forwarded to it came from).
+
+    >>> s = UserState(["a"], 1, 5.0, {2: 7})
+    >>> UserState.from_bytes(s.to_bytes()) == s, s.to_bytes()
+    (True, b'[["a"],1,5.0,[[2,7]]]')
+    >>> UserState.from_bytes(b'[["a"],1,5.0,2,7]') == s  # the 5-field layout written before forwarding was deduplicated
+    True
+    """
 
     sequence: list[str] = field(default_factory=list)
     count: int = 0
     last_ts: float = 0.0
-    partition: int = -1
-    offset: int = -1
+    applied: dict[int, int] = field(default_factory=dict)  # source partition -> last applied offset
+
+    def seen(self, partition: int, offset: int) -> bool:
+        """Whether the event at ``partition``/``offset`` was applied already."""
+        return offset <= self.applied.get(partition, -1)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps([self.sequence, self.count, self.last_ts, self.partition, self.offset])
+        return orjson.dumps([self.sequence, self.count, self.last_ts, list(self.applied.items())])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        seq, count, last_ts, partition, offset = orjson.loads(raw)
-        return cls(seq, count, last_ts, partition, offset)
+        fields = orjson.loads(raw)
+        if len(fields) == 5:
+            seq, count, last_ts, partition, offset = fields
+            return cls(seq, count, last_ts, {partition: offset} if partition >= 0 else {})
+        seq, count, last_ts, applied = fields
+        return cls(seq, count, last_ts, {int(p): int(o) for p, o in applied})
 
 
 @dataclass(slots=True)
@@ -65,6 +82,18 @@ class BatchResult:
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
     applied: int = 0
     duplicates: int = 0
+
+
+ORIGIN = "_origin"  # props key of a forwarded event: [partition, offset] of the record it was forwarded from
+
+
+def _origin(props: dict) -> tuple[int, int] | None:
+    """The (partition, offset) a forwarded event came from, or None for an event as produced."""
+    origin = props.get(ORIGIN)
+    if (isinstance(origin, list) and len(origin) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in origin)):
+        return origin[0], origin[1]
+    return None
 
 
 def pseudonymize(user_id: str, key: str) -> str:
@@ -104,19 +133,22 @@ class IngestProcessor:
             target = partition_for(key, self.partitions)
             if target != rec.partition:
                 # The producer keyed it otherwise (or not at all): forward it to the partition its user
-                # hashes to, so that one worker owns each user's state. Raw ids don't travel further.
+                # hashes to, so that one worker owns each user's state. Raw ids don't travel further. The
+                # origin travels along: if this batch is redelivered after a crash, the repeated forward
+                # is recognised as a duplicate where it lands.
                 body = {"user_id": user, "item_id": ev.item_id, "event": ev.event, "ts": ev.ts}
                 props = dict(ev.props)
                 if self.pseudonymize_key:
                     props["_pseudonymized"] = True
-                if props:
-                    body["props"] = props
+                props[ORIGIN] = [rec.partition, rec.offset]
+                body["props"] = props
                 out.reroutes.append((key, orjson.dumps(body), target))
                 continue
+            source = _origin(ev.props) or (rec.partition, rec.offset)
             state = out.states.get(user)
             if state is None:
                 state = get_state(user) or UserState()
-            if state.partition == rec.partition and rec.offset <= state.offset:
+            if state.seen(*source):
                 out.duplicates += 1
                 continue
             state.sequence.append(ev.item_id)
@@ -124,7 +156,7 @@ class IngestProcessor:
                 del state.sequence[: len(state.sequence) - self.history_len]
             state.count += 1
             state.last_ts = ev.ts
-            state.partition, state.offset = rec.partition, rec.offset
+            state.applied[source[0]] = source[1]
             out.states[user] = state
             new.setdefault(user, []).append((ev.item_id, ev.ts, ev.event))
             ingested[user] = min(ingested.get(user, rec.timestamp), rec.timestamp)

@@ -53,6 +53,47 @@ def _metric(pipeline, name: str, metric: str) -> float:
     return 0.0
 
 
+def _count_mismatch(kio, pipeline, expected: collections.Counter) -> str:
+    """For a failed count check: which users are off and which way, each one's events (partition, offset)
+    against its changelog records (count, applied offsets), the group's committed offsets and the
+    restarted worker's counters."""
+    events = collections.defaultdict(list)
+    for p, o, key, _v in kio.read_all(EVENTS, decode=False):
+        events[key.decode()].append((p, o))
+    changelog = collections.defaultdict(list)
+    for _p, o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
+        state = UserState.from_bytes(value)
+        changelog[key.decode()].append((o, state.count, state.applied))
+    got = {u: records[-1][1] for u, records in changelog.items()}
+    off = [u for u in expected.keys() | got.keys() if got.get(u, 0) != expected.get(u, 0)]
+    lines = [f"{sum(got.get(u, 0) < expected[u] for u in off)} users below their published count, "
+             f"{sum(got.get(u, 0) > expected.get(u, 0) for u in off)} above"]
+    for u in off[:3]:
+        lines.append(f"  {u}: published {expected.get(u, 0)} at {events[u][:2]}..{events[u][-2:]}, state {got.get(u)}; "
+                     f"changelog (offset, count, applied) {changelog[u][-4:]}")
+    async def committed():  # read the group's offsets without joining it
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from streams.kafka import client_kwargs
+
+        consumer = AIOKafkaConsumer(**client_kwargs(pipeline.settings.kafka), group_id="tailcast-worker",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(EVENTS, p) for p in sorted(consumer.partitions_for_topic(EVENTS) or ())]
+            return {tp.partition: await consumer.committed(tp) for tp in tps}
+        finally:
+            await consumer.stop()
+    try:
+        lines.append(f"committed offsets: {asyncio.run(committed())}")
+    except Exception as exc:  # a diagnostic only
+        lines.append(f"committed offsets: {exc!r}")
+    lines.append("restarted worker: " + ", ".join(
+        f"{m} {_metric(pipeline, 'worker2', 'tailcast_worker_' + m + '_total'):.0f}"
+        for m in ("events_consumed", "events_valid", "duplicates_skipped")))
+    return "\n".join(lines)
+
+
 def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env, kio, wait):
     asyncio.run(ensure_topics(pipeline_env.settings.kafka))
     first, second = _events(1500, seed=1), _events(1500, seed=2)
@@ -74,14 +115,8 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
 
     try:
         states = wait(settled, timeout=120, message="recovered worker to reflect every event exactly once")
-    except AssertionError as exc:  # say which way it is off: lost events, or applied twice
-        got = {u: st.count for u, st in _final_states(kio).items()}
-        short = {u: (got.get(u, 0), n) for u, n in expected.items() if got.get(u, 0) < n}
-        over = {u: (got[u], expected.get(u, 0)) for u in got if got[u] > expected.get(u, 0)}
-        raise AssertionError(f"{exc}; users below their published count (state, published): {len(short)}, e.g. "
-                             f"{dict(list(short.items())[:5])}; above it: {len(over)}, e.g. "
-                             f"{dict(list(over.items())[:5])}; valid events seen by the restarted worker: "
-                             f"{_metric(pipeline_env, 'worker2', 'tailcast_worker_events_valid_total')}") from None
+    except AssertionError as exc:  # say which way it is off (lost events, or applied twice), and where
+        raise AssertionError(f"{exc}\n{_count_mismatch(kio, pipeline_env, expected)}") from None
     assert sum(s.count for s in states.values()) == len(first) + len(second)
     latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=60,
                   message="a recommendation for every user's final state")

@@ -56,6 +56,29 @@ def test_events_on_the_wrong_partition_are_rerouted_not_applied():
     assert key == b"u1" and partition == right and orjson.loads(value)["item_id"] == "a"
 
 
+def test_a_forward_repeated_after_a_crash_is_applied_once():
+    """At-least-once: the forwarding worker dies before committing, so the same record is forwarded twice.
+    Each copy lands at a new offset on the user's partition; the origin it carries makes the second a
+    duplicate there, while the user's own partition and other origins keep their own positions."""
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    right = partition_for(b"u1", P)
+    wrong, other = (right + 1) % P, (right + 2) % P
+    raw = [rec("u1", "a", 40, partition=wrong), rec("u1", "b", 41, partition=wrong)]
+    first, again = proc.process(raw, {}.get), proc.process(raw, {}.get)  # the redelivered batch
+    assert [v for _, v, _ in first.reroutes] == [v for _, v, _ in again.reroutes]
+    assert orjson.loads(first.reroutes[0][1])["props"]["_origin"] == [wrong, 40]
+    landed = [RawRecord("events", p, off, 1.0, k, v)
+              for off, (k, v, p) in enumerate(first.reroutes + again.reroutes, start=100)]
+    store: dict[str, UserState] = {}
+    out = proc.process([rec("u1", "x", 7)] + landed + [rec("u1", "y", 200, value=orjson.dumps(
+        {"user_id": "u1", "item_id": "y", "props": {"_origin": [other, 3]}}))], store.get)
+    assert out.applied == 4 and out.duplicates == 2
+    assert out.states["u1"].sequence == ["x", "a", "b", "y"]
+    assert out.states["u1"].applied == {right: 7, wrong: 41, other: 3}
+    store.update(out.states)
+    assert proc.process(landed, store.get).duplicates == 4  # and once more, after the state was stored
+
+
 def test_pseudonymised_ids_never_pass_the_edge():
     proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000, pseudonymize_key="secret")
     hashed = pseudonymize("alice", "secret")
