@@ -8,8 +8,10 @@ Setup (the scorer of the freshness benchmark, without a Kafka in between):
 ``OnlineRecommender`` with item vectors from ``TagVectoriser(dim=256)`` over titles and tags (the
 ``hashing`` text encoder), arms ``control:0.5:0.0,tail:0.5:0.5``, k = 10, inside a ``ScorerCore``.
 The first 40k events are learned directly (``learn_one``), the next 2,000 are served through
-``ScorerCore.process`` untimed (so that the blender has feedback and is past its warm-up), and that
-warm state is pickled. Each run restores it and serves the next ``--serve-events`` events, timed:
+``ScorerCore.process`` untimed (so that the blender has feedback and is past its warm-up). Each run
+builds that warm state afresh (deterministic; not a pickled copy: an array unpickled in numpy 2.x
+carries a non-canonical float64 descriptor, and ``np.ufunc.at`` on it runs ~15x slower, which a live
+scorer never sees) and serves the next ``--serve-events`` events, timed:
 the events are cut into chunks of ``--chunk`` events (a worker micro-batch), each chunk becomes one
 score request per distinct user (``new`` = the user's events of the chunk, ``sequence`` = their last
 50 items, as the worker sends them) and one ``process`` call.
@@ -113,46 +115,30 @@ def requests_for(events, hist: dict[str, list[str]], chunk: int) -> list[list[Sc
     return batches
 
 
-def prepare(n_items: int, serve_events: int, chunk: int, extras: bool) -> tuple[bytes, list[list[ScoreRequest]]]:
-    """(pickled warm ScorerCore, the timed micro-batches)."""
+def prepare(n_items: int, serve_events: int, chunk: int, extras: bool):
+    """(a function that builds the warm ScorerCore, the timed micro-batches)."""
     data = generate(n_users=2000, n_items=n_items, n_events=50_000, seed=0)
-    core = build_core(data)
-    if extras:
-        core.swap_model(FakeBatchModel(list(data.items)))
-    hist: dict[str, list[str]] = {}
-    for ts, user, item, _kind in data.events[:N_WARM]:
-        h = hist.setdefault(user, [])
-        core.recommender.learn_one(user, item, ts, h[-HIST:])
-        h.append(item)
-    # the scorer's high-water marks for the directly learned events
-    for user, h in hist.items():
-        core._learned.put(user, len(h))
-    warm_batches = requests_for(data.events[N_WARM : N_WARM + N_SERVE_WARM], hist, chunk)
-    for batch in warm_batches:
-        core.process(batch, now=0.0)
     end = N_WARM + N_SERVE_WARM + serve_events
     if end > len(data.events):
         raise SystemExit(f"--serve-events {serve_events} exceeds the stream ({len(data.events)} events)")
-    timed = requests_for(data.events[N_WARM + N_SERVE_WARM : end], hist, chunk)
-    return snapshot(core), timed
 
+    def warm_core() -> tuple[ScorerCore, dict[str, list[str]]]:
+        core = build_core(data)
+        if extras:
+            core.swap_model(FakeBatchModel(list(data.items)))
+        hist: dict[str, list[str]] = {}
+        for ts, user, item, _kind in data.events[:N_WARM]:
+            h = hist.setdefault(user, [])
+            core.recommender.learn_one(user, item, ts, h[-HIST:])
+            h.append(item)
+        for user, h in hist.items():  # the scorer's high-water marks for the directly learned events
+            core._learned.put(user, len(h))
+        for batch in requests_for(data.events[N_WARM : N_WARM + N_SERVE_WARM], hist, chunk):
+            core.process(batch, now=0.0)
+        return core, hist
 
-def snapshot(core: ScorerCore) -> bytes:
-    """The core's state as bytes (its LRU maps are rebuilt by :func:`restore`)."""
-    return pickle.dumps({"recommender": core.recommender, "arms": core.arms, "k": core.k, "model": core.model,
-                         "maps": {name: list(getattr(core, name).items())
-                                  for name in ("_learned", "_published", "_active")}})
-
-
-def restore(state: bytes) -> ScorerCore:
-    s = pickle.loads(state)
-    core = ScorerCore(recommender=s["recommender"], arms=s["arms"], k=s["k"])
-    core.swap_model(s["model"])
-    for name, items in s["maps"].items():
-        lru = getattr(core, name)
-        for key, value in items:
-            lru.put(key, value)
-    return core
+    _, hist = warm_core()
+    return (lambda: warm_core()[0]), requests_for(data.events[N_WARM + N_SERVE_WARM : end], hist, chunk)
 
 
 def serve(core: ScorerCore, batches: list[list[ScoreRequest]]) -> tuple[float, list]:
@@ -178,11 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dump", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    state, batches = prepare(args.items, args.serve_events, args.chunk, args.extras)
+    make_core, batches = prepare(args.items, args.serve_events, args.chunk, args.extras)
     n_req = sum(len(b) for b in batches)
     times = []
     for _ in range(args.runs):
-        t, published = serve(restore(state), batches)
+        t, published = serve(make_core(), batches)
         times.append(t)
     res = {
         "items": args.items, "serve_events": args.serve_events, "chunk": args.chunk, "extras": args.extras,
@@ -200,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
                   for r in recs] for recs in published]
         args.dump.write_bytes(pickle.dumps(lists))
     if args.profile:
-        core = restore(state)
+        core = make_core()
         prof = cProfile.Profile()
         prof.enable()
         serve(core, batches)
