@@ -20,8 +20,9 @@ are float Unix seconds. ``recommend`` never returns an item of ``exclude`` nor o
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 __all__ = [
     "SOURCES",
     "Candidate",
+    "CandidateList",
     "DecayClock",
     "Event",
     "IdIndex",
@@ -53,6 +55,7 @@ _REASONS = {
     "blend": "picked for you",
 }
 _REASONS_NO_ANCHOR = {"covisit": "often seen together", "content": "similar to what you like"}
+_REASONS_FIXED = {s: text for s, text in _REASONS.items() if "{" not in text}  # need no formatting
 
 #: ``(user, item, ts, history)``, the argument tuple of ``learn_one``.
 Event = tuple[str, str, float, Sequence[str]]
@@ -69,9 +72,58 @@ class Candidate:
 
     def reason(self) -> str:
         """Short human text for the recommendation message, e.g. ``"co-visited with i42"``."""
+        fixed = _REASONS_FIXED.get(self.source)
+        if fixed is not None:
+            return fixed
         if self.anchor is None and self.source in _REASONS_NO_ANCHOR:
             return _REASONS_NO_ANCHOR[self.source]
         return _REASONS.get(self.source, "recommended").format(anchor=self.anchor)
+
+
+class CandidateList(Sequence):
+    """One source's candidates as parallel ``items`` and ``scores`` lists, best first (what a batch model
+    hands back), seen as a sequence of :class:`Candidate` (no anchor), built only when read.
+
+    :meth:`online.recommender.OnlineRecommender.recommend_many` reads the lists directly: a hundred
+    frozen ``Candidate`` objects per user and source cost more than the rest of the user's request.
+
+    >>> cl = CandidateList(["a", "b"], [0.5, 0.25], "transformer")
+    >>> len(cl), cl[1], [c.item for c in cl]
+    (2, Candidate(item='b', score=0.25, source='transformer', anchor=None), ['a', 'b'])
+    """
+
+    __slots__ = ("items", "scores", "source")
+
+    def __init__(self, items: Sequence[str], scores: Sequence[float], source: str) -> None:
+        if len(items) != len(scores):
+            raise ValueError(f"{len(items)} items but {len(scores)} scores")
+        self.items = items
+        self.scores = scores
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [Candidate(item, float(s), self.source) for item, s in zip(self.items[i], self.scores[i])]
+        return Candidate(self.items[i], float(self.scores[i]), self.source)
+
+    def __iter__(self) -> Iterator[Candidate]:
+        source = self.source
+        for item, s in zip(self.items, self.scores):
+            yield Candidate(item, float(s), source)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CandidateList):
+            return (self.source, list(self.items), list(self.scores)) == (
+                other.source, list(other.items), list(other.scores))
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # mutable lists inside
+
+    def __repr__(self) -> str:
+        return f"CandidateList({list(self)!r})"
 
 
 @runtime_checkable
@@ -134,8 +186,10 @@ class IdIndex:
 
     def indices(self, keys: Iterable[str]) -> np.ndarray:
         """int64 indices of ``keys``, -1 for unknown ones."""
-        get = self._ids.get
-        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64)
+        found = map(self._ids.get, keys, repeat(-1))
+        if hasattr(keys, "__len__"):
+            return np.fromiter(found, dtype=np.int64, count=len(keys))
+        return np.fromiter(found, dtype=np.int64)
 
     def __contains__(self, key: object) -> bool:
         return key in self._ids

@@ -127,6 +127,20 @@ class ContentNeighbours:
         norm = float(np.linalg.norm(q))
         return (q / norm if norm > 0 else None), rows
 
+    def recent(self, history: Sequence[str]) -> np.ndarray:
+        """Indices (-1 unknown) of the last ``history_window`` distinct history items, most recent first."""
+        get = self._index.get
+        idx: list[int] = []
+        seen: set[str] = set()
+        for item in reversed(history):
+            if len(idx) >= self.history_window:
+                break
+            if item in seen:
+                continue
+            seen.add(item)
+            idx.append(get(item))
+        return np.asarray(idx, dtype=np.int64)
+
     def candidates_many(
         self, histories: Sequence[Sequence[str]], k: int, banned: Sequence[np.ndarray | None] | None = None
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -136,20 +150,39 @@ class ContentNeighbours:
         for history ``b`` (history items are always excluded). A history without any vector gets
         empty arrays.
         """
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
-        out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [empty] * len(histories)
-        n = len(self._index)
-        queries, rows_of, at, bans = [], [], [], []
+        bans = []
         for b, history in enumerate(histories):
-            q, rows = self._query(history)
-            if q is None:
-                continue
-            queries.append(q)
-            rows_of.append(rows)
-            at.append(b)
             ban = self._index.indices(history)
             extra = banned[b] if banned is not None else None
             bans.append(ban if extra is None or not extra.size else np.concatenate([ban, extra]))
+        tops = self.top_many([self.recent(h) for h in histories], k, bans)
+        return [(best, sims, np.asarray(anchors[:], dtype=np.int64)) for best, sims, anchors in tops]
+
+    def top_many(
+        self, recent: Sequence[np.ndarray], k: int, banned: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray, Sequence[int]]]:
+        """:meth:`candidates_many` from each user's recent distinct history items (this model's indices,
+        -1 unknown, most recent first, see :meth:`recent`) and banned indices (the history's included,
+        -1 ignored). The anchors come back lazily (computed for a user's whole list when first read)."""
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
+        out: list[tuple[np.ndarray, np.ndarray, Sequence[int]]] = [empty] * len(recent)
+        n = len(self._index)
+        queries, rows_of, at, bans = [], [], [], []
+        for b, rec in enumerate(recent):
+            rec = rec[: self.history_window]
+            known = np.flatnonzero(rec >= 0)
+            if not known.size:
+                continue
+            rows = rec[known]
+            w = (1.0 / (known + 1)).astype(np.float32)  # 1 / r, r = 1 for the most recent
+            q = w @ self._v[rows]  # (D,)
+            norm = float(np.linalg.norm(q))
+            if not norm > 0:
+                continue
+            queries.append(q / norm)
+            rows_of.append(rows)
+            at.append(b)
+            bans.append(banned[b])
         if not queries:
             return out
         V = self._v[:n]  # (N, D)
@@ -157,8 +190,7 @@ class ContentNeighbours:
         for r, (b, rows, best) in enumerate(zip(at, rows_of, top_k_rows(sims, k, bans))):
             if not best.size:
                 continue
-            anchors = rows[np.argmax(self._v[rows] @ V[best].T, axis=0)]  # (k,)
-            out[b] = (best, sims[r, best].astype(np.float64), anchors)
+            out[b] = (best, sims[r, best].astype(np.float64), _LazyAnchors(self._v, rows, V, best))
         return out
 
     def recommend(
@@ -179,6 +211,31 @@ class ContentNeighbours:
         if q is not None and known.any():
             out[known] = self._v[idx[known]] @ q
         return out
+
+
+class _LazyAnchors(Sequence):
+    """The anchor of each candidate of one list (the history row most similar to it), computed for the
+    whole list on first read, with the same (A, D) x (D, k) product as when computed up front."""
+
+    __slots__ = ("_args", "_anchors", "_n")
+
+    def __init__(self, v: np.ndarray, rows: np.ndarray, V: np.ndarray, best: np.ndarray) -> None:
+        self._args: tuple | None = (v, rows, V, best)
+        self._anchors: np.ndarray | None = None
+        self._n = best.size
+
+    def _get(self) -> np.ndarray:
+        if self._anchors is None:
+            v, rows, V, best = self._args
+            self._anchors = rows[np.argmax(v[rows] @ V[best].T, axis=0)]  # (k,)
+            self._args = None
+        return self._anchors
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        return self._get()[i]
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)

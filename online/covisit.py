@@ -85,6 +85,8 @@ class CoVisitation:
         self._nj: list[array] = []
         self._nw: list[array] = []
         self._count = array("d")  # decayed event count per item (same frame)
+        self._acc = self._mark = _EMPTY_J  # serving scratch (see top), grown on first use
+        self._banned = np.zeros(0, dtype=bool)
 
     # ---------------------------------------------------------------- learning
     def _idx(self, item: str, w: float) -> int:
@@ -177,33 +179,39 @@ class CoVisitation:
         names = self._index.names
         return [(names[j], float(s)) for j, s in zip(js[order].tolist(), sims[order].tolist())]
 
-    def _aggregate(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates (sorted indices), their summed scores, the (anchors, candidates) term matrix and
-        the anchors' indices.
-
-        The score of ``j`` is ``sum_r W[h_r][j] / (r * sqrt(n_h_r * n_j))`` over the last
-        ``history_window`` distinct history items ``h_r`` (``r = 1`` the most recent); its anchor is the
-        ``h_r`` with the largest single term (ties: the most recent).
-        """
-        count = self._count
-        anchors: list[int] = []
-        scales: list[float] = []
+    def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The last ``history_window`` distinct history items, most recent first, as (this model's
+        indices, -1 when unknown; their recency ranks ``r``, 1 = the most recent)."""
+        get = self._index.get
+        idx: list[int] = []
         seen: set[str] = set()
-        r = 0
         for h_item in reversed(history):
-            if r >= self.history_window:
+            if len(idx) >= self.history_window:
                 break
             if h_item in seen:
                 continue
             seen.add(h_item)
-            r += 1
-            h = self._index.get(h_item)
-            if h < 0 or count[h] <= 0 or not self._slot[h]:
+            idx.append(get(h_item))
+        return idx, list(range(1, len(idx) + 1))
+
+    def _terms(self, recent: Sequence[int], ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every (anchor, neighbour) term of the score sum: (neighbour indices, terms, anchor position of
+        each term, anchors' indices), the terms anchor by anchor, each anchor's row in stored order.
+
+        ``recent``/``ranks``: the recent distinct history items (this model's indices, -1 unknown) and
+        their recency ranks (see :meth:`_anchors`). The score of ``j`` is
+        ``sum_r W[h_r][j] / (r * sqrt(n_h_r * n_j))``; anchors without a count or a row are skipped.
+        """
+        count, slot_of = self._count, self._slot
+        anchors: list[int] = []
+        scales: list[float] = []
+        for h, r in zip(recent, ranks):
+            if h < 0 or count[h] <= 0 or not slot_of[h]:
                 continue
             anchors.append(h)
             scales.append(1.0 / (r * math.sqrt(count[h])))
         if not anchors:
-            return _EMPTY_J, _EMPTY_W, np.zeros((0, 0)), _EMPTY_J
+            return _EMPTY_J, _EMPTY_W, _EMPTY_J, _EMPTY_J
         nj_of, nw_of = self._nj, self._nw
         lens = [len(nj_of[h]) for h in anchors]
         js = np.concatenate([np.frombuffer(nj_of[h], dtype=np.int64) for h in anchors])  # copies: no view kept
@@ -214,30 +222,80 @@ class CoVisitation:
         ok = cj > 0
         if not ok.all():
             js, ws, which, cj = js[ok], ws[ok], which[ok], cj[ok]
-        terms = ws / np.sqrt(cj)
+        return js, ws / np.sqrt(cj), which, np.asarray(anchors, dtype=np.int64)
+
+    def _aggregate(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates (sorted indices), their summed scores, the (anchors, candidates) term matrix and
+        the anchors' indices.
+
+        The score of ``j`` is ``sum_r W[h_r][j] / (r * sqrt(n_h_r * n_j))`` over the last
+        ``history_window`` distinct history items ``h_r`` (``r = 1`` the most recent); its anchor is the
+        ``h_r`` with the largest single term (ties: the most recent).
+        """
+        js, terms, which, anchors = self._terms(*self._anchors(history))
+        if not anchors.size or not js.size:
+            return _EMPTY_J, _EMPTY_W, np.zeros((0, 0)), _EMPTY_J
         uniq, _, inv = group(js)
         M = np.zeros((len(anchors), uniq.size))  # (A, U): anchor x candidate terms
         M[which, inv] = terms
-        return uniq, M.sum(axis=0), M, np.asarray(anchors, dtype=np.int64)
+        return uniq, M.sum(axis=0), M, anchors
+
+    def _grow_scratch(self) -> None:
+        n = max(1024, 2 * len(self._index))
+        self._acc = np.zeros(n)  # per-item sums; all 0 between calls
+        self._mark = np.zeros(n, dtype=np.int64)  # any value between calls
+        self._banned = np.zeros(n, dtype=bool)  # all False between calls
+
+    def top(
+        self, recent: Sequence[int], ranks: Sequence[int], k: int, banned: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Sequence[int]]:
+        """:meth:`candidates` from the recent distinct history items (this model's indices, -1 unknown, and
+        their recency ranks, see :meth:`_anchors`); ``banned`` must hold the history's indices too (-1
+        ignored). The anchors come back as a lazy sequence (by rank; each costs one pass over the terms
+        when read): the recommender reads the few it shows.
+
+        The sums run through a dense scratch array (``np.add.at`` adds each candidate's terms in anchor
+        order, the same additions as the term matrix's column sum), so no sort is needed to group them.
+        """
+        js, terms, which, anchors = self._terms(recent, ranks)
+        if not js.size or k <= 0:
+            return _EMPTY_J, _EMPTY_W, _EMPTY_J
+        if self._acc.size < len(self._index):
+            self._grow_scratch()
+        acc, mark = self._acc, self._mark
+        np.add.at(acc, js, terms)
+        total = acc[js]
+        acc[js] = 0.0
+        pos = np.arange(js.size)
+        mark[js] = pos  # one entry per item wins, whichever: it stands for the item
+        first = mark[js] == pos
+        cand, score = js[first], total[first]
+        ok = np.isfinite(score)
+        if banned is not None and banned.size:
+            ban = banned[banned >= 0]
+            flag = self._banned
+            flag[ban] = True
+            ok &= ~flag[cand]
+            flag[ban] = False
+        cand, score = cand[ok], score[ok]
+        if cand.size > k:  # the k best by (score desc, index asc): top_k over the sorted candidates
+            thr = score[np.argpartition(-score, k - 1)[k - 1]]
+            part = np.flatnonzero(score >= thr)
+            cand, score = cand[part], score[part]
+        order = np.lexsort((cand, -score))[:k]
+        cand, score = cand[order], score[order]
+        return cand, score, _LazyAnchors(cand, js, terms, which, anchors)
 
     def candidates(
         self, history: Sequence[str], k: int, banned: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The top ``k`` as index arrays: (item indices, scores, anchor indices), best first (ties:
         the lower index); ``banned`` holds indices (-1 ignored), history items are always excluded."""
-        uniq, acc, M, anchors = self._aggregate(history)
-        if not uniq.size:
-            return uniq, acc, uniq
         ban = self._index.indices(history)
         if banned is not None and banned.size:
             ban = np.concatenate([ban, banned])
-        ban = ban[ban >= 0]
-        if ban.size:
-            mask = np.zeros(len(self._index), dtype=bool)  # (n_items,)
-            mask[ban] = True
-            acc = np.where(mask[uniq], -np.inf, acc)
-        top = top_k(acc, k)
-        return uniq[top], acc[top], anchors[M[:, top].argmax(axis=0)]
+        idx, scores, anchors = self.top(*self._anchors(history), k, ban)
+        return idx, scores, np.fromiter((anchors[r] for r in range(idx.size)), dtype=np.int64, count=idx.size)
 
     def recommend(
         self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
@@ -269,6 +327,30 @@ class CoVisitation:
 
 _EMPTY_J = np.zeros(0, dtype=np.int64)
 _EMPTY_W = np.zeros(0)
+
+
+class _LazyAnchors(Sequence):
+    """The anchor (this model's index) of each of the top candidates, by rank, computed when read: the
+    history item with the largest single term, ties to the most recent (the first anchor), as
+    ``argmax`` over the candidate's column of the (anchors, candidates) term matrix."""
+
+    __slots__ = ("_cand", "_js", "_terms", "_which", "_anchors")
+
+    def __init__(self, cand, js, terms, which, anchors) -> None:
+        self._cand, self._js, self._terms, self._which, self._anchors = cand, js, terms, which, anchors
+
+    def __len__(self) -> int:
+        return self._cand.size
+
+    def __getitem__(self, rank):
+        if isinstance(rank, slice):
+            return [self[r] for r in range(*rank.indices(len(self)))]
+        sel = np.flatnonzero(self._js == self._cand[rank])  # the candidate's terms, anchor order
+        t = self._terms[sel]
+        best = int(np.argmax(t))
+        # the matrix column holds 0 for the anchors that do not reach the candidate: with a largest
+        # term of 0 (decayed away), argmax over the column is the first anchor
+        return int(self._anchors[self._which[sel[best]] if t[best] > 0 else 0])
 
 
 def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, n_users: int = 5000, seed: int = 0):

@@ -212,6 +212,11 @@ class OnlineMF:
     def user_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
         """The (D,) query vector for ``user``, or ``None`` when nothing is known about them."""
         hist = self._items.indices(history[-self.history_window :]) if len(history) else None
+        return self._user_vector(user, hist)
+
+    def _user_vector(self, user: str, hist: np.ndarray | None) -> np.ndarray | None:
+        """:meth:`user_vector` from the indices (-1 unknown) of the last ``history_window`` history items
+        (None: no history)."""
         if hist is not None:
             hist = hist[hist >= 0]
         row = self._users.get(user)
@@ -235,19 +240,29 @@ class OnlineMF:
         """Top ``k`` per user as index arrays (items, scores), best first: one (B, D) x (D, n_items)
         product for the batch. ``banned[b]`` are item indices excluded for user ``b`` (history items
         are always excluded)."""
+        recent, bans = [], []
+        for b, history in enumerate(histories):
+            recent.append(self._items.indices(history[-self.history_window :]) if len(history) else None)
+            ban = self._items.indices(history)
+            extra = banned[b] if banned is not None else None
+            bans.append(ban if extra is None or not extra.size else np.concatenate([ban, extra]))
+        return self.top_many(users, recent, k, bans)
+
+    def top_many(
+        self, users: Sequence[str], recent: Sequence[np.ndarray | None], k: int, banned: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`candidates_many` from the indices (-1 unknown) of each user's last ``history_window``
+        history items (None: no history) and their banned indices (the history's included, -1 ignored)."""
         n = len(self._items)
         if not n:
             return [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in users]
         zero = np.zeros(self.dim, dtype=np.float32)
-        vecs, bans = [], []
-        for b, (user, history) in enumerate(zip(users, histories)):
-            vec = self.user_vector(user, history)
+        vecs = []
+        for user, hist in zip(users, recent):
+            vec = self._user_vector(user, hist)
             vecs.append(zero if vec is None else vec)  # unknown user, no history: item biases only
-            ban = self._items.indices(history)
-            extra = banned[b] if banned is not None else None
-            bans.append(ban if extra is None or not extra.size else np.concatenate([ban, extra]))
         scores = np.stack(vecs) @ self._q[:n].T + self._b[:n]  # (B, N) float32
-        return [(top, scores[r, top].astype(np.float64)) for r, top in enumerate(top_k_rows(scores, k, bans))]
+        return [(top, scores[r, top].astype(np.float64)) for r, top in enumerate(top_k_rows(scores, k, banned))]
 
     def recommend(
         self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()

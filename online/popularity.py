@@ -261,6 +261,33 @@ class DecayedPopularity:
             scores.append(2.0 ** (-max(0.0, now - first_ts[i]) * factor))
         return np.asarray(out, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
+    def fresh_many(self, k: int, banned: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`fresh_indices` ``(k, banned[b])`` for every ``b``, with one vectorised scan of the
+        catalogue for all of them (the fresh items do not change between the calls of a micro-batch)."""
+        self._refresh()
+        if k <= 0:
+            return [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in banned]
+        skips = [set(b.tolist()) if b is not None and b.size else () for b in banned]
+        need = k + max((len(s) for s in skips), default=0)  # a user skips at most len(skip) of them
+        count = self._count
+        n = len(count)
+        lo = max(0, n - (20 * k + 1000))  # the indices fresh_indices scans, from the newest down
+        c = np.array(count[lo:n], dtype=np.int64)
+        ok = (c >= 1) & (c <= self.fresh_max_count)
+        head = self._head_mask
+        if head.size > lo:
+            ok[: min(n, head.size) - lo] &= ~head[lo : min(n, head.size)]
+        found = (lo + np.flatnonzero(ok))[::-1][:need].tolist()
+        factor = 1.0 / self.half_life_s
+        now = self._now(None)
+        first_ts = self._first_ts
+        score = {i: 2.0 ** (-max(0.0, now - first_ts[i]) * factor) for i in found}
+        out = []
+        for skip in skips:
+            idx = [i for i in found if i not in skip][:k] if skip else found[:k]
+            out.append((np.asarray(idx, dtype=np.int64), np.asarray([score[i] for i in idx], dtype=np.float64)))
+        return out
+
     def head_mask(self) -> np.ndarray:
         """(n,) bool over this model's item indices at the last refresh: True for head items (items
         added since are tail). Read-only."""
