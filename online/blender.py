@@ -84,6 +84,9 @@ __all__ = ["FeedbackBlender"]
 _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
 
 
+_ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
 
@@ -165,10 +168,16 @@ class FeedbackBlender:
         self._auc_pos = 0
         self._auc_n = 0
         self._rng = random.Random(seed)
+        self._zbuf = np.zeros(0)  # serving scratch of logits_entries, not pickled
         self.n_learned = 0  # examples received (applied or buffered)
         self.n_clicked = 0
         self._n_applied = 0
         self._n_applied_clicked = 0
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_zbuf"] = np.zeros(0)
+        return state
 
     @property
     def n_features(self) -> int:
@@ -230,6 +239,84 @@ class FeedbackBlender:
         X[:, 3 * n_s + 2] = tail * log_events
         return X
 
+    def feature_entries(
+        self,
+        n: int,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        ranks: np.ndarray,
+        is_tail: np.ndarray,
+        user_event_count: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`feature_matrix` (same values) from the proposals as entries: candidate ``rows[e]`` was
+        proposed by source ``cols[e]`` (its position in ``sources``) with raw score ``values[e]`` at 0-based
+        rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed (a
+        candidate comes from one or two of the sources: most of the score block is zeros)."""
+        n_s = len(self.sources)
+        n_f = 3 * n_s + 3
+        X = np.zeros((n, n_f))
+        flat = X.reshape(-1)
+        at = rows * n_f + cols  # (m,) flat position of each proposal's score feature
+        flat[at] = _squash(values)
+        flat[at + n_s] = 1.0 / (1.0 + ranks)
+        flat[at + 2 * n_s] = 1.0
+        for j, column in enumerate(self._dense_features(is_tail, user_event_count)):
+            X[:, 3 * n_s + j] = column
+        return X
+
+    @staticmethod
+    def _dense_features(is_tail: np.ndarray, user_event_count) -> tuple[np.ndarray, ...]:
+        """The last three feature columns: ``is_tail``, ``log_user_events`` and their product."""
+        log_events = np.log1p(np.maximum(0, np.asarray(user_event_count, dtype=np.float64)))
+        tail = np.asarray(is_tail, dtype=np.float64)
+        return tail, log_events, tail * log_events
+
+    def logits_entries(
+        self,
+        n: int,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        ranks: np.ndarray,
+        is_tail: np.ndarray,
+        user_event_count: np.ndarray,
+        bounds: Sequence[int],
+    ) -> np.ndarray:
+        """:meth:`logits_blocks` of the :meth:`feature_entries` matrix of the same arguments (same values).
+
+        Learned phase: the standardised matrix is built directly, without the feature matrix: every zero
+        of a feature standardises to the same value, so only the proposals' features and the three dense
+        ones are standardised one by one; it is written into a buffer kept between calls (a fresh array
+        of a few MB per micro-batch cost more in page faults than the arithmetic)."""
+        if not self.warmed_up:
+            return self.logits_blocks(self.feature_entries(n, rows, cols, values, ranks, is_tail, user_event_count),
+                                      bounds)
+        n_s = len(self.sources)
+        n_f = 3 * n_s + 3
+        mean, inv_std = self._scaling()
+        clip = self.z_clip
+        if n * n_f <= _ZBUF_MAX:
+            if self._zbuf.size < n * n_f:
+                self._zbuf = np.empty(max(n * n_f, 2 * self._zbuf.size))
+            Z = self._zbuf[: n * n_f].reshape(n, n_f)
+        else:
+            Z = np.empty((n, n_f))
+        Z[:] = np.clip((0.0 - mean) * inv_std, -clip, clip)  # a zero feature, standardised
+        at = rows * n_f + cols  # (m,) flat position of each proposal's score feature
+        at = np.concatenate([at, at + n_s, at + 2 * n_s])
+        f = np.concatenate([cols, cols + n_s, cols + 2 * n_s])
+        x = np.concatenate([_squash(values), 1.0 / (1.0 + ranks), np.ones(values.size)])
+        Z.reshape(-1)[at] = np.clip((x - mean[f]) * inv_std[f], -clip, clip)
+        for j, column in enumerate(self._dense_features(is_tail, user_event_count), start=3 * n_s):
+            Z[:, j] = np.clip((column - mean[j]) * inv_std[j], -clip, clip)
+        out = np.empty(n)
+        w, b0 = self._w, self._b
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                out[a:b] = Z[a:b] @ w + b0
+        return out
+
     def _matrix(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
         if isinstance(xs, np.ndarray):
             return xs.reshape(-1, self.n_features).astype(np.float64, copy=False)
@@ -269,6 +356,23 @@ class FeedbackBlender:
         if not self.warmed_up:
             return self._prior_terms(X).sum(axis=1)
         return self._z(X) @ self._w + self._b
+
+    def logits_blocks(self, X: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
+        """(n,) :meth:`logits` of each block of rows ``X[bounds[i]:bounds[i + 1]]`` (the rows of one user),
+        the same values as one :meth:`logits` call per block (a matrix-vector product's rounding depends
+        on its row count, so the product runs per block; the element-wise parts run once)."""
+        out = np.empty(X.shape[0])
+        if not self.warmed_up:
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if b > a:
+                    out[a:b] = self._prior_terms(X[a:b]).sum(axis=1)
+            return out
+        Z = self._z(X)
+        w, b0 = self._w, self._b
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                out[a:b] = Z[a:b] @ w + b0
+        return out
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
         """Click probabilities of feature rows ``X`` (n, n_features), float64 (n,)."""

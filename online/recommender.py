@@ -54,12 +54,13 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import islice
 
 import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
-from online.base import Candidate, Event, IdIndex
-from online.blender import FeedbackBlender
+from online.base import Candidate, CandidateList, Event, IdIndex
+from online.blender import FeedbackBlender, _sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
 from online.mf import OnlineMF
@@ -71,7 +72,7 @@ __all__ = ["CORE_SOURCES", "ArmView", "OnlineRecommender", "UnknownArmError", "U
 #: Sources the recommender itself produces; the blender must know all of them.
 CORE_SOURCES = ("popularity", "covisit", "mf", "content", "fresh")
 
-_BIG = 1 << 62  # "no position yet" in the merge scratch array
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 class UnknownArmError(KeyError):
@@ -136,7 +137,8 @@ class OnlineRecommender:
         self._tail_key: tuple | None = None
         self._tail = np.zeros(0, dtype=bool)  # (n_items,) over our index, at the last head refresh
         self._col = {s: n for n, s in enumerate(blender.sources)}
-        self._scratch = np.zeros(0, dtype=np.int64)  # merge scratch, all entries "large" between calls
+        self._invs: dict[str, tuple[IdIndex, int, np.ndarray]] = {}  # model -> (its index, mapped, ours -> its)
+        self._rerankers: dict[tuple[float, int], TailReranker] = {}
 
     @classmethod
     def create(
@@ -303,129 +305,283 @@ class OnlineRecommender:
                     raise UnknownSourceError(
                         f"extra source {source!r} is not one of the blender's sources {self.blender.sources}"
                     )
+        if not n_b:
+            return []
         k = self.k if k is None else int(k)
         n = self.n_candidates
-        excl = [list(e) for e in excludes] if excludes is not None else [[] for _ in range(n_b)]
         cv, ct, mf, pop = self.covisit, self.content, self.mf, self.popularity
         cv_map = self._map("covisit", cv._index)
         ct_map = self._map("content", ct._index)
         mf_map = self._map("mf", mf._items)
         tail_mask = self._tail_mask()
         pmap = self._maps["popularity"][1]
-        warm = [b for b in range(n_b) if len(histories[b])]
-        content = ct.candidates_many(
-            [histories[b] for b in warm], n, [ct._index.indices(excl[b]) for b in warm]
-        ) if warm else []
-        mfs = mf.candidates_many(
-            [users[b] for b in warm], [histories[b] for b in warm], n, [mf._items.indices(excl[b]) for b in warm]
-        ) if warm else []
+        # every history (and exclude) item's index, looked up once: ours, then each model's through the
+        # inverse maps (index -1, an item we do not know, reads the spare -1 at the end of each)
+        cv_inv, ct_inv, mf_inv, pop_inv = (self._inverse(key) for key in ("covisit", "content", "mf", "popularity"))
+        lookup = self._items.indices
+        window = max(cv.history_window, ct.history_window)
+        h_len = [len(h) for h in histories]
+        h_end = np.cumsum(h_len).tolist()
+        h_all = lookup([item for h in histories for item in h])  # every history, user after user
+        if excludes is not None and any(excludes):
+            excl = [list(e) for e in excludes]
+            ban_all = lookup([item for h, e in zip(histories, excl) for item in (*h, *e)])
+            ban_end = np.cumsum([len(h) + len(e) for h, e in zip(histories, excl)]).tolist()
+        else:
+            ban_all, ban_end = h_all, h_end  # history + exclude, user after user
+        # the last `window` distinct history items of each user, most recent first
+        recents = [list(islice(dict.fromkeys(reversed(h)), window)) if len(h) else [] for h in histories]
+        r_end = np.cumsum([len(r) for r in recents]).tolist()
+        r_all = lookup([item for r in recents for item in r])
+        warm = [b for b in range(n_b) if h_len[b]]
+        cold = [b for b in range(n_b) if not h_len[b]]
+
+        def part(arr, ends, b, first=None, last=None):  # user b's slice of a flat array, optionally cut
+            a, e = (ends[b - 1] if b else 0), ends[b]
+            if first is not None:
+                e = min(e, a + first)
+            if last is not None:
+                a = max(a, e - last)
+            return arr[a:e]
+
+        ct_rec, ct_ban = ct_inv[r_all], ct_inv[ban_all]
+        content = ct.top_many([part(ct_rec, r_end, b, first=ct.history_window) for b in warm], n,
+                              [part(ct_ban, ban_end, b) for b in warm]) if warm else []
+        mf_hist, mf_ban = mf_inv[h_all], mf_inv[ban_all]
+        mfs = mf.top_many([users[b] for b in warm], [part(mf_hist, h_end, b, last=mf.history_window) for b in warm],
+                          n, [part(mf_ban, ban_end, b) for b in warm]) if warm else []
+        pop_ban_all = pop_inv[ban_all]
+        pop_ban = [part(pop_ban_all, ban_end, b) for b in range(n_b)]
+        fresh = dict(zip(warm, pop.fresh_many(self.n_fresh, [pop_ban[b] for b in warm]))) if warm else {}
+        if cold:
+            fresh.update(zip(cold, pop.fresh_many(max(self.n_fresh, k), [pop_ban[b] for b in cold])))
         batch = dict(zip(warm, zip(content, mfs)))
-        out: list[list[Candidate]] = []
+        cv_rec, cv_ban = cv_inv[r_all].tolist(), cv_inv[ban_all]
+        ranks = range(1, cv.history_window + 1)
+        cv_names, ct_names = cv._index.names, ct._index.names
+        all_lists = []
         for b in range(n_b):
-            history = histories[b]
-            # (source, our indices, scores, anchors, anchor names (None: anchors are names already))
-            lists: list[tuple[str, np.ndarray, np.ndarray, Sequence | None, list[str] | None]] = []
-            pop_ban = pop._index.indices([*history, *excl[b]])
-            if len(history):
+            # (source, indices, scores, anchors, anchor names (None: anchors are names already), the map from
+            # the indices to ours (None: ours already))
+            lists: list[tuple] = []
+            if h_len[b]:
                 (c_idx, c_s, c_a), (m_idx, m_s) = batch[b]
-                j, sc, an = cv.candidates(history, n, cv._index.indices(excl[b]))
-                lists.append(("covisit", cv_map[j], sc, an, cv._index.names))
-                lists.append(("content", ct_map[c_idx], c_s, c_a, ct._index.names))
-                lists.append(("mf", mf_map[m_idx], m_s, None, None))
-                j, sc = pop.top_indices(max(k, n // 10), pop_ban)
-                lists.append(("popularity", pmap[j], sc, None, None))
-                j, sc = pop.fresh_indices(self.n_fresh, pop_ban)
-                lists.append(("fresh", pmap[j], sc, None, None))
+                j, sc, an = cv.top(part(cv_rec, r_end, b, first=cv.history_window), ranks, n, part(cv_ban, ban_end, b))
+                lists.append(("covisit", j, sc, an, cv_names, cv_map))
+                lists.append(("content", c_idx, c_s, c_a, ct_names, ct_map))
+                lists.append(("mf", m_idx, m_s, None, None, mf_map))
+                j, sc = pop.top_indices(max(k, n // 10), pop_ban[b])
+                lists.append(("popularity", j, sc, None, None, pmap))
             else:
-                j, sc = pop.top_indices(n, pop_ban)
-                lists.append(("popularity", pmap[j], sc, None, None))
-                j, sc = pop.fresh_indices(max(self.n_fresh, k), pop_ban)
-                lists.append(("fresh", pmap[j], sc, None, None))
+                j, sc = pop.top_indices(n, pop_ban[b])
+                lists.append(("popularity", j, sc, None, None, pmap))
+            j, sc = fresh[b]
+            lists.append(("fresh", j, sc, None, None, pmap))
             extra = extras[b] if extras is not None else None
             if extra:
-                banned = {*history, *excl[b]}
-                add = self._items.add
+                ban = {*histories[b], *(excludes[b] if excludes is not None else ())}
                 for source, cands in extra.items():
-                    kept = list({c.item: c for c in reversed(cands) if c.item not in banned}.values())[::-1]
-                    lists.append((
-                        source,
-                        np.fromiter((add(c.item) for c in kept), dtype=np.int64, count=len(kept)),
-                        np.fromiter((c.score for c in kept), dtype=np.float64, count=len(kept)),
-                        [c.anchor for c in kept],
-                        None,
-                    ))
-            out.append(self._blend_and_rerank(
-                users[b], history, int(user_event_counts[b]), configs[b], lists, tail_mask, k
-            ))
-        return out
+                    lists.append(self._extra_list(source, cands, ban))
+            all_lists.append(lists)
+        hist_tail = self._lookup(tail_mask, h_all)
+        n_tail = np.bincount(np.repeat(np.arange(n_b), h_len), weights=hist_tail, minlength=n_b)
+        appetites = [appetite_from_counts(int(t), n) for t, n in zip(n_tail.tolist(), h_len)]
+        return self._blend_many(users, appetites, user_event_counts, configs, all_lists, tail_mask, k)
 
-    def _blend_and_rerank(
+    def _inverse(self, key: str) -> np.ndarray:
+        """``our index -> model index`` for a model mapped by :meth:`_map` (-1: the model does not know
+        the item), with a spare last entry that stays -1, so that index -1 (an item we do not know)
+        reads -1. Extended as the map grows, rebuilt when the model's index is replaced."""
+        index, m = self._maps[key]
+        entry = self._invs.get(key)
+        n_ours = len(self._items)
+        if entry is None or entry[0] is not index:
+            inv, done = np.full(max(1024, 2 * n_ours) + 1, -1, dtype=np.int64), 0
+        else:
+            _, done, inv = entry
+        if inv.size <= n_ours:
+            grown = np.full(2 * n_ours + 1, -1, dtype=np.int64)
+            grown[: inv.size - 1] = inv[:-1]
+            inv = grown
+        if m.size > done:
+            inv[m[done:]] = np.arange(done, m.size)
+            done = m.size
+        self._invs[key] = (index, done, inv)
+        return inv
+
+    def _extra_list(self, source: str, cands: Sequence[Candidate], banned: Collection[str]):
+        """One ``extra`` source's list as a merge entry: its candidates minus the banned items (an item
+        listed twice: the first one's score and anchor, at the later one's place)."""
+        add = self._items.add
+        if isinstance(cands, CandidateList):
+            items = cands.items
+            if len(set(items)) == len(items):
+                keep = [n for n, item in enumerate(items) if item not in banned]
+                scores = np.asarray(cands.scores, dtype=np.float64)
+                if len(keep) < len(items):
+                    scores = scores[keep]
+                    items = [items[n] for n in keep]
+                return (source, np.fromiter(map(add, items), dtype=np.int64, count=len(items)), scores, None, None, None)
+        kept = list({c.item: c for c in reversed(cands) if c.item not in banned}.values())[::-1]
+        return (
+            source,
+            np.fromiter((add(c.item) for c in kept), dtype=np.int64, count=len(kept)),
+            np.fromiter((c.score for c in kept), dtype=np.float64, count=len(kept)),
+            [c.anchor for c in kept],
+            None,
+            None,
+        )
+
+    def _blend_many(
         self,
-        user: str,
-        history: Sequence[str],
-        user_event_count: int,
-        config: ArmConfig,
-        lists: list[tuple[str, np.ndarray, np.ndarray, Sequence | None, list[str] | None]],
+        users: Sequence[str],
+        appetites: Sequence[float],
+        user_event_counts: Sequence[int],
+        configs: Sequence[ArmConfig],
+        all_lists: Sequence[list[tuple[str, np.ndarray, np.ndarray, Sequence | None, list[str] | None]]],
         tail_mask: np.ndarray,
         k: int,
-    ) -> list[Candidate]:
-        lists = [entry for entry in lists if entry[1].size]
-        if not lists:
-            return []
-        lens = [entry[1].size for entry in lists]
-        entries = np.concatenate([entry[1] for entry in lists])  # (m,) every list entry's item
-        # merge without sorting: the first position of each item, through a dense scratch array
+    ) -> list[list[Candidate]]:
+        """Merge, blend and re-rank every user's candidate lists (``appetites``: the users' tail appetites)."""
+        n_b = len(users)
+        col = self._col
+        parts, scs, lens, cols, owner, maps = [], [], [], [], [], []
+        map_ids: dict[int, int] = {}  # id(map array) -> its number
+        by_id: dict[int, np.ndarray] = {}
+        by_source: list[dict] = []
+        repeated = False  # a source with two lists for one user (see below)
+        for b, lists in enumerate(all_lists):
+            seen = {}
+            for entry in lists:
+                idx = entry[1]
+                if not idx.size:
+                    continue
+                repeated = repeated or entry[0] in seen
+                seen[entry[0]] = entry
+                parts.append(idx)
+                scs.append(entry[2])
+                lens.append(idx.size)
+                cols.append(col[entry[0]])
+                owner.append(b)
+                if entry[5] is None:
+                    maps.append(-1)
+                else:
+                    i = map_ids.setdefault(id(entry[5]), len(map_ids))
+                    by_id[i] = entry[5]
+                    maps.append(i)
+            by_source.append(seen)  # the last non-empty list of each source
+        if not parts:
+            return [[] for _ in range(n_b)]
+        n_lists = np.asarray(lens)
+        entries = np.concatenate(parts)  # (m,) every list entry's item, user by user, list by list
+        if map_ids:  # each model's indices -> ours, one gather per model for the whole batch
+            map_e = np.repeat(np.asarray(maps, dtype=np.int64), n_lists)
+            for i, m_arr in by_id.items():
+                sel = map_e == i
+                entries[sel] = m_arr[entries[sel]]
+        values = np.concatenate(scs)
         m = entries.size
+        user_e = np.repeat(np.asarray(owner, dtype=np.int64), n_lists)
+        col_e = np.repeat(np.asarray(cols, dtype=np.int64), n_lists)
         pos = np.arange(m)
-        if self._scratch.size < len(self._items):
-            self._scratch = np.full(max(1024, 2 * len(self._items)), _BIG, dtype=np.int64)
-        scratch = self._scratch
-        np.minimum.at(scratch, entries, pos)
-        first = scratch[entries]  # (m,) position of the item's first entry
-        scratch[entries] = _BIG  # reset for the next request
+        rank_e = pos - np.repeat(np.cumsum(n_lists) - n_lists, n_lists)  # 0-based rank in its list
+        # merge without a stable sort: the first entry of each (user, item), from one sort of unique keys
+        # (user, item, position) packed in an int64
+        shift = int(m).bit_length()
+        packed = np.sort(((user_e * len(self._items) + entries) << shift) | pos)
+        at = packed & ((1 << shift) - 1)  # positions, grouped by (user, item), each group ascending
+        group = packed >> shift
+        starts = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
+        first = np.empty(m, dtype=np.int64)
+        first[at] = np.repeat(at[starts], np.diff(np.append(starts, m)))  # (m,) its item's first entry
         is_first = first == pos
-        items = entries[is_first]  # (n,) our item indices, in order of first appearance
+        items = entries[is_first]  # (n,) our item indices, user by user, in order of first appearance
         rows = (np.cumsum(is_first) - 1)[first]  # (m,) candidate row of every list entry
+        n_c = items.size
         n_s = len(self.blender.sources)
-        scores = np.zeros((items.size, n_s))  # (n, S) raw source scores, 0 = not proposed
-        ranks = np.full((items.size, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
-        start = 0
-        for (source, _, sc, _, _), m in zip(lists, lens):
-            r = rows[start : start + m]
-            col = self._col[source]
-            scores[r, col] = sc
-            ranks[r, col] = np.arange(m)
-            start += m
+        bounds = np.zeros(n_b + 1, dtype=np.int64)  # user b's candidates are rows bounds[b]:bounds[b + 1]
+        np.cumsum(np.bincount(user_e[is_first], minlength=n_b), out=bounds[1:])
+        bnd = bounds.tolist()
+        row_counts = np.repeat(np.asarray(user_event_counts, dtype=np.int64), np.diff(bounds))
         tail = self._lookup(tail_mask, items)
-        X = self.blender.feature_matrix(scores, ranks, tail, user_event_count)  # (n, F)
-        probs = self.blender.predict_matrix(X)  # (n,)
-        hist_tail = self._lookup(tail_mask, self._items.indices(history))
-        appetite = appetite_from_counts(int(hist_tail.sum()), hist_tail.size)
-        reranker = TailReranker(strength=config.rerank_strength, k=k, calibrate=self.calibrate)
-        shown = reranker.order(probs, tail, appetite)  # (k,) rows
+        ranks = np.full((n_c, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
+        if not repeated:
+            ranks[rows, col_e] = rank_e
+            probs = _sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd))
+            X = None  # the shown rows' features are built below
+        else:  # a source listed twice for a user: its later list overwrites the earlier one, list by list
+            scores = np.zeros((n_c, n_s))  # (n, S) raw source scores, 0 = not proposed
+            ends = np.cumsum(n_lists)
+            for a, e in zip(ends - n_lists, ends):
+                r, c = rows[a:e], col_e[a:e]
+                scores[r, c] = values[a:e]
+                ranks[r, c] = rank_e[a:e]
+            X = self.blender.feature_matrix(scores, ranks, tail, row_counts)  # (n, F)
+            probs = _sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
+        shown_parts = []
+        for b in range(n_b):
+            a, e = bnd[b], bnd[b + 1]
+            if e == a:
+                shown_parts.append(_EMPTY)
+                continue
+            reranker = self._reranker(configs[b].rerank_strength, k)
+            shown_parts.append(a + reranker.order(probs[a:e], tail[a:e], appetites[b]))
+        shown = np.concatenate(shown_parts)  # (s,) candidate rows, user by user
+        if X is None:  # the shown rows' features, from their entries
+            where = np.full(n_c, -1, dtype=np.int64)
+            where[shown] = np.arange(shown.size)
+            local = where[rows]
+            sel = local >= 0
+            X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
+                                                   tail[shown], row_counts[shown])
+        else:
+            X_shown = X[shown]
         # the proposing source with the largest logit share; ties: the better rank
-        contrib = self.blender.contributions_matrix(X[shown])  # (k, S)
+        contrib = self.blender.contributions_matrix(X_shown)  # (s, S)
         r_shown = ranks[shown]
         contrib = np.where(np.isfinite(r_shown), contrib, -np.inf)
         tied = contrib == contrib.max(axis=1, keepdims=True)
         src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
-        by_source = {entry[0]: entry for entry in lists}
+        src_rank = r_shown[np.arange(shown.size), src_col].tolist()
         names = self._items.names
         sources = self.blender.sources
-        result: list[Candidate] = []
-        for row, col, p in zip(shown.tolist(), src_col.tolist(), probs[shown].tolist()):
-            source = sources[col]
-            _, _, _, anchors, anchor_names = by_source[source]
-            anchor = None
-            if anchors is not None:
-                a = anchors[int(ranks[row, col])]
-                anchor = anchor_names[a] if anchor_names is not None else a
-            result.append(Candidate(names[items[row]], p, source, anchor=anchor))
-        self._pending[user] = (tuple(c.item for c in result), X[shown])
-        self._pending.move_to_end(user)
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
-        return result
+        item_of = items[shown].tolist()
+        src_col = src_col.tolist()
+        p_shown = probs[shown].tolist()
+        out: list[list[Candidate]] = []
+        at = 0
+        for b in range(n_b):
+            cnt = shown_parts[b].size
+            if not cnt:
+                out.append([])
+                continue
+            lists = by_source[b]
+            result: list[Candidate] = []
+            for s in range(at, at + cnt):
+                source = sources[src_col[s]]
+                anchors = lists[source][3]
+                anchor = None
+                if anchors is not None:
+                    anchor_names = lists[source][4]
+                    anchor = anchors[int(src_rank[s])]
+                    if anchor_names is not None:
+                        anchor = anchor_names[anchor]
+                result.append(Candidate(names[item_of[s]], p_shown[s], source, anchor=anchor))
+            user = users[b]
+            self._pending[user] = (tuple(c.item for c in result), X_shown[at : at + cnt].copy())
+            self._pending.move_to_end(user)
+            while len(self._pending) > self.max_pending:
+                self._pending.popitem(last=False)
+            at += cnt
+            out.append(result)
+        return out
+
+    def _reranker(self, strength: float, k: int) -> TailReranker:
+        key = (strength, k)
+        reranker = self._rerankers.get(key)
+        if reranker is None:
+            reranker = self._rerankers[key] = TailReranker(strength=strength, k=k, calibrate=self.calibrate)
+        return reranker
 
     def __contains__(self, item: object) -> bool:
         return item in self.popularity or item in self.content or item in self.mf

@@ -132,27 +132,38 @@ class TailReranker:
         n = scores.size
         if not n:
             return np.zeros(0, dtype=np.int64)
-        scores = np.where(np.isfinite(scores), scores, -np.inf)
+        all_finite = bool(np.isfinite(scores).all())
+        if not all_finite:
+            scores = np.where(np.isfinite(scores), scores, -np.inf)
         order = np.argsort(-scores, kind="stable")  # relevance order, ties by input position
         k = min(self.k, n)
         if self.strength == 0.0:
             return order[:k]
         s = scores[order]
-        finite = np.isfinite(s)
-        lo = s[finite].min() if finite.any() else 0.0
-        hi = s[finite].max() if finite.any() else 0.0
-        rel = np.where(finite, (s - lo) / (hi - lo), 0.0) if hi > lo else finite.astype(np.float64)
+        if all_finite:
+            finite = None
+            lo, hi = s[-1], s[0]  # s is sorted, best first
+        else:
+            finite = np.isfinite(s)
+            lo = s[finite].min() if finite.any() else 0.0
+            hi = s[finite].max() if finite.any() else 0.0
         t = tail[order]
         p_tail = min(1.0, max(0.0, float(tail_appetite)))
         lam = self.strength
         # The greedy only takes the most relevant free item of a category (the objective grows with
-        # rel within one): queues of the top k of each category, in relevance order.
+        # rel within one): queues of the top k of each category, in relevance order. rel: the score
+        # min-max normalised over all candidates (0 for a non-finite one), read at those positions.
         queues = []
         for mask, p_cat in ((~t, 1.0 - p_tail if self.calibrate else 0.0), (t, p_tail)):
             pos = np.flatnonzero(mask)[:k]
-            top = rel[pos[0]] if pos.size else 0.0  # rel is sorted: the category's best comes first
-            p_item = rel[pos] / top if top > 0 else np.zeros(pos.size)  # P(i|c)
-            queues.append((pos.tolist(), ((1.0 - lam) * rel[pos]).tolist(), (lam * p_cat * p_item).tolist()))
+            ok = True if finite is None else finite[pos]
+            if hi > lo:
+                rel = np.where(ok, (s[pos] - lo) / (hi - lo), 0.0)
+            else:
+                rel = np.ones(pos.size) if finite is None else ok.astype(np.float64)
+            top = rel[0] if pos.size else 0.0  # rel is sorted: the category's best comes first
+            p_item = rel / top if top > 0 else np.zeros(pos.size)  # P(i|c)
+            queues.append((pos.tolist(), ((1.0 - lam) * rel).tolist(), (lam * p_cat * p_item).tolist()))
         (h_pos, h_base, h_bonus), (t_pos, t_base, t_bonus) = queues
         chosen: list[int] = []
         hi_, ti_ = 0, 0

@@ -160,10 +160,17 @@ class ScorerCore:
         lists = self.recommender.recommend_many([r.user_id for r in todo], [r.sequence for r in todo],
                                                 [r.event_count for r in todo], arms=arms, extras=extras)
         recs = []
+        reasons: dict[tuple[str, str | None], str] = {}  # (source, anchor) -> reason: formatted once per batch
         for request, arm, cands in zip(todo, arms, lists):
+            items = []
+            for c in cands:
+                reason = reasons.get((c.source, c.anchor))
+                if reason is None:
+                    reason = reasons[c.source, c.anchor] = c.reason()
+                items.append(RecommendedItem(c.item, round(float(c.score), 6), c.source, reason))
             recs.append(Recommendation(
                 user_id=request.user_id,
-                items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, c.reason()) for c in cands],
+                items=items,
                 user_event_count=request.event_count, model_version=version, arm=arm,
                 event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at))
             self._published.put(request.user_id, request.event_count)
