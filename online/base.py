@@ -331,18 +331,20 @@ def top_k_rows(scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] |
     if k <= 0 or n == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
     if banned is not None:
-        rows = [np.full(b[b >= 0].size, r) for r, b in enumerate(banned) if b is not None and b.size]
-        if rows:
-            cols = np.concatenate([b[b >= 0] for b in banned if b is not None and b.size])
-            s[np.concatenate(rows), cols] = -np.inf
+        lens = [0 if b is None else b.size for b in banned]
+        if any(lens):
+            cols = np.concatenate([b for b in banned if b is not None and b.size])
+            rows = np.arange(n_rows).repeat(lens)
+            ok = cols >= 0
+            s[rows[ok], cols[ok]] = -np.inf
     kk = min(k, n)
     if kk < n:
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]  # (B, kk), unordered
+        part = (-s).argpartition(kk - 1, axis=1)[:, :kk]  # (B, kk), unordered
     else:
         part = np.broadcast_to(np.arange(n), (n_rows, n))
     vals = np.take_along_axis(s, part, axis=1)  # (B, kk)
     thr = vals.min(axis=1)
-    clean = np.isfinite(thr) & ((s >= thr[:, None]).sum(axis=1) == kk)  # no tie at the boundary
+    clean = (np.isfinite(thr) & ((s >= thr[:, None]).sum(axis=1) == kk)).tolist()  # no tie at the boundary
     order = np.lexsort((part, -vals), axis=1)
-    ranked = np.take_along_axis(part, order, axis=1)
-    return [ranked[r].astype(np.int64) if clean[r] else top_k(s[r], k) for r in range(n_rows)]
+    ranked = np.take_along_axis(part, order, axis=1).astype(np.int64, copy=False)
+    return [ranked[r] if clean[r] else top_k(s[r], k) for r in range(n_rows)]

@@ -168,15 +168,16 @@ class ContentNeighbours:
         out: list[tuple[np.ndarray, np.ndarray, Sequence[int]]] = [empty] * len(recent)
         n = len(self._index)
         queries, rows_of, at, bans = [], [], [], []
+        inv_rank = (1.0 / np.arange(1, self.history_window + 1)).astype(np.float32)  # 1 / r, r = 1 the most recent
         for b, rec in enumerate(recent):
             rec = rec[: self.history_window]
             known = np.flatnonzero(rec >= 0)
             if not known.size:
                 continue
             rows = rec[known]
-            w = (1.0 / (known + 1)).astype(np.float32)  # 1 / r, r = 1 for the most recent
+            w = inv_rank[known]
             q = w @ self._v[rows]  # (D,)
-            norm = float(np.linalg.norm(q))
+            norm = float(np.sqrt(q.dot(q)))  # np.linalg.norm of a vector, without its checks
             if not norm > 0:
                 continue
             queries.append(q / norm)
@@ -215,7 +216,11 @@ class ContentNeighbours:
 
 class _LazyAnchors(Sequence):
     """The anchor of each candidate of one list (the history row most similar to it), computed for the
-    whole list on first read, with the same (A, D) x (D, k) product as when computed up front."""
+    whole list on first read, with the same (A, D) x (D, k) product as when computed up front.
+
+    (The argmax cannot be decided from a cheaper product of the shown candidates alone: the float32
+    product's rounding depends on its shape, and with tag-hashed vectors two history items are often
+    exactly as similar to a candidate, so its rounding is what breaks the tie.)"""
 
     __slots__ = ("_args", "_anchors", "_n")
 
@@ -230,6 +235,10 @@ class _LazyAnchors(Sequence):
             self._anchors = rows[np.argmax(v[rows] @ V[best].T, axis=0)]  # (k,)
             self._args = None
         return self._anchors
+
+    def take(self, ranks: Sequence[int]) -> list[int]:
+        """The anchors of the candidates at ``ranks``."""
+        return self._get()[np.asarray(ranks, dtype=np.int64)].tolist()
 
     def __len__(self) -> int:
         return self._n

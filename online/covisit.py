@@ -214,10 +214,10 @@ class CoVisitation:
             return _EMPTY_J, _EMPTY_W, _EMPTY_J, _EMPTY_J
         nj_of, nw_of = self._nj, self._nw
         lens = [len(nj_of[h]) for h in anchors]
-        js = np.concatenate([np.frombuffer(nj_of[h], dtype=np.int64) for h in anchors])  # copies: no view kept
-        ws = np.concatenate([np.frombuffer(nw_of[h]) for h in anchors])
-        which = np.repeat(np.arange(len(anchors)), lens)  # anchor position of each term
-        ws *= np.repeat(scales, lens)
+        # the rows joined as bytes (a copy: no view of a row outlives the call)
+        js = np.frombuffer(b"".join([nj_of[h] for h in anchors]), dtype=np.int64)
+        ws = np.frombuffer(b"".join([nw_of[h] for h in anchors])) * np.array(scales).repeat(lens)
+        which = np.arange(len(anchors)).repeat(lens)  # anchor position of each term
         cj = np.frombuffer(count)[js]
         ok = cj > 0
         if not ok.all():
@@ -244,7 +244,7 @@ class CoVisitation:
         n = max(1024, 2 * len(self._index))
         self._acc = np.zeros(n)  # per-item sums; all 0 between calls
         self._mark = np.zeros(n, dtype=np.int64)  # any value between calls
-        self._banned = np.zeros(n, dtype=bool)  # all False between calls
+        self._banned = np.zeros(n + 1, dtype=bool)  # all False between calls; a spare last entry (index -1)
 
     def top(
         self, recent: Sequence[int], ranks: Sequence[int], k: int, banned: np.ndarray | None = None
@@ -268,19 +268,17 @@ class CoVisitation:
         acc[js] = 0.0
         pos = np.arange(js.size)
         mark[js] = pos  # one entry per item wins, whichever: it stands for the item
-        first = mark[js] == pos
-        cand, score = js[first], total[first]
-        ok = np.isfinite(score)
+        keep = mark[js] == pos
         if banned is not None and banned.size:
-            ban = banned[banned >= 0]
-            flag = self._banned
-            flag[ban] = True
-            ok &= ~flag[cand]
-            flag[ban] = False
-        cand, score = cand[ok], score[ok]
+            flag = self._banned  # index -1 sets the spare last entry, which no item reads
+            flag[banned] = True
+            keep &= ~flag[js]
+            flag[banned] = False
+        # (the sums are finite: positive decayed weights over positive counts; no filter needed)
+        cand, score = js[keep], total[keep]
         if cand.size > k:  # the k best by (score desc, index asc): top_k over the sorted candidates
-            thr = score[np.argpartition(-score, k - 1)[k - 1]]
-            part = np.flatnonzero(score >= thr)
+            thr = score[(-score).argpartition(k - 1)[k - 1]]
+            part = (score >= thr).nonzero()[0]
             cand, score = cand[part], score[part]
         order = np.lexsort((cand, -score))[:k]
         cand, score = cand[order], score[order]
@@ -344,13 +342,21 @@ class _LazyAnchors(Sequence):
 
     def __getitem__(self, rank):
         if isinstance(rank, slice):
-            return [self[r] for r in range(*rank.indices(len(self)))]
-        sel = np.flatnonzero(self._js == self._cand[rank])  # the candidate's terms, anchor order
-        t = self._terms[sel]
-        best = int(np.argmax(t))
+            return self.take(range(*rank.indices(len(self))))
+        return self.take([rank])[0]
+
+    def take(self, ranks: Sequence[int]) -> list[int]:
+        """The anchors of the candidates at ``ranks``."""
+        if not len(ranks):
+            return []
+        targets = self._cand[np.asarray(ranks)]  # (s,)
+        # (s, terms): each candidate's terms in anchor order, -1 elsewhere (terms are >= 0)
+        t = np.where(targets[:, None] == self._js, self._terms, -1.0)
+        first = t.argmax(axis=1)  # the first of the largest terms
         # the matrix column holds 0 for the anchors that do not reach the candidate: with a largest
         # term of 0 (decayed away), argmax over the column is the first anchor
-        return int(self._anchors[self._which[sel[best]] if t[best] > 0 else 0])
+        which = np.where(t[np.arange(first.size), first] > 0, self._which[first], 0)
+        return self._anchors[which].tolist()
 
 
 def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, n_users: int = 5000, seed: int = 0):

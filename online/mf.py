@@ -220,7 +220,10 @@ class OnlineMF:
         if hist is not None:
             hist = hist[hist >= 0]
         row = self._users.get(user)
-        h_mean = self._q[hist].mean(axis=0) if hist is not None and hist.size else None
+        h_mean = None
+        if hist is not None and hist.size:  # self._q[hist].mean(axis=0), without its checks
+            h_mean = np.add.reduce(self._q[hist], axis=0)
+            np.true_divide(h_mean, np.intp(hist.size), out=h_mean, casting="unsafe")
         if row is None:
             return h_mean
         p = self._p[row]

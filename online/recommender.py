@@ -543,11 +543,12 @@ class OnlineRecommender:
         tied = contrib == contrib.max(axis=1, keepdims=True)
         src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
         src_rank = r_shown[np.arange(shown.size), src_col].tolist()
+        src_col = src_col.tolist()
         names = self._items.names
         sources = self.blender.sources
         item_of = items[shown].tolist()
-        src_col = src_col.tolist()
         p_shown = probs[shown].tolist()
+        src_of = [sources[c] for c in src_col]
         out: list[list[Candidate]] = []
         at = 0
         for b in range(n_b):
@@ -556,17 +557,20 @@ class OnlineRecommender:
                 out.append([])
                 continue
             lists = by_source[b]
-            result: list[Candidate] = []
+            anchor_of: dict[int, object] = {}  # shown position -> anchor, read source by source
+            shown_by: dict[str, list[int]] = {}
             for s in range(at, at + cnt):
-                source = sources[src_col[s]]
-                anchors = lists[source][3]
-                anchor = None
-                if anchors is not None:
-                    anchor_names = lists[source][4]
-                    anchor = anchors[int(src_rank[s])]
-                    if anchor_names is not None:
-                        anchor = anchor_names[anchor]
-                result.append(Candidate(names[item_of[s]], p_shown[s], source, anchor=anchor))
+                shown_by.setdefault(src_of[s], []).append(s)
+            for source, positions in shown_by.items():
+                _, _, _, anchors, anchor_names, _ = lists[source]
+                if anchors is None:
+                    continue
+                at_ranks = [int(src_rank[s]) for s in positions]
+                found = anchors.take(at_ranks) if hasattr(anchors, "take") else [anchors[r] for r in at_ranks]
+                for s, a in zip(positions, found):
+                    anchor_of[s] = anchor_names[a] if anchor_names is not None else a
+            result = [Candidate(names[item_of[s]], p_shown[s], src_of[s], anchor=anchor_of.get(s))
+                      for s in range(at, at + cnt)]
             user = users[b]
             self._pending[user] = (tuple(c.item for c in result), X_shown[at : at + cnt].copy())
             self._pending.move_to_end(user)

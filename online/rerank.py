@@ -135,7 +135,7 @@ class TailReranker:
         all_finite = bool(np.isfinite(scores).all())
         if not all_finite:
             scores = np.where(np.isfinite(scores), scores, -np.inf)
-        order = np.argsort(-scores, kind="stable")  # relevance order, ties by input position
+        order = (-scores).argsort(kind="stable")  # relevance order, ties by input position
         k = min(self.k, n)
         if self.strength == 0.0:
             return order[:k]
@@ -153,17 +153,22 @@ class TailReranker:
         # The greedy only takes the most relevant free item of a category (the objective grows with
         # rel within one): queues of the top k of each category, in relevance order. rel: the score
         # min-max normalised over all candidates (0 for a non-finite one), read at those positions.
+        head_at, tail_at = (~t).nonzero()[0][:k], t.nonzero()[0][:k]
+        at = np.concatenate((head_at, tail_at))
+        if hi > lo:
+            rel = (s[at] - lo) / (hi - lo)
+            if finite is not None:
+                rel = np.where(finite[at], rel, 0.0)
+        else:
+            rel = np.ones(at.size) if finite is None else finite[at].astype(np.float64)
+        rel = rel.tolist()
         queues = []
-        for mask, p_cat in ((~t, 1.0 - p_tail if self.calibrate else 0.0), (t, p_tail)):
-            pos = np.flatnonzero(mask)[:k]
-            ok = True if finite is None else finite[pos]
-            if hi > lo:
-                rel = np.where(ok, (s[pos] - lo) / (hi - lo), 0.0)
-            else:
-                rel = np.ones(pos.size) if finite is None else ok.astype(np.float64)
-            top = rel[0] if pos.size else 0.0  # rel is sorted: the category's best comes first
-            p_item = rel / top if top > 0 else np.zeros(pos.size)  # P(i|c)
-            queues.append((pos.tolist(), ((1.0 - lam) * rel).tolist(), (lam * p_cat * p_item).tolist()))
+        for pos, rel_c, p_cat in ((head_at, rel[: head_at.size], 1.0 - p_tail if self.calibrate else 0.0),
+                                  (tail_at, rel[head_at.size :], p_tail)):
+            top = rel_c[0] if rel_c else 0.0  # rel is sorted: the category's best comes first
+            weight = lam * p_cat
+            bonus = [weight * (r / top) for r in rel_c] if top > 0 else [weight * 0.0] * len(rel_c)  # P(i|c)
+            queues.append((pos.tolist(), [(1.0 - lam) * r for r in rel_c], bonus))
         (h_pos, h_base, h_bonus), (t_pos, t_base, t_bonus) = queues
         chosen: list[int] = []
         hi_, ti_ = 0, 0

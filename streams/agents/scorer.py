@@ -161,16 +161,17 @@ class ScorerCore:
                                                 [r.event_count for r in todo], arms=arms, extras=extras)
         recs = []
         reasons: dict[tuple[str, str | None], str] = {}  # (source, anchor) -> reason: formatted once per batch
+
+        def reason(c: Candidate) -> str:
+            text = reasons.get((c.source, c.anchor))
+            if text is None:
+                text = reasons[c.source, c.anchor] = c.reason()
+            return text
+
         for request, arm, cands in zip(todo, arms, lists):
-            items = []
-            for c in cands:
-                reason = reasons.get((c.source, c.anchor))
-                if reason is None:
-                    reason = reasons[c.source, c.anchor] = c.reason()
-                items.append(RecommendedItem(c.item, round(float(c.score), 6), c.source, reason))
             recs.append(Recommendation(
                 user_id=request.user_id,
-                items=items,
+                items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c)) for c in cands],
                 user_event_count=request.event_count, model_version=version, arm=arm,
                 event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at))
             self._published.put(request.user_id, request.event_count)
