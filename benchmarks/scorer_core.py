@@ -63,26 +63,31 @@ __all__ = ["FakeBatchModel", "build_core", "requests_for", "serve"]
 
 class FakeBatchModel:
     """A deterministic stand-in for ``models.scoring.BatchScorer`` (no torch): ``transformer`` and
-    ``vae`` lists that depend on the user's last item only."""
+    ``vae`` lists that depend on the user's last item only, precomputed per item, so that the stand-in
+    itself costs little of the timed process (a real model's cost is its own, see scorer_throughput.py)."""
 
     version = "fake-batch-model"
 
     def __init__(self, item_ids: list[str]) -> None:
         self.item_ids = item_ids
         self.pos = {item: n for n, item in enumerate(item_ids)}
+        self._lists: dict[tuple[int, int], dict[str, list[tuple[str, float]]]] = {}
+
+    def _for(self, j: int, k: int) -> dict[str, list[tuple[str, float]]]:
+        found = self._lists.get((j, k))
+        if found is None:
+            n_items = len(self.item_ids)
+            found = self._lists[j, k] = {
+                source: [(self.item_ids[(j * step + 3 * n + 1) % n_items], scale * (2.0 - n / k)) for n in range(k)]
+                for source, step, scale in (("transformer", 7, 1.0), ("vae", 13, 0.3))}
+        return found
 
     def candidates(self, histories, k, exclude):
-        n_items = len(self.item_ids)
         out = {"transformer": [], "vae": []}
         for history, ex in zip(histories, exclude):
-            j = self.pos.get(history[-1], 0) if history else 0
-            for source, step, scale in (("transformer", 7, 1.0), ("vae", 13, 0.3)):
-                lst = []
-                for n in range(k):
-                    item = self.item_ids[(j * step + 3 * n + 1) % n_items]
-                    if item not in ex:
-                        lst.append((item, scale * (2.0 - n / k)))
-                out[source].append(lst)
+            lists = self._for(self.pos.get(history[-1], 0) if history else 0, k)
+            for source, lst in lists.items():
+                out[source].append([pair for pair in lst if pair[0] not in ex])
         return out
 
 

@@ -421,7 +421,11 @@ class OnlineRecommender:
                 if len(keep) < len(items):
                     scores = scores[keep]
                     items = [items[n] for n in keep]
-                return (source, np.fromiter(map(add, items), dtype=np.int64, count=len(items)), scores, None, None, None)
+                idx = self._items.indices(items)
+                new = (idx < 0).nonzero()[0].tolist()
+                for n in new:  # items we do not know yet, indexed in list order (as add() one by one would)
+                    idx[n] = add(items[n])
+                return (source, idx, scores, None, None, None)
         kept = list({c.item: c for c in reversed(cands) if c.item not in banned}.values())[::-1]
         return (
             source,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from online.arms import ArmAssigner
-from online.base import Candidate
+from online.base import Candidate, CandidateList
 from streams.records import Recommendation, RecommendedItem, ScoreRequest
 
 __all__ = ["SequenceModel", "ScorerCore", "BatchOutput", "LearnedEvent", "BATCH_SOURCES"]
@@ -139,16 +139,25 @@ class ScorerCore:
         out.recommendations = self._score(todo, now)
         return out
 
-    def batch_candidates(self, histories: Sequence[Sequence[str]]) -> list[dict[str, list[Candidate]]] | None:
-        """The batch model's candidates per user, as the recommender's ``extras`` (None without a model)."""
+    def batch_candidates(self, histories: Sequence[Sequence[str]]) -> list[dict[str, Sequence[Candidate]]] | None:
+        """The batch model's candidates per user, as the recommender's ``extras`` (None without a model).
+
+        Each list is a :class:`~online.base.CandidateList` (items and scores; ``Candidate`` objects only
+        when read one by one): building a hundred ``Candidate`` per user and source cost more than the
+        rest of the user's request."""
         if self.model is None:
             return None
         found = self.model.candidates(list(histories), self.n_candidates, [set(h) for h in histories])
         unknown = sorted(set(found) - set(BATCH_SOURCES))
         if unknown:
             raise ValueError(f"batch model sources {unknown} are not among {BATCH_SOURCES}")
-        return [{source: [Candidate(item, float(score), source) for item, score in lists[b]]
-                 for source, lists in found.items()} for b in range(len(histories))]
+        out: list[dict[str, Sequence[Candidate]]] = [{} for _ in histories]
+        for source, lists in found.items():
+            for b in range(len(histories)):
+                pairs = lists[b]
+                items, scores = (list(x) for x in zip(*pairs)) if pairs else ([], [])
+                out[b][source] = CandidateList(items, scores, source)
+        return out
 
     def _score(self, todo: Sequence[ScoreRequest], now: float | None) -> list[Recommendation]:
         if not todo:
