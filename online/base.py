@@ -317,19 +317,21 @@ def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def top_k_rows(scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """:func:`top_k` of every row of ``scores`` (B, N), same result, one vectorised partition.
 
-    ``banned[b]`` are the indices excluded from row ``b``. A row with ties at its k-th score (or
-    with fewer than ``k`` finite scores) falls back to :func:`top_k` so that ties still go to the
-    lower index.
+    ``banned[b]`` are the indices excluded from row ``b`` (-1 ignored). A row with ties at its k-th score
+    gets them resolved toward the lower index from the same partition; a row with fewer than ``k``
+    finite scores (or non-finite ones among its best) falls back to :func:`top_k`.
 
     >>> [r.tolist() for r in top_k_rows(np.array([[0.1, 0.9, 0.5], [3.0, 2.0, 1.0]]), 2, [None, np.array([0])])]
     [[1, 2], [1, 2]]
+    >>> [r.tolist() for r in top_k_rows(np.array([[0.5, 0.7, 0.5, 0.5], [1.0, 1.0, 1.0, 2.0]]), 2)]
+    [[1, 0], [3, 0]]
     """
     n_rows, n = scores.shape
     if n_rows == 1:
         return [top_k(scores[0], k, None if banned is None else banned[0])]
-    s = np.array(scores, dtype=np.float64)  # (B, N), a copy we may write -inf into
     if k <= 0 or n == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
+    s = np.array(scores)  # (B, N), a copy we may write -inf into (float32 stays float32: the same order)
     if banned is not None:
         lens = [0 if b is None else b.size for b in banned]
         if any(lens):
@@ -339,12 +341,24 @@ def top_k_rows(scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] |
             s[rows[ok], cols[ok]] = -np.inf
     kk = min(k, n)
     if kk < n:
-        part = (-s).argpartition(kk - 1, axis=1)[:, :kk]  # (B, kk), unordered
+        part = s.argpartition(n - kk, axis=1)[:, n - kk :]  # (B, kk) the kk largest, unordered
     else:
         part = np.broadcast_to(np.arange(n), (n_rows, n))
     vals = np.take_along_axis(s, part, axis=1)  # (B, kk)
     thr = vals.min(axis=1)
-    clean = (np.isfinite(thr) & ((s >= thr[:, None]).sum(axis=1) == kk)).tolist()  # no tie at the boundary
+    finite = np.isfinite(thr)
+    clean = (finite & (np.count_nonzero(s >= thr[:, None], axis=1) == kk)).tolist()  # no tie at the boundary
     order = np.lexsort((part, -vals), axis=1)
     ranked = np.take_along_axis(part, order, axis=1).astype(np.int64, copy=False)
-    return [ranked[r] if clean[r] else top_k(s[r], k) for r in range(n_rows)]
+    out = []
+    for r in range(n_rows):
+        if clean[r]:
+            out.append(ranked[r])
+            continue
+        row = s[r]
+        cand = (row >= thr[r]).nonzero()[0] if finite[r] else None
+        if cand is not None and np.isfinite(row[cand]).all():  # ties at the k-th score: the lower indices
+            out.append(cand[np.lexsort((cand, -row[cand]))[:k]])
+        else:
+            out.append(top_k(row, k))
+    return out

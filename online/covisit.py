@@ -240,6 +240,12 @@ class CoVisitation:
         M[which, inv] = terms
         return uniq, M.sum(axis=0), M, anchors
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # the serving scratch is not state: it is regrown on first use
+        state["_acc"] = state["_mark"] = _EMPTY_J
+        state["_banned"] = np.zeros(0, dtype=bool)
+        return state
+
     def _grow_scratch(self) -> None:
         n = max(1024, 2 * len(self._index))
         self._acc = np.zeros(n)  # per-item sums; all 0 between calls
