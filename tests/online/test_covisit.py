@@ -93,3 +93,56 @@ def test_survives_very_long_streams() -> None:
     cv.learn_one("v", "C", 10_000.0, ("A",))
     recs = cv.recommend("u", ["A"], 2)
     assert recs[0].item == "C" and all(np.isfinite(c.score) for c in recs)
+
+
+def _stream_model(seed: int = 0, n_events: int = 6000):
+    rng = np.random.default_rng(seed)
+    cv = CoVisitation(max_neighbours=15, half_life_s=500.0)
+    hist: dict[str, list[str]] = {}
+    for n in range(n_events):
+        user = f"u{int(rng.integers(0, 120))}"
+        item = f"i{min(int(rng.zipf(1.3)), 300)}"
+        h = hist.setdefault(user, [])
+        cv.learn_one(user, item, float(n), tuple(h[-50:]))
+        h.append(item)
+    return cv, hist
+
+
+def test_top_equals_the_term_matrix_definition() -> None:
+    """top()/candidates() (scratch-array sums, lazy anchors) = the (anchors, candidates) term matrix:
+    column sums, top k by (score desc, index asc), anchor = argmax of the candidate's column."""
+    from online.base import top_k
+
+    cv, hist = _stream_model()
+    rng = np.random.default_rng(1)
+    checked = 0
+    for user, h in list(hist.items())[:60]:
+        h = h[-50:] + ["never-seen"]
+        uniq, acc, M, anchors = cv._aggregate(h)
+        banned = cv._index.indices([f"i{j}" for j in rng.integers(0, 40, 4)] + ["nope"])
+        ban = np.concatenate([cv._index.indices(h), banned])
+        ban = ban[ban >= 0]
+        acc = np.where(np.isin(uniq, ban), -np.inf, acc)
+        for k in (1, 7, 50):
+            top = top_k(acc, k)
+            idx, scores, anchor_idx = cv.candidates(h, k, banned)
+            assert idx.tolist() == uniq[top].tolist()
+            assert scores.tolist() == acc[top].tolist()  # the same additions, bit for bit
+            assert anchor_idx.tolist() == anchors[M[:, top].argmax(axis=0)].tolist()
+            lazy = cv.top(*cv._anchors(h), k, ban)[2]
+            picks = list(range(0, len(lazy), 3))
+            assert lazy.take(picks) == [int(a) for a in anchor_idx[picks]] == [lazy[r] for r in picks]
+            checked += idx.size
+    assert checked > 1000
+
+
+def test_serving_scratch_is_not_pickled() -> None:
+    import pickle
+
+    cv, hist = _stream_model(n_events=800)
+    h = next(h for h in hist.values() if len(h) > 5)
+    before = cv.candidates(h, 10)
+    assert cv._acc.size >= len(cv)
+    again = pickle.loads(pickle.dumps(cv))
+    assert again._acc.size == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, again.candidates(h, 10)))

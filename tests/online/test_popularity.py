@@ -127,3 +127,22 @@ def test_recommend_excludes_history_and_exclude() -> None:
     assert [c.item for c in recs] == ["i1", "i3", "i4"]
     assert all(c.source == "popularity" and c.reason() == "popular now" for c in recs)
     assert math.isfinite(recs[0].score)
+
+
+def test_fresh_many_equals_fresh_indices_per_user() -> None:
+    """The micro-batch scan gives every user what their own fresh_indices call would."""
+    rng = np.random.default_rng(0)
+    pop = DecayedPopularity(half_life_s=100.0, window_events=400, refresh_every=50, fresh_max_count=3)
+    for n in range(3000):
+        item = f"i{n // 3}" if rng.random() < 0.3 else f"i{min(int(rng.zipf(1.2)), 900)}"  # a stream of new items
+        pop.learn_one("u", item, float(n), ())
+    n_items = len(pop)
+    bans = [None, np.zeros(0, dtype=np.int64), np.array([-1, -1]),
+            *(rng.integers(-1, n_items, int(rng.integers(1, 60))) for _ in range(20)),
+            np.arange(n_items - 40, n_items)]  # bans most of the freshest
+    for k in (0, 1, 10, 25):
+        many = pop.fresh_many(k, bans)
+        for ban, (idx, scores) in zip(bans, many):
+            one_idx, one_scores = pop.fresh_indices(k, ban)
+            assert idx.tolist() == one_idx.tolist() and scores.tolist() == one_scores.tolist()
+            assert idx.dtype == one_idx.dtype and scores.dtype == one_scores.dtype

@@ -1,0 +1,190 @@
+"""The vectorised serving paths against the straightforward definitions they replace (same results)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from online.arms import parse_arms
+from online.base import Candidate, CandidateList, top_k, top_k_rows
+from online.blender import FeedbackBlender
+from online.content import ContentNeighbours
+from online.recommender import OnlineRecommender
+from online.rerank import TailReranker
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_rows_equals_top_k_per_row(dtype) -> None:
+    rng = np.random.default_rng(0)
+    for it in range(600):
+        rows, n, k = int(rng.integers(2, 7)), int(rng.integers(1, 50)), int(rng.integers(0, 15))
+        s = rng.random((rows, n))
+        if it % 4 == 1:
+            s = np.round(s, 1)  # ties at the boundary
+        elif it % 4 == 2:
+            s[rng.random(s.shape) < 0.2] = np.nan
+        elif it % 4 == 3:  # (+inf is not covered: top_k counts it out of k but still ranks it first)
+            s[rng.random(s.shape) < 0.3] = -np.inf
+        s = s.astype(dtype)
+        bans = [rng.integers(-1, n, int(rng.integers(0, 6))) if rng.random() < 0.7 else None for _ in range(rows)]
+        got = top_k_rows(s.copy(), k, bans)
+        for r in range(rows):
+            want = top_k(s[r], k, bans[r])
+            assert got[r].tolist() == want.tolist() and got[r].dtype == np.int64, (it, r)
+
+
+def _reference_order(rr: TailReranker, scores, tail, appetite):
+    """TailReranker.order as first written: the full relevance order, rel over all candidates."""
+    n = scores.size
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    order = np.argsort(-scores, kind="stable")
+    k = min(rr.k, n)
+    if rr.strength == 0.0:
+        return order[:k]
+    s = scores[order]
+    finite = np.isfinite(s)
+    lo = s[finite].min() if finite.any() else 0.0
+    hi = s[finite].max() if finite.any() else 0.0
+    rel = np.where(finite, (s - lo) / (hi - lo), 0.0) if hi > lo else finite.astype(np.float64)
+    t = tail[order]
+    p_tail = min(1.0, max(0.0, float(appetite)))
+    lam = rr.strength
+    queues = []
+    for mask, p_cat in ((~t, 1.0 - p_tail if rr.calibrate else 0.0), (t, p_tail)):
+        pos = np.flatnonzero(mask)[:k]
+        top = rel[pos[0]] if pos.size else 0.0
+        p_item = rel[pos] / top if top > 0 else np.zeros(pos.size)
+        queues.append((pos.tolist(), ((1.0 - lam) * rel[pos]).tolist(), (lam * p_cat * p_item).tolist()))
+    (h_pos, h_base, h_bonus), (t_pos, t_base, t_bonus) = queues
+    chosen, hi_, ti_, n_tail_in = [], 0, 0, 0
+    for step in range(k):
+        if rr.smooth:
+            cov_t = 1.0 - n_tail_in / step if step else 1.0
+            cov_h = 1.0 - (step - n_tail_in) / step if step else 1.0
+        else:
+            cov_t = 0.0 if n_tail_in else 1.0
+            cov_h = 0.0 if step - n_tail_in else 1.0
+        oh = h_base[hi_] + h_bonus[hi_] * cov_h if hi_ < len(h_pos) else -math.inf
+        ot = t_base[ti_] + t_bonus[ti_] * cov_t if ti_ < len(t_pos) else -math.inf
+        if ot > oh or (ot == oh and ti_ < len(t_pos) and (hi_ >= len(h_pos) or t_pos[ti_] < h_pos[hi_])):
+            chosen.append(t_pos[ti_])
+            ti_ += 1
+            n_tail_in += 1
+        else:
+            chosen.append(h_pos[hi_])
+            hi_ += 1
+    return order[chosen]
+
+
+def test_rerank_order_equals_the_full_sort_definition() -> None:
+    rng = np.random.default_rng(0)
+    for it in range(3000):
+        n, k = int(rng.integers(1, 60)), int(rng.integers(1, 15))
+        scores = rng.random(n) if it % 3 else np.round(rng.random(n), 1)
+        if it % 5 == 0:
+            scores[rng.random(n) < 0.2] = rng.choice([np.nan, np.inf, -np.inf])
+        tail = rng.random(n) < rng.random()
+        rr = TailReranker(strength=float(rng.choice([0.0, 0.3, 0.5, 1.0])), k=k,
+                          calibrate=bool(rng.random() < 0.3), smooth=bool(rng.random() < 0.8))
+        appetite = float(rng.random())
+        got = rr.order(scores.copy(), tail, appetite)
+        assert got.tolist() == _reference_order(rr, scores.copy(), tail, appetite).tolist(), it
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_blender_entries_equal_the_dense_feature_matrix(warm: bool) -> None:
+    rng = np.random.default_rng(0)
+    sources = ["popularity", "covisit", "mf", "content", "fresh", "transformer"]
+    blender = FeedbackBlender(sources=sources, warmup=50)
+    if warm:
+        X = rng.random((400, blender.n_features))
+        blender.learn_matrix(X, rng.random(400) < 0.3)
+        blender.flush()
+        assert blender.warmed_up
+    n, per_row = 300, 2
+    rows = np.repeat(np.arange(n), per_row)
+    cols = np.concatenate([rng.choice(len(sources), per_row, replace=False) for _ in range(n)])
+    values = rng.normal(size=rows.size) * 50
+    values[::17] = 0.0
+    ranks = rng.integers(0, 100, rows.size)
+    tail = rng.random(n) < 0.5
+    counts = rng.integers(0, 500, n)
+    bounds = [0, 40, 40, 170, 299, 300]
+    scores = np.zeros((n, len(sources)))
+    rank_m = np.full((n, len(sources)), np.inf)
+    scores[rows, cols] = values
+    rank_m[rows, cols] = ranks
+    X = blender.feature_matrix(scores, rank_m, tail, counts)
+    assert np.array_equal(blender.feature_entries(n, rows, cols, values, ranks, tail, counts), X)
+    want = np.concatenate([blender.logits(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+    got = blender.logits_entries(n, rows, cols, values, ranks, tail, counts, bounds)
+    assert np.array_equal(got, want)  # bit for bit: the product still runs per block
+    assert np.array_equal(blender.logits_blocks(X, bounds), want)
+
+
+def test_content_anchors_and_candidates_are_those_of_the_full_product() -> None:
+    rng = np.random.default_rng(0)
+    cn = ContentNeighbours(dim=16)
+    vecs = rng.normal(size=(300, 16)).astype(np.float32)
+    vecs[150:160] = vecs[140]  # duplicate vectors: exact ties between anchors
+    cn.set_vectors([f"i{j}" for j in range(300)], vecs)
+    histories = [[f"i{j}" for j in rng.integers(0, 300, int(rng.integers(0, 15)))] for _ in range(25)]
+    histories[3] = ["i140", "i150", "i151"]
+    histories[4] = ["unknown-a", "unknown-b"]
+    got = cn.candidates_many(histories, 20, [cn._index.indices(["i1", "i2"])] * len(histories))
+    for history, (best, sims, anchors) in zip(histories, got):
+        rows, w = cn._history_rows(history)
+        if not rows.size:
+            assert best.size == 0
+            continue
+        assert anchors.tolist() == rows[np.argmax(cn._v[rows] @ cn._v[best].T, axis=0)].tolist()
+        one = cn.recommend("u", history, 20, exclude=["i1", "i2"])
+        assert [c.item for c in one] == [f"i{j}" for j in best.tolist()]
+        assert [c.anchor for c in one] == [f"i{j}" for j in anchors.tolist()]
+
+
+def test_candidate_list_reads_as_candidates() -> None:
+    cl = CandidateList(["a", "b", "c"], [0.5, np.float32(0.25), 1], "vae")
+    assert list(cl) == [Candidate("a", 0.5, "vae"), Candidate("b", 0.25, "vae"), Candidate("c", 1.0, "vae")]
+    assert cl[-1] == Candidate("c", 1.0, "vae") and cl[:2] == list(cl)[:2] and len(cl) == 3
+    assert cl == list(cl) and isinstance(cl[0].score, float)
+    with pytest.raises(ValueError):
+        CandidateList(["a"], [], "vae")
+
+
+def test_extras_as_candidate_lists_or_candidates_give_the_same_lists() -> None:
+    import pickle
+
+    arms = parse_arms("control:0.5:0.0,tail:0.5:0.6")
+    rec = OnlineRecommender.create(arms=arms, content_dim=8, seed=0)
+    rng = np.random.default_rng(0)
+    hist: dict[str, list[str]] = {}
+    for n in range(2000):
+        user, item = f"u{int(rng.integers(0, 80))}", f"i{min(int(rng.zipf(1.3)), 150)}"
+        h = hist.setdefault(user, [])
+        rec.learn_one(user, item, float(n), tuple(h[-50:]))
+        h.append(item)
+    users = list(hist)[:20]
+    histories = [hist[u][-50:] for u in users]
+    extras_l, extras_c = [], []
+    for b, h in enumerate(histories):
+        items = [f"i{j}" for j in rng.permutation(160)[:30]] + [f"new-{b}-{j}" for j in range(3)] + h[-2:]
+        if b % 5 == 0:
+            items += items[:4]  # listed twice: the first score, at the later place
+        scores = rng.random(len(items)).tolist()
+        extras_l.append({"transformer": CandidateList(items, scores, "transformer"),
+                         "vae": CandidateList(items[::-1], scores, "vae")})
+        extras_c.append({s: list(cl) for s, cl in extras_l[-1].items()})
+    twin = pickle.loads(pickle.dumps(rec))
+    counts = [len(hist[u]) for u in users]
+    arms_of = [rec.assign_arm(u) for u in users]
+    a = rec.recommend_many(users, histories, counts, arms=arms_of, extras=extras_l)
+    b = twin.recommend_many(users, histories, counts, arms=arms_of, extras=extras_c)
+    assert [[(c.item, c.source, c.anchor, c.score) for c in x] for x in a] == \
+        [[(c.item, c.source, c.anchor, c.score) for c in x] for x in b]
+    assert any(c.source in ("transformer", "vae") for x in a for c in x)
+    assert not any(c.item in h for x, h in zip(a, histories) for c in x)
