@@ -2,6 +2,7 @@
 
     python benchmarks/scorer_core.py [--items 1000] [--runs 5] [--serve-events 5000] [--chunk 50]
                                      [--extras] [--profile] [--dump FILE.pkl] [--out FILE.json]
+                                     [--root DIR] [--compare-with DIR [--rounds 5]]
 
 Setup (the scorer of the freshness benchmark, without a Kafka in between):
 ``online.synthetic.generate(n_users=2000, n_items=N, n_events=50_000, seed=0)``; an
@@ -23,6 +24,16 @@ batch model (``transformer`` and ``vae`` lists of 100 candidates per user, no to
 ``extras`` path is timed too. ``--profile`` prints a cProfile of one extra run (top functions by
 internal time). ``--dump`` pickles every published list (item, score, source, reason) of one run, to
 compare two versions of the code on identical input.
+
+``--root DIR`` imports ``online``/``streams`` from another checkout (this script's own otherwise).
+``--compare-with DIR`` times another checkout against this one on the same machine, alternately:
+``--rounds`` rounds of one fresh process each (``--runs 1``), the baseline's first, and reports each
+side's best and median and the ratio of the bests, and whether the two published the same lists
+(first round, compared exactly). The before/after figures of the vectorised serving path were taken
+this way against the commit before it::
+
+    git archive 3b75920 | (mkdir -p /tmp/tailcast-before && tar -x -C /tmp/tailcast-before)
+    .venv/bin/python benchmarks/scorer_core.py --compare-with /tmp/tailcast-before
 """
 
 from __future__ import annotations
@@ -35,14 +46,19 @@ import os
 import pickle
 import pstats
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # the scorer gets one core: so does the benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if "--root" in sys.argv[:-1]:  # before the imports below: they come from that checkout
+    ROOT = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
+sys.path.insert(0, str(ROOT))
 
 from online.arms import ArmAssigner, parse_arms  # noqa: E402
 from online.content import TagVectoriser  # noqa: E402
@@ -168,7 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--dump", type=Path)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--root", type=Path, help="import online/streams from this checkout")
+    ap.add_argument("--compare-with", type=Path, metavar="DIR", help="time this checkout against DIR, alternately")
+    ap.add_argument("--rounds", type=int, default=5, help="with --compare-with: processes per side")
     args = ap.parse_args(argv)
+    if args.compare_with:
+        return compare(args)
     make_core, batches = prepare(args.items, args.serve_events, args.chunk, args.extras)
     n_req = sum(len(b) for b in batches)
     times = []
@@ -199,6 +220,37 @@ def main(argv: list[str] | None = None) -> dict:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
         print(buf.getvalue())
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def compare(args) -> dict:
+    """Alternate fresh processes of the baseline checkout and this one; best/median of each side."""
+    workload = ["--items", str(args.items), "--serve-events", str(args.serve_events), "--chunk", str(args.chunk),
+                *(["--extras"] if args.extras else [])]
+    sides = {"baseline": args.compare_with.resolve(), "current": Path(__file__).resolve().parents[1]}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    same = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            for name, root in sides.items():
+                out, dump = Path(tmp, f"{name}.json"), Path(tmp, f"{name}.pkl")
+                cmd = [sys.executable, __file__, "--root", str(root), "--runs", "1", "--out", str(out), *workload,
+                       *(["--dump", str(dump)] if rnd == 0 else [])]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                times[name].append(json.loads(out.read_text())["ms_per_request_best"])
+            if rnd == 0:
+                same = (pickle.loads(Path(tmp, "baseline.pkl").read_bytes())
+                        == pickle.loads(Path(tmp, "current.pkl").read_bytes()))
+    res = {name: {"ms_per_request_best": min(t), "ms_per_request_median": statistics.median(t), "runs": t}
+           for name, t in times.items()}
+    res["speedup_best"] = res["baseline"]["ms_per_request_best"] / res["current"]["ms_per_request_best"]
+    res["identical_lists"] = same
+    for name in sides:
+        print(f"{name:8s} {res[name]['ms_per_request_best']:.3f} ms/request best, "
+              f"{res[name]['ms_per_request_median']:.3f} median over {args.rounds} processes ({sides[name]})")
+    print(f"speed-up {res['speedup_best']:.2f}x (bests); identical published lists: {same}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(res, indent=1))
     return res

@@ -261,6 +261,32 @@ class DecayedPopularity:
             scores.append(2.0 ** (-max(0.0, now - first_ts[i]) * factor))
         return np.asarray(out, dtype=np.int64), np.asarray(scores, dtype=np.float64)
 
+    def top_many(self, k: int, banned: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`top_indices` ``(k, banned[b])`` for every ``b``, reading the ranking once."""
+        self._refresh()
+        skips = []
+        for b in banned:
+            skip = set(b.tolist()) if b is not None and b.size else set()
+            skip.discard(-1)
+            skips.append(skip)
+        need = k + max((len(s) for s in skips), default=0)
+        top = self._top
+        if need > top.size and top.size < len(self._index):
+            top = top_k(np.asarray(self._score), need)  # the same prefix as any shorter top_k
+        ranked = top[:need].tolist()
+        f = self._clock.now_factor(self._now(None))
+        score = self._score
+        out = []
+        for skip in skips:
+            idx: list[int] = []
+            for i in ranked[: k + len(skip)]:  # top_indices' loop (k = 0 with a ban keeps one item, as there)
+                if i not in skip:
+                    idx.append(i)
+                    if len(idx) >= k:
+                        break
+            out.append((np.asarray(idx, dtype=np.int64), np.array([score[i] * f for i in idx], dtype=np.float64)))
+        return out
+
     def fresh_many(self, k: int, banned: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`fresh_indices` ``(k, banned[b])`` for every ``b``, with one vectorised scan of the
         catalogue for all of them (the fresh items do not change between the calls of a micro-batch)."""

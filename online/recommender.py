@@ -22,13 +22,25 @@ first turns the user's previous shown list into blender feedback (see below).
 
 How it stays cheap. Items are dense indices of one recommender-wide :class:`~online.base.IdIndex`;
 each model keeps its own index, mapped onto this one by an append-only array per model (extended
-when the model learns new items, rebuilt when popularity compacts its index). Every source hands
-back index arrays (no per-candidate objects); the candidates of all sources are merged without a
-sort (first positions through a dense scratch array, first-appearance order kept) into an
-(n_candidates, n_sources) score matrix and rank matrix, from which the blender builds the feature
-matrix and scores it with one matrix-vector product. Only the k shown items become :class:`Candidate` objects.
-:meth:`OnlineRecommender.recommend_many` serves a micro-batch: the content and MF parts become one
-(B, D) x (D, n_items) product each for the whole batch; :meth:`recommend` is the batch of one.
+when the model learns new items, rebuilt when popularity compacts its index), and back by an inverse
+array. :meth:`OnlineRecommender.recommend_many` serves a micro-batch (:meth:`recommend` is the batch
+of one) with as few numpy calls per user as it can:
+
+* the batch's histories (and excludes) are looked up once, and mapped to each model's indices
+  through the inverse arrays;
+* content and MF score the whole batch with one (B, D) x (D, n_items) product each, popularity and
+  the fresh tail read their ranking once for the batch, co-visitation sums each user's terms
+  through a scratch array; every source hands back index arrays, no per-candidate objects;
+* the candidates of all users are merged at once (one sort of packed (user, item, position) keys;
+  first-appearance order kept), and the blender standardises the proposals' features directly
+  into one (candidates, features) matrix; its matrix-vector product still runs per user, since
+  its rounding depends on the row count, and the lists must not change;
+* anchors (co-visitation, content) are computed only when a shown item needs them; only the k
+  shown items become :class:`Candidate` objects, and only their raw features are built (kept for
+  the feedback).
+
+``benchmarks/scorer_core.py`` times it inside the scorer; ``tests/streams/test_scorer_golden.py``
+pins its lists (items, order, sources, reasons, scores) against those of the per-user version.
 
 Feedback is exact: the feature rows of the k shown items are kept (the latest list per user,
 at most ``max_pending`` users, least recently served dropped first), and the user's next event
@@ -333,48 +345,45 @@ class OnlineRecommender:
         recents = [list(islice(dict.fromkeys(reversed(h)), window)) if len(h) else [] for h in histories]
         r_end = np.cumsum([len(r) for r in recents]).tolist()
         r_all = lookup([item for r in recents for item in r])
+        h_start, ban_start, r_start = [0, *h_end[:-1]], [0, *ban_end[:-1]], [0, *r_end[:-1]]
         warm = [b for b in range(n_b) if h_len[b]]
         cold = [b for b in range(n_b) if not h_len[b]]
-
-        def part(arr, ends, b, first=None, last=None):  # user b's slice of a flat array, optionally cut
-            a, e = (ends[b - 1] if b else 0), ends[b]
-            if first is not None:
-                e = min(e, a + first)
-            if last is not None:
-                a = max(a, e - last)
-            return arr[a:e]
-
         ct_rec, ct_ban = ct_inv[r_all], ct_inv[ban_all]
-        content = ct.top_many([part(ct_rec, r_end, b, first=ct.history_window) for b in warm], n,
-                              [part(ct_ban, ban_end, b) for b in warm]) if warm else []
+        cw = ct.history_window
+        content = ct.top_many([ct_rec[r_start[b] : min(r_end[b], r_start[b] + cw)] for b in warm], n,
+                              [ct_ban[ban_start[b] : ban_end[b]] for b in warm]) if warm else []
         mf_hist, mf_ban = mf_inv[h_all], mf_inv[ban_all]
-        mfs = mf.top_many([users[b] for b in warm], [part(mf_hist, h_end, b, last=mf.history_window) for b in warm],
-                          n, [part(mf_ban, ban_end, b) for b in warm]) if warm else []
+        mw = mf.history_window
+        mfs = mf.top_many([users[b] for b in warm], [mf_hist[max(h_start[b], h_end[b] - mw) : h_end[b]] for b in warm],
+                          n, [mf_ban[ban_start[b] : ban_end[b]] for b in warm]) if warm else []
         pop_ban_all = pop_inv[ban_all]
-        pop_ban = [part(pop_ban_all, ban_end, b) for b in range(n_b)]
+        pop_ban = [pop_ban_all[ban_start[b] : ban_end[b]] for b in range(n_b)]
         fresh = dict(zip(warm, pop.fresh_many(self.n_fresh, [pop_ban[b] for b in warm]))) if warm else {}
         if cold:
             fresh.update(zip(cold, pop.fresh_many(max(self.n_fresh, k), [pop_ban[b] for b in cold])))
         batch = dict(zip(warm, zip(content, mfs)))
+        n_pop = max(k, n // 10)
+        popular = dict(zip(warm, pop.top_many(n_pop, [pop_ban[b] for b in warm]))) if warm else {}
+        if cold:
+            popular.update(zip(cold, pop.top_many(n, [pop_ban[b] for b in cold])))
         cv_rec, cv_ban = cv_inv[r_all].tolist(), cv_inv[ban_all]
-        ranks = range(1, cv.history_window + 1)
+        vw = cv.history_window
+        ranks = range(1, vw + 1)
         cv_names, ct_names = cv._index.names, ct._index.names
         all_lists = []
         for b in range(n_b):
             # (source, indices, scores, anchors, anchor names (None: anchors are names already), the map from
             # the indices to ours (None: ours already))
-            lists: list[tuple] = []
             if h_len[b]:
                 (c_idx, c_s, c_a), (m_idx, m_s) = batch[b]
-                j, sc, an = cv.top(part(cv_rec, r_end, b, first=cv.history_window), ranks, n, part(cv_ban, ban_end, b))
-                lists.append(("covisit", j, sc, an, cv_names, cv_map))
-                lists.append(("content", c_idx, c_s, c_a, ct_names, ct_map))
-                lists.append(("mf", m_idx, m_s, None, None, mf_map))
-                j, sc = pop.top_indices(max(k, n // 10), pop_ban[b])
-                lists.append(("popularity", j, sc, None, None, pmap))
+                j, sc, an = cv.top(cv_rec[r_start[b] : min(r_end[b], r_start[b] + vw)], ranks, n,
+                                   cv_ban[ban_start[b] : ban_end[b]])
+                p_j, p_sc = popular[b]
+                lists = [("covisit", j, sc, an, cv_names, cv_map), ("content", c_idx, c_s, c_a, ct_names, ct_map),
+                         ("mf", m_idx, m_s, None, None, mf_map), ("popularity", p_j, p_sc, None, None, pmap)]
             else:
-                j, sc = pop.top_indices(n, pop_ban[b])
-                lists.append(("popularity", j, sc, None, None, pmap))
+                p_j, p_sc = popular[b]
+                lists = [("popularity", p_j, p_sc, None, None, pmap)]
             j, sc = fresh[b]
             lists.append(("fresh", j, sc, None, None, pmap))
             extra = extras[b] if extras is not None else None
@@ -553,6 +562,8 @@ class OnlineRecommender:
         item_of = items[shown].tolist()
         p_shown = probs[shown].tolist()
         src_of = [sources[c] for c in src_col]
+        name_of = [names[i] for i in item_of]
+        anchor_of: list[object] = [None] * len(src_of)  # shown position -> anchor, read source by source
         out: list[list[Candidate]] = []
         at = 0
         for b in range(n_b):
@@ -560,23 +571,21 @@ class OnlineRecommender:
             if not cnt:
                 out.append([])
                 continue
+            end = at + cnt
             lists = by_source[b]
-            anchor_of: dict[int, object] = {}  # shown position -> anchor, read source by source
             shown_by: dict[str, list[int]] = {}
-            for s in range(at, at + cnt):
-                shown_by.setdefault(src_of[s], []).append(s)
+            for s in range(at, end):
+                if lists[src_of[s]][3] is not None:
+                    shown_by.setdefault(src_of[s], []).append(s)
             for source, positions in shown_by.items():
                 _, _, _, anchors, anchor_names, _ = lists[source]
-                if anchors is None:
-                    continue
                 at_ranks = [int(src_rank[s]) for s in positions]
                 found = anchors.take(at_ranks) if hasattr(anchors, "take") else [anchors[r] for r in at_ranks]
                 for s, a in zip(positions, found):
                     anchor_of[s] = anchor_names[a] if anchor_names is not None else a
-            result = [Candidate(names[item_of[s]], p_shown[s], src_of[s], anchor=anchor_of.get(s))
-                      for s in range(at, at + cnt)]
+            result = list(map(Candidate, name_of[at:end], p_shown[at:end], src_of[at:end], anchor_of[at:end]))
             user = users[b]
-            self._pending[user] = (tuple(c.item for c in result), X_shown[at : at + cnt].copy())
+            self._pending[user] = (tuple(name_of[at:end]), X_shown[at:end].copy())
             self._pending.move_to_end(user)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)

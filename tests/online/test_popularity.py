@@ -146,3 +146,16 @@ def test_fresh_many_equals_fresh_indices_per_user() -> None:
             one_idx, one_scores = pop.fresh_indices(k, ban)
             assert idx.tolist() == one_idx.tolist() and scores.tolist() == one_scores.tolist()
             assert idx.dtype == one_idx.dtype and scores.dtype == one_scores.dtype
+
+
+@pytest.mark.parametrize("k", [0, 1, 10, 1500])
+def test_top_many_equals_top_indices_per_user(k: int) -> None:
+    rng = np.random.default_rng(1)
+    pop = DecayedPopularity(half_life_s=50.0, refresh_every=100)
+    for n in range(4000):
+        pop.learn_one("u", f"i{min(int(rng.zipf(1.1)), 1800)}", float(n), ())
+    n_items = len(pop)
+    bans = [None, np.array([-1]), *(rng.integers(-1, n_items, int(rng.integers(1, 80))) for _ in range(15))]
+    for ban, (idx, scores) in zip(bans, pop.top_many(k, bans)):
+        one_idx, one_scores = pop.top_indices(k, ban)
+        assert idx.tolist() == one_idx.tolist() and scores.tolist() == one_scores.tolist()
