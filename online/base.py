@@ -314,12 +314,15 @@ def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return s[new], order[new], inv
 
 
-def top_k_rows(scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+def top_k_rows(
+    scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] | None = None, *, overwrite: bool = False
+) -> list[np.ndarray]:
     """:func:`top_k` of every row of ``scores`` (B, N), same result, one vectorised partition.
 
     ``banned[b]`` are the indices excluded from row ``b`` (-1 ignored). A row with ties at its k-th score
     gets them resolved toward the lower index from the same partition; a row with fewer than ``k``
-    finite scores (or non-finite ones among its best) falls back to :func:`top_k`.
+    finite scores (or non-finite ones among its best) falls back to :func:`top_k`. ``overwrite``: the
+    banned entries of ``scores`` itself are set to -inf (no copy; the returned indices never point at them).
 
     >>> [r.tolist() for r in top_k_rows(np.array([[0.1, 0.9, 0.5], [3.0, 2.0, 1.0]]), 2, [None, np.array([0])])]
     [[1, 2], [1, 2]]
@@ -331,7 +334,7 @@ def top_k_rows(scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] |
         return [top_k(scores[0], k, None if banned is None else banned[0])]
     if k <= 0 or n == 0:
         return [np.empty(0, dtype=np.int64) for _ in range(n_rows)]
-    s = np.array(scores)  # (B, N), a copy we may write -inf into (float32 stays float32: the same order)
+    s = scores if overwrite else np.array(scores)  # (B, N) we may write -inf into (float32 stays float32: same order)
     if banned is not None:
         lens = [0 if b is None else b.size for b in banned]
         if any(lens):

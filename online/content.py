@@ -188,7 +188,7 @@ class ContentNeighbours:
             return out
         V = self._v[:n]  # (N, D)
         sims = np.stack(queries) @ V.T  # (B', N) float32
-        for r, (b, rows, best) in enumerate(zip(at, rows_of, top_k_rows(sims, k, bans))):
+        for r, (b, rows, best) in enumerate(zip(at, rows_of, top_k_rows(sims, k, bans, overwrite=True))):
             if not best.size:
                 continue
             out[b] = (best, sims[r, best].astype(np.float64), _LazyAnchors(self._v, rows, V, best))

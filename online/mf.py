@@ -265,7 +265,8 @@ class OnlineMF:
             vec = self._user_vector(user, hist)
             vecs.append(zero if vec is None else vec)  # unknown user, no history: item biases only
         scores = np.stack(vecs) @ self._q[:n].T + self._b[:n]  # (B, N) float32
-        return [(top, scores[r, top].astype(np.float64)) for r, top in enumerate(top_k_rows(scores, k, banned))]
+        tops = top_k_rows(scores, k, banned, overwrite=True)  # banned entries -> -inf: never read below
+        return [(top, scores[r, top].astype(np.float64)) for r, top in enumerate(tops)]
 
     def recommend(
         self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
