@@ -51,10 +51,10 @@ def test_prior_ranks_sensibly_before_learning() -> None:
 
 
 def test_one_example_batches_equal_the_river_pipeline() -> None:
-    """With batch_size=1 the numpy learner is river's Pipeline(StandardScaler(), LogisticRegression(SGD))."""
+    """With batch_size=1 and SGD the numpy learner is river's Pipeline(StandardScaler(), LogisticRegression(SGD))."""
     from river import compose, linear_model, optim, preprocessing
 
-    blender = FeedbackBlender(sources=SOURCES, warmup=50, batch_size=1, z_clip=float("inf"))
+    blender = FeedbackBlender(sources=SOURCES, warmup=50, batch_size=1, z_clip=float("inf"), optimizer="sgd")
     river_model = compose.Pipeline(
         preprocessing.StandardScaler(),
         linear_model.LogisticRegression(optimizer=optim.SGD(blender.lr), l2=blender.l2, intercept_lr=blender.lr),

@@ -16,18 +16,22 @@ river = pytest.importorskip("river")
 from river import linear_model, optim, preprocessing  # noqa: E402
 
 
+def _stream(rng, names, n=400):
+    true_w = rng.normal(size=len(names))
+    for _ in range(n):
+        x = rng.normal(size=len(names)) * rng.uniform(0.5, 4.0, size=len(names)) + rng.normal(size=len(names))
+        yield x, bool(rng.random() < 1.0 / (1.0 + np.exp(-(x @ true_w) / 3.0)))
+
+
 def test_numpy_blender_follows_rivers_pipeline_update_for_update():
     rng = np.random.default_rng(7)
     lr, l2 = 0.02, 1e-4
     ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
-                           l2=l2, warmup=0)
+                           l2=l2, warmup=0, optimizer="sgd")
     theirs = preprocessing.StandardScaler() | linear_model.LogisticRegression(
         optimizer=optim.SGD(lr), l2=l2, intercept_lr=lr)
     names = ours.feature_names
-    true_w = rng.normal(size=len(names))
-    for _ in range(400):
-        x = rng.normal(size=len(names)) * rng.uniform(0.5, 4.0, size=len(names)) + rng.normal(size=len(names))
-        y = bool(rng.random() < 1.0 / (1.0 + np.exp(-(x @ true_w) / 3.0)))
+    for x, y in _stream(rng, names):
         ours.learn_matrix(x[None, :], [y])
         theirs.learn_one(dict(zip(names, x.tolist(), strict=True)), y)
     lr_model = theirs["LogisticRegression"]
@@ -37,3 +41,35 @@ def test_numpy_blender_follows_rivers_pipeline_update_for_update():
     probe = rng.normal(size=(20, len(names)))
     expected = [theirs.predict_proba_one(dict(zip(names, row.tolist(), strict=True)))[True] for row in probe]
     np.testing.assert_allclose(ours.predict_matrix(probe), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_adagrad_blender_follows_rivers_adagrad_update_for_update():
+    """The default learning rule is river's optim.AdaGrad on every weight and on the intercept. river
+    steps its intercept with a plain rate, so here the intercept is a constant feature appended after
+    the scaler (no L2: river would regularise that weight, the blender does not regularise its intercept)."""
+    from river import compose
+
+    rng = np.random.default_rng(11)
+    lr = 0.5
+    ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
+                           l2=0.0, warmup=0)
+    assert ours.optimizer == "adagrad"
+    theirs = (preprocessing.StandardScaler()
+              | compose.FuncTransformer(lambda x: {**x, "_bias": 1.0})
+              | linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=0.0, intercept_lr=0.0))
+    names = ours.feature_names
+    for x, y in _stream(rng, names):
+        ours.learn_matrix(x[None, :], [y])
+        theirs.learn_one(dict(zip(names, x.tolist(), strict=True)), y)
+    lr_model = theirs["LogisticRegression"]
+    river_w = np.array([lr_model.weights.get(n, 0.0) for n in names])
+    np.testing.assert_allclose(ours._w, river_w, rtol=1e-6, atol=1e-9)
+    assert ours._b == pytest.approx(lr_model.weights["_bias"], rel=1e-6, abs=1e-9)
+    probe = rng.normal(size=(20, len(names)))
+    expected = [theirs.predict_proba_one(dict(zip(names, row.tolist(), strict=True)))[True] for row in probe]
+    np.testing.assert_allclose(ours.predict_matrix(probe), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="optimizer"):
+        FeedbackBlender(sources=("covisit",), optimizer="adam")
