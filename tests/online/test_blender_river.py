@@ -44,7 +44,7 @@ def test_numpy_blender_follows_rivers_pipeline_update_for_update():
 
 
 def test_adagrad_blender_follows_rivers_adagrad_update_for_update():
-    """The default learning rule is river's optim.AdaGrad on every weight and on the intercept. river
+    """optimizer="adagrad" is river's optim.AdaGrad on every weight and on the intercept. river
     steps its intercept with a plain rate, so here the intercept is a constant feature appended after
     the scaler (no L2: river would regularise that weight, the blender does not regularise its intercept)."""
     from river import compose
@@ -52,8 +52,7 @@ def test_adagrad_blender_follows_rivers_adagrad_update_for_update():
     rng = np.random.default_rng(11)
     lr = 0.5
     ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
-                           l2=0.0, warmup=0)
-    assert ours.optimizer == "adagrad"
+                           l2=0.0, warmup=0, optimizer="adagrad")
     theirs = (preprocessing.StandardScaler()
               | compose.FuncTransformer(lambda x: {**x, "_bias": 1.0})
               | linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=0.0, intercept_lr=0.0))
