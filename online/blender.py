@@ -532,6 +532,11 @@ class FeedbackBlender:
         self._n_applied += m
         self._n_applied_clicked += int(y.sum())
 
+    def auc_counts(self) -> tuple[int, int]:
+        """(examples, clicks) in the window that :meth:`auc` reads: how much its figures can be trusted."""
+        self._flush()
+        return self._auc_n, int(self._auc_y[: self._auc_n].sum())
+
     def auc(self) -> dict[str, float]:
         """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples.
 

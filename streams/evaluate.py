@@ -317,7 +317,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             best = max((v for key, v in aucs.items() if key != "blend"), default=float("nan"))
             notes.append(f"{name}: feedback blender online ROC AUC {aucs['blend']:.4f} (best single source "
                          f"{best:.4f}; " + ", ".join(f"{key} {v:.4f}" for key, v in aucs.items() if key != "blend")
-                         + ")")
+                         + f"; over {r.metrics.get('blender_window_examples', 0):,} labelled examples, "
+                         f"{r.metrics.get('blender_window_clicks', 0):,} of them clicked)")
     for name, r in results.items():
         if r.kind == "live" or name == first.name:
             log(_pairing_line(name, r.metrics))

@@ -284,6 +284,7 @@ def run_offline(
         if blender is not None:  # online ROC AUC on click feedback, the blend and each single source
             extra.update({f"blender_auc_{name}": round(v, 4) for name, v in blender.auc().items()
                           if v == v})  # NaN: a source never scored an item with feedback
+            extra["blender_window_examples"], extra["blender_window_clicks"] = blender.auc_counts()
         results[spec.name] = boards[spec.name].finish(kind=spec.kind, param=spec.param, seconds=seconds[spec.name],
                                                       window_end=window_end, extra=extra)
     return results

@@ -221,6 +221,10 @@ def test_report_files_are_written(tmp_path):
     md = (out / "report.md").read_text()
     assert "tailcast evaluate --dataset data.csv (test)" in md and "| tailcast[s=0.50] |" in md
     assert "Transformer without tail re-ranking: SKIPPED" in md
+    for name in ("tailcast[s=0.00]", "tailcast[s=0.50]"):  # the blender's AUC says how many clicks it rests on
+        m = report[name]
+        assert 0 < m["blender_window_clicks"] < m["blender_window_examples"] <= 10_000
+        assert f"{m['blender_window_examples']:,} labelled examples, {m['blender_window_clicks']:,} of them clicked" in md
     for png in ("tradeoff.png", "hr_by_bucket.png", "lorenz.png", "over_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((out / "run.json").read_text())
