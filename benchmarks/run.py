@@ -1,11 +1,11 @@
 """``make bench``: run the benchmarks, print one table with the DESIGN §7 targets, write the JSON.
 
-    python -m benchmarks.run [--quick] [--only ingest,freshness,memory,scorer,online_recommender]
+    python -m benchmarks.run [--quick] [--only ingest,freshness,memory,scorer,scorer_core,online_recommender]
                              [--out bench-results.json]
 
 The JSON is ``{benchmark: {figure: value}}`` (DESIGN §6), plus ``targets``: for each DESIGN §7 target the
 measured value divided by the required one (oriented so that >= 1 means met). Figures that are not
-finite numbers are left out of the JSON (and said so). ``scorer`` and ``online_recommender`` run the
+finite numbers are left out of the JSON (and said so). ``scorer``, ``scorer_core`` and ``online_recommender`` run the
 scripts of the same names in this folder when they exist (they are owned elsewhere; a failure there is
 reported, not fatal). ``--quick`` uses small sizes (the smoke test: ingest and memory in < 2 minutes).
 """
@@ -125,6 +125,18 @@ def _online_recommender(quick: bool) -> dict[str, float]:
     return figures
 
 
+def _scorer_core(quick: bool) -> dict[str, float]:
+    """CPU per score request of ``ScorerCore.process`` (no Kafka), without and with a batch model's lists."""
+    base = ["--runs", "1", "--serve-events", "1000"] if quick else ["--runs", "3"]
+    figures: dict[str, float] = {}
+    for label, extra in (("", []), ("extras_", ["--extras"])):
+        report = _script("scorer_core", [*base, *extra], timeout=900)
+        figures[f"{label}ms_per_request_best"] = report["ms_per_request_best"]
+        figures[f"{label}ms_per_request_median"] = report["ms_per_request_median"]
+        figures[f"{label}us_per_event_best"] = report["us_per_event_best"]
+    return figures
+
+
 class SkipBenchmark(RuntimeError):
     """A benchmark that cannot run here (e.g. its script does not exist); reported, not a failure."""
 
@@ -134,6 +146,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, float]]] = {
     "freshness": _freshness,
     "memory": _memory,
     "scorer": _scorer,
+    "scorer_core": _scorer_core,
     "online_recommender": _online_recommender,
 }
 
