@@ -61,13 +61,16 @@ def _count_mismatch(kio, pipeline, expected: collections.Counter) -> str:
     for p, o, key, _v in kio.read_all(EVENTS, decode=False):
         events[key.decode()].append((p, o))
     changelog = collections.defaultdict(list)
-    for _p, o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
+    last_read: dict[int, int] = {}
+    for p, o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
         state = UserState.from_bytes(value)
         changelog[key.decode()].append((o, state.count, state.applied))
+        last_read[p] = max(last_read.get(p, -1), o)
     got = {u: records[-1][1] for u, records in changelog.items()}
     off = [u for u in expected.keys() | got.keys() if got.get(u, 0) != expected.get(u, 0)]
     lines = [f"{sum(got.get(u, 0) < expected[u] for u in off)} users below their published count, "
-             f"{sum(got.get(u, 0) > expected.get(u, 0) for u in off)} above"]
+             f"{sum(got.get(u, 0) > expected.get(u, 0) for u in off)} above; changelog offsets read up to "
+             f"{dict(sorted(last_read.items()))}"]
     for u in off[:3]:
         lines.append(f"  {u}: published {expected.get(u, 0)} at {events[u][:2]}..{events[u][-2:]}, state {got.get(u)}; "
                      f"changelog (offset, count, applied) {changelog[u][-4:]}")
@@ -88,6 +91,12 @@ def _count_mismatch(kio, pipeline, expected: collections.Counter) -> str:
         lines.append(f"committed offsets: {asyncio.run(committed())}")
     except Exception as exc:  # a diagnostic only
         lines.append(f"committed offsets: {exc!r}")
+    log = pipeline.log("worker2")
+    if "Highwater - Active" in log:  # what the restarted worker's recovery saw of the changelog
+        rows = [row.split("|") for row in log[log.rindex("Highwater - Active"):].splitlines()[1:12]]
+        highwater = {int(r[2]): int(r[3]) for r in rows if len(r) > 3 and r[2].strip().isdigit()
+                     and r[3].strip().lstrip("-").isdigit()}
+        lines.append(f"restarted worker's recovery saw changelog highwaters {highwater}")
     lines.append("restarted worker: " + ", ".join(
         f"{m} {_metric(pipeline, 'worker2', 'tailcast_worker_' + m + '_total'):.0f}"
         for m in ("events_consumed", "events_valid", "duplicates_skipped")))
