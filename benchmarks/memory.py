@@ -68,7 +68,7 @@ def worker_state(n: int = 50_000) -> dict[str, float]:
     def state(u: int) -> tuple[bytes, bytes]:
         seq = [items[j] for j in rng.integers(0, len(items), HISTORY)]
         s = UserState(sequence=seq, count=int(rng.integers(HISTORY, 500)), last_ts=1.7e9 + u * 0.1,
-                      partition=u % 4, offset=u * 7)
+                      applied={u % 4: u * 7})
         return f"u{u}".encode(), s.to_bytes()
 
     with tempfile.TemporaryDirectory() as tmp:
