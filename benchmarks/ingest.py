@@ -180,6 +180,9 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
         sys.stderr.flush()
         os._exit(0)  # a benchmark child: no graceful Faust shutdown (seconds) needed, its broker goes away
 
+    from streams.cli import _freeze_startup_heap
+
+    _freeze_startup_heap()  # as `tailcast worker` does after start-up (both kinds alike)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False, loop=loop)
     worker.execute_from_commandline()

@@ -63,7 +63,7 @@ class BadEvent(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, per event
 class ValidEvent:
     user_id: str
     item_id: str
@@ -214,7 +214,7 @@ class ScoreRequest:
                    d["ingested_at"], d["requested_at"])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, 10 per list
 class RecommendedItem:
     item_id: str
     score: float

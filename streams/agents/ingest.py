@@ -28,7 +28,7 @@ from streams.topics import partition_for
 __all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "pseudonymize", "register"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, per event
 class RawRecord:
     """What the processor needs of one Kafka record."""
 
