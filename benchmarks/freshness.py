@@ -11,7 +11,8 @@ fixed rate (500, 1000, 2000 events/s, ~20 s each), with a drain pause between ra
   over the recommendations whose ``ingested_at`` falls inside the rate's window: p50 and p99;
 * lag = events published - events reflected (sum over users of the highest ``user_event_count`` seen in
   the recommendations), sampled every second. A rate is *sustained* when the lag at the end of the run
-  is at most the lag at one third of it plus a margin of a quarter-second of events (+50).
+  is at most the lag at one third of it plus a margin of half a second of events (each lag the median of
+  the samples around that point, see ``_sustained``).
 
 Also reported per rate: CPU share of the worker and scorer processes (1.0 = one full core), so a miss
 names its bottleneck.
