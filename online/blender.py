@@ -254,11 +254,8 @@ class FeedbackBlender:
         X[:, :n_s] = _squash(scores)
         X[:, n_s : 2 * n_s] = 1.0 / (1.0 + ranks)
         X[:, 2 * n_s : 3 * n_s] = np.isfinite(ranks) | (X[:, :n_s] != 0)
-        log_events = np.log1p(np.maximum(0, np.asarray(user_event_count, dtype=np.float64)))
-        tail = np.asarray(is_tail, dtype=np.float64)
-        X[:, 3 * n_s] = tail
-        X[:, 3 * n_s + 1] = log_events
-        X[:, 3 * n_s + 2] = tail * log_events
+        for j, column in enumerate(self._dense_features(is_tail, user_event_count), start=3 * n_s):
+            X[:, j] = column
         return X
 
     def feature_entries(

@@ -23,13 +23,9 @@ def _stream(rng, names, n=400):
         yield x, bool(rng.random() < 1.0 / (1.0 + np.exp(-(x @ true_w) / 3.0)))
 
 
-def test_numpy_blender_follows_rivers_pipeline_update_for_update():
-    rng = np.random.default_rng(7)
-    lr, l2 = 0.02, 1e-4
-    ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
-                           l2=l2, warmup=0, optimizer="sgd")
-    theirs = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-        optimizer=optim.SGD(lr), l2=l2, intercept_lr=lr)
+def _learn_and_compare(ours, theirs, rng, intercept) -> None:
+    """Feed both learners the same stream, one example a step; weights, intercept (``intercept(model)``
+    reads river's) and predictions must agree."""
     names = ours.feature_names
     for x, y in _stream(rng, names):
         ours.learn_matrix(x[None, :], [y])
@@ -37,10 +33,20 @@ def test_numpy_blender_follows_rivers_pipeline_update_for_update():
     lr_model = theirs["LogisticRegression"]
     river_w = np.array([lr_model.weights.get(n, 0.0) for n in names])
     np.testing.assert_allclose(ours._w, river_w, rtol=1e-6, atol=1e-9)
-    assert ours._b == pytest.approx(lr_model.intercept, rel=1e-6, abs=1e-9)
+    assert ours._b == pytest.approx(intercept(lr_model), rel=1e-6, abs=1e-9)
     probe = rng.normal(size=(20, len(names)))
     expected = [theirs.predict_proba_one(dict(zip(names, row.tolist(), strict=True)))[True] for row in probe]
     np.testing.assert_allclose(ours.predict_matrix(probe), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_numpy_blender_follows_rivers_pipeline_update_for_update():
+    rng = np.random.default_rng(7)
+    lr, l2 = 0.02, 1e-4
+    ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
+                           l2=l2, warmup=0, optimizer="sgd")
+    theirs = preprocessing.StandardScaler() | linear_model.LogisticRegression(
+        optimizer=optim.SGD(lr), l2=l2, intercept_lr=lr)
+    _learn_and_compare(ours, theirs, rng, lambda m: m.intercept)
 
 
 def test_adagrad_blender_follows_rivers_adagrad_update_for_update():
@@ -56,17 +62,7 @@ def test_adagrad_blender_follows_rivers_adagrad_update_for_update():
     theirs = (preprocessing.StandardScaler()
               | compose.FuncTransformer(lambda x: {**x, "_bias": 1.0})
               | linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=0.0, intercept_lr=0.0))
-    names = ours.feature_names
-    for x, y in _stream(rng, names):
-        ours.learn_matrix(x[None, :], [y])
-        theirs.learn_one(dict(zip(names, x.tolist(), strict=True)), y)
-    lr_model = theirs["LogisticRegression"]
-    river_w = np.array([lr_model.weights.get(n, 0.0) for n in names])
-    np.testing.assert_allclose(ours._w, river_w, rtol=1e-6, atol=1e-9)
-    assert ours._b == pytest.approx(lr_model.weights["_bias"], rel=1e-6, abs=1e-9)
-    probe = rng.normal(size=(20, len(names)))
-    expected = [theirs.predict_proba_one(dict(zip(names, row.tolist(), strict=True)))[True] for row in probe]
-    np.testing.assert_allclose(ours.predict_matrix(probe), expected, rtol=1e-6, atol=1e-9)
+    _learn_and_compare(ours, theirs, rng, lambda m: m.weights["_bias"])
 
 
 def test_unknown_optimizer_is_refused():
