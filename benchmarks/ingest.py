@@ -182,7 +182,7 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
 
     from streams.cli import _freeze_startup_heap
 
-    _freeze_startup_heap()  # as `tailcast worker` does after start-up (both kinds alike)
+    _freeze_startup_heap(settings)  # as `tailcast worker` does after start-up (both kinds alike)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
                           override_logging=False, loop=loop)
     worker.execute_from_commandline()

@@ -125,6 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_SHUTDOWN_GRACE_S", "15", _positive_float,
             "Longest a worker/scorer spends shutting down after SIGTERM/SIGINT before it exits anyway "
             "(a graceful stop waits for the broker; uncommitted records are redelivered)."),
+    Setting("TAILCAST_GC_THRESHOLD", "20000", _non_negative_int,
+            "Allocations between the worker's/scorer's young-generation garbage collections (Python's "
+            "default is 700; 0 keeps it). Most of a worker batch's allocations are short-lived and acyclic."),
     Setting("TAILCAST_LOG_LEVEL", "info", _choice("debug", "info", "warn", "error", "crit"), "Log level."),
     Setting("TAILCAST_HISTORY_LEN", "50", _positive_int, "Recent items kept per user (sequence length)."),
     Setting("TAILCAST_MAX_EVENT_BYTES", "65536", _positive_int,
@@ -267,6 +270,7 @@ class Settings:
     metrics_port: int | None
     log_level: str
     shutdown_grace_s: float = 15.0
+    gc_threshold: int = 20000
 
     def metrics_port_for(self, role: str) -> int:
         """The /metrics port of a role: TAILCAST_METRICS_PORT, else the role's default; 0 = disabled."""
@@ -354,6 +358,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=metrics_port,
         log_level=r("TAILCAST_LOG_LEVEL"),
         shutdown_grace_s=r("TAILCAST_SHUTDOWN_GRACE_S"),
+        gc_threshold=r("TAILCAST_GC_THRESHOLD"),
     )
 
 

@@ -59,3 +59,20 @@ def test_sasl_ssl_settings_reach_every_kafka_client(tmp_path):
     creds = faust_credentials(kafka)
     assert creds.username == "svc" and creds.mechanism.value == "SCRAM-SHA-512"
     assert client_kwargs(load_settings({}).kafka).keys() == {"bootstrap_servers", "security_protocol"}
+
+
+def test_gc_threshold_sets_the_young_generation_and_zero_keeps_pythons():
+    import gc
+
+    from streams.cli import _freeze_startup_heap
+
+    before = gc.get_threshold()
+    try:
+        _freeze_startup_heap(load_settings({"TAILCAST_GC_THRESHOLD": "12345"}))
+        assert gc.get_threshold() == (12345, *before[1:])
+        gc.set_threshold(*before)
+        _freeze_startup_heap(load_settings({"TAILCAST_GC_THRESHOLD": "0"}))
+        assert gc.get_threshold() == before
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
