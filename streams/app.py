@@ -166,7 +166,8 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
                                        batch=settings.worker.batch, batch_wait_s=settings.worker.batch_wait_s,
                                        request_partitions=(partitions or {}).get(SCORE_REQUESTS,
                                                                                  settings.kafka.partitions),
-                                       batched_writes=settings.kafka.processing_guarantee == "at_least_once")
+                                       batched_writes=settings.kafka.processing_guarantee == "at_least_once",
+                                       count_gaps=settings.kafka.processing_guarantee == "at_least_once")
         _lag_timer(app, metrics.consumer_lag)
         return Role(app, registry, role, {"metrics": metrics, "processor": processor, "table": table,
                                           "agent": agent})

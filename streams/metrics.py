@@ -29,6 +29,7 @@ class WorkerMetrics:
     events_valid: Counter
     dlq_records: Counter
     duplicates_skipped: Counter
+    offsets_skipped: Counter
     rerouted: Counter
     user_states: Gauge
     score_requests: Counter
@@ -47,6 +48,9 @@ class WorkerMetrics:
             duplicates_skipped=Counter("tailcast_worker_duplicates_skipped",
                                        "Redelivered events already applied to user state (idempotency)",
                                        registry=registry),
+            offsets_skipped=Counter("tailcast_worker_offsets_skipped",
+                                    "Offsets of events that never reached the ingest agent between records it "
+                                    "received (lost records; transaction markers count too)", registry=registry),
             rerouted=Counter("tailcast_worker_rerouted",
                              "Events re-published to the partition their user_id hashes to", registry=registry),
             user_states=Gauge("tailcast_worker_user_states", "User states held by this worker",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from streams.kafka import send_batched
 from streams.records import BadEvent, ScoreRequest, dead_letter, parse_event
 from streams.topics import partition_for
 
-__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "pseudonymize", "register"]
+log = logging.getLogger("tailcast.ingest")
+
+__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "OffsetGaps", "pseudonymize", "register"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, per event
@@ -169,8 +172,52 @@ class IngestProcessor:
         return out
 
 
+class OffsetGaps:
+    """Offsets skipped between the records the ingest agent received, per partition, in one consumer generation.
+
+    A record lost between the broker and the agent shows up as a jump: the agent got offsets 62 and 64 of
+    a partition and never 63. That is how #7's loss looked (faust-streaming emptied a stream queue while
+    resuming, then committed past the record), and the consumer lag could not show it. Offsets going back
+    (redelivery after a seek) are not gaps, and a new consumer generation starts afresh, since another
+    worker may have had the partition in between. A transaction marker takes an offset too, so records
+    from transactional producers on ``events`` count here as well; the worker does not count under
+    ``exactly_once``, where its own forwards are transactional.
+
+    >>> from types import SimpleNamespace as M
+    >>> gaps = OffsetGaps()
+    >>> gaps.observe([M(partition=3, offset=o, generation_id=1) for o in (61, 62, 64, 62, 65)])
+    1
+    >>> gaps.observe([M(partition=3, offset=90, generation_id=2), M(partition=3, offset=91, generation_id=2)])
+    0
+    """
+
+    __slots__ = ("generation", "last")
+
+    def __init__(self) -> None:
+        self.generation: int | None = None
+        self.last: dict[int, int] = {}
+
+    def observe(self, messages) -> int:
+        """Account for ``messages`` (each with ``partition``, ``offset``, ``generation_id``), in the order
+        received; return how many offsets they skipped."""
+        skipped = 0
+        last = self.last
+        for m in messages:
+            if m.generation_id != self.generation:
+                self.generation = m.generation_id
+                last.clear()
+            partition, offset = m.partition, m.offset
+            prev = last.get(partition)
+            if prev is None:
+                last[partition] = offset
+            elif offset > prev:
+                skipped += offset - prev - 1
+                last[partition] = offset
+        return skipped
+
+
 def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, batch_wait_s: float,
-             request_partitions: int, batched_writes: bool = True):
+             request_partitions: int, batched_writes: bool = True, count_gaps: bool = True):
     """Declare the ``user_state`` table and the ingest agent on a Faust app.
 
     With ``batched_writes`` (at-least-once only: these sends are outside Faust's transactions) a
@@ -217,11 +264,17 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
             (key, request.to_bytes(), partition_for(key, request_partitions))
             for request in out.requests for key in (request.user_id.encode(),)])
 
+    gaps = OffsetGaps() if count_gaps else None
+
     @app.agent(topics[EVENTS], name="ingest")
     async def ingest(stream):
         async for events in stream.take_events(batch, within=batch_wait_s):
-            records = [RawRecord(EVENTS, e.message.partition, e.message.offset, e.message.timestamp,
-                                 e.message.key, e.message.value) for e in events]
+            messages = [e.message for e in events]
+            records = [RawRecord(EVENTS, m.partition, m.offset, m.timestamp, m.key, m.value) for m in messages]
+            if gaps is not None and (skipped := gaps.observe(messages)):
+                metrics.offsets_skipped.inc(skipped)
+                log.warning("ingest: %d offset(s) of events never reached the agent (records lost before it, "
+                            "or transaction markers); partitions/offsets now %s", skipped, dict(gaps.last))
             out = processor.process(records, get_state)
             await write(out)
             for reason, record in out.dead_letters:

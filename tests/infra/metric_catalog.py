@@ -38,6 +38,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_worker_events_valid_total", "counter"),
     Metric("tailcast_worker_dlq_records_total", "counter", ("reason",)),
     Metric("tailcast_worker_duplicates_skipped_total", "counter"),
+    Metric("tailcast_worker_offsets_skipped_total", "counter"),
     Metric("tailcast_worker_user_states", "gauge"),
     Metric("tailcast_worker_score_requests_total", "counter"),
     Metric("tailcast_worker_batch_size_events", "histogram"),

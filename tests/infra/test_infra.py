@@ -62,6 +62,7 @@ REQUIRED_ALERTS = {
     "TailcastTailShareCollapsed",
     "TailcastTailShareDropped",
     "TailcastDLQRateHigh",
+    "TailcastWorkerRecordsSkipped",
     "TailcastWorkerConsumerLagGrowing",
     "TailcastScorerConsumerLagGrowing",
     "TailcastModelStale",
@@ -113,14 +114,15 @@ def test_promtool_check_rules(promtool_bin: str, repo_root: Path) -> None:
 
 
 def test_promtool_rule_unit_tests(promtool_bin: str, repo_root: Path) -> None:
-    """alerts.test.yml: DLQ share, tail collapse and drop, process down/absent, stale model."""
+    """alerts.test.yml: DLQ share, skipped offsets, tail collapse and drop, process down/absent, stale model."""
     proc = _run([promtool_bin, "test", "rules", "alerts.test.yml"], cwd=repo_root / PROM_DIR)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tests = _load_yaml(repo_root / PROM_DIR / "alerts.test.yml")["tests"]
     # Alerts with a case that fires and one that stays quiet.
     fires = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
     quiet = {case["alertname"] for test in tests for case in test["alert_rule_test"] if not case["exp_alerts"]}
-    required = {"TailcastDLQRateHigh", "TailcastTailShareCollapsed", "TailcastTailShareDropped"}
+    required = {"TailcastDLQRateHigh", "TailcastTailShareCollapsed", "TailcastTailShareDropped",
+                "TailcastWorkerRecordsSkipped"}
     assert required <= fires & quiet
 
 

@@ -92,3 +92,19 @@ def test_pseudonymised_ids_never_pass_the_edge():
     out2 = proc.process([RawRecord("events", partition, 0, 1.0, key, value)], {}.get)
     assert list(out2.states) == [hashed] and out2.requests[0].user_id == hashed
     assert b"alice" not in out2.requests[0].to_bytes()
+
+
+def test_offset_gaps_count_records_that_never_arrived_per_partition_and_generation():
+    from types import SimpleNamespace as M
+
+    from streams.agents.ingest import OffsetGaps
+
+    gaps = OffsetGaps()
+    got = lambda *pog: [M(partition=p, offset=o, generation_id=g) for p, o, g in pog]  # noqa: E731
+    assert gaps.observe(got((0, 10, 1), (1, 5, 1), (0, 11, 1), (1, 6, 1))) == 0  # contiguous, interleaved
+    assert gaps.observe(got((0, 13, 1))) == 1  # 12 never arrived
+    assert gaps.observe(got((0, 12, 1), (0, 13, 1), (0, 14, 1))) == 0  # redelivered after a seek: not a gap
+    assert gaps.observe(got((1, 9, 1))) == 2  # 7 and 8 on partition 1
+    # a new generation (rebalance): the partition may have moved on under another worker
+    assert gaps.observe(got((0, 500, 2), (0, 501, 2))) == 0
+    assert gaps.last == {0: 501}
