@@ -158,6 +158,7 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
         app = _faust_app(settings, "tailcast-worker")
         topics = _topics(app, settings)
         metrics = WorkerMetrics.create(registry)
+        at_least_once = settings.kafka.processing_guarantee == "at_least_once"
         processor = ingest.IngestProcessor(
             partitions=(partitions or {}).get(EVENTS, settings.kafka.partitions),
             history_len=settings.worker.history_len, max_event_bytes=settings.worker.max_event_bytes,
@@ -166,8 +167,7 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
                                        batch=settings.worker.batch, batch_wait_s=settings.worker.batch_wait_s,
                                        request_partitions=(partitions or {}).get(SCORE_REQUESTS,
                                                                                  settings.kafka.partitions),
-                                       batched_writes=settings.kafka.processing_guarantee == "at_least_once",
-                                       count_gaps=settings.kafka.processing_guarantee == "at_least_once")
+                                       batched_writes=at_least_once, count_gaps=at_least_once)
         _lag_timer(app, metrics.consumer_lag)
         return Role(app, registry, role, {"metrics": metrics, "processor": processor, "table": table,
                                           "agent": agent})

@@ -81,7 +81,7 @@ def _freeze_startup_heap(settings: Settings) -> None:
     Python collects the young generation every 700 allocations; a worker micro-batch allocates tens of
     thousands of short-lived objects (Faust events, parsed events, states, requests), almost none of them
     in cycles. At 20,000 the worker/bare-Faust ratio of ``python -m benchmarks.ingest --rounds 3`` went
-    from 0.726, 0.738 and 0.744 (three runs) to 0.752 and 0.759 (two runs; gen1/gen2 thresholds as
+    from 0.726, 0.738 and 0.744 to 0.752, 0.759 and 0.766 (three runs each; gen1/gen2 thresholds as
     Python's).
     """
     gc.collect()
