@@ -12,6 +12,11 @@ Per micro-batch (:class:`ScorerCore`, no Kafka types, unit-tested in memory):
    carries one, decodes each user's item set into a second candidate list (``BATCH_SOURCES``);
 4. **blend and re-rank** — the online recommender merges its own candidates with the batch model's,
    blends them with the feedback-trained blender and re-ranks for the tail with the user's A/B arm.
+
+A list comes out empty when the scorer knows no item the user has not touched yet (the first events of
+a stream). Such a user is scored again with each following micro-batch, once that batch's events are
+learned, until the list has items: otherwise a user whose last event came that early would keep the
+empty list until their next event.
 """
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ class ScorerCore:
     """Learn from, coalesce, score and publish one micro-batch of :class:`ScoreRequest`."""
 
     def __init__(self, *, recommender, arms: ArmAssigner, k: int, n_candidates: int = 100,
-                 online_version: str = "online", max_users: int = 1_000_000, max_active: int = 100_000) -> None:
+                 online_version: str = "online", max_users: int = 1_000_000, max_active: int = 100_000,
+                 max_empty: int = 10_000) -> None:
         self.recommender = recommender
         self.arms = arms
         self.k = k
@@ -89,6 +95,7 @@ class ScorerCore:
         self._learned = _LRU(max_users)    # user -> events applied to the online models
         self._published = _LRU(max_users)  # user -> event_count of the newest list published
         self._active = _LRU(max_active)  # user -> the newest request scored (re-scored after a model swap)
+        self._empty = _LRU(max_empty)  # user -> the request whose list came out empty (scored again)
 
     def swap_model(self, model: SequenceModel | None) -> None:
         """Install a new batch model; called between micro-batches only."""
@@ -136,6 +143,9 @@ class ScorerCore:
                 out.stale += 1  # a newer (or the same) state was already published
                 continue
             todo.append(request)
+        # users whose newest list was empty, scored again now that this batch's events are learned
+        todo.extend(r for user, r in list(self._empty.items())
+                    if user not in newest and self._published.get(user, 0) == r.event_count)
         out.recommendations = self._score(todo, now)
         return out
 
@@ -185,6 +195,10 @@ class ScorerCore:
                 event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at))
             self._published.put(request.user_id, request.event_count)
             self._active.put(request.user_id, request)
+            if cands:
+                self._empty.pop(request.user_id, None)
+            else:
+                self._empty.put(request.user_id, request)
         return recs
 
     def rescore_active(self, *, batch: int = 1024, now: float | None = None) -> Iterator[list[Recommendation]]:

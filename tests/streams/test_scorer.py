@@ -86,3 +86,16 @@ def test_a_batch_model_with_an_unknown_source_is_refused():
     c.swap_model(FakeSeqModel(sources=("transformer", "gan")))
     with pytest.raises(ValueError, match="gan"):
         c.process([req("u1", ["a"], ["a"], 1)])
+
+
+def test_an_empty_list_is_scored_again_once_the_scorer_knows_other_items():
+    c = core()
+    first = c.process([req("u1", ["a", "b"], ["a", "b"], 2)])
+    assert [r.items for r in first.recommendations] == [[]]  # it knows only the items u1 touched
+    second = c.process([req("u2", ["c", "d", "e"], ["c", "d", "e"], 3)])
+    by_user = {r.user_id: r for r in second.recommendations}
+    assert set(by_user) == {"u1", "u2"}
+    assert by_user["u1"].user_event_count == 2  # the same state, now with items it has not touched
+    assert by_user["u1"].items and not {"a", "b"} & {i.item_id for i in by_user["u1"].items}
+    # once it has items, it is not scored again without a new event
+    assert [r.user_id for r in c.process([req("u3", ["f"], ["f"], 1)]).recommendations] == ["u3"]
