@@ -23,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from zlib import crc32
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = [
+    "item_hash",
+    "item_hashes",
     "SOURCES",
     "Candidate",
     "CandidateList",
@@ -42,11 +45,12 @@ __all__ = [
 ]
 
 #: Every value ``Candidate.source`` may take.
-SOURCES = ("popularity", "covisit", "mf", "content", "fresh", "transformer", "vae", "blend")
+SOURCES = ("popularity", "covisit", "transitions", "mf", "content", "fresh", "transformer", "vae", "blend")
 
 _REASONS = {
     "popularity": "popular now",
     "covisit": "co-visited with {anchor}",
+    "transitions": "often next after {anchor}",
     "mf": "liked by people with your taste",
     "content": "similar to {anchor}",
     "fresh": "tail discovery",
@@ -54,8 +58,24 @@ _REASONS = {
     "vae": "fits your whole history",
     "blend": "picked for you",
 }
-_REASONS_NO_ANCHOR = {"covisit": "often seen together", "content": "similar to what you like"}
+_REASONS_NO_ANCHOR = {"covisit": "often seen together", "transitions": "often next",
+                      "content": "similar to what you like"}
 _REASONS_FIXED = {s: text for s, text in _REASONS.items() if "{" not in text}  # need no formatting
+
+def item_hash(item: str) -> int:
+    """A stable 32-bit hash of an item id (CRC-32 of its UTF-8 bytes): how a user's consumed items are kept
+    compactly (4 bytes each) in the user state and the score requests, the same on every machine.
+
+    >>> item_hash("i42")
+    3418000330
+    """
+    return crc32(item.encode())
+
+
+def item_hashes(items: Iterable[str]) -> np.ndarray:
+    """:func:`item_hash` of each item, as a uint32 array."""
+    return np.fromiter((crc32(i.encode()) for i in items), dtype=np.uint32)
+
 
 #: ``(user, item, ts, history)``, the argument tuple of ``learn_one``.
 Event = tuple[str, str, float, Sequence[str]]

@@ -66,6 +66,8 @@ class CoVisitation:
         max_neighbours: int = 100,
         backward_weight: float = 0.5,
         history_window: int = 10,
+        normalise: bool = True,
+        distance_decay: bool = True,
     ) -> None:
         if lookback < 1:
             raise ValueError(f"lookback must be >= 1, got {lookback}")
@@ -78,6 +80,8 @@ class CoVisitation:
         self.max_neighbours = int(max_neighbours)
         self.backward_weight = float(backward_weight)
         self.history_window = int(history_window)
+        self.normalise = bool(normalise)
+        self.distance_decay = bool(distance_decay)
         self._clock = DecayClock(half_life_s)
         self._index = IdIndex()
         # Neighbours of item h: _slot[h] maps j -> slot, _nj[h][slot] = j, _nw[h][slot] = weight (DecayClock
@@ -90,6 +94,24 @@ class CoVisitation:
         self._count = array("d")  # decayed event count per item (same frame)
         self._acc = self._mark = _EMPTY_J  # serving scratch (see top), grown on first use
         self._banned = np.zeros(0, dtype=bool)
+
+    @classmethod
+    def transitions(cls, *, max_neighbours: int = 100) -> CoVisitation:
+        """The plain transition counter: ``W[h][j]`` counts ``j`` following ``h`` within 5 items (``j -> h``
+        counts one half), no time decay, no distance weighting, no popularity normalisation; a user's
+        score of ``j`` sums ``W[h_r][j] / r`` over their last 5 distinct items. Source ``"transitions"``.
+
+        >>> cv = CoVisitation.transitions()
+        >>> for user in ("u1", "u2"):
+        ...     cv.learn_one(user, "A", 0.0, [])
+        ...     cv.learn_one(user, "B", 1.0, ["A"])
+        >>> cv.neighbours("A", 1), cv.neighbours("B", 1)
+        ([('B', 2.0)], [('A', 1.0)])
+        """
+        model = cls(lookback=5, half_life_s=math.inf, max_neighbours=max_neighbours, backward_weight=0.5,
+                    history_window=5, normalise=False, distance_decay=False)
+        model.name = "transitions"
+        return model
 
     # ---------------------------------------------------------------- learning
     def _idx(self, item: str, w: float) -> int:
@@ -119,11 +141,14 @@ class CoVisitation:
         cap = 2 * self.max_neighbours
         bw = w * self.backward_weight
         slot_of, nj_of, nw_of = self._slot, self._nj, self._nw
+        decay = self.distance_decay
         for d in range(1, min(self.lookback, n) + 1):
             h_item = history[n - d]
             if h_item == item:
                 continue
             h = self._idx(h_item, w)
+            if not decay:
+                d = 1
             slots = slot_of[h]
             slot = slots.get(j)
             if slot is None:
@@ -177,7 +202,7 @@ class CoVisitation:
         js, ws = np.array(self._nj[h], dtype=np.int64), np.array(self._nw[h])
         cj = self._counts()[js]
         ok = cj > 0
-        js, sims = js[ok], ws[ok] / math.sqrt(self._count[h]) / np.sqrt(cj[ok])
+        js, sims = js[ok], ws[ok] / math.sqrt(self._count[h]) / np.sqrt(cj[ok]) if self.normalise else ws[ok]
         order = np.lexsort((js, -sims))[:k]
         names = self._index.names
         return [(names[j], float(s)) for j, s in zip(js[order].tolist(), sims[order].tolist())]
@@ -212,7 +237,7 @@ class CoVisitation:
             if h < 0 or count[h] <= 0 or not slot_of[h]:
                 continue
             anchors.append(h)
-            scales.append(1.0 / (r * math.sqrt(count[h])))
+            scales.append(1.0 / (r * math.sqrt(count[h])) if self.normalise else 1.0 / r)
         if not anchors:
             return _EMPTY_J, _EMPTY_W, _EMPTY_J, _EMPTY_J
         nj_of, nw_of = self._nj, self._nw
@@ -225,7 +250,7 @@ class CoVisitation:
         ok = cj > 0
         if not ok.all():
             js, ws, which, cj = js[ok], ws[ok], which[ok], cj[ok]
-        return js, ws / np.sqrt(cj), which, np.asarray(anchors, dtype=np.int64)
+        return js, ws / np.sqrt(cj) if self.normalise else ws, which, np.asarray(anchors, dtype=np.int64)
 
     def _aggregate(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Candidates (sorted indices), their summed scores, the (anchors, candidates) term matrix and
@@ -310,7 +335,7 @@ class CoVisitation:
         idx, scores, anchors = self.candidates(history, k, self._index.indices(exclude))
         names = self._index.names
         return [
-            Candidate(names[j], s, "covisit", anchor=names[a])
+            Candidate(names[j], s, self.name, anchor=names[a])
             for j, s, a in zip(idx.tolist(), scores.tolist(), anchors.tolist())
         ]
 
