@@ -3,7 +3,10 @@ the scorer's online models, with ``tracemalloc`` (numpy buffers included), plus 
 
 * worker: ``UserState.to_bytes()`` at history length 50 (the changelog record), and the in-memory
   footprint of a ``user_state`` table entry, measured in the real worker app's table store
-  (``create_app(settings, role="worker")``, Faust ``memory://`` store: key bytes -> value bytes);
+  (``create_app(settings, role="worker")``, Faust ``memory://`` store: key bytes -> value bytes). Each
+  user has 50..499 events over a 10k catalogue and its consumed set holds their distinct items (4 bytes
+  each, base64 in the record); the same again for users at the ``TAILCAST_CONSUMED_MAX`` cap (right
+  after a compaction; between two, a state holds up to an eighth more entries);
 * scorer, users: ``OnlineRecommender.create(...)`` (content dim 384, the MiniLM dimension, default arms)
   fed a synthetic stream (Zipf items over a fixed 10k catalogue, 2 events per new user) growing
   10k -> 100k -> 1M users (1M is fitted linearly from the first two sizes when it would take over ~2 min,
@@ -55,29 +58,25 @@ def _by_file(top: int = 4) -> str:
 
 # ---------------------------------------------------------------------------------------- worker state
 def worker_state(n: int = 50_000) -> dict[str, float]:
-    """Serialized size and in-memory table-entry footprint of a user state at history length 50."""
+    """Serialized size and in-memory table-entry footprint of a user state at history length 50, for users
+    with 50..499 events (consumed set: their distinct items) and for users at the consumed cap."""
     import tempfile
 
-    from streams.agents.ingest import UserState
+    from streams.agents.ingest import UserState, consumed_of
     from streams.app import create_app
     from streams.config import load_settings
 
     rng = np.random.default_rng(0)
     items = [f"i{j}" for j in range(10_000)]
 
-    def state(u: int) -> tuple[bytes, bytes]:
-        seq = [items[j] for j in rng.integers(0, len(items), HISTORY)]
-        s = UserState(sequence=seq, count=int(rng.integers(HISTORY, 500)), last_ts=1.7e9 + u * 0.1,
-                      applied={u % 4: u * 7})
-        return f"u{u}".encode(), s.to_bytes()
+    def state(u: int, events: int, cap: int) -> tuple[bytes, bytes, int]:
+        """A user after ``events`` events, as the worker keeps it right after a compaction."""
+        history = [items[j] for j in rng.integers(0, len(items), events)]
+        s = UserState(sequence=history[-HISTORY:], count=events, last_ts=1.7e9 + u * 0.1,
+                      applied={u % 4: u * 7}, consumed=consumed_of(history)[-4 * cap:])
+        return f"u{u}".encode(), s.to_bytes(), len(s.consumed) // 4
 
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings({"TAILCAST_KAFKA": "127.0.0.1:9", "TAILCAST_STATE_DIR": tmp})
-        role = create_app(settings, role="worker")
-        store = role.parts["table"].data  # the Faust store behind the table (memory://: a dict inside)
-        pairs = [state(u) for u in range(n)]
-        serialized = sum(len(v) for _, v in pairs) / n
-        keys = sum(len(k) for k, _ in pairs) / n
+    def entry_bytes(store, pairs) -> float:
         tracemalloc.start()
         try:
             before = _traced()
@@ -86,9 +85,28 @@ def worker_state(n: int = 50_000) -> dict[str, float]:
             after = _traced()
         finally:
             tracemalloc.stop()
-        assert len(store) == n, f"store holds {len(store)} of {n} states"
-    return {"user_state_serialized_bytes": serialized, "user_key_bytes": keys,
-            "user_state_table_entry_bytes": (after - before) / n}
+        return (after - before) / len(pairs)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings({"TAILCAST_KAFKA": "127.0.0.1:9", "TAILCAST_STATE_DIR": tmp})
+        cap = settings.worker.consumed_max
+        role = create_app(settings, role="worker")
+        store = role.parts["table"].data  # the Faust store behind the table (memory://: a dict inside)
+        users = [state(u, int(rng.integers(HISTORY, 500)), cap) for u in range(n)]
+        n_cap = max(1, n // 10)
+        at_cap = [state(n + u, 3 * cap, cap) for u in range(n_cap)]  # 3 x cap events: > cap distinct items
+        figures = {
+            "user_state_serialized_bytes": sum(len(v) for _, v, _ in users) / n,
+            "user_key_bytes": sum(len(k) for k, _, _ in users) / n,
+            "user_state_consumed_items": sum(c for _, _, c in users) / n,
+            "user_state_table_entry_bytes": entry_bytes(store, [(k, v) for k, v, _ in users]),
+            "user_state_consumed_max": float(cap),
+            "user_state_serialized_bytes_at_cap": sum(len(v) for _, v, _ in at_cap) / n_cap,
+            "user_state_table_entry_bytes_at_cap": entry_bytes(store, [(k, v) for k, v, _ in at_cap]),
+        }
+        assert len(store) == n + n_cap, f"store holds {len(store)} of {n + n_cap} states"
+        assert all(c == cap for _, _, c in at_cap)
+    return figures
 
 
 # ------------------------------------------------------------------------------------ scorer, users

@@ -130,6 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
             "default is 700; 0 keeps it). Most of a worker batch's allocations are short-lived and acyclic."),
     Setting("TAILCAST_LOG_LEVEL", "info", _choice("debug", "info", "warn", "error", "crit"), "Log level."),
     Setting("TAILCAST_HISTORY_LEN", "50", _positive_int, "Recent items kept per user (sequence length)."),
+    Setting("TAILCAST_CONSUMED_MAX", "2000", _positive_int,
+            "Distinct consumed items kept per user, as 4-byte hashes, for the scorer's exclusion set; the "
+            "least recently consumed go first. Lower it to shrink the user state."),
     Setting("TAILCAST_MAX_EVENT_BYTES", "65536", _positive_int,
             "Largest accepted event; larger ones go to events.dlq as `oversized`."),
     Setting("TAILCAST_WORKER_BATCH", "1000", _positive_int, "Worker micro-batch size (events)."),
@@ -141,6 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_SCORER_BATCH_WAIT_S", "0.02", _positive_float,
             "Longest the scorer waits to fill a micro-batch (seconds)."),
     Setting("TAILCAST_K", "10", _positive_int, "Length of each recommendation list."),
+    Setting("TAILCAST_EXCLUDE_CONSUMED", "all", _choice("all", "recent"),
+            "Items never recommended to a user: `all` they consumed (up to TAILCAST_CONSUMED_MAX), or only "
+            "the `recent` TAILCAST_HISTORY_LEN (for repeat-consumption catalogues such as groceries)."),
     Setting("TAILCAST_ARMS", "control:0.5:0.0,tail:0.5:0.5", parse_arms,
             "A/B arms as name:traffic_weight:rerank_strength, comma-separated."),
     Setting("TAILCAST_WINDOW_EVENTS", "100000", _positive_int,
@@ -221,6 +227,7 @@ class WorkerSettings:
     batch: int
     batch_wait_s: float
     pseudonymize_key: str | None = field(repr=False)
+    consumed_max: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +242,7 @@ class ScorerSettings:
     torch_threads: int
     quantize: str
     text_encoder: str
+    exclude_consumed: str = "all"  # "all" consumed items (up to the worker's consumed_max), or "recent" only
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +331,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             batch=r("TAILCAST_WORKER_BATCH"),
             batch_wait_s=r("TAILCAST_WORKER_BATCH_WAIT_S"),
             pseudonymize_key=r("TAILCAST_PSEUDONYMIZE_KEY"),
+            consumed_max=r("TAILCAST_CONSUMED_MAX"),
         ),
         scorer=ScorerSettings(
             batch=r("TAILCAST_SCORER_BATCH"),
@@ -335,6 +344,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             torch_threads=r("TAILCAST_TORCH_THREADS"),
             quantize=r("TAILCAST_QUANTIZE"),
             text_encoder=r("TAILCAST_TEXT_ENCODER"),
+            exclude_consumed=r("TAILCAST_EXCLUDE_CONSUMED"),
         ),
         longtail=LongTailSettings(
             window_events=r("TAILCAST_WINDOW_EVENTS"),

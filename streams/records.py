@@ -8,11 +8,13 @@ a :class:`BadEvent` with a reason, and the worker sends it to ``events.dlq``.
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 __all__ = [
@@ -190,6 +192,18 @@ class ScoreRequest:
     ``new`` holds the events this request adds since the user's previous request, as
     ``(item_id, ts, event)``; they are the last ``len(new)`` of the ``event_count`` events.
     ``ingested_at`` is the Kafka record time (wall clock) of the oldest of them: freshness is measured from it.
+    ``consumed`` holds the user's consumed items as ``online.base.item_hash`` values, uint32 little-endian,
+    4 bytes each, least recently consumed first (the worker's ``UserState.consumed``); it is empty when
+    ``TAILCAST_EXCLUDE_CONSUMED=recent``, and in a request written before the field existed. It travels
+    as base64 text.
+
+    >>> from online.base import item_hash
+    >>> req = ScoreRequest("u", ["a"], [("a", 2.0, "click")], 1, 2.0, 3.0, 4.0,
+    ...                    consumed=item_hash("a").to_bytes(4, "little"))
+    >>> req.to_bytes()[-22:], req.consumed_hashes(), item_hash("a")
+    (b'"consumed":"Q7636A=="}', array([3904355907], dtype=uint32), 3904355907)
+    >>> ScoreRequest.from_bytes(req.to_bytes()) == req
+    True
     """
 
     user_id: str
@@ -199,19 +213,25 @@ class ScoreRequest:
     event_ts: float
     ingested_at: float
     requested_at: float
+    consumed: bytes = b""
+
+    def consumed_hashes(self) -> np.ndarray:
+        """``consumed`` as a uint32 array (a read-only view of the bytes)."""
+        return np.frombuffer(self.consumed, dtype="<u4").astype(np.uint32, copy=False)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "user_id": self.user_id, "sequence": self.sequence, "new": self.new,
             "event_count": self.event_count, "event_ts": self.event_ts,
             "ingested_at": self.ingested_at, "requested_at": self.requested_at,
+            "consumed": binascii.b2a_base64(self.consumed, newline=False).decode("ascii"),
         })
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ScoreRequest:
         d = orjson.loads(raw)
         return cls(d["user_id"], d["sequence"], [tuple(x) for x in d["new"]], d["event_count"], d["event_ts"],
-                   d["ingested_at"], d["requested_at"])
+                   d["ingested_at"], d["requested_at"], binascii.a2b_base64(d.get("consumed", "")))
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, 10 per list

@@ -16,19 +16,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import struct
 import time
-from collections.abc import Callable, Sequence
+from binascii import a2b_base64, b2a_base64
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 
+from online.base import item_hash
 from streams.kafka import send_batched
 from streams.records import BadEvent, ScoreRequest, dead_letter, parse_event
 from streams.topics import partition_for
 
 log = logging.getLogger("tailcast.ingest")
 
-__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "OffsetGaps", "pseudonymize", "register"]
+__all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "OffsetGaps", "compact_consumed",
+           "consumed_of", "pseudonymize", "register"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, per event
@@ -43,14 +48,58 @@ class RawRecord:
     value: bytes | None
 
 
+_HASH = struct.Struct("<I")  # one consumed item: its item_hash, uint32 little-endian
+
+
+def consumed_of(items: Iterable[str]) -> bytearray:
+    """The consumed set of a sequence of items: the hash of each distinct item, least recently consumed first.
+
+    >>> consumed_of(["a", "b", "a"]) == _HASH.pack(item_hash("b")) + _HASH.pack(item_hash("a"))
+    True
+    """
+    last: dict[int, None] = {}
+    for item in items:
+        h = item_hash(item)
+        last.pop(h, None)
+        last[h] = None
+    return bytearray(struct.pack(f"<{len(last)}I", *last))
+
+
+def compact_consumed(consumed: bytes | bytearray, max_items: int) -> bytearray:
+    """``consumed`` with each hash kept once, at its last (most recent) position, and only the
+    ``max_items`` most recent of them.
+
+    >>> hashes = lambda raw: struct.unpack(f"<{len(raw) // 4}I", raw)
+    >>> hashes(compact_consumed(struct.pack("<5I", 1, 2, 1, 3, 2), 2))
+    (3, 2)
+    >>> hashes(compact_consumed(struct.pack("<3I", 1, 2, 1), 5))
+    (2, 1)
+    """
+    hashes = np.frombuffer(consumed, dtype="<u4")
+    _, first_from_end = np.unique(hashes[::-1], return_index=True)
+    keep = np.sort(len(hashes) - 1 - first_from_end)[-max_items:]
+    return bytearray(hashes[keep].tobytes())
+
+
 @dataclass(slots=True)
 class UserState:
-    """A user's state: bounded recent sequence, event count, last event time, and the last applied offset
-    of each source partition (the user's own, and those that events forwarded to it came from).
+    """A user's state: bounded recent sequence, event count, last event time, the last applied offset of
+    each source partition (the user's own, and those that events forwarded to it came from), and the
+    items consumed over the whole history.
 
-    >>> s = UserState(["a"], 1, 5.0, {2: 7})
+    ``consumed`` holds ``online.base.item_hash`` of each consumed item, uint32 little-endian (4 bytes an
+    item), least recently consumed first. :class:`IngestProcessor` appends every event's item except a
+    repeat of the one just before, and compacts (:func:`compact_consumed`) once it holds more than
+    ``consumed_max + consumed_max // 8`` entries: after a compaction each item is there once and at most
+    ``consumed_max`` are; in between an item consumed again may be there twice. The ``consumed_max``
+    most recently consumed distinct items are always there, so excluding them is exact. It is stored as
+    base64 text; a state written in an older layout (no such field) gets it rebuilt from ``sequence``.
+
+    >>> s = UserState(["a"], 1, 5.0, {2: 7}, consumed_of(["a"]))
     >>> UserState.from_bytes(s.to_bytes()) == s, s.to_bytes()
-    (True, b'[["a"],1,5.0,[[2,7]]]')
+    (True, b'[["a"],1,5.0,[[2,7]],"Q7636A=="]')
+    >>> UserState.from_bytes(b'[["a"],1,5.0,[[2,7]]]') == s  # the 4-field layout written before consumed
+    True
     >>> UserState.from_bytes(b'[["a"],1,5.0,2,7]') == s  # the 5-field layout written before forwarding was deduplicated
     True
     """
@@ -59,22 +108,28 @@ class UserState:
     count: int = 0
     last_ts: float = 0.0
     applied: dict[int, int] = field(default_factory=dict)  # source partition -> last applied offset
+    consumed: bytearray = field(default_factory=bytearray)  # item hashes, uint32 LE, least recent first
 
     def seen(self, partition: int, offset: int) -> bool:
         """Whether the event at ``partition``/``offset`` was applied already."""
         return offset <= self.applied.get(partition, -1)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps([self.sequence, self.count, self.last_ts, list(self.applied.items())])
+        return orjson.dumps([self.sequence, self.count, self.last_ts, list(self.applied.items()),
+                             b2a_base64(self.consumed, newline=False).decode("ascii")])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         fields = orjson.loads(raw)
         if len(fields) == 5:
-            seq, count, last_ts, partition, offset = fields
-            return cls(seq, count, last_ts, {partition: offset} if partition >= 0 else {})
+            seq, count, last_ts, applied, consumed = fields
+            if isinstance(consumed, str):
+                return cls(seq, count, last_ts, {int(p): int(o) for p, o in applied},
+                           bytearray(a2b_base64(consumed)))
+            partition, offset = applied, consumed  # [seq, count, last_ts, partition, offset]
+            return cls(seq, count, last_ts, {partition: offset} if partition >= 0 else {}, consumed_of(seq))
         seq, count, last_ts, applied = fields
-        return cls(seq, count, last_ts, {int(p): int(o) for p, o in applied})
+        return cls(seq, count, last_ts, {int(p): int(o) for p, o in applied}, consumed_of(seq))
 
 
 @dataclass(slots=True)
@@ -105,18 +160,33 @@ def pseudonymize(user_id: str, key: str) -> str:
 
 
 class IngestProcessor:
-    """Turn a micro-batch of raw ``events`` records into state updates, score requests and dead letters."""
+    """Turn a micro-batch of raw ``events`` records into state updates, score requests and dead letters.
+
+    ``consumed_max`` bounds each ``UserState.consumed`` (``TAILCAST_CONSUMED_MAX``). With
+    ``exclude_consumed="recent"`` (``TAILCAST_EXCLUDE_CONSUMED``) the score requests carry no consumed
+    items; the states keep them all the same, so switching back to ``"all"`` loses none.
+    """
 
     def __init__(self, *, partitions: int, history_len: int, max_event_bytes: int,
-                 pseudonymize_key: str | None = None) -> None:
+                 pseudonymize_key: str | None = None, consumed_max: int = 2000,
+                 exclude_consumed: str = "all") -> None:
+        if consumed_max < 1:
+            raise ValueError(f"consumed_max must be >= 1, got {consumed_max}")
+        if exclude_consumed not in ("all", "recent"):
+            raise ValueError(f"exclude_consumed must be 'all' or 'recent', got {exclude_consumed!r}")
         self.partitions = partitions
         self.history_len = history_len
         self.max_event_bytes = max_event_bytes
         self.pseudonymize_key = pseudonymize_key
+        self.consumed_max = consumed_max
+        self.exclude_consumed = exclude_consumed
+        # compact once past the cap by an eighth: amortised, each compaction is paid by >= cap/8 appends
+        self._compact_above = _HASH.size * (consumed_max + consumed_max // 8)
 
     def process(self, records: Sequence[RawRecord], get_state: Callable[[str], UserState | None],
                 *, now: float | None = None) -> BatchResult:
         now = time.time() if now is None else now
+        pack, compact_above, send_consumed = _HASH.pack, self._compact_above, self.exclude_consumed == "all"
         out = BatchResult()
         new: dict[str, list[tuple[str, float, str]]] = {}
         ingested: dict[str, float] = {}
@@ -154,9 +224,16 @@ class IngestProcessor:
             if state.seen(*source):
                 out.duplicates += 1
                 continue
-            state.sequence.append(ev.item_id)
-            if len(state.sequence) > self.history_len:
-                del state.sequence[: len(state.sequence) - self.history_len]
+            seq = state.sequence
+            if not seq or seq[-1] != ev.item_id:
+                # The item just before is the newest entry already; any other item goes to the newest
+                # end, so entries stay in order of last consumption and the compaction keeps the newest.
+                state.consumed += pack(item_hash(ev.item_id))
+                if len(state.consumed) > compact_above:
+                    state.consumed = compact_consumed(state.consumed, self.consumed_max)
+            seq.append(ev.item_id)
+            if len(seq) > self.history_len:
+                del seq[: len(seq) - self.history_len]
             state.count += 1
             state.last_ts = ev.ts
             state.applied[source[0]] = source[1]
@@ -168,7 +245,8 @@ class IngestProcessor:
             state = out.states[user]
             out.requests.append(ScoreRequest(
                 user_id=user, sequence=list(state.sequence), new=items, event_count=state.count,
-                event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now))
+                event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now,
+                consumed=bytes(state.consumed) if send_consumed else b""))
         return out
 
 
@@ -236,7 +314,7 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
         # The changelog partition comes from the key (murmur2, like the events topic), not from the
         # "current event": a micro-batch mixes partitions.
         use_partitioner=True,
-        help="Per-user state: recent items, event count, last ts, last applied offset",
+        help="Per-user state: recent items, event count, last ts, last applied offsets, consumed item hashes",
     )
     producer = app.producer
 

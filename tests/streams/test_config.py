@@ -19,12 +19,21 @@ def test_defaults_are_valid():
     ({"TAILCAST_ARMS": "a:x:0"}, "TAILCAST_ARMS"),
     ({"TAILCAST_METRICS_PORT": "99999"}, "TAILCAST_METRICS_PORT"),
     ({"TAILCAST_TYPO": "1"}, "TAILCAST_TYPO"),
+    ({"TAILCAST_CONSUMED_MAX": "0"}, "TAILCAST_CONSUMED_MAX"),
+    ({"TAILCAST_EXCLUDE_CONSUMED": "none"}, "TAILCAST_EXCLUDE_CONSUMED"),
     ({"TAILCAST_PROCESSING_GUARANTEE": "exactly_once"}, "TAILCAST_PROCESSING_GUARANTEE"),
     ({"TAILCAST_KAFKA": "k:9092", "TAILCAST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "TAILCAST_KAFKA_SASL_USERNAME"),
 ])
 def test_errors_name_the_variable(env, name):
     with pytest.raises(ConfigError, match=name):
         load_settings(env)
+
+
+def test_consumed_settings():
+    default = load_settings({})
+    assert default.worker.consumed_max == 2000 and default.scorer.exclude_consumed == "all"
+    s = load_settings({"TAILCAST_CONSUMED_MAX": "300", "TAILCAST_EXCLUDE_CONSUMED": "recent"})
+    assert s.worker.consumed_max == 300 and s.scorer.exclude_consumed == "recent"
 
 
 def test_secrets_are_not_in_repr():

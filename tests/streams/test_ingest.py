@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import orjson
+import base64
+import random
+import struct
 
-from streams.agents.ingest import IngestProcessor, RawRecord, UserState, pseudonymize
+import orjson
+import pytest
+
+from online.base import item_hash
+from streams.agents.ingest import IngestProcessor, RawRecord, UserState, consumed_of, pseudonymize
+from streams.records import ScoreRequest
 from streams.topics import partition_for
 
 P = 4
@@ -108,3 +115,104 @@ def test_offset_gaps_count_records_that_never_arrived_per_partition_and_generati
     # a new generation (rebalance): the partition may have moved on under another worker
     assert gaps.observe(got((0, 500, 2), (0, 501, 2))) == 0
     assert gaps.last == {0: 501}
+
+
+# ---------------------------------------------------------------------------------------- consumed items
+def _hashes(raw: bytes) -> list[int]:
+    return list(struct.unpack(f"<{len(raw) // 4}I", raw))
+
+
+def _round_trip(store: dict[str, UserState]):
+    """The table as the worker has it: states go through their bytes between batches."""
+    return lambda user: None if user not in store else UserState.from_bytes(store[user].to_bytes())
+
+
+def test_consumed_covers_the_whole_history_not_only_the_recent_sequence():
+    proc = IngestProcessor(partitions=P, history_len=3, max_event_bytes=1000)
+    store: dict[str, UserState] = {}
+    items = ["a", "b", "b", "c", "a", "d", "e", "f", "g", "b"]  # 10 events > history_len, with repeats
+    for offset, item in enumerate(items):
+        out = proc.process([rec("u1", item, offset)], _round_trip(store))
+        store.update(out.states)
+    state = store["u1"]
+    assert state.sequence == ["f", "g", "b"]
+    # every item once (no compaction needed yet: only the direct repeat was skipped and "a" came twice)
+    assert _hashes(state.consumed) == [item_hash(i) for i in ["a", "b", "c", "a", "d", "e", "f", "g", "b"]]
+    assert set(_hashes(state.consumed)) == {item_hash(i) for i in items}
+    request = out.requests[0]
+    assert request.consumed == bytes(state.consumed)
+    assert set(request.consumed_hashes().tolist()) == {item_hash(i) for i in items}
+    assert set(ScoreRequest.from_bytes(request.to_bytes()).consumed_hashes().tolist()) == set(_hashes(state.consumed))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_consumed_keeps_the_most_recent_distinct_items_up_to_the_cap(seed):
+    """Against a reference: the cap's most recently consumed distinct items are always all there (so
+    excluding them is exact), the entries never pass cap + cap // 8, and right after a compaction each
+    item is there once and at most cap of them."""
+    cap, history = 8, 3
+    proc = IngestProcessor(partitions=P, history_len=history, max_event_bytes=1000, consumed_max=cap)
+    rng = random.Random(seed)
+    store: dict[str, UserState] = {}
+    last_seen: dict[str, int] = {}  # reference: item -> offset of its last consumption
+    offset, previous, compacted = 0, None, 0
+    for _ in range(80):
+        batch, appended = [], 0
+        for _ in range(rng.choice([1, 1, 2, 6])):
+            item = f"i{min(rng.randint(0, 30), rng.randint(0, 30))}"  # skewed, so repeats are common
+            batch.append(rec("u1", item, offset))
+            appended += item != previous
+            last_seen[item], offset, previous = offset, offset + 1, item
+        before = len(store["u1"].consumed) // 4 if "u1" in store else 0
+        out = proc.process(batch, _round_trip(store))
+        store.update(out.states)
+        entries = _hashes(store["u1"].consumed)
+        recent = sorted(last_seen, key=last_seen.get)[-cap:]
+        assert {item_hash(i) for i in recent} <= set(entries)
+        assert len(entries) <= cap + cap // 8
+        assert entries == _hashes(out.requests[0].consumed)
+        if len(batch) == 1 and len(entries) < before + appended:  # this event's append was compacted
+            compacted += 1
+            assert len(set(entries)) == len(entries) <= cap
+    assert compacted > 0
+
+
+def test_compaction_moves_an_item_consumed_again_to_the_newest_end():
+    proc = IngestProcessor(partitions=P, history_len=2, max_event_bytes=1000, consumed_max=4)
+    store: dict[str, UserState] = {}
+    items = ["a", "b", "c", "d", "a", "e"]  # 6 entries > 4 + 4 // 8: compacted when "e" comes
+    out = proc.process([rec("u1", item, offset) for offset, item in enumerate(items)], store.get)
+    assert _hashes(out.states["u1"].consumed) == [item_hash(i) for i in ["c", "d", "a", "e"]]
+
+
+def test_states_in_both_older_layouts_get_consumed_from_their_sequence():
+    four = UserState.from_bytes(orjson.dumps([["a", "b", "a", "c"], 9, 5.0, [[1, 7]]]))
+    five = UserState.from_bytes(orjson.dumps([["a", "b", "a", "c"], 9, 5.0, 1, 7]))
+    assert four == five
+    assert four.applied == {1: 7} and four.count == 9
+    assert _hashes(four.consumed) == [item_hash(i) for i in ["b", "a", "c"]]
+    assert UserState.from_bytes(orjson.dumps([[], 0, 0.0, -1, -1])) == UserState()
+    # and the worker goes on from there
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    out = proc.process([rec("u1", "d", 8)], {"u1": four}.get)
+    assert _hashes(out.states["u1"].consumed) == [item_hash(i) for i in ["b", "a", "c", "d"]]
+
+
+def test_user_state_round_trips_with_a_full_consumed_set():
+    state = UserState(["i1", "i2"], 2500, 7.5, {0: 3, 2: 9}, consumed_of(f"i{j}" for j in range(2000)))
+    raw = state.to_bytes()
+    assert len(state.consumed) == 8000 and UserState.from_bytes(raw) == state
+    assert orjson.loads(raw)[4] == base64.b64encode(state.consumed).decode()
+
+
+def test_recent_exclusion_sends_no_consumed_items():
+    proc = IngestProcessor(partitions=P, history_len=3, max_event_bytes=1000, exclude_consumed="recent")
+    out = proc.process([rec("u1", "a", 0), rec("u1", "b", 1)], {}.get)
+    assert out.requests[0].consumed == b"" and out.requests[0].consumed_hashes().size == 0
+    assert _hashes(out.states["u1"].consumed) == [item_hash("a"), item_hash("b")]  # kept for a switch back to all
+
+
+@pytest.mark.parametrize("kwargs", [{"consumed_max": 0}, {"exclude_consumed": "some"}])
+def test_processor_rejects_bad_consumed_options(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        IngestProcessor(partitions=P, history_len=3, max_event_bytes=1000, **kwargs)

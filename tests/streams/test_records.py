@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -77,6 +79,24 @@ def test_round_trips():
     assert Recommendation.from_bytes(rec.to_bytes()) == rec
     assert set(rec.to_dict()) >= {"user_id", "items", "user_event_count", "model_version", "arm", "event_ts",
                                   "generated_at"}
+
+
+def test_score_request_carries_consumed_hashes_as_base64():
+    hashes = np.array([0, 1, 2**32 - 1, 3418000330], dtype=np.uint32)
+    req = ScoreRequest("u", ["a"], [("a", 1.0, "click")], 1, 1.0, 1.0, 2.0, consumed=hashes.astype("<u4").tobytes())
+    raw = req.to_bytes()
+    assert orjson.loads(raw)["consumed"] == base64.b64encode(req.consumed).decode()
+    back = ScoreRequest.from_bytes(raw)
+    assert back == req and back.consumed_hashes().dtype == np.uint32
+    assert back.consumed_hashes().tolist() == hashes.tolist()
+
+
+def test_a_score_request_written_before_consumed_reads_as_empty():
+    old = orjson.dumps({"user_id": "u", "sequence": ["a"], "new": [["a", 1.0, "click"]], "event_count": 1,
+                        "event_ts": 1.0, "ingested_at": 1.0, "requested_at": 2.0})
+    req = ScoreRequest.from_bytes(old)
+    assert req.consumed == b"" and req.consumed_hashes().shape == (0,)
+    assert ScoreRequest.from_bytes(req.to_bytes()) == req
 
 
 def test_parse_item():
