@@ -100,6 +100,8 @@ _ADAGRAD_EPS = 1e-8  # river's optim.AdaGrad default
 _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
 
 
+#: Feature columns after the per-source ones (see :meth:`FeedbackBlender._dense_features`).
+N_DENSE = 5
 _ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
 
 
@@ -166,6 +168,8 @@ class FeedbackBlender:
             "is_tail",
             "log_user_events",
             "tail_x_log_user_events",
+            "log_popularity",
+            "tail_x_appetite",
         )
         n_f = len(self.feature_names)
         self._col = {f: n for n, f in enumerate(self.feature_names)}
@@ -213,6 +217,8 @@ class FeedbackBlender:
         is_tail: bool,
         user_event_count: int,
         source_ranks: Mapping[str, int] | None = None,
+        popularity: float = 0.0,
+        appetite: float = 0.0,
     ) -> dict[str, float]:
         """The feature dict of one (user, candidate); sources not in ``self.sources`` are ignored."""
         x = dict.fromkeys(self.feature_names, 0.0)
@@ -231,9 +237,11 @@ class FeedbackBlender:
                     x[self._in_name[s]] = 1.0
         log_events = math.log1p(max(0, user_event_count))
         x["log_user_events"] = log_events
+        x["log_popularity"] = math.log1p(max(0.0, popularity))
         if is_tail:
             x["is_tail"] = 1.0
             x["tail_x_log_user_events"] = log_events
+            x["tail_x_appetite"] = float(appetite)
         return x
 
     def feature_matrix(
@@ -242,6 +250,8 @@ class FeedbackBlender:
         ranks: np.ndarray,
         is_tail: np.ndarray,
         user_event_count: int | np.ndarray,
+        popularity: float | np.ndarray = 0.0,
+        appetite: float | np.ndarray = 0.0,
     ) -> np.ndarray:
         """(n, n_features) float64 feature rows, the vectorised :meth:`features`.
 
@@ -250,11 +260,11 @@ class FeedbackBlender:
         ``user_event_count``: one count, or (n,) counts (rows of several users).
         """
         n, n_s = scores.shape
-        X = np.empty((n, 3 * n_s + 3))
+        X = np.empty((n, 3 * n_s + N_DENSE))
         X[:, :n_s] = _squash(scores)
         X[:, n_s : 2 * n_s] = 1.0 / (1.0 + ranks)
         X[:, 2 * n_s : 3 * n_s] = np.isfinite(ranks) | (X[:, :n_s] != 0)
-        for j, column in enumerate(self._dense_features(is_tail, user_event_count), start=3 * n_s):
+        for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite), start=3 * n_s):
             X[:, j] = column
         return X
 
@@ -267,29 +277,34 @@ class FeedbackBlender:
         ranks: np.ndarray,
         is_tail: np.ndarray,
         user_event_count: np.ndarray,
+        popularity: float | np.ndarray = 0.0,
+        appetite: float | np.ndarray = 0.0,
     ) -> np.ndarray:
         """:meth:`feature_matrix` (same values) from the proposals as entries: candidate ``rows[e]`` was
         proposed by source ``cols[e]`` (its position in ``sources``) with raw score ``values[e]`` at 0-based
         rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed (a
         candidate comes from one or two of the sources: most of the score block is zeros)."""
         n_s = len(self.sources)
-        n_f = 3 * n_s + 3
+        n_f = 3 * n_s + N_DENSE
         X = np.zeros((n, n_f))
         flat = X.reshape(-1)
         at = rows * n_f + cols  # (m,) flat position of each proposal's score feature
         flat[at] = _squash(values)
         flat[at + n_s] = 1.0 / (1.0 + ranks)
         flat[at + 2 * n_s] = 1.0
-        for j, column in enumerate(self._dense_features(is_tail, user_event_count)):
+        for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite)):
             X[:, 3 * n_s + j] = column
         return X
 
     @staticmethod
-    def _dense_features(is_tail: np.ndarray, user_event_count) -> tuple[np.ndarray, ...]:
-        """The last three feature columns: ``is_tail``, ``log_user_events`` and their product."""
+    def _dense_features(is_tail: np.ndarray, user_event_count, popularity, appetite) -> tuple[np.ndarray, ...]:
+        """The last :data:`N_DENSE` feature columns: ``is_tail``, ``log_user_events``, their product,
+        ``log_popularity`` (``log1p`` of the item's window count) and ``tail_x_appetite`` (the user's tail
+        appetite, on tail items)."""
         log_events = np.log1p(np.maximum(0, np.asarray(user_event_count, dtype=np.float64)))
         tail = np.asarray(is_tail, dtype=np.float64)
-        return tail, log_events, tail * log_events
+        log_pop = np.log1p(np.maximum(0.0, np.asarray(popularity, dtype=np.float64)))
+        return tail, log_events, tail * log_events, log_pop, tail * np.asarray(appetite, dtype=np.float64)
 
     def logits_entries(
         self,
@@ -301,6 +316,8 @@ class FeedbackBlender:
         is_tail: np.ndarray,
         user_event_count: np.ndarray,
         bounds: Sequence[int],
+        popularity: float | np.ndarray = 0.0,
+        appetite: float | np.ndarray = 0.0,
     ) -> np.ndarray:
         """:meth:`logits_blocks` of the :meth:`feature_entries` matrix of the same arguments (same values).
 
@@ -309,10 +326,10 @@ class FeedbackBlender:
         ones are standardised one by one; it is written into a buffer kept between calls (a fresh array
         of a few MB per micro-batch cost more in page faults than the arithmetic)."""
         if not self.warmed_up:
-            return self.logits_blocks(self.feature_entries(n, rows, cols, values, ranks, is_tail, user_event_count),
-                                      bounds)
+            return self.logits_blocks(self.feature_entries(n, rows, cols, values, ranks, is_tail, user_event_count,
+                                                           popularity, appetite), bounds)
         n_s = len(self.sources)
-        n_f = 3 * n_s + 3
+        n_f = 3 * n_s + N_DENSE
         mean, inv_std = self._scaling()
         clip = self.z_clip
         if n * n_f <= _ZBUF_MAX:
@@ -327,7 +344,7 @@ class FeedbackBlender:
         f = np.concatenate([cols, cols + n_s, cols + 2 * n_s])
         x = np.concatenate([_squash(values), 1.0 / (1.0 + ranks), np.ones(values.size)])
         Z.reshape(-1)[at] = np.clip((x - mean[f]) * inv_std[f], -clip, clip)
-        for j, column in enumerate(self._dense_features(is_tail, user_event_count), start=3 * n_s):
+        for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite), start=3 * n_s):
             Z[:, j] = np.clip((column - mean[j]) * inv_std[j], -clip, clip)
         out = np.empty(n)
         w, b0 = self._w, self._b

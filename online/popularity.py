@@ -90,6 +90,7 @@ class DecayedPopularity:
         self._refreshed_at = -1
         self._head: frozenset[str] = frozenset()
         self._head_mask = np.zeros(0, dtype=bool)
+        self._window_counts = np.zeros(0, dtype=np.int64)
         self._top: np.ndarray = np.zeros(0, dtype=np.int64)
 
     # ---------------------------------------------------------------- learning
@@ -177,6 +178,7 @@ class DecayedPopularity:
             head = np.concatenate([above, np.asarray(tied[: n_head - above.size], dtype=np.int64)])
         self._head_mask = np.zeros(count.size, dtype=bool)
         self._head_mask[head] = True
+        self._window_counts = count
         self._head = frozenset(names[i] for i in head.tolist())
         self._top = top_k(np.asarray(self._score), _CACHE_TOP)
         self._refreshed_at = self._n_events
@@ -319,6 +321,12 @@ class DecayedPopularity:
         added since are tail). Read-only."""
         self._refresh()
         return self._head_mask
+
+    def window_counts(self) -> np.ndarray:
+        """(n,) int64 over this model's item indices at the last refresh (the head's refresh): each item's
+        events in the window (items added since read as absent). Read-only."""
+        self._refresh()
+        return self._window_counts
 
     def top_indices(self, k: int, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`recommend` as (item indices, decayed counts); ``banned``: indices to skip (-1 ignored)."""

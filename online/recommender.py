@@ -1,62 +1,45 @@
-"""The composition the scorer calls: candidates from every source, blended, re-ranked for the tail.
+"""The composition the scorer calls: candidates from every source, ranked, re-ranked for the tail.
 
-``learn_one`` updates every model (popularity, co-visitation, MF; content is catalogue-driven) and
-first turns the user's previous shown list into blender feedback (see below).
+``learn_one`` first labels the candidate pool of the user's previous list (see below), then updates
+every model (popularity, co-visitation, transitions, MF; content is catalogue-driven).
 
-``recommend(user, history, user_event_count, *, arm, extra)``:
+``recommend(user, history, user_event_count, *, arm, extra, consumed)``:
 
-1. candidates, never an item of the history nor of ``exclude``:
+1. candidates, never an item of the history, of ``exclude`` or of ``consumed`` (the hashes of every
+   item the user consumed, carried by the score request):
    * no history (cold start): the most popular items now, mixed with the fresh tail (items first
      seen recently that are still rare), so a brand-new user sees tail items from the first list;
-   * with history: co-visitation, content neighbours and MF, ``n_candidates`` each, plus a few
-     popular and fresh items as fallbacks;
-   * ``extra``: lists from outside (e.g. the Transformer, source ``"transformer"``);
-2. blend: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and
-   ranks, its tail flag and the user's event count into a click probability;
-3. re-rank with the arm's strength (:class:`~online.rerank.TailReranker`, the user's tail appetite
-   from their history; by default one-sided, so that a stronger arm never shows fewer tail items;
-   ``calibrate=True`` gives the paper's two-sided xQuAD, see there);
-4. each returned :class:`~online.base.Candidate` has the blended probability as score, the source
-   that contributed most to it (by the blender's per-source logit terms; ties: the better rank) and
-   that source's anchor.
+   * with history: co-visitation, the transition counter, content neighbours and MF,
+     ``n_candidates`` each, plus a few popular and fresh items as fallbacks;
+   * ``extra``: lists from outside (the Transformer ``"transformer"``, the Mult-VAE ``"vae"``);
+2. rank: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and
+   ranks, its popularity, its tail flag, the user's tail appetite and event count into a click
+   probability;
+3. re-rank with the arm's strength (:class:`~online.rerank.TailReranker`: the top ``k`` by
+   ``p · (1 + λ·tail)``);
+4. each returned :class:`~online.base.Candidate` has the probability as score, the source that
+   contributed most to it (by the ranker's per-source logit terms; ties: the better rank) and that
+   source's anchor.
 
-How it stays cheap. Items are dense indices of one recommender-wide :class:`~online.base.IdIndex`;
-each model keeps its own index, mapped onto this one by an append-only array per model (extended
-when the model learns new items, rebuilt when popularity compacts its index), and back by an inverse
-array. :meth:`OnlineRecommender.recommend_many` serves a micro-batch (:meth:`recommend` is the batch
-of one) with as few numpy calls per user as it can:
+The ranker learns from the candidate pool, not from what was shown: every candidate proposed within
+some source's top ``pool_depth`` is kept (compactly, :class:`_Pool`) until the user's next event; when
+that event's item is in the pool, it is a positive against ``pool_negatives`` random candidates of the
+same pool. Learning only from shown lists would never learn about a candidate it did not show (the
+exposure feedback loop), and labels ~1 example in 20 positive.
 
-* the batch's histories (and excludes) are looked up once, and mapped to each model's indices
-  through the inverse arrays;
-* content and MF score the whole batch with one (B, D) x (D, n_items) product each, popularity and
-  the fresh tail read their ranking once for the batch, co-visitation sums each user's terms
-  through a scratch array; every source hands back index arrays, no per-candidate objects;
-* the candidates of all users are merged at once (one sort of packed (user, item, position) keys;
-  first-appearance order kept), and the blender standardises the proposals' features directly
-  into one (candidates, features) matrix; its matrix-vector product still runs per user, since
-  its rounding depends on the row count, and the lists must not change;
-* anchors (co-visitation, content) are computed only when a shown item needs them; only the k
-  shown items become :class:`Candidate` objects, and only their raw features are built (kept for
-  the feedback).
-
-``benchmarks/scorer_core.py`` times it inside the scorer; ``tests/streams/test_scorer_golden.py``
-pins its lists (items, order, sources, reasons, scores) against those of the per-user version.
-
-Feedback is exact: the feature rows of the k shown items are kept (the latest list per user,
-at most ``max_pending`` users, least recently served dropped first), and the user's next event
-labels them (clicked = shown item == next item). Negatives are subsampled to ``max_negatives`` per
-list to keep feedback cheap; the blender applies the examples in mini-batches (see there).
-
-Measured costs: ``.venv/bin/python benchmarks/online_recommender.py`` (its docstring says what is
-timed). Before this design (dict features per candidate, river blender): ``recommend`` 2.5 ms per
-user on 1k items and 16 ms on 10k items, ``learn_one`` with feedback 61-204 µs, on that benchmark.
+How it stays cheap: items are dense indices of one recommender-wide :class:`~online.base.IdIndex`,
+mapped to each model's own index by append-only arrays; :meth:`OnlineRecommender.recommend_many`
+serves a micro-batch with one history lookup, one matrix product per embedding source, one merge of
+every user's candidates (a sort of packed (user, item, position) keys) and one feature build; anchors
+are computed only for the shown items. ``benchmarks/scorer_core.py`` times it inside the scorer;
+``tests/streams/test_scorer_golden.py`` pins its lists.
 
 >>> rec = OnlineRecommender.create(arms=parse_arms("control:1:0.0"), content_dim=8)
 >>> for n, item in enumerate(["a", "b", "a", "c", "a", "b"]):
 ...     rec.learn_one(f"u{n}", item, float(n), [])
 >>> [(c.item, c.source, c.reason()) for c in rec.recommend("new-user", [], 0, arm="control")]
 [('a', 'popularity', 'popular now'), ('c', 'fresh', 'tail discovery'), ('b', 'popularity', 'popular now')]
->>> rec.learn_one("new-user", "c", 6.0, [])   # labels the list just shown (c clicked) for the blender
+>>> rec.learn_one("new-user", "c", 6.0, [])   # labels the pool of the list just shown (c clicked)
 >>> rec.blender.n_learned
 3
 """
@@ -66,12 +49,13 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
-from online.base import Candidate, CandidateList, Event, IdIndex
+from online.base import Candidate, CandidateList, Event, IdIndex, item_hash
 from online.blender import FeedbackBlender, _sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
@@ -82,7 +66,7 @@ from online.rerank import TailReranker, appetite_from_counts
 __all__ = ["CORE_SOURCES", "ArmView", "OnlineRecommender", "UnknownArmError", "UnknownSourceError"]
 
 #: Sources the recommender itself produces; the blender must know all of them.
-CORE_SOURCES = ("popularity", "covisit", "mf", "content", "fresh")
+CORE_SOURCES = ("popularity", "covisit", "transitions", "mf", "content", "fresh")
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -105,6 +89,7 @@ class OnlineRecommender:
         *,
         popularity: DecayedPopularity,
         covisit: CoVisitation,
+        transitions: CoVisitation,
         mf: OnlineMF,
         content: ContentNeighbours,
         blender: FeedbackBlender,
@@ -113,10 +98,10 @@ class OnlineRecommender:
         n_candidates: int = 100,
         seed: int = 0,
         n_fresh: int = 10,
-        max_negatives: int = 2,
+        pool_depth: int = 50,
+        pool_negatives: int = 8,
         max_pending: int = 100_000,
         salt: str = "tailcast",
-        calibrate: bool = False,
     ) -> None:
         missing = [s for s in CORE_SOURCES if s not in blender.sources]
         if missing:
@@ -127,6 +112,7 @@ class OnlineRecommender:
             raise ValueError(f"need 1 <= k <= n_candidates, got k={k}, n_candidates={n_candidates}")
         self.popularity = popularity
         self.covisit = covisit
+        self.transitions = transitions
         self.mf = mf
         self.content = content
         self.blender = blender
@@ -138,16 +124,19 @@ class OnlineRecommender:
         self.n_candidates = int(n_candidates)
         self.seed = int(seed)
         self.n_fresh = int(n_fresh)
-        self.max_negatives = int(max_negatives)
+        self.pool_depth = int(pool_depth)
+        self.pool_negatives = int(pool_negatives)
         self.max_pending = int(max_pending)
-        self.calibrate = bool(calibrate)
         self._rng = random.Random(seed)
-        # user -> (shown items, their (k, n_features) feature rows), LRU order
-        self._pending: OrderedDict[str, tuple[tuple[str, ...], np.ndarray]] = OrderedDict()
+        # user -> (shown items, the candidate pool of that list: see _Pool), LRU order
+        self._pending: OrderedDict[str, tuple[tuple[str, ...], _Pool]] = OrderedDict()
+        self._hash_idx: dict[int, int] = {}  # item_hash -> our index, for the consumed sets
+        self._n_hashed = 0
         self._items = IdIndex()  # recommender-wide item index
         self._maps: dict[str, tuple[IdIndex, np.ndarray]] = {}  # model -> (its index, its idx -> ours)
         self._tail_key: tuple | None = None
         self._tail = np.zeros(0, dtype=bool)  # (n_items,) over our index, at the last head refresh
+        self._pop = np.zeros(0)  # (n_items,) window counts over our index, at the last head refresh
         self._col = {s: n for n, s in enumerate(blender.sources)}
         self._invs: dict[str, tuple[IdIndex, int, np.ndarray]] = {}  # model -> (its index, mapped, ours -> its)
         self._rerankers: dict[tuple[float, int], TailReranker] = {}
@@ -163,14 +152,13 @@ class OnlineRecommender:
         seed: int = 0,
         extra_sources: Sequence[str] = ("transformer", "vae"),
         n_fresh: int = 10,
-        max_negatives: int = 2,
         max_pending: int = 100_000,
-        calibrate: bool = False,
     ) -> OnlineRecommender:
         """A recommender over default-configured models (the blender also knows ``extra_sources``)."""
         return cls(
             popularity=DecayedPopularity(),
             covisit=CoVisitation(),
+            transitions=CoVisitation.transitions(),
             mf=OnlineMF(seed=seed),
             content=ContentNeighbours(dim=content_dim),
             blender=FeedbackBlender(sources=[*CORE_SOURCES, *extra_sources], seed=seed),
@@ -179,9 +167,7 @@ class OnlineRecommender:
             n_candidates=n_candidates,
             seed=seed,
             n_fresh=n_fresh,
-            max_negatives=max_negatives,
             max_pending=max_pending,
-            calibrate=calibrate,
         )
 
     # ---------------------------------------------------------------- learning
@@ -190,6 +176,7 @@ class OnlineRecommender:
         self.feedback(user, None, item)
         self.popularity.learn_one(user, item, ts, history)
         self.covisit.learn_one(user, item, ts, history)
+        self.transitions.learn_one(user, item, ts, history)
         self.mf.learn_one(user, item, ts, history)
 
     def learn_many(self, events: Iterable[Event]) -> None:
@@ -197,29 +184,40 @@ class OnlineRecommender:
             self.learn_one(user, item, ts, history)
 
     def feedback(self, user: str, shown: Sequence[Candidate] | None, clicked_item: str) -> int:
-        """Train the blender on the user's latest shown list; return the examples learned.
+        """Train the ranker on the candidate pool of the user's latest list; return the examples learned.
 
-        The list is consumed (a second call for the same list learns nothing). ``shown`` is checked
-        against the stored list when given; 0 is returned, with nothing learned, when this instance
-        holds no list for the user or holds a different one (its features would not be exact).
+        The pool is every candidate any source proposed within its top ``pool_depth`` for that list,
+        shown or not. When the clicked item is in it, the ranker learns it as a positive against
+        ``pool_negatives`` other candidates of the same pool drawn at random; otherwise nothing is
+        learned (the pool could not have ranked it). The list is consumed (a second call learns
+        nothing). ``shown`` is checked against the stored list when given; 0 is returned, with nothing
+        learned, when this instance holds no list for the user or holds a different one.
         """
         entry = self._pending.pop(user, None)
         if entry is None:
             return 0
-        items, X = entry
+        items, pool = entry
         if shown is not None and tuple(c.item for c in shown) != items:
             return 0
-        hit = items.index(clicked_item) if clicked_item in items else -1
-        negatives = [n for n in range(len(items)) if n != hit]
-        if len(negatives) > self.max_negatives:  # a partial Fisher-Yates draw of max_negatives of them
+        ours = self._items.get(clicked_item)
+        hit = np.flatnonzero(pool.items == ours) if ours >= 0 else _EMPTY
+        if not hit.size:
+            return 0
+        hit = int(hit[0])
+        n_rows = pool.items.size
+        chosen = [hit]
+        if n_rows > 1:
             rand = self._rng.random
-            for i in range(self.max_negatives):
-                j = i + int(rand() * (len(negatives) - i))
-                negatives[i], negatives[j] = negatives[j], negatives[i]
-            del negatives[self.max_negatives :]
-        chosen = sorted(negatives + [hit]) if hit >= 0 else sorted(negatives)
-        if chosen:
-            self.blender.learn_rows(X, chosen, [n == hit for n in chosen])
+            want = min(self.pool_negatives, n_rows - 1)
+            picked: set[int] = {hit}
+            while len(chosen) < want + 1:  # distinct negatives, drawn without a full permutation
+                r = int(rand() * n_rows)
+                if r not in picked:
+                    picked.add(r)
+                    chosen.append(r)
+        chosen.sort()
+        X = pool.features(self.blender, chosen)
+        self.blender.learn_matrix(X, [r == hit for r in chosen])
         return len(chosen)
 
     # ---------------------------------------------------------------- serving
@@ -251,6 +249,9 @@ class OnlineRecommender:
         if key != self._tail_key:
             tail = np.ones(len(self._items), dtype=bool)
             tail[pmap[np.flatnonzero(head)]] = False
+            counts = pop.window_counts()
+            self._pop = np.zeros(len(self._items))
+            self._pop[pmap[: counts.size]] = counts[: pmap.size]
             self._tail, self._tail_key = tail, key
         return self._tail
 
@@ -272,10 +273,12 @@ class OnlineRecommender:
         extra: Mapping[str, Sequence[Candidate]] | None = None,
         k: int | None = None,
         exclude: Collection[str] = (),
+        consumed: np.ndarray | None = None,
     ) -> list[Candidate]:
         """The top-``k`` (default ``self.k``) list for ``user`` in ``arm``, best first."""
         return self.recommend_many(
-            [user], [history], [user_event_count], arms=[arm], extras=[extra], k=k, excludes=[exclude]
+            [user], [history], [user_event_count], arms=[arm], extras=[extra], k=k, excludes=[exclude],
+            consumed=None if consumed is None else [consumed],
         )[0]
 
     def recommend_many(
@@ -288,8 +291,12 @@ class OnlineRecommender:
         extras: Sequence[Mapping[str, Sequence[Candidate]] | None] | None = None,
         k: int | None = None,
         excludes: Sequence[Collection[str]] | None = None,
+        consumed: Sequence[np.ndarray] | None = None,
     ) -> list[list[Candidate]]:
         """:meth:`recommend` for a micro-batch of users (one list per user, in order).
+
+        ``consumed``: per user, the :func:`~online.base.item_hash` of every item they consumed (uint32);
+        no source proposes those items (nor the history's, nor ``excludes``').
 
         The same lists as one :meth:`recommend` call per user in turn (up to float rounding of the
         batched products), for a fraction of the cost: content and MF score the whole batch with
@@ -305,6 +312,8 @@ class OnlineRecommender:
             raise ValueError(f"{len(extras)} extras for {n_b} users")
         if excludes is not None and len(excludes) != n_b:
             raise ValueError(f"{len(excludes)} excludes for {n_b} users")
+        if consumed is not None and len(consumed) != n_b:
+            raise ValueError(f"{len(consumed)} consumed sets for {n_b} users")
         configs = []
         for arm in arms:
             config = self.arms.get(arm)
@@ -321,26 +330,34 @@ class OnlineRecommender:
             return []
         k = self.k if k is None else int(k)
         n = self.n_candidates
-        cv, ct, mf, pop = self.covisit, self.content, self.mf, self.popularity
+        cv, tr, ct, mf, pop = self.covisit, self.transitions, self.content, self.mf, self.popularity
         cv_map = self._map("covisit", cv._index)
+        tr_map = self._map("transitions", tr._index)
         ct_map = self._map("content", ct._index)
         mf_map = self._map("mf", mf._items)
         tail_mask = self._tail_mask()
         pmap = self._maps["popularity"][1]
         # every history (and exclude) item's index, looked up once: ours, then each model's through the
         # inverse maps (index -1, an item we do not know, reads the spare -1 at the end of each)
-        cv_inv, ct_inv, mf_inv, pop_inv = (self._inverse(key) for key in ("covisit", "content", "mf", "popularity"))
+        cv_inv, tr_inv, ct_inv, mf_inv, pop_inv = (
+            self._inverse(key) for key in ("covisit", "transitions", "content", "mf", "popularity"))
         lookup = self._items.indices
-        window = max(cv.history_window, ct.history_window)
+        window = max(cv.history_window, tr.history_window, ct.history_window)
         h_len = [len(h) for h in histories]
         h_end = np.cumsum(h_len).tolist()
         h_all = lookup([item for h in histories for item in h])  # every history, user after user
-        if excludes is not None and any(excludes):
-            excl = [list(e) for e in excludes]
-            ban_all = lookup([item for h, e in zip(histories, excl) for item in (*h, *e)])
-            ban_end = np.cumsum([len(h) + len(e) for h, e in zip(histories, excl)]).tolist()
+        if (excludes is not None and any(excludes)) or (consumed is not None and any(c.size for c in consumed)):
+            h_ends = [0, *h_end]
+            bans = [h_all[h_ends[b] : h_ends[b + 1]] for b in range(n_b)]
+            if excludes is not None:
+                bans = [np.concatenate([ban, lookup(list(e))]) if e else ban for ban, e in zip(bans, excludes)]
+            if consumed is not None:
+                bans = [np.concatenate([ban, self._consumed_indices(c)]) if c.size else ban
+                        for ban, c in zip(bans, consumed)]
+            ban_all = np.concatenate(bans)
+            ban_end = np.cumsum([ban.size for ban in bans]).tolist()
         else:
-            ban_all, ban_end = h_all, h_end  # history + exclude, user after user
+            ban_all, ban_end = h_all, h_end  # history + exclude + consumed, user after user
         # the last `window` distinct history items of each user, most recent first
         recents = [list(islice(dict.fromkeys(reversed(h)), window)) if len(h) else [] for h in histories]
         r_end = np.cumsum([len(r) for r in recents]).tolist()
@@ -367,9 +384,10 @@ class OnlineRecommender:
         if cold:
             popular.update(zip(cold, pop.top_many(n, [pop_ban[b] for b in cold])))
         cv_rec, cv_ban = cv_inv[r_all].tolist(), cv_inv[ban_all]
-        vw = cv.history_window
+        tr_rec, tr_ban = tr_inv[r_all].tolist(), tr_inv[ban_all]
+        vw, tw = cv.history_window, tr.history_window
         ranks = range(1, vw + 1)
-        cv_names, ct_names = cv._index.names, ct._index.names
+        cv_names, tr_names, ct_names = cv._index.names, tr._index.names, ct._index.names
         all_lists = []
         for b in range(n_b):
             # (source, indices, scores, anchors, anchor names (None: anchors are names already), the map from
@@ -378,8 +396,11 @@ class OnlineRecommender:
                 (c_idx, c_s, c_a), (m_idx, m_s) = batch[b]
                 j, sc, an = cv.top(cv_rec[r_start[b] : min(r_end[b], r_start[b] + vw)], ranks, n,
                                    cv_ban[ban_start[b] : ban_end[b]])
+                t_j, t_sc, t_an = tr.top(tr_rec[r_start[b] : min(r_end[b], r_start[b] + tw)], ranks, n,
+                                         tr_ban[ban_start[b] : ban_end[b]])
                 p_j, p_sc = popular[b]
-                lists = [("covisit", j, sc, an, cv_names, cv_map), ("content", c_idx, c_s, c_a, ct_names, ct_map),
+                lists = [("covisit", j, sc, an, cv_names, cv_map), ("transitions", t_j, t_sc, t_an, tr_names, tr_map),
+                         ("content", c_idx, c_s, c_a, ct_names, ct_map),
                          ("mf", m_idx, m_s, None, None, mf_map), ("popularity", p_j, p_sc, None, None, pmap)]
             else:
                 p_j, p_sc = popular[b]
@@ -389,8 +410,9 @@ class OnlineRecommender:
             extra = extras[b] if extras is not None else None
             if extra:
                 ban = {*histories[b], *(excludes[b] if excludes is not None else ())}
+                ban_idx = ban_all[ban_start[b] : ban_end[b]] if consumed is not None else _EMPTY
                 for source, cands in extra.items():
-                    lists.append(self._extra_list(source, cands, ban))
+                    lists.append(self._extra_list(source, cands, ban, ban_idx))
             all_lists.append(lists)
         hist_tail = self._lookup(tail_mask, h_all)
         n_tail = np.bincount(np.repeat(np.arange(n_b), h_len), weights=hist_tail, minlength=n_b)
@@ -418,9 +440,32 @@ class OnlineRecommender:
         self._invs[key] = (index, done, inv)
         return inv
 
-    def _extra_list(self, source: str, cands: Sequence[Candidate], banned: Collection[str]):
-        """One ``extra`` source's list as a merge entry: its candidates minus the banned items (an item
-        listed twice: the first one's score and anchor, at the later one's place)."""
+    def _consumed_indices(self, hashes: np.ndarray) -> np.ndarray:
+        """Our indices of the items with these :func:`~online.base.item_hash` values (-1: not known here).
+        Two ids with one hash (about one pair in 10^4 among 10k items) ban only the first one indexed."""
+        names = self._items.names
+        if self._n_hashed < len(names):
+            setdefault = self._hash_idx.setdefault
+            for n in range(self._n_hashed, len(names)):
+                setdefault(item_hash(names[n]), n)
+            self._n_hashed = len(names)
+        get = self._hash_idx.get
+        return np.fromiter((get(h, -1) for h in hashes.tolist()), dtype=np.int64, count=hashes.size)
+
+    def _extra_list(self, source: str, cands: Sequence[Candidate], banned: Collection[str],
+                    banned_idx: np.ndarray = _EMPTY):
+        """One ``extra`` source's list as a merge entry: its candidates minus the banned items (names, and
+        our indices ``banned_idx``; an item listed twice: the first one's score and anchor, at the later
+        one's place)."""
+        entry = self._extra_entry(source, cands, banned)
+        if banned_idx.size and entry[1].size:
+            keep = ~np.isin(entry[1], banned_idx)
+            if not keep.all():
+                anchors = entry[3] if entry[3] is None else [a for a, k in zip(entry[3], keep.tolist()) if k]
+                entry = (source, entry[1][keep], entry[2][keep], anchors, None, None)
+        return entry
+
+    def _extra_entry(self, source: str, cands: Sequence[Candidate], banned: Collection[str]):
         add = self._items.add
         if isinstance(cands, CandidateList):
             items = cands.items
@@ -517,10 +562,15 @@ class OnlineRecommender:
         bnd = bounds.tolist()
         row_counts = np.repeat(np.asarray(user_event_counts, dtype=np.int64), np.diff(bounds))
         tail = self._lookup(tail_mask, items)
+        pop_c = self._pop
+        popularity = np.where(items < pop_c.size, pop_c[np.minimum(items, pop_c.size - 1)], 0.0) if pop_c.size \
+            else np.zeros(n_c)  # (n,) window counts
+        appetite = np.repeat(np.asarray(appetites, dtype=np.float64), np.diff(bounds))  # (n,)
         ranks = np.full((n_c, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
         if not repeated:
             ranks[rows, col_e] = rank_e
-            probs = _sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd))
+            probs = _sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd,
+                                                         popularity, appetite))
             X = None  # the shown rows' features are built below
         else:  # a source listed twice for a user: its later list overwrites the earlier one, list by list
             scores = np.zeros((n_c, n_s))  # (n, S) raw source scores, 0 = not proposed
@@ -529,7 +579,7 @@ class OnlineRecommender:
                 r, c = rows[a:e], col_e[a:e]
                 scores[r, c] = values[a:e]
                 ranks[r, c] = rank_e[a:e]
-            X = self.blender.feature_matrix(scores, ranks, tail, row_counts)  # (n, F)
+            X = self.blender.feature_matrix(scores, ranks, tail, row_counts, popularity, appetite)  # (n, F)
             probs = _sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
         shown_parts = []
         for b in range(n_b):
@@ -538,7 +588,7 @@ class OnlineRecommender:
                 shown_parts.append(_EMPTY)
                 continue
             reranker = self._reranker(configs[b].rerank_strength, k)
-            shown_parts.append(a + reranker.order(probs[a:e], tail[a:e], appetites[b]))
+            shown_parts.append(a + reranker.order(probs[a:e], tail[a:e]))
         shown = np.concatenate(shown_parts)  # (s,) candidate rows, user by user
         if X is None:  # the shown rows' features, from their entries
             where = np.full(n_c, -1, dtype=np.int64)
@@ -546,7 +596,7 @@ class OnlineRecommender:
             local = where[rows]
             sel = local >= 0
             X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
-                                                   tail[shown], row_counts[shown])
+                                                   tail[shown], row_counts[shown], popularity[shown], appetite[shown])
         else:
             X_shown = X[shown]
         # the proposing source with the largest logit share; ties: the better rank
@@ -557,6 +607,8 @@ class OnlineRecommender:
         src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
         src_rank = r_shown[np.arange(shown.size), src_col].tolist()
         src_col = src_col.tolist()
+        pools = self._pools(items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
+                            appetites)
         names = self._items.names
         sources = self.blender.sources
         item_of = items[shown].tolist()
@@ -585,7 +637,7 @@ class OnlineRecommender:
                     anchor_of[s] = anchor_names[a] if anchor_names is not None else a
             result = list(map(Candidate, name_of[at:end], p_shown[at:end], src_of[at:end], anchor_of[at:end]))
             user = users[b]
-            self._pending[user] = (tuple(name_of[at:end]), X_shown[at:end].copy())
+            self._pending[user] = (tuple(name_of[at:end]), pools[b])
             self._pending.move_to_end(user)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
@@ -593,11 +645,32 @@ class OnlineRecommender:
             out.append(result)
         return out
 
+    def _pools(self, items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
+               appetites) -> list[_Pool]:
+        """Each user's candidate pool (see :class:`_Pool`): the candidates with a proposal within some
+        source's top ``pool_depth``, and those proposals, in compact dtypes (copies: the batch's arrays
+        are not kept alive)."""
+        n_b = bounds.size - 1
+        sel = rank_e < self.pool_depth  # (m,) proposals kept
+        keep = np.zeros(items.size, dtype=bool)
+        keep[rows[sel]] = True
+        new_row = np.cumsum(keep) - 1  # (n,) kept candidates renumbered, user after user
+        kb = np.concatenate([[0], np.cumsum(keep)])[bounds].tolist()  # user b's kept rows: kb[b]:kb[b + 1]
+        eb = np.searchsorted(user_e[sel], np.arange(n_b + 1)).tolist()  # user b's kept proposals (sorted by user)
+        p_items, p_tail, p_pop = items[keep].astype(np.int32), tail[keep], popularity[keep].astype(np.float32)
+        e_rows = new_row[rows[sel]].astype(np.int32)
+        e_cols, e_vals, e_ranks = col_e[sel].astype(np.int16), values[sel], rank_e[sel].astype(np.int32)
+        return [_Pool(p_items[kb[b] : kb[b + 1]].copy(), p_tail[kb[b] : kb[b + 1]].copy(),
+                      p_pop[kb[b] : kb[b + 1]].copy(), e_rows[eb[b] : eb[b + 1]] - kb[b],
+                      e_cols[eb[b] : eb[b + 1]].copy(), e_vals[eb[b] : eb[b + 1]].copy(),
+                      e_ranks[eb[b] : eb[b + 1]].copy(), int(count), float(appetite))
+                for b, count, appetite in zip(range(n_b), user_event_counts, appetites)]
+
     def _reranker(self, strength: float, k: int) -> TailReranker:
         key = (strength, k)
         reranker = self._rerankers.get(key)
         if reranker is None:
-            reranker = self._rerankers[key] = TailReranker(strength=strength, k=k, calibrate=self.calibrate)
+            reranker = self._rerankers[key] = TailReranker(strength=strength, k=k)
         return reranker
 
     def __contains__(self, item: object) -> bool:
@@ -611,6 +684,7 @@ class OnlineRecommender:
         per_source = {
             "popularity": self.popularity.score(user, history, items),
             "covisit": self.covisit.score(user, history, items),
+            "transitions": self.transitions.score(user, history, items),
             "mf": self.mf.score(user, history, items),
             "content": self.content.score(user, history, items),
         }
@@ -631,6 +705,35 @@ class OnlineRecommender:
         if arm not in self.arms:
             raise UnknownArmError(f"arm {arm!r} is not configured (arms: {sorted(self.arms)})")
         return ArmView(self, arm)
+
+
+@dataclass(slots=True)
+class _Pool:
+    """One list's candidate pool, kept until the user's next event labels it: the candidates (our item
+    indices, tail flags) and their proposals as entries (candidate row, source column, raw score, 0-based
+    rank), those within each source's top ``pool_depth`` only; about 8 KB for a user with every source."""
+
+    items: np.ndarray  # (P,) int32
+    tail: np.ndarray  # (P,) bool
+    popularity: np.ndarray  # (P,) float32 window counts
+    rows: np.ndarray  # (E,) int32, into items
+    cols: np.ndarray  # (E,) int16, the source's position in the blender's sources
+    values: np.ndarray  # (E,) float64 (decayed counts overflow float32)
+    ranks: np.ndarray  # (E,) int32
+    count: int  # the user's event count when the list was made
+    appetite: float  # the user's tail appetite then
+
+    def features(self, blender: FeedbackBlender, chosen: Sequence[int]) -> np.ndarray:
+        """The blender's feature rows of candidates ``chosen`` (rows of ``items``), in that order."""
+        where = np.full(self.items.size, -1, dtype=np.int64)
+        chosen = np.asarray(chosen, dtype=np.int64)
+        where[chosen] = np.arange(chosen.size)
+        local = where[self.rows]
+        sel = local >= 0
+        return blender.feature_entries(len(chosen), local[sel], self.cols[sel].astype(np.int64),
+                                       self.values[sel], self.ranks[sel].astype(np.float64),
+                                       self.tail[chosen], np.full(len(chosen), self.count), self.popularity[chosen],
+                                       self.appetite)
 
 
 class ArmView:

@@ -162,7 +162,8 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
         processor = ingest.IngestProcessor(
             partitions=(partitions or {}).get(EVENTS, settings.kafka.partitions),
             history_len=settings.worker.history_len, max_event_bytes=settings.worker.max_event_bytes,
-            pseudonymize_key=settings.worker.pseudonymize_key)
+            pseudonymize_key=settings.worker.pseudonymize_key, consumed_max=settings.worker.consumed_max,
+            exclude_consumed=settings.worker.exclude_consumed)
         agent, table = ingest.register(app, topics=topics, processor=processor, metrics=metrics,
                                        batch=settings.worker.batch, batch_wait_s=settings.worker.batch_wait_s,
                                        request_partitions=(partitions or {}).get(SCORE_REQUESTS,

@@ -228,6 +228,7 @@ class WorkerSettings:
     batch_wait_s: float
     pseudonymize_key: str | None = field(repr=False)
     consumed_max: int = 2000
+    exclude_consumed: str = "all"  # "all" consumed items (up to consumed_max), or "recent" only
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,6 @@ class ScorerSettings:
     torch_threads: int
     quantize: str
     text_encoder: str
-    exclude_consumed: str = "all"  # "all" consumed items (up to the worker's consumed_max), or "recent" only
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +332,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             batch_wait_s=r("TAILCAST_WORKER_BATCH_WAIT_S"),
             pseudonymize_key=r("TAILCAST_PSEUDONYMIZE_KEY"),
             consumed_max=r("TAILCAST_CONSUMED_MAX"),
+            exclude_consumed=r("TAILCAST_EXCLUDE_CONSUMED"),
         ),
         scorer=ScorerSettings(
             batch=r("TAILCAST_SCORER_BATCH"),
@@ -344,7 +345,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             torch_threads=r("TAILCAST_TORCH_THREADS"),
             quantize=r("TAILCAST_QUANTIZE"),
             text_encoder=r("TAILCAST_TEXT_ENCODER"),
-            exclude_consumed=r("TAILCAST_EXCLUDE_CONSUMED"),
         ),
         longtail=LongTailSettings(
             window_events=r("TAILCAST_WINDOW_EVENTS"),

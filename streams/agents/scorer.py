@@ -10,8 +10,10 @@ Per micro-batch (:class:`ScorerCore`, no Kafka types, unit-tested in memory):
 3. **encode** — the batch model (when a checkpoint is loaded) encodes all users of the batch at once:
    the Transformer retrieves candidates with one matrix product, and the Mult-VAE, when the checkpoint
    carries one, decodes each user's item set into a second candidate list (``BATCH_SOURCES``);
-4. **blend and re-rank** — the online recommender merges its own candidates with the batch model's,
-   blends them with the feedback-trained blender and re-ranks for the tail with the user's A/B arm.
+4. **blend and re-rank** — the online recommender merges its own candidates with the batch model's
+   (none of them an item the user consumed: the request carries the hashes of every one, see the
+   worker's ``TAILCAST_EXCLUDE_CONSUMED``), ranks them with the ranker and re-ranks for the tail with
+   the user's A/B arm.
 
 A list comes out empty when the scorer knows no item the user has not touched yet (the first events of
 a stream). Such a user is scored again with each following micro-batch, once that batch's events are
@@ -177,7 +179,8 @@ class ScorerCore:
         version = self.model_version
         arms = [self.arms.assign(r.user_id) for r in todo]
         lists = self.recommender.recommend_many([r.user_id for r in todo], [r.sequence for r in todo],
-                                                [r.event_count for r in todo], arms=arms, extras=extras)
+                                                [r.event_count for r in todo], arms=arms, extras=extras,
+                                                consumed=[r.consumed_hashes() for r in todo])
         recs = []
         reasons: dict[tuple[str, str | None], str] = {}  # (source, anchor) -> reason: formatted once per batch
 

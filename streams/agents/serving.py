@@ -54,6 +54,7 @@ def build_recommender(settings: Settings, *, text_dim: int):
     return OnlineRecommender(
         popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
         covisit=CoVisitation(),
+        transitions=CoVisitation.transitions(),
         mf=OnlineMF(seed=0),
         content=ContentNeighbours(dim=text_dim),
         blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES)),

@@ -31,9 +31,9 @@ def test_errors_name_the_variable(env, name):
 
 def test_consumed_settings():
     default = load_settings({})
-    assert default.worker.consumed_max == 2000 and default.scorer.exclude_consumed == "all"
+    assert default.worker.consumed_max == 2000 and default.worker.exclude_consumed == "all"
     s = load_settings({"TAILCAST_CONSUMED_MAX": "300", "TAILCAST_EXCLUDE_CONSUMED": "recent"})
-    assert s.worker.consumed_max == 300 and s.scorer.exclude_consumed == "recent"
+    assert s.worker.consumed_max == 300 and s.worker.exclude_consumed == "recent"
 
 
 def test_secrets_are_not_in_repr():
