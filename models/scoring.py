@@ -3,7 +3,9 @@
 ``BatchScorer`` owns a copy of the model and vocabulary (so ``extend_items`` never changes the caller's),
 caches the (N+1, D) item matrix, and per call: encodes the histories (unknown items dropped, last
 ``max_len`` kept), computes the user vectors, multiplies once against all item vectors, masks padding,
-non-retrievable items (zero vector: new items without text) and excluded items, and takes ``torch.topk``.
+non-retrievable items (zero vector: new items without text) and excluded items, and takes the top k
+(``torch.topk``, then scores within a tolerance of each other ordered by item index, as the online models
+do: see :func:`online.base.top_k`).
 
 Precision (``quantize``):
   * ``"none"``: fp32.
@@ -33,6 +35,7 @@ from models.device import choose_device
 from models.sequence import SeqEncoder, pad_batch
 from models.vae import MultVAE
 from models.vocab import ItemVocab
+from online.base import TOP_K_SPARE, tie_floor, top_k, top_k_rows
 
 __all__ = ["BatchScorer", "QUANTIZE_MODES", "conv1d_to_linear"]
 
@@ -54,6 +57,38 @@ def conv1d_to_linear(module: nn.Module) -> nn.Module:
         else:
             conv1d_to_linear(child)
     return module
+
+
+def _top_k_tied(scores: Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`online.base.top_k` of every row of (B, M) ``scores``, as (indices, scores) per row: the ``k``
+    best finite scores, best first, tied ones (within :func:`online.base.tie_floor`) by index, so that
+    the list does not depend on the rounding of the product (``torch.topk`` itself orders near-equal
+    scores by the kernel's rounding, and equal ones as it pleases).
+
+    ``torch.topk`` takes the ``k + TOP_K_SPARE`` best on the scores' device and only those travel to the
+    CPU, where the ties are ordered; a row whose k-th score still has ties below them sends its whole row.
+
+    >>> s = torch.tensor([[0.5, 0.9, 0.5, float("-inf")], [0.2, 0.2, 0.2 + 1e-7, 0.1]])
+    >>> [(top.tolist(), [round(float(v), 3) for v in vals]) for top, vals in _top_k_tied(s, 3)]
+    [([1, 0, 2], [0.9, 0.5, 0.5]), ([0, 1, 2], [0.2, 0.2, 0.2])]
+    """
+    m = scores.shape[1]
+    kk = min(k + TOP_K_SPARE, m)
+    vals, idx = torch.topk(scores, kk, dim=1)  # (B, kk) best first
+    vals, idx = vals.float().cpu().numpy(), idx.cpu().numpy()
+    last = vals[:, -1]
+    inside = (kk == m) | (last == -np.inf) | (last < tie_floor(vals[:, min(k, m) - 1]))  # the k-th's ties all in
+    order = idx.argsort(axis=1)  # the partition by index: top_k_rows' "lower index" is then the item's
+    idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    out = []
+    for b, (ok, pos) in enumerate(zip(inside.tolist(), top_k_rows(vals, k))):
+        if ok:
+            out.append((idx[b][pos], vals[b][pos]))
+        else:
+            row = scores[b].float().cpu().numpy()
+            top = top_k(row, k)
+            out.append((top, row[top]))
+    return out
 
 
 class BatchScorer:
@@ -151,7 +186,8 @@ class BatchScorer:
 
     def _top(self, scores: Tensor, encoded: list[list[int]], k: int, exclude: Sequence[Iterable[str]] | None,
              exclude_history: bool) -> list[list[tuple[str, float]]]:
-        """Mask each row's history / excluded items in (B, M) ``scores`` (M <= N+1) and take the top ``k``."""
+        """Mask each row's history / excluded items in (B, M) ``scores`` (M <= N+1) and take the top ``k``
+        (tied scores by index, see :func:`_top_k_tied`)."""
         rows, cols = [], []
         width = scores.shape[1]
         for b, enc in enumerate(encoded):
@@ -163,10 +199,8 @@ class BatchScorer:
             cols.extend(drop)
         if rows:
             scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
-        vals, idx = torch.topk(scores, min(k, scores.shape[1]), dim=1)  # (B, k)
-        vals, idx = vals.cpu().tolist(), idx.cpu().tolist()
         ids = self.vocab.ids
-        return [[(ids[i - 1], v) for v, i in zip(vr, ir) if v != float("-inf")] for vr, ir in zip(vals, idx)]
+        return [[(ids[i - 1], v) for i, v in zip(top.tolist(), vals.tolist())] for top, vals in _top_k_tied(scores, k)]
 
     @torch.inference_mode()
     def topk(

@@ -32,6 +32,9 @@ __all__ = [
     "item_hash",
     "item_hashes",
     "SOURCES",
+    "TIE_RTOL",
+    "TIE_RTOL_F64",
+    "TOP_K_SPARE",
     "Candidate",
     "CandidateList",
     "DecayClock",
@@ -40,6 +43,7 @@ __all__ = [
     "OnlineModel",
     "group",
     "learn_many",
+    "tie_floor",
     "top_k",
     "top_k_rows",
 ]
@@ -281,16 +285,82 @@ class DecayClock:
         self._inv = 1.0 / self.half_life_s
 
 
-def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the ``k`` largest finite scores, best first; ties go to the lower index.
+#: Float32 scores closer than ``TIE_RTOL * max(1, |score|)`` are tied wherever a model chooses between them
+#: (top k, anchors). A float32 product of the same vectors differs in its last bits from one BLAS kernel,
+#: thread count or processor to another (by up to 1.2e-6 on MF scores near 1, 1.8e-7 on content cosines,
+#: measured between OpenBLAS's kernels), so an exact comparison of two scores equal by construction
+#: (tag-hashed content vectors make many) picks whichever the machine's rounding favours. Tied scores go
+#: by a stable rule instead: the lower index in a top k, the most recent history item for an anchor.
+TIE_RTOL = 1e-5
+#: The same for scores computed in float64 throughout (popularity's decayed counts, co-visitation's
+#: sums): equal sums added in another order differ by a few units of 1e-16, while decayed counts one
+#: second apart (one-day half-life) differ by 8e-6 and must keep their order.
+TIE_RTOL_F64 = 1e-12
 
-    ``banned`` is an index array excluded from the result (e.g. history and ``exclude`` items).
+
+def tie_floor(best: np.ndarray | float, rtol: float | None = None) -> np.ndarray:
+    """The lowest score still tied with ``best`` (elementwise, float64): ``best - rtol * max(1, |best|)``,
+    ``best`` itself where it is not finite. ``rtol``: :data:`TIE_RTOL` for float32 ``best``,
+    :data:`TIE_RTOL_F64` otherwise; give :data:`TIE_RTOL` for float64 values derived from float32 ones.
+
+    >>> float(tie_floor(np.float32(0.5))), float(tie_floor(-3e6, TIE_RTOL)), float(tie_floor(-np.inf))
+    (0.49999, -3000030.0, -inf)
+    """
+    best = np.asarray(best)
+    return _tie_lo(best.astype(np.float64, copy=False), _tie_rtol(best.dtype) if rtol is None else rtol)
+
+
+def _tie_rtol(dtype: np.dtype) -> float:
+    return TIE_RTOL if dtype.kind == "f" and dtype.itemsize <= 4 else TIE_RTOL_F64
+
+
+def _tie_lo(v: np.ndarray, rtol: float) -> np.ndarray:
+    """:func:`tie_floor` of float64 ``v`` with a given ``rtol`` (+-inf stay themselves, without a nan)."""
+    return v - np.minimum(rtol * np.maximum(np.abs(v), 1.0), 1e300)
+
+
+def _tie_groups(v: np.ndarray, rtol: float) -> np.ndarray:
+    """The tie group (0, 1, ...) of each of the finite scores ``v`` (1-d float64, best first), as in
+    :func:`top_k`. Vectorised as chains of consecutive scores less than a tolerance apart; a chain wider
+    than one tolerance (rare) is split by walking its leaders."""
+    m = v.size
+    lo = _tie_lo(v, rtol)  # (m,) the lowest score tied with each
+    new = np.empty(m, dtype=bool)  # (m,) first of its chain
+    new[:1] = True
+    np.less(v[1:], lo[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    chain = np.cumsum(new) - 1
+    wide = np.flatnonzero(v < lo[starts[chain]])  # farther than a tolerance from its chain's first
+    if wide.size:
+        ends = np.append(starts[1:], m)
+        neg = -v  # ascending
+        for c in np.unique(chain[wide]).tolist():
+            s, e = int(starts[c]), int(ends[c])
+            i = s
+            while i < e:  # a leader; the next one is the first score below its tolerance
+                new[i] = True
+                i = s + int(np.searchsorted(neg[s:e], -lo[i], side="right"))
+    return np.cumsum(new) - 1
+
+
+def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` largest finite scores, best first; tied scores (see :data:`TIE_RTOL`,
+    :data:`TIE_RTOL_F64` by the dtype of ``scores``) by index.
+
+    Ties are grouped from the top: the best score and every score tied with it (:func:`tie_floor`) come
+    first, by index, then the best of the rest and its ties, and so on. The same scores thus give the same
+    list whatever rounding the processor added to them, and a smaller ``k`` gives a prefix of the list of
+    a larger one. ``banned`` is an index array excluded from the result (e.g. history and ``exclude`` items).
 
     >>> top_k(np.array([0.1, 0.9, 0.5, 0.9]), 2, banned=np.array([1]))
     array([3, 2])
+    >>> s = np.array([0.2, 0.7 + 1e-7, 0.7, 0.1], dtype=np.float32)   # 0.7 + 1e-7: 0.7 up to the rounding
+    >>> top_k(s, 2), top_k(s[[0, 2, 1, 3]], 2)
+    (array([1, 2]), array([1, 2]))
     """
     if k <= 0 or scores.size == 0:
         return np.empty(0, dtype=np.int64)
+    rtol = _tie_rtol(scores.dtype)
     s = np.asarray(scores, dtype=np.float64)
     if banned is not None and banned.size:
         s = s.copy()
@@ -302,12 +372,18 @@ def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.nd
     k = min(k, n_ok)
     if k < s.size:
         thr = s[np.argpartition(-s, k - 1)[k - 1]]
-        part = np.flatnonzero(s >= thr)  # ties at the boundary all kept, then cut by index
+        part = np.flatnonzero(s >= tie_floor(thr, rtol))  # the k-th score's ties and all above
     else:
         part = np.flatnonzero(finite)
-    order = np.lexsort((part, -s[part]))
-    return part[order][:k].astype(np.int64)
-
+    v = s[part]
+    order = np.lexsort((part, -v))
+    part, v = part[order], v[order]
+    ok = np.isfinite(v)  # (+inf, as before: ranked first, not counted in k)
+    gid = np.full(part.size, -1, dtype=np.int64)
+    gid[ok] = _tie_groups(v[ok], rtol)
+    if gid[-1] - gid[0] + 1 < part.size:  # some scores tied: index order within each group
+        part = part[np.lexsort((part, gid))]
+    return part[:k].astype(np.int64, copy=False)
 
 
 def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -334,15 +410,21 @@ def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return s[new], order[new], inv
 
 
+#: :func:`top_k_rows` partitions this many scores more than ``k`` off each row: room for the ties of the
+#: k-th score (a row with more of them falls back to :func:`top_k`)
+TOP_K_SPARE = 16
+
+
 def top_k_rows(
     scores: np.ndarray, k: int, banned: Sequence[np.ndarray | None] | None = None, *, overwrite: bool = False
 ) -> list[np.ndarray]:
     """:func:`top_k` of every row of ``scores`` (B, N), same result, one vectorised partition.
 
-    ``banned[b]`` are the indices excluded from row ``b`` (-1 ignored). A row with ties at its k-th score
-    gets them resolved toward the lower index from the same partition; a row with fewer than ``k``
-    finite scores (or non-finite ones among its best) falls back to :func:`top_k`. ``overwrite``: the
-    banned entries of ``scores`` itself are set to -inf (no copy; the returned indices never point at them).
+    ``banned[b]`` are the indices excluded from row ``b`` (-1 ignored). The ``k + TOP_K_SPARE`` largest
+    of each row are partitioned off and grouped into ties there; a row whose k-th score still has ties
+    outside them, with fewer than ``k`` finite scores (or non-finite ones among its best) or with a run
+    of near-ties wider than a tolerance falls back to :func:`top_k`. ``overwrite``: the banned entries of
+    ``scores`` itself are set to -inf (no copy; the returned indices never point at them).
 
     >>> [r.tolist() for r in top_k_rows(np.array([[0.1, 0.9, 0.5], [3.0, 2.0, 1.0]]), 2, [None, np.array([0])])]
     [[1, 2], [1, 2]]
@@ -362,26 +444,24 @@ def top_k_rows(
             rows = np.arange(n_rows).repeat(lens)
             ok = cols >= 0
             s[rows[ok], cols[ok]] = -np.inf
-    kk = min(k, n)
+    ke, kk = min(k, n), min(k + TOP_K_SPARE, n)
     if kk < n:
         part = s.argpartition(n - kk, axis=1)[:, n - kk :]  # (B, kk) the kk largest, unordered
+        vals = np.take_along_axis(s, part, axis=1)
     else:
-        part = np.broadcast_to(np.arange(n), (n_rows, n))
-    vals = np.take_along_axis(s, part, axis=1)  # (B, kk)
-    thr = vals.min(axis=1)
-    finite = np.isfinite(thr)
-    clean = (finite & (np.count_nonzero(s >= thr[:, None], axis=1) == kk)).tolist()  # no tie at the boundary
-    order = np.lexsort((part, -vals), axis=1)
-    ranked = np.take_along_axis(part, order, axis=1).astype(np.int64, copy=False)
-    out = []
-    for r in range(n_rows):
-        if clean[r]:
-            out.append(ranked[r])
-            continue
-        row = s[r]
-        cand = (row >= thr[r]).nonzero()[0] if finite[r] else None
-        if cand is not None and np.isfinite(row[cand]).all():  # ties at the k-th score: the lower indices
-            out.append(cand[np.lexsort((cand, -row[cand]))[:k]])
-        else:
-            out.append(top_k(row, k))
-    return out
+        part, vals = np.broadcast_to(np.arange(n), (n_rows, n)), s
+    order = vals.argsort(axis=1)[:, ::-1]  # best first (NaN before all)
+    v = np.take_along_axis(vals, order, axis=1).astype(np.float64, copy=False)  # (B, kk)
+    part = np.take_along_axis(part, order, axis=1)
+    lo = _tie_lo(v, _tie_rtol(s.dtype))  # (B, kk) the lowest score tied with each
+    new = np.empty(v.shape, dtype=bool)  # (B, kk) first of its chain of near-ties (as in _tie_groups)
+    new[:, 0] = True
+    np.less(v[:, 1:], lo[:, :-1], out=new[:, 1:])
+    start = np.maximum.accumulate(np.where(new, np.arange(kk), 0), axis=1)
+    narrow = ~(v < np.take_along_axis(lo, start, axis=1)).any(axis=1)  # every chain is one tie group
+    clean = narrow & np.isfinite(v[:, 0]) & np.isfinite(v[:, ke - 1])
+    if kk < n:
+        clean &= new[:, ke:].any(axis=1)  # the k-th score's group ends inside the partition
+    key = np.cumsum(new, axis=1) * n + part  # (B, kk) (tie group, index)
+    ranked = np.take_along_axis(part, key.argsort(axis=1)[:, :ke], axis=1)
+    return [ranked[r] if ok_r else top_k(s[r], k) for r, ok_r in enumerate(clean.tolist())]

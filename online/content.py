@@ -5,7 +5,10 @@ as it has a content vector (from the text encoder, or from :class:`TagVectoriser
 absent). Vectors are stored L2-normalised in a growable float32 matrix; ``recommend`` is the cosine
 of the recency-weighted mean of the last ``history_window`` history vectors against every item
 vector (one matrix-vector product; :meth:`ContentNeighbours.candidates_many` does a batch of users
-with one matrix product), and a candidate's ``anchor`` is the history item most similar to it. ``learn_one`` is a no-op: this model learns from the catalogue, not from events.
+with one matrix product), and a candidate's ``anchor`` is the history item most similar to it. Cosines
+within a tolerance of each other are tied (:data:`online.base.TIE_RTOL`): tied candidates are ranked by
+index, tied anchors go to the most recent history item, so the lists do not depend on the rounding of
+the float32 products. ``learn_one`` is a no-op: this model learns from the catalogue, not from events.
 
 Measured ``learn_one`` cost: 0.03 µs/event (a no-op), with
 ``.venv/bin/python -m timeit -s "from online.content import ContentNeighbours as C; m = C(dim=8)" "m.learn_one('u', 'i', 0.0, ())"``.
@@ -28,7 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, Event, IdIndex, top_k_rows
+from online.base import Candidate, Event, IdIndex, tie_floor, top_k_rows
 
 __all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
 
@@ -144,7 +147,8 @@ class ContentNeighbours:
     def candidates_many(
         self, histories: Sequence[Sequence[str]], k: int, banned: Sequence[np.ndarray | None] | None = None
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Top ``k`` per history as index arrays (items, cosines, anchor items), best first.
+        """Top ``k`` per history as index arrays (items, cosines, anchor items), best first (tied cosines by
+        index, see :func:`online.base.top_k`).
 
         One (B, D) x (D, n_items) product for the whole batch; ``banned[b]`` are item indices excluded
         for history ``b`` (history items are always excluded). A history without any vector gets
@@ -163,7 +167,7 @@ class ContentNeighbours:
     ) -> list[tuple[np.ndarray, np.ndarray, Sequence[int]]]:
         """:meth:`candidates_many` from each user's recent distinct history items (this model's indices,
         -1 unknown, most recent first, see :meth:`recent`) and banned indices (the history's included,
-        -1 ignored). The anchors come back lazily (computed for a user's whole list when first read)."""
+        -1 ignored). The anchors come back lazily (computed for the candidates read)."""
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
         out: list[tuple[np.ndarray, np.ndarray, Sequence[int]]] = [empty] * len(recent)
         n = len(self._index)
@@ -191,7 +195,7 @@ class ContentNeighbours:
         for r, (b, rows, best) in enumerate(zip(at, rows_of, top_k_rows(sims, k, bans, overwrite=True))):
             if not best.size:
                 continue
-            out[b] = (best, sims[r, best].astype(np.float64), _LazyAnchors(self._v, rows, V, best))
+            out[b] = (best, sims[r, best].astype(np.float64), _LazyAnchors(self._v, rows, best))
         return out
 
     def recommend(
@@ -215,36 +219,35 @@ class ContentNeighbours:
 
 
 class _LazyAnchors(Sequence):
-    """The anchor of each candidate of one list (the history row most similar to it), computed for the
-    whole list on first read, with the same (A, D) x (D, k) product as when computed up front.
+    """The anchor of each candidate of one list: the history row most similar to it, ties (cosines within
+    :func:`~online.base.tie_floor` of the largest) to the most recent. Computed when read, from the
+    (A, D) x (D, s) product of the candidates read only (:meth:`take`; the whole list by index).
 
-    (The argmax cannot be decided from a cheaper product of the shown candidates alone: the float32
-    product's rounding depends on its shape, and with tag-hashed vectors two history items are often
-    exactly as similar to a candidate, so its rounding is what breaks the tie.)"""
+    The tolerance is what makes the anchor a property of the vectors: with tag-hashed vectors two history
+    items are often exactly as similar to a candidate, and the float32 product's rounding, which depends on
+    its shape, the BLAS kernel and the processor, would otherwise pick one of them."""
 
-    __slots__ = ("_args", "_anchors", "_n")
+    __slots__ = ("_v", "_rows", "_best", "_all")
 
-    def __init__(self, v: np.ndarray, rows: np.ndarray, V: np.ndarray, best: np.ndarray) -> None:
-        self._args: tuple | None = (v, rows, V, best)
-        self._anchors: np.ndarray | None = None
-        self._n = best.size
+    def __init__(self, v: np.ndarray, rows: np.ndarray, best: np.ndarray) -> None:
+        self._v, self._rows, self._best = v, rows, best  # all item vectors, history rows, candidates
+        self._all: np.ndarray | None = None
 
-    def _get(self) -> np.ndarray:
-        if self._anchors is None:
-            v, rows, V, best = self._args
-            self._anchors = rows[np.argmax(v[rows] @ V[best].T, axis=0)]  # (k,)
-            self._args = None
-        return self._anchors
+    def _of(self, cands: np.ndarray) -> np.ndarray:
+        sims = self._v[self._rows] @ self._v[cands].T  # (A, s) float32
+        return self._rows[(sims >= tie_floor(sims.max(axis=0))).argmax(axis=0)]  # (s,) the first tied
 
     def take(self, ranks: Sequence[int]) -> list[int]:
         """The anchors of the candidates at ``ranks``."""
-        return self._get()[np.asarray(ranks, dtype=np.int64)].tolist()
+        return self._of(self._best[np.asarray(ranks, dtype=np.int64)]).tolist()
 
     def __len__(self) -> int:
-        return self._n
+        return self._best.size
 
     def __getitem__(self, i):
-        return self._get()[i]
+        if self._all is None:
+            self._all = self._of(self._best)
+        return self._all[i]
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)

@@ -48,7 +48,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, Event, IdIndex, group
+from online.base import Candidate, DecayClock, Event, IdIndex, group, tie_floor
 
 __all__ = ["CoVisitation"]
 
@@ -364,7 +364,9 @@ _EMPTY_W = np.zeros(0)
 class _LazyAnchors(Sequence):
     """The anchor (this model's index) of each of the top candidates, by rank, computed when read: the
     history item with the largest single term, ties to the most recent (the first anchor), as
-    ``argmax`` over the candidate's column of the (anchors, candidates) term matrix."""
+    ``argmax`` over the candidate's column of the (anchors, candidates) term matrix. Terms within
+    :func:`~online.base.tie_floor` of the largest are tied (float64: a relative 1e-12): two anchors whose
+    terms are equal by construction but were added up in another order are not told apart by rounding."""
 
     __slots__ = ("_cand", "_js", "_terms", "_which", "_anchors")
 
@@ -386,10 +388,11 @@ class _LazyAnchors(Sequence):
         targets = self._cand[np.asarray(ranks)]  # (s,)
         # (s, terms): each candidate's terms in anchor order, -1 elsewhere (terms are >= 0)
         t = np.where(targets[:, None] == self._js, self._terms, -1.0)
-        first = t.argmax(axis=1)  # the first of the largest terms
+        floor = tie_floor(t.max(axis=1))  # (s,)
+        first = (t >= floor[:, None]).argmax(axis=1)  # the first term tied with the largest
         # the matrix column holds 0 for the anchors that do not reach the candidate: with a largest
-        # term of 0 (decayed away), argmax over the column is the first anchor
-        which = np.where(t[np.arange(first.size), first] > 0, self._which[first], 0)
+        # term tied with 0 (decayed away), the first anchor is the first tied one over the column
+        which = np.where(floor > 0, self._which[first], 0)
         return self._anchors[which].tolist()
 
 

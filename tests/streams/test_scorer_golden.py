@@ -1,11 +1,15 @@
 """The scorer's published lists on a seeded synthetic stream, pinned against a recorded run.
 
 Performance work on the serving path (``ScorerCore.process`` -> ``OnlineRecommender.recommend_many``
-and the models' candidate generation) must not change what is recommended: the same items, in the same
-order, with the same sources, reasons and scores (the scores up to float tolerance). The fixture
-``scorer_golden.json.gz`` was recorded with the code of commit 3b75920 (before the serving path was
-vectorised); when a change *means* to alter the lists (a new feature, another default), re-record it
-with ``.venv/bin/python tests/streams/test_scorer_golden.py --write`` and say why in the commit.
+and the models' candidate generation) must not change what is recommended, and neither must the machine:
+the items, their order, sources and reasons are deterministic by design and compared exactly (scores
+equal up to rounding are tied and ordered by a stable rule, see ``online.base.TIE_RTOL``), the scores
+up to float tolerance (``SCORE_ABS_TOL``, ``SCORE_REL_TOL``: the published scores are rounded to 6
+decimals, and a float32 product's last bits depend on the BLAS kernel). The same run under other
+OpenBLAS kernels and thread counts, in a subprocess, must give the same lists. The fixture
+``scorer_golden.json.gz`` was re-recorded when ties got their stable rule (issue #18); when a change
+*means* to alter the lists (a new feature, another default, another tie rule), re-record it with
+``.venv/bin/python tests/streams/test_scorer_golden.py --write`` and say why in the commit.
 
 The run covers: the blender's prior phase and its learned phase, three arms (strength 0, 0.5, 1),
 popularity compactions (a small ``max_items`` and window, so the popularity index is rebuilt),
@@ -18,6 +22,9 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +46,8 @@ from streams.agents.scorer import BATCH_SOURCES, ScorerCore  # noqa: E402
 from streams.records import ScoreRequest  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("scorer_golden.json.gz")
+SCORE_ABS_TOL = 2e-6  # one step of the published scores' 6-decimal rounding, and some
+SCORE_REL_TOL = 1e-6
 ARMS = "control:0.4:0.0,tail:0.3:0.5,full:0.3:1.0"
 HIST = 50
 
@@ -133,11 +142,8 @@ def _flatten(x, path=""):
         yield path, x
 
 
-def test_published_lists_match_the_recorded_run() -> None:
-    if not GOLDEN.exists():
-        pytest.fail(f"{GOLDEN.name} is missing: record it with `python {Path(__file__).relative_to(ROOT)} --write`")
-    expected = json.loads(gzip.decompress(GOLDEN.read_bytes()))
-    got = json.loads(json.dumps(run()))  # tuples -> lists, as in the file
+def _assert_same_lists(got: dict, expected: dict) -> None:
+    """Items, order, sources and reasons exactly; scores within the tolerance."""
     for part in ("served", "rescored", "direct"):
         assert len(got[part]) == len(expected[part]), part
         for n, (g, e) in enumerate(zip(got[part], expected[part])):
@@ -145,9 +151,37 @@ def test_published_lists_match_the_recorded_run() -> None:
             assert [p for p, _ in gl] == [p for p, _ in el], f"{part}[{n}]: {g} != {e}"
             for (p, a), (_, b) in zip(gl, el):
                 if isinstance(a, float) and isinstance(b, float):
-                    assert math.isclose(a, b, rel_tol=1e-9, abs_tol=2e-6), f"{part}[{n}]{p}: {a} != {b}\n{g}\n{e}"
+                    assert math.isclose(a, b, rel_tol=SCORE_REL_TOL, abs_tol=SCORE_ABS_TOL), \
+                        f"{part}[{n}]{p}: {a} != {b}\n{g}\n{e}"
                 else:
                     assert a == b, f"{part}[{n}]{p}: {a!r} != {b!r}\n{g}\n{e}"
+
+
+def _expected() -> dict:
+    if not GOLDEN.exists():
+        pytest.fail(f"{GOLDEN.name} is missing: record it with `python {Path(__file__).relative_to(ROOT)} --write`")
+    return json.loads(gzip.decompress(GOLDEN.read_bytes()))
+
+
+def test_published_lists_match_the_recorded_run() -> None:
+    _assert_same_lists(json.loads(json.dumps(run())), _expected())  # tuples -> lists, as in the file
+
+
+# Other float paths for the products: one BLAS thread, OpenBLAS's SSE3 kernels (any x86-64 runs them; the
+# variable is ignored by other BLAS libraries). Before ties had a stable rule, both changed the lists.
+_FLOAT_PATHS = [{"OPENBLAS_NUM_THREADS": "1"}]
+if platform.machine() in ("x86_64", "AMD64"):
+    _FLOAT_PATHS.append({"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("env", _FLOAT_PATHS, ids=lambda env: ",".join(f"{k}={v}" for k, v in env.items()))
+def test_published_lists_do_not_depend_on_the_blas_kernel(env: dict[str, str]) -> None:
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            "import test_scorer_golden as t; sys.stdout.write(json.dumps(t.run()))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=240, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _assert_same_lists(json.loads(out.stdout), _expected())
 
 
 if __name__ == "__main__":
