@@ -55,7 +55,7 @@ from itertools import islice
 import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
-from online.base import Candidate, CandidateList, Event, IdIndex, item_hash
+from online.base import TIE_RTOL, Candidate, CandidateList, Event, IdIndex, item_hash, tie_floor
 from online.blender import FeedbackBlender, _sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
@@ -603,7 +603,7 @@ class OnlineRecommender:
         contrib = self.blender.contributions_matrix(X_shown)  # (s, S)
         r_shown = ranks[shown]
         contrib = np.where(np.isfinite(r_shown), contrib, -np.inf)
-        tied = contrib == contrib.max(axis=1, keepdims=True)
+        tied = contrib >= tie_floor(contrib.max(axis=1, keepdims=True), TIE_RTOL)  # float32-derived terms
         src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
         src_rank = r_shown[np.arange(shown.size), src_col].tolist()
         src_col = src_col.tolist()

@@ -12,7 +12,8 @@ co-visitation scores is :class:`TailBoost`, the DESIGN §7 baseline; over a cali
 more tail hits for the same NDCG (docs/decisions.md has the comparison with the xQuAD re-ranker it
 replaced).
 
-Ties (scores within 1e-12) keep the input order. Returned candidates are the input objects unchanged
+Ties (scores equal up to float rounding, :func:`online.base.top_k`) keep the input order; candidates
+without a finite score are never shown. Returned candidates are the input objects unchanged
 (score, source, anchor), in the new order.
 
 >>> from online.base import Candidate
@@ -34,7 +35,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
-from online.base import Candidate
+from online.base import Candidate, top_k
 
 __all__ = ["TailBoost", "TailReranker", "appetite_from_counts", "tail_appetite"]
 
@@ -95,31 +96,16 @@ class TailReranker:
 
         ``scores``: (n,) probabilities (non-finite = irrelevant); ``tail``: (n,) bool.
         """
-        return _top_boosted(scores, tail, self.strength, self.k, as_lambda=False)
+        # the probabilities carry the float32 rounding of the MF and content scores: float32 tolerance
+        return _top_boosted(scores, tail, _LAMBDA_AT_FULL_STRENGTH * self.strength, self.k, np.float32)
 
 
-def _top_boosted(scores: np.ndarray, tail: np.ndarray, strength: float, k: int, *, as_lambda: bool) -> np.ndarray:
-    """Positions of the top ``k`` by ``score × (1 + λ·tail)`` (λ = ``strength``, or ``3 · strength`` unless
-    ``as_lambda``); ties within 1e-12 (relative) keep the input order."""
-    n = scores.size
-    if not n:
+def _top_boosted(scores: np.ndarray, tail: np.ndarray, lam: float, k: int, dtype: type) -> np.ndarray:
+    """Positions of the top ``k`` finite ``score × (1 + lam·tail)``, ties (within the tolerance of
+    ``dtype``, see :func:`online.base.top_k`) in input order."""
+    if not scores.size:
         return np.zeros(0, dtype=np.int64)
-    scores = np.where(np.isfinite(scores), scores, -np.inf)
-    lam = strength if as_lambda else _LAMBDA_AT_FULL_STRENGTH * strength
-    return np.lexsort((np.arange(n), -_quantise(scores * (1.0 + lam * tail))))[: min(k, n)]
-
-
-def _quantise(x: np.ndarray) -> np.ndarray:
-    """``x`` rounded to 12 significant digits, so that values equal up to float rounding (another CPU's
-    summation order) tie, and the tie rule decides (-inf stays -inf)."""
-    finite = np.isfinite(x)
-    if not finite.any():
-        return x
-    scale = np.max(np.abs(x[finite]))
-    if scale == 0:
-        return x
-    step = 10.0 ** (np.floor(np.log10(scale)) - 11)
-    return np.where(finite, np.round(x / step) * step, x)
+    return top_k((scores * (1.0 + lam * tail)).astype(dtype), k)
 
 
 class TailBoost:
@@ -143,5 +129,5 @@ class TailBoost:
         pred = _as_predicate(is_tail)
         tail = np.fromiter((pred(c.item) for c in candidates), dtype=bool, count=len(candidates))
         scores = np.array([c.score for c in candidates], dtype=np.float64)
-        order = _top_boosted(scores, tail, self.strength, self.k, as_lambda=True)
+        order = _top_boosted(scores, tail, self.strength, self.k, np.float64)
         return [candidates[i] for i in order.tolist()]

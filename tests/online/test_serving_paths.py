@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from online.base import Candidate, CandidateList, tie_floor, top_k, top_k_rows
 from online.blender import FeedbackBlender
 from online.content import ContentNeighbours
 from online.recommender import OnlineRecommender
-from online.rerank import TailReranker
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -38,66 +36,6 @@ def test_top_k_rows_equals_top_k_per_row(dtype) -> None:
         for r in range(rows):
             want = top_k(s[r], k, bans[r])
             assert got[r].tolist() == want.tolist() and got[r].dtype == np.int64, (it, r)
-
-
-def _reference_order(rr: TailReranker, scores, tail, appetite):
-    """TailReranker.order as first written: the full relevance order, rel over all candidates."""
-    n = scores.size
-    if not n:
-        return np.zeros(0, dtype=np.int64)
-    scores = np.where(np.isfinite(scores), scores, -np.inf)
-    order = np.argsort(-scores, kind="stable")
-    k = min(rr.k, n)
-    if rr.strength == 0.0:
-        return order[:k]
-    s = scores[order]
-    finite = np.isfinite(s)
-    lo = s[finite].min() if finite.any() else 0.0
-    hi = s[finite].max() if finite.any() else 0.0
-    rel = np.where(finite, (s - lo) / (hi - lo), 0.0) if hi > lo else finite.astype(np.float64)
-    t = tail[order]
-    p_tail = min(1.0, max(0.0, float(appetite)))
-    lam = rr.strength
-    queues = []
-    for mask, p_cat in ((~t, 1.0 - p_tail if rr.calibrate else 0.0), (t, p_tail)):
-        pos = np.flatnonzero(mask)[:k]
-        top = rel[pos[0]] if pos.size else 0.0
-        p_item = rel[pos] / top if top > 0 else np.zeros(pos.size)
-        queues.append((pos.tolist(), ((1.0 - lam) * rel[pos]).tolist(), (lam * p_cat * p_item).tolist()))
-    (h_pos, h_base, h_bonus), (t_pos, t_base, t_bonus) = queues
-    chosen, hi_, ti_, n_tail_in = [], 0, 0, 0
-    for step in range(k):
-        if rr.smooth:
-            cov_t = 1.0 - n_tail_in / step if step else 1.0
-            cov_h = 1.0 - (step - n_tail_in) / step if step else 1.0
-        else:
-            cov_t = 0.0 if n_tail_in else 1.0
-            cov_h = 0.0 if step - n_tail_in else 1.0
-        oh = h_base[hi_] + h_bonus[hi_] * cov_h if hi_ < len(h_pos) else -math.inf
-        ot = t_base[ti_] + t_bonus[ti_] * cov_t if ti_ < len(t_pos) else -math.inf
-        if ot > oh or (ot == oh and ti_ < len(t_pos) and (hi_ >= len(h_pos) or t_pos[ti_] < h_pos[hi_])):
-            chosen.append(t_pos[ti_])
-            ti_ += 1
-            n_tail_in += 1
-        else:
-            chosen.append(h_pos[hi_])
-            hi_ += 1
-    return order[chosen]
-
-
-def test_rerank_order_equals_the_full_sort_definition() -> None:
-    rng = np.random.default_rng(0)
-    for it in range(3000):
-        n, k = int(rng.integers(1, 60)), int(rng.integers(1, 15))
-        scores = rng.random(n) if it % 3 else np.round(rng.random(n), 1)
-        if it % 5 == 0:
-            scores[rng.random(n) < 0.2] = rng.choice([np.nan, np.inf, -np.inf])
-        tail = rng.random(n) < rng.random()
-        rr = TailReranker(strength=float(rng.choice([0.0, 0.3, 0.5, 1.0])), k=k,
-                          calibrate=bool(rng.random() < 0.3), smooth=bool(rng.random() < 0.8))
-        appetite = float(rng.random())
-        got = rr.order(scores.copy(), tail, appetite)
-        assert got.tolist() == _reference_order(rr, scores.copy(), tail, appetite).tolist(), it
 
 
 @pytest.mark.parametrize("warm", [False, True])

@@ -7,14 +7,15 @@ equal up to rounding are tied and ordered by a stable rule, see ``online.base.TI
 up to float tolerance (``SCORE_ABS_TOL``, ``SCORE_REL_TOL``: the published scores are rounded to 6
 decimals, and a float32 product's last bits depend on the BLAS kernel). The same run under other
 OpenBLAS kernels and thread counts, in a subprocess, must give the same lists. The fixture
-``scorer_golden.json.gz`` was re-recorded when ties got their stable rule (issue #18); when a change
+``scorer_golden.json.gz`` was re-recorded when ties got their stable rule (issue #18), then for the
+candidate-pool ranker, the transitions source and the consumed-items ban (issue #15); when a change
 *means* to alter the lists (a new feature, another default, another tie rule), re-record it with
 ``.venv/bin/python tests/streams/test_scorer_golden.py --write`` and say why in the commit.
 
 The run covers: the blender's prior phase and its learned phase, three arms (strength 0, 0.5, 1),
 popularity compactions (a small ``max_items`` and window, so the popularity index is rebuilt),
 a batch model's ``transformer`` and ``vae`` candidates (a deterministic stand-in, swapped in half-way,
-followed by ``rescore_active``), and direct ``recommend_many`` calls for cold users and with ``excludes``.
+followed by ``rescore_active``), requests that carry each user's consumed items, and direct ``recommend_many`` calls for cold users and with ``excludes``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from online.arms import ArmAssigner, parse_arms  # noqa: E402
+from online.base import item_hashes  # noqa: E402
 from online.blender import FeedbackBlender  # noqa: E402
 from online.content import ContentNeighbours, TagVectoriser  # noqa: E402
 from online.covisit import CoVisitation  # noqa: E402
@@ -79,7 +81,8 @@ def _requests(events, hist: dict[str, list[str]], chunk: int) -> list[list[Score
         for ts, user, item, kind in events[start : start + chunk]:
             new.setdefault(user, []).append((item, ts, kind))
             hist.setdefault(user, []).append(item)
-        batches.append([ScoreRequest(u, hist[u][-HIST:], evs, len(hist[u]), evs[-1][1], evs[0][1], evs[-1][1])
+        batches.append([ScoreRequest(u, hist[u][-HIST:], evs, len(hist[u]), evs[-1][1], evs[0][1], evs[-1][1],
+                                     consumed=item_hashes(dict.fromkeys(hist[u])).astype("<u4").tobytes())
                         for u, evs in new.items()])
     return batches
 
@@ -96,6 +99,7 @@ def run() -> dict:
     rec = OnlineRecommender(
         popularity=DecayedPopularity(window_events=600, max_items=300, refresh_every=200),
         covisit=CoVisitation(),
+        transitions=CoVisitation.transitions(),
         mf=OnlineMF(seed=0),
         content=ContentNeighbours(dim=32),
         blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES)),
