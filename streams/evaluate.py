@@ -6,12 +6,15 @@
 Modes (DESIGN §5):
 
 * ``offline``: no broker. The dataset, in time order, is cut into micro-batches of ``--batch`` events
-  (default 256; smaller = fresher lists, fewer ``stale`` pairings, slower) that go through the worker's
-  :class:`~streams.agents.ingest.IngestProcessor` and, per system, the scorer's
-  :class:`~streams.agents.scorer.ScorerCore`. Systems: tailcast with one arm forced for every user at each
-  re-ranking strength of ``--strengths`` (the knob sweep), MostPop over the window, online item-CF
-  (co-visitation), co-visitation × (1 + λ·is_tail) at each λ of ``--boosts``, and the Transformer alone
-  when a model is given (``--checkpoint``) or trained here on the warm-up part (``--train-transformer``).
+  (default 1: fresh pairing, DESIGN §5, a list after every event; larger = coarser, more ``stale``
+  pairings, faster) that go through the worker's :class:`~streams.agents.ingest.IngestProcessor` and, per
+  system, the scorer's :class:`~streams.agents.scorer.ScorerCore`. Systems: tailcast with one arm forced
+  for every user at each re-ranking strength of ``--strengths`` (the knob sweep), MostPop over the window,
+  online item-CF (co-visitation) and co-visitation × (1 + λ·is_tail) at each λ of ``--boosts``, the raw
+  transition counter (CoVisit-raw) and its own × (1 + λ·is_tail) curve, and the Transformer alone when a
+  model is given (``--checkpoint``) or trained here on the warm-up part (``--train-transformer``). The
+  baselines never recommend an item the user consumed (any earlier event, not only the last 50).
+  ``--workers 2`` (the default) replays the baselines in a second process beside tailcast.
 * ``live``: embedded broker (unless ``TAILCAST_KAFKA`` is set), ``tailcast worker`` and ``tailcast scorer``
   processes, the dataset replayed at ``--rate`` events/s, ``recommendations`` consumed downstream and paired
   with the events per A/B arm (``TAILCAST_ARMS``); the offline systems run on the same stream too.
@@ -53,7 +56,7 @@ DEFAULT_BOOSTS = "0.5,1,2,4"
 
 #: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
 #: ``tailcast evaluate`` works whether or not its parser has them).
-_EXTRA = {"batch": 256, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
+_EXTRA = {"batch": None, "workers": 2, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
           "train_transformer": 0.0, "train_vae": 0.0, "augment_cap": 0, "augment_weight": 0.5,
           "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
           "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
@@ -69,7 +72,12 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
         p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
         p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=_EXTRA["batch"],
-                   help="offline micro-batch (events): smaller = fresher lists, fewer stale pairings, slower")
+                   help="micro-batch (events) of the offline replay: default 1 = fresh pairing (DESIGN §5: each "
+                        "event is paired with the list made after the user's previous event), in offline and live "
+                        "mode; larger = a coarser stress option (more stale pairings, faster). loo mode: default 256")
+    p.add_argument("--workers", type=int, default=_EXTRA["workers"],
+                   help="offline/live: processes replaying the offline systems (2: the baselines run in a second "
+                        "process beside tailcast; results are the same as with 1)")
     p.add_argument("--strengths", default=_EXTRA["strengths"],
                    help="tailcast re-ranking strengths to sweep, one forced arm each (comma list)")
     p.add_argument("--boosts", default=_EXTRA["boosts"], help="TailBoost λ values (comma list; ItemCF = λ 0)")
@@ -177,7 +185,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
     from .evaluation.harness import prepare_events, run_offline
     from .evaluation.report import write_report
-    from .evaluation.systems import default_systems, tail_boost_impl
+    from .evaluation.systems import KINDS, default_systems, tail_boost_impl
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -197,6 +205,13 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     log(f"evaluate [{mode}] {ds.name}: {n} events, {n_users} users, {ds.n_items} items"
         + (f" (first {args.limit} events)" if args.limit else "")
         + (f"; {sum(stream.rejected.values())} events rejected at the edge: {stream.rejected}" if stream.rejected else ""))
+    batch = _opt(args, "batch")
+    batch = (256 if mode == "loo" else 1) if batch is None else int(batch)  # fresh pairing unless asked
+    if batch < 1:
+        raise SystemExit(f"tailcast evaluate: --batch must be >= 1, got {batch}")
+    workers = int(_opt(args, "workers"))
+    if workers not in (1, 2):
+        raise SystemExit(f"tailcast evaluate: --workers must be 1 or 2, got {workers}")
     strengths = _floats(_opt(args, "strengths"))
     boosts = _floats(_opt(args, "boosts"))
     train_s = float(_opt(args, "train_transformer"))
@@ -207,8 +222,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
              "(exact = j-1; stale = older, the previous event was coalesced in the same micro-batch; none = no list "
              "yet, counted as a miss); window = the whole stream",
              "head/tail for the metrics: top 20% of active items by count over the events so far (DESIGN §4)",
-             f"TailBoost implementation: {tail_boost_impl()}; ItemCF/TailBoost lists are topped up with window "
-             "MostPop when co-visitation has fewer than k candidates",
+             f"TailBoost implementation: {tail_boost_impl()}; CoVisit-raw = online.covisit.CoVisitation.transitions() "
+             "(plain transition counts, lookback 5, forward 1 / backward 0.5, score = sum over the user's last 5 "
+             "distinct items of W[h_r][j]/r); the baselines never recommend an item the user consumed (their own "
+             "exact per-user sets, all history) and are topped up with window MostPop when short of k",
+             "consumed_share: share of recommended top-k slots holding an item the user had consumed before the list",
              "online models seeded as in the live scorer (build_recommender); --seed seeds Transformer training and "
              "leave-one-out tie-breaks"]
     meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
@@ -220,7 +238,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
         results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, train_seconds=train_s,
                                      vae_seconds=float(_opt(args, "train_vae")),
-                                     device=device, batch=int(_opt(args, "batch")), text_vectors=text_vectors,
+                                     device=device, batch=batch, text_vectors=text_vectors,
                                      log=log)
         (out / "recommendations.jsonl").write_bytes(b"")
         notes += loo_notes + ["recommendations.jsonl is empty in loo mode: no stream of lists is paired"]
@@ -294,14 +312,14 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                          "user is scored in that user's arm; the offline systems below ran on the same stream")
             if warmup_events:
                 notes.append("live arms are scored on the whole stream (warm-up applies to the offline systems)")
-        log(f"offline: {len(specs)} systems, micro-batches of {_opt(args, 'batch')} events")
-        sink_kinds = {"tailcast": ("tailcast",), "all": ("tailcast", "tailcast-novae", "mostpop", "itemcf",
-                                                         "tailboost", "transformer", "vae"),
-                      "none": ()}[_opt(args, "lists")]
-        offline = run_offline(stream, specs, settings, batch=int(_opt(args, "batch")), warmup_events=warmup_events,
+        log(f"offline: {len(specs)} systems, micro-batches of {batch} events"
+            + (" (fresh pairing)" if batch == 1 else ""))
+        sink_kinds = {"tailcast": ("tailcast",), "all": KINDS, "none": ()}[_opt(args, "lists")]
+        offline = run_offline(stream, specs, settings, batch=batch, warmup_events=warmup_events,
                               text_vectors=text_vectors, model=model, n_chunks=int(_opt(args, "chunks")),
                               progress_every=int(_opt(args, "progress_every")),
-                              lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log)
+                              lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log,
+                              workers=workers)
         results.update(offline)
     finally:
         lists.close()
@@ -326,7 +344,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     meta["code"] = _code_version()
     intro = [f"Dataset `{args.dataset}` ({ds.name}): {n} events, {n_users} users, {ds.n_items} items"
              + (f", first {args.limit} events" if args.limit else "") + f"; mode {mode}; k = {settings.scorer.k}; "
-             f"offline micro-batch {_opt(args, 'batch')} events; {meta['seconds']:.0f}s; code {meta['code']}."]
+             f"offline micro-batch {batch} events; {meta['seconds']:.0f}s; code {meta['code']}."]
     write_report(out, results, command=command, title=f"{ds.name} {mode}", intro=intro, notes=notes, meta=meta)
     log((out / "report.md").read_text())
     log(f"wrote {out}/report.json, report.md, run.json, recommendations.jsonl ({lists.n} lists) and PNG plots")

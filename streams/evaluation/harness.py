@@ -16,12 +16,24 @@ is the whole stream, so the metrics are over every evaluated event and every lis
 **Warm-up** (``warmup_events``): the first events train every system but are not scored, and their lists
 are kept only as predecessors of the first scored events (used when a Transformer is trained on the
 start of the stream: reporting on what it was trained on would be leakage).
+
+**Consumed share**: the share of the top-``k`` slots of every list observed after the warm-up that hold an
+item the user had consumed before that list (one of their events with index <= the list's
+``user_event_count``), exact, from the events the scoreboard observes (all of them, warm-up included).
+
+**Workers** (``workers=2``): the systems are split between this process and a spawned one, each replaying
+the whole stream through its own systems; a system's results depend only on the stream and itself, so
+they are the same whatever the split (only the ``scorer_seconds`` timings differ). Systems whose lists go
+to ``lists_sink``, those given as ``cores`` and those with a batch model stay in this process.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
@@ -135,6 +147,8 @@ class Scoreboard:
     warmup: int = 0
     n_chunks: int = 10
     pos_of: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: user -> item -> index of the user's first event of it (shareable: the boards of one run fill it alike)
+    first_index: dict[str, dict[str, int]] = field(default_factory=dict)
     metrics: ArmMetrics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +164,8 @@ class Scoreboard:
         self.none_first = 0
         self.none_later = 0
         self.lists = 0
+        self.slots = 0
+        self.consumed_slots = 0
 
     def chunk(self, pos: int) -> int:
         span = max(self.n_events - self.warmup, 1)
@@ -168,6 +184,13 @@ class Scoreboard:
 
     def observe_event(self, pos: int, user: str, item: str, index: int, *, pair: bool = True) -> None:
         """One event; ``pair=False`` only counts it in the item window (another arm's user, live mode)."""
+        seen = self.first_index.get(user)
+        if seen is None:
+            self.first_index[user] = {item: index}
+        else:
+            first = seen.get(item)
+            if first is None or index < first:
+                seen[item] = index
         if pos < self.warmup or not pair:
             self.metrics.items.observe_event(user, item)
             return
@@ -183,6 +206,10 @@ class Scoreboard:
         top = items[: self.k]
         c = self.chunk(pos)
         self.chunk_slots[c] += len(top)
+        self.slots += len(top)
+        seen = self.first_index.get(user)
+        if seen:
+            self.consumed_slots += sum(1 for i in top if seen.get(i, count + 1) <= count)
         self.chunk_tail_slots[c] += sum(1 for i in top if self.metrics.items.is_tail(i))
         self._take(self.metrics.observe_recommendation(user, count, items, arm))
 
@@ -205,6 +232,8 @@ class Scoreboard:
             "none_first_event": self.none_first, "none_later": self.none_later,
             "unattributed": am.unattributed, "tail_evaluated": q["tail_evaluated"],
             "bucket_counts": q["bucket_counts"], "lists": self.lists,
+            "consumed_share": self.consumed_slots / self.slots if self.slots else 0.0,
+            "consumed_slots": self.consumed_slots, "slots": self.slots,
         }
         if extra:
             metrics.update(extra)
@@ -216,12 +245,17 @@ class Scoreboard:
         return SystemResult(self.name, kind, param, metrics, chunks, exposure, seconds)
 
 
+#: Kinds that run on the batch model or the item text vectors (kept in the calling process: neither is sent
+#: to a worker process).
+_MODEL_KINDS = ("tailcast", "tailcast-novae", "transformer", "vae")
+
+
 def run_offline(
     stream: PreparedStream,
     specs: Sequence[SystemSpec],
     settings: Settings,
     *,
-    batch: int = 256,
+    batch: int = 1,
     warmup_events: int = 0,
     text_vectors=None,
     model=None,
@@ -231,60 +265,136 @@ def run_offline(
     sink_kinds: Sequence[str] = ("tailcast",),
     log: Callable[[str], None] = print,
     cores: Mapping[str, ScorerCore] | None = None,
+    workers: int = 1,
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
-    ``cores`` (system name -> :class:`ScorerCore`) replaces :func:`build_core` for those systems (tests
-    plug in recommenders whose lists they control).
+    ``batch=1`` is fresh pairing (DESIGN §5). ``cores`` (system name -> :class:`ScorerCore`) replaces
+    :func:`build_core` for those systems (tests plug in recommenders whose lists they control).
+    ``workers=2`` replays the systems that need neither the model nor the sink in a second process
+    (spawned), at the same time; results come back in ``specs`` order, the same as with ``workers=1``.
     """
+    if workers not in (1, 2):
+        raise ValueError(f"workers must be 1 or 2, got {workers}")
+    given = dict(cores or {})
+    here, there = list(specs), []
+    if workers == 2 and len(specs) > 1:
+        sink = tuple(sink_kinds) if lists_sink is not None else ()
+        pinned = [s for s in specs if s.kind in _MODEL_KINDS or s.kind in sink or s.name in given]
+        free = [s for s in specs if s not in pinned]
+        if not pinned:  # nothing tied to this process: halve the rest
+            pinned, free = free[: len(free) // 2], free[len(free) // 2:]
+        here, there = pinned, free
+    if not there:
+        return _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
+                       model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
+                       sink_kinds=sink_kinds, log=log, cores=given)
+    from concurrent.futures import ProcessPoolExecutor
+
+    log(f"  workers: {', '.join(s.name for s in here)} here; {', '.join(s.name for s in there)} in a second process")
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        future = pool.submit(_replay, stream, there, settings, batch=batch, warmup_events=warmup_events,
+                             n_chunks=n_chunks, progress_every=progress_every)
+        mine = _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
+                       model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
+                       sink_kinds=sink_kinds, log=log, cores=given)
+        theirs = future.result()
+    both = {**mine, **theirs}
+    return {s.name: both[s.name] for s in specs}
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One BLAS thread (and one torch thread) while replaying. A request's products are small (one user's
+    query against the catalogue at batch 1), where threads cost more than they save: measured on this
+    2-core machine under load, tailcast's content retrieval took 11 ms a request with OpenBLAS's 2
+    threads and 4 ms with 1. Each worker process has its own core, and every process replays with the
+    same single thread, so a system's numbers do not depend on how the systems are split."""
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
+@_one_thread()
+def _replay(
+    stream: PreparedStream,
+    specs: Sequence[SystemSpec],
+    settings: Settings,
+    *,
+    batch: int,
+    warmup_events: int,
+    text_vectors=None,
+    model=None,
+    n_chunks: int,
+    progress_every: int,
+    lists_sink: Callable[[Recommendation], None] | None = None,
+    sink_kinds: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    cores: Mapping[str, ScorerCore] | None = None,
+) -> dict[str, SystemResult]:
+    """:func:`run_offline` of ``specs`` in this process."""
     events, index = stream.events, stream.index
     n = len(events)
     k = settings.scorer.k
     given = dict(cores or {})
-    cores = {s.name: given.get(s.name) or build_core(s, settings, text_vectors=text_vectors, model=model)
-             for s in specs}
+    names = [s.name for s in specs]
+    cores = {name: given.get(name) or build_core(s, settings, text_vectors=text_vectors, model=model)
+             for name, s in zip(names, specs)}
     pos_of_user_count: dict[tuple[str, int], int] = {}  # shared by every scoreboard
-    boards = {s.name: Scoreboard(s.name, k, n, warmup=warmup_events, n_chunks=n_chunks, pos_of=pos_of_user_count)
-              for s in specs}
-    seconds = {s.name: 0.0 for s in specs}
-    learned = {s.name: 0 for s in specs}
-    scorer_stats = {s.name: {"coalesced": 0, "stale_skipped": 0} for s in specs}
+    first_index: dict[str, dict[str, int]] = {}  # likewise
+    boards = [Scoreboard(name, k, n, warmup=warmup_events, n_chunks=n_chunks, pos_of=pos_of_user_count,
+                         first_index=first_index) for name in names]
+    sinks = [lists_sink if lists_sink is not None and s.kind in sink_kinds else None for s in specs]
+    seconds = [0.0] * len(specs)
+    learned = [0] * len(specs)
+    coalesced = [0] * len(specs)
+    stale = [0] * len(specs)
+    steps = list(zip(range(len(specs)), [cores[name] for name in names], boards, sinks))
     started = time.perf_counter()
     next_report = progress_every
     for start, end, requests in micro_batches(events, settings, batch):
         for pos in range(start, end):
             e = events[pos]
-            pos_of_user_count[(e.user, index[pos])] = pos
-            for board in boards.values():
-                board.observe_event(pos, e.user, e.item, index[pos])
+            j = index[pos]
+            pos_of_user_count[(e.user, j)] = pos
+            for board in boards:
+                board.observe_event(pos, e.user, e.item, j)
         now = events[end - 1].ts
-        for spec in specs:
+        for s, core, board, sink in steps:
             t = time.perf_counter()
-            out = cores[spec.name].process(requests, now=now)
-            seconds[spec.name] += time.perf_counter() - t
-            learned[spec.name] += len(out.events)
-            scorer_stats[spec.name]["coalesced"] += out.coalesced
-            scorer_stats[spec.name]["stale_skipped"] += out.stale
-            board = boards[spec.name]
+            out = core.process(requests, now=now)
+            seconds[s] += time.perf_counter() - t
+            learned[s] += len(out.events)
+            coalesced[s] += out.coalesced
+            stale[s] += out.stale
             for rec in out.recommendations:
                 pos = pos_of_user_count[(rec.user_id, rec.user_event_count)]
                 board.observe_list(pos, rec.user_id, rec.user_event_count, [i.item_id for i in rec.items])
-                if lists_sink is not None and spec.kind in sink_kinds:
-                    lists_sink(rec)
+                if sink is not None:
+                    sink(rec)
         if progress_every and end >= next_report:
             next_report += progress_every
-            per = ", ".join(f"{name} {s:.0f}s" for name, s in seconds.items())
+            per = ", ".join(f"{name} {sec:.0f}s" for name, sec in zip(names, seconds))
             log(f"  {end}/{n} events ({100 * end / max(n, 1):.0f}%) in {time.perf_counter() - started:.0f}s; {per}")
     window_end = events[-1].ts if events else 0.0
     results = {}
-    for spec in specs:
-        extra = {"scorer_seconds": round(seconds[spec.name], 3), "learned_events": learned[spec.name],
-                 "micro_batch": batch, **scorer_stats[spec.name]}
+    for s, spec in enumerate(specs):
+        extra = {"scorer_seconds": round(seconds[s], 3), "learned_events": learned[s], "micro_batch": batch,
+                 "coalesced": coalesced[s], "stale_skipped": stale[s]}
         blender = getattr(getattr(cores[spec.name], "recommender", None), "blender", None)
         if blender is not None:  # online ROC AUC on click feedback, the blend and each single source
             extra.update({f"blender_auc_{name}": round(v, 4) for name, v in blender.auc().items()
                           if v == v})  # NaN: a source never scored an item with feedback
             extra["blender_window_examples"], extra["blender_window_clicks"] = blender.auc_counts()
-        results[spec.name] = boards[spec.name].finish(kind=spec.kind, param=spec.param, seconds=seconds[spec.name],
-                                                      window_end=window_end, extra=extra)
+        results[spec.name] = boards[s].finish(kind=spec.kind, param=spec.param, seconds=seconds[s],
+                                              window_end=window_end, extra=extra)
     return results

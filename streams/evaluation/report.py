@@ -3,7 +3,8 @@
 ``report.json`` is ``{system: {metric: value}}`` with the DESIGN §3/§4 names: ``hr``, ``ndcg``, ``tail_hr``,
 ``hr_by_bucket`` (nested, ``{"<=5": .., "6-20": .., ">20": ..}`` as in the ``longtail-metrics`` record),
 ``tail_share``, ``coverage``, ``gini``, ``aplt``, ``novelty``, ``k``, the pairing counts ``evaluated``,
-``exact``, ``stale``, ``none``, and extras (``bucket_counts``, ``tail_evaluated``, ``lists``, timings...).
+``exact``, ``stale``, ``none``, ``consumed_share`` (share of top-k slots holding an item the user had
+already consumed, DESIGN §7), and extras (``bucket_counts``, ``tail_evaluated``, ``lists``, timings...).
 Everything else about the run (command, dataset, settings, per-chunk series, the trade-off verdicts)
 goes to ``run.json``, so that ``report.json`` keeps exactly that shape.
 """
@@ -20,10 +21,16 @@ import numpy as np
 from online.exposure import lorenz_curve
 
 from .harness import SystemResult
+from .systems import BASELINE_KINDS, TAILBOOST_CURVES
 
-__all__ = ["write_report", "tradeoff_verdicts", "markdown_table", "BUCKETS"]
+__all__ = ["write_report", "tradeoff_verdicts", "markdown_table", "BUCKETS", "MAX_CONSUMED_SHARE", "QUALITY_RATIO"]
 
 BUCKETS = ("<=5", "6-20", ">20")
+#: DESIGN §7: tailcast at knob 0 has NDCG@10 >= this x the best single system.
+QUALITY_RATIO = 1.05
+#: DESIGN §7: at most this share of recommended slots are items the user already consumed.
+MAX_CONSUMED_SHARE = 0.005
+_TAILCAST_KINDS = ("tailcast", "tailcast-novae", "live")
 
 
 def _f(v: float) -> str:
@@ -32,8 +39,8 @@ def _f(v: float) -> str:
 
 def markdown_table(results: dict[str, SystemResult]) -> str:
     rows = ["| system | HR@10 | ±95% | NDCG@10 | tail HR@10 | HR@10 users ≤5 | HR@10 6-20 | HR@10 >20 | tail share | "
-            "coverage | Gini | APLT | novelty | evaluated | exact | stale | none |",
-            "|---|" + "---:|" * 16]
+            "coverage | Gini | APLT | novelty | consumed share | evaluated | exact | stale | none |",
+            "|---|" + "---:|" * 17]
     for name, r in results.items():
         m = r.metrics
         b = m.get("hr_by_bucket", {})
@@ -42,52 +49,76 @@ def markdown_table(results: dict[str, SystemResult]) -> str:
         rows.append(f"| {name} | {_f(m['hr'])} | {_f(ci)} | {_f(m['ndcg'])} | {_f(m['tail_hr'])} | "
                     + " | ".join(_f(b.get(x, float("nan"))) for x in BUCKETS)
                     + f" | {_f(m.get('tail_share'))} | {_f(m.get('coverage'))} | {_f(m.get('gini'))} | "
-                      f"{_f(m.get('aplt'))} | {_f(m.get('novelty'))} | {m.get('evaluated', '-')} | "
+                      f"{_f(m.get('aplt'))} | {_f(m.get('novelty'))} | {_f(m.get('consumed_share'))} | "
+                      f"{m.get('evaluated', '-')} | "
                       f"{m.get('exact', '-')} | {m.get('stale', '-')} | {m.get('none', '-')} |")
     return "\n".join(rows)
 
 
-def _curve(results: dict[str, SystemResult], kind: str, y: str) -> list[tuple[float, float, float, str]]:
+def _curve(results: dict[str, SystemResult], kinds: Sequence[str], y: str) -> list[tuple[float, float, float, str]]:
+    """(NDCG@10, y, knob, name) of the systems of ``kinds``, by knob (λ; the λ = 0 kind counts as 0)."""
     pts = [(r.metrics["ndcg"], r.metrics[y], r.param if r.param is not None else 0.0, name)
-           for name, r in results.items() if r.kind == kind or (kind == "tailboost" and r.kind == "itemcf")]
+           for name, r in results.items() if r.kind in kinds]
     return sorted(pts, key=lambda p: p[2])
 
 
-def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
-    """DESIGN §7: does tailcast's knob curve lie above TailBoost's λ curve, at every tailcast setting?
+def _against(curve: list[tuple[float, float, float, str]], ndcg: float, val: float) -> tuple[float, bool, str]:
+    """Where a (NDCG, y) point lies against a curve: (the curve's y at that NDCG, above it?, how)."""
+    curve = sorted(curve, key=lambda p: p[0])
+    xs = [p[0] for p in curve]
+    if xs[0] <= ndcg <= xs[-1]:
+        ref = float(np.interp(ndcg, xs, [p[1] for p in curve]))
+        return ref, val > ref, "interpolated"
+    end = curve[0] if ndcg < xs[0] else curve[-1]
+    return end[1], val > end[1] and ndcg > end[0], f"outside the curve's NDCG range; nearest end {end[3]}"
 
-    For each tailcast point (NDCG@10, y) with y = tail share or tail HR@10, TailBoost's curve (ItemCF =
-    λ 0 included, points sorted by NDCG) is linearly interpolated at the same NDCG; "above" if tailcast's
-    y is higher. A tailcast NDCG outside TailBoost's NDCG range is compared with the nearest end: above
-    it AND with a higher NDCG counts as dominating, anything else as "not above".
-    And: long-tail users' (``<=5`` bucket) HR@10 of the tailcast settings vs every baseline.
+
+def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
+    """The DESIGN §7 checks that one run can answer.
+
+    * ``tradeoff``: does tailcast's knob curve lie above each co-visitation TailBoost curve
+      (:data:`~streams.evaluation.systems.TAILBOOST_CURVES`: ItemCF's and CoVisit-raw's, λ = 0 included), at
+      every tailcast setting? For each tailcast point (NDCG@10, y), y = tail share or tail HR@10, the curve
+      (points sorted by NDCG) is linearly interpolated at the same NDCG; "above" if tailcast's y is
+      higher. A tailcast NDCG outside the curve's NDCG range is compared with the nearest end: above it
+      AND with a higher NDCG counts as dominating, anything else as "not above". The verdict per y is
+      over every curve the run has (a curve the run lacks is listed as missing).
+    * ``quality``: tailcast at knob 0 vs the best single system (every baseline kind: MostPop, ItemCF,
+      TailBoost, CoVisit-raw and its TailBoost, the Transformer, the Mult-VAE): NDCG@10 ratio >= 1.05.
+    * ``consumed``: each tailcast row's share of slots holding an item the user already consumed, <= 0.5%.
+    * ``long_tail_users``: long-tail users' (``<=5`` bucket) HR@10 of the tailcast settings vs every baseline.
     """
-    out: dict = {"tradeoff": {}, "long_tail_users": {}}
+    out: dict = {"tradeoff": {}, "quality": {}, "consumed": {}, "long_tail_users": {}}
     for y in ("tail_share", "tail_hr"):
-        tc = _curve(results, "tailcast", y)
-        tb = sorted(_curve(results, "tailboost", y), key=lambda p: p[0])
-        rows = []
-        for ndcg, val, param, name in tc:
-            if not tb:
-                rows.append({"system": name, "verdict": "no TailBoost curve"})
+        tc = _curve(results, ("tailcast",), y)
+        curves, missing = {}, []
+        for label, kinds in TAILBOOST_CURVES.items():
+            curve = _curve(results, kinds, y)
+            if not curve:
+                missing.append(label)
                 continue
-            xs = [p[0] for p in tb]
-            ys = [p[1] for p in tb]
-            if xs[0] <= ndcg <= xs[-1]:
-                ref = float(np.interp(ndcg, xs, ys))
-                above = val > ref
-                how = "interpolated"
-            else:
-                end = tb[0] if ndcg < xs[0] else tb[-1]
-                ref = end[1]
-                above = val > end[1] and ndcg > end[0]
-                how = f"outside TailBoost's NDCG range; nearest end {end[3]}"
-            rows.append({"system": name, "ndcg": ndcg, y: val, f"tailboost_{y}_at_same_ndcg": ref, "above": above,
-                         "how": how})
-        out["tradeoff"][y] = {"points": rows, "above_at_every_setting": bool(rows) and all(
-            r.get("above", False) for r in rows)}
+            rows = []
+            for ndcg, val, _param, name in tc:
+                ref, above, how = _against(curve, ndcg, val)
+                rows.append({"system": name, "ndcg": ndcg, y: val, "curve_at_same_ndcg": ref, "above": above,
+                             "how": how})
+            curves[label] = {"points": rows, "above_at_every_setting": bool(rows) and all(r["above"] for r in rows)}
+        out["tradeoff"][y] = {"curves": curves, "missing_curves": missing, "above_at_every_setting": bool(curves)
+                              and all(c["above_at_every_setting"] for c in curves.values())}
+    singles = {n: r.metrics["ndcg"] for n, r in results.items() if r.kind in BASELINE_KINDS}
+    knob0 = [(n, r) for n, r in results.items() if r.kind == "tailcast" and r.param == 0.0]
+    if singles and knob0:
+        best = max(singles, key=singles.__getitem__)
+        for name, r in knob0:
+            ratio = r.metrics["ndcg"] / singles[best] if singles[best] > 0 else math.inf
+            out["quality"][name] = {"ndcg": r.metrics["ndcg"], "best_single": best, "best_single_ndcg": singles[best],
+                                    "ratio": ratio, "meets": ratio >= QUALITY_RATIO}
+    for name, r in results.items():
+        if r.kind in _TAILCAST_KINDS and "consumed_share" in r.metrics:
+            share = r.metrics["consumed_share"]
+            out["consumed"][name] = {"consumed_share": share, "meets": share <= MAX_CONSUMED_SHARE}
     baselines = {n: r.metrics["hr_by_bucket"]["<=5"] for n, r in results.items()
-                 if r.kind not in ("tailcast", "live") and "hr_by_bucket" in r.metrics}
+                 if r.kind in BASELINE_KINDS and "hr_by_bucket" in r.metrics}
     for name, r in results.items():
         if r.kind in ("tailcast", "live") and "hr_by_bucket" in r.metrics:
             mine = r.metrics["hr_by_bucket"]["<=5"]
@@ -108,11 +139,11 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
     # 1. trade-off: tail share and tail HR vs NDCG, one curve per family
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, y, label in ((axes[0], "tail_share", "tail exposure share"), (axes[1], "tail_hr", "tail HR@10")):
-        for kind, style, lab in (("tailcast", "o-", "tailcast (re-ranking strength s)"),
-                                 ("tailboost", "s--", "co-visitation × (1 + λ·tail)")):
-            pts = _curve(results, kind, y)
-            if kind == "tailboost":
-                pts = sorted(pts, key=lambda p: p[2])
+        families = [(("tailcast",), "o-", "tailcast (re-ranking strength s)")]
+        families += [(kinds, style, f"{label}: score × (1 + λ·tail)")
+                     for (label, kinds), style in zip(TAILBOOST_CURVES.items(), ("s--", "D:"))]
+        for kinds, style, lab in families:
+            pts = _curve(results, kinds, y)
             if not pts:
                 continue
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=lab)
@@ -203,14 +234,23 @@ def write_report(out: Path, results: dict[str, SystemResult], *, command: str, t
     md += ["", markdown_table(results) if not loo else _loo_table(results), ""]
     if verdicts:
         md += ["## DESIGN §7 checks", ""]
+        for name, v in verdicts["quality"].items():
+            md.append(f"- {name} NDCG@10 {v['ndcg']:.4f} vs the best single system, {v['best_single']} "
+                      f"{v['best_single_ndcg']:.4f}: ratio {v['ratio']:.3f} >= {QUALITY_RATIO}: "
+                      f"**{'yes' if v['meets'] else 'no'}**")
         for y, v in verdicts["tradeoff"].items():
-            md.append(f"- tailcast's curve above TailBoost's ({y} at equal NDCG@10) at every setting: "
-                      f"**{'yes' if v['above_at_every_setting'] else 'no'}**")
-            for p in v["points"]:
-                if "above" in p:
-                    md.append(f"  - {p['system']}: NDCG {p['ndcg']:.4f}, {y} {p[y]:.4f} vs TailBoost "
-                              f"{p[f'tailboost_{y}_at_same_ndcg']:.4f} -> {'above' if p['above'] else 'NOT above'}"
-                              f" ({p['how']})")
+            names = " and ".join(v["curves"]) or "no TailBoost curve"
+            md.append(f"- tailcast's curve above {names} ({y} at equal NDCG@10) at every setting: "
+                      f"**{'yes' if v['above_at_every_setting'] else 'no'}**"
+                      + (f" (not in this run: {', '.join(v['missing_curves'])})" if v["missing_curves"] else ""))
+            for label, curve in v["curves"].items():
+                for p in curve["points"]:
+                    md.append(f"  - {p['system']}: NDCG {p['ndcg']:.4f}, {y} {p[y]:.4f} vs {label} "
+                              f"{p['curve_at_same_ndcg']:.4f} -> {'above' if p['above'] else 'NOT above'} "
+                              f"({p['how']})")
+        for name, v in verdicts["consumed"].items():
+            md.append(f"- {name}: {100 * v['consumed_share']:.2f}% of recommended slots are items the user already "
+                      f"consumed, <= {100 * MAX_CONSUMED_SHARE:g}%: **{'yes' if v['meets'] else 'no'}**")
         for name, v in verdicts["long_tail_users"].items():
             losers = [b for b, ok in v["vs"].items() if not ok]
             md.append(f"- long-tail users (<=5 prior events) HR@10 of {name} = {v['hr_<=5']:.4f}, above every "

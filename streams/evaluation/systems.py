@@ -13,23 +13,32 @@ same micro-batches, the same coalescing and the same pairing:
 * ``tailcast[s=…] no VAE``: the same, with the batch model's Mult-VAE source switched off (only when there
   is one), for the with/without comparison;
 * ``MostPop``: the most interacted items in the last ``TAILCAST_WINDOW_EVENTS`` events (:class:`WindowMostPop`);
-* ``ItemCF``: online item co-visitation (:class:`~online.covisit.CoVisitation`) alone, lists topped up with
-  MostPop when co-visitation has fewer than ``k`` candidates (a user's first list, rare items);
-* ``TailBoost[λ=…]``: the same co-visitation scores × (1 + λ·is_tail), re-sorted (λ = 0 is ``ItemCF``);
+* ``ItemCF``: online item co-visitation (:class:`~online.covisit.CoVisitation`, decayed, distance-weighted,
+  popularity-normalised) alone;
+* ``TailBoost[λ=…]``: the same co-visitation's top 100 re-sorted by score × (1 + λ·is_tail) (λ = 0:
+  ``ItemCF``);
+* ``CoVisit-raw``: the plain transition counter (:meth:`~online.covisit.CoVisitation.transitions`: counts of
+  ``j`` following ``h`` within 5 items, backward one half, score = sum of ``W[h_r][j] / r`` over the user's last
+  5 distinct items): DESIGN §5's raw transition co-visitation counter;
+* ``CoVisit-raw+TailBoost[λ=…]``: its top 100 re-sorted by score × (1 + λ·is_tail), the second TailBoost curve;
 * ``Transformer``: the checkpoint's top-k alone, no online models, no tail re-ranking;
 * ``Mult-VAE``: the checkpoint's Mult-VAE top-k alone, likewise (only when there is one).
 
-Head/tail for the baselines is :class:`WindowMostPop`'s window, the DESIGN §4 definition (top
-``head_share`` of active items by window count, ties by item id), i.e. the same split as tailcast's.
+Every baseline keeps each user's consumed items itself, from ``learn_one`` (it sees every event of the
+user: the whole history, not only the last ``history_len`` items a request carries), never recommends one of
+them, and tops its list up with window MostPop when its own source has fewer than ``k`` items.
+Head/tail for the baselines is :class:`~streams.evaluation.window.WindowPopularity`, the DESIGN §4
+definition (top ``head_share`` of active items by window count, ties by item id, exact after every event),
+i.e. the same split as tailcast's.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
-from collections import deque
+from array import array
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig
 from online.base import Candidate
@@ -37,14 +46,18 @@ from online.covisit import CoVisitation
 from streams.agents.scorer import ScorerCore
 from streams.config import Settings
 
-__all__ = ["SystemSpec", "PerUserRecommender", "WindowMostPop", "CoVisitBaseline", "TransformerOnly", "build_core", "tail_boost",
-           "tail_boost_impl", "default_systems"]
+from .window import WindowPopularity
+
+__all__ = ["SystemSpec", "KINDS", "BASELINE_KINDS", "TAILBOOST_CURVES", "PerUserRecommender", "WindowMostPop",
+           "CoVisitBaseline", "TransformerOnly", "build_core", "tail_boost", "tail_boost_impl", "default_systems"]
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class SystemSpec:
-    """One compared system: ``kind`` in tailcast/tailcast-novae/mostpop/itemcf/tailboost/transformer/vae,
-    ``param`` its knob."""
+    """One compared system: ``kind`` in :data:`KINDS`, ``param`` its knob (tailcast's re-ranking strength,
+    a TailBoost λ)."""
 
     kind: str
     param: float | None = None
@@ -57,7 +70,19 @@ class SystemSpec:
             return f"tailcast[s={self.param:.2f}] no VAE"
         if self.kind == "tailboost":
             return f"TailBoost[λ={self.param:g}]"
-        return {"mostpop": "MostPop", "itemcf": "ItemCF", "transformer": "Transformer", "vae": "Mult-VAE"}[self.kind]
+        if self.kind == "covisit-raw-boost":
+            return f"CoVisit-raw+TailBoost[λ={self.param:g}]"
+        return {"mostpop": "MostPop", "itemcf": "ItemCF", "covisit-raw": "CoVisit-raw", "transformer": "Transformer",
+                "vae": "Mult-VAE"}[self.kind]
+
+
+#: Every system kind; the baselines are all but the tailcast ones.
+KINDS = ("tailcast", "tailcast-novae", "mostpop", "itemcf", "tailboost", "covisit-raw", "covisit-raw-boost",
+         "transformer", "vae")
+BASELINE_KINDS = KINDS[2:]
+#: The co-visitation TailBoost curves of DESIGN §7: the λ = 0 kind and the λ > 0 kind of each.
+TAILBOOST_CURVES = {"TailBoost (ItemCF)": ("itemcf", "tailboost"),
+                    "TailBoost (CoVisit-raw)": ("covisit-raw", "covisit-raw-boost")}
 
 
 def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, transformer: bool,
@@ -67,6 +92,8 @@ def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, tran
         specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
     specs += [SystemSpec("mostpop"), SystemSpec("itemcf")]
     specs += [SystemSpec("tailboost", float(b)) for b in boosts if b > 0]
+    specs.append(SystemSpec("covisit-raw"))
+    specs += [SystemSpec("covisit-raw-boost", float(b)) for b in boosts if b > 0]
     if transformer:
         specs.append(SystemSpec("transformer"))
         if vae:
@@ -80,76 +107,75 @@ class PerUserRecommender:
     def recommend_many(self, users: Sequence[str], histories: Sequence[Sequence[str]],
                        user_event_counts: Sequence[int], *, arms: Sequence[str],
                        extras: Sequence[Mapping[str, Sequence[Candidate]] | None] | None = None,
-                       k: int | None = None, excludes=None) -> list[list[Candidate]]:
+                       k: int | None = None, excludes=None, consumed=None) -> list[list[Candidate]]:
+        # ``consumed`` (the requests' hashes of the users' consumed items) is not needed: the baselines keep
+        # each user's consumed items themselves, exactly, from learn_one
         extras = extras if extras is not None else [None] * len(users)
         return [self.recommend(u, h, c, arm=a, extra=x)
                 for u, h, c, a, x in zip(users, histories, user_event_counts, arms, extras)]
 
 
-class WindowMostPop(PerUserRecommender):
-    """Counts over the last ``window_events`` events; top-k by count (ties by id) and the §4 head/tail split.
+class _Baseline(PerUserRecommender):
+    """What every baseline shares: each user's consumed items and the window's popularity.
 
-    The ranking and the head set are recomputed lazily, on the first read after new events: once per
-    micro-batch, since the scorer learns a whole batch before it recommends.
+    ``learn_one`` records the event in both (the scorer calls it for every event of every user, before it
+    scores the micro-batch), then hands it to :meth:`_learn`.
+    """
+
+    def __init__(self, *, k: int, window_events: int, head_share: float) -> None:
+        self.k = k
+        self.pop = WindowPopularity(window_events=window_events, head_share=head_share)
+        self._consumed: dict[str, set[str]] = {}
+
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
+        seen = self._consumed.get(user)
+        if seen is None:
+            seen = self._consumed[user] = set()
+        first = item not in seen
+        seen.add(item)
+        self.pop.observe(item)
+        self._learn(user, item, ts, history, first)
+
+    def _learn(self, user: str, item: str, ts: float, history: Sequence[str], first: bool) -> None:
+        """The baseline's own model, if any (``first``: the user's first event of ``item``)."""
+
+    def consumed(self, user: str, history: Sequence[str] = ()) -> Collection[str]:
+        """Every item ``user`` consumed (exact: every event learned), and the request's ``history``."""
+        seen = self._consumed.get(user, _NOTHING)
+        if all(h in seen for h in history):
+            return seen
+        return seen.union(history)  # a history that was not learned here (tests, a replayed state)
+
+    def is_tail(self, item: str) -> bool:
+        return self.pop.is_tail(item)
+
+    def _top_up(self, shown: list[Candidate], banned: Collection[str]) -> list[Candidate]:
+        """``shown`` filled up to ``k`` with window MostPop items that are neither banned nor shown."""
+        if len(shown) < self.k:
+            taken = {c.item for c in shown}
+            shown += [Candidate(item, float(c), "popularity")
+                      for item, c in self.pop.top(self.k - len(shown), banned, taken)]
+        return shown
+
+
+class WindowMostPop(_Baseline):
+    """MostPop: the top-k of the last ``window_events`` events by count (ties by id) the user never consumed.
 
     >>> pop = WindowMostPop(window_events=5, head_share=0.4, k=2)
     >>> for item in "aabcd":
     ...     pop.learn_one("u", item, 0.0, [])
-    >>> [c.item for c in pop.recommend("u", ["a"], 1, arm="x")], pop.is_tail("a"), pop.is_tail("b")
-    (['b', 'c'], False, True)
+    >>> pop.learn_one("v", "c", 0.0, [])              # evicts the first "a"
+    >>> [c.item for c in pop.recommend("v", ["c"], 1, arm="x")], pop.is_tail("a"), pop.is_tail("b")
+    (['a', 'b'], True, True)
+    >>> [c.item for c in pop.recommend("u", ["d"], 5, arm="x")]     # u consumed every item
+    []
     """
 
     name = "mostpop"
 
-    def __init__(self, *, window_events: int, head_share: float = 0.2, k: int = 10, history_len: int = 50) -> None:
-        self.window_events = window_events
-        self.head_share = head_share
-        self.k = k
-        self._keep = k + history_len + 1  # enough for any exclusion of a bounded history
-        self._events: deque[str] = deque()
-        self._counts: dict[str, int] = {}
-        self._dirty = True
-        self._top: list[str] = []
-        self._head: frozenset[str] = frozenset()
-
-    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
-        counts = self._counts
-        self._events.append(item)
-        counts[item] = counts.get(item, 0) + 1
-        if len(self._events) > self.window_events:
-            old = self._events.popleft()
-            if counts[old] == 1:
-                del counts[old]
-            else:
-                counts[old] -= 1
-        self._dirty = True
-
-    def _refresh(self) -> None:
-        if not self._dirty:
-            return
-        n_head = math.floor(self.head_share * len(self._counts) + 1e-9)
-        ranked = heapq.nsmallest(max(self._keep, n_head), self._counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        self._top = [item for item, _ in ranked[: self._keep]]
-        self._head = frozenset(item for item, _ in ranked[:n_head])
-        self._dirty = False
-
-    def is_tail(self, item: str) -> bool:
-        self._refresh()
-        return item not in self._head
-
-    def top(self, k: int, banned: Collection[str]) -> list[Candidate]:
-        self._refresh()
-        out = []
-        for item in self._top:
-            if item not in banned:
-                out.append(Candidate(item, float(self._counts[item]), "popularity"))
-                if len(out) >= k:
-                    break
-        return out
-
     def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
                   extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
-        return self.top(self.k, set(history))
+        return self._top_up([], self.consumed(user, history))
 
 
 def tail_boost_impl() -> str:
@@ -190,56 +216,97 @@ def tail_boost(strength: float, k: int = 10) -> Callable[[list[Candidate], Calla
     return rerank
 
 
-class CoVisitBaseline(PerUserRecommender):
-    """Online item-CF (co-visitation), optionally with a tail boost, topped up with window MostPop."""
+class _RankedCoVisitation(CoVisitation):
+    """:class:`CoVisitation` with the read the baselines need: the top ``n`` items and scores, the anchors
+    only for the few items shown (``CoVisitation.recommend`` computes the anchor of every candidate it
+    returns, one pass over the terms each: 17 µs a candidate, most of a TailBoost list's cost at 100
+    candidates). Scores, order and ties are those of :meth:`CoVisitation.top`.
+
+    It also keeps each user's consumed items as this model's indices (:meth:`consumed_by`), so that
+    banning a long history costs no lookup per item and request (the lookups took a sixth of ItemCF's
+    time on ml-latest-small, whose users consumed 300 items on average when they made a request).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._banned_of: dict[str, array] = {}
+
+    def consumed_by(self, user: str, item: str) -> None:
+        """``user`` consumed ``item`` (once per item, after learning it): :meth:`ranked` never returns it."""
+        self._banned_of.setdefault(user, array("q")).append(self._index.get(item))
+
+    def ranked(self, user: str, history: Sequence[str], n: int
+               ) -> tuple[list[str], list[float], Callable[[Sequence[int]], list[str]]]:
+        """``(items, scores, anchors_of)``, best first, none of them in ``history`` or consumed by ``user``;
+        ``anchors_of(ranks)`` names the anchors of the items at those ranks."""
+        index = self._index
+        ban = index.indices(history)
+        consumed = self._banned_of.get(user)
+        if consumed:
+            ban = np.concatenate([ban, np.frombuffer(consumed, dtype=np.int64)])  # a copy: no view outlives this
+        idx, scores, anchors = self.top(*self._anchors(history), n, ban)
+        names = index.names
+        return ([names[j] for j in idx.tolist()], scores.tolist(),
+                lambda ranks: [names[a] for a in anchors.take(list(ranks))])
+
+
+class CoVisitBaseline(_Baseline):
+    """Co-visitation (ItemCF: the decayed, normalised :class:`CoVisitation`; CoVisit-raw: its
+    :meth:`~CoVisitation.transitions` counter) alone, or its top ``n_candidates`` re-sorted by
+    score × (1 + λ·is_tail) (TailBoost, λ = ``boost`` > 0); topped up with window MostPop."""
 
     def __init__(self, *, boost: float, k: int, n_candidates: int, window_events: int, head_share: float,
-                 history_len: int) -> None:
-        self.k = k
+                 raw: bool = False) -> None:
+        super().__init__(k=k, window_events=window_events, head_share=head_share)
         self.n_candidates = n_candidates
-        self.covisit = CoVisitation()
-        self.pop = WindowMostPop(window_events=window_events, head_share=head_share, k=k, history_len=history_len)
+        self.covisit = _RankedCoVisitation.transitions() if raw else _RankedCoVisitation()
         self.boost = boost
         self._rerank = tail_boost(boost, k) if boost > 0 else None
 
-    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
+    def _learn(self, user: str, item: str, ts: float, history: Sequence[str], first: bool) -> None:
         self.covisit.learn_one(user, item, ts, history)
-        self.pop.learn_one(user, item, ts, history)
+        if first:
+            self.covisit.consumed_by(user, item)
 
     def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
                   extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
-        cands = self.covisit.recommend(user, history, self.n_candidates) if history else []
-        if self._rerank is not None and cands:
-            cands = self._rerank(cands, self.pop.is_tail)
-        shown = list(cands[: self.k])
-        if len(shown) < self.k:
-            banned = set(history)
-            banned.update(c.item for c in shown)
-            shown += self.pop.top(self.k - len(shown), banned)
-        return shown
+        banned = self.consumed(user, history)
+        shown: list[Candidate] = []
+        if history:
+            # without a re-ranker the top k of the top n_candidates is the top k
+            n = self.n_candidates if self._rerank is not None else self.k
+            items, scores, anchors_of = self.covisit.ranked(user, history, n)
+            source = self.covisit.name
+            cands = [Candidate(i, s, source) for i, s in zip(items, scores)]
+            if self._rerank is not None and cands:
+                rank = {c.item: r for r, c in enumerate(cands)}
+                cands = self._rerank(cands, self.pop.is_tail)[: self.k]
+                anchors = anchors_of([rank[c.item] for c in cands])
+            else:
+                cands = cands[: self.k]
+                anchors = anchors_of(range(len(cands)))
+            shown = [Candidate(c.item, c.score, source, anchor=a) for c, a in zip(cands, anchors)]
+        return self._top_up(shown, banned)
 
 
-class TransformerOnly(PerUserRecommender):
+class TransformerOnly(_Baseline):
     """The checkpoint's top-k of one batch source (the scorer passes it as ``extra[source]``; ``"transformer"``
-    or ``"vae"``), topped up with MostPop when it has fewer than ``k``."""
+    or ``"vae"``) minus the user's consumed items, topped up with MostPop when it has fewer than ``k``."""
 
-    def __init__(self, *, k: int, window_events: int, head_share: float, history_len: int,
-                 source: str = "transformer") -> None:
-        self.k = k
-        self.source = source
-        self.pop = WindowMostPop(window_events=window_events, head_share=head_share, k=k, history_len=history_len)
-
-    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
-        self.pop.learn_one(user, item, ts, history)  # the Transformer itself is frozen between refreshes
+    def __init__(self, *, k: int, window_events: int, head_share: float, source: str = "transformer") -> None:
+        super().__init__(k=k, window_events=window_events, head_share=head_share)
+        self.source = source  # the model itself is frozen between refreshes: nothing to learn here
 
     def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
                   extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
-        banned = set(history)
-        shown = [c for c in (extra or {}).get(self.source, []) if c.item not in banned][: self.k]
-        if len(shown) < self.k:
-            banned.update(c.item for c in shown)
-            shown += self.pop.top(self.k - len(shown), banned)
-        return shown
+        banned = self.consumed(user, history)
+        shown = []
+        for c in (extra or {}).get(self.source, ()):
+            if c.item not in banned:
+                shown.append(c)
+                if len(shown) >= self.k:
+                    break
+        return self._top_up(shown, banned)
 
 
 def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model=None) -> ScorerCore:
@@ -255,8 +322,7 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
     tailcast = spec.kind in ("tailcast", "tailcast-novae")
     arm = ArmConfig(spec.name, 1.0, float(spec.param) if tailcast else 0.0)
     arms = ArmAssigner.from_configs([arm])
-    common = {"k": k, "window_events": lt.window_events, "head_share": lt.head_share,
-              "history_len": settings.worker.history_len}
+    common = {"k": k, "window_events": lt.window_events, "head_share": lt.head_share}
     if tailcast:
         forced = replace(settings, scorer=replace(settings.scorer, arms=(arm,)))
         dim = text_vectors[1].shape[1] if text_vectors is not None else 8
@@ -266,10 +332,12 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
         version = "online"
     elif spec.kind == "mostpop":
         recommender, version = WindowMostPop(**common), "baseline-mostpop"
-    elif spec.kind in ("itemcf", "tailboost"):
-        boost = float(spec.param or 0.0) if spec.kind == "tailboost" else 0.0
-        recommender = CoVisitBaseline(boost=boost, n_candidates=100, **common)
-        version = "baseline-itemcf" if boost == 0 else f"baseline-tailboost-{boost:g}"
+    elif spec.kind in ("itemcf", "tailboost", "covisit-raw", "covisit-raw-boost"):
+        boost = float(spec.param or 0.0) if spec.kind in ("tailboost", "covisit-raw-boost") else 0.0
+        raw = spec.kind.startswith("covisit-raw")
+        recommender = CoVisitBaseline(boost=boost, n_candidates=100, raw=raw, **common)
+        version = ("baseline-covisit-raw" if raw else "baseline-itemcf") if not boost else \
+            f"baseline-{'covisit-raw-' if raw else ''}tailboost-{boost:g}"
     elif spec.kind in ("transformer", "vae"):
         if model is None:
             raise ValueError(f"the {spec.name} system needs a model (--checkpoint or --train-transformer)")

@@ -23,7 +23,7 @@ from streams.evaluate import add_arguments, run_evaluate
 from streams.evaluation import harness as harness_mod
 from streams.evaluation import systems as systems_mod
 from streams.evaluation.harness import SystemResult, prepare_events, run_offline
-from streams.evaluation.report import tradeoff_verdicts
+from streams.evaluation.report import tradeoff_verdicts, write_report
 from streams.evaluation.systems import PerUserRecommender, SystemSpec, WindowMostPop, build_core, default_systems
 
 SETTINGS = load_settings({"TAILCAST_TEXT_ENCODER": "hashing"})
@@ -119,9 +119,13 @@ def offline_results(synthetic_stream):
     return run_offline(synthetic_stream, specs, SETTINGS, batch=32, progress_every=0)
 
 
+SYSTEMS = {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "ItemCF", "TailBoost[λ=1]", "CoVisit-raw",
+           "CoVisit-raw+TailBoost[λ=1]"}
+
+
 def test_every_event_evaluated_exactly_once(synthetic_stream, offline_results):
     n = len(synthetic_stream.events)
-    assert set(offline_results) == {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "ItemCF", "TailBoost[λ=1]"}
+    assert set(offline_results) == SYSTEMS
     for name, r in offline_results.items():
         m = r.metrics
         assert m["evaluated"] == n, name
@@ -167,25 +171,69 @@ def test_tailcast_system_is_the_live_recommender_with_one_forced_arm():
 
 def test_tail_boost_and_window_mostpop_doctests():
     assert doctest.testmod(systems_mod).failed == 0
-    pop = WindowMostPop(window_events=3, k=2)
+    pop = WindowMostPop(window_events=3, k=2, head_share=0.2)
     for item in "abbc":            # window keeps b b c
         pop.learn_one("u", item, 0.0, [])
-    assert [c.item for c in pop.recommend("u", [], 0, arm="x")] == ["b", "c"]
+    assert [c.item for c in pop.recommend("v", [], 0, arm="x")] == ["b", "c"]
+    assert [c.item for c in pop.recommend("u", [], 4, arm="x")] == []     # u consumed a, b and c
 
 
-def test_tradeoff_verdicts_interpolate_tailboost():
-    def r(name, kind, param, ndcg, tail):
-        return SystemResult(name, kind, param, {"ndcg": ndcg, "tail_share": tail, "tail_hr": tail,
-                                                "hr_by_bucket": {"<=5": tail}}, [], [])
-    res = {"a": r("a", "tailcast", 0.0, 0.15, 0.5), "b": r("b", "tailcast", 0.5, 0.10, 0.3),
-           "cf": r("cf", "itemcf", None, 0.20, 0.2), "tb": r("tb", "tailboost", 2.0, 0.10, 0.6)}
+def _result(name, kind, param, ndcg, tail, **extra):
+    return SystemResult(name, kind, param, {"hr": ndcg, "ndcg": ndcg, "tail_share": tail, "tail_hr": tail,
+                                            "hr_by_bucket": {"<=5": tail}, **extra}, [], [])
+
+
+def test_tradeoff_verdicts_interpolate_each_tailboost_curve():
+    res = {"a": _result("a", "tailcast", 0.0, 0.15, 0.5), "b": _result("b", "tailcast", 0.5, 0.10, 0.3),
+           "cf": _result("cf", "itemcf", None, 0.20, 0.2), "tb": _result("tb", "tailboost", 2.0, 0.10, 0.6),
+           "raw": _result("raw", "covisit-raw", None, 0.12, 0.1),
+           "rawtb": _result("rawtb", "covisit-raw-boost", 1.0, 0.08, 0.2)}
     v = tradeoff_verdicts(res)["tradeoff"]["tail_share"]
-    a, b = v["points"]
-    assert a["tailboost_tail_share_at_same_ndcg"] == pytest.approx(0.4) and a["above"]   # midway 0.2 -> 0.6
-    assert b["tailboost_tail_share_at_same_ndcg"] == pytest.approx(0.6) and not b["above"]
-    assert not v["above_at_every_setting"]
+    assert set(v["curves"]) == {"TailBoost (ItemCF)", "TailBoost (CoVisit-raw)"} and v["missing_curves"] == []
+    a, b = v["curves"]["TailBoost (ItemCF)"]["points"]
+    assert a["curve_at_same_ndcg"] == pytest.approx(0.4) and a["above"]   # midway 0.2 -> 0.6
+    assert b["curve_at_same_ndcg"] == pytest.approx(0.6) and not b["above"]
+    a, b = v["curves"]["TailBoost (CoVisit-raw)"]["points"]
+    assert a["above"] and "nearest end raw" in a["how"]     # beyond the curve: higher NDCG and tail share
+    assert b["curve_at_same_ndcg"] == pytest.approx(0.15) and b["above"]   # between 0.08 -> 0.2 and 0.12 -> 0.1
+    assert v["curves"]["TailBoost (CoVisit-raw)"]["above_at_every_setting"]
+    assert not v["above_at_every_setting"]     # not above ItemCF's curve at b
     lt = tradeoff_verdicts(res)["long_tail_users"]
-    assert lt["a"]["vs"] == {"cf": True, "tb": False}
+    assert lt["a"]["vs"] == {"cf": True, "tb": False, "raw": True, "rawtb": True}
+    # without CoVisit-raw rows, the check says so
+    only_cf = {n: r for n, r in res.items() if not n.startswith("raw")}
+    assert tradeoff_verdicts(only_cf)["tradeoff"]["tail_hr"]["missing_curves"] == ["TailBoost (CoVisit-raw)"]
+
+
+def test_quality_check_takes_the_best_single_system_and_consumed_share_the_limit():
+    res = {"a": _result("a", "tailcast", 0.0, 0.25, 0.5, consumed_share=0.004),
+           "b": _result("b", "tailcast", 0.5, 0.10, 0.3, consumed_share=0.01),
+           "pop": _result("pop", "mostpop", None, 0.05, 0.0), "cf": _result("cf", "itemcf", None, 0.19, 0.2),
+           "raw": _result("raw", "covisit-raw", None, 0.20, 0.1),
+           "nv": _result("nv", "tailcast-novae", 0.0, 0.3, 0.1, consumed_share=0.0)}
+    v = tradeoff_verdicts(res)
+    assert list(v["quality"]) == ["a"]     # knob 0 only; the "no VAE" row is not a single system
+    q = v["quality"]["a"]
+    assert q["best_single"] == "raw" and q["ratio"] == pytest.approx(1.25) and q["meets"]
+    assert {n: c["meets"] for n, c in v["consumed"].items()} == {"a": True, "b": False, "nv": True}
+
+
+def test_report_checks_name_both_tailboost_curves(tmp_path):
+    res = {"tailcast[s=0.00]": _result("tailcast[s=0.00]", "tailcast", 0.0, 0.15, 0.5, consumed_share=0.0),
+           "ItemCF": _result("ItemCF", "itemcf", None, 0.20, 0.2),
+           "TailBoost[λ=2]": _result("TailBoost[λ=2]", "tailboost", 2.0, 0.10, 0.6),
+           "CoVisit-raw": _result("CoVisit-raw", "covisit-raw", None, 0.12, 0.1),
+           "CoVisit-raw+TailBoost[λ=1]": _result("CoVisit-raw+TailBoost[λ=1]", "covisit-raw-boost", 1.0, 0.08, 0.2)}
+    write_report(tmp_path, res, command="test", title="t", plots=False)
+    md = (tmp_path / "report.md").read_text()
+    for y in ("tail_share", "tail_hr"):
+        assert (f"- tailcast's curve above TailBoost (ItemCF) and TailBoost (CoVisit-raw) ({y} at equal NDCG@10) "
+                "at every setting: **yes**") in md
+    assert "vs TailBoost (ItemCF) 0.4000 -> above" in md and "vs TailBoost (CoVisit-raw) 0.1000 -> above" in md
+    assert "vs the best single system, ItemCF 0.2000: ratio 0.750 >= 1.05: **no**" in md
+    assert "0.00% of recommended slots are items the user already consumed, <= 0.5%: **yes**" in md
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert set(run["verdicts"]["tradeoff"]["tail_hr"]["curves"]) == {"TailBoost (ItemCF)", "TailBoost (CoVisit-raw)"}
 
 
 def _csv(path: Path, n_events: int = 400) -> Path:
@@ -199,7 +247,8 @@ def _args(dataset: Path, out: Path, **extra) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     add_arguments(p, base=True)
     argv = ["--dataset", str(dataset), "--out", str(out), "--mode", extra.pop("mode", "offline"),
-            "--strengths", "0,0.5", "--boosts", "1", "--batch", "32", "--chunks", "4"]
+            "--strengths", "0,0.5", "--boosts", "1", "--batch", str(extra.pop("batch", 32)), "--chunks", "4",
+            "--workers", str(extra.pop("workers", 1))]
     for k, v in extra.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     args = p.parse_args(argv)
@@ -211,15 +260,19 @@ def test_report_files_are_written(tmp_path):
     out = tmp_path / "out"
     assert run_evaluate(SETTINGS, _args(_csv(tmp_path / "d.csv"), out)) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "ItemCF", "TailBoost[λ=1]"}
+    assert set(report) == SYSTEMS
     for m in report.values():
         for key in ("hr", "ndcg", "tail_hr", "hr_by_bucket", "tail_share", "coverage", "gini", "aplt", "novelty",
-                    "k", "evaluated", "exact", "stale", "none"):
+                    "k", "evaluated", "exact", "stale", "none", "consumed_share"):
             assert key in m
         assert set(m["hr_by_bucket"]) == {"<=5", "6-20", ">20"} and m["k"] == 10
         assert m["evaluated"] == 400
     md = (out / "report.md").read_text()
     assert "tailcast evaluate --dataset data.csv (test)" in md and "| tailcast[s=0.50] |" in md
+    assert "| consumed share |" in md and "| CoVisit-raw+TailBoost[λ=1] |" in md
+    assert "above TailBoost (ItemCF) and TailBoost (CoVisit-raw) (tail_hr at equal NDCG@10)" in md
+    for name in SYSTEMS - {"tailcast[s=0.00]", "tailcast[s=0.50]"}:
+        assert report[name]["consumed_share"] == 0.0, name    # the baselines never repeat a consumed item
     assert "Transformer without tail re-ranking: SKIPPED" in md
     for name in ("tailcast[s=0.00]", "tailcast[s=0.50]"):  # the blender's AUC says how many clicks it rests on
         m = report[name]
