@@ -12,7 +12,11 @@ Modes (DESIGN §5):
   for every user at each re-ranking strength of ``--strengths`` (the knob sweep), MostPop over the window,
   online item-CF (co-visitation) and co-visitation × (1 + λ·is_tail) at each λ of ``--boosts``, the raw
   transition counter (CoVisit-raw) and its own × (1 + λ·is_tail) curve, and the Transformer alone when a
-  model is given (``--checkpoint``) or trained here on the warm-up part (``--train-transformer``). The
+  model is given (``--checkpoint``) or trained here (``--train-transformer``), with tailcast without any
+  batch model beside it (``tailcast[s] online only``). A model trained here is either trained once on the
+  warm-up part and frozen, or, with ``--refresh-every N``, retrained every N events on all events so far
+  and swapped into every system that serves it, as the trainer and scorer do (DESIGN §5 "as deployed";
+  the first model serves from event N, the events before it are served by the online models). The
   baselines never recommend an item the user consumed (any earlier event, not only the last 50).
   ``--workers 2`` (the default) replays the baselines in a second process beside tailcast.
 * ``live``: embedded broker (unless ``TAILCAST_KAFKA`` is set), ``tailcast worker`` and ``tailcast scorer``
@@ -57,7 +61,8 @@ DEFAULT_BOOSTS = "0.5,1,2,4"
 #: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
 #: ``tailcast evaluate`` works whether or not its parser has them).
 _EXTRA = {"batch": None, "workers": 2, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
-          "train_transformer": 0.0, "train_vae": 0.0, "augment_cap": 0, "augment_weight": 0.5,
+          "train_transformer": 0.0, "train_vae": 0.0, "refresh_every": 0, "refresh_from_scratch": False,
+          "augment_cap": 0, "augment_weight": 0.5,
           "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
           "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
 
@@ -87,6 +92,14 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--train-vae", type=float, default=0.0, metavar="SECONDS",
                    help="with --train-transformer: also train a Mult-VAE for this many seconds and serve it as the "
                         "vae source; adds 'tailcast[s] no VAE' and 'Mult-VAE' rows (loo: a Mult-VAE row)")
+    p.add_argument("--refresh-every", type=int, default=0, metavar="N",
+                   help="offline, with --train-transformer: retrain the Transformer (and the Mult-VAE with "
+                        "--train-vae) every N events on all events so far, each with those budgets, and swap it "
+                        "into every system that serves it (as deployed: DESIGN §5); 0 = train once on the warm-up "
+                        "part and freeze it. Warm-up defaults to 0 here")
+    p.add_argument("--refresh-from-scratch", action="store_true",
+                   help="with --refresh-every: train each refresh's Transformer from scratch, as the trainer does "
+                        "(default: warm-start it from the previous refresh)")
     p.add_argument("--augment-cap", type=int, default=0, metavar="N",
                    help="offline/live with --train-vae: train the Transformer with up to N Mult-VAE items prepended "
                         "to each user with <= 5 events (models.augment); 0 = off")
@@ -174,6 +187,10 @@ def _code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def _ndcg(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def _pairing_line(name: str, m: dict) -> str:
     return (f"  {name}: evaluated {m['evaluated']} events: exact {m['exact']}, stale {m['stale']} (coalesced: the "
             f"user's previous event fell in the same micro-batch), none {m['none']} ({m['none_first_event']} first "
@@ -212,9 +229,17 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     workers = int(_opt(args, "workers"))
     if workers not in (1, 2):
         raise SystemExit(f"tailcast evaluate: --workers must be 1 or 2, got {workers}")
+    train_s = float(_opt(args, "train_transformer"))
+    refresh_every = int(_opt(args, "refresh_every"))
+    if refresh_every < 0:
+        raise SystemExit(f"tailcast evaluate: --refresh-every must be >= 0, got {refresh_every}")
+    if refresh_every and mode != "offline":
+        raise SystemExit("tailcast evaluate: --refresh-every is for --mode offline")
+    if refresh_every and (_opt(args, "checkpoint") or train_s <= 0):
+        raise SystemExit("tailcast evaluate: --refresh-every trains its own models: give --train-transformer "
+                         "SECONDS (the budget of each refresh) and no --checkpoint")
     strengths = _floats(_opt(args, "strengths"))
     boosts = _floats(_opt(args, "boosts"))
-    train_s = float(_opt(args, "train_transformer"))
     device = _opt(args, "device")
     notes = [f"dataset {args.dataset}: {n} events, {n_users} users, {ds.n_items} items"
              + (f", limited to the first {args.limit} events in time order" if args.limit else ""),
@@ -247,14 +272,49 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         log((out / "report.md").read_text())
         return 0
 
-    # the Transformer: a given checkpoint, or one trained on the warm-up part, or none
+    # the Transformer: a given checkpoint, or one trained on the warm-up part, or one refreshed every N events
     model = None
+    refresher = None
     warmup = _opt(args, "warmup")
-    if _opt(args, "checkpoint"):
+    if refresh_every:
+        from .evaluation.transformer import Refresher
+
+        refresher = Refresher(seconds=train_s, vae_seconds=float(_opt(args, "train_vae")), seed=seed, device=device,
+                              augment_cap=int(_opt(args, "augment_cap")),
+                              augment_weight=float(_opt(args, "augment_weight")),
+                              warm_start=not _opt(args, "refresh_from_scratch"), log_line=log)
+        if refresher.augment_cap and refresher.vae_seconds <= 0:
+            raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
+        points, due = [], refresh_every  # the harness's schedule: the first micro-batch start at or after kN
+        while (at := -(-due // batch) * batch) < n:
+            points.append(at)
+            due = (at // refresh_every + 1) * refresh_every
+        notes.append(f"batch models AS DEPLOYED (--refresh-every {refresh_every}): the Transformer"
+                     + (" and the Mult-VAE are" if refresher.vae_seconds > 0 else " is")
+                     + f" retrained at events {', '.join(map(str, points)) or '(none: the stream is shorter)'} "
+                     f"on ALL events before that point (budget {train_s:g}s"
+                     + (f" + {refresher.vae_seconds:g}s Mult-VAE" if refresher.vae_seconds > 0 else "")
+                     + " each; same configuration as the frozen mode) and swapped into tailcast, 'no VAE', "
+                     "Transformer and Mult-VAE between micro-batches, then every active user is re-scored "
+                     "(ScorerCore.swap_model + rescore_active, as the live scorer); a model never trains on an "
+                     "event at or after the point where it starts serving. Before the first refresh these "
+                     "systems serve without a batch model (the Transformer and Mult-VAE rows: the MostPop top-up). "
+                     + ("Each Transformer is trained from scratch, as the trainer does" if not refresher.warm_start
+                        else "The Transformer is warm-started from the previous refresh (the previous vocabulary "
+                        "is the new one's prefix; new items' rows fresh); the Mult-VAE is trained from scratch each "
+                        "time; the live trainer trains both from scratch"))
+        if refresher.augment_cap:
+            notes.append(f"each refresh's Transformer trained on sequences augmented from that refresh's Mult-VAE: "
+                         f"up to {refresher.augment_cap} items per user with <= 5 events, weight "
+                         f"{refresher.augment_weight}")
+        meta["batch_models"] = f"refreshed every {refresh_every} events (as deployed)"
+        meta["refresh_every"] = refresh_every
+    elif _opt(args, "checkpoint"):
         from .evaluation.transformer import load_model
 
         model = load_model(_opt(args, "checkpoint"), device=device, quantize=settings.scorer.quantize)
         notes.append(f"Transformer: checkpoint {_opt(args, 'checkpoint')} (version {model.version}), frozen for the run")
+        meta["batch_models"] = "checkpoint (frozen)"
     elif train_s > 0:
         from .evaluation.transformer import train_quick
 
@@ -265,10 +325,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                               augment_cap=int(_opt(args, "augment_cap")),
                               augment_weight=float(_opt(args, "augment_weight")), log_line=log)
         model = trained.scorer
-        notes.append(f"Transformer: trained here on the first {len(head)} events (the warm-up, not scored), "
-                     f"{trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
+        notes.append(f"batch models FROZEN: Transformer trained here on the first {len(head)} events (the warm-up, "
+                     f"not scored), {trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
                      f"{trained.valid_ndcg}, {trained.seconds:.0f}s; frozen afterwards (items first seen later are "
-                     "unknown to it)")
+                     "unknown to it; --refresh-every N evaluates them as deployed)")
+        meta["batch_models"] = "trained on the warm-up (frozen)"
         if trained.vae_epochs:
             notes.append(f"Mult-VAE: trained on the same warm-up split, {trained.vae_epochs} epochs, best validation "
                          f"NDCG@10 {trained.vae_valid_ndcg}; served as the `vae` candidate source of tailcast "
@@ -287,10 +348,12 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         notes.append(f"warm-up: the first {warmup_events} events ({100 * warmup:.0f}%) train every system and are "
                      f"not scored; metrics are over the last {n - warmup_events} events")
     meta["warmup_events"] = warmup_events
-    specs = default_systems(strengths, boosts, transformer=model is not None,
-                            vae=getattr(model, "vae", None) is not None)
+    specs = default_systems(strengths, boosts, transformer=model is not None or refresher is not None,
+                            vae=getattr(model, "vae", None) is not None
+                            or (refresher is not None and refresher.vae_seconds > 0))
 
     results = {}
+    refreshes = []
     lists = _Jsonl(out / "recommendations.jsonl")
     try:
         if mode == "live":
@@ -319,10 +382,22 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                               text_vectors=text_vectors, model=model, n_chunks=int(_opt(args, "chunks")),
                               progress_every=int(_opt(args, "progress_every")),
                               lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log,
-                              workers=workers)
+                              workers=workers, refresh_every=refresh_every if refresher else 0,
+                              refresher=refresher, refreshes=refreshes)
         results.update(offline)
     finally:
         lists.close()
+    if refresher is not None:
+        meta["refreshes"] = [{**h, "at": r.at, "train_seconds": r.train_seconds, "rescored": r.rescored}
+                             for h, r in zip(refresher.history, refreshes)]
+        for h, r in zip(refresher.history, refreshes):
+            notes.append(f"refresh at event {r.at}: {h['version']} on {h['events']} events, {h['items']} items, "
+                         f"Transformer {'warm-started' if h['warm_start'] else 'from scratch'}, "
+                         f"{h['epochs']} epochs, best validation NDCG@10 {_ndcg(h['valid_ndcg'])}"
+                         + (f"; Mult-VAE {h['vae_epochs']} epochs, best validation NDCG@10 "
+                            f"{_ndcg(h['vae_valid_ndcg'])}"
+                            if h["vae_epochs"] else "")
+                         + f"; {r.train_seconds:.0f}s; {sum(r.rescored.values())} lists re-scored after the swap")
     first = next(iter(offline.values()))
     learned = first.metrics["learned_events"]
     if learned < n:
@@ -344,7 +419,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     meta["code"] = _code_version()
     intro = [f"Dataset `{args.dataset}` ({ds.name}): {n} events, {n_users} users, {ds.n_items} items"
              + (f", first {args.limit} events" if args.limit else "") + f"; mode {mode}; k = {settings.scorer.k}; "
-             f"offline micro-batch {batch} events; {meta['seconds']:.0f}s; code {meta['code']}."]
+             f"offline micro-batch {batch} events; {meta['seconds']:.0f}s; code {meta['code']}"
+             + (f"; batch models {meta['batch_models']}" if "batch_models" in meta else "") + "."]
     write_report(out, results, command=command, title=f"{ds.name} {mode}", intro=intro, notes=notes, meta=meta)
     log((out / "report.md").read_text())
     log(f"wrote {out}/report.json, report.md, run.json, recommendations.jsonl ({lists.n} lists) and PNG plots")

@@ -21,6 +21,15 @@ start of the stream: reporting on what it was trained on would be leakage).
 item the user had consumed before that list (one of their events with index <= the list's
 ``user_event_count``), exact, from the events the scoreboard observes (all of them, warm-up included).
 
+**Refresh** (``refresh_every=N`` with a ``refresher``, DESIGN §5 "as deployed"): at the first micro-batch
+boundary at or after each multiple of N (N, 2N, ...; with ``batch=1`` exactly there), ``refresher`` trains a
+batch model on ALL the events before that boundary, and it is installed in every system that serves one
+(:data:`~streams.evaluation.systems.MODEL_KINDS`) as the live scorer does: ``ScorerCore.swap_model``
+between micro-batches, then ``rescore_active`` (whose lists are paired like any other). A model thus never
+trained on an event at or after the point where it starts serving; the events before the first point are
+served by the online models only (the Transformer and Mult-VAE rows: the MostPop top-up). Each refresh
+is recorded (:attr:`Refresh`): where, on how many events, how long, how many lists it re-scored.
+
 **Workers** (``workers=2``): the systems are split between this process and a spawned one, each replaying
 the whole stream through its own systems; a system's results depend only on the stream and itself, so
 they are the same whatever the split (only the ``scorer_seconds`` timings differ). Systems whose lists go
@@ -46,10 +55,10 @@ from streams.datasets import Event
 from streams.records import BadEvent, Recommendation, ScoreRequest, parse_event
 from streams.topics import EVENTS, partition_for
 
-from .systems import SystemSpec, build_core
+from .systems import MODEL_KINDS, SystemSpec, batch_model_for, build_core
 
 __all__ = ["HarnessError", "PreparedStream", "prepare_events", "micro_batches", "Scoreboard", "SystemResult",
-           "run_offline"]
+           "Refresh", "run_offline"]
 
 
 class HarnessError(RuntimeError):
@@ -99,8 +108,9 @@ def micro_batches(events: Sequence[Event], settings: Settings, batch: int) -> It
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     n_parts = settings.kafka.partitions
-    proc = IngestProcessor(partitions=n_parts, history_len=settings.worker.history_len,
-                           max_event_bytes=settings.worker.max_event_bytes)
+    w = settings.worker
+    proc = IngestProcessor(partitions=n_parts, history_len=w.history_len, max_event_bytes=w.max_event_bytes,
+                           consumed_max=w.consumed_max, exclude_consumed=w.exclude_consumed)
     states: dict = {}
     offsets = [0] * n_parts
     for start in range(0, len(events), batch):
@@ -118,6 +128,16 @@ def micro_batches(events: Sequence[Event], settings: Settings, batch: int) -> It
                                f"{out.duplicates} duplicates): give prepare_events() output to the harness")
         states.update(out.states)
         yield start, start + len(chunk), out.requests
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """One model refresh of the replay: trained on ``events[:at]``, serving from the micro-batch at ``at``."""
+
+    at: int  # position of the first event after the swap = the number of events trained on
+    version: str
+    train_seconds: float
+    rescored: dict[str, int]  # system name -> lists ``rescore_active`` published right after the swap
 
 
 @dataclass(slots=True)
@@ -246,8 +266,11 @@ class Scoreboard:
 
 
 #: Kinds that run on the batch model or the item text vectors (kept in the calling process: neither is sent
-#: to a worker process).
-_MODEL_KINDS = ("tailcast", "tailcast-novae", "transformer", "vae")
+#: to a worker process, and the refresher trains here).
+_PINNED_KINDS = (*MODEL_KINDS, "tailcast-online")
+
+#: Users re-scored per call after a swap (the live scorer's ``rescore_active(batch=256)``).
+_RESCORE_BATCH = 256
 
 
 def run_offline(
@@ -266,6 +289,9 @@ def run_offline(
     log: Callable[[str], None] = print,
     cores: Mapping[str, ScorerCore] | None = None,
     workers: int = 1,
+    refresh_every: int = 0,
+    refresher: Callable[[Sequence[Event]], object] | None = None,
+    refreshes: list[Refresh] | None = None,
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
@@ -273,22 +299,28 @@ def run_offline(
     :func:`build_core` for those systems (tests plug in recommenders whose lists they control).
     ``workers=2`` replays the systems that need neither the model nor the sink in a second process
     (spawned), at the same time; results come back in ``specs`` order, the same as with ``workers=1``.
+    ``refresh_every`` > 0 with ``refresher`` (events so far -> a batch model, e.g. a ``BatchScorer``):
+    the model refresh of the module docstring; ``model`` is then the one serving before the first
+    refresh (normally None). Each refresh is appended to ``refreshes`` when given.
     """
     if workers not in (1, 2):
         raise ValueError(f"workers must be 1 or 2, got {workers}")
+    if refresh_every < 0 or (refresh_every > 0) != (refresher is not None):
+        raise ValueError("give both refresh_every (> 0) and refresher, or neither")
     given = dict(cores or {})
     here, there = list(specs), []
     if workers == 2 and len(specs) > 1:
         sink = tuple(sink_kinds) if lists_sink is not None else ()
-        pinned = [s for s in specs if s.kind in _MODEL_KINDS or s.kind in sink or s.name in given]
+        pinned = [s for s in specs if s.kind in _PINNED_KINDS or s.kind in sink or s.name in given]
         free = [s for s in specs if s not in pinned]
         if not pinned:  # nothing tied to this process: halve the rest
             pinned, free = free[: len(free) // 2], free[len(free) // 2:]
         here, there = pinned, free
+    refresh = {"refresh_every": refresh_every, "refresher": _with_threads(refresher), "refreshes": refreshes}
     if not there:
         return _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
                        model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
-                       sink_kinds=sink_kinds, log=log, cores=given)
+                       sink_kinds=sink_kinds, log=log, cores=given, **refresh)
     from concurrent.futures import ProcessPoolExecutor
 
     log(f"  workers: {', '.join(s.name for s in here)} here; {', '.join(s.name for s in there)} in a second process")
@@ -297,10 +329,32 @@ def run_offline(
                              n_chunks=n_chunks, progress_every=progress_every)
         mine = _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
                        model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
-                       sink_kinds=sink_kinds, log=log, cores=given)
+                       sink_kinds=sink_kinds, log=log, cores=given, **refresh)
         theirs = future.result()
     both = {**mine, **theirs}
     return {s.name: both[s.name] for s in specs}
+
+
+def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
+    """``refresher`` run with the torch thread count of the caller (the replay holds torch to one thread;
+    training a model is the large-batch work threads help), the same as a model trained before the replay."""
+    if refresher is None:
+        return None
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+
+    def train(events: Sequence[Event]):
+        torch_now = sys.modules.get("torch")
+        if torch_now is None or threads is None:
+            return refresher(events)
+        before = torch_now.get_num_threads()
+        torch_now.set_num_threads(threads)
+        try:
+            return refresher(events)
+        finally:
+            torch_now.set_num_threads(before)
+
+    return train
 
 
 @contextmanager
@@ -340,6 +394,9 @@ def _replay(
     sink_kinds: Sequence[str] = (),
     log: Callable[[str], None] = print,
     cores: Mapping[str, ScorerCore] | None = None,
+    refresh_every: int = 0,
+    refresher: Callable[[Sequence[Event]], object] | None = None,
+    refreshes: list[Refresh] | None = None,
 ) -> dict[str, SystemResult]:
     """:func:`run_offline` of ``specs`` in this process."""
     events, index = stream.events, stream.index
@@ -347,7 +404,9 @@ def _replay(
     k = settings.scorer.k
     given = dict(cores or {})
     names = [s.name for s in specs]
-    cores = {name: given.get(name) or build_core(s, settings, text_vectors=text_vectors, model=model)
+    later = refresher is not None
+    cores = {name: given.get(name)
+             or build_core(s, settings, text_vectors=text_vectors, model=model, model_later=later)
              for name, s in zip(names, specs)}
     pos_of_user_count: dict[tuple[str, int], int] = {}  # shared by every scoreboard
     first_index: dict[str, dict[str, int]] = {}  # likewise
@@ -359,9 +418,40 @@ def _replay(
     coalesced = [0] * len(specs)
     stale = [0] * len(specs)
     steps = list(zip(range(len(specs)), [cores[name] for name in names], boards, sinks))
+    served = [step for step, spec in zip(steps, specs) if spec.kind in MODEL_KINDS] if later else []
+    done_refreshes: list[Refresh] = []
+    rescored = [0] * len(specs)
+    next_refresh = refresh_every if later and served else n + 1  # nothing to refresh: no model system here
     started = time.perf_counter()
     next_report = progress_every
+
+    def publish(board: Scoreboard, sink, recs: Sequence[Recommendation]) -> None:
+        for rec in recs:
+            pos = pos_of_user_count[(rec.user_id, rec.user_event_count)]
+            board.observe_list(pos, rec.user_id, rec.user_event_count, [i.item_id for i in rec.items])
+            if sink is not None:
+                sink(rec)
+
     for start, end, requests in micro_batches(events, settings, batch):
+        if start >= next_refresh:  # between micro-batches: train on events[:start], swap, re-score
+            next_refresh = (start // refresh_every + 1) * refresh_every
+            t = time.perf_counter()
+            new_model = refresher(events[:start])
+            train_seconds = time.perf_counter() - t
+            now = events[start - 1].ts
+            counts = {}
+            for s, core, board, sink in served:
+                t = time.perf_counter()
+                core.swap_model(batch_model_for(specs[s].kind, new_model))
+                for recs in core.rescore_active(batch=_RESCORE_BATCH, now=now):
+                    publish(board, sink, recs)
+                    rescored[s] += len(recs)
+                    counts[names[s]] = counts.get(names[s], 0) + len(recs)
+                seconds[s] += time.perf_counter() - t
+            version = getattr(new_model, "version", "?")
+            done_refreshes.append(Refresh(start, version, round(train_seconds, 1), counts))
+            log(f"  refresh at event {start}: model {version} trained on {start} events in {train_seconds:.0f}s, "
+                f"swapped into {len(served)} systems; re-scored {sum(counts.values())} lists")
         for pos in range(start, end):
             e = events[pos]
             j = index[pos]
@@ -376,11 +466,7 @@ def _replay(
             learned[s] += len(out.events)
             coalesced[s] += out.coalesced
             stale[s] += out.stale
-            for rec in out.recommendations:
-                pos = pos_of_user_count[(rec.user_id, rec.user_event_count)]
-                board.observe_list(pos, rec.user_id, rec.user_event_count, [i.item_id for i in rec.items])
-                if sink is not None:
-                    sink(rec)
+            publish(board, sink, out.recommendations)
         if progress_every and end >= next_report:
             next_report += progress_every
             per = ", ".join(f"{name} {sec:.0f}s" for name, sec in zip(names, seconds))
@@ -390,6 +476,9 @@ def _replay(
     for s, spec in enumerate(specs):
         extra = {"scorer_seconds": round(seconds[s], 3), "learned_events": learned[s], "micro_batch": batch,
                  "coalesced": coalesced[s], "stale_skipped": stale[s]}
+        if later and spec.kind in MODEL_KINDS:
+            extra["model_refreshes"] = len(done_refreshes)
+            extra["rescored_lists"] = rescored[s]
         blender = getattr(getattr(cores[spec.name], "recommender", None), "blender", None)
         if blender is not None:  # online ROC AUC on click feedback, the blend and each single source
             extra.update({f"blender_auc_{name}": round(v, 4) for name, v in blender.auc().items()
@@ -397,4 +486,6 @@ def _replay(
             extra["blender_window_examples"], extra["blender_window_clicks"] = blender.auc_counts()
         results[spec.name] = boards[s].finish(kind=spec.kind, param=spec.param, seconds=seconds[s],
                                               window_end=window_end, extra=extra)
+    if refreshes is not None:
+        refreshes.extend(done_refreshes)
     return results

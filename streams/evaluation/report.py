@@ -21,7 +21,7 @@ import numpy as np
 from online.exposure import lorenz_curve
 
 from .harness import SystemResult
-from .systems import BASELINE_KINDS, TAILBOOST_CURVES
+from .systems import BASELINE_KINDS, TAILBOOST_CURVES, TAILCAST_KINDS
 
 __all__ = ["write_report", "tradeoff_verdicts", "markdown_table", "BUCKETS", "MAX_CONSUMED_SHARE", "QUALITY_RATIO"]
 
@@ -30,7 +30,7 @@ BUCKETS = ("<=5", "6-20", ">20")
 QUALITY_RATIO = 1.05
 #: DESIGN §7: at most this share of recommended slots are items the user already consumed.
 MAX_CONSUMED_SHARE = 0.005
-_TAILCAST_KINDS = ("tailcast", "tailcast-novae", "live")
+_TAILCAST_KINDS = (*TAILCAST_KINDS, "live")
 
 
 def _f(v: float) -> str:
@@ -87,8 +87,11 @@ def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
       TailBoost, CoVisit-raw and its TailBoost, the Transformer, the Mult-VAE): NDCG@10 ratio >= 1.05.
     * ``consumed``: each tailcast row's share of slots holding an item the user already consumed, <= 0.5%.
     * ``long_tail_users``: long-tail users' (``<=5`` bucket) HR@10 of the tailcast settings vs every baseline.
+    * ``batch_models``: do the batch models add accuracy? Each tailcast row (with the batch models) vs the
+      ``online only`` row of the same strength: NDCG@10 higher. Whether the models were frozen or refreshed
+      as deployed is the run's (``report.md`` names it from ``meta["batch_models"]``).
     """
-    out: dict = {"tradeoff": {}, "quality": {}, "consumed": {}, "long_tail_users": {}}
+    out: dict = {"tradeoff": {}, "quality": {}, "consumed": {}, "long_tail_users": {}, "batch_models": {}}
     for y in ("tail_share", "tail_hr"):
         tc = _curve(results, ("tailcast",), y)
         curves, missing = {}, []
@@ -125,6 +128,13 @@ def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
             beaten = {b: mine > v for b, v in baselines.items()}
             out["long_tail_users"][name] = {"hr_<=5": mine, "above_every_baseline": all(beaten.values()),
                                             "vs": beaten}
+    online = {r.param: (n, r) for n, r in results.items() if r.kind == "tailcast-online"}
+    for name, r in results.items():
+        if r.kind == "tailcast" and r.param in online:
+            other, o = online[r.param]
+            ndcg, base = r.metrics["ndcg"], o.metrics["ndcg"]
+            out["batch_models"][name] = {"ndcg": ndcg, "online_only": other, "online_only_ndcg": base,
+                                         "ratio": ndcg / base if base > 0 else math.inf, "meets": ndcg > base}
     return out
 
 
@@ -150,7 +160,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
             for p in pts:
                 ax.annotate(f"{p[2]:g}", (p[0], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         for name, r in results.items():
-            if r.kind in ("mostpop", "transformer", "vae", "live"):
+            if r.kind in ("mostpop", "transformer", "vae", "live", "tailcast-online"):
                 ax.plot([r.metrics["ndcg"]], [r.metrics[y]], "^", label=name)
         ax.set_xlabel("NDCG@10 (prequential)")
         ax.tick_params(axis="x", labelrotation=30)
@@ -256,6 +266,11 @@ def write_report(out: Path, results: dict[str, SystemResult], *, command: str, t
             md.append(f"- long-tail users (<=5 prior events) HR@10 of {name} = {v['hr_<=5']:.4f}, above every "
                       f"baseline: **{'yes' if v['above_every_baseline'] else 'no'}**"
                       + (f" (not above: {', '.join(losers)})" if losers else ""))
+        how = (meta or {}).get("batch_models", "mode not recorded")
+        for name, v in verdicts["batch_models"].items():
+            md.append(f"- the batch models add accuracy (batch models {how}): {name} NDCG@10 {v['ndcg']:.4f} > "
+                      f"{v['online_only']} {v['online_only_ndcg']:.4f} (ratio {v['ratio']:.3f}): "
+                      f"**{'yes' if v['meets'] else 'no'}**")
         md.append("")
     if files:
         md += ["## Plots", ""] + [f"- `{f}`" for f in files] + [""]

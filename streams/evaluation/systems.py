@@ -12,6 +12,9 @@ same micro-batches, the same coalescing and the same pairing:
   is given: the Transformer, and the Mult-VAE when the checkpoint carries one);
 * ``tailcast[s=…] no VAE``: the same, with the batch model's Mult-VAE source switched off (only when there
   is one), for the with/without comparison;
+* ``tailcast[s=…] online only``: the same recommender with no batch model at all (online models only, as a
+  scorer serves before its first checkpoint), beside the rows above whenever there is a batch model, so that
+  one report tells whether the batch models add accuracy (DESIGN §7);
 * ``MostPop``: the most interacted items in the last ``TAILCAST_WINDOW_EVENTS`` events (:class:`WindowMostPop`);
 * ``ItemCF``: online item co-visitation (:class:`~online.covisit.CoVisitation`, decayed, distance-weighted,
   popularity-normalised) alone;
@@ -48,8 +51,9 @@ from streams.config import Settings
 
 from .window import WindowPopularity
 
-__all__ = ["SystemSpec", "KINDS", "BASELINE_KINDS", "TAILBOOST_CURVES", "PerUserRecommender", "WindowMostPop",
-           "CoVisitBaseline", "TransformerOnly", "build_core", "tail_boost", "tail_boost_impl", "default_systems"]
+__all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
+           "PerUserRecommender", "WindowMostPop", "CoVisitBaseline", "TransformerOnly", "build_core", "batch_model_for",
+           "tail_boost", "tail_boost_impl", "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -68,6 +72,8 @@ class SystemSpec:
             return f"tailcast[s={self.param:.2f}]"
         if self.kind == "tailcast-novae":
             return f"tailcast[s={self.param:.2f}] no VAE"
+        if self.kind == "tailcast-online":
+            return f"tailcast[s={self.param:.2f}] online only"
         if self.kind == "tailboost":
             return f"TailBoost[λ={self.param:g}]"
         if self.kind == "covisit-raw-boost":
@@ -77,9 +83,13 @@ class SystemSpec:
 
 
 #: Every system kind; the baselines are all but the tailcast ones.
-KINDS = ("tailcast", "tailcast-novae", "mostpop", "itemcf", "tailboost", "covisit-raw", "covisit-raw-boost",
-         "transformer", "vae")
-BASELINE_KINDS = KINDS[2:]
+KINDS = ("tailcast", "tailcast-novae", "tailcast-online", "mostpop", "itemcf", "tailboost", "covisit-raw",
+         "covisit-raw-boost", "transformer", "vae")
+TAILCAST_KINDS = ("tailcast", "tailcast-novae", "tailcast-online")
+BASELINE_KINDS = tuple(k for k in KINDS if k not in TAILCAST_KINDS)
+#: Kinds that serve the batch model (a checkpoint, or the one trained here and refreshed): each is given
+#: :func:`batch_model_for` its kind at start and at every swap.
+MODEL_KINDS = ("tailcast", "tailcast-novae", "transformer", "vae")
 #: The co-visitation TailBoost curves of DESIGN §7: the λ = 0 kind and the λ > 0 kind of each.
 TAILBOOST_CURVES = {"TailBoost (ItemCF)": ("itemcf", "tailboost"),
                     "TailBoost (CoVisit-raw)": ("covisit-raw", "covisit-raw-boost")}
@@ -87,9 +97,13 @@ TAILBOOST_CURVES = {"TailBoost (ItemCF)": ("itemcf", "tailboost"),
 
 def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, transformer: bool,
                     vae: bool = False) -> list[SystemSpec]:
+    """The compared systems; with a batch model (``transformer``), tailcast also without its Mult-VAE
+    (``vae``) and without any batch model (``online only``), at each strength."""
     specs = [SystemSpec("tailcast", float(s)) for s in strengths]
     if transformer and vae:
         specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
+    if transformer:
+        specs += [SystemSpec("tailcast-online", float(s)) for s in strengths]
     specs += [SystemSpec("mostpop"), SystemSpec("itemcf")]
     specs += [SystemSpec("tailboost", float(b)) for b in boosts if b > 0]
     specs.append(SystemSpec("covisit-raw"))
@@ -309,17 +323,31 @@ class TransformerOnly(_Baseline):
         return self._top_up(shown, banned)
 
 
-def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model=None) -> ScorerCore:
+def batch_model_for(kind: str, model):
+    """What a system of ``kind`` serves of the batch ``model`` (a ``BatchScorer``): the model itself, the
+    model without its Mult-VAE (``tailcast-novae``), or None (the kinds that use no batch model)."""
+    if model is None or kind not in MODEL_KINDS:
+        return None
+    if kind == "vae" and getattr(model, "vae", None) is None:
+        raise ValueError("the Mult-VAE system needs a model with a Mult-VAE (--train-vae or a checkpoint with one)")
+    return model.without_vae() if kind == "tailcast-novae" else model
+
+
+def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model=None,
+               model_later: bool = False) -> ScorerCore:
     """A fresh :class:`ScorerCore` for ``spec`` with a single arm named after the system.
 
     ``text_vectors`` = (item ids, (N, D) array) for tailcast's content model (what the live scorer's
     catalogue task gives it); ``model`` = a ``SequenceModel`` (``models.scoring.BatchScorer``) or None.
+    ``model_later``: the Transformer and Mult-VAE systems may start without a model (one is swapped in
+    later, ``--refresh-every``); until then they serve the MostPop top-up only, as a scorer without a
+    checkpoint serves its online models only.
     """
     from streams.agents.serving import build_recommender
 
     k = settings.scorer.k
     lt = settings.longtail
-    tailcast = spec.kind in ("tailcast", "tailcast-novae")
+    tailcast = spec.kind in TAILCAST_KINDS
     arm = ArmConfig(spec.name, 1.0, float(spec.param) if tailcast else 0.0)
     arms = ArmAssigner.from_configs([arm])
     common = {"k": k, "window_events": lt.window_events, "head_share": lt.head_share}
@@ -339,16 +367,13 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
         version = ("baseline-covisit-raw" if raw else "baseline-itemcf") if not boost else \
             f"baseline-{'covisit-raw-' if raw else ''}tailboost-{boost:g}"
     elif spec.kind in ("transformer", "vae"):
-        if model is None:
+        if model is None and not model_later:
             raise ValueError(f"the {spec.name} system needs a model (--checkpoint or --train-transformer)")
-        if spec.kind == "vae" and getattr(model, "vae", None) is None:
-            raise ValueError("the Mult-VAE system needs a model with a Mult-VAE (--train-vae or a checkpoint with one)")
         recommender, version = TransformerOnly(source=spec.kind, **common), spec.kind
     else:
         raise ValueError(f"unknown system kind {spec.kind!r}")
     core = ScorerCore(recommender=recommender, arms=arms, k=k, online_version=version)
-    if model is not None and spec.kind in ("tailcast", "transformer", "vae"):
-        core.swap_model(model)
-    elif model is not None and spec.kind == "tailcast-novae":
-        core.swap_model(model.without_vae())
+    served = batch_model_for(spec.kind, model)
+    if served is not None:
+        core.swap_model(served)
     return core

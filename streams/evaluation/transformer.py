@@ -7,15 +7,26 @@ leave-one-out on those events, the last event of each user as validation target 
 a wall-clock budget. The result serves through :class:`models.scoring.BatchScorer`, as in the scorer.
 With ``vae_seconds`` a Mult-VAE (``models.vae``, the trainer's configuration) is trained on the same split,
 selected on the same validation targets, and served beside it as the ``vae`` source, as a refresh does.
+
+:class:`Refresher` (``--refresh-every``) trains such a model again at each refresh point of the replay on all
+events so far. The Transformer is warm-started from the previous refresh's weights: the new vocabulary
+keeps the previous one as its prefix (every item seen before is in the events so far, since nothing is
+dropped) and only the new items' rows are fresh (``SeqEncoder.extend_items``), then it trains on the new
+split with the same budget and early stopping. No leakage through the warm start: the previous model
+trained on each user's events but the last one then, and each user's last event now is either that one
+or newer. The Mult-VAE is trained from scratch at every refresh: ``models.vae.fit_vae`` builds its model
+itself and ``MultVAE`` has no way to add item rows. The live trainer (``models.refresh.fit_refresh``)
+trains both from scratch; ``warm_start=False`` does the same here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace as _dc_replace
 from pathlib import Path
 
-__all__ = ["load_model", "train_quick", "TrainedTransformer"]
+__all__ = ["load_model", "train_quick", "TrainedTransformer", "Refresher"]
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +47,16 @@ def load_model(path: str | Path, *, device: str = "auto", quantize: str = "none"
 
 
 class TrainedTransformer:
-    """A model trained here, with the figures the report needs."""
+    """A model trained here, with the figures the report needs (``encoder`` and ``vocab``: what a warm
+    start continues from; ``warm``: whether this one was warm-started)."""
 
     def __init__(self, scorer, *, valid_ndcg: float | None, epochs: int, seconds: float, items: int,
-                 events: int, vae_valid_ndcg: float | None = None, vae_epochs: int = 0) -> None:
+                 events: int, vae_valid_ndcg: float | None = None, vae_epochs: int = 0, encoder=None,
+                 vocab=None, warm: bool = False) -> None:
         self.scorer = scorer
+        self.encoder = encoder
+        self.vocab = vocab
+        self.warm = warm
         self.valid_ndcg = valid_ndcg
         self.vae_valid_ndcg = vae_valid_ndcg
         self.vae_epochs = vae_epochs
@@ -51,7 +67,11 @@ class TrainedTransformer:
 
 
 def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]] | None, n_items: int, *,
-           seconds: float, seed: int, device: str, max_len: int = 50, sample_weights=None):
+           seconds: float, seed: int, device: str, max_len: int = 50, sample_weights=None, init=None):
+    """Train a SeqEncoder; ``init`` (a SeqEncoder over the first ``init.config.n_items`` of these items): start
+    from a copy of its weights, the rows of the items beyond it drawn as a fresh model draws them."""
+    import copy
+
     import torch
 
     from models.sequence import SeqEncoder, SeqEncoderConfig
@@ -60,7 +80,16 @@ def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]]
     cfg = SeqEncoderConfig(n_items=n_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2, dropout=0.2,
                            text_dim=0, loss="auto")
     torch.manual_seed(seed)
-    model = SeqEncoder(cfg)
+    if init is None:
+        model = SeqEncoder(cfg)
+    else:
+        model = copy.deepcopy(init).cpu()
+        old = model.config.n_items
+        if old > n_items or model.config != _dc_replace(cfg, n_items=old):
+            raise ValueError(f"cannot warm-start: the previous model ({model.config}) does not fit {cfg}")
+        model.extend_items(n_items - old)
+        with torch.no_grad():
+            model.item_emb.weight[old + 1:].normal_(std=0.02)  # as SeqEncoder.__init__ draws its rows
     tcfg = TrainConfig(epochs=200, batch_size=128, lr=1e-3, patience=3, eval_every=1, seed=seed, device=device,
                        max_seconds=seconds)
     res = train(model, train_seqs, valid, config=tcfg, sample_weights=sample_weights)
@@ -81,11 +110,14 @@ def train_vae(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[in
 
 def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, seed: int = 0, device: str = "auto",
                 vae_seconds: float = 0.0, augment_cap: int = 0, augment_weight: float = 0.5,
+                init: TrainedTransformer | None = None,
                 log_line: Callable[[str], None] = print) -> TrainedTransformer:
     """Train on ``(user, item, ts)`` events; select on each user's last event (users with >= 3 events).
 
     ``augment_cap > 0`` (needs ``vae_seconds``): the Transformer trains on sequences of users with <= 5
-    events augmented from the Mult-VAE (``models.augment``), synthetic targets weighted ``augment_weight``."""
+    events augmented from the Mult-VAE (``models.augment``), synthetic targets weighted ``augment_weight``.
+    ``init``: warm-start the Transformer from that earlier result when every item of its vocabulary is in
+    ``events`` (its vocabulary becomes the prefix of this one); otherwise train from scratch."""
     import time
 
     from models.loo import item_index, leave_one_out
@@ -97,12 +129,19 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     # validation = each evaluated user's last event; train on everything before it (valid item included)
     train_split = {u: seq + ([split.valid[u]] if u in split.valid else []) for u, seq in split.train.items()}
     index = item_index(split)
+    warm = init is not None and init.encoder is not None and all(i in index for i in init.vocab.ids)
+    if warm:  # the previous vocabulary first, in its order; the new items after it
+        known = init.vocab.ids
+        seen = set(known)
+        order = known + [i for i in sorted(index, key=index.__getitem__) if i not in seen]
+        index = {item: n + 1 for n, item in enumerate(order)}
     vocab = ItemVocab.from_ids([str(i) for i in sorted(index, key=index.__getitem__)])
     train_seqs = [[index[i] for i in seq] for seq in train_split.values()]
     users = list(split.test)
     valid = ([[index[i] for i in train_split[u]] for u in users], [index[split.test[u]] for u in users])
     log_line(f"  training the Transformer on {len(events)} events, {len(vocab)} items, {len(users)} validation "
-             f"users, budget {seconds:.0f}s ...")
+             f"users, budget {seconds:.0f}s"
+             + (f", warm-started from {len(init.vocab)} items" if warm else "") + " ...")
     if augment_cap > 0 and vae_seconds <= 0:
         raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
     vae = None
@@ -122,7 +161,7 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
                  f"weight {augment_weight})")
     t2 = time.perf_counter()
     model, res = _train(train_seqs, valid if users else None, len(vocab), seconds=seconds, seed=seed, device=device,
-                        sample_weights=weights)
+                        sample_weights=weights, init=init.encoder if warm else None)
     log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, "
              f"{time.perf_counter() - t2:.0f}s")
     scorer = BatchScorer(model=model, vocab=vocab, device=device, vae=vae)
@@ -131,4 +170,44 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     return TrainedTransformer(scorer, valid_ndcg=res.best_valid_ndcg, epochs=len(res.history), seconds=dt,
                               items=len(vocab), events=len(events),
                               vae_valid_ndcg=None if vae is None else vae.best_valid_ndcg,
-                              vae_epochs=0 if vae is None else len(vae.history))
+                              vae_epochs=0 if vae is None else len(vae.history), encoder=model.cpu(), vocab=vocab,
+                              warm=warm)
+
+
+class Refresher:
+    """``--refresh-every``: called by the replay with the events so far at each refresh point, returns the
+    new ``BatchScorer`` (version ``refresh-<events>ev``); :attr:`history` keeps each refresh's figures.
+
+    Each call trains the Transformer (``seconds``) and, with ``vae_seconds``, the Mult-VAE on ALL the
+    events it is given, as :func:`train_quick` does; ``warm_start`` continues the Transformer from the
+    previous call's weights (see the module docstring)."""
+
+    def __init__(self, *, seconds: float, vae_seconds: float = 0.0, seed: int = 0, device: str = "auto",
+                 augment_cap: int = 0, augment_weight: float = 0.5, warm_start: bool = True,
+                 log_line: Callable[[str], None] = print) -> None:
+        if seconds <= 0:
+            raise ValueError("a refresh needs a Transformer training budget: seconds > 0 (--train-transformer)")
+        self.seconds = seconds
+        self.vae_seconds = vae_seconds
+        self.seed = seed
+        self.device = device
+        self.augment_cap = augment_cap
+        self.augment_weight = augment_weight
+        self.warm_start = warm_start
+        self.log_line = log_line
+        self.last: TrainedTransformer | None = None
+        self.history: list[dict] = []
+
+    def __call__(self, events: Sequence) -> object:
+        rows = [(e.user, e.item, e.ts) for e in events]
+        trained = train_quick(rows, seconds=self.seconds, seed=self.seed, device=self.device,
+                              vae_seconds=self.vae_seconds, augment_cap=self.augment_cap,
+                              augment_weight=self.augment_weight, init=self.last if self.warm_start else None,
+                              log_line=self.log_line)
+        trained.scorer.version = f"refresh-{len(rows)}ev"
+        self.last = trained
+        self.history.append({"events": len(rows), "version": trained.scorer.version, "items": trained.items,
+                             "warm_start": trained.warm, "epochs": trained.epochs, "valid_ndcg": trained.valid_ndcg,
+                             "vae_epochs": trained.vae_epochs, "vae_valid_ndcg": trained.vae_valid_ndcg,
+                             "seconds": round(trained.seconds, 1)})
+        return trained.scorer
