@@ -12,7 +12,7 @@ import binascii
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import orjson
@@ -249,7 +249,23 @@ class Recommendation:
     ``user_event_count`` = number of the user's events this list reflects: the k-th recommendation
     predicts the user's (k+1)-th event. ``ingested_at`` (additive field) is the wall-clock Kafka time of
     the oldest event first reflected by this list, so ``generated_at - ingested_at`` is its freshness.
+
+    ``refresh`` says why the list was published: ``"event"`` for a new user state (at most one per
+    ``(user_id, user_event_count)`` from a scorer), ``"empty"`` when a list that came out empty is scored
+    again once the scorer knows more items, ``"model"`` when the user is scored again after a model swap.
+    ``list_id`` names the list (impressions refer to it): ``user_id:user_event_count:n``, where ``n`` is
+    the list's number among its user's lists for that count (0 for the ``"event"`` list, then 1, 2, ...
+    for its repeats), so it is unique and the same in every run of the same stream. A record written
+    before these fields existed reads with ``list_id=""`` and ``refresh="event"``.
+
+    >>> rec = Recommendation("u7", [], 3, "online", "control", 1.0, 2.0, 1.5,
+    ...                      list_id=Recommendation.make_list_id("u7", 3, 1), refresh="empty")
+    >>> rec.list_id, Recommendation.from_bytes(rec.to_bytes()) == rec
+    ('u7:3:1', True)
     """
+
+    #: Why a list was published (the values of ``refresh``).
+    REFRESHES: ClassVar[tuple[str, ...]] = ("event", "empty", "model")
 
     user_id: str
     items: list[RecommendedItem]
@@ -259,6 +275,14 @@ class Recommendation:
     event_ts: float
     generated_at: float
     ingested_at: float
+    list_id: str = ""
+    refresh: str = "event"
+
+    @staticmethod
+    def make_list_id(user_id: str, user_event_count: int, n: int) -> str:
+        """The ``list_id`` of the user's ``n``-th list (from 0) for ``user_event_count``; the last two
+        ``:``-separated fields are the integers, so ids are unique whatever the user id holds."""
+        return f"{user_id}:{user_event_count}:{n}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -271,6 +295,8 @@ class Recommendation:
             "event_ts": self.event_ts,
             "generated_at": self.generated_at,
             "ingested_at": self.ingested_at,
+            "list_id": self.list_id,
+            "refresh": self.refresh,
         }
 
     def to_bytes(self) -> bytes:
@@ -282,7 +308,7 @@ class Recommendation:
         return cls(d["user_id"], [RecommendedItem(i["item_id"], i["score"], i["source"], i.get("reason", ""))
                                   for i in d["items"]],
                    d["user_event_count"], d["model_version"], d["arm"], d["event_ts"], d["generated_at"],
-                   d.get("ingested_at", d["generated_at"]))
+                   d.get("ingested_at", d["generated_at"]), d.get("list_id", ""), d.get("refresh", "event"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,12 @@ A list comes out empty when the scorer knows no item the user has not touched ye
 a stream). Such a user is scored again with each following micro-batch, once that batch's events are
 learned, until the list has items: otherwise a user whose last event came that early would keep the
 empty list until their next event.
+
+Every list says why it was published (``Recommendation.refresh``): ``"event"`` for a new user state,
+published at most once per (user, ``user_event_count``); ``"empty"`` for the re-score of an empty list;
+``"model"`` for the re-score after a model swap (:meth:`ScorerCore.rescore_active`). Each carries a
+``list_id`` numbering its user's lists for that count (``Recommendation.make_list_id``), so a consumer
+tells a repeat from the first list, and impressions name the list they showed.
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ class ScorerCore:
         self.online_version = online_version
         self.model: SequenceModel | None = None
         self._learned = _LRU(max_users)    # user -> events applied to the online models
-        self._published = _LRU(max_users)  # user -> event_count of the newest list published
+        # user -> (event_count, lists published for it) of the newest list published
+        self._published = _LRU(max_users)
         self._active = _LRU(max_active)  # user -> the newest request scored (re-scored after a model swap)
         self._empty = _LRU(max_empty)  # user -> the request whose list came out empty (scored again)
 
@@ -106,6 +113,11 @@ class ScorerCore:
     @property
     def model_version(self) -> str:
         return self.model.version if self.model is not None else self.online_version
+
+    def _published_count(self, user: str) -> int:
+        """The ``user_event_count`` of the newest list published for ``user`` (0: none)."""
+        published = self._published.get(user)
+        return 0 if published is None else published[0]
 
     def _learn(self, request: ScoreRequest, out: BatchOutput) -> None:
         user = request.user_id
@@ -139,16 +151,17 @@ class ScorerCore:
                 newest[request.user_id] = request
             else:
                 out.coalesced += 1
-        todo = []
+        todo: dict[str, tuple[ScoreRequest, str]] = {}
         for user, request in newest.items():
-            if request.event_count <= self._published.get(user, 0):
+            if request.event_count <= self._published_count(user):
                 out.stale += 1  # a newer (or the same) state was already published
                 continue
-            todo.append(request)
+            todo[user] = (request, "event")
         # users whose newest list was empty, scored again now that this batch's events are learned
-        todo.extend(r for user, r in list(self._empty.items())
-                    if user not in newest and self._published.get(user, 0) == r.event_count)
-        out.recommendations = self._score(todo, now)
+        for user, request in list(self._empty.items()):
+            if user not in todo and self._published_count(user) == request.event_count:
+                todo[user] = (request, "empty")
+        out.recommendations = self._score(list(todo.values()), now)
         return out
 
     def batch_candidates(self, histories: Sequence[Sequence[str]]) -> list[dict[str, Sequence[Candidate]]] | None:
@@ -171,9 +184,12 @@ class ScorerCore:
                 out[b][source] = CandidateList(items, scores, source)
         return out
 
-    def _score(self, todo: Sequence[ScoreRequest], now: float | None) -> list[Recommendation]:
-        if not todo:
+    def _score(self, batch: Sequence[tuple[ScoreRequest, str]], now: float | None) -> list[Recommendation]:
+        """Score each (request, refresh) pair and publish its list, numbered after the lists already
+        published for the same state (``"event"``: the first, n = 0)."""
+        if not batch:
             return []
+        todo = [request for request, _refresh in batch]
         extras = self.batch_candidates([r.sequence for r in todo])
         generated_at = time.time() if now is None else now
         version = self.model_version
@@ -190,13 +206,16 @@ class ScorerCore:
                 text = reasons[c.source, c.anchor] = c.reason()
             return text
 
-        for request, arm, cands in zip(todo, arms, lists):
+        for (request, refresh), arm, cands in zip(batch, arms, lists):
+            published = self._published.get(request.user_id)
+            n = published[1] if published is not None and published[0] == request.event_count else 0
             recs.append(Recommendation(
                 user_id=request.user_id,
                 items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c)) for c in cands],
                 user_event_count=request.event_count, model_version=version, arm=arm,
-                event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at))
-            self._published.put(request.user_id, request.event_count)
+                event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at,
+                list_id=Recommendation.make_list_id(request.user_id, request.event_count, n), refresh=refresh))
+            self._published.put(request.user_id, (request.event_count, n + 1))
             self._active.put(request.user_id, request)
             if cands:
                 self._empty.pop(request.user_id, None)
@@ -208,10 +227,11 @@ class ScorerCore:
         """Re-score every recently active user's newest state, ``batch`` users at a time.
 
         Called after a model swap, so that lists reflect the new model and the current tail split without
-        waiting for each user's next event. The lists keep the user's ``user_event_count``.
+        waiting for each user's next event. The lists keep the user's ``user_event_count`` and are marked
+        ``refresh="model"``, with the next ``list_id`` of that state.
         """
         requests = list(self._active.values())
         for start in range(0, len(requests), batch):
-            chunk = [r for r in requests[start:start + batch]
-                     if self._published.get(r.user_id, 0) <= r.event_count]  # skip users who moved on
+            chunk = [(r, "model") for r in requests[start:start + batch]
+                     if self._published_count(r.user_id) == r.event_count]  # skip users who moved on
             yield self._score(chunk, now)

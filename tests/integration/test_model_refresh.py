@@ -77,11 +77,17 @@ def test_trainer_checkpoint_is_hot_swapped_without_loss_and_a_corrupt_one_is_ref
 
     wait(finished, timeout=90, message="every user's final state served")
     recs = [rec for *_, rec in kio.read_all(RECOMMENDATIONS)]
-    per_version = collections.Counter((r["user_id"], r["user_event_count"], r["model_version"]) for r in recs)
+    # one "event" list per state; a state is scored again only as a marked repeat with its own list_id:
+    # after the swap with the new model, or because its list came out empty
+    events = collections.Counter((r["user_id"], r["user_event_count"]) for r in recs if r["refresh"] == "event")
+    assert max(events.values()) == 1, "a state was published twice as an event list"
+    assert len({r["list_id"] for r in recs}) == len(recs)
+    assert {r["model_version"] for r in recs if r["refresh"] == "model"} == {version}
+    per_version = collections.Counter((r["user_id"], r["user_event_count"], r["model_version"]) for r in recs
+                                      if r["refresh"] != "empty")
     assert max(per_version.values()) == 1, "a state was scored twice by the same model"
-    transformer_items = sum(i["source"] == "transformer" for r in recs if r["model_version"] == version
-                            for i in r["items"])
-    assert transformer_items > 0  # the swapped-in encoder contributes candidates
+    sources = collections.Counter(i["source"] for r in recs if r["model_version"] == version for i in r["items"])
+    assert sources["transformer"] > 0, sources  # the swapped-in encoder contributes candidates
     # lists never go back in time per user, whatever the model
     last = {}
     for r in recs:

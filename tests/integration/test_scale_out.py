@@ -1,5 +1,6 @@
 """Scale-out over Kafka partitions (DESIGN §8): two workers and two scorers split the partitions and give the
-same final per-user results as one of each, with nothing lost and nothing published twice."""
+same final per-user results as one of each, with nothing lost, one ``"event"`` list per user state, and every
+repeat of a state (an empty list scored again, a model swap) marked as one."""
 
 from __future__ import annotations
 
@@ -49,16 +50,27 @@ def _run(pipeline, kio, wait, events, *, n: int) -> tuple[dict, dict]:
         return dict(latest) == dict(expected)
 
     wait(finished, timeout=120, message="every user's final recommendation")
-    recs = kio.read_all(RECOMMENDATIONS)
-    pairs = collections.Counter((rec["user_id"], rec["user_event_count"]) for *_, rec in recs)
-    duplicated = {p: c for p, c in pairs.items() if c > 1}
-    assert not duplicated, f"published more than once: {list(duplicated.items())[:5]}"
+    recs = [rec for *_, rec in kio.read_all(RECOMMENDATIONS)]
+    events = collections.Counter((rec["user_id"], rec["user_event_count"]) for rec in recs
+                                 if rec["refresh"] == "event")
+    duplicated = {p: c for p, c in events.items() if c > 1}
+    assert not duplicated, f"more than one event list for a state: {list(duplicated.items())[:5]}"
+    # every list for a state after its event list is a marked repeat, numbered in its list_id
+    by_state = collections.defaultdict(list)
+    for rec in recs:  # per user, in publication order (one partition per user)
+        by_state[rec["user_id"], rec["user_event_count"]].append(rec)
+    for (user, count), lists in by_state.items():
+        assert [r["list_id"] for r in lists] == [f"{user}:{count}:{n}" for n in range(len(lists))], lists
+        assert [r["refresh"] for r in lists[1:]] == ["empty"] * (len(lists) - 1), lists  # no model swap here
+        assert lists[0]["refresh"] == "event", lists
     states = {}
     for _p, _o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
         states[key.decode()] = UserState.from_bytes(value)
     final = {u: (s.count, tuple(s.sequence)) for u, s in states.items()}
-    latest = {u: c for (u, c) in pairs}
-    return final, latest
+    latest = collections.defaultdict(int)  # the count each user's newest list reflects
+    for user, count in by_state:
+        latest[user] = max(latest[user], count)
+    return final, dict(latest)
 
 
 def test_two_workers_two_scorers_match_one_of_each(pipeline_env, kio, wait, broker):

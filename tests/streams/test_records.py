@@ -78,7 +78,19 @@ def test_round_trips():
                          2.0, 5.0, 3.0)
     assert Recommendation.from_bytes(rec.to_bytes()) == rec
     assert set(rec.to_dict()) >= {"user_id", "items", "user_event_count", "model_version", "arm", "event_ts",
-                                  "generated_at"}
+                                  "generated_at", "list_id", "refresh"}
+    repeat = Recommendation("u", [], 2, "v2", "control", 2.0, 6.0, 3.0, list_id="u:2:1", refresh="model")
+    assert Recommendation.from_bytes(repeat.to_bytes()) == repeat
+
+
+def test_a_recommendation_written_before_list_id_and_refresh_reads_as_an_event_list():
+    old = orjson.dumps({"user_id": "u", "items": [{"item_id": "a", "score": 0.5, "source": "mf"}],
+                        "user_event_count": 2, "model_version": "online", "arm": "control", "event_ts": 2.0,
+                        "generated_at": 5.0})
+    rec = Recommendation.from_bytes(old)
+    assert (rec.list_id, rec.refresh, rec.ingested_at, rec.items[0].reason) == ("", "event", 5.0, "")
+    assert Recommendation.make_list_id("a:1", 2, 0) == "a:1:2:0"  # the last two fields are the numbers
+    assert set(Recommendation.REFRESHES) == {"event", "empty", "model"}
 
 
 def test_score_request_carries_consumed_hashes_as_base64():

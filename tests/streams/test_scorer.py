@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from online.arms import ArmAssigner, parse_arms
@@ -55,7 +57,8 @@ def test_lists_exclude_history_and_carry_the_contract_fields():
     assert not {"i1", "i2"} & {i.item_id for i in rec.items}
     # every item explains itself: a real source, and a reason that names the anchor item when there is one
     assert all(i.source in CORE_SOURCES and i.reason for i in rec.items)
-    assert any(i.reason in {f"co-visited with {a}" for a in ("i1", "i2")} for i in rec.items)
+    assert any(i.reason in {f"{how} {a}" for how in ("co-visited with", "often next after") for a in ("i1", "i2")}
+               for i in rec.items)
 
 
 class FakeSeqModel:
@@ -99,3 +102,46 @@ def test_an_empty_list_is_scored_again_once_the_scorer_knows_other_items():
     assert by_user["u1"].items and not {"a", "b"} & {i.item_id for i in by_user["u1"].items}
     # once it has items, it is not scored again without a new event
     assert [r.user_id for r in c.process([req("u3", ["f"], ["f"], 1)]).recommendations] == ["u3"]
+
+
+def test_every_list_says_why_it_was_published_and_repeats_are_numbered():
+    c = core()
+    (first,) = c.process([req("u1", ["a", "b"], ["a", "b"], 2)]).recommendations
+    assert (first.items, first.refresh, first.list_id) == ([], "event", "u1:2:0")
+    by_user = {r.user_id: r for r in c.process([req("u2", ["c", "d", "e"], ["c", "d", "e"], 3)]).recommendations}
+    assert (by_user["u1"].refresh, by_user["u1"].list_id) == ("empty", "u1:2:1")  # the same state, scored again
+    assert (by_user["u2"].refresh, by_user["u2"].list_id) == ("event", "u2:3:0")
+    # a redelivered request is not published again; a new state starts a new numbering
+    assert c.process([req("u2", ["c", "d", "e"], ["e"], 3)]).recommendations == []
+    (later,) = c.process([req("u2", ["c", "d", "e", "f"], ["f"], 4)]).recommendations
+    assert (later.refresh, later.list_id) == ("event", "u2:4:0")
+    # after a model swap every active user's newest state is scored again, as the next list of that state
+    c.swap_model(FakeSeqModel())
+    rescored = {r.user_id: r for recs in c.rescore_active(batch=1) for r in recs}
+    assert {u: (r.refresh, r.list_id, r.user_event_count, r.model_version) for u, r in rescored.items()} == {
+        "u1": ("model", "u1:2:2", 2, "v-test"), "u2": ("model", "u2:4:1", 4, "v-test")}
+
+
+def test_at_most_one_event_list_per_state_and_every_list_id_unique_over_a_stream():
+    from online.synthetic import generate
+
+    c = core()
+    data = generate(n_users=40, n_items=60, n_events=800, seed=5)
+    hist: dict[str, list[str]] = {}
+    recs = c.process([req("first", ["i0"], ["i0"], 1)]).recommendations  # an empty list: no other item known
+    for start in range(0, len(data.events), 25):
+        batch = []
+        for ts, user, item, _kind in data.events[start:start + 25]:
+            hist.setdefault(user, []).append(item)
+            batch.append(ScoreRequest(user, hist[user][-20:], [(item, ts, "click")], len(hist[user]), ts, ts, ts))
+        recs += c.process(batch).recommendations
+        if start == 400:
+            c.swap_model(FakeSeqModel())
+            recs += [r for chunk in c.rescore_active(batch=16) for r in chunk]
+    assert {r.refresh for r in recs} == {"event", "empty", "model"}
+    assert len({r.list_id for r in recs}) == len(recs)
+    events = collections.Counter((r.user_id, r.user_event_count) for r in recs if r.refresh == "event")
+    assert max(events.values()) == 1
+    for r in recs:
+        user, count, n = r.list_id.rsplit(":", 2)
+        assert (user, int(count)) == (r.user_id, r.user_event_count) and (int(n) == 0) == (r.refresh == "event")
