@@ -1,9 +1,16 @@
 """``tailcast demo``: the whole pipeline on one machine, with live progress.
 
-Starts the embedded broker (unless TAILCAST_KAFKA names one), a worker and a scorer as child processes
-(``tailcast worker`` / ``tailcast scorer``), replays the synthetic stream (or ``--dataset``) at ``--rate``,
-and prints once a second: events/s produced, recommendations/s, event→recommendation latency p50/p99,
-tail exposure share per arm (from the ``longtail-metrics`` topic), and a few fresh recommendations.
+Starts the embedded broker (unless TAILCAST_KAFKA names one), a worker, a scorer and a trainer as child
+processes (``tailcast worker`` / ``scorer`` / ``trainer``), replays the synthetic stream (or
+``--dataset``) at ``--rate``, and prints once a second: events/s produced, recommendations/s,
+event→recommendation latency p50/p99, tail exposure share per arm (from the ``longtail-metrics`` topic),
+the model version serving the newest lists, the share of each candidate source in the recent lists'
+slots, and a few fresh recommendations.
+
+The trainer runs with a short budget (:data:`DEMO_TRAINER_ENV`) so that within a minute it trains the
+Transformer and the Mult-VAE on the stream so far, the scorer hot-swaps the checkpoint, and its lists
+carry the checkpoint's version and can hold ``transformer`` and ``vae`` items (each item is credited to
+the source that moved the ranker's score most); a variable already set in the environment wins.
 """
 
 from __future__ import annotations
@@ -16,18 +23,36 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from streams.agents.scorer import BATCH_SOURCES
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings
 from streams.tools import format_recommendation, iterate_topic, replay
 from streams.topics import LONGTAIL_METRICS, RECOMMENDATIONS
 
-__all__ = ["run_demo", "spawn_role"]
+__all__ = ["run_demo", "spawn_role", "DEMO_TRAINER_ENV", "ROLES"]
+
+#: The child processes the demo starts, in order.
+ROLES = ("worker", "scorer", "trainer")
+
+#: The trainer's and the model watch's settings in the demo (the defaults are sized for a service: a
+#: refresh every 10 minutes, up to 5 minutes an encoder). A refresh every 10 s after the previous one
+#: ends, the first 10 s after the trainer starts: the trainer trains about half of the time, on one core,
+#: and each checkpoint is hot-swapped (every active user scored again) at most every 20 s or so.
+DEMO_TRAINER_ENV = {
+    "TAILCAST_TRAIN_INTERVAL_S": "10",
+    "TAILCAST_TRAIN_MIN_EVENTS": "100000",  # no early refresh: the interval sets the pace (500 events/s)
+    "TAILCAST_TRAIN_MAX_SECONDS": "8",  # the encoder's training budget
+    "TAILCAST_TRAIN_VAE_MAX_SECONDS": "4",  # the Mult-VAE's
+    "TAILCAST_TRAIN_TEXT": "off",  # one encoder (ids), not two to compare, and no item texts to encode
+    "TAILCAST_MODEL_POLL_S": "1",  # the scorer looks for a new checkpoint every second
+}
 
 
 def spawn_role(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -51,21 +76,46 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def source_shares(lists: Iterable[dict]) -> dict[str, float]:
+    """Share of each candidate source in the slots of ``lists`` (``recommendations`` records), largest first.
+
+    >>> source_shares([{"items": [{"source": "mf"}, {"source": "vae"}]}, {"items": [{"source": "mf"}]}])
+    {'mf': 0.6666666666666666, 'vae': 0.3333333333333333}
+    """
+    counts = Counter(item["source"] for rec in lists for item in rec["items"])
+    total = sum(counts.values())
+    return {source: n / total for source, n in counts.most_common()}
+
+
+def _trained(version: str) -> bool:
+    """Whether a list's ``model_version`` names a trained checkpoint rather than the online models."""
+    return version != "online"
+
+
 async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, started: float,
                  duration: float | None, procs: dict[str, subprocess.Popen], workdir: Path) -> dict:
     recs = deque(maxlen=5000)  # (arrival time, latency)
+    recent: deque[tuple[float, dict]] = deque(maxlen=5000)  # (arrival time, list): the sources' shares
     latest_longtail: dict[str, dict] = {}
     samples: deque[str] = deque(maxlen=3)
-    stats = {"recommendations": 0, "first_recommendation_s": None, "failed": None}
+    stats = {"recommendations": 0, "first_recommendation_s": None, "failed": None, "serving": None,
+             "first_trained_s": None, "trained_lists": 0, "batch_items": Counter()}
 
     async def consume(topic: str) -> None:
         async for r in iterate_topic(settings.kafka, topic, from_beginning=True, stop=stop):
             if topic == RECOMMENDATIONS:
                 now = time.time()
                 recs.append((now, r["generated_at"] - r.get("ingested_at", r["generated_at"])))
+                recent.append((now, r))
                 stats["recommendations"] += 1
                 if stats["first_recommendation_s"] is None:
                     stats["first_recommendation_s"] = time.monotonic() - started
+                stats["serving"] = r["model_version"]
+                if _trained(r["model_version"]):
+                    stats["trained_lists"] += 1
+                    if stats["first_trained_s"] is None:
+                        stats["first_trained_s"] = time.monotonic() - started
+                    stats["batch_items"].update(i["source"] for i in r["items"] if i["source"] in BATCH_SOURCES)
                 samples.append(format_recommendation(r))
             else:
                 latest_longtail[r["arm"]] = r
@@ -83,9 +133,12 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
             window = [lat for t, lat in recs if t >= time.time() - 10]
             p50, p99 = (np.percentile(window, [50, 99]) * 1000 if window else (float("nan"),) * 2)
             tails = " ".join(f"{arm}={rec['tail_share']:.2f}" for arm, rec in sorted(latest_longtail.items()))
+            shares = source_shares(rec for t, rec in recent if t >= time.time() - 10)
+            sources = " ".join(f"{source} {share:.0%}" for source, share in shares.items())
             print(f"[{now - started:5.0f}s] events {sent[0]:>7} ({(sent[0] - last_sent) / dt:5.0f}/s)  "
                   f"recs {stats['recommendations']:>7} ({(stats['recommendations'] - last_recs) / dt:5.0f}/s)  "
-                  f"latency p50 {p50:5.0f} ms p99 {p99:5.0f} ms  tail share {tails or '-'}", flush=True)
+                  f"latency p50 {p50:5.0f} ms p99 {p99:5.0f} ms  tail share {tails or '-'}\n"
+                  f"        model {stats['serving'] or '-'}  sources {sources or '-'}", flush=True)
             while samples:
                 print("    " + samples.popleft(), flush=True)
             last_sent, last_recs, last_t = sent[0], stats["recommendations"], now
@@ -125,6 +178,15 @@ async def _demo(settings: Settings, args: argparse.Namespace, started: float, pr
     return await watcher
 
 
+def _where_metrics_are(settings: Settings) -> str:
+    """Where to look at the metrics while the demo runs."""
+    ports = {role: settings.metrics_port_for(role) for role in ROLES}
+    endpoints = ", ".join(f"{role} http://127.0.0.1:{port}/metrics" for role, port in ports.items() if port)
+    return (f"metrics: {endpoints or 'Prometheus endpoints off (TAILCAST_METRICS_PORT=0)'}; long-tail records on "
+            f"the {LONGTAIL_METRICS} topic (tailcast tail --topic {LONGTAIL_METRICS}); Prometheus and Grafana: "
+            "infra/prometheus/prometheus.local.yml and infra/grafana (README, Deployment)")
+
+
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tailcast-demo-"))
@@ -137,19 +199,30 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         print(f"embedded broker on {broker.address} (memory only)", flush=True)
     env.setdefault("TAILCAST_STATE_DIR", str(workdir / "state"))
     env.setdefault("TAILCAST_METRICS_INTERVAL_S", "2")
+    env.setdefault("TAILCAST_CHECKPOINT_DIR", str(workdir / "checkpoints"))  # a fresh start: no old checkpoint
+    for name, value in DEMO_TRAINER_ENV.items():
+        env.setdefault(name, value)
     procs: dict[str, subprocess.Popen] = {}
     try:
         from streams.topics import ensure_topics
 
         asyncio.run(ensure_topics(settings.kafka))
-        for role in ("worker", "scorer"):
+        for role in ROLES:
             procs[role] = spawn_role(role, env, workdir / f"{role}.log")
-        print(f"worker and scorer started (logs in {workdir}); metrics on :{settings.metrics_port_for('worker')} "
-              f"and :{settings.metrics_port_for('scorer')}", flush=True)
+        print(f"worker, scorer and trainer started (logs in {workdir}); checkpoints in "
+              f"{env['TAILCAST_CHECKPOINT_DIR']}", flush=True)
+        print(_where_metrics_are(settings), flush=True)
         stats = asyncio.run(_demo(settings, args, started, procs, workdir))
-        first = stats["first_recommendation_s"]
+        first, trained = stats["first_recommendation_s"], stats["first_trained_s"]
         print(f"demo done: {stats['recommendations']} recommendations; first after "
               f"{'-' if first is None else f'{first:.1f}s'}", flush=True)
+        if trained is None:
+            print("no list from a trained checkpoint yet: the trainer needed longer than the demo ran "
+                  f"(see {workdir / 'trainer.log'})", flush=True)
+        else:
+            batch = ", ".join(f"{n} {source}" for source, n in sorted(stats["batch_items"].items())) or "none"
+            print(f"first list from a trained checkpoint after {trained:.1f}s; {stats['trained_lists']} lists "
+                  f"from checkpoints, newest {stats['serving']}; their batch-model items: {batch}", flush=True)
         return 0 if stats["recommendations"] and not stats["failed"] else 1
     finally:
         _stop(list(procs.values()))

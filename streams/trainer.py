@@ -68,7 +68,9 @@ def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts
                  metrics: TrainerMetrics, config: RefreshConfig | None = None):
     """Train on ``events`` and publish a checkpoint; returns the published checkpoint."""
     started = time.time()
-    vectors = _text_vectors(settings, texts)
+    # item texts feed only an encoder variant with text: with TAILCAST_TRAIN_TEXT=off, encoding them (MiniLM
+    # by default, ~430 items/s) would only delay the checkpoint
+    vectors = _text_vectors(settings, texts) if settings.trainer.text != "off" else {}
     result = fit_refresh(events, text_vectors=vectors,
                          config=config or RefreshConfig(device=settings.scorer.device,
                                                         max_len=settings.worker.history_len,
