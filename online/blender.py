@@ -178,6 +178,7 @@ class FeedbackBlender:
         self._prior_weights = np.array([_PRIOR_WEIGHTS.get(s, 1.0) for s in self.sources])
         # scaler (running mean / population variance) and logistic regression, as arrays
         self._n_seen = 0
+        self._proposing = np.zeros(len(self.sources), dtype=bool)  # sources seen proposing in a learned batch
         self._mean = np.zeros(n_f)
         self._var = np.zeros(n_f)
         self._w = np.zeros(n_f)
@@ -528,6 +529,7 @@ class FeedbackBlender:
         self._var = (self._var * n0 + b_var * m + delta * delta * (n0 * m / n1)) / n1
         self._mean = self._mean + delta * (m / n1)
         self._n_seen = n1
+        self._adopt_new_sources(proposed.any(axis=0))
         # logistic regression: one step with the sum of the per-example gradients
         self._eff = None
         Z = self._z(X)  # (m, F), with the scaler just updated (as river's pipeline does)
@@ -545,6 +547,18 @@ class FeedbackBlender:
         self._eff = None
         self._n_applied += m
         self._n_applied_clicked += int(y.sum())
+
+    def _adopt_new_sources(self, proposing: np.ndarray) -> None:
+        """A source that proposes for the first time (a batch model swapped in after warm-up) starts with
+        the mean weights (score, rank and proposed terms) of the sources already seen, not with zero:
+        otherwise its candidates are credited nothing until SGD has moved its weights, and it is
+        rarely shown, so rarely learned about. Its weights are learned from then on like the others'."""
+        new = proposing & ~self._proposing
+        if new.any() and self._proposing.any():
+            n_s = len(self.sources)
+            w = self._w[: 3 * n_s].reshape(3, n_s)  # (score, rank, proposed) x sources, a view
+            w[:, new] = w[:, self._proposing].mean(axis=1, keepdims=True)
+        self._proposing |= proposing
 
     def auc_counts(self) -> tuple[int, int]:
         """(examples, clicks) in the window that :meth:`auc` reads: how much its figures can be trusted."""

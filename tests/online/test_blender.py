@@ -148,3 +148,25 @@ def test_single_source_auc_ranks_unproposed_candidates_last_whatever_the_score_s
             blender.learn_one(blender.features(scores, is_tail=False, user_event_count=3, source_ranks=ranks),
                               n == best)
     assert blender.auc()["vae"] > 0.9
+
+
+def test_a_source_that_appears_late_starts_with_the_mean_weights_of_the_others() -> None:
+    """A batch model swapped in after warm-up is not stuck at weight 0 (it would be credited nothing)."""
+    blender = FeedbackBlender(sources=["covisit", "mf", "transformer"], warmup=10)
+    rng = np.random.default_rng(0)
+    X = np.zeros((256, blender.n_features))
+    X[:, 0:2] = rng.random((256, 2))  # covisit and mf scores; the transformer proposes nothing yet
+    X[:, 3:5] = rng.random((256, 2))
+    X[:, 6:8] = 1.0
+    y = X[:, 0] + X[:, 3] > 1.0  # clicks follow covisit
+    blender.learn_matrix(X, y)
+    w = blender._w[:9].reshape(3, 3)
+    assert np.all(w[:, 2] == 0.0) and np.abs(w[:, :2]).sum() > 0
+    before = w[:, :2].mean(axis=1)
+    late = X[:1].copy()
+    late[0, [2, 5, 8]] = (0.9, 0.5, 1.0)  # the transformer proposes
+    blender.learn_matrix(late, [False])
+    blender.flush()
+    w = blender._w[:9].reshape(3, 3)
+    np.testing.assert_allclose(w[:, 2], before, atol=0.05)  # the others' mean, moved by one small step
+    assert np.abs(w[:, 2]).sum() > 0
