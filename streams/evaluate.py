@@ -254,8 +254,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
              "consumed_share: share of recommended top-k slots holding an item the user had consumed before the list",
              "online models seeded as in the live scorer (build_recommender); --seed seeds Transformer training and "
              "leave-one-out tie-breaks"]
+    # the code this process runs: read at the start (a commit made during a long run is not in it)
+    code = _code_version()
     meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
-            "limit": args.limit, "seed": seed, "k": settings.scorer.k, "rejected": stream.rejected}
+            "limit": args.limit, "seed": seed, "k": settings.scorer.k, "rejected": stream.rejected, "code": code}
     text_vectors = _text_vectors(settings, ds.item_text, log) if ds.item_text else None
 
     if mode == "loo":
@@ -416,7 +418,6 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         if r.kind == "live" or name == first.name:
             log(_pairing_line(name, r.metrics))
     meta["seconds"] = round(time.perf_counter() - started, 1)
-    meta["code"] = _code_version()
     intro = [f"Dataset `{args.dataset}` ({ds.name}): {n} events, {n_users} users, {ds.n_items} items"
              + (f", first {args.limit} events" if args.limit else "") + f"; mode {mode}; k = {settings.scorer.k}; "
              f"offline micro-batch {batch} events; {meta['seconds']:.0f}s; code {meta['code']}"
