@@ -1,9 +1,10 @@
-"""The feedback blender: learns from the stream itself how to weigh the candidate sources.
+"""The ranker ("feedback blender"): learns from the stream itself how to weigh the candidate sources.
 
-Every shown recommendation list is labelled by the user's next event: the shown item that was
-consumed next is a positive, the others negatives. An online logistic regression over standardised
-features learns from these labels (prequentially: each example is first predicted, for the running
-AUC, then learned).
+Its examples come from :class:`~online.recommender.OnlineRecommender`: each list's candidate pool is
+labelled by the user's next event (the consumed candidate a positive, random pool candidates negatives).
+An online logistic regression over standardised features learns from these labels (prequentially:
+each example is first predicted, for the running AUC, then learned). A source that proposes for the
+first time after others have been learned starts from their mean weights (:meth:`_adopt_new_sources`).
 
 Choice of model. The learner is river's ``Pipeline(StandardScaler(), LogisticRegression(...))``
 re-implemented in numpy, with the same update rules (running mean and population variance per
