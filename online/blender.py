@@ -474,26 +474,6 @@ class FeedbackBlender:
         for x, clicked in examples:
             self.learn_one(x, clicked)
 
-    def learn_shown(
-        self, xs: Sequence[Mapping[str, float]] | np.ndarray, clicked: Sequence[bool], *,
-        max_negatives: int | None = None,
-    ) -> int:
-        """Learn one shown list: every clicked example, and ``max_negatives`` of the others drawn at
-        random (``None``: all of them). Subsampling negatives keeps feedback cheap (a list of 10 is
-        10 examples otherwise) and leaves AUC, a ranking measure, unbiased. Returns examples learned.
-        """
-        if len(xs) != len(clicked):
-            raise ValueError(f"{len(xs)} feature rows but {len(clicked)} click labels")
-        pos = [n for n, c in enumerate(clicked) if c]
-        neg = [n for n, c in enumerate(clicked) if not c]
-        if max_negatives is not None and len(neg) > max_negatives:
-            neg = sorted(self._rng.sample(neg, max_negatives))
-        chosen = sorted(pos + neg)
-        if chosen:
-            X = self._matrix(xs)[chosen]
-            self.learn_matrix(X, [bool(clicked[n]) for n in chosen])
-        return len(chosen)
-
     def flush(self) -> None:
         """Apply the buffered examples now (reads do not wait for a full batch; see the module doc)."""
         self._flush()

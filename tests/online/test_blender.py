@@ -113,16 +113,6 @@ def test_features() -> None:
     assert x["tail_x_log_user_events"] == x["log_user_events"]
 
 
-def test_learn_shown_subsamples_negatives_deterministically() -> None:
-    def run() -> tuple[int, int]:
-        blender = FeedbackBlender(sources=SOURCES, seed=3)
-        xs = [blender.features({"mf": float(n)}, is_tail=False, user_event_count=1) for n in range(10)]
-        n = blender.learn_shown(xs, [n == 4 for n in range(10)], max_negatives=2)
-        return n, blender.n_clicked
-
-    assert run() == run() == (3, 1)
-
-
 def test_rejects_bad_config() -> None:
     with pytest.raises(ValueError, match="distinct"):
         FeedbackBlender(sources=["mf", "mf"])
