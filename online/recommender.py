@@ -677,8 +677,9 @@ class OnlineRecommender:
         return item in self.popularity or item in self.content or item in self.mf
 
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        """Blended click probability of ``items`` (source ranks unknown here: rank features 0);
-        0.0 for an item no model knows."""
+        """The ranker's click probability of ``items`` (source ranks unknown here: rank features 0; item
+        popularity is the live window count, where serving reads it as of the last head refresh); 0.0 for
+        an item no model knows."""
         if not len(items):
             return np.zeros(0)
         per_source = {
@@ -689,13 +690,17 @@ class OnlineRecommender:
             "content": self.content.score(user, history, items),
         }
         tail = self.popularity.tail_mask(items)
+        appetite = appetite_from_counts(int(self.popularity.tail_mask(history).sum()), len(history))
+        window_count = self.popularity.window_count
         xs = [
             self.blender.features(
                 {s: float(v[n]) for s, v in per_source.items()},
                 is_tail=bool(tail[n]),
                 user_event_count=len(history),
+                popularity=float(window_count(item)),
+                appetite=appetite,
             )
-            for n in range(len(items))
+            for n, item in enumerate(items)
         ]
         known = np.fromiter((it in self for it in items), dtype=bool, count=len(items))
         return np.where(known, self.blender.predict_many(xs), 0.0)
