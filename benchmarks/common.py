@@ -53,7 +53,7 @@ class Records:
 
 
 def synthetic_records(*, n_events: int, n_users: int, n_items: int, seed: int = 0) -> Records:
-    """``online.synthetic.generate`` as ``(key, value)`` byte pairs in the ``events`` contract (DESIGN §3)."""
+    """``online.synthetic.generate`` as ``(key, value)`` byte pairs in the ``events`` contract (docs/design.md §3)."""
     from online.synthetic import generate
 
     data = generate(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed)

@@ -1,4 +1,4 @@
-"""Freshness (DESIGN §7): event-to-recommendation latency and the highest sustained rate, live pipeline.
+"""Freshness (docs/design.md §7): event-to-recommendation latency and the highest sustained rate, live pipeline.
 
 One fresh embedded broker, one ``tailcast worker`` and one ``tailcast scorer`` subprocess, with
 ``TAILCAST_TEXT_ENCODER=hashing`` (the token-hashing item encoder instead of MiniLM, to measure the

@@ -1,4 +1,4 @@
-"""Ingest throughput (DESIGN §7): the real worker against a bare Faust agent and raw aiokafka, one broker.
+"""Ingest throughput (docs/design.md §7): the real worker against a bare Faust agent and raw aiokafka, one broker.
 
 Each round starts a fresh embedded broker, pre-publishes N synthetic events keyed by user (aiokafka's
 default murmur2 partitioner, the partitioner the worker routes by, so nothing is re-routed), then

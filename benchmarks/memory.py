@@ -1,4 +1,4 @@
-"""Memory (DESIGN §7): bytes per active user state in the worker, and per user and per catalogue item in
+"""Memory (docs/design.md §7): bytes per active user state in the worker, and per user and per catalogue item in
 the scorer's online models, with ``tracemalloc`` (numpy buffers included), plus learn_one time at each size.
 
 * worker: ``UserState.to_bytes()`` at history length 50 (the changelog record), and the in-memory

@@ -180,7 +180,7 @@ def replay(data, arms: str, **kwargs) -> dict[str, dict[str, float]]:
 
 
 def replay_boost(data, strength: float) -> dict[str, float]:
-    """Co-visitation with TailBoost (the DESIGN §7 baseline), same prequential replay."""
+    """Co-visitation with TailBoost (the docs/design.md §7 baseline), same prequential replay."""
     from online.covisit import CoVisitation
     from online.popularity import DecayedPopularity
     from online.rerank import TailBoost

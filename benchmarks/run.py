@@ -1,10 +1,10 @@
-"""``make bench``: run the benchmarks, print one table with the DESIGN §7 targets, write the JSON.
+"""``make bench``: run the benchmarks, print one table with the docs/design.md §7 targets, write the JSON.
 
     python -m benchmarks.run [--quick] [--only ingest,freshness,memory,scorer,scorer_core,online_recommender]
                              [--out bench-results.json]
 
-The JSON is ``{benchmark: {figure: value}}`` (DESIGN §6), plus ``targets``: for each DESIGN §7 target the
-measured value divided by the required one (oriented so that >= 1 means met). Figures that are not
+The JSON is ``{benchmark: {figure: value}}`` (docs/design.md §6), plus ``targets``: for each
+docs/design.md §7 target the measured value divided by the required one (oriented so that >= 1 means met). Figures that are not
 finite numbers are left out of the JSON (and said so). ``scorer``, ``scorer_core`` and ``online_recommender`` run the
 scripts of the same names in this folder when they exist (they are owned elsewhere; a failure there is
 reported, not fatal). ``--quick`` uses small sizes (the smoke test: ingest and memory in < 2 minutes).
@@ -152,7 +152,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, float]]] = {
 
 
 def targets(results: dict[str, dict[str, float]]) -> dict[str, tuple[float, str]]:
-    """DESIGN §7 targets found in ``results``: name -> (measured / required, >= 1 means met; description)."""
+    """docs/design.md §7 targets found in ``results``: name -> (measured / required, >= 1 means met; description)."""
     out: dict[str, tuple[float, str]] = {}
     ing = results.get("ingest", {})
     if "worker_events_per_s" in ing:
@@ -205,7 +205,7 @@ def table(results: dict[str, dict[str, float]], notes: dict[str, str],
     for name, note in notes.items():
         lines.append(f"== {name} == {note}")
     if checks:
-        lines.append("== DESIGN §7 targets (measured / required; >= 1 met) ==")
+        lines.append("== docs/design.md §7 targets (measured / required; >= 1 met) ==")
         for key, (ratio, text) in checks.items():
             lines.append(f"  {key:<{width}}  {ratio:>14.2f}  {'MET   ' if ratio >= 1 else 'MISSED'}  {text}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Exposure metrics of DESIGN §4: who gets recommended, and how evenly.
+"""Exposure metrics of docs/design.md §4: who gets recommended, and how evenly.
 
 Three layers, smallest first:
 
@@ -15,7 +15,7 @@ Three layers, smallest first:
 
 Conventions shared by all layers:
 
-* **Head/tail** (DESIGN §4): head = the top ``floor(head_share * n_active)`` active items by window count,
+* **Head/tail** (docs/design.md §4): head = the top ``floor(head_share * n_active)`` active items by window count,
   ties broken by item id (ascending); tail = every other item, *including items with no interaction in the
   window* (a cold item is the extreme tail). ``floor`` makes the head "at most ``head_share`` of the
   active items": with 4 active items and the default 0.2 there is no head at all.
@@ -373,7 +373,7 @@ class ExposureGini(_Metric):
     """Gini of recommendation counts; one ``update(item)`` per slot.
 
     With ``active`` (read at :meth:`get` time) the Gini runs over the active items, those never
-    recommended counting as zeros, and recommended items that are not active are left out (DESIGN §4).
+    recommended counting as zeros, and recommended items that are not active are left out (docs/design.md §4).
     Without it only recommended items are known, so zeros are missing and the value is a lower bound.
 
     >>> round(ExposureGini().update("i1").update("i1").update("i2").get(), 4)  # [1, 2]: (3 - 2*4/3) / 2
@@ -680,7 +680,7 @@ class ExposureWindow:
 
     # -- inputs
     def observe_event(self, user: str, item: str) -> ExposureWindow:
-        """One interaction (DESIGN §3 ``events``): updates active items and head/tail."""
+        """One interaction (docs/design.md §3 ``events``): updates active items and head/tail."""
         if not self._owns_items:
             raise SharedItemWindowError(
                 "this ExposureWindow shares its ItemWindow; call observe_event on the shared ItemWindow once"

@@ -1,4 +1,4 @@
-"""Time-decayed popularity, and the head/tail split over a sliding window of events (DESIGN §4).
+"""Time-decayed popularity, and the head/tail split over a sliding window of events (docs/design.md §4).
 
 Two views of one stream:
 

@@ -1,4 +1,4 @@
-"""Prequential HR@K / NDCG@K: pair each event with the recommendation list that preceded it (DESIGN §3, §4).
+"""Prequential HR@K / NDCG@K: pair each event with the recommendation list that preceded it (docs/design.md §3, §4).
 
 The k-th recommendation for a user (``user_event_count == k``) predicts that user's (k+1)-th event. Events
 and recommendations arrive on two topics in any interleaving, so pairing is done by count, never by time:
@@ -20,7 +20,7 @@ everything, pair by count) whatever the interleaving, provided counts are strict
 * :class:`PrequentialMetrics` - HR@K, NDCG@K, tail HR@K, HR@K per user-activity bucket over a sliding
   window of outcomes.
 * :class:`ArmMetrics` - one interaction window, plus per-arm exposure and per-arm prequential metrics,
-  building the DESIGN §3 ``longtail-metrics`` record.
+  building the docs/design.md §3 ``longtail-metrics`` record.
 
 >>> pairer = PrequentialPairer()
 >>> pairer.observe_event("u", "i1", 1)          # first event: waits for any list with count >= 0
@@ -245,7 +245,7 @@ class PrequentialPairer:
     def observe_recommendation(
         self, user: str, user_event_count: int, items: Sequence[str], arm: str
     ) -> list[Outcome]:
-        """One published list (DESIGN §3 ``recommendations``); returns the events it resolves."""
+        """One published list (docs/design.md §3 ``recommendations``); returns the events it resolves."""
         if not isinstance(user_event_count, int) or user_event_count < 0:
             raise ValueError(f"user_event_count must be an int >= 0, got {user_event_count!r}")
         if isinstance(items, str):
@@ -334,7 +334,7 @@ class PrequentialMetrics:
     ``update(outcome, is_tail=...)`` takes the target item's head/tail status decided by the caller when
     the outcome was resolved (e.g. ``ExposureWindow.is_tail(outcome.item)``). O(1) per update.
 
-    **"none" pairings count as misses** (rank ``None``): DESIGN §4 asks, *for each event*, whether its item
+    **"none" pairings count as misses** (rank ``None``): docs/design.md §4 asks, *for each event*, whether its item
     appears in the latest list preceding it; with no such list it does not appear. Excluding them would
     reward a system for not serving (fewer, later lists would raise its HR), and a user's first event
     is exactly the long-tail-user case the metric must not hide. The counts ``exact``, ``stale`` and
@@ -551,7 +551,7 @@ class ArmMetrics:
         return arm
 
     def record(self, arm: str, window_end: float) -> dict:
-        """The DESIGN §3 ``longtail-metrics`` record for ``arm`` (exactly its keys)."""
+        """The docs/design.md §3 ``longtail-metrics`` record for ``arm`` (exactly its keys)."""
         snap = self.exposure(arm).snapshot()
         q = self._quality[arm].get()
         return {

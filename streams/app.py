@@ -1,6 +1,6 @@
 """Faust applications, one per role, built by a factory (no module-level app, no globals).
 
-``create_app(settings, role=...)`` returns a configured :class:`faust.App` with the topics of DESIGN §3
+``create_app(settings, role=...)`` returns a configured :class:`faust.App` with the topics of docs/design.md §3
 declared and the role's agents registered:
 
 * ``worker``: the ingest agent and the ``user_state`` table;

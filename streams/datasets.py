@@ -1,6 +1,6 @@
 """Read real interaction datasets into one time-ordered event list plus item texts.
 
-Accepted (DESIGN §6): a MovieLens directory or file (`ratings.csv` + `movies.csv`/`tags.csv`,
+Accepted (docs/design.md §6): a MovieLens directory or file (`ratings.csv` + `movies.csv`/`tags.csv`,
 `u.data` + `u.item`, `ratings.dat` + `movies.dat`), and a plain CSV/TSV with a header naming
 `user_id,item_id,ts[,event]` (`time`/`timestamp` are accepted for `ts`, `userId`/`movieId` too).
 Events are ordered by (ts, user, item) — a deterministic tie-break, since real logs have many ties.

@@ -153,7 +153,7 @@ class LongTailMetrics:
         )
 
     def set_record(self, record: dict) -> None:
-        """Export one ``longtail-metrics`` record (DESIGN §3) as gauges."""
+        """Export one ``longtail-metrics`` record (docs/design.md §3) as gauges."""
         arm = record["arm"]
         self.tail_share.labels(arm=arm).set(record["tail_share"])
         self.coverage.labels(arm=arm).set(record["coverage"])

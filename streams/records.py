@@ -1,4 +1,4 @@
-"""The records that travel on tailcast's topics (DESIGN §3), and validation of input at the edge.
+"""The records that travel on tailcast's topics (docs/design.md §3), and validation of input at the edge.
 
 Everything is JSON (UTF-8) encoded with orjson. Topic values are handled as raw bytes by Faust and
 decoded here once, so a malformed record never crashes a codec inside the stream machinery: it becomes
@@ -123,7 +123,7 @@ def _timestamp(obj: dict[str, Any], default_ts: float) -> float:
 
 
 def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ValidEvent:
-    """Validate one ``events`` record (DESIGN §3) or raise :class:`BadEvent`.
+    """Validate one ``events`` record (docs/design.md §3) or raise :class:`BadEvent`.
 
     Normalisations (documented in the README): integer ids become strings, ids are stripped of
     surrounding whitespace, ``event`` is lower-cased (default ``"click"``; unknown types are kept),
@@ -244,7 +244,7 @@ class RecommendedItem:
 
 @dataclass(slots=True)
 class Recommendation:
-    """The ``recommendations`` contract (DESIGN §3).
+    """The ``recommendations`` contract (docs/design.md §3).
 
     ``user_event_count`` = number of the user's events this list reflects: the k-th recommendation
     predicts the user's (k+1)-th event. ``ingested_at`` (additive field) is the wall-clock Kafka time of
@@ -325,7 +325,7 @@ class ItemRecord:
 
 
 def parse_item(raw: bytes | None, *, max_bytes: int) -> ItemRecord:
-    """Validate one ``items`` record (DESIGN §3) or raise :class:`BadEvent`."""
+    """Validate one ``items`` record (docs/design.md §3) or raise :class:`BadEvent`."""
     obj = _decode_object(raw, max_bytes=max_bytes)
     item_id = _id(obj, "item_id")
     title = obj.get("title", "")

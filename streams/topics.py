@@ -1,4 +1,4 @@
-"""Every topic of DESIGN §3, declared once: names, partition counts, cleanup policy.
+"""Every topic of docs/design.md §3, declared once: names, partition counts, cleanup policy.
 
 :func:`ensure_topics` creates them with explicit partition counts at start-up (idempotent) and returns
 the partition count each topic really has, which the worker needs to route events by user.

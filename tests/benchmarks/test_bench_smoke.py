@@ -38,4 +38,4 @@ def test_quick_bench_writes_positive_figures(tmp_path):
                    "recommender_bytes_per_item"):
         assert figure in results["memory"], figure
     assert "ingest_worker_vs_0.75_bare_faust" in results["targets"]
-    assert "== DESIGN §7 targets" in proc.stdout
+    assert "== docs/design.md §7 targets" in proc.stdout

@@ -76,7 +76,7 @@ METRICS: tuple[Metric, ...] = (
 # Series Prometheus itself adds to every target.
 BUILTIN_SERIES = frozenset({"up"})
 
-# Label values the contracts fix (DESIGN.md sections 3 and 4) or that are typical, for fakes and tests.
+# Label values the contracts fix (docs/design.md §3 and §4) or that are typical, for fakes and tests.
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "arm": ("control", "tail"),
     "reason": ("invalid_json", "missing_field"),

@@ -1,4 +1,4 @@
-"""Scale-out over Kafka partitions (DESIGN §8): two workers and two scorers split the partitions and give the
+"""Scale-out over Kafka partitions (docs/design.md §8): two workers and two scorers split the partitions and give the
 same final per-user results as one of each, with nothing lost, one ``"event"`` list per user state, and every
 repeat of a state (an empty list scored again, a model swap) marked as one."""
 

@@ -1,4 +1,4 @@
-"""Exposure metrics (DESIGN §4): hand-computed fixtures, the step-by-step objects, the live windows."""
+"""Exposure metrics (docs/design.md §4): hand-computed fixtures, the step-by-step objects, the live windows."""
 
 from __future__ import annotations
 

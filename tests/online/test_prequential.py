@@ -1,4 +1,4 @@
-"""Prequential pairing by user_event_count and HR@K / NDCG@K (DESIGN §3, §4)."""
+"""Prequential pairing by user_event_count and HR@K / NDCG@K (docs/design.md §3, §4)."""
 
 from __future__ import annotations
 

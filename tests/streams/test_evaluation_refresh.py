@@ -1,8 +1,8 @@
-"""``tailcast evaluate --refresh-every N``: batch models evaluated as deployed (DESIGN §5).
+"""``tailcast evaluate --refresh-every N``: batch models evaluated as deployed (docs/design.md §5).
 
 The model is retrained at each refresh point on the events before it only, swapped into every system that
 serves it between micro-batches and followed by ``rescore_active``; the frozen mode is unchanged; the
-report has the online-only rows and the DESIGN §7 check. Small synthetic data only (never /work/shared)."""
+report has the online-only rows and the docs/design.md §7 check. Small synthetic data only (never /work/shared)."""
 
 from __future__ import annotations
 

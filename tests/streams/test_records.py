@@ -1,4 +1,4 @@
-"""Edge validation of the events contract (DESIGN §3)."""
+"""Edge validation of the events contract (docs/design.md §3)."""
 
 from __future__ import annotations
 
