@@ -5,7 +5,7 @@ default murmur2 partitioner, the partitioner the worker routes by, so nothing is
 consumes all of them three ways, back to back on that broker:
 
 * ``raw``: an ``AIOKafkaConsumer`` assigned every partition, ``getmany`` + ``orjson.loads`` per record;
-* ``bare``: a Faust agent built with the worker's own app settings (``streams.app._faust_app``, the
+* ``bare``: a Faust agent built with the worker's own app settings (``streams.app.faust_app``, the
   same raw topics, ``stream.take_events(TAILCAST_WORKER_BATCH, within=TAILCAST_WORKER_BATCH_WAIT_S)``)
   that only decodes;
 * ``worker``: the real worker, ``create_app(settings, role="worker")``, run in a child process exactly as
@@ -91,9 +91,8 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
     import cProfile
     import logging
 
-    import faust
-
-    from streams.app import _faust_app, _topics, create_app
+    from streams.app import create_app, declare_topics, faust_app, faust_worker
+    from streams.cli import freeze_startup_heap
     from streams.config import load_settings
     from streams.topics import EVENTS, ensure_topics
 
@@ -116,8 +115,8 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
 
     extra: dict[str, Any] = {}
     if kind == "bare":
-        app = _faust_app(settings, f"bench-bare-{os.getpid()}")
-        topics = _topics(app, settings)
+        app = faust_app(settings, f"bench-bare-{os.getpid()}")
+        topics = declare_topics(app, settings)
 
         @app.agent(topics[EVENTS], name="bare")
         async def bare(stream):
@@ -180,12 +179,8 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
         sys.stderr.flush()
         os._exit(0)  # a benchmark child: no graceful Faust shutdown (seconds) needed, its broker goes away
 
-    from streams.cli import _freeze_startup_heap
-
-    _freeze_startup_heap(settings)  # as `tailcast worker` does after start-up (both kinds alike)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-                          override_logging=False, loop=loop)
-    worker.execute_from_commandline()
+    freeze_startup_heap(settings)  # as `tailcast worker` does after start-up (both kinds alike)
+    faust_worker(app, settings, loop).execute_from_commandline()
 
 
 def _write_profile(profiler, path: Path) -> None:

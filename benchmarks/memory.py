@@ -198,8 +198,7 @@ def scorer_users(stages: list[int], *, n_items: int = 10_000, fit_over_s: float 
         core = ScorerCore(recommender=None, arms=None, k=10)
         before = _traced()
         for u in range(100_000):
-            core._learned.put(f"u{u}", 2)
-            core._published.put(f"u{u}", 2)
+            core.warm(f"u{u}", 2)
         figures["scorer_core_bytes_per_user"] = (_traced() - before) / 100_000
         del core
     finally:

@@ -152,8 +152,11 @@ def prepare(n_items: int, serve_events: int, chunk: int, extras: bool):
             h = hist.setdefault(user, [])
             core.recommender.learn_one(user, item, ts, h[-HIST:])
             h.append(item)
-        for user, h in hist.items():  # the scorer's high-water marks for the directly learned events
-            core._learned.put(user, len(h))
+        # the scorer's high-water marks for the directly learned events; a --root checkout older than
+        # ScorerCore.warm goes without (no figure changes: every request below carries only later events)
+        warm = getattr(core, "warm", None)
+        for user, h in hist.items() if warm is not None else ():
+            warm(user, len(h))
         for batch in requests_for(data.events[N_WARM : N_WARM + N_SERVE_WARM], hist, chunk):
             core.process(batch, now=0.0)
         return core, hist

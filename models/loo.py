@@ -259,7 +259,7 @@ class ItemCF:
         cols = np.concatenate([np.fromiter(set(s), dtype=np.int64) for s in train_sequences] or [np.zeros(0)])
         n_users = len(train_sequences)
         try:
-            import scipy.sparse as sp
+            import scipy.sparse as sp  # optional: without scipy, the dense fallback below
 
             self.X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items + 1))
             self._sparse = True

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.augment import AugmentConfig, augment_sequences
 from models.loo import item_index, leave_one_out
 from models.sequence import SeqEncoder, SeqEncoderConfig
 from models.train import Callback, TrainConfig, TrainResult, train
@@ -149,8 +150,6 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
         valid = valid_full if variant == "text" else (split.histories("valid", index) if split.valid else None)
         weights = None
         if config.augment_cap > 0 and vae is not None:
-            from models.augment import AugmentConfig, augment_sequences
-
             # the VAE's item indices are full_index's; base_index is its prefix, so ids agree
             train_seqs, weights = augment_sequences(train_seqs, vae, AugmentConfig(
                 cap=config.augment_cap, weight=config.augment_weight, seed=config.seed))

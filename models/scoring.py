@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
 from models.checkpoint import Checkpoint
 from models.device import choose_device
@@ -44,8 +45,6 @@ QUANTIZE_MODES = ("none", "int8", "bf16")
 
 def conv1d_to_linear(module: nn.Module) -> nn.Module:
     """Replace every ``transformers`` ``Conv1D`` (y = x W + b, W: (in, out)) by the same ``nn.Linear``, in place."""
-    from transformers.pytorch_utils import Conv1D
-
     for name, child in module.named_children():
         if isinstance(child, Conv1D):
             w = child.weight  # (in, out)

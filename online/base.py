@@ -236,7 +236,8 @@ class DecayClock:
     weight on every event; the true decayed value at time ``now`` is ``stored * 2 ** (-(now - t0) /
     half_life)``. Ratios and rankings of stored weights are therefore exact without any decay pass.
     When the exponent grows past ``max_exponent`` the owner rescales its stored weights by
-    :meth:`rebase`'s factor (rare: every ``max_exponent`` half-lives of stream time).
+    :meth:`rebase`'s factor (rare: every ``max_exponent`` half-lives of stream time). ``rate`` is
+    ``1 / half_life_s`` (halvings per second), for hot loops that inline :meth:`exponent`.
 
     >>> clock = DecayClock(half_life_s=10.0)
     >>> clock.weight(0.0), clock.weight(10.0), clock.weight(20.0)
@@ -245,7 +246,7 @@ class DecayClock:
     0.25
     """
 
-    __slots__ = ("half_life_s", "t0", "max_exponent", "_inv")
+    __slots__ = ("half_life_s", "t0", "max_exponent", "rate")
 
     def __init__(self, half_life_s: float, max_exponent: float = 200.0) -> None:
         if not half_life_s > 0:
@@ -253,18 +254,18 @@ class DecayClock:
         self.half_life_s = float(half_life_s)
         self.t0: float | None = None
         self.max_exponent = max_exponent
-        self._inv = 1.0 / self.half_life_s
+        self.rate = 1.0 / self.half_life_s
 
     def exponent(self, ts: float) -> float:
         if self.t0 is None:
             self.t0 = float(ts)
-        return (ts - self.t0) * self._inv
+        return (ts - self.t0) * self.rate
 
     def weight(self, ts: float) -> float:
         return 2.0 ** self.exponent(ts)
 
     def needs_rebase(self, ts: float) -> bool:
-        return self.t0 is not None and (ts - self.t0) * self._inv > self.max_exponent
+        return self.t0 is not None and (ts - self.t0) * self.rate > self.max_exponent
 
     def rebase(self, ts: float) -> float:
         """Move the reference time to ``ts``; return the factor to multiply stored weights by."""
@@ -275,14 +276,14 @@ class DecayClock:
     def now_factor(self, now: float) -> float:
         if self.t0 is None:
             return 1.0
-        return 2.0 ** (-(now - self.t0) * self._inv)
+        return 2.0 ** (-(now - self.t0) * self.rate)
 
     def __getstate__(self) -> tuple[float, float | None, float]:
         return (self.half_life_s, self.t0, self.max_exponent)
 
     def __setstate__(self, state: tuple[float, float | None, float]) -> None:
         self.half_life_s, self.t0, self.max_exponent = state
-        self._inv = 1.0 / self.half_life_s
+        self.rate = 1.0 / self.half_life_s
 
 
 #: Float32 scores closer than ``TIE_RTOL * max(1, |score|)`` are tied wherever a model chooses between them

@@ -128,7 +128,7 @@ class CoVisitation:
         clock = self._clock
         if clock.t0 is None:
             clock.t0 = float(ts)
-        e = (ts - clock.t0) * clock._inv
+        e = (ts - clock.t0) * clock.rate
         if e > clock.max_exponent:
             self._rebase(ts)
             e = 0.0

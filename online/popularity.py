@@ -101,7 +101,7 @@ class DecayedPopularity:
         clock = self._clock
         if clock.t0 is None:
             clock.t0 = float(ts)
-        e = (ts - clock.t0) * clock._inv
+        e = (ts - clock.t0) * clock.rate
         if e > clock.max_exponent:
             f = clock.rebase(ts)
             self._score = [v * f for v in self._score]

@@ -6,24 +6,34 @@ declared and the role's agents registered:
 * ``worker``: the ingest agent and the ``user_state`` table;
 * ``scorer``: the scorer agent, the item catalogue reader, the checkpoint watcher and (by default) the
   exposure agent that turns published recommendations into long-tail metrics.
+
+:func:`faust_worker` builds the :class:`faust.Worker` that runs an app. This module and the agents are
+the only ones that import Faust (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent
 from prometheus_client import CollectorRegistry
 
-from streams.config import Settings
-from streams.kafka import faust_credentials
+from streams.agents import ingest
+from streams.config import KafkaSettings, Settings
+from streams.kafka import ssl_context
+from streams.metrics import WorkerMetrics
 from streams.topics import DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
-__all__ = ["create_app", "Role"]
+__all__ = ["create_app", "Role", "faust_app", "declare_topics", "faust_credentials", "faust_worker",
+           "stopped_by_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +56,7 @@ def _fetch_max_wait(ms: int) -> None:
     up to 1.5 s to the freshness p99 (measured: p99 1.5 s -> 0.135 s at 500 events/s with 50 ms). The
     consumer reads the value when it starts, after this wrapper has set it.
     """
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
+    cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls._create_worker_consumer, "__wrapped__", cls._create_worker_consumer)
 
     def create(self, transport):
@@ -102,7 +110,20 @@ class KeepCurrentGenerationFlowControl(FlowControlEvent):
                 queue._wakeup_next(queue._putters)  # type: ignore[attr-defined]
 
 
-def _faust_app(settings: Settings, app_id: str) -> faust.App:
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """Faust ``broker_credentials`` for the configured security protocol (None for PLAINTEXT)."""
+    context = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
+                                     mechanism=kafka.sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def faust_app(settings: Settings, app_id: str) -> faust.App:
+    """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents (every
+    role's app, and the bare agent ``benchmarks/ingest.py`` measures the worker against)."""
     kafka = settings.kafka
     _fetch_max_wait(kafka.fetch_max_wait_ms)
     app = faust.App(
@@ -135,7 +156,8 @@ def _faust_app(settings: Settings, app_id: str) -> faust.App:
     return app
 
 
-def _topics(app: faust.App, settings: Settings) -> dict[str, Any]:
+def declare_topics(app: faust.App, settings: Settings) -> dict[str, Any]:
+    """Every topic of docs/design.md §3 on ``app``, keys and values as raw bytes (decoded in the agents)."""
     raw = {"key_serializer": "raw", "value_serializer": "raw", "key_type": bytes, "value_type": bytes}
     n = settings.kafka.partitions
     return {
@@ -152,11 +174,8 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
     """Build the Faust app of ``role`` ("worker" or "scorer")."""
     registry = CollectorRegistry()
     if role == "worker":
-        from streams.agents import ingest
-        from streams.metrics import WorkerMetrics
-
-        app = _faust_app(settings, "tailcast-worker")
-        topics = _topics(app, settings)
+        app = faust_app(settings, "tailcast-worker")
+        topics = declare_topics(app, settings)
         metrics = WorkerMetrics.create(registry)
         at_least_once = settings.kafka.processing_guarantee == "at_least_once"
         processor = ingest.IngestProcessor(
@@ -173,10 +192,10 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
         return Role(app, registry, role, {"metrics": metrics, "processor": processor, "table": table,
                                           "agent": agent})
     if role == "scorer":
-        from streams.agents import serving
+        from streams.agents import serving  # lazily: it imports torch (seconds), which a worker never needs
 
-        app = _faust_app(settings, "tailcast-scorer")
-        topics = _topics(app, settings)
+        app = faust_app(settings, "tailcast-scorer")
+        topics = declare_topics(app, settings)
         parts = serving.register(app, topics=topics, settings=settings, registry=registry)
         _lag_timer(app, parts["metrics"].consumer_lag)
         return Role(app, registry, role, parts)
@@ -200,3 +219,44 @@ def _lag_timer(app: faust.App, gauge) -> None:
                 lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - position)
         for topic, value in lag.items():
             gauge.labels(topic=topic).set(value)
+
+
+def faust_worker(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop, *,
+                 shutdown_grace_s: float | None = None) -> faust.Worker:
+    """The :class:`faust.Worker` that runs ``app`` on ``loop``, leaving logging and stdout to tailcast.
+
+    With ``shutdown_grace_s``, its stop on SIGTERM/SIGINT takes at most that long: a graceful Faust stop
+    commits offsets and flushes the producer, and with the broker gone it waits for it indefinitely. Past
+    the grace period the process logs why and exits: at-least-once delivery redelivers what was not
+    committed, and the worker's offset check skips what was already applied.
+    """
+    base = faust.Worker
+    if shutdown_grace_s is not None:
+        base = _bounded_shutdown_worker(base, shutdown_grace_s, settings.kafka.servers)
+    return base(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False,
+                loop=loop)
+
+
+def stopped_by_signal(worker: faust.Worker) -> bool:
+    """Whether ``worker`` is stopping because of SIGTERM/SIGINT (mode's Worker records when)."""
+    return bool(getattr(worker, "_signal_stop_time", None))
+
+
+def _bounded_shutdown_worker(base: type, grace_s: float, servers: str) -> type:
+    """``base`` (faust.Worker) whose stop on SIGTERM/SIGINT takes at most ``grace_s`` seconds."""
+
+    def force_exit(signum: int) -> None:
+        log.error("shutdown after signal %d did not finish in %.0fs (Kafka at %s unreachable?); exiting now",
+                  signum, grace_s, servers)
+        logging.shutdown()
+        os._exit(128 + int(signum))
+
+    class BoundedShutdownWorker(base):
+        def _schedule_shutdown(self, signum) -> None:
+            if not self._signal_stop_time:
+                timer = threading.Timer(grace_s, force_exit, args=(signum,))
+                timer.daemon = True
+                timer.start()
+            super()._schedule_shutdown(signum)
+
+    return BoundedShutdownWorker

@@ -9,13 +9,19 @@ import logging
 import os
 import signal
 import sys
-import threading
 
+from streams.app import create_app, faust_worker, stopped_by_signal
 from streams.broker import BrokerError, EmbeddedBroker, wait_for_kafka
 from streams.config import ConfigError, Settings, load_settings, settings_table
+from streams.demo import run_demo
+from streams.evaluate import add_arguments as add_evaluate_arguments
+from streams.evaluate import run_evaluate
 from streams.kafka import UnreachableReporter
+from streams.metrics import serve_metrics
+from streams.tools import replay, source_from_args, tail
+from streams.topics import ensure_topics
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "freeze_startup_heap"]
 
 log = logging.getLogger("tailcast")
 
@@ -60,7 +66,7 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
 def _torch_threads(settings: Settings) -> None:
     """One knob for the scorer's and trainer's compute threads: torch's pool and numpy's BLAS pool."""
     import threadpoolctl
-    import torch
+    import torch  # lazily: seconds to import, and only the scorer and the trainer need it
 
     torch.set_num_threads(settings.scorer.torch_threads)
     # numpy's BLAS would otherwise start a thread per core for the online models' small products and
@@ -68,7 +74,7 @@ def _torch_threads(settings: Settings) -> None:
     threadpoolctl.threadpool_limits(settings.scorer.torch_threads, user_api="blas")
 
 
-def _freeze_startup_heap(settings: Settings) -> None:
+def freeze_startup_heap(settings: Settings) -> None:
     """Exempt every object alive after start-up from the cyclic garbage collector (``gc.freeze``), and
     collect the young generation less often (``TAILCAST_GC_THRESHOLD``).
 
@@ -92,12 +98,6 @@ def _freeze_startup_heap(settings: Settings) -> None:
 
 
 def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> int:
-    import faust
-
-    from streams.app import create_app
-    from streams.metrics import serve_metrics
-    from streams.topics import ensure_topics
-
     _connect(settings, timeout=args.connect_timeout)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.new_event_loop()
@@ -108,16 +108,13 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     built = create_app(settings, role=role, partitions=counts)
     port = settings.metrics_port_for(role)
     serve_metrics(built.registry, port)
-    _freeze_startup_heap(settings)
+    freeze_startup_heap(settings)
     log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
-    worker = _bounded_shutdown_worker(faust.Worker, settings.shutdown_grace_s, settings.kafka.servers)(
-        built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False,
-        loop=loop)
+    worker = faust_worker(built.app, settings, loop, shutdown_grace_s=settings.shutdown_grace_s)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        stopped_by_signal = bool(getattr(worker, "_signal_stop_time", None))  # mode.Worker's own record
-        if stopped_by_signal or exc.code in (0, None):
+        if stopped_by_signal(worker) or exc.code in (0, None):
             raise
         # a crash while the broker is away, or soon after an outage (Faust's consumer thread can crash
         # on its way out of one after the broker is back: seen 50 s later in CI): restart
@@ -128,31 +125,6 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
             raise
         _restart_when_broker_returns(settings, role)
     return 0
-
-
-def _bounded_shutdown_worker(base: type, grace_s: float, servers: str) -> type:
-    """``base`` (faust.Worker) whose stop on SIGTERM/SIGINT takes at most ``grace_s`` seconds.
-
-    A graceful Faust stop commits offsets and flushes the producer; with the broker gone it waits for
-    it indefinitely. Past the grace period the process logs why and exits: at-least-once delivery
-    redelivers what was not committed, and the worker's offset check skips what was already applied.
-    """
-
-    def force_exit(signum: int) -> None:
-        log.error("shutdown after signal %d did not finish in %.0fs (Kafka at %s unreachable?); exiting now",
-                  signum, grace_s, servers)
-        logging.shutdown()
-        os._exit(128 + int(signum))
-
-    class BoundedShutdownWorker(base):
-        def _schedule_shutdown(self, signum) -> None:
-            if not self._signal_stop_time:
-                timer = threading.Timer(grace_s, force_exit, args=(signum,))
-                timer.daemon = True
-                timer.start()
-            super()._schedule_shutdown(signum)
-
-    return BoundedShutdownWorker
 
 
 def _broker_answers(settings: Settings) -> bool:
@@ -186,29 +158,18 @@ def cmd_scorer(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_trainer(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.trainer import run_trainer
+    from streams.trainer import run_trainer  # lazily: it imports torch (seconds)
 
     _connect(settings, timeout=args.connect_timeout)
     _torch_threads(settings)
     return run_trainer(settings, once=args.once, dataset=args.dataset)
 
 
-def _source(args: argparse.Namespace):
-    from streams.tools import dataset_source, synthetic_source
-
-    if args.dataset:
-        return dataset_source(args.dataset, limit=args.limit)
-    return synthetic_source(n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed,
-                            limit=args.limit)
-
-
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.tools import replay
-
     if not args.dataset and not args.synthetic:
         raise SystemExit("tailcast replay: give --dataset PATH or --synthetic")
     _connect(settings, timeout=args.connect_timeout)
-    source = _source(args)
+    source = source_from_args(args)
     print(f"replaying {source.name}: {len(source.items)} items, {len(source.events)} events "
           f"at {'max' if not args.rate else args.rate} events/s", flush=True)
 
@@ -221,8 +182,6 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.tools import tail
-
     _connect(settings, timeout=args.connect_timeout)
     try:
         asyncio.run(tail(settings.kafka, args.topic, from_beginning=args.from_beginning, max_records=args.max,
@@ -233,14 +192,10 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
-
     return run_demo(settings, args)
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.evaluate import run_evaluate
-
     return run_evaluate(settings, args)
 
 
@@ -297,9 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="events per second")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     p = add("evaluate", cmd_evaluate, "Replay a dataset through the live pipeline and baselines; write a report.")
-    from streams.evaluate import add_arguments
-
-    add_arguments(p, base=True)
+    add_evaluate_arguments(p, base=True)
     add("settings", cmd_settings, "Print every TAILCAST_* setting with its default.")
     return parser
 

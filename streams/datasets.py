@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from online.synthetic import generate
+
 __all__ = ["Event", "Dataset", "DatasetError", "load_dataset"]
 
 
@@ -169,8 +171,6 @@ def synthetic_dataset(spec: str = SYNTHETIC, *, limit: int | None = None) -> Dat
     >>> (ds.name, len(ds.events), ds.n_users <= 50, ds.n_items <= 40, bool(ds.item_text))
     ('synthetic-50x40x300-s3', 300, True, True, True)
     """
-    from online.synthetic import generate
-
     _, _, params = spec.partition(":")
     try:
         values = [int(x) for x in params.split(",")] if params else []

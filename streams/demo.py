@@ -20,7 +20,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter, deque
@@ -33,10 +32,11 @@ import numpy as np
 from streams.agents.scorer import BATCH_SOURCES
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings
-from streams.tools import format_recommendation, iterate_topic, replay
-from streams.topics import LONGTAIL_METRICS, RECOMMENDATIONS
+from streams.processes import spawn_role, stop_processes
+from streams.tools import format_recommendation, iterate_topic, replay, source_from_args
+from streams.topics import LONGTAIL_METRICS, RECOMMENDATIONS, ensure_topics
 
-__all__ = ["run_demo", "spawn_role", "DEMO_TRAINER_ENV", "ROLES"]
+__all__ = ["run_demo", "DEMO_TRAINER_ENV", "ROLES"]
 
 #: The child processes the demo starts, in order.
 ROLES = ("worker", "scorer", "trainer")
@@ -53,27 +53,6 @@ DEMO_TRAINER_ENV = {
     "TAILCAST_TRAIN_TEXT": "off",  # one encoder (ids), not two to compare, and no item texts to encode
     "TAILCAST_MODEL_POLL_S": "1",  # the scorer looks for a new checkpoint every second
 }
-
-
-def spawn_role(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start ``tailcast ROLE`` as a child process with its output in ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", role], env=env, stdout=log, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def source_shares(lists: Iterable[dict]) -> dict[str, float]:
@@ -159,9 +138,7 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
 
 async def _demo(settings: Settings, args: argparse.Namespace, started: float, procs: dict[str, subprocess.Popen],
                 workdir: Path) -> dict:
-    from streams.cli import _source
-
-    source = _source(args)
+    source = source_from_args(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -204,8 +181,6 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         env.setdefault(name, value)
     procs: dict[str, subprocess.Popen] = {}
     try:
-        from streams.topics import ensure_topics
-
         asyncio.run(ensure_topics(settings.kafka))
         for role in ROLES:
             procs[role] = spawn_role(role, env, workdir / f"{role}.log")
@@ -225,6 +200,6 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                   f"from checkpoints, newest {stats['serving']}; their batch-model items: {batch}", flush=True)
         return 0 if stats["recommendations"] and not stats["failed"] else 1
     finally:
-        _stop(list(procs.values()))
+        stop_processes(procs.values())
         if broker is not None:
             broker.stop()

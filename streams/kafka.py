@@ -10,10 +10,11 @@ from typing import Any
 
 from streams.config import KafkaSettings
 
-__all__ = ["client_kwargs", "faust_credentials", "send_batched", "UnreachableReporter"]
+__all__ = ["client_kwargs", "ssl_context", "send_batched", "UnreachableReporter"]
 
 
-def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context of the SSL and SASL_SSL protocols (None for the others)."""
     if kafka.security_protocol not in {"SSL", "SASL_SSL"}:
         return None
     return ssl.create_default_context(cafile=kafka.ssl_cafile)
@@ -22,26 +23,13 @@ def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments for aiokafka producers, consumers and admin clients."""
     kwargs: dict[str, Any] = {"bootstrap_servers": kafka.servers, "security_protocol": kafka.security_protocol}
-    context = _ssl_context(kafka)
+    context = ssl_context(kafka)
     if context is not None:
         kwargs["ssl_context"] = context
     if kafka.security_protocol.startswith("SASL"):
         kwargs.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username,
                       sasl_plain_password=kafka.sasl_password)
     return kwargs
-
-
-def faust_credentials(kafka: KafkaSettings) -> Any:
-    """Faust ``broker_credentials`` for the configured security protocol (None for PLAINTEXT)."""
-    import faust
-
-    context = _ssl_context(kafka)
-    if kafka.security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
-                                     mechanism=kafka.sasl_mechanism, ssl_context=context)
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
 
 
 async def send_batched(producer, topic: str, records: Sequence[tuple[bytes, bytes, int]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -19,7 +20,8 @@ from streams.datasets import load_dataset
 from streams.kafka import client_kwargs
 from streams.topics import EVENTS, ITEMS
 
-__all__ = ["ReplaySource", "dataset_source", "synthetic_source", "replay", "tail", "format_recommendation"]
+__all__ = ["ReplaySource", "dataset_source", "synthetic_source", "source_from_args", "replay", "tail",
+           "format_recommendation"]
 
 
 @dataclass(slots=True)
@@ -45,6 +47,15 @@ def synthetic_source(*, n_users: int = 2000, n_items: int = 1000, n_events: int 
     items = [{"item_id": it.item_id, "title": it.title, "tags": list(it.tags)} for it in data.items.values()]
     events = [{"user_id": u, "item_id": i, "event": ev, "ts": ts} for ts, u, i, ev in data.events]
     return ReplaySource(f"synthetic-{seed}", items, events[:limit] if limit else events)
+
+
+def source_from_args(args: argparse.Namespace) -> ReplaySource:
+    """The stream ``tailcast replay`` and ``tailcast demo`` publish: ``--dataset`` if given, else the synthetic
+    one sized by ``--users``, ``--items``, ``--events``, ``--seed``; the first ``--limit`` events."""
+    if args.dataset:
+        return dataset_source(args.dataset, limit=args.limit)
+    return synthetic_source(n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed,
+                            limit=args.limit)
 
 
 async def replay(kafka: KafkaSettings, source: ReplaySource, *, rate: float = 0.0,

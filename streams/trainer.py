@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from models.checkpoint import CheckpointRegistry
 from models.refresh import RefreshConfig, fit_refresh
+from streams.agents.serving import TextVectors
 from streams.config import Settings
+from streams.datasets import load_dataset
 from streams.kafka import client_kwargs
 from streams.metrics import TrainerMetrics, serve_metrics
 from streams.records import BadEvent, ScoreRequest, parse_item
@@ -54,8 +56,6 @@ class EventLog:
 
 
 def _text_vectors(settings: Settings, texts: Mapping[str, str]) -> dict[str, np.ndarray]:
-    from streams.agents.serving import TextVectors
-
     if not texts:
         return {}
     encoder = TextVectors(settings.scorer.text_encoder, settings.scorer.device)
@@ -168,8 +168,6 @@ def run_trainer(settings: Settings, *, once: bool = False, dataset: str | None =
     metrics = TrainerMetrics.create(registry)
     serve_metrics(registry, settings.metrics_port_for("trainer"))
     if dataset:
-        from streams.datasets import load_dataset
-
         ds = load_dataset(dataset)
         events = [(e.user, e.item, e.ts) for e in ds.events][-settings.trainer.max_events:]
         refresh_once(settings, events, ds.item_text, metrics=metrics)

@@ -106,6 +106,13 @@ class ScorerCore:
         self._active = _LRU(max_active)  # user -> the newest request scored (re-scored after a model swap)
         self._empty = _LRU(max_empty)  # user -> the request whose list came out empty (scored again)
 
+    def warm(self, user: str, event_count: int) -> None:
+        """``user``'s first ``event_count`` events were learned, and served, outside :meth:`process` (a warm
+        start that feeds the recommender directly): a request up to that count is neither learned again nor
+        scored."""
+        self._learned.put(user, event_count)
+        self._published.put(user, (event_count, 1))
+
     def swap_model(self, model: SequenceModel | None) -> None:
         """Install a new batch model; called between micro-batches only."""
         self.model = model

@@ -25,10 +25,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
+from models.content import TextEncoder
 from models.scoring import BatchScorer
 from online.arms import ArmAssigner
+from online.blender import FeedbackBlender
+from online.content import ContentNeighbours, TagVectoriser
+from online.covisit import CoVisitation
+from online.mf import OnlineMF
+from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics
-from streams.agents.scorer import ScorerCore
+from online.recommender import CORE_SOURCES, OnlineRecommender
+from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import Settings
 from streams.kafka import client_kwargs, send_batched
 from streams.metrics import LongTailMetrics, ScorerMetrics
@@ -42,14 +49,6 @@ log = logging.getLogger(__name__)
 
 def build_recommender(settings: Settings, *, text_dim: int):
     """The online recommender of ``online/`` configured from settings."""
-    from online.blender import FeedbackBlender
-    from online.content import ContentNeighbours
-    from online.covisit import CoVisitation
-    from online.mf import OnlineMF
-    from online.popularity import DecayedPopularity
-    from online.recommender import CORE_SOURCES, OnlineRecommender
-    from streams.agents.scorer import BATCH_SOURCES
-
     lt = settings.longtail
     return OnlineRecommender(
         popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
@@ -69,13 +68,9 @@ class TextVectors:
     def __init__(self, kind: str, device: str) -> None:
         self.kind = kind
         if kind == "minilm":
-            from models.content import TextEncoder
-
             self._encoder = TextEncoder(device=device)
             self.dim = self._encoder.dim
         else:
-            from online.content import TagVectoriser
-
             self._encoder = TagVectoriser()
             self.dim = self._encoder.dim
 

@@ -24,8 +24,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.agents.ingest import pseudonymize
+from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings
+from streams.kafka import client_kwargs
+from streams.processes import spawn_role, stop_processes
+from streams.tools import ReplaySource, replay
+from streams.topics import RECOMMENDATIONS, ensure_topics
 
 from .harness import PreparedStream, Scoreboard, SystemResult
 
@@ -45,12 +52,6 @@ def _tail(path: Path, n: int = 30) -> str:
 
 async def _drive(settings: Settings, stream: PreparedStream, items: list[dict], *, rate: float, timeout: float,
                  final: dict[str, int], procs: dict, workdir: Path, log: Callable[[str], None]) -> tuple[list[dict], dict]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streams.kafka import client_kwargs
-    from streams.tools import ReplaySource, replay
-    from streams.topics import RECOMMENDATIONS
-
     consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     consumed: list[dict] = []
@@ -120,11 +121,6 @@ def run_live(settings: Settings, stream: PreparedStream, item_text: dict[str, st
              timeout: float = 120.0, workdir: Path | None = None,
              log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
     """Run the pipeline on ``stream``; return every consumed ``recommendations`` message and run info."""
-    from streams.agents.ingest import pseudonymize
-    from streams.broker import EmbeddedBroker, free_port
-    from streams.demo import _stop, spawn_role
-    from streams.topics import ensure_topics
-
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tailcast-evaluate-"))
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -152,7 +148,7 @@ def run_live(settings: Settings, stream: PreparedStream, item_text: dict[str, st
         info["workdir"] = str(workdir)
         return consumed, info
     finally:
-        _stop(list(procs.values()))
+        stop_processes(procs.values())
         if broker is not None:
             broker.stop()
 
@@ -160,8 +156,6 @@ def run_live(settings: Settings, stream: PreparedStream, item_text: dict[str, st
 def score_live(stream: PreparedStream, consumed: list[dict], settings: Settings, *, n_chunks: int = 10,
                pseudonymize_key: str | None = None) -> tuple[dict[str, SystemResult], dict]:
     """Pair the consumed lists with the replayed events: one :class:`SystemResult` per live arm."""
-    from streams.agents.ingest import pseudonymize
-
     events, index = stream.events, stream.index
     uid = (lambda u: pseudonymize(u, pseudonymize_key)) if pseudonymize_key else (lambda u: u)
     pos = {(uid(e.user), j): n for n, (e, j) in enumerate(zip(events, index))}

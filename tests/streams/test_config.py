@@ -55,7 +55,8 @@ def test_readme_lists_every_setting():
 def test_sasl_ssl_settings_reach_every_kafka_client(tmp_path):
     import ssl
 
-    from streams.kafka import client_kwargs, faust_credentials
+    from streams.app import faust_credentials
+    from streams.kafka import client_kwargs
 
     env = {"TAILCAST_KAFKA": "k1:9093,k2:9093", "TAILCAST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
            "TAILCAST_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "TAILCAST_KAFKA_SASL_USERNAME": "svc",
@@ -73,14 +74,14 @@ def test_sasl_ssl_settings_reach_every_kafka_client(tmp_path):
 def test_gc_threshold_sets_the_young_generation_and_zero_keeps_pythons():
     import gc
 
-    from streams.cli import _freeze_startup_heap
+    from streams.cli import freeze_startup_heap
 
     before = gc.get_threshold()
     try:
-        _freeze_startup_heap(load_settings({"TAILCAST_GC_THRESHOLD": "12345"}))
+        freeze_startup_heap(load_settings({"TAILCAST_GC_THRESHOLD": "12345"}))
         assert gc.get_threshold() == (12345, *before[1:])
         gc.set_threshold(*before)
-        _freeze_startup_heap(load_settings({"TAILCAST_GC_THRESHOLD": "0"}))
+        freeze_startup_heap(load_settings({"TAILCAST_GC_THRESHOLD": "0"}))
         assert gc.get_threshold() == before
     finally:
         gc.unfreeze()

@@ -11,12 +11,12 @@ import asyncio
 
 from faust.types.tuples import Message
 
-from streams.app import KeepCurrentGenerationFlowControl, _faust_app
+from streams.app import KeepCurrentGenerationFlowControl, faust_app
 from streams.config import load_settings
 
 
 def _app(tmp_path):
-    return _faust_app(load_settings({"TAILCAST_STATE_DIR": str(tmp_path)}), "tailcast-test")
+    return faust_app(load_settings({"TAILCAST_STATE_DIR": str(tmp_path)}), "tailcast-test")
 
 
 def _event(app, topic: str, offset: int, generation: int):

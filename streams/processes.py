@@ -1,0 +1,43 @@
+"""Child processes of ``tailcast demo`` and ``tailcast evaluate --mode live``: start a role, stop them all.
+
+One module for launching, so that the commands import one way (cli → demo, cli → evaluate → evaluation),
+and neither reaches back into the other for it.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["spawn_role", "stop_processes"]
+
+#: How long the children get to stop after SIGTERM before they are killed (a worker's and a scorer's own
+#: bound, TAILCAST_SHUTDOWN_GRACE_S, defaults to 15 s as well).
+STOP_GRACE_S = 15.0
+
+
+def spawn_role(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start ``tailcast ROLE`` as a child process in its own session, its output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", role], env=env, stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], *, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every process still running, wait up to ``grace_s`` seconds in all, then kill the rest."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
