@@ -6,7 +6,7 @@ consumes all of them three ways, back to back on that broker:
 
 * ``raw``: an ``AIOKafkaConsumer`` assigned every partition, ``getmany`` + ``orjson.loads`` per record;
 * ``bare``: a Faust agent built with the worker's own app settings (``streams.app.faust_app``, the
-  same raw topics, ``stream.take_events(TAILCAST_WORKER_BATCH, within=TAILCAST_WORKER_BATCH_WAIT_S)``)
+  same raw topics, ``stream.take_events(WORKER_BATCH, within=WORKER_BATCH_WAIT_S)`` of ``streams.config``)
   that only decodes;
 * ``worker``: the real worker, ``create_app(settings, role="worker")``, run in a child process exactly as
   ``tailcast worker`` runs it (``faust.Worker``): validation, the ``user_state`` table and its changelog,
@@ -93,7 +93,7 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
 
     from streams.app import create_app, declare_topics, faust_app, faust_worker
     from streams.cli import freeze_startup_heap
-    from streams.config import load_settings
+    from streams.config import WORKER_BATCH, WORKER_BATCH_WAIT_S, load_settings
     from streams.topics import EVENTS, ensure_topics
 
     settings = load_settings()
@@ -121,7 +121,7 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
         @app.agent(topics[EVENTS], name="bare")
         async def bare(stream):
             loads = orjson.loads
-            async for events in stream.take_events(settings.worker.batch, within=settings.worker.batch_wait_s):
+            async for events in stream.take_events(WORKER_BATCH, within=WORKER_BATCH_WAIT_S):
                 first_batch()
                 for e in events:
                     loads(e.message.value)
@@ -179,7 +179,7 @@ def _child(kind: str, n: int, out: Path, profile: Path | None) -> None:
         sys.stderr.flush()
         os._exit(0)  # a benchmark child: no graceful Faust shutdown (seconds) needed, its broker goes away
 
-    freeze_startup_heap(settings)  # as `tailcast worker` does after start-up (both kinds alike)
+    freeze_startup_heap()  # as `tailcast worker` does after start-up (both kinds alike)
     faust_worker(app, settings, loop).execute_from_commandline()
 
 

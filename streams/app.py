@@ -27,7 +27,7 @@ from mode.utils.queues import FlowControlEvent
 from prometheus_client import CollectorRegistry
 
 from streams.agents import ingest
-from streams.config import KafkaSettings, Settings
+from streams.config import WORKER_BATCH, WORKER_BATCH_WAIT_S, KafkaSettings, Settings
 from streams.kafka import ssl_context
 from streams.metrics import WorkerMetrics
 from streams.topics import DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
@@ -36,6 +36,9 @@ __all__ = ["create_app", "Role", "faust_app", "declare_topics", "faust_credentia
            "stopped_by_signal"]
 
 log = logging.getLogger(__name__)
+
+#: Longest a worker's or scorer's fetch waits at the broker for new records (see :func:`_fetch_max_wait`).
+FETCH_MAX_WAIT_MS = 50
 
 
 @dataclass(slots=True)
@@ -125,7 +128,7 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
     """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents (every
     role's app, and the bare agent ``benchmarks/ingest.py`` measures the worker against)."""
     kafka = settings.kafka
-    _fetch_max_wait(kafka.fetch_max_wait_ms)
+    _fetch_max_wait(FETCH_MAX_WAIT_MS)
     app = faust.App(
         app_id,
         broker=[f"kafka://{s.strip()}" for s in kafka.servers.split(",")],
@@ -184,7 +187,7 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
             pseudonymize_key=settings.worker.pseudonymize_key, consumed_max=settings.worker.consumed_max,
             exclude_consumed=settings.worker.exclude_consumed)
         agent, table = ingest.register(app, topics=topics, processor=processor, metrics=metrics,
-                                       batch=settings.worker.batch, batch_wait_s=settings.worker.batch_wait_s,
+                                       batch=WORKER_BATCH, batch_wait_s=WORKER_BATCH_WAIT_S,
                                        request_partitions=(partitions or {}).get(SCORE_REQUESTS,
                                                                                  settings.kafka.partitions),
                                        batched_writes=at_least_once, count_gaps=at_least_once)

@@ -120,7 +120,7 @@ class EmbeddedBroker:
     def start(self, *, timeout: float = 20.0) -> EmbeddedBroker:
         if _api_versions_ok(self.host, self.port, timeout=0.5):
             raise BrokerError(f"something already answers Kafka requests on {self.address}; "
-                              "set TAILCAST_KAFKA to use it or TAILCAST_EMBEDDED_PORT to pick another port")
+                              "set TAILCAST_KAFKA to use it, or to the address for `tailcast broker` to listen on")
         env = dict(os.environ)
         env.update(
             LISTENER_URL=f"tcp://{self.address}",

@@ -12,7 +12,7 @@ import sys
 
 from streams.app import create_app, faust_worker, stopped_by_signal
 from streams.broker import BrokerError, EmbeddedBroker, wait_for_kafka
-from streams.config import ConfigError, Settings, load_settings, settings_table
+from streams.config import EMBEDDED_PORT, ConfigError, Settings, load_settings, settings_table
 from streams.demo import run_demo
 from streams.evaluate import add_arguments as add_evaluate_arguments
 from streams.evaluate import run_evaluate
@@ -22,6 +22,13 @@ from streams.tools import replay, source_from_args, tail
 from streams.topics import ensure_topics
 
 __all__ = ["main", "build_parser", "freeze_startup_heap"]
+
+#: Allocations between young-generation collections in a worker or scorer (Python's default is 700): most of
+#: a micro-batch's allocations are short-lived and acyclic (see :func:`freeze_startup_heap`).
+GC_YOUNG_THRESHOLD = 20_000
+#: Longest a worker or scorer spends shutting down after SIGTERM/SIGINT before it exits anyway: a graceful
+#: stop waits for the broker, and what it did not commit is redelivered.
+SHUTDOWN_GRACE_S = 15.0
 
 log = logging.getLogger("tailcast")
 
@@ -46,7 +53,7 @@ def _connect(settings: Settings, *, timeout: float) -> None:
 
 
 def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
-    host, port = "127.0.0.1", settings.kafka.embedded_port
+    host, port = "127.0.0.1", EMBEDDED_PORT
     if settings.kafka.bootstrap:
         first = settings.kafka.bootstrap.split(",")[0]
         host, _, port_text = first.rpartition(":")
@@ -74,9 +81,9 @@ def _torch_threads(settings: Settings) -> None:
     threadpoolctl.threadpool_limits(settings.scorer.torch_threads, user_api="blas")
 
 
-def freeze_startup_heap(settings: Settings) -> None:
+def freeze_startup_heap(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     """Exempt every object alive after start-up from the cyclic garbage collector (``gc.freeze``), and
-    collect the young generation less often (``TAILCAST_GC_THRESHOLD``).
+    collect the young generation every ``young_threshold`` allocations (0 keeps Python's).
 
     The scorer imports torch, transformers and Faust: about 440,000 objects the collector tracks, and a
     full (generation 2) collection walks all of them, 210 ms each time on the 2-core machine. Those
@@ -92,9 +99,9 @@ def freeze_startup_heap(settings: Settings) -> None:
     """
     gc.collect()
     gc.freeze()
-    if settings.gc_threshold:
+    if young_threshold:
         _young, older, oldest = gc.get_threshold()
-        gc.set_threshold(settings.gc_threshold, older, oldest)
+        gc.set_threshold(young_threshold, older, oldest)
 
 
 def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> int:
@@ -108,9 +115,9 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     built = create_app(settings, role=role, partitions=counts)
     port = settings.metrics_port_for(role)
     serve_metrics(built.registry, port)
-    freeze_startup_heap(settings)
+    freeze_startup_heap()
     log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
-    worker = faust_worker(built.app, settings, loop, shutdown_grace_s=settings.shutdown_grace_s)
+    worker = faust_worker(built.app, settings, loop, shutdown_grace_s=SHUTDOWN_GRACE_S)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -229,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("broker", cmd_broker, "Run the embedded Kafka-compatible broker (Tansu, memory only) on "
-                              "TAILCAST_KAFKA's address or 127.0.0.1:TAILCAST_EMBEDDED_PORT.")
+                              f"TAILCAST_KAFKA's address or 127.0.0.1:{EMBEDDED_PORT}.")
     add("worker", cmd_worker, "Run an ingest worker: validate events, keep user state, emit score requests.")
     add("scorer", cmd_scorer, "Run a scorer: micro-batch score requests, publish recommendations and "
                               "long-tail metrics.")

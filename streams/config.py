@@ -26,6 +26,7 @@ __all__ = [
     "SETTINGS",
     "load_settings",
     "settings_table",
+    "with_settings_table",
 ]
 
 
@@ -47,13 +48,6 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
     return value
 
 
@@ -97,12 +91,17 @@ def _optional_text(text: str) -> str | None:
     return text or None
 
 
+#: Where the embedded broker listens when TAILCAST_KAFKA is unset (`tailcast broker` listens on the address
+#: TAILCAST_KAFKA names, which is how to move it).
+EMBEDDED_PORT = 19092
+#: The worker's micro-batch: at most this many events, or what arrived within this many seconds.
+WORKER_BATCH = 1000
+WORKER_BATCH_WAIT_S = 0.02
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_KAFKA", "", _optional_text,
-            "Kafka bootstrap servers (host:port[,host:port]). Unset: start the embedded Tansu broker "
-            "(memory only); `tailcast broker` listens on the address it names."),
-    Setting("TAILCAST_EMBEDDED_PORT", "19092", _positive_int,
-            "Loopback port of the embedded broker when TAILCAST_KAFKA is unset."),
+            "Kafka bootstrap servers (host:port[,host:port]). Unset: the embedded Tansu broker (memory only) "
+            f"on 127.0.0.1:{EMBEDDED_PORT}; `tailcast broker` listens on the address it names."),
     Setting("TAILCAST_PARTITIONS", "4", _positive_int,
             "Partitions of the user-keyed topics (events, score-requests, recommendations)."),
     Setting("TAILCAST_REPLICATION", "1", _positive_int,
@@ -116,18 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_KAFKA_SSL_CAFILE", "", _optional_text, "CA bundle for SSL/SASL_SSL."),
     Setting("TAILCAST_PROCESSING_GUARANTEE", "at_least_once", _choice("at_least_once", "exactly_once"),
             "Faust processing guarantee. exactly_once needs Kafka transactions (real Kafka only)."),
-    Setting("TAILCAST_FETCH_MAX_WAIT_MS", "50", _positive_int,
-            "Longest a worker/scorer fetch waits at the broker for new records (Faust hard-codes 1500; "
-            "Tansu holds every fetch that long, which set the p99 freshness)."),
     Setting("TAILCAST_STATE_DIR", "var/state", _text, "Faust data directory (local table state)."),
     Setting("TAILCAST_METRICS_PORT", "", _optional_text,
             "Prometheus /metrics port; default 9101 worker, 9102 scorer, 9103 trainer; 0 disables."),
-    Setting("TAILCAST_SHUTDOWN_GRACE_S", "15", _positive_float,
-            "Longest a worker/scorer spends shutting down after SIGTERM/SIGINT before it exits anyway "
-            "(a graceful stop waits for the broker; uncommitted records are redelivered)."),
-    Setting("TAILCAST_GC_THRESHOLD", "20000", _non_negative_int,
-            "Allocations between the worker's/scorer's young-generation garbage collections (Python's "
-            "default is 700; 0 keeps it). Most of a worker batch's allocations are short-lived and acyclic."),
     Setting("TAILCAST_LOG_LEVEL", "info", _choice("debug", "info", "warn", "error", "crit"), "Log level."),
     Setting("TAILCAST_HISTORY_LEN", "50", _positive_int, "Recent items kept per user (sequence length)."),
     Setting("TAILCAST_CONSUMED_MAX", "2000", _positive_int,
@@ -135,14 +125,8 @@ SETTINGS: tuple[Setting, ...] = (
             "least recently consumed go first. Lower it to shrink the user state."),
     Setting("TAILCAST_MAX_EVENT_BYTES", "65536", _positive_int,
             "Largest accepted event; larger ones go to events.dlq as `oversized`."),
-    Setting("TAILCAST_WORKER_BATCH", "1000", _positive_int, "Worker micro-batch size (events)."),
-    Setting("TAILCAST_WORKER_BATCH_WAIT_S", "0.02", _positive_float,
-            "Longest a worker waits to fill a batch (seconds)."),
     Setting("TAILCAST_PSEUDONYMIZE_KEY", "", _optional_text,
             "If set, user ids are replaced at ingest by a keyed BLAKE2b hash; raw ids never pass the edge."),
-    Setting("TAILCAST_SCORER_BATCH", "256", _positive_int, "Scorer micro-batch size (score requests)."),
-    Setting("TAILCAST_SCORER_BATCH_WAIT_S", "0.02", _positive_float,
-            "Longest the scorer waits to fill a micro-batch (seconds)."),
     Setting("TAILCAST_K", "10", _positive_int, "Length of each recommendation list."),
     Setting("TAILCAST_EXCLUDE_CONSUMED", "all", _choice("all", "recent"),
             "Items never recommended to a user: `all` they consumed (up to TAILCAST_CONSUMED_MAX), or only "
@@ -167,7 +151,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_TRAIN_INTERVAL_S", "600", _positive_float, "Trainer refresh interval (seconds)."),
     Setting("TAILCAST_TRAIN_MIN_EVENTS", "1000", _positive_int,
             "New events needed before the trainer refreshes early."),
-    Setting("TAILCAST_TRAIN_EVENTS", "1000000", _positive_int, "Most recent events the trainer keeps."),
     Setting("TAILCAST_TRAIN_EPOCHS", "30", _positive_int,
             "Most epochs per refresh, for each model (early stopping on validation)."),
     Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of each encoder's training in a refresh."),
@@ -177,10 +160,6 @@ SETTINGS: tuple[Setting, ...] = (
             "Wall-clock budget of one refresh's Mult-VAE training."),
     Setting("TAILCAST_TRAIN_TEXT", "auto", _choice("auto", "on", "off"),
             "Item text in the encoder: `auto` trains with and without it and keeps the better on validation."),
-    Setting("TAILCAST_TRAIN_AUGMENT_CAP", "0", _non_negative_int,
-            "Mult-VAE items prepended to each short user's training sequence (≤5 events); 0 = off."),
-    Setting("TAILCAST_TRAIN_AUGMENT_WEIGHT", "0.5", _share,
-            "Loss weight of those synthetic items (real events weigh 1)."),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -198,7 +177,6 @@ def _read(env: Mapping[str, str], name: str) -> Any:
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap: str | None
-    embedded_port: int
     partitions: int
     replication: int
     security_protocol: str
@@ -207,7 +185,6 @@ class KafkaSettings:
     sasl_password: str | None = field(repr=False)
     ssl_cafile: str | None
     processing_guarantee: str
-    fetch_max_wait_ms: int = 50
 
     @property
     def embedded(self) -> bool:
@@ -217,15 +194,13 @@ class KafkaSettings:
     @property
     def servers(self) -> str:
         """Bootstrap servers to connect to (the embedded broker's loopback address when unset)."""
-        return self.bootstrap or f"127.0.0.1:{self.embedded_port}"
+        return self.bootstrap or f"127.0.0.1:{EMBEDDED_PORT}"
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     history_len: int
     max_event_bytes: int
-    batch: int
-    batch_wait_s: float
     pseudonymize_key: str | None = field(repr=False)
     consumed_max: int = 2000
     exclude_consumed: str = "all"  # "all" consumed items (up to consumed_max), or "recent" only
@@ -233,8 +208,6 @@ class WorkerSettings:
 
 @dataclass(frozen=True, slots=True)
 class ScorerSettings:
-    batch: int
-    batch_wait_s: float
     k: int
     arms: tuple[ArmConfig, ...]
     device: str
@@ -257,14 +230,11 @@ class LongTailSettings:
 class TrainerSettings:
     interval_s: float
     min_events: int
-    max_events: int
     epochs: int
     max_seconds: float
     vae: bool = True
     vae_max_seconds: float = 120.0
     text: str = "auto"
-    augment_cap: int = 0
-    augment_weight: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +247,6 @@ class Settings:
     state_dir: Path
     metrics_port: int | None
     log_level: str
-    shutdown_grace_s: float = 15.0
-    gc_threshold: int = 20000
 
     def metrics_port_for(self, role: str) -> int:
         """The /metrics port of a role: TAILCAST_METRICS_PORT, else the role's default; 0 = disabled."""
@@ -306,7 +274,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"TAILCAST_METRICS_PORT={port_text!r}: must be a port number 0-65535") from None
     kafka = KafkaSettings(
         bootstrap=r("TAILCAST_KAFKA"),
-        embedded_port=r("TAILCAST_EMBEDDED_PORT"),
         partitions=r("TAILCAST_PARTITIONS"),
         replication=r("TAILCAST_REPLICATION"),
         security_protocol=r("TAILCAST_KAFKA_SECURITY_PROTOCOL"),
@@ -315,7 +282,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sasl_password=r("TAILCAST_KAFKA_SASL_PASSWORD"),
         ssl_cafile=r("TAILCAST_KAFKA_SSL_CAFILE"),
         processing_guarantee=r("TAILCAST_PROCESSING_GUARANTEE"),
-        fetch_max_wait_ms=r("TAILCAST_FETCH_MAX_WAIT_MS"),
     )
     if kafka.security_protocol.startswith("SASL") and not (kafka.sasl_username and kafka.sasl_password):
         raise ConfigError("TAILCAST_KAFKA_SECURITY_PROTOCOL=SASL_* needs TAILCAST_KAFKA_SASL_USERNAME and "
@@ -328,15 +294,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker=WorkerSettings(
             history_len=r("TAILCAST_HISTORY_LEN"),
             max_event_bytes=r("TAILCAST_MAX_EVENT_BYTES"),
-            batch=r("TAILCAST_WORKER_BATCH"),
-            batch_wait_s=r("TAILCAST_WORKER_BATCH_WAIT_S"),
             pseudonymize_key=r("TAILCAST_PSEUDONYMIZE_KEY"),
             consumed_max=r("TAILCAST_CONSUMED_MAX"),
             exclude_consumed=r("TAILCAST_EXCLUDE_CONSUMED"),
         ),
         scorer=ScorerSettings(
-            batch=r("TAILCAST_SCORER_BATCH"),
-            batch_wait_s=r("TAILCAST_SCORER_BATCH_WAIT_S"),
             k=r("TAILCAST_K"),
             arms=tuple(r("TAILCAST_ARMS")),
             device=r("TAILCAST_DEVICE"),
@@ -355,20 +317,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trainer=TrainerSettings(
             interval_s=r("TAILCAST_TRAIN_INTERVAL_S"),
             min_events=r("TAILCAST_TRAIN_MIN_EVENTS"),
-            max_events=r("TAILCAST_TRAIN_EVENTS"),
             epochs=r("TAILCAST_TRAIN_EPOCHS"),
             max_seconds=r("TAILCAST_TRAIN_MAX_SECONDS"),
             vae=r("TAILCAST_TRAIN_VAE"),
             vae_max_seconds=r("TAILCAST_TRAIN_VAE_MAX_SECONDS"),
             text=r("TAILCAST_TRAIN_TEXT"),
-            augment_cap=r("TAILCAST_TRAIN_AUGMENT_CAP"),
-            augment_weight=r("TAILCAST_TRAIN_AUGMENT_WEIGHT"),
         ),
         state_dir=Path(r("TAILCAST_STATE_DIR")),
         metrics_port=metrics_port,
         log_level=r("TAILCAST_LOG_LEVEL"),
-        shutdown_grace_s=r("TAILCAST_SHUTDOWN_GRACE_S"),
-        gc_threshold=r("TAILCAST_GC_THRESHOLD"),
     )
 
 
@@ -377,3 +334,29 @@ def settings_table() -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS]
     return "\n".join(rows)
+
+
+def with_settings_table(readme: str) -> str:
+    r"""``readme`` with its settings table (from the header row to the first line that is not a table row)
+    replaced by :func:`settings_table`. ``python -m streams.config README.md`` rewrites the file.
+
+    >>> new = with_settings_table("# x\n\n| variable | default | meaning |\n| `OLD` | `` | gone |\n\nafter\n")
+    >>> new == "# x\n\n" + settings_table() + "\n\nafter\n"
+    True
+    """
+    lines = readme.split("\n")
+    header = settings_table().split("\n", 1)[0]
+    if header not in lines:
+        raise ValueError(f"no settings table (a line {header!r}) to replace")
+    start = lines.index(header)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join([*lines[:start], settings_table(), *lines[end:]])
+
+
+if __name__ == "__main__":
+    import sys
+
+    for path in map(Path, sys.argv[1:]):
+        path.write_text(with_settings_table(path.read_text()))

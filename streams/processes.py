@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["spawn_role", "stop_processes"]
 
 #: How long the children get to stop after SIGTERM before they are killed (a worker's and a scorer's own
-#: bound, TAILCAST_SHUTDOWN_GRACE_S, defaults to 15 s as well).
+#: bound, ``streams.cli.SHUTDOWN_GRACE_S``, is 15 s as well).
 STOP_GRACE_S = 15.0
 
 

@@ -1,7 +1,7 @@
 """``tailcast trainer``: the periodic batch refresh of the Transformer sequence encoder.
 
 It reads the validated event log (``score-requests``: every event once, pseudonymised when configured)
-and the item catalogue from the beginning, keeps the most recent ``TAILCAST_TRAIN_EVENTS`` events, and
+and the item catalogue from the beginning, keeps the most recent :data:`EVENTS_KEPT` events, and
 every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as ``TAILCAST_TRAIN_MIN_EVENTS`` new events have
 arrived — trains a fresh encoder (``models.refresh``) off the event loop and publishes a versioned
 checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it up and hot-swap.
@@ -32,6 +32,9 @@ from streams.topics import ITEMS, SCORE_REQUESTS
 __all__ = ["run_trainer", "EventLog", "refresh_once"]
 
 log = logging.getLogger(__name__)
+
+#: The most recent events the trainer keeps and trains on.
+EVENTS_KEPT = 1_000_000
 
 
 class EventLog:
@@ -78,9 +81,7 @@ def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts
                                                         max_seconds=settings.trainer.max_seconds,
                                                         vae=settings.trainer.vae,
                                                         vae_max_seconds=settings.trainer.vae_max_seconds,
-                                                        text=settings.trainer.text,
-                                                        augment_cap=settings.trainer.augment_cap,
-                                                        augment_weight=settings.trainer.augment_weight))
+                                                        text=settings.trainer.text))
     ckpt = CheckpointRegistry(settings.scorer.checkpoint_dir).publish(
         model=result.model, vocab=result.vocab, step=result.train.steps, metrics=result.metrics, vae=result.vae)
     duration = time.time() - started
@@ -130,7 +131,7 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
 
 
 async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> None:
-    event_log = EventLog(settings.trainer.max_events)
+    event_log = EventLog(EVENTS_KEPT)
     texts: dict[str, str] = {}
     stop, caught_up = asyncio.Event(), asyncio.Event()
     follower = asyncio.create_task(_follow(settings, event_log, texts, caught_up=caught_up, stop=stop))
@@ -169,7 +170,7 @@ def run_trainer(settings: Settings, *, once: bool = False, dataset: str | None =
     serve_metrics(registry, settings.metrics_port_for("trainer"))
     if dataset:
         ds = load_dataset(dataset)
-        events = [(e.user, e.item, e.ts) for e in ds.events][-settings.trainer.max_events:]
+        events = [(e.user, e.item, e.ts) for e in ds.events][-EVENTS_KEPT:]
         refresh_once(settings, events, ds.item_text, metrics=metrics)
         return 0
     try:

@@ -36,7 +36,7 @@ from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics
 from online.recommender import CORE_SOURCES, OnlineRecommender
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
-from streams.config import Settings
+from streams.config import WORKER_BATCH, Settings
 from streams.kafka import client_kwargs, send_batched
 from streams.metrics import LongTailMetrics, ScorerMetrics
 from streams.records import BadEvent, Recommendation, ScoreRequest, dumps, parse_item
@@ -45,6 +45,10 @@ from streams.topics import ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUE
 __all__ = ["register", "build_recommender", "TextVectors"]
 
 log = logging.getLogger(__name__)
+
+#: The scorer's micro-batch: at most this many score requests, or what arrived within this many seconds.
+SCORER_BATCH = 256
+SCORER_BATCH_WAIT_S = 0.02
 
 
 def build_recommender(settings: Settings, *, text_dim: int):
@@ -93,7 +97,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     # pending slots would resolve the oldest as unattributed misses (seen in a burst replay: the live
     # HR@10 then disagreed with the library's on the same stream).
     arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share,
-                             max_pending_per_user=max(64, 2 * settings.worker.batch))
+                             max_pending_per_user=max(64, 2 * WORKER_BATCH))
     between_batches = asyncio.Lock()
     producer = app.producer
     exposure_on = lt.exposure_agent
@@ -114,7 +118,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
 
     @app.agent(topics[SCORE_REQUESTS], name="score")
     async def score(stream):
-        async for events in stream.take_events(settings.scorer.batch, within=settings.scorer.batch_wait_s):
+        async for events in stream.take_events(SCORER_BATCH, within=SCORER_BATCH_WAIT_S):
             async with between_batches:  # a model swap happens only between micro-batches
                 await _score_batch(events)
 
