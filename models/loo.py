@@ -14,8 +14,9 @@ occurs in the history (a repeat), so every target is rankable. The padding colum
 Ties with the target's score are broken uniformly at random (seeded), so a constant scorer is not
 credited with an optimistic rank.
 
-**Groups**: tail targets are items outside the head = top 20% of catalogue items by train popularity
-(``tail_items``; items never seen in training are tail); short users have <= 5 training events.
+**Groups**: tail targets are items outside the head = the top 20% of the items seen in training, by
+train count (``tail_items``, the docs/design.md §4 split; items never seen in training are tail); short
+users have <= 5 training events.
 
 >>> events = [("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u1", "d", 4),
 ...           ("u2", "a", 1), ("u2", "b", 2), ("u2", "c", 3), ("u3", "a", 5), ("u3", "c", 6)]
@@ -38,12 +39,13 @@ credited with an optimistic rank.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from online.headtail import head_positions
 
 __all__ = [
     "LooSplit",
@@ -130,17 +132,15 @@ def train_counts(train_sequences: Sequence[Sequence[int]], n_items: int) -> np.n
 
 
 def tail_items(counts: np.ndarray, *, head_share: float = 0.2) -> np.ndarray:
-    """(N+1,) bool: tail items = all but the top ``head_share`` of the N items by ``counts`` (ties by index).
+    """(N+1,) bool: the tail of docs/design.md §4 (``online.headtail.head_positions``) over training counts:
+    head = the top ``floor(head_share * n_active)`` items with training events, ties by index.
 
-    >>> tail_items(np.array([0, 5, 1, 9, 0, 2, 2, 0, 0, 0, 3])).nonzero()[0].tolist()  # head: 3, 1
-    [2, 4, 5, 6, 7, 8, 9, 10]
+    >>> tail_items(np.array([0, 5, 1, 9, 0, 2, 2, 0, 0, 0, 3])).nonzero()[0].tolist()  # 6 active: head 3
+    [1, 2, 4, 5, 6, 7, 8, 9, 10]
     """
-    n = len(counts) - 1
-    n_head = math.ceil(head_share * n)
-    order = np.lexsort((np.arange(1, n + 1), -counts[1:])) + 1  # by count desc, then index
-    tail = np.ones(n + 1, dtype=bool)
+    tail = np.ones(len(counts), dtype=bool)
     tail[0] = False
-    tail[order[:n_head]] = False
+    tail[head_positions(np.asarray(counts), head_share)] = False
     return tail
 
 

@@ -9,16 +9,14 @@ Three layers, smallest first:
   window) and do not learn head/tail themselves: they are *given* an oracle at construction, either a
   fixed set (offline) or a live window's bound method (``window.is_tail``, ``window.pop_share``,
   ``window.active_items``), so one head/tail definition serves every metric.
-* **Live windows**: :class:`ItemWindow` (the last ``window_events`` interactions: active items, head/tail,
-  popularity shares) and :class:`ExposureWindow` (the recommendation lists over a sliding window, with
+* **Live windows**: :class:`~online.headtail.ItemWindow` (the last ``window_events`` interactions: active
+  items, head/tail, popularity shares) and :class:`ExposureWindow` (the recommendation lists over a sliding window, with
   every metric maintained incrementally and read by :meth:`ExposureWindow.snapshot`).
 
 Conventions shared by all layers:
 
-* **Head/tail** (docs/design.md §4): head = the top ``floor(head_share * n_active)`` active items by window count,
-  ties broken by item id (ascending); tail = every other item, *including items with no interaction in the
-  window* (a cold item is the extreme tail). ``floor`` makes the head "at most ``head_share`` of the
-  active items": with 4 active items and the default 0.2 there is no head at all.
+* **Head/tail** (docs/design.md §4) is defined once, in ``online.headtail``; :class:`ItemWindow` lives
+  there and is re-exported here.
 * **Gini** is the population Gini of a count vector over *active* items (zero-exposure items count):
   ``G = (n + 1 - 2 * sum_i (n + 1 - i) * x_(i) / sum(x)) / n`` with ``x`` sorted ascending and ``i``
   1-based. It equals the mean absolute difference over all ordered pairs divided by twice the mean, and
@@ -39,12 +37,13 @@ Conventions shared by all layers:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Container, Iterable, KeysView, Mapping, Sequence
 
 import numpy as np
+
+from online.headtail import ItemWindow
 
 __all__ = [
     "APLT",
@@ -476,110 +475,6 @@ class Novelty(_Metric):
 def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-class ItemWindow:
-    """The last ``window_events`` interactions: active items, head/tail split and popularity shares.
-
-    ``observe_event`` is O(1). The head set is computed lazily: the first call to :meth:`head_items` /
-    :meth:`is_tail` after at least ``refresh_events`` new events recomputes it (O(A log H) for A active
-    items and H head items), otherwise the cached set is used. **Staleness:** the head set in use reflects
-    the window as it was at most ``refresh_events - 1`` events ago (default ``window_events // 100``, i.e.
-    1 % of the window; ``refresh_events=1`` is always exact). Counts, active items and shares are never
-    stale.
-
-    >>> w = ItemWindow(window_events=5, head_share=0.2, refresh_events=1)
-    >>> for item in ["b", "a", "c", "d", "e"]:           # 5 active items, one head item
-    ...     _ = w.observe_event("u1", item)
-    >>> sorted(w.head_items()), w.is_tail("a"), w.is_tail("b"), w.is_tail("never-seen")
-    (['a'], False, True, True)
-    >>> w.pop_share("a"), w.pop_share("never-seen")      # 1/5, and 1/(5+1) for a zero count
-    (0.2, 0.16666666666666666)
-    >>> _ = w.observe_event("u2", "c")   # evicts "b"; 4 active items: floor(0.2 * 4) = 0 head items
-    >>> w.count("b"), w.count("c"), w.n_active, sorted(w.head_items())
-    (0, 2, 4, [])
-    """
-
-    __slots__ = (
-        "window_events",
-        "head_share",
-        "refresh_events",
-        "_events",
-        "_counts",
-        "_head",
-        "_since_refresh",
-    )
-
-    def __init__(
-        self, *, window_events: int = 100_000, head_share: float = 0.2, refresh_events: int | None = None
-    ) -> None:
-        _check_positive("window_events", window_events)
-        if not 0.0 <= head_share <= 1.0:
-            raise ValueError(f"head_share must be in [0, 1], got {head_share!r}")
-        if refresh_events is None:
-            refresh_events = max(1, window_events // 100)
-        _check_positive("refresh_events", refresh_events)
-        self.window_events = window_events
-        self.head_share = float(head_share)
-        self.refresh_events = refresh_events
-        self._events: deque[str] = deque()
-        self._counts: dict[str, int] = {}
-        self._head: frozenset[str] | None = None
-        self._since_refresh = 0
-
-    def observe_event(self, user: str, item: str) -> ItemWindow:
-        """Count one interaction (``user`` matches the events contract; head/tail is per item)."""
-        _check_item(item)
-        counts = self._counts
-        self._events.append(item)
-        counts[item] = counts.get(item, 0) + 1
-        if len(self._events) > self.window_events:
-            old = self._events.popleft()
-            c = counts[old] - 1
-            if c:
-                counts[old] = c
-            else:
-                del counts[old]
-        self._since_refresh += 1
-        return self
-
-    @property
-    def n_events(self) -> int:
-        """Events currently in the window (``window_events`` once full)."""
-        return len(self._events)
-
-    @property
-    def n_active(self) -> int:
-        return len(self._counts)
-
-    def count(self, item: str) -> int:
-        return self._counts.get(item, 0)
-
-    def active_items(self) -> KeysView[str]:
-        """Items with at least one interaction in the window (a live view)."""
-        return self._counts.keys()
-
-    def head_items(self) -> frozenset[str]:
-        """Top ``floor(head_share * n_active)`` items by window count, ties by item id (maybe stale)."""
-        if self._head is None or self._since_refresh >= self.refresh_events:
-            n_head = math.floor(self.head_share * len(self._counts) + 1e-9)
-            if n_head:
-                top = heapq.nsmallest(n_head, self._counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                self._head = frozenset(item for item, _ in top)
-            else:
-                self._head = frozenset()
-            self._since_refresh = 0
-        return self._head
-
-    def is_tail(self, item: str) -> bool:
-        """True unless ``item`` is in the head set (items absent from the window are tail)."""
-        return item not in self.head_items()
-
-    def pop_share(self, item: str) -> float:
-        """``count / n_events``; ``1 / (n_events + 1)`` for an item with no interaction in the window."""
-        c = self._counts.get(item, 0)
-        n = len(self._events)
-        return c / n if c else 1.0 / (n + 1)
 
 
 class ExposureWindow:

@@ -4,12 +4,10 @@ Two views of one stream:
 
 * **ranking**: a decayed count per item, ``sum over its events of 2 ** (-(now - ts) / half_life_s)``,
   kept lazily (see :class:`online.base.DecayClock`), so an event costs one add, not a decay pass;
-* **head/tail**: counts over the last ``window_events`` events (a deque of item indices plus counts).
-  Head = the top ``head_share`` of *active* items (>= 1 event in the window) by window count, i.e. the
-  top ``floor(head_share * n_active)`` items by window count, ties broken by item id (ascending) — the
-  same convention as ``online/exposure.py``, so the models and the metrics agree on what the tail is. Tail = every other item, including never-seen ones. The head set is
-  recomputed lazily, at most once every ``refresh_every`` events (O(n_items) then), and
-  read from a cached set in O(1) for every recommendation.
+* **head/tail**: counts over the last ``window_events`` events (a deque of item indices plus counts),
+  split by ``online.headtail.head_positions`` (the one definition, shared with the metrics). The head set
+  is recomputed lazily, at most once every ``refresh_every`` events (O(n_items) then), and read from a
+  cached set in O(1) for every recommendation.
 
 Memory is bounded: when more than ``max_items`` items are known, the items that are out of the window
 are dropped, least decayed-popular first, down to ``max_items // 2`` known items (items active in the
@@ -39,6 +37,7 @@ from collections.abc import Collection, Iterable, Sequence
 import numpy as np
 
 from online.base import Candidate, DecayClock, Event, IdIndex, top_k
+from online.headtail import head_positions
 
 __all__ = ["DecayedPopularity"]
 
@@ -163,19 +162,8 @@ class DecayedPopularity:
         if self._refreshed_at >= 0 and self._n_events - self._refreshed_at < self.refresh_every:
             return
         count = np.asarray(self._count, dtype=np.int64)
-        active = np.flatnonzero(count > 0)
-        n_head = int(math.floor(self.head_share * active.size + 1e-9))
         names = self._index.names
-        if n_head == 0:
-            head = active[:0]
-        elif n_head >= active.size:
-            head = active
-        else:
-            c = count[active]
-            thr = np.partition(c, c.size - n_head)[c.size - n_head]  # the n_head-th largest count
-            above = active[c > thr]
-            tied = sorted(active[c == thr].tolist(), key=names.__getitem__)  # ties: by item id
-            head = np.concatenate([above, np.asarray(tied[: n_head - above.size], dtype=np.int64)])
+        head = head_positions(count, self.head_share, names)
         self._head_mask = np.zeros(count.size, dtype=bool)
         self._head_mask[head] = True
         self._window_counts = count

@@ -1,12 +1,12 @@
 """The baselines' item window: counts over the last events, kept ranked, exact after every event.
 
-MostPop's top-k and the DESIGN §4 head/tail split (head = the top ``floor(head_share · active items)``
-items by window count, ties by item id; tail = the rest) are both reads of the same ranking, by
-(count desc, item id asc). Each event moves one item up one count and, once the window is full, the
-oldest event's item down one, so the ranking is kept in count buckets rather than re-sorted: an update is
-two bisects in small sorted lists, and the head boundary is found by walking the distinct counts from the
-bottom (the tail is the bulk of the items and sits in the few lowest counts), once after a change. The
-split is thus exact at every read, as with ``online.exposure.ItemWindow(refresh_events=1)``, without its
+MostPop's top-k and the docs/design.md §4 head/tail split (``online.headtail``: head = the top
+``head_size(active items)`` items by window count, ties by item id; tail = the rest) are both reads of the
+same ranking, by (count desc, item id asc). Each event moves one item up one count and, once the window is
+full, the oldest event's item down one, so the ranking is kept in count buckets rather than re-sorted: an
+update is two bisects in small sorted lists, and the head boundary is found by walking the distinct counts
+from the bottom (the tail is the bulk of the items and sits in the few lowest counts), once after a change.
+The split is thus exact at every read, as with ``online.headtail.ItemWindow(refresh_events=1)``, without its
 O(active items) re-selection per event (what made ``--batch 1`` slow).
 
 >>> w = WindowPopularity(window_events=5, head_share=0.4)
@@ -25,6 +25,8 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Collection
+
+from online.headtail import head_size
 
 __all__ = ["WindowPopularity"]
 
@@ -90,7 +92,7 @@ class WindowPopularity:
     def _head_boundary(self) -> tuple[int, str]:
         if self._boundary is None:
             n_active = len(self._counts)
-            n_tail = n_active - math.floor(self.head_share * n_active + 1e-9)
+            n_tail = n_active - head_size(n_active, self.head_share)
             below = 0  # tail items in the levels walked so far
             boundary = (math.inf, "")  # no item: everything is tail
             for c in self._levels:  # lowest count first; within a count the larger ids rank lower

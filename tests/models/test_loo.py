@@ -49,7 +49,7 @@ def test_evaluate_split_groups_and_mostpop():
     r = evaluate_split(MostPop(s.train_sequences(index), n_items=5), s, index, stage="test", k=1)
     # u1 history a b c d -> only e left -> hit; u2 history b c -> a (2) beats d, e (0) -> hit
     assert r["hr"] == 1.0 and r["users"] == 2
-    # head = top ceil(0.2 * 5) = 1 item (b); targets e, a are tail; both users have <= 5 train events
+    # 3 items seen in training: head = floor(0.2 * 3) = 0; targets e, a are tail; both users <= 5 events
     assert r["tail_users"] == 2 and r["short_users"] == 2
 
 
