@@ -9,6 +9,10 @@ events came from, the offset of the last event it applied, and a redelivered eve
 is skipped and counted. An event forwarded from the wrong partition carries its origin (partition,
 offset) in ``props["_origin"]``, so a forward repeated after a crash is skipped too. The table is written
 once per user per micro-batch, and one score request is emitted per user per batch.
+
+The user states come back after a restart only if table recovery reads each changelog partition to its
+end: :func:`fetch_highwaters` corrects the end offsets Faust asks for, and a recovery that stopped short
+is counted (#20).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 import struct
 import time
 from binascii import a2b_base64, b2a_base64
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +37,7 @@ from streams.topics import partition_for
 log = logging.getLogger("tailcast.ingest")
 
 __all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "OffsetGaps", "compact_consumed",
-           "consumed_of", "pseudonymize", "register"]
+           "consumed_of", "fetch_highwaters", "pseudonymize", "register", "unrestored"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, per event
@@ -294,6 +298,76 @@ class OffsetGaps:
         return skipped
 
 
+async def fetch_highwaters(client, listed: Mapping) -> dict:
+    """The end offset of each partition in ``listed`` (partition -> end offset from ListOffsets), raised to
+    the high watermark a Fetch response gives where that is further: aiokafka ``client`` sends one Fetch
+    per leader, from just before the listed end.
+
+    Faust's table recovery reads a changelog partition up to the end offset ListOffsets answers. The
+    embedded Tansu broker answers it with one past the first offset of the partition's last record batch,
+    not with the log end, while its Fetch responses carry the right high watermark. Recovery then stopped
+    inside the changelog's last batch: the user states written by the killed worker's last micro-batches
+    came back older, and the events that had updated them, committed already, were not read again (#20:
+    a user's newest list stuck at 72 of 86 events). A partition whose Fetch fails keeps its listed end.
+    """
+    from aiokafka.protocol.fetch import FetchRequest
+
+    ends = dict(listed)
+    by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = {}
+    for tp, end in listed.items():
+        leader = client.cluster.leader_for_partition(tp)
+        if not end or leader is None or leader < 0:  # an empty partition: nothing to correct
+            continue
+        by_leader.setdefault(leader, {}).setdefault(tp.topic, []).append((tp.partition, max(end - 1, 0), 1 << 16))
+    for leader, topics in by_leader.items():
+        try:
+            # min_bytes 1: Tansu answers min_bytes 0 with no partitions; the listed end - 1 holds a record,
+            # so the answer comes at once (the 500 ms wait bounds a broker that answers otherwise)
+            response = await client.send(leader, FetchRequest(500, 1, 1 << 20, 0, list(topics.items())))
+        except Exception as exc:  # the listed ends stand; recovery is then checked by unrestored()
+            log.warning("ingest: could not fetch the high watermarks of %s from broker %s: %r", topics, leader, exc)
+            continue
+        for topic, partitions in response.topics:
+            for partition, error_code, highwater, *_ in partitions:
+                for tp in listed:
+                    if tp.topic == topic and tp.partition == partition and error_code == 0:
+                        ends[tp] = max(ends[tp], highwater)
+    return ends
+
+
+def _recover_to_fetched_highwaters() -> None:
+    """Make Faust's table recovery read each changelog partition to the end :func:`fetch_highwaters` gives
+    (faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``; transactions keep their own)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = getattr(cls._highwaters, "__wrapped__", cls._highwaters)
+
+    async def highwaters(self, partitions):
+        listed = await original(self, partitions)
+        if self.consumer.in_transaction:
+            return listed
+        return await fetch_highwaters(self._ensure_consumer()._client, listed)
+
+    highwaters.__wrapped__ = original
+    cls._highwaters = highwaters
+
+
+def unrestored(restored: Mapping, highwaters: Mapping) -> dict:
+    """Per changelog partition, the records table recovery left unread: from one past ``restored`` (the
+    last offset it applied, None for none) to the high watermark (None: unknown, not counted).
+
+    >>> unrestored({0: 24, 1: None, 2: 19, 3: None}, {0: 25, 1: 0, 2: 26, 3: None})
+    {2: 6}
+    """
+    missing = {}
+    for tp, offset in restored.items():
+        highwater = highwaters.get(tp)
+        if highwater is not None and (n := highwater - (-1 if offset is None else offset) - 1) > 0:
+            missing[tp] = n
+    return missing
+
+
 def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, batch_wait_s: float,
              request_partitions: int, batched_writes: bool = True, count_gaps: bool = True):
     """Declare the ``user_state`` table and the ingest agent on a Faust app.
@@ -305,9 +379,13 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
     worker at 0.47 of a bare Faust agent before, 0.76 after). The records are the ones the table would
     send: raw key and value, on the murmur2 partition of the key. With exactly-once, the table's own
     path keeps every write inside Faust's transaction.
+
+    Table recovery reads the changelog to the ends :func:`fetch_highwaters` gives; with ``count_gaps``,
+    changelog records it still left unread are counted in ``offsets_skipped`` once it is complete.
     """
     from streams.topics import DLQ, EVENTS, SCORE_REQUESTS
 
+    _recover_to_fetched_highwaters()
     user_state = app.Table(
         "user_state", default=None, partitions=processor.partitions,
         key_type=bytes, value_type=bytes,  # Faust picks the "raw" codec for bytes, in changelog and recovery
@@ -343,6 +421,27 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
             for request in out.requests for key in (request.user_id.encode(),)])
 
     gaps = OffsetGaps() if count_gaps else None
+
+    if count_gaps:
+        @app.on_rebalance_complete.connect
+        async def check_recovery(sender, **kwargs) -> None:
+            """Count the changelog records recovery left unread (the consumer's fetch high watermarks,
+            which recovery's own reads brought, against the last offset it applied) as skipped offsets:
+            the user states in them came back older, and the events behind them are not read again."""
+            recovery, consumer = app.tables.recovery, app.consumer
+            changelog = user_state.changelog_topic.get_topic_name()
+            restored = {tp: recovery.active_offsets.get(tp) for tp in recovery.active_tps if tp.topic == changelog}
+            highwaters = {}
+            for tp in restored:
+                try:
+                    highwaters[tp] = consumer.highwater(tp)
+                except Exception:  # noqa: BLE001 - not assigned, or no fetch yet: unknown, not counted
+                    highwaters[tp] = None
+            if missing := unrestored(restored, highwaters):
+                metrics.offsets_skipped.inc(sum(missing.values()))
+                log.warning("ingest: table recovery left %d changelog record(s) unread (partition: count %s); "
+                            "the user states in them came back older and their events will not be applied "
+                            "again", sum(missing.values()), {tp.partition: n for tp, n in missing.items()})
 
     @app.agent(topics[EVENTS], name="ingest")
     async def ingest(stream):
