@@ -26,6 +26,34 @@ def _events(n_events: int, seed: int):
     return [(u.encode(), orjson.dumps({"user_id": u, "item_id": i, "ts": ts})) for ts, u, i, _ in data.events]
 
 
+def _committed(pipeline) -> dict[int, int | None]:
+    """The worker group's committed offset of each ``events`` partition, read without joining the group."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.kafka import client_kwargs
+
+    async def go():
+        consumer = AIOKafkaConsumer(**client_kwargs(pipeline.settings.kafka), group_id="tailcast-worker",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(EVENTS, p) for p in sorted(consumer.partitions_for_topic(EVENTS) or ())]
+            return {tp.partition: await consumer.committed(tp) for tp in tps}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def _log_ends(kio) -> dict[int, int]:
+    """One past the last offset of each ``events`` partition, from the records themselves (the embedded
+    broker's ListOffsets answers less, #20)."""
+    ends: dict[int, int] = {}
+    for p, o, _k, _v in kio.read_all(EVENTS, decode=False):
+        ends[p] = max(ends.get(p, 0), o + 1)
+    return ends
+
+
 def _final_states(kio) -> dict[str, UserState]:
     out = {}
     for _p, _o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
@@ -57,7 +85,7 @@ def _metric(pipeline, name: str, metric: str, *, required: bool = False) -> floa
     return 0.0
 
 
-def _count_mismatch(kio, pipeline, expected: collections.Counter) -> str:
+def _count_mismatch(kio, pipeline, expected: collections.Counter, worker: str = "worker2") -> str:
     """For a failed count check: which users are off and which way, each one's events (partition, offset)
     against its changelog records (count, applied offsets), the group's committed offsets and the
     restarted worker's counters."""
@@ -78,49 +106,91 @@ def _count_mismatch(kio, pipeline, expected: collections.Counter) -> str:
     for u in off[:3]:
         lines.append(f"  {u}: published {expected.get(u, 0)} at {events[u][:2]}..{events[u][-2:]}, state {got.get(u)}; "
                      f"changelog (offset, count, applied) {changelog[u][-4:]}")
-    async def committed():  # read the group's offsets without joining it
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from streams.kafka import client_kwargs
-
-        consumer = AIOKafkaConsumer(**client_kwargs(pipeline.settings.kafka), group_id="tailcast-worker",
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(EVENTS, p) for p in sorted(consumer.partitions_for_topic(EVENTS) or ())]
-            return {tp.partition: await consumer.committed(tp) for tp in tps}
-        finally:
-            await consumer.stop()
     try:
-        lines.append(f"committed offsets: {asyncio.run(committed())}")
+        lines.append(f"committed offsets: {_committed(pipeline)}")
     except Exception as exc:  # a diagnostic only
         lines.append(f"committed offsets: {exc!r}")
-    log = pipeline.log("worker2")
+    log = pipeline.log(worker)
     if "Highwater - Active" in log:  # what the restarted worker's recovery saw of the changelog
         rows = [row.split("|") for row in log[log.rindex("Highwater - Active"):].splitlines()[1:12]]
         highwater = {int(r[2]): int(r[3]) for r in rows if len(r) > 3 and r[2].strip().isdigit()
                      and r[3].strip().lstrip("-").isdigit()}
         lines.append(f"restarted worker's recovery saw changelog highwaters {highwater}")
-    lines.append("restarted worker: " + ", ".join(
-        f"{m} {_metric(pipeline, 'worker2', 'tailcast_worker_' + m + '_total'):.0f}"
+    lines.append(f"restarted worker ({worker}): " + ", ".join(
+        f"{m} {_metric(pipeline, worker, 'tailcast_worker_' + m + '_total'):.0f}"
         for m in ("events_consumed", "events_valid", "duplicates_skipped", "offsets_skipped")))
     return "\n".join(lines)
 
 
-def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env, kio, wait):
+# How the test producer keys events: "murmur2" is Kafka's Java/aiokafka default partitioner, the one the
+# worker routes by, so every event lands on its user's partition; "librdkafka" is confluent-kafka's default
+# (consistent_random: CRC32), so about three events in four land elsewhere and the worker forwards them
+# with their origin in props["_origin"] (#20).
+PARTITIONERS = ("murmur2", "librdkafka")
+
+
+def _produce(pipeline, kio, records: list[tuple[bytes, bytes]], partitioner: str) -> None:
+    if partitioner == "murmur2":
+        kio.produce(EVENTS, records)
+        return
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    producer = confluent_kafka.Producer({"bootstrap.servers": pipeline.broker.address, "linger.ms": 5})
+    for key, value in records:
+        producer.produce(EVENTS, key=key, value=value)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def _kill(pipeline, name: str) -> None:
+    """SIGKILL process ``name`` and its whole process group."""
+    os.killpg(pipeline.procs[name].pid, signal.SIGKILL)
+    pipeline.procs.pop(name).wait()
+
+
+def _forwarded_share(kio, partitions: int) -> float:
+    """The share of the events as produced (no ``_origin``) that sit on a partition their user does not hash to."""
+    from streams.topics import partition_for
+
+    produced = [(p, key) for p, _o, key, value in kio.read_all(EVENTS, decode=False)
+                if value.startswith(b"{") and b'"_origin"' not in value]
+    return sum(p != partition_for(key, partitions) for p, key in produced) / max(1, len(produced))
+
+
+@pytest.mark.parametrize("partitioner", PARTITIONERS)
+@pytest.mark.parametrize("kills", ["mid-stream", "caught-up", "caught-up+after-restart"])
+def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env, kio, wait, partitioner, kills):
+    """kill -9 the worker, start another at once and produce the second half of the events before it
+    has joined. ``mid-stream``: killed part-way through the first half. ``caught-up``: killed once it
+    has applied and committed the whole first half, so every user state it wrote must come back from
+    the changelog (#20 lost the states in the changelog's last record batch, and with them events that
+    are not read again). ``+after-restart``: its replacement is killed too, as soon as it has read its
+    first records, and a third worker finishes. Every user's state and newest list reflect each of its
+    events exactly once, whichever partitioner the producer used."""
     asyncio.run(ensure_topics(pipeline_env.settings.kafka))
     first, second = _events(1500, seed=1), _events(1500, seed=2)
     expected = collections.Counter(k.decode() for k, _ in first + second)
+    # the user with the most events right after the kill
+    hot = collections.Counter(k.decode() for k, _ in second[:50]).most_common(1)[0][0]
     pipeline_env.start("worker")
     pipeline_env.start("scorer")
-    kio.produce(EVENTS, first)
-    # kill -9 while it is part-way through the first half
-    wait(lambda: _metric(pipeline_env, "worker", "tailcast_worker_events_valid_total") >= 300, timeout=60,
-         message="the worker to start applying events")
-    os.killpg(pipeline_env.procs["worker"].pid, signal.SIGKILL)
-    pipeline_env.procs.pop("worker").wait()
-    kio.produce(EVENTS, second)
-    pipeline_env.start("worker", name="worker2")
+    _produce(pipeline_env, kio, first, partitioner)
+    if kills == "mid-stream":
+        wait(lambda: _metric(pipeline_env, "worker", "tailcast_worker_events_valid_total") >= 300, timeout=60,
+             message="the worker to start applying events")
+    else:
+        wait(lambda: _metric(pipeline_env, "worker", "tailcast_worker_events_valid_total") >= len(first)
+             and _committed(pipeline_env) == _log_ends(kio), timeout=90,
+             message="the worker to apply and commit the first half")
+    _kill(pipeline_env, "worker")
+    last = "worker2"
+    pipeline_env.start("worker", name=last)  # at once: the killed one is still a member of the group
+    _produce(pipeline_env, kio, second, partitioner)
+    if kills.endswith("after-restart"):
+        wait(lambda: _metric(pipeline_env, last, "tailcast_worker_events_consumed_total") >= 1, timeout=90,
+             message="the restarted worker to read its first records")
+        _kill(pipeline_env, last)
+        last = "worker3"
+        pipeline_env.start("worker", name=last)
 
     def settled():
         states = _final_states(kio)
@@ -129,29 +199,70 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
     try:
         states = wait(settled, timeout=120, message="recovered worker to reflect every event exactly once")
     except AssertionError as exc:  # say which way it is off (lost events, or applied twice), and where
-        raise AssertionError(f"{exc}\n{_count_mismatch(kio, pipeline_env, expected)}") from None
+        got = _final_states(kio).get(hot)
+        raise AssertionError(f"{exc}\n{hot} (most events right after the kill): {expected[hot]} published, state "
+                             f"{got and got.count}\n{_count_mismatch(kio, pipeline_env, expected, last)}") from None
+    assert states[hot].count == expected[hot]
     assert sum(s.count for s in states.values()) == len(first) + len(second)
     # every record reached the restarted worker's agent, also those its predecessor had applied (#7: a
-    # record Faust dropped while resuming was invisible in the counts when worker1 had applied it)
-    assert _metric(pipeline_env, "worker2", "tailcast_worker_offsets_skipped_total", required=True) == 0
+    # record Faust dropped while resuming was invisible in the counts when worker1 had applied it), and
+    # its table recovery read every changelog record (#20)
+    assert _metric(pipeline_env, last, "tailcast_worker_offsets_skipped_total", required=True) == 0
     latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=60,
                   message="a recommendation for every user's final state")
+    assert latest[hot] == expected[hot], f"{hot}'s newest list is at {latest[hot]} of {expected[hot]} events"
     assert latest == dict(expected)
+    if partitioner == "librdkafka":  # the forwarding path was the one exercised
+        assert _forwarded_share(kio, pipeline_env.settings.kafka.partitions) > 0.5
 
 
-def test_scorer_killed_resumes_from_committed_offsets(pipeline, kio, wait):
+@pytest.mark.parametrize("partitioner", PARTITIONERS)
+def test_scorer_killed_resumes_from_committed_offsets(pipeline, kio, wait, partitioner):
     events = _events(2000, seed=3)
     expected = collections.Counter(k.decode() for k, _ in events)
-    kio.produce(EVENTS, events[:1000])
+    _produce(pipeline, kio, events[:1000], partitioner)
     wait(lambda: _metric(pipeline, "scorer", 'tailcast_scorer_recommendations_published_total{arm="control"}') > 0,
          timeout=60, message="the scorer to publish")
-    os.killpg(pipeline.procs["scorer"].pid, signal.SIGKILL)
-    pipeline.procs.pop("scorer").wait()
-    kio.produce(EVENTS, events[1000:])
+    _kill(pipeline, "scorer")
+    _produce(pipeline, kio, events[1000:], partitioner)
     pipeline.start("scorer", name="scorer2")
     latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=120,
                   message="every user to end with a recommendation for their latest state")
     assert latest == dict(expected)
+
+
+def test_end_offsets_reach_the_last_record_of_the_last_batch(broker):
+    """The end offsets table recovery reads to (#20): ListOffsets on the embedded broker stops inside the
+    last record batch; :func:`fetch_highwaters` gives the log end."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.agents.ingest import fetch_highwaters
+
+    async def go():
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+        await admin.start()
+        await admin.create_topics([NewTopic("t", 2, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.address)
+        await producer.start()
+        for size in (10, 7):  # two record batches on partition 0, none on 1
+            batch = producer.create_batch()
+            for _ in range(size):
+                batch.append(key=b"k", value=b"v", timestamp=None)
+            await (await producer.send_batch(batch, "t", partition=0))
+        await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.address, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition("t", 0), TopicPartition("t", 1)]
+            listed = await consumer.end_offsets(tps)
+            return listed, await fetch_highwaters(consumer._client, listed)
+        finally:
+            await consumer.stop()
+
+    listed, ends = asyncio.run(go())
+    assert list(ends.values()) == [17, 0], f"listed {listed}, corrected {ends}"
 
 
 def test_broker_unavailable_at_start_gives_a_clear_error_after_backoff(tmp_path):
