@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from online.headtail import head_positions
+from online.metrics import NDCG, HitRate, Metrics
 
 __all__ = [
     "LooSplit",
@@ -174,16 +175,14 @@ def ranks_from_scores(
 
 
 def metrics_from_ranks(ranks: np.ndarray, *, k: int = 10) -> dict[str, float]:
-    """HR@k and NDCG@k (one relevant item) from 0-based ranks."""
-    ranks = np.asarray(ranks)
-    if len(ranks) == 0:
+    """HR@k and NDCG@k (one relevant item) from 0-based ranks: ``online.metrics``' HitRate and NDCG, as live."""
+    ranks = np.asarray(ranks).tolist()
+    if not ranks:
         return {"hr": float("nan"), "ndcg": float("nan"), "users": 0}
-    hit = ranks < k
-    return {
-        "hr": float(hit.mean()),
-        "ndcg": float((hit / np.log2(ranks + 2.0)).mean()),
-        "users": int(len(ranks)),
-    }
+    metrics = Metrics(hr=HitRate(k), ndcg=NDCG(k))
+    for rank in ranks:
+        metrics.update(rank)
+    return {**metrics.get(), "users": len(ranks)}
 
 
 def evaluate_ranking(

@@ -5,8 +5,10 @@ from online.base import SOURCES, Candidate, OnlineModel, learn_many
 from online.blender import FeedbackBlender
 from online.content import ContentNeighbours, ShapeMismatchError, TagVectoriser
 from online.covisit import CoVisitation
-from online.exposure import (APLT, Coverage, ExposureGini, ExposureWindow, ItemWindow, Novelty, TailShare, aplt,
-                             coverage, gini, lorenz_curve, novelty, tail_share)
+from online.exposure import ExposureWindow
+from online.headtail import ItemWindow, head_positions, head_size
+from online.metrics import (APLT, NDCG, Coverage, ExposureGini, HitRate, Metrics, Novelty, Rolling, Shown, TailShare,
+                            gini, lorenz_curve)
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics, Outcome, PrequentialMetrics, PrequentialPairer, hit_rank
@@ -17,8 +19,9 @@ from online.synthetic import SyntheticData, generate
 __all__ = [
     "APLT", "SOURCES", "ArmAssigner", "ArmConfig", "ArmMetrics", "ArmSpecError", "ArmView", "Candidate",
     "CoVisitation", "ContentNeighbours", "Coverage", "DecayedPopularity", "ExposureGini", "ExposureWindow",
-    "FeedbackBlender", "ItemWindow", "Novelty", "OnlineMF", "OnlineModel", "OnlineRecommender", "Outcome",
-    "PrequentialMetrics", "PrequentialPairer", "ShapeMismatchError", "SyntheticData", "TagVectoriser",
-    "TailBoost", "TailReranker", "TailShare", "UnknownArmError", "UnknownSourceError", "aplt", "coverage", "generate", "gini",
-    "hit_rank", "learn_many", "lorenz_curve", "novelty", "parse_arms", "tail_appetite", "tail_share",
+    "FeedbackBlender", "HitRate", "ItemWindow", "Metrics", "NDCG", "Novelty", "OnlineMF", "OnlineModel",
+    "OnlineRecommender", "Outcome", "PrequentialMetrics", "PrequentialPairer", "Rolling",
+    "ShapeMismatchError", "Shown", "SyntheticData", "TagVectoriser", "TailBoost", "TailReranker", "TailShare",
+    "UnknownArmError", "UnknownSourceError", "generate", "gini", "head_positions", "head_size", "hit_rank",
+    "learn_many", "lorenz_curve", "parse_arms", "tail_appetite",
 ]

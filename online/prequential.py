@@ -34,14 +34,15 @@ everything, pair by count) whatever the interleaving, provided counts are strict
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from online.exposure import ExposureWindow, ItemWindow
+from online.exposure import ExposureWindow
+from online.headtail import ItemWindow
+from online.metrics import NDCG, HitRate, Metric, Rolling, gain
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -96,8 +97,8 @@ class Outcome:
         return self.rank is not None and self.rank < k
 
     def gain(self, k: int) -> float:
-        """NDCG@k with one relevant item: ``1 / log2(rank + 2)`` inside the top ``k``, else 0."""
-        return 1.0 / math.log2(self.rank + 2) if self.rank is not None and self.rank < k else 0.0
+        """NDCG@k with one relevant item (:func:`online.metrics.gain`)."""
+        return gain(self.rank, k)
 
 
 class _Rec:
@@ -328,8 +329,49 @@ def _check_buckets(buckets: Iterable[tuple[int, int | None, str]]) -> tuple[tupl
     return bs  # type: ignore[return-value]
 
 
+class _Quality(Metric):
+    """HR, NDCG, tail HR, HR per bucket and pairing counts; one update per resolved event, as
+    ``(rank, is_tail, bucket index, pairing index)``."""
+
+    __slots__ = ("labels", "hr", "ndcg", "tail_hr", "by_bucket", "pairings")
+
+    def __init__(self, k: int, labels: Sequence[str]) -> None:
+        self.labels = labels
+        self.hr, self.ndcg, self.tail_hr = HitRate(k), NDCG(k), HitRate(k)
+        self.by_bucket = [HitRate(k) for _ in labels]
+        self.pairings = [0] * len(PAIRINGS)
+
+    def _step(self, sign: int, rank: int | None, tail: bool, b: int, p: int) -> _Quality:
+        for metric in (self.hr, self.ndcg, self.by_bucket[b], *((self.tail_hr,) if tail else ())):
+            (metric.update if sign > 0 else metric.revert)(rank)
+        self.pairings[p] += sign
+        return self
+
+    def update(self, *args) -> _Quality:
+        return self._step(1, *args)
+
+    def revert(self, *args) -> _Quality:
+        return self._step(-1, *args)
+
+    def get(self) -> dict:
+        return {
+            "hr": self.hr.get(),
+            "ndcg": self.ndcg.get(),
+            "tail_hr": self.tail_hr.get(),
+            "hr_by_bucket": {label: m.get() for label, m in zip(self.labels, self.by_bucket)},
+            "evaluated": self.hr.den,
+            "exact": self.pairings[0],
+            "stale": self.pairings[1],
+            "none": self.pairings[2],
+            "tail_evaluated": self.tail_hr.den,
+            "bucket_counts": {label: m.den for label, m in zip(self.labels, self.by_bucket)},
+        }
+
+
 class PrequentialMetrics:
-    """HR@K, NDCG@K, tail HR@K and HR@K per user-activity bucket over the last ``window_events`` outcomes.
+    """HR@K, NDCG@K, tail HR@K and HR@K per user-activity bucket over the last ``window_events`` outcomes
+    (``online.metrics`` :class:`~online.metrics.HitRate` and :class:`~online.metrics.NDCG` in a
+    :class:`~online.metrics.Rolling` window; ``None``: no window).
 
     ``update(outcome, is_tail=...)`` takes the target item's head/tail status decided by the caller when
     the outcome was resolved (e.g. ``ExposureWindow.is_tail(outcome.item)``). O(1) per update.
@@ -367,24 +409,13 @@ class PrequentialMetrics:
         window_events: int | None = 100_000,
         buckets: Iterable[tuple[int, int | None, str]] = DEFAULT_BUCKETS,
     ) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
         if window_events is not None and (not isinstance(window_events, int) or window_events < 1):
             raise ValueError(f"window_events must be a positive int or None (no window), got {window_events!r}")
         self.k = k
         self.window_events = window_events
         self.buckets = _check_buckets(buckets)
         self._bounds = [b[0] for b in self.buckets]
-        # one entry per outcome in the window: (hit, gain, is_tail, bucket index, pairing index)
-        self._window: deque[tuple[bool, float, bool, int, int]] = deque()
-        self._hits = 0
-        self._gain = 0.0
-        self._tail_n = 0
-        self._tail_hits = 0
-        self._bucket_n = [0] * len(self.buckets)
-        self._bucket_hits = [0] * len(self.buckets)
-        self._pairing_n = [0, 0, 0]
-        self._evictions = 0
+        self._window = Rolling(_Quality, window_events, k=k, labels=[label for _, _, label in self.buckets])
 
     def bucket(self, prior_events: int) -> str:
         """Label of the bucket holding ``prior_events``.
@@ -401,48 +432,12 @@ class PrequentialMetrics:
         return bisect_right(self._bounds, prior_events) - 1
 
     def update(self, outcome: Outcome, *, is_tail: bool) -> PrequentialMetrics:
-        hit = outcome.hit(self.k)
-        gain = outcome.gain(self.k)
-        tail = bool(is_tail)
         b = self._bucket_index(outcome.prior_events)
-        p = PAIRINGS.index(outcome.pairing)
-        self._window.append((hit, gain, tail, b, p))
-        self._add(hit, gain, tail, b, p, 1)
-        if self.window_events is not None and len(self._window) > self.window_events:
-            self._add(*self._window.popleft(), -1)
-            self._evictions += 1
-            if self._evictions >= self.window_events:  # re-add the gains once per window turn: no drift
-                self._evictions = 0
-                self._gain = math.fsum(e[1] for e in self._window)
+        self._window.update(outcome.rank, bool(is_tail), b, PAIRINGS.index(outcome.pairing))
         return self
 
-    def _add(self, hit: bool, gain: float, tail: bool, b: int, p: int, sign: int) -> None:
-        self._hits += sign * hit
-        self._gain += sign * gain
-        self._bucket_n[b] += sign
-        self._bucket_hits[b] += sign * hit
-        if tail:
-            self._tail_n += sign
-            self._tail_hits += sign * hit
-        self._pairing_n[p] += sign
-
     def get(self) -> dict:
-        n = len(self._window)
-        labels = [label for _, _, label in self.buckets]
-        return {
-            "hr": self._hits / n if n else 0.0,
-            "ndcg": max(self._gain, 0.0) / n if n else 0.0,
-            "tail_hr": self._tail_hits / self._tail_n if self._tail_n else 0.0,
-            "hr_by_bucket": {
-                label: (h / c if c else 0.0) for label, h, c in zip(labels, self._bucket_hits, self._bucket_n)
-            },
-            "evaluated": n,
-            "exact": self._pairing_n[0],
-            "stale": self._pairing_n[1],
-            "none": self._pairing_n[2],
-            "tail_evaluated": self._tail_n,
-            "bucket_counts": dict(zip(labels, self._bucket_n)),
-        }
+        return self._window.get()
 
     def __repr__(self) -> str:
         r = self.get()
@@ -452,7 +447,7 @@ class PrequentialMetrics:
 class ArmMetrics:
     """Everything the exposure agent and the evaluate harness need, per A/B arm.
 
-    * **one** :class:`~online.exposure.ItemWindow` of the last ``window_events`` interactions, shared by
+    * **one** :class:`~online.headtail.ItemWindow` of the last ``window_events`` interactions, shared by
       all arms: head/tail and popularity are properties of the item stream, not of an arm;
     * per arm, an :class:`~online.exposure.ExposureWindow` over that arm's last ``window_events`` lists
       (exposure is per arm), and a :class:`PrequentialMetrics` over its last ``window_events`` outcomes;

@@ -9,22 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from online.exposure import (
-    APLT,
-    Coverage,
-    ExposureGini,
-    ExposureWindow,
-    ItemWindow,
-    Novelty,
-    SharedItemWindowError,
-    TailShare,
-    aplt,
-    coverage,
-    gini,
-    lorenz_curve,
-    novelty,
-    tail_share,
-)
+from online.exposure import ExposureWindow, ItemWindow, SharedItemWindowError, gini, lorenz_curve
+from online.metrics import APLT, NDCG, Coverage, ExposureGini, HitRate, Metrics, Novelty, Rolling, Shown, TailShare
 
 SNAPSHOT_KEYS = {"tail_share", "coverage", "gini", "aplt", "novelty", "window_events", "k"}
 
@@ -80,136 +66,153 @@ def test_lorenz_curve_shape_and_degenerate():
     assert x.tolist() == [0.0, 1.0] and y.tolist() == [0.0, 1.0]
 
 
-# ------------------------------------------------------------------------------ plain functions
+# ---------------------------------------------------- the list metrics (online.metrics), by hand
 
 LISTS = [["h1", "t1", "t2"], ["t1", "h2"], ["h1", "h2", "t3", "t1"]]
 TAIL = {"t1", "t2", "t3", "t4"}
+HEAD = {"h1", "h2"}
 ACTIVE = {"h1", "h2", "t1", "t2", "t3", "t4", "t5", "t6"}
+SHARES = {"h1": 0.5, "h2": 0.25, "t1": 0.125, "t2": 1 / 16, "t3": 1 / 32}
+
+
+def _run(metric, lists, *, k=None, head=HEAD, shares=SHARES):
+    """Feed ``lists`` (each cut to ``k``) to ``metric``, judged against ``head`` and ``shares``; its value."""
+    for items in lists:
+        metric.update(Shown.judge(items[:k], head, shares.__getitem__))
+    return metric.get()
+
+
+def _reference(lists, tail, active, shares):
+    """The §4 definitions written out over a static set of lists (the old offline functions)."""
+    slots = [item for items in lists for item in items]
+    shown = [items for items in lists if items]
+    counts = {item: sum(item == s for s in slots) for item in active}
+    return {
+        "tail_share": sum(item in tail for item in slots) / len(slots) if slots else 0.0,
+        "coverage": len(set(slots) & set(active)) / len(active) if active else 0.0,
+        "gini": gini(counts.values()),
+        "aplt": sum(sum(i in tail for i in items) / len(items) for items in shown) / len(shown) if shown else 0.0,
+        "novelty": sum(-math.log2(shares[item]) for item in slots) / len(slots) if slots else 0.0,
+    }
 
 
 def test_tail_share_by_hand():
     # tail slots: 2 + 1 + 2 = 5 of 3 + 2 + 4 = 9
-    assert tail_share(LISTS, TAIL) == pytest.approx(5 / 9)
+    assert _run(TailShare(), LISTS) == pytest.approx(5 / 9)
     # k=2: [h1,t1] [t1,h2] [h1,h2] -> 2 of 6
-    assert tail_share(LISTS, TAIL, k=2) == pytest.approx(2 / 6)
-    # a predicate works as well as a set
-    assert tail_share(LISTS, lambda i: i.startswith("t")) == pytest.approx(5 / 9)
-    assert tail_share([], TAIL) == 0.0
+    assert _run(TailShare(), LISTS, k=2) == pytest.approx(2 / 6)
+    assert _run(TailShare(), []) == 0.0
 
 
 def test_coverage_by_hand():
     # distinct recommended {h1,t1,t2,h2,t3} all active: 5 of 8
-    assert coverage(LISTS, ACTIVE) == pytest.approx(5 / 8)
+    assert _run(Coverage(ACTIVE), LISTS) == pytest.approx(5 / 8)
     # k=1: {h1, t1} -> 2 of 8
-    assert coverage(LISTS, ACTIVE, k=1) == pytest.approx(2 / 8)
+    assert _run(Coverage(ACTIVE), LISTS, k=1) == pytest.approx(2 / 8)
     # inactive recommended items do not count
-    assert coverage([["zz", "h1"]], ACTIVE) == pytest.approx(1 / 8)
-    assert coverage(LISTS, set()) == 0.0
-    assert coverage(LISTS, list(ACTIVE)) == pytest.approx(5 / 8)
+    assert _run(Coverage(ACTIVE), [["zz", "h1"]], shares={"zz": 0.1, "h1": 0.5}) == pytest.approx(1 / 8)
+    assert _run(Coverage(set()), LISTS) == 0.0
+    assert _run(Coverage(list(ACTIVE)), LISTS) == pytest.approx(5 / 8)
 
 
 def test_aplt_by_hand():
     # per list: 2/3, 1/2, 2/4 -> mean = (2/3 + 1/2 + 1/2) / 3 = 5/9
-    assert aplt(LISTS, TAIL) == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
+    assert _run(APLT(), LISTS) == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
     # APLT differs from tail share when list lengths differ
-    assert aplt([["t1"], ["h1", "h2", "h1"]], TAIL) == pytest.approx(0.5)
-    assert tail_share([["t1"], ["h1", "h2", "h1"]], TAIL) == pytest.approx(0.25)
-    assert aplt([[], []], TAIL) == 0.0
+    assert _run(APLT(), [["t1"], ["h1", "h2", "h1"]]) == pytest.approx(0.5)
+    assert _run(TailShare(), [["t1"], ["h1", "h2", "h1"]]) == pytest.approx(0.25)
+    assert _run(APLT(), [[], []]) == 0.0
 
 
 def test_novelty_by_hand():
-    shares = {"h1": 0.5, "h2": 0.25, "t1": 0.125, "t2": 1 / 16, "t3": 1 / 32}
     # -log2: h1 1, h2 2, t1 3, t2 4, t3 5; slots: (1+3+4) + (3+2) + (1+2+5+3) = 24 over 9 slots
-    assert novelty(LISTS, shares) == pytest.approx(24 / 9)
-    # zero / missing share: needs zero_share, then -log2(zero_share)
-    with pytest.raises(ValueError, match="zero_share"):
-        novelty([["cold"]], shares)
-    assert novelty([["cold", "h1"]], shares, zero_share=1 / 8) == pytest.approx((3 + 1) / 2)
-    assert novelty([["h1"]], lambda item: 0.25) == pytest.approx(2.0)
+    assert _run(Novelty(), LISTS) == pytest.approx(24 / 9)
+    # a zero share has no self-information: the item window gives unseen items 1 / (window length + 1)
     with pytest.raises(ValueError):
-        novelty([["h1"]], shares, zero_share=0.0)
+        Shown.judge(["cold"], HEAD, lambda item: 0.0)
+    assert _run(Novelty(), [["cold", "h1"]], shares={"cold": 1 / 8, "h1": 0.5}) == pytest.approx((3 + 1) / 2)
 
 
-def test_functions_reject_flat_lists_and_single_str_oracles():
-    with pytest.raises(TypeError, match="wrap a single list"):
-        tail_share(["a", "b"], TAIL)
+def test_judge_rejects_non_ids_and_coverage_a_single_str():
+    with pytest.raises(TypeError, match="item ids"):
+        Shown.judge([["a", "b"]], HEAD, SHARES.__getitem__)  # type: ignore[list-item]
     with pytest.raises(TypeError):
-        aplt(LISTS, "t1")
-    with pytest.raises(TypeError):
-        coverage(LISTS, "h1")
-    with pytest.raises(ValueError):
-        tail_share(LISTS, TAIL, k=0)
+        Coverage("h1")
+    with pytest.raises(ValueError, match="k must"):
+        HitRate(k=0)
 
 
-# ------------------------------------------------------------------------- step-by-step objects
+# -------------------------------------------------------------- step-by-step objects and Rolling
 
 
-def test_step_metrics_match_functions_on_random_lists():
+def test_list_metrics_match_the_definitions_on_random_lists():
     rng = random.Random(3)
     catalog = [f"i{n}" for n in range(30)]
-    tail = set(catalog[6:])
+    head, tail = set(catalog[:6]), set(catalog[6:])
     active = set(catalog[:25])
     shares = {item: (n + 1) / 500 for n, item in enumerate(catalog)}
     lists = [rng.sample(catalog, rng.randint(0, 8)) for _ in range(200)]
-    ts, cov, g, ap, nov = TailShare(tail), Coverage(active), ExposureGini(active), APLT(tail), Novelty(shares)
-    for items in lists:
-        ap.update(items)
-        for item in items:
-            ts.update(item)
-            cov.update(item)
-            g.update(item)
-            nov.update(item)
-    assert ts.get() == pytest.approx(tail_share(lists, tail))
-    assert ap.get() == pytest.approx(aplt(lists, tail))
-    assert cov.get() == pytest.approx(coverage(lists, active))
-    assert nov.get() == pytest.approx(novelty(lists, shares))
-    counts = {item: 0 for item in active}
-    for items in lists:
-        for item in items:
-            if item in active:
-                counts[item] += 1
-    assert g.get() == pytest.approx(gini(counts.values()))
+    m = Metrics(tail_share=TailShare(), coverage=Coverage(active), gini=ExposureGini(active), aplt=APLT(),
+                novelty=Novelty())
+    got = _run(m, lists, head=head, shares=shares)
+    assert got == pytest.approx(_reference(lists, tail, active, shares))
+
+
+def test_rolling_reverts_to_the_window_and_rebuilds_without_drift():
+    rng = random.Random(4)
+    ranks = [rng.choice([None, 0, 1, 2, 3, 7]) for _ in range(1000)]
+    for window in (1, 3, 37):
+        hr, ndcg = Rolling(HitRate, window, k=4), Rolling(NDCG, window_size=window, k=4)
+        for rank in ranks:
+            hr.update(rank)
+            ndcg.update(rank)
+        last = ranks[-window:]
+        assert len(hr) == window
+        assert hr.get() == pytest.approx(sum(r is not None and r < 4 for r in last) / window)
+        assert ndcg.get() == pytest.approx(sum(1 / math.log2(r + 2) for r in last if r is not None and r < 4)
+                                           / window, abs=1e-15)
+    everything = Rolling(HitRate, None, k=1)
+    for rank in ranks:
+        everything.update(rank)
+    assert len(everything) == 1000 and everything.get() == pytest.approx(ranks.count(0) / 1000)
+    with pytest.raises(ValueError, match="window_size"):
+        Rolling(HitRate, 0)
 
 
 def test_step_metrics_empty_and_repr():
-    assert TailShare(set()).get() == 0.0
+    assert TailShare().get() == 0.0
     assert Coverage(set()).get() == 0.0
     assert ExposureGini().get() == 0.0
-    assert APLT(set()).get() == 0.0
-    assert Novelty({}).get() == 0.0
-    assert repr(TailShare({"t"}).update("t")) == "TailShare: 1.0000"
-
-
-def test_step_metrics_reject_wrong_granularity():
-    with pytest.raises(TypeError, match="once per item"):
-        ExposureGini().update(["a", "b"])  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        APLT(set()).update("abc")
+    assert APLT().get() == 0.0
+    assert Novelty().get() == 0.0
+    assert HitRate().get() == NDCG().get() == 0.0
+    assert repr(TailShare().update(Shown(("t",), 1, 0.0))) == "TailShare: 1.0000"
+    assert repr(Metrics(hr=HitRate())) == "Metrics: {'hr': 0.0}"
 
 
 def test_exposure_gini_without_active_is_over_recommended_items_only():
     g = ExposureGini()
-    for item in ["a", "a", "a", "b"]:
-        g.update(item)
+    g.update(Shown(("a", "a", "a", "b"), 0, 0.0))
     # [1, 3]: (3 - 2*(2*1 + 1*3)/4) / 2 = 0.25
     assert g.get() == pytest.approx(0.25)
     # with active items, never-recommended ones count as zeros: [0, 0, 1, 3]
     # weights 4,3,2,1 -> 2*1 + 1*3 = 5; (5 - 2*5/4) / 4 = 0.625
     g2 = ExposureGini(active={"a", "b", "c", "d"})
-    for item in ["a", "a", "a", "b", "not-active"]:
-        g2.update(item)
+    g2.update(Shown(("a", "a", "a", "b", "not-active"), 0, 0.0))
     assert g2.get() == pytest.approx(0.625)
+    g2.revert(Shown(("a", "not-active"), 0, 0.0))  # [0, 0, 1, 2]: (5 - 2*4/3) / 4
+    assert g2.get() == pytest.approx((5 - 8 / 3) / 4) and g2.counts == {"a": 2, "b": 1}
 
 
 def test_step_metrics_read_a_live_oracle():
     w = ItemWindow(window_events=10, refresh_events=1)
     cov = Coverage(w.active_items)
-    cov.update("a")
+    cov.update(Shown(("a",), 1, 0.0))
     assert cov.get() == 0.0  # nothing active yet
     w.observe_event("u", "a").observe_event("u", "b")
     assert cov.get() == pytest.approx(0.5)  # active read at get() time
-    ts = TailShare(w.is_tail)
-    assert ts.update("a").get() == 1.0  # 2 active items -> floor(0.4) = 0 head items
+    ts = TailShare().update(Shown.judge(["a"], w.head_items(), w.pop_share))
+    assert ts.get() == 1.0  # 2 active items -> floor(0.4) = 0 head items
 
 
 # ---------------------------------------------------------------------------------- ItemWindow
@@ -332,7 +335,7 @@ def test_exposure_window_tail_is_judged_when_the_list_is_observed():
     assert w.snapshot()["tail_share"] == pytest.approx(0.5)
 
 
-def test_exposure_window_matches_offline_functions_on_a_random_stream():
+def test_exposure_window_matches_the_definitions_on_a_random_stream():
     rng = random.Random(11)
     catalog = [f"i{n}" for n in range(60)]
     weights = [1 / (n + 1) for n in range(60)]  # Zipf-like
@@ -348,16 +351,8 @@ def test_exposure_window_matches_offline_functions_on_a_random_stream():
     kept = [items[:5] for items in lists if items][-40:]
     tail = set(catalog) - head
     s = w.snapshot()
-    assert s["tail_share"] == pytest.approx(tail_share(kept, tail))
-    assert s["aplt"] == pytest.approx(aplt(kept, tail))
-    assert s["coverage"] == pytest.approx(coverage(kept, active))
-    assert s["novelty"] == pytest.approx(novelty(kept, shares))
-    counts = {item: 0 for item in active}
-    for items in kept:
-        for item in items:
-            if item in counts:
-                counts[item] += 1
-    assert s["gini"] == pytest.approx(gini(counts.values()))
+    assert {m: s[m] for m in _reference(kept, tail, active, shares)} == pytest.approx(
+        _reference(kept, tail, active, shares))
     assert s["window_events"] == 500
 
 
@@ -369,8 +364,10 @@ def test_exposure_window_running_sums_do_not_drift():
     for items in lists:
         w.observe_recommendation(items)
     shares = {f"i{n}": w.pop_share(f"i{n}") for n in range(20)}
-    assert w.snapshot()["novelty"] == pytest.approx(novelty(lists[-7:], shares), abs=1e-12)
-    assert w.snapshot()["aplt"] == pytest.approx(aplt(lists[-7:], w.is_tail), abs=1e-12)
+    tail = {f"i{n}" for n in range(20) if w.is_tail(f"i{n}")}
+    expected = _reference(lists[-7:], tail, set(w.active_items()), shares)
+    assert w.snapshot()["novelty"] == pytest.approx(expected["novelty"], abs=1e-12)
+    assert w.snapshot()["aplt"] == pytest.approx(expected["aplt"], abs=1e-12)
 
 
 def test_shared_item_window_refuses_events():
