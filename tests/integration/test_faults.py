@@ -173,11 +173,17 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
     hot = collections.Counter(k.decode() for k, _ in second[:50]).most_common(1)[0][0]
     pipeline_env.start("worker")
     pipeline_env.start("scorer")
-    _produce(pipeline_env, kio, first, partitioner)
     if kills == "mid-stream":
+        _produce(pipeline_env, kio, first, partitioner)
         wait(lambda: _metric(pipeline_env, "worker", "tailcast_worker_events_valid_total") >= 300, timeout=60,
              message="the worker to start applying events")
     else:
+        # the last 100 events of the first half come once the rest is applied, so that the worker's last
+        # micro-batch updates many users: their states share the changelog's last record batches
+        _produce(pipeline_env, kio, first[:-100], partitioner)
+        wait(lambda: _metric(pipeline_env, "worker", "tailcast_worker_events_valid_total") >= len(first) - 100,
+             timeout=60, message="the worker to apply the first 1400 events")
+        _produce(pipeline_env, kio, first[-100:], partitioner)
         wait(lambda: _metric(pipeline_env, "worker", "tailcast_worker_events_valid_total") >= len(first)
              and _committed(pipeline_env) == _log_ends(kio), timeout=90,
              message="the worker to apply and commit the first half")
