@@ -5,7 +5,9 @@ declared and the role's agents registered:
 
 * ``worker``: the ingest agent and the ``user_state`` table;
 * ``scorer``: the scorer agent, the item catalogue reader, the checkpoint watcher and (by default) the
-  exposure agent that turns published recommendations into long-tail metrics.
+  exposure agent that turns published recommendations into long-tail metrics;
+* ``api``: the ``latest_list`` table fed by ``recommendations`` and the read API's views on Faust's web
+  server (``streams/agents/api.py``).
 
 :func:`faust_worker` builds the :class:`faust.Worker` that runs an app. This module and the agents are
 the only ones that import Faust (``tests/test_imports.py``).
@@ -26,7 +28,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent
 from prometheus_client import CollectorRegistry
 
-from streams.agents import ingest
+from streams.agents import api, ingest
 from streams.config import WORKER_BATCH, WORKER_BATCH_WAIT_S, KafkaSettings, Settings
 from streams.kafka import ssl_context
 from streams.metrics import WorkerMetrics
@@ -69,6 +71,30 @@ def _fetch_max_wait(ms: int) -> None:
 
     create.__wrapped__ = original
     cls._create_worker_consumer = create
+
+
+def _recover_to_fetched_highwaters() -> None:
+    """Make Faust's table recovery read each changelog partition to the end ``ingest.fetch_highwaters`` gives.
+
+    The embedded Tansu broker answers ListOffsets with one past the first offset of a partition's last
+    record batch, and Faust's recovery stops there (#20): the api's ``latest_list`` changelog is written a
+    record batch per partition and micro-batch, so an instance taking over a partition would serve older
+    lists for the users of its last batch. The worker's ``streams.agents.ingest.register`` applies the same
+    wrapper for ``user_state``; this one is for the api process, which never calls it (one of the two goes
+    when the worker's moves here). faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``;
+    transactions keep their own ends.
+    """
+    cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(cls._highwaters, "__wrapped__", cls._highwaters)
+
+    async def highwaters(self, partitions):
+        listed = await original(self, partitions)
+        if self.consumer.in_transaction:
+            return listed
+        return await ingest.fetch_highwaters(self._ensure_consumer()._client, listed)
+
+    highwaters.__wrapped__ = original
+    cls._highwaters = highwaters
 
 
 class KeepCurrentGenerationFlowControl(FlowControlEvent):
@@ -124,18 +150,26 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     return None
 
 
-def faust_app(settings: Settings, app_id: str) -> faust.App:
+def faust_app(settings: Settings, app_id: str, *, web_port: int | None = None) -> faust.App:
     """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents (every
-    role's app, and the bare agent ``benchmarks/ingest.py`` measures the worker against)."""
+    role's app, and the bare agent ``benchmarks/ingest.py`` measures the worker against).
+
+    With ``web_port``, Faust's web server (aiohttp) listens on it on every interface; other instances of
+    the app reach this one at ``http://<hostname>:<web_port>`` (Faust's canonical URL). Faust's own table
+    pages (``/table``) are off: the app's views are the interface.
+    """
     kafka = settings.kafka
     _fetch_max_wait(FETCH_MAX_WAIT_MS)
+    web: dict[str, Any] = {"web_enabled": False}
+    if web_port is not None:
+        web = {"web_enabled": True, "web_port": web_port, "web_bind": "0.0.0.0", "web_tables_enabled": False}
     app = faust.App(
         app_id,
         broker=[f"kafka://{s.strip()}" for s in kafka.servers.split(",")],
         broker_credentials=faust_credentials(kafka),
         store="memory://",
         datadir=str(settings.state_dir / app_id),
-        web_enabled=False,
+        **web,
         autodiscover=False,
         processing_guarantee=kafka.processing_guarantee,
         topic_partitions=kafka.partitions,
@@ -174,7 +208,7 @@ def declare_topics(app: faust.App, settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | None = None) -> Role:
-    """Build the Faust app of ``role`` ("worker" or "scorer")."""
+    """Build the Faust app of ``role`` ("worker", "scorer" or "api")."""
     registry = CollectorRegistry()
     if role == "worker":
         app = faust_app(settings, "tailcast-worker")
@@ -202,7 +236,17 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
         parts = serving.register(app, topics=topics, settings=settings, registry=registry)
         _lag_timer(app, parts["metrics"].consumer_lag)
         return Role(app, registry, role, parts)
-    raise ValueError(f"unknown role {role!r}: expected 'worker' or 'scorer'")
+    if role == "api":
+        _recover_to_fetched_highwaters()
+        app = faust_app(settings, "tailcast-api", web_port=settings.api_port)
+        topics = declare_topics(app, settings)
+        parts = api.register(app, topic=topics[RECOMMENDATIONS],
+                             partitions=(partitions or {}).get(RECOMMENDATIONS, settings.kafka.partitions),
+                             pseudonymize_key=settings.worker.pseudonymize_key, registry=registry,
+                             batched_writes=settings.kafka.processing_guarantee == "at_least_once")
+        _lag_timer(app, parts["metrics"].consumer_lag)
+        return Role(app, registry, role, parts)
+    raise ValueError(f"unknown role {role!r}: expected 'worker', 'scorer' or 'api'")
 
 
 def _lag_timer(app: faust.App, gauge) -> None:

@@ -1,4 +1,4 @@
-"""``tailcast`` command line: broker, worker, scorer, trainer, replay, tail, demo, evaluate, settings."""
+"""``tailcast`` command line: broker, worker, scorer, api, trainer, replay, tail, demo, evaluate, settings."""
 
 from __future__ import annotations
 
@@ -113,10 +113,14 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     if role == "scorer":
         _torch_threads(settings)
     built = create_app(settings, role=role, partitions=counts)
-    port = settings.metrics_port_for(role)
+    port = settings.metrics_port_for(role)  # 0 for the api: its web server serves /metrics
     serve_metrics(built.registry, port)
     freeze_startup_heap()
-    log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
+    if role == "api":
+        log.info("api: Kafka %s, topics %s, HTTP (recommendations, healthz, metrics) on :%d as %s",
+                 settings.kafka.servers, counts, settings.api_port, built.app.conf.canonical_url)
+    else:
+        log.info("%s: Kafka %s, topics %s, metrics on :%s", role, settings.kafka.servers, counts, port or "off")
     worker = faust_worker(built.app, settings, loop, shutdown_grace_s=SHUTDOWN_GRACE_S)
     try:
         worker.execute_from_commandline()
@@ -162,6 +166,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_scorer(settings: Settings, args: argparse.Namespace) -> int:
     return _run_faust_role(settings, "scorer", args)
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    return _run_faust_role(settings, "api", args)
 
 
 def cmd_trainer(settings: Settings, args: argparse.Namespace) -> int:
@@ -240,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("worker", cmd_worker, "Run an ingest worker: validate events, keep user state, emit score requests.")
     add("scorer", cmd_scorer, "Run a scorer: micro-batch score requests, publish recommendations and "
                               "long-tail metrics.")
+    add("api", cmd_api, "Run a read API instance: each user's latest list over HTTP on TAILCAST_API_PORT "
+                        "(GET /recommendations/USER_ID?n=10, /healthz, /metrics); instances split the users.")
     p = add("trainer", cmd_trainer, "Run the periodic batch refresh of the Transformer: read the event log, "
                                     "train, publish a versioned checkpoint.")
     p.add_argument("--once", action="store_true", help="train once and exit")
@@ -253,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, default=None, help="stop after N records")
     p.add_argument("--idle-timeout", type=float, default=None, help="stop after S seconds without records")
     p.add_argument("--raw", action="store_true", help="print JSON")
-    p = add("demo", cmd_demo, "Start broker (if TAILCAST_KAFKA is unset), worker and scorer, replay the "
-                              "synthetic stream (or --dataset) and show live progress.")
+    p = add("demo", cmd_demo, "Start broker (if TAILCAST_KAFKA is unset), worker, scorer, trainer and api, replay "
+                              "the synthetic stream (or --dataset) and show live progress.")
     _add_source_args(p)
     p.add_argument("--rate", type=float, default=500.0, help="events per second")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")

@@ -83,6 +83,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number 1-65535")
+    return value
+
+
 def _text(text: str) -> str:
     return text
 
@@ -117,7 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Faust processing guarantee. exactly_once needs Kafka transactions (real Kafka only)."),
     Setting("TAILCAST_STATE_DIR", "var/state", _text, "Faust data directory (local table state)."),
     Setting("TAILCAST_METRICS_PORT", "", _optional_text,
-            "Prometheus /metrics port; default 9101 worker, 9102 scorer, 9103 trainer; 0 disables."),
+            "Prometheus /metrics port; default 9101 worker, 9102 scorer, 9103 trainer (the api serves /metrics on "
+            "TAILCAST_API_PORT); 0 disables."),
+    Setting("TAILCAST_API_PORT", "8080", _port,
+            "HTTP port of `tailcast api` (GET /recommendations/{user_id}, /healthz, /metrics); each instance "
+            "is reached by the others at http://<hostname>:<port>."),
     Setting("TAILCAST_LOG_LEVEL", "info", _choice("debug", "info", "warn", "error", "crit"), "Log level."),
     Setting("TAILCAST_HISTORY_LEN", "50", _positive_int, "Recent items kept per user (sequence length)."),
     Setting("TAILCAST_CONSUMED_MAX", "2000", _positive_int,
@@ -247,9 +258,13 @@ class Settings:
     state_dir: Path
     metrics_port: int | None
     log_level: str
+    api_port: int = 8080
 
     def metrics_port_for(self, role: str) -> int:
-        """The /metrics port of a role: TAILCAST_METRICS_PORT, else the role's default; 0 = disabled."""
+        """The /metrics port of a role: TAILCAST_METRICS_PORT, else the role's default; 0 = disabled. The api
+        has none: it serves /metrics on TAILCAST_API_PORT."""
+        if role == "api":
+            return 0
         if self.metrics_port is not None:
             return self.metrics_port
         return {"worker": 9101, "scorer": 9102, "trainer": 9103}.get(role, 0)
@@ -326,6 +341,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         state_dir=Path(r("TAILCAST_STATE_DIR")),
         metrics_port=metrics_port,
         log_level=r("TAILCAST_LOG_LEVEL"),
+        api_port=r("TAILCAST_API_PORT"),
     )
 
 

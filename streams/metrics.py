@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from streams.records import DLQ_REASONS
 
-__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "serve_metrics"]
+__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "ApiMetrics", "serve_metrics"]
 
 # Freshness buckets: the target is p99 < 250 ms at 1k events/s, so resolve 5 ms .. 1 s finely, then coarse
 # buckets up to 60 s to still see a backlog when the scorer falls behind.
@@ -21,6 +21,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0
 # Batch-processing time: a micro-batch should take milliseconds; seconds mean trouble.
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Read API request time: the target is p99 < 10 ms (docs/design.md §7), so resolve 0.25 ms .. 10 ms finely;
+# a request routed to another instance adds a hop, and seconds mean a stalled event loop.
+API_LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                       5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,37 @@ class TrainerMetrics:
                              ["model"], registry=registry),
             events_buffered=Gauge("tailcast_trainer_events_buffered", "Events held for the next refresh",
                                   registry=registry),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiMetrics:
+    requests: Counter
+    latency: Histogram
+    routed: Counter
+    lists_received: Counter
+    lists_unreadable: Counter
+    users: Gauge
+    consumer_lag: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ApiMetrics:
+        return cls(
+            requests=Counter("tailcast_api_requests", "HTTP requests answered, by endpoint and status code",
+                             ["endpoint", "code"], registry=registry),
+            latency=Histogram("tailcast_api_request_latency_seconds",
+                              "Time to answer a request, routing to the owning instance included",
+                              ["endpoint"], buckets=API_LATENCY_BUCKETS, registry=registry),
+            routed=Counter("tailcast_api_requests_routed",
+                           "Requests for a user another instance owns, forwarded to it", registry=registry),
+            lists_received=Counter("tailcast_api_lists_received", "Lists read from the recommendations topic",
+                                   registry=registry),
+            lists_unreadable=Counter("tailcast_api_lists_unreadable",
+                                     "Records on the recommendations topic that are not a list (skipped)",
+                                     registry=registry),
+            users=Gauge("tailcast_api_users", "Users whose latest list this instance holds", registry=registry),
+            consumer_lag=Gauge("tailcast_api_consumer_lag_messages", "Records not yet consumed, by topic",
+                               ["topic"], registry=registry),
         )
 
 

