@@ -1,11 +1,12 @@
 """``tailcast demo``: the whole pipeline on one machine, with live progress.
 
-Starts the embedded broker (unless TAILCAST_KAFKA names one), a worker, a scorer and a trainer as child
-processes (``tailcast worker`` / ``scorer`` / ``trainer``), replays the synthetic stream (or
-``--dataset``) at ``--rate``, and prints once a second: events/s produced, recommendations/s,
+Starts the embedded broker (unless TAILCAST_KAFKA names one), a worker, a scorer, a trainer and a read API
+as child processes (``tailcast worker`` / ``scorer`` / ``trainer`` / ``api``), replays the synthetic stream
+(or ``--dataset``) at ``--rate``, and prints once a second: events/s produced, recommendations/s,
 event→recommendation latency p50/p99, tail exposure share per arm (from the ``longtail-metrics`` topic),
 the model version serving the newest lists, the share of each candidate source in the recent lists'
-slots, and a few fresh recommendations.
+slots, and a few fresh recommendations. Once the read API serves a user's list, it prints a ``curl``
+line that reads it (the API listens on ``TAILCAST_API_PORT`` when set, else on a free port).
 
 The trainer runs with a short budget (:data:`DEMO_TRAINER_ENV`) so that within a minute it trains the
 Transformer and the Mult-VAE on the stream so far, the scorer hot-swaps the checkpoint, and its lists
@@ -22,12 +23,16 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from streams.agents.scorer import BATCH_SOURCES
 from streams.broker import EmbeddedBroker, free_port
@@ -39,7 +44,7 @@ from streams.topics import LONGTAIL_METRICS, RECOMMENDATIONS, ensure_topics
 __all__ = ["run_demo", "DEMO_TRAINER_ENV", "ROLES"]
 
 #: The child processes the demo starts, in order.
-ROLES = ("worker", "scorer", "trainer")
+ROLES = ("worker", "scorer", "trainer", "api")
 
 #: The trainer's and the model watch's settings in the demo (the defaults are sized for a service: a
 #: refresh every 10 minutes, up to 5 minutes an encoder). A refresh every 10 s after the previous one
@@ -71,14 +76,24 @@ def _trained(version: str) -> bool:
     return version != "online"
 
 
+def _api_serves(url: str) -> bool:
+    """Whether ``GET url`` answers 200 with a list that has items (the read API serves the user's list)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200 and bool(orjson.loads(response.read())["items"])
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, KeyError):
+        return False
+
+
 async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, started: float,
-                 duration: float | None, procs: dict[str, subprocess.Popen], workdir: Path) -> dict:
+                 duration: float | None, procs: dict[str, subprocess.Popen], workdir: Path, api_url: str) -> dict:
     recs = deque(maxlen=5000)  # (arrival time, latency)
     recent: deque[tuple[float, dict]] = deque(maxlen=5000)  # (arrival time, list): the sources' shares
     latest_longtail: dict[str, dict] = {}
     samples: deque[str] = deque(maxlen=3)
+    with_items: deque[str] = deque(maxlen=1)  # the newest user whose list has items
     stats = {"recommendations": 0, "first_recommendation_s": None, "failed": None, "serving": None,
-             "first_trained_s": None, "trained_lists": 0, "batch_items": Counter()}
+             "first_trained_s": None, "trained_lists": 0, "batch_items": Counter(), "curl": None}
 
     async def consume(topic: str) -> None:
         async for r in iterate_topic(settings.kafka, topic, from_beginning=True, stop=stop):
@@ -96,6 +111,8 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
                         stats["first_trained_s"] = time.monotonic() - started
                     stats["batch_items"].update(i["source"] for i in r["items"] if i["source"] in BATCH_SOURCES)
                 samples.append(format_recommendation(r))
+                if r["items"]:
+                    with_items.append(r["user_id"])
             else:
                 latest_longtail[r["arm"]] = r
 
@@ -120,6 +137,11 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
                   f"        model {stats['serving'] or '-'}  sources {sources or '-'}", flush=True)
             while samples:
                 print("    " + samples.popleft(), flush=True)
+            if stats["curl"] is None and with_items:
+                url = f"{api_url}/recommendations/{urllib.parse.quote(with_items[0], safe='')}?n=5"
+                if await asyncio.to_thread(_api_serves, url):
+                    stats["curl"] = f"curl '{url}'"
+                    print(f"read API: {stats['curl']}", flush=True)
             last_sent, last_recs, last_t = sent[0], stats["recommendations"], now
             if duration is not None and now - started >= duration:
                 stop.set()
@@ -137,7 +159,7 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
 
 
 async def _demo(settings: Settings, args: argparse.Namespace, started: float, procs: dict[str, subprocess.Popen],
-                workdir: Path) -> dict:
+                workdir: Path, api_url: str) -> dict:
     source = source_from_args(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,16 +171,17 @@ async def _demo(settings: Settings, args: argparse.Namespace, started: float, pr
         sent[0] = n
 
     watcher = asyncio.create_task(_watch(settings, sent=sent, stop=stop, started=started, duration=args.duration,
-                                         procs=procs, workdir=workdir))
+                                         procs=procs, workdir=workdir, api_url=api_url))
     await replay(settings.kafka, source, rate=args.rate, progress=progress, stop=stop)
     print(f"replay finished: {sent[0]} events; still showing recommendations (Ctrl-C to stop)", flush=True)
     return await watcher
 
 
-def _where_metrics_are(settings: Settings) -> str:
+def _where_metrics_are(settings: Settings, api_url: str) -> str:
     """Where to look at the metrics while the demo runs."""
     ports = {role: settings.metrics_port_for(role) for role in ROLES}
-    endpoints = ", ".join(f"{role} http://127.0.0.1:{port}/metrics" for role, port in ports.items() if port)
+    endpoints = ", ".join([*(f"{role} http://127.0.0.1:{port}/metrics" for role, port in ports.items() if port),
+                           f"api {api_url}/metrics"])
     return (f"metrics: {endpoints or 'Prometheus endpoints off (TAILCAST_METRICS_PORT=0)'}; long-tail records on "
             f"the {LONGTAIL_METRICS} topic (tailcast tail --topic {LONGTAIL_METRICS}); Prometheus and Grafana: "
             "infra/prometheus/prometheus.local.yml and infra/grafana (README, Deployment)")
@@ -179,18 +202,22 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     env.setdefault("TAILCAST_CHECKPOINT_DIR", str(workdir / "checkpoints"))  # a fresh start: no old checkpoint
     for name, value in DEMO_TRAINER_ENV.items():
         env.setdefault(name, value)
+    env.setdefault("TAILCAST_API_PORT", str(free_port()))
+    api_url = f"http://127.0.0.1:{env['TAILCAST_API_PORT']}"
     procs: dict[str, subprocess.Popen] = {}
     try:
         asyncio.run(ensure_topics(settings.kafka))
         for role in ROLES:
             procs[role] = spawn_role(role, env, workdir / f"{role}.log")
-        print(f"worker, scorer and trainer started (logs in {workdir}); checkpoints in "
-              f"{env['TAILCAST_CHECKPOINT_DIR']}", flush=True)
-        print(_where_metrics_are(settings), flush=True)
-        stats = asyncio.run(_demo(settings, args, started, procs, workdir))
+        print(f"worker, scorer, trainer and api started (logs in {workdir}); checkpoints in "
+              f"{env['TAILCAST_CHECKPOINT_DIR']}; read API on {api_url}", flush=True)
+        print(_where_metrics_are(settings, api_url), flush=True)
+        stats = asyncio.run(_demo(settings, args, started, procs, workdir, api_url))
         first, trained = stats["first_recommendation_s"], stats["first_trained_s"]
         print(f"demo done: {stats['recommendations']} recommendations; first after "
               f"{'-' if first is None else f'{first:.1f}s'}", flush=True)
+        if stats["curl"] is None:
+            print(f"the read API served no list while the demo ran (see {workdir / 'api.log'})", flush=True)
         if trained is None:
             print("no list from a trained checkpoint yet: the trainer needed longer than the demo ran "
                   f"(see {workdir / 'trainer.log'})", flush=True)
