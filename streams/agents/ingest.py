@@ -425,18 +425,22 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
     if count_gaps:
         @app.on_rebalance_complete.connect
         async def check_recovery(sender, **kwargs) -> None:
-            """Count the changelog records recovery left unread (the consumer's fetch high watermarks,
-            which recovery's own reads brought, against the last offset it applied) as skipped offsets:
-            the user states in them came back older, and the events behind them are not read again."""
+            """Count the changelog records recovery left unread (the log ends a Fetch gives, against the
+            last offset it applied) as skipped offsets: the user states in them came back older, and
+            the events behind them are not read again."""
             recovery, consumer = app.tables.recovery, app.consumer
             changelog = user_state.changelog_topic.get_topic_name()
             restored = {tp: recovery.active_offsets.get(tp) for tp in recovery.active_tps if tp.topic == changelog}
-            highwaters = {}
-            for tp in restored:
-                try:
-                    highwaters[tp] = consumer.highwater(tp)
-                except Exception:  # noqa: BLE001 - not assigned, or no fetch yet: unknown, not counted
-                    highwaters[tp] = None
+            if not restored:
+                return
+            # the ends recovery read to (it stores end - 1), checked against a Fetch of its own
+            listed = {tp: recovery.active_highwaters.get(tp, -1) + 1 for tp in restored}
+            try:
+                thread = consumer._thread  # faust-streaming 0.15: the aiokafka consumer lives in this thread
+                highwaters = await thread.call_thread(fetch_highwaters, thread._ensure_consumer()._client, listed)
+            except Exception as exc:  # noqa: BLE001 - a check only: say so, and do not stop the worker
+                log.warning("ingest: could not check the table recovery against the changelog's ends: %r", exc)
+                return
             if missing := unrestored(restored, highwaters):
                 metrics.offsets_skipped.inc(sum(missing.values()))
                 log.warning("ingest: table recovery left %d changelog record(s) unread (partition: count %s); "
