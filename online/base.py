@@ -49,12 +49,13 @@ __all__ = [
 ]
 
 #: Every value ``Candidate.source`` may take.
-SOURCES = ("popularity", "covisit", "transitions", "mf", "content", "fresh", "transformer", "vae", "blend")
+SOURCES = ("popularity", "covisit", "transitions", "last", "mf", "content", "fresh", "transformer", "vae", "blend")
 
 _REASONS = {
     "popularity": "popular now",
     "covisit": "co-visited with {anchor}",
     "transitions": "often next after {anchor}",
+    "last": "goes with {anchor}, your latest",
     "mf": "liked by people with your taste",
     "content": "similar to {anchor}",
     "fresh": "tail discovery",

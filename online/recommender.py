@@ -9,7 +9,8 @@ every model (popularity, co-visitation, transitions, MF; content is catalogue-dr
    item the user consumed, carried by the score request):
    * no history (cold start): the most popular items now, mixed with the fresh tail (items first
      seen recently that are still rare), so a brand-new user sees tail items from the first list;
-   * with history: co-visitation, the transition counter, content neighbours and MF,
+   * with history: co-visitation (of the recent history, and of the latest item alone: ``"last"``),
+     the transition counter, content neighbours and MF,
      ``n_candidates`` each, plus a few popular and fresh items as fallbacks;
    * ``extra``: lists from outside (the Transformer ``"transformer"``, the Mult-VAE ``"vae"``);
 2. rank: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and
@@ -66,7 +67,7 @@ from online.rerank import TailReranker, appetite_from_counts
 __all__ = ["CORE_SOURCES", "ArmView", "OnlineRecommender", "UnknownArmError", "UnknownSourceError"]
 
 #: Sources the recommender itself produces; the blender must know all of them.
-CORE_SOURCES = ("popularity", "covisit", "transitions", "mf", "content", "fresh")
+CORE_SOURCES = ("popularity", "covisit", "transitions", "last", "mf", "content", "fresh")
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -398,8 +399,13 @@ class OnlineRecommender:
                                    cv_ban[ban_start[b] : ban_end[b]])
                 t_j, t_sc, t_an = tr.top(tr_rec[r_start[b] : min(r_end[b], r_start[b] + tw)], ranks, n,
                                          tr_ban[ban_start[b] : ban_end[b]])
+                # "last": the co-visitation neighbours of the latest item alone (its own ranks and scores: the
+                # ranker can weigh "what goes with what you just had" apart from the whole recent history)
+                l_j, l_sc, l_an = cv.top(cv_rec[r_start[b] : min(r_end[b], r_start[b] + 1)], ranks, n,
+                                         cv_ban[ban_start[b] : ban_end[b]])
                 p_j, p_sc = popular[b]
                 lists = [("covisit", j, sc, an, cv_names, cv_map), ("transitions", t_j, t_sc, t_an, tr_names, tr_map),
+                         ("last", l_j, l_sc, l_an, cv_names, cv_map),
                          ("content", c_idx, c_s, c_a, ct_names, ct_map),
                          ("mf", m_idx, m_s, None, None, mf_map), ("popularity", p_j, p_sc, None, None, pmap)]
             else:
@@ -686,6 +692,7 @@ class OnlineRecommender:
             "popularity": self.popularity.score(user, history, items),
             "covisit": self.covisit.score(user, history, items),
             "transitions": self.transitions.score(user, history, items),
+            "last": self.covisit.score(user, history[-1:], items),
             "mf": self.mf.score(user, history, items),
             "content": self.content.score(user, history, items),
         }

@@ -126,12 +126,12 @@ def test_blender_learns_from_the_stream() -> None:
         rec.recommend(user, h[-50:], len(h), arm=rec.assign_arm(user))
     assert rec.blender.warmed_up
     auc = rec.blender.auc()
-    singles = ("popularity", "covisit", "transitions", "mf", "fresh")
+    singles = ("popularity", "covisit", "transitions", "last", "mf", "fresh")
     assert np.isfinite([auc[s] for s in ("blend", *singles)]).all()
     assert np.isnan(auc["content"]) and np.isnan(auc["transformer"])  # no item vectors, no model: no signal
     assert auc["blend"] > 0.7 and auc["blend"] >= max(auc[s] for s in singles)
     recs = rec.recommend("fan", ["i5"], 1, arm="control")  # the learned ranker puts the chain first
-    assert recs[0].item == "i6" and recs[0].source in ("covisit", "transitions") and recs[0].anchor == "i5"
+    assert recs[0].item == "i6" and recs[0].source in ("covisit", "transitions", "last") and recs[0].anchor == "i5"
 
 
 def test_pending_lists_are_lru_capped() -> None:
