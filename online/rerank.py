@@ -8,7 +8,7 @@ a tail hit is worth four head hits; stronger settings drop the head items altoge
 catalogue coverage, for little more tail accuracy). Raising it never lowers the
 number of tail items in a list (only tail scores grow), and what it trades is relevance as the ranker
 estimates it: a tail item nobody would want stays out whatever the knob. The same formula over raw
-co-visitation scores is :class:`TailBoost`, the DESIGN §7 baseline; over a calibrated ranker it buys
+co-visitation scores is :class:`TailBoost`, the docs/design.md §7 baseline; over a calibrated ranker it buys
 more tail hits for the same NDCG (docs/decisions.md has the comparison with the xQuAD re-ranker it
 replaced).
 
@@ -109,7 +109,7 @@ def _top_boosted(scores: np.ndarray, tail: np.ndarray, lam: float, k: int, dtype
 
 
 class TailBoost:
-    """The DESIGN §7 baseline: score × (1 + λ·is_tail), then the top ``k`` (λ = ``strength`` >= 0).
+    """The docs/design.md §7 baseline: score × (1 + λ·is_tail), then the top ``k`` (λ = ``strength`` >= 0).
 
     Meant over co-visitation scores (non-negative); ties keep the input order.
     """

@@ -3,10 +3,10 @@
     tailcast evaluate --dataset PATH --out DIR [--mode offline|live|loo] [--limit N] [--seed S]
     python -m streams.evaluate --dataset PATH --out DIR [same options] [the extra options below]
 
-Modes (DESIGN §5):
+Modes (docs/design.md §5):
 
 * ``offline``: no broker. The dataset, in time order, is cut into micro-batches of ``--batch`` events
-  (default 1: fresh pairing, DESIGN §5, a list after every event; larger = coarser, more ``stale``
+  (default 1: fresh pairing, docs/design.md §5, a list after every event; larger = coarser, more ``stale``
   pairings, faster) that go through the worker's :class:`~streams.agents.ingest.IngestProcessor` and, per
   system, the scorer's :class:`~streams.agents.scorer.ScorerCore`. Systems: tailcast with one arm forced
   for every user at each re-ranking strength of ``--strengths`` (the knob sweep), MostPop over the window,
@@ -15,7 +15,7 @@ Modes (DESIGN §5):
   model is given (``--checkpoint``) or trained here (``--train-transformer``), with tailcast without any
   batch model beside it (``tailcast[s] online only``). A model trained here is either trained once on the
   warm-up part and frozen, or, with ``--refresh-every N``, retrained every N events on all events so far
-  and swapped into every system that serves it, as the trainer and scorer do (DESIGN §5 "as deployed";
+  and swapped into every system that serves it, as the trainer and scorer do (docs/design.md §5 "as deployed";
   the first model serves from event N, the events before it are served by the online models). The
   baselines never recommend an item the user consumed (any earlier event, not only the last 50).
   ``--workers 2`` (the default) replays the baselines in a second process beside tailcast.
@@ -30,7 +30,7 @@ exposure agent's :class:`~online.prequential.ArmMetrics`, window = the whole str
 (the user's previous event was coalesced into the same micro-batch) or ``none`` (no list yet: the user's
 first event, or every event of their first micro-batch) - a miss. Output in ``--out``: ``report.json``
 (``{system: {metric: value}}``, ``hr_by_bucket`` nested as in the ``longtail-metrics`` record),
-``report.md`` (table, the command, the DESIGN §7 checks), ``run.json`` (run details, per-chunk series),
+``report.md`` (table, the command, the docs/design.md §7 checks), ``run.json`` (run details, per-chunk series),
 ``tradeoff.png``, ``hr_by_bucket.png``, ``lorenz.png``, ``over_time.png`` and ``recommendations.jsonl``.
 
 Deterministic: the online models are seeded as in the live scorer (fixed seeds); ``--seed`` seeds the
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
         p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
         p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=_EXTRA["batch"],
-                   help="micro-batch (events) of the offline replay: default 1 = fresh pairing (DESIGN §5: each "
+                   help="micro-batch (events) of the offline replay: default 1 = fresh pairing (docs/design.md §5: each "
                         "event is paired with the list made after the user's previous event), in offline and live "
                         "mode; larger = a coarser stress option (more stale pairings, faster). loo mode: default 256")
     p.add_argument("--workers", type=int, default=_EXTRA["workers"],
@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--refresh-every", type=int, default=0, metavar="N",
                    help="offline, with --train-transformer: retrain the Transformer (and the Mult-VAE with "
                         "--train-vae) every N events on all events so far, each with those budgets, and swap it "
-                        "into every system that serves it (as deployed: DESIGN §5); 0 = train once on the warm-up "
+                        "into every system that serves it (as deployed: docs/design.md §5); 0 = train once on the warm-up "
                         "part and freeze it. Warm-up defaults to 0 here")
     p.add_argument("--refresh-from-scratch", action="store_true",
                    help="with --refresh-every: train each refresh's Transformer from scratch, as the trainer does "
@@ -246,7 +246,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
              "pairing: event j of a user is scored against the user's latest list with user_event_count <= j-1 "
              "(exact = j-1; stale = older, the previous event was coalesced in the same micro-batch; none = no list "
              "yet, counted as a miss); window = the whole stream",
-             "head/tail for the metrics: top 20% of active items by count over the events so far (DESIGN §4)",
+             "head/tail for the metrics: top 20% of active items by count over the events so far (docs/design.md §4)",
              f"TailBoost implementation: {tail_boost_impl()}; CoVisit-raw = online.covisit.CoVisitation.transitions() "
              "(plain transition counts, lookback 5, forward 1 / backward 0.5, score = sum over the user's last 5 "
              "distinct items of W[h_r][j]/r); the baselines never recommend an item the user consumed (their own "

@@ -21,7 +21,7 @@ start of the stream: reporting on what it was trained on would be leakage).
 item the user had consumed before that list (one of their events with index <= the list's
 ``user_event_count``), exact, from the events the scoreboard observes (all of them, warm-up included).
 
-**Refresh** (``refresh_every=N`` with a ``refresher``, DESIGN §5 "as deployed"): at the first micro-batch
+**Refresh** (``refresh_every=N`` with a ``refresher``, docs/design.md §5 "as deployed"): at the first micro-batch
 boundary at or after each multiple of N (N, 2N, ...; with ``batch=1`` exactly there), ``refresher`` trains a
 batch model on ALL the events before that boundary, and it is installed in every system that serves one
 (:data:`~streams.evaluation.systems.MODEL_KINDS`) as the live scorer does: ``ScorerCore.swap_model``
@@ -295,7 +295,7 @@ def run_offline(
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
-    ``batch=1`` is fresh pairing (DESIGN §5). ``cores`` (system name -> :class:`ScorerCore`) replaces
+    ``batch=1`` is fresh pairing (docs/design.md §5). ``cores`` (system name -> :class:`ScorerCore`) replaces
     :func:`build_core` for those systems (tests plug in recommenders whose lists they control).
     ``workers=2`` replays the systems that need neither the model nor the sink in a second process
     (spawned), at the same time; results come back in ``specs`` order, the same as with ``workers=1``.

@@ -66,7 +66,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
     n_items = len(index)
     train_seqs = split.train_sequences(index)
     notes = [f"leave-one-out: {len(split.train)} users, {len(split.test)} evaluated (>= 3 events), {n_items} items; "
-             f"tail = bottom {100 * (1 - head_share):.0f}% of items by train count (models.loo.tail_items); "
+             f"tail = bottom {100 * (1 - head_share):.0f}% of the items seen in training, by train count (models.loo.tail_items); "
              f"short users = <= 5 train events"]
     results: dict[str, SystemResult] = {}
 

@@ -1,10 +1,10 @@
-"""``report.json``, ``report.md`` and the PNG plots of ``tailcast evaluate`` (DESIGN §6).
+"""``report.json``, ``report.md`` and the PNG plots of ``tailcast evaluate`` (docs/design.md §6).
 
-``report.json`` is ``{system: {metric: value}}`` with the DESIGN §3/§4 names: ``hr``, ``ndcg``, ``tail_hr``,
+``report.json`` is ``{system: {metric: value}}`` with the docs/design.md §3/§4 names: ``hr``, ``ndcg``, ``tail_hr``,
 ``hr_by_bucket`` (nested, ``{"<=5": .., "6-20": .., ">20": ..}`` as in the ``longtail-metrics`` record),
 ``tail_share``, ``coverage``, ``gini``, ``aplt``, ``novelty``, ``k``, the pairing counts ``evaluated``,
 ``exact``, ``stale``, ``none``, ``consumed_share`` (share of top-k slots holding an item the user had
-already consumed, DESIGN §7), and extras (``bucket_counts``, ``tail_evaluated``, ``lists``, timings...).
+already consumed, docs/design.md §7), and extras (``bucket_counts``, ``tail_evaluated``, ``lists``, timings...).
 Everything else about the run (command, dataset, settings, per-chunk series, the trade-off verdicts)
 goes to ``run.json``, so that ``report.json`` keeps exactly that shape.
 """
@@ -26,9 +26,9 @@ from .systems import BASELINE_KINDS, TAILBOOST_CURVES, TAILCAST_KINDS
 __all__ = ["write_report", "tradeoff_verdicts", "markdown_table", "BUCKETS", "MAX_CONSUMED_SHARE", "QUALITY_RATIO"]
 
 BUCKETS = ("<=5", "6-20", ">20")
-#: DESIGN §7: tailcast at knob 0 has NDCG@10 >= this x the best single system.
+#: docs/design.md §7: tailcast at knob 0 has NDCG@10 >= this x the best single system.
 QUALITY_RATIO = 1.05
-#: DESIGN §7: at most this share of recommended slots are items the user already consumed.
+#: docs/design.md §7: at most this share of recommended slots are items the user already consumed.
 MAX_CONSUMED_SHARE = 0.005
 _TAILCAST_KINDS = (*TAILCAST_KINDS, "live")
 
@@ -74,7 +74,7 @@ def _against(curve: list[tuple[float, float, float, str]], ndcg: float, val: flo
 
 
 def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
-    """The DESIGN §7 checks that one run can answer.
+    """The docs/design.md §7 checks that one run can answer.
 
     * ``tradeoff``: does tailcast's knob curve lie above each co-visitation TailBoost curve
       (:data:`~streams.evaluation.systems.TAILBOOST_CURVES`: ItemCF's and CoVisit-raw's, λ = 0 included), at
@@ -243,7 +243,7 @@ def write_report(out: Path, results: dict[str, SystemResult], *, command: str, t
     md += list(intro)
     md += ["", markdown_table(results) if not loo else _loo_table(results), ""]
     if verdicts:
-        md += ["## DESIGN §7 checks", ""]
+        md += ["## docs/design.md §7 checks", ""]
         for name, v in verdicts["quality"].items():
             md.append(f"- {name} NDCG@10 {v['ndcg']:.4f} vs the best single system, {v['best_single']} "
                       f"{v['best_single_ndcg']:.4f}: ratio {v['ratio']:.3f} >= {QUALITY_RATIO}: "

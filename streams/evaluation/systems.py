@@ -14,7 +14,7 @@ same micro-batches, the same coalescing and the same pairing:
   is one), for the with/without comparison;
 * ``tailcast[s=…] online only``: the same recommender with no batch model at all (online models only, as a
   scorer serves before its first checkpoint), beside the rows above whenever there is a batch model, so that
-  one report tells whether the batch models add accuracy (DESIGN §7);
+  one report tells whether the batch models add accuracy (docs/design.md §7);
 * ``MostPop``: the most interacted items in the last ``TAILCAST_WINDOW_EVENTS`` events (:class:`WindowMostPop`);
 * ``ItemCF``: online item co-visitation (:class:`~online.covisit.CoVisitation`, decayed, distance-weighted,
   popularity-normalised) alone;
@@ -22,7 +22,7 @@ same micro-batches, the same coalescing and the same pairing:
   ``ItemCF``);
 * ``CoVisit-raw``: the plain transition counter (:meth:`~online.covisit.CoVisitation.transitions`: counts of
   ``j`` following ``h`` within 5 items, backward one half, score = sum of ``W[h_r][j] / r`` over the user's last
-  5 distinct items): DESIGN §5's raw transition co-visitation counter;
+  5 distinct items): docs/design.md §5's raw transition co-visitation counter;
 * ``CoVisit-raw+TailBoost[λ=…]``: its top 100 re-sorted by score × (1 + λ·is_tail), the second TailBoost curve;
 * ``Transformer``: the checkpoint's top-k alone, no online models, no tail re-ranking;
 * ``Mult-VAE``: the checkpoint's Mult-VAE top-k alone, likewise (only when there is one).
@@ -30,7 +30,7 @@ same micro-batches, the same coalescing and the same pairing:
 Every baseline keeps each user's consumed items itself, from ``learn_one`` (it sees every event of the
 user: the whole history, not only the last ``history_len`` items a request carries), never recommends one of
 them, and tops its list up with window MostPop when its own source has fewer than ``k`` items.
-Head/tail for the baselines is :class:`~streams.evaluation.window.WindowPopularity`, the DESIGN §4
+Head/tail for the baselines is :class:`~streams.evaluation.window.WindowPopularity`, the docs/design.md §4
 definition (top ``head_share`` of active items by window count, ties by item id, exact after every event),
 i.e. the same split as tailcast's.
 """
@@ -90,7 +90,7 @@ BASELINE_KINDS = tuple(k for k in KINDS if k not in TAILCAST_KINDS)
 #: Kinds that serve the batch model (a checkpoint, or the one trained here and refreshed): each is given
 #: :func:`batch_model_for` its kind at start and at every swap.
 MODEL_KINDS = ("tailcast", "tailcast-novae", "transformer", "vae")
-#: The co-visitation TailBoost curves of DESIGN §7: the λ = 0 kind and the λ > 0 kind of each.
+#: The co-visitation TailBoost curves of docs/design.md §7: the λ = 0 kind and the λ > 0 kind of each.
 TAILBOOST_CURVES = {"TailBoost (ItemCF)": ("itemcf", "tailboost"),
                     "TailBoost (CoVisit-raw)": ("covisit-raw", "covisit-raw-boost")}
 
