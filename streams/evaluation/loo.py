@@ -8,7 +8,7 @@
 * Mult-VAE (``--train-vae SECONDS``): trained on the same training part with the trainer's configuration,
   early-stopped on the validation item, scored once on the test item (fold-in);
 * tailcast at each strength: the stream minus every user's test event is replayed through the scorer's
-  micro-batch logic (so the blender learns from the lists it showed, as live), then each evaluated user
+  micro-batch logic (so the ranker learns from its candidate pools, as live), then each evaluated user
   gets one list for their state before the test event. A list has ``k`` items, so the target's rank is
   known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
   With ``--train-transformer`` the Transformer trained above (and the Mult-VAE with ``--train-vae``) are
