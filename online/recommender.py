@@ -141,6 +141,7 @@ class OnlineRecommender:
         self._col = {s: n for n, s in enumerate(blender.sources)}
         self._invs: dict[str, tuple[IdIndex, int, np.ndarray]] = {}  # model -> (its index, mapped, ours -> its)
         self._rerankers: dict[tuple[float, int], TailReranker] = {}
+        self.last_alternatives: list[list[list[Candidate]]] = []  # see recommend_many(alternatives=)
 
     @classmethod
     def create(
@@ -293,8 +294,14 @@ class OnlineRecommender:
         k: int | None = None,
         excludes: Sequence[Collection[str]] | None = None,
         consumed: Sequence[np.ndarray] | None = None,
+        alternatives: Sequence[float] = (),
     ) -> list[list[Candidate]]:
         """:meth:`recommend` for a micro-batch of users (one list per user, in order).
+
+        ``alternatives``: re-ranking strengths at which the same candidates are also re-ranked, into
+        :attr:`last_alternatives` (per strength, per user). The ranker learns from candidate pools, not
+        from what was shown, so these are the lists an arm of that strength would have published: the
+        evaluation scores every strength from one replay.
 
         ``consumed``: per user, the :func:`~online.base.item_hash` of every item they consumed (uint32);
         no source proposes those items (nor the history's, nor ``excludes``').
@@ -328,6 +335,7 @@ class OnlineRecommender:
                         f"extra source {source!r} is not one of the blender's sources {self.blender.sources}"
                     )
         if not n_b:
+            self.last_alternatives = [[] for _ in alternatives]
             return []
         k = self.k if k is None else int(k)
         n = self.n_candidates
@@ -423,7 +431,7 @@ class OnlineRecommender:
         hist_tail = self._lookup(tail_mask, h_all)
         n_tail = np.bincount(np.repeat(np.arange(n_b), h_len), weights=hist_tail, minlength=n_b)
         appetites = [appetite_from_counts(int(t), n) for t, n in zip(n_tail.tolist(), h_len)]
-        return self._blend_many(users, appetites, user_event_counts, configs, all_lists, tail_mask, k)
+        return self._blend_many(users, appetites, user_event_counts, configs, all_lists, tail_mask, k, alternatives)
 
     def _inverse(self, key: str) -> np.ndarray:
         """``our index -> model index`` for a model mapped by :meth:`_map` (-1: the model does not know
@@ -505,8 +513,10 @@ class OnlineRecommender:
         all_lists: Sequence[list[tuple[str, np.ndarray, np.ndarray, Sequence | None, list[str] | None]]],
         tail_mask: np.ndarray,
         k: int,
+        alternatives: Sequence[float] = (),
     ) -> list[list[Candidate]]:
-        """Merge, blend and re-rank every user's candidate lists (``appetites``: the users' tail appetites)."""
+        """Merge, blend and re-rank every user's candidate lists (``appetites``: the users' tail appetites);
+        :attr:`last_alternatives` gets the same candidates re-ranked at each of ``alternatives``."""
         n_b = len(users)
         col = self._col
         parts, scs, lens, cols, owner, maps = [], [], [], [], [], []
@@ -535,6 +545,7 @@ class OnlineRecommender:
                     maps.append(i)
             by_source.append(seen)  # the last non-empty list of each source
         if not parts:
+            self.last_alternatives = [[[] for _ in range(n_b)] for _ in alternatives]
             return [[] for _ in range(n_b)]
         n_lists = np.asarray(lens)
         entries = np.concatenate(parts)  # (m,) every list entry's item, user by user, list by list
@@ -587,68 +598,70 @@ class OnlineRecommender:
                 ranks[r, c] = rank_e[a:e]
             X = self.blender.feature_matrix(scores, ranks, tail, row_counts, popularity, appetite)  # (n, F)
             probs = _sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
-        shown_parts = []
-        for b in range(n_b):
-            a, e = bnd[b], bnd[b + 1]
-            if e == a:
-                shown_parts.append(_EMPTY)
-                continue
-            reranker = self._reranker(configs[b].rerank_strength, k)
-            shown_parts.append(a + reranker.order(probs[a:e], tail[a:e]))
-        shown = np.concatenate(shown_parts)  # (s,) candidate rows, user by user
-        if X is None:  # the shown rows' features, from their entries
-            where = np.full(n_c, -1, dtype=np.int64)
-            where[shown] = np.arange(shown.size)
-            local = where[rows]
-            sel = local >= 0
-            X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
-                                                   tail[shown], row_counts[shown], popularity[shown], appetite[shown])
-        else:
-            X_shown = X[shown]
-        # the proposing source with the largest logit share; ties: the better rank
-        contrib = self.blender.contributions_matrix(X_shown)  # (s, S)
-        r_shown = ranks[shown]
-        contrib = np.where(np.isfinite(r_shown), contrib, -np.inf)
-        tied = contrib >= tie_floor(contrib.max(axis=1, keepdims=True), TIE_RTOL)  # float32-derived terms
-        src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
-        src_rank = r_shown[np.arange(shown.size), src_col].tolist()
-        src_col = src_col.tolist()
-        pools = self._pools(items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
-                            appetites)
+        def lists_for(strengths: Sequence[float]) -> list[list[Candidate]]:
+            """Each user's list re-ranked at ``strengths[b]``, with source attribution and anchors."""
+            shown_parts = []
+            for b in range(n_b):
+                a, e = bnd[b], bnd[b + 1]
+                if e == a:
+                    shown_parts.append(_EMPTY)
+                    continue
+                shown_parts.append(a + self._reranker(strengths[b], k).order(probs[a:e], tail[a:e]))
+            shown = np.concatenate(shown_parts)  # (s,) candidate rows, user by user
+            if X is None:  # the shown rows' features, from their entries
+                where = np.full(n_c, -1, dtype=np.int64)
+                where[shown] = np.arange(shown.size)
+                local = where[rows]
+                sel = local >= 0
+                X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
+                                                       tail[shown], row_counts[shown], popularity[shown],
+                                                       appetite[shown])
+            else:
+                X_shown = X[shown]
+            # the proposing source with the largest logit share; ties: the better rank
+            contrib = self.blender.contributions_matrix(X_shown)  # (s, S)
+            r_shown = ranks[shown]
+            contrib = np.where(np.isfinite(r_shown), contrib, -np.inf)
+            tied = contrib >= tie_floor(contrib.max(axis=1, keepdims=True), TIE_RTOL)  # float32-derived terms
+            src_col = np.where(tied, r_shown, np.inf).argmin(axis=1)
+            src_rank = r_shown[np.arange(shown.size), src_col].tolist()
+            item_of = items[shown].tolist()
+            p_shown = probs[shown].tolist()
+            src_of = [sources[c] for c in src_col.tolist()]
+            name_of = [names[i] for i in item_of]
+            anchor_of: list[object] = [None] * len(src_of)  # shown position -> anchor, read source by source
+            out: list[list[Candidate]] = []
+            at = 0
+            for b in range(n_b):
+                cnt = shown_parts[b].size
+                end = at + cnt
+                lists = by_source[b]
+                shown_by: dict[str, list[int]] = {}
+                for s in range(at, end):
+                    if lists[src_of[s]][3] is not None:
+                        shown_by.setdefault(src_of[s], []).append(s)
+                for source, positions in shown_by.items():
+                    _, _, _, anchors, anchor_names, _ = lists[source]
+                    at_ranks = [int(src_rank[s]) for s in positions]
+                    found = anchors.take(at_ranks) if hasattr(anchors, "take") else [anchors[r] for r in at_ranks]
+                    for s, a in zip(positions, found):
+                        anchor_of[s] = anchor_names[a] if anchor_names is not None else a
+                out.append(list(map(Candidate, name_of[at:end], p_shown[at:end], src_of[at:end], anchor_of[at:end])))
+                at = end
+            return out
+
         names = self._items.names
         sources = self.blender.sources
-        item_of = items[shown].tolist()
-        p_shown = probs[shown].tolist()
-        src_of = [sources[c] for c in src_col]
-        name_of = [names[i] for i in item_of]
-        anchor_of: list[object] = [None] * len(src_of)  # shown position -> anchor, read source by source
-        out: list[list[Candidate]] = []
-        at = 0
-        for b in range(n_b):
-            cnt = shown_parts[b].size
-            if not cnt:
-                out.append([])
-                continue
-            end = at + cnt
-            lists = by_source[b]
-            shown_by: dict[str, list[int]] = {}
-            for s in range(at, end):
-                if lists[src_of[s]][3] is not None:
-                    shown_by.setdefault(src_of[s], []).append(s)
-            for source, positions in shown_by.items():
-                _, _, _, anchors, anchor_names, _ = lists[source]
-                at_ranks = [int(src_rank[s]) for s in positions]
-                found = anchors.take(at_ranks) if hasattr(anchors, "take") else [anchors[r] for r in at_ranks]
-                for s, a in zip(positions, found):
-                    anchor_of[s] = anchor_names[a] if anchor_names is not None else a
-            result = list(map(Candidate, name_of[at:end], p_shown[at:end], src_of[at:end], anchor_of[at:end]))
-            user = users[b]
-            self._pending[user] = (tuple(name_of[at:end]), pools[b])
-            self._pending.move_to_end(user)
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
-            at += cnt
-            out.append(result)
+        out = lists_for([c.rerank_strength for c in configs])
+        pools = self._pools(items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
+                            appetites)
+        for user, result, pool in zip(users, out, pools):
+            if result:
+                self._pending[user] = (tuple(c.item for c in result), pool)
+                self._pending.move_to_end(user)
+                while len(self._pending) > self.max_pending:
+                    self._pending.popitem(last=False)
+        self.last_alternatives = [lists_for([strength] * n_b) for strength in alternatives]
         return out
 
     def _pools(self, items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,

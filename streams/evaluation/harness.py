@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -52,10 +52,10 @@ from streams.agents.ingest import IngestProcessor, RawRecord
 from streams.agents.scorer import ScorerCore
 from streams.config import Settings
 from streams.datasets import Event
-from streams.records import BadEvent, Recommendation, ScoreRequest, parse_event
+from streams.records import BadEvent, Recommendation, RecommendedItem, ScoreRequest, parse_event
 from streams.topics import EVENTS, partition_for
 
-from .systems import MODEL_KINDS, SystemSpec, batch_model_for, build_core
+from .systems import MODEL_KINDS, TAILCAST_KINDS, SystemSpec, batch_model_for, build_core
 
 __all__ = ["HarnessError", "PreparedStream", "prepare_events", "micro_batches", "Scoreboard", "SystemResult",
            "Refresh", "run_offline"]
@@ -335,6 +335,53 @@ def run_offline(
     return {s.name: both[s.name] for s in specs}
 
 
+def _followers(specs: Sequence[SystemSpec], given: Mapping[str, ScorerCore]) -> dict[int, list[int]]:
+    """tailcast systems of one kind at several strengths share one replay: position of the first (the
+    primary) -> positions of the others. Their models and ranker evolve the same whatever the strength
+    (the ranker learns from candidate pools, not from shown lists), so each follower's lists are the
+    primary's candidates re-ranked at its strength (``OnlineRecommender.recommend_many(alternatives=)``):
+    the lists a replay of its own would publish, for one replay's cost. Cores given by the caller are
+    never shared."""
+    by_kind: dict[str, list[int]] = {}
+    for n, spec in enumerate(specs):
+        if spec.kind in TAILCAST_KINDS and spec.name not in given:
+            by_kind.setdefault(spec.kind, []).append(n)
+    return {ns[0]: ns[1:] for ns in by_kind.values() if len(ns) > 1}
+
+
+class _SharedReplay:
+    """Wraps a primary tailcast core's recommender so that every ``recommend_many`` also re-ranks at the
+    followers' strengths; :meth:`take` turns what was collected since the last call into the followers'
+    records, one per record the primary published (the scorer publishes one per list, in order)."""
+
+    def __init__(self, core: ScorerCore, strengths: Sequence[float]) -> None:
+        self.inner = core.recommender
+        self.strengths = tuple(float(x) for x in strengths)
+        self._lists: list[list[list]] = [[] for _ in self.strengths]
+        core.recommender = self
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def recommend_many(self, *args, **kwargs):
+        out = self.inner.recommend_many(*args, alternatives=self.strengths, **kwargs)
+        for collected, lists in zip(self._lists, self.inner.last_alternatives):
+            collected.extend(lists)
+        return out
+
+    def take(self, recs: Sequence[Recommendation], arms: Sequence[str]) -> list[list[Recommendation]]:
+        out = []
+        for n, (collected, arm) in enumerate(zip(self._lists, arms)):
+            if len(collected) != len(recs):
+                raise HarnessError(f"{len(recs)} lists published for {len(collected)} re-ranked at strength "
+                                   f"{self.strengths[n]}")
+            out.append([replace(rec, arm=arm, items=[RecommendedItem(c.item, round(float(c.score), 6), c.source,
+                                                                     c.reason()) for c in cands])
+                        for rec, cands in zip(recs, collected)])
+            self._lists[n] = []
+        return out
+
+
 def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
     """``refresher`` run with the torch thread count of the caller (the replay holds torch to one thread;
     training a model is the large-batch work threads help), the same as a model trained before the replay."""
@@ -405,9 +452,12 @@ def _replay(
     given = dict(cores or {})
     names = [s.name for s in specs]
     later = refresher is not None
+    follow = _followers(specs, given)  # primary position -> the positions re-ranked from its replay
+    led_by = {f: p for p, fs in follow.items() for f in fs}
     cores = {name: given.get(name)
              or build_core(s, settings, text_vectors=text_vectors, model=model, model_later=later)
-             for name, s in zip(names, specs)}
+             for n_s, (name, s) in enumerate(zip(names, specs)) if n_s not in led_by}
+    shared = {p: _SharedReplay(cores[names[p]], [specs[f].param for f in fs]) for p, fs in follow.items()}
     pos_of_user_count: dict[tuple[str, int], int] = {}  # shared by every scoreboard
     first_index: dict[str, dict[str, int]] = {}  # likewise
     boards = [Scoreboard(name, k, n, warmup=warmup_events, n_chunks=n_chunks, pos_of=pos_of_user_count,
@@ -417,20 +467,23 @@ def _replay(
     learned = [0] * len(specs)
     coalesced = [0] * len(specs)
     stale = [0] * len(specs)
-    steps = list(zip(range(len(specs)), [cores[name] for name in names], boards, sinks))
-    served = [step for step, spec in zip(steps, specs) if spec.kind in MODEL_KINDS] if later else []
+    steps = [(s, cores[names[s]], boards[s], sinks[s]) for s in range(len(specs)) if s not in led_by]
+    served = [step for step in steps if specs[step[0]].kind in MODEL_KINDS] if later else []
     done_refreshes: list[Refresh] = []
     rescored = [0] * len(specs)
     next_refresh = refresh_every if later and served else n + 1  # nothing to refresh: no model system here
     started = time.perf_counter()
     next_report = progress_every
 
-    def publish(board: Scoreboard, sink, recs: Sequence[Recommendation]) -> None:
+    def publish(board: Scoreboard, sink, recs: Sequence[Recommendation], s: int | None = None) -> None:
         for rec in recs:
             pos = pos_of_user_count[(rec.user_id, rec.user_event_count)]
             board.observe_list(pos, rec.user_id, rec.user_event_count, [i.item_id for i in rec.items])
             if sink is not None:
                 sink(rec)
+        if s in shared:  # the same lists re-ranked at each follower's strength
+            for f, f_recs in zip(follow[s], shared[s].take(recs, [names[f] for f in follow[s]])):
+                publish(boards[f], sinks[f], f_recs)
 
     for start, end, requests in micro_batches(events, settings, batch):
         if start >= next_refresh:  # between micro-batches: train on events[:start], swap, re-score
@@ -444,7 +497,7 @@ def _replay(
                 t = time.perf_counter()
                 core.swap_model(batch_model_for(specs[s].kind, new_model))
                 for recs in core.rescore_active(batch=_RESCORE_BATCH, now=now):
-                    publish(board, sink, recs)
+                    publish(board, sink, recs, s)
                     rescored[s] += len(recs)
                     counts[names[s]] = counts.get(names[s], 0) + len(recs)
                 seconds[s] += time.perf_counter() - t
@@ -466,13 +519,17 @@ def _replay(
             learned[s] += len(out.events)
             coalesced[s] += out.coalesced
             stale[s] += out.stale
-            publish(board, sink, out.recommendations)
+            publish(board, sink, out.recommendations, s)
         if progress_every and end >= next_report:
             next_report += progress_every
             per = ", ".join(f"{name} {sec:.0f}s" for name, sec in zip(names, seconds))
             log(f"  {end}/{n} events ({100 * end / max(n, 1):.0f}%) in {time.perf_counter() - started:.0f}s; {per}")
     window_end = events[-1].ts if events else 0.0
     results = {}
+    for f, p in led_by.items():  # a follower's replay is its primary's
+        seconds[f], learned[f], coalesced[f], stale[f], rescored[f] = \
+            seconds[p], learned[p], coalesced[p], stale[p], rescored[p]
+        cores[names[f]] = cores[names[p]]
     for s, spec in enumerate(specs):
         extra = {"scorer_seconds": round(seconds[s], 3), "learned_events": learned[s], "micro_batch": batch,
                  "coalesced": coalesced[s], "stale_skipped": stale[s]}

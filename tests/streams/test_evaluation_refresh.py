@@ -265,3 +265,33 @@ def test_warm_start_keeps_the_previous_vocabulary_as_prefix():
     scratch(events[:150])
     scratch(events)
     assert [h["warm_start"] for h in scratch.history] == [False, False]
+
+
+def test_strengths_of_one_kind_share_one_replay_and_publish_what_separate_replays_would(stream):
+    """tailcast at several strengths is replayed once (the followers' lists are the primary's candidates
+    re-ranked): every list and every metric equals that of a replay per system, refreshes included."""
+    specs = [SystemSpec("tailcast", s) for s in (0.0, 0.5, 1.0)] + \
+        [SystemSpec("tailcast-online", s) for s in (0.0, 1.0)]
+    items = sorted({e.item for e in stream.events})[:30]
+
+    def replay(chosen):
+        lists: list = []
+        res = run_offline(stream, chosen, SETTINGS, batch=1, progress_every=0, lists_sink=lists.append,
+                          sink_kinds=ALL_KINDS, refresh_every=150, refresher=RecordingRefresher(items, []),
+                          log=lambda line: None)
+        return res, lists
+
+    def key(rec):
+        return (rec.user_id, rec.user_event_count, rec.list_id, rec.refresh, rec.model_version,
+                [(i.item_id, i.score, i.source, i.reason) for i in rec.items])
+
+    together, together_lists = replay(specs)
+    for spec in specs:
+        alone, alone_lists = replay([spec])
+        mine = [key(r) for r in together_lists if r.arm == spec.name]
+        assert mine == [key(r) for r in alone_lists], spec.name
+        a, b = alone[spec.name].metrics, together[spec.name].metrics
+        assert {m: v for m, v in a.items() if m != "scorer_seconds"} == \
+            {m: v for m, v in b.items() if m != "scorer_seconds"}, spec.name
+    by_arm = {s.name: [key(r)[5] for r in together_lists if r.arm == s.name] for s in specs[:3]}
+    assert by_arm[specs[0].name] != by_arm[specs[2].name]  # the strengths really re-rank
