@@ -129,5 +129,8 @@ class TailBoost:
         pred = _as_predicate(is_tail)
         tail = np.fromiter((pred(c.item) for c in candidates), dtype=bool, count=len(candidates))
         scores = np.array([c.score for c in candidates], dtype=np.float64)
-        order = _top_boosted(scores, tail, self.strength, self.k, np.float64)
-        return [candidates[i] for i in order.tolist()]
+        return [candidates[i] for i in self.order(scores, tail).tolist()]
+
+    def order(self, scores: np.ndarray, tail: np.ndarray) -> np.ndarray:
+        """Positions (into ``scores``, (n,) float64) of the ``k`` chosen candidates, best first."""
+        return _top_boosted(scores, tail, self.strength, self.k, np.float64)

@@ -202,7 +202,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
     from .evaluation.harness import prepare_events, run_offline
     from .evaluation.report import write_report
-    from .evaluation.systems import KINDS, default_systems, tail_boost_impl
+    from .evaluation.systems import KINDS, default_systems
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -247,7 +247,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
              "(exact = j-1; stale = older, the previous event was coalesced in the same micro-batch; none = no list "
              "yet, counted as a miss); window = the whole stream",
              "head/tail for the metrics: top 20% of active items by count over the events so far (docs/design.md §4)",
-             f"TailBoost implementation: {tail_boost_impl()}; CoVisit-raw = online.covisit.CoVisitation.transitions() "
+             "TailBoost: online.rerank.TailBoost; CoVisit-raw = online.covisit.CoVisitation.transitions() "
              "(plain transition counts, lookback 5, forward 1 / backward 0.5, score = sum over the user's last 5 "
              "distinct items of W[h_r][j]/r); the baselines never recommend an item the user consumed (their own "
              "exact per-user sets, all history) and are topped up with window MostPop when short of k",

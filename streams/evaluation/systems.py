@@ -46,6 +46,7 @@ import numpy as np
 from online.arms import ArmAssigner, ArmConfig
 from online.base import Candidate
 from online.covisit import CoVisitation
+from online.rerank import TailBoost
 from streams.agents.scorer import ScorerCore
 from streams.config import Settings
 
@@ -53,7 +54,7 @@ from .window import WindowPopularity
 
 __all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
            "PerUserRecommender", "WindowMostPop", "CoVisitBaseline", "TransformerOnly", "build_core", "batch_model_for",
-           "tail_boost", "tail_boost_impl", "default_systems"]
+           "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -192,44 +193,6 @@ class WindowMostPop(_Baseline):
         return self._top_up([], self.consumed(user, history))
 
 
-def tail_boost_impl() -> str:
-    """Where the TailBoost re-ranker comes from: ``online.rerank.TailBoost`` or this module's fallback."""
-    try:
-        from online.rerank import TailBoost  # noqa: F401
-    except ImportError:
-        return "streams.evaluation.systems.tail_boost (online.rerank.TailBoost not available)"
-    return "online.rerank.TailBoost"
-
-
-def tail_boost(strength: float, k: int = 10) -> Callable[[list[Candidate], Callable[[str], bool]], list[Candidate]]:
-    """A re-ranker: the top ``k`` by ``score × (1 + strength·is_tail)`` (stable: ties keep input order).
-
-    Uses ``online.rerank.TailBoost(strength=...)`` when it exists, else the same formula here.
-
-    >>> cands = [Candidate("h", 1.0, "covisit"), Candidate("t", 0.6, "covisit")]
-    >>> [c.item for c in tail_boost(1.0)(cands, lambda i: i == "t")]     # 0.6 * 2 > 1.0
-    ['t', 'h']
-    """
-    try:
-        from online.rerank import TailBoost
-    except ImportError:
-        TailBoost = None
-    if TailBoost is not None:
-        booster = TailBoost(strength=strength, k=k)
-
-        def rerank_lib(cands: list[Candidate], is_tail: Callable[[str], bool]) -> list[Candidate]:
-            return list(booster.rerank(cands, is_tail=is_tail))
-
-        return rerank_lib
-
-    def rerank(cands: list[Candidate], is_tail: Callable[[str], bool]) -> list[Candidate]:
-        boosted = [c.score * (1.0 + strength * is_tail(c.item)) for c in cands]
-        order = sorted(range(len(cands)), key=lambda n: -boosted[n])
-        return [cands[n] for n in order[:k]]
-
-    return rerank
-
-
 class _RankedCoVisitation(CoVisitation):
     """:class:`CoVisitation` with the read the baselines need: the top ``n`` items and scores, the anchors
     only for the few items shown (``CoVisitation.recommend`` computes the anchor of every candidate it
@@ -275,7 +238,7 @@ class CoVisitBaseline(_Baseline):
         self.n_candidates = n_candidates
         self.covisit = _RankedCoVisitation.transitions() if raw else _RankedCoVisitation()
         self.boost = boost
-        self._rerank = tail_boost(boost, k) if boost > 0 else None
+        self._booster = TailBoost(strength=boost, k=k) if boost > 0 else None
 
     def _learn(self, user: str, item: str, ts: float, history: Sequence[str], first: bool) -> None:
         self.covisit.learn_one(user, item, ts, history)
@@ -288,18 +251,16 @@ class CoVisitBaseline(_Baseline):
         shown: list[Candidate] = []
         if history:
             # without a re-ranker the top k of the top n_candidates is the top k
-            n = self.n_candidates if self._rerank is not None else self.k
+            n = self.n_candidates if self._booster is not None else self.k
             items, scores, anchors_of = self.covisit.ranked(user, history, n)
-            source = self.covisit.name
-            cands = [Candidate(i, s, source) for i, s in zip(items, scores)]
-            if self._rerank is not None and cands:
-                rank = {c.item: r for r, c in enumerate(cands)}
-                cands = self._rerank(cands, self.pop.is_tail)[: self.k]
-                anchors = anchors_of([rank[c.item] for c in cands])
+            if self._booster is not None and items:
+                is_tail = self.pop.is_tail
+                tail = np.fromiter((is_tail(i) for i in items), dtype=bool, count=len(items))
+                ranks = self._booster.order(np.asarray(scores, dtype=np.float64), tail).tolist()
             else:
-                cands = cands[: self.k]
-                anchors = anchors_of(range(len(cands)))
-            shown = [Candidate(c.item, c.score, source, anchor=a) for c, a in zip(cands, anchors)]
+                ranks = list(range(min(self.k, len(items))))
+            source = self.covisit.name
+            shown = [Candidate(items[r], scores[r], source, anchor=a) for r, a in zip(ranks, anchors_of(ranks))]
         return self._top_up(shown, banned)
 
 

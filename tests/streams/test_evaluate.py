@@ -169,7 +169,7 @@ def test_tailcast_system_is_the_live_recommender_with_one_forced_arm():
     assert core.recommender.popularity.window_events == SETTINGS.longtail.window_events
 
 
-def test_tail_boost_and_window_mostpop_doctests():
+def test_systems_doctests_and_window_mostpop():
     assert doctest.testmod(systems_mod).failed == 0
     pop = WindowMostPop(window_events=3, k=2, head_share=0.2)
     for item in "abbc":            # window keeps b b c
