@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings, load_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tailcast evaluate caches encoded item texts under $XDG_CACHE_HOME: tests (and the processes they start)
+# use a fresh folder of their own, never the user's cache
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tailcast-test-cache-")
 
 
 def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.2,
