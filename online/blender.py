@@ -90,7 +90,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["FeedbackBlender"]
+__all__ = ["FeedbackBlender", "sigmoid"]
 
 #: Learning rules of the logistic regression, and the default rate of each (see the module doc).
 OPTIMIZERS = ("adagrad", "sgd")
@@ -106,7 +106,7 @@ N_DENSE = 5
 _ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -35.0, 35.0)))
 
 
@@ -414,7 +414,7 @@ class FeedbackBlender:
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
         """Click probabilities of feature rows ``X`` (n, n_features), float64 (n,)."""
-        return _sigmoid(self.logits(X))
+        return sigmoid(self.logits(X))
 
     def predict_many(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
         """Click probabilities of ``xs`` (feature dicts or rows), float64 (len(xs),)."""
@@ -514,7 +514,7 @@ class FeedbackBlender:
         # logistic regression: one step with the sum of the per-example gradients
         self._eff = None
         Z = self._z(X)  # (m, F), with the scaler just updated (as river's pipeline does)
-        g = _sigmoid(Z @ self._w + self._b) - y  # d logloss / d logit, (m,)
+        g = sigmoid(Z @ self._w + self._b) - y  # d logloss / d logit, (m,)
         g_w = Z.T @ g + m * self.l2 * self._w
         g_b = float(g.sum())
         if self.optimizer == "adagrad":  # river's optim.AdaGrad, the intercept as one more coordinate

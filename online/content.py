@@ -53,6 +53,11 @@ class ContentNeighbours:
         self._index = IdIndex()
         self._v = np.zeros((0, dim), dtype=np.float32)  # (n_items_cap, D), rows L2-normalised
 
+    @property
+    def item_index(self) -> IdIndex:
+        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
+        return self._index
+
     def __len__(self) -> int:
         return len(self._index)
 

@@ -95,6 +95,11 @@ class CoVisitation:
         self._acc = self._mark = _EMPTY_J  # serving scratch (see top), grown on first use
         self._banned = np.zeros(0, dtype=bool)
 
+    @property
+    def item_index(self) -> IdIndex:
+        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
+        return self._index
+
     @classmethod
     def transitions(cls, *, max_neighbours: int = 100) -> CoVisitation:
         """The plain transition counter: ``W[h][j]`` counts ``j`` following ``h`` within 5 items (``j -> h``

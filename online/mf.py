@@ -104,6 +104,11 @@ class OnlineMF:
         self._buf_pool_n: list[int] = []
 
     # ---------------------------------------------------------------- rows
+    @property
+    def item_index(self) -> IdIndex:
+        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
+        return self._items
+
     def _item_row(self, item: str) -> int:
         idx = self._items.get(item)
         if idx >= 0:

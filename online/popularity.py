@@ -93,6 +93,16 @@ class DecayedPopularity:
         self._top: np.ndarray = np.zeros(0, dtype=np.int64)
 
     # ---------------------------------------------------------------- learning
+    @property
+    def head_version(self) -> int:
+        """Changes whenever the head set is recomputed (the event count at the last refresh)."""
+        return self._refreshed_at
+
+    @property
+    def item_index(self) -> IdIndex:
+        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
+        return self._index
+
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         idx = self._index.get(item)
         if idx < 0:

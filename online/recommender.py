@@ -57,7 +57,7 @@ import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
 from online.base import TIE_RTOL, Candidate, CandidateList, Event, IdIndex, item_hash, tie_floor
-from online.blender import FeedbackBlender, _sigmoid
+from online.blender import FeedbackBlender, sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
 from online.mf import OnlineMF
@@ -246,8 +246,8 @@ class OnlineRecommender:
         """(n_items,) bool over our index: tail at popularity's last head refresh (unknown = tail)."""
         pop = self.popularity
         head = pop.head_mask()  # refreshes the head set when due
-        pmap = self._map("popularity", pop._index)
-        key = (pop._refreshed_at, id(pop._index), len(self._items))
+        pmap = self._map("popularity", pop.item_index)
+        key = (pop.head_version, id(pop.item_index), len(self._items))
         if key != self._tail_key:
             tail = np.ones(len(self._items), dtype=bool)
             tail[pmap[np.flatnonzero(head)]] = False
@@ -340,10 +340,10 @@ class OnlineRecommender:
         k = self.k if k is None else int(k)
         n = self.n_candidates
         cv, tr, ct, mf, pop = self.covisit, self.transitions, self.content, self.mf, self.popularity
-        cv_map = self._map("covisit", cv._index)
-        tr_map = self._map("transitions", tr._index)
-        ct_map = self._map("content", ct._index)
-        mf_map = self._map("mf", mf._items)
+        cv_map = self._map("covisit", cv.item_index)
+        tr_map = self._map("transitions", tr.item_index)
+        ct_map = self._map("content", ct.item_index)
+        mf_map = self._map("mf", mf.item_index)
         tail_mask = self._tail_mask()
         pmap = self._maps["popularity"][1]
         # every history (and exclude) item's index, looked up once: ours, then each model's through the
@@ -396,7 +396,7 @@ class OnlineRecommender:
         tr_rec, tr_ban = tr_inv[r_all].tolist(), tr_inv[ban_all]
         vw, tw = cv.history_window, tr.history_window
         ranks = range(1, vw + 1)
-        cv_names, tr_names, ct_names = cv._index.names, tr._index.names, ct._index.names
+        cv_names, tr_names, ct_names = cv.item_index.names, tr.item_index.names, ct.item_index.names
         all_lists = []
         for b in range(n_b):
             # (source, indices, scores, anchors, anchor names (None: anchors are names already), the map from
@@ -586,7 +586,7 @@ class OnlineRecommender:
         ranks = np.full((n_c, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
         if not repeated:
             ranks[rows, col_e] = rank_e
-            probs = _sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd,
+            probs = sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd,
                                                          popularity, appetite))
             X = None  # the shown rows' features are built below
         else:  # a source listed twice for a user: its later list overwrites the earlier one, list by list
@@ -597,7 +597,7 @@ class OnlineRecommender:
                 scores[r, c] = values[a:e]
                 ranks[r, c] = rank_e[a:e]
             X = self.blender.feature_matrix(scores, ranks, tail, row_counts, popularity, appetite)  # (n, F)
-            probs = _sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
+            probs = sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
         def lists_for(strengths: Sequence[float]) -> list[list[Candidate]]:
             """Each user's list re-ranked at ``strengths[b]``, with source attribution and anchors."""
             shown_parts = []

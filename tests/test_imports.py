@@ -187,14 +187,6 @@ def test_the_private_check_finds_private_reads():
     assert _private_reads(trees) == ["online.b:1 from online.a import _g", "online.b:3 reads a._n"]
 
 
-@pytest.mark.xfail(strict=False, reason="online/recommender.py reads private model fields; see #19")
 def test_no_module_reads_another_modules_private_names():
     found = _private_reads(TREES)
     assert not found, found
-
-
-def test_only_the_recommender_reads_private_names():
-    """Until #19 widens the models' contract, ``online/recommender.py`` is the one module left that reads
-    other modules' private names; every other module keeps to public ones."""
-    others = [r for r in _private_reads(TREES) if not r.startswith("online.recommender:")]
-    assert not others, others
