@@ -189,8 +189,12 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
              message="the worker to apply and commit the first half")
     _kill(pipeline_env, "worker")
     last = "worker2"
-    pipeline_env.start("worker", name=last)  # at once: the killed one is still a member of the group
-    _produce(pipeline_env, kio, second, partitioner)
+    if kills == "mid-stream":  # as before #20: the second half is there when the new worker starts
+        _produce(pipeline_env, kio, second, partitioner)
+        pipeline_env.start("worker", name=last)
+    else:  # at once, as in #20: the killed one is still a member of the group
+        pipeline_env.start("worker", name=last)
+        _produce(pipeline_env, kio, second, partitioner)
     if kills.endswith("after-restart"):
         wait(lambda: _metric(pipeline_env, last, "tailcast_worker_events_consumed_total") >= 1, timeout=90,
              message="the restarted worker to read its first records")
@@ -214,7 +218,8 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
     # record Faust dropped while resuming was invisible in the counts when worker1 had applied it), and
     # its table recovery read every changelog record (#20)
     assert _metric(pipeline_env, last, "tailcast_worker_offsets_skipped_total", required=True) == 0
-    latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=60,
+    # 120 s: the scorer shares the two cores with the workers, and with whatever else runs beside the test
+    latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=120,
                   message="a recommendation for every user's final state")
     assert latest[hot] == expected[hot], f"{hot}'s newest list is at {latest[hot]} of {expected[hot]} events"
     assert latest == dict(expected)
