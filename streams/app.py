@@ -79,10 +79,10 @@ def _recover_to_fetched_highwaters() -> None:
     The embedded Tansu broker answers ListOffsets with one past the first offset of a partition's last
     record batch, and Faust's recovery stops there (#20): the api's ``latest_list`` changelog is written a
     record batch per partition and micro-batch, so an instance taking over a partition would serve older
-    lists for the users of its last batch. The worker's ``streams.agents.ingest.register`` applies the same
-    wrapper for ``user_state``; this one is for the api process, which never calls it (one of the two goes
-    when the worker's moves here). faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``;
-    transactions keep their own ends.
+    lists for the users of its last batch, and the worker's ``user_state`` likewise would come back older
+    for the users of its last micro-batches, whose events are committed and not read again. Applied by the
+    worker and api roles. faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``; transactions keep
+    their own ends.
     """
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls._highwaters, "__wrapped__", cls._highwaters)
@@ -211,6 +211,7 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
     """Build the Faust app of ``role`` ("worker", "scorer" or "api")."""
     registry = CollectorRegistry()
     if role == "worker":
+        _recover_to_fetched_highwaters()
         app = faust_app(settings, "tailcast-worker")
         topics = declare_topics(app, settings)
         metrics = WorkerMetrics.create(registry)

@@ -335,24 +335,6 @@ async def fetch_highwaters(client, listed: Mapping) -> dict:
     return ends
 
 
-def _recover_to_fetched_highwaters() -> None:
-    """Make Faust's table recovery read each changelog partition to the end :func:`fetch_highwaters` gives
-    (faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``; transactions keep their own)."""
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    original = getattr(cls._highwaters, "__wrapped__", cls._highwaters)
-
-    async def highwaters(self, partitions):
-        listed = await original(self, partitions)
-        if self.consumer.in_transaction:
-            return listed
-        return await fetch_highwaters(self._ensure_consumer()._client, listed)
-
-    highwaters.__wrapped__ = original
-    cls._highwaters = highwaters
-
-
 def unrestored(restored: Mapping, highwaters: Mapping) -> dict:
     """Per changelog partition, the records table recovery left unread: from one past ``restored`` (the
     last offset it applied, None for none) to the high watermark (None: unknown, not counted).
@@ -380,12 +362,12 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
     send: raw key and value, on the murmur2 partition of the key. With exactly-once, the table's own
     path keeps every write inside Faust's transaction.
 
-    Table recovery reads the changelog to the ends :func:`fetch_highwaters` gives; with ``count_gaps``,
-    changelog records it still left unread are counted in ``offsets_skipped`` once it is complete.
+    Table recovery reads the changelog to the ends :func:`fetch_highwaters` gives (the worker role in
+    ``streams.app`` patches Faust's recovery for it); with ``count_gaps``, changelog records it still left
+    unread are counted in ``offsets_skipped`` once it is complete.
     """
     from streams.topics import DLQ, EVENTS, SCORE_REQUESTS
 
-    _recover_to_fetched_highwaters()
     user_state = app.Table(
         "user_state", default=None, partitions=processor.partitions,
         key_type=bytes, value_type=bytes,  # Faust picks the "raw" codec for bytes, in changelog and recovery
