@@ -17,6 +17,7 @@ is counted (#20).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -417,9 +418,15 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
                 return
             # the ends recovery read to (it stores end - 1), checked against a Fetch of its own
             listed = {tp: recovery.active_highwaters.get(tp, -1) + 1 for tp in restored}
+            # in a task of its own: the Fetch runs on the consumer's thread, which may itself be waiting on this
+            # loop for the next rebalance's callbacks; awaited here, the two waited on each other and the
+            # worker consumed nothing (tests/integration/test_faults.py, mid-stream kill)
+            asyncio.ensure_future(_check(restored, listed, consumer._thread))  # faust-streaming 0.15: ._thread
+
+        async def _check(restored, listed, thread) -> None:
             try:
-                thread = consumer._thread  # faust-streaming 0.15: the aiokafka consumer lives in this thread
-                highwaters = await thread.call_thread(fetch_highwaters, thread._ensure_consumer()._client, listed)
+                highwaters = await asyncio.wait_for(
+                    thread.call_thread(fetch_highwaters, thread._ensure_consumer()._client, listed), 30.0)
             except Exception as exc:  # noqa: BLE001 - a check only: say so, and do not stop the worker
                 log.warning("ingest: could not check the table recovery against the changelog's ends: %r", exc)
                 return
