@@ -4,8 +4,9 @@
 declared and the role's agents registered:
 
 * ``worker``: the ingest agent and the ``user_state`` table;
-* ``scorer``: the scorer agent, the item catalogue reader, the checkpoint watcher and (by default) the
-  exposure agent that turns published recommendations into long-tail metrics;
+* ``scorer``: the scorer agent, the item catalogue reader, the checkpoint watcher and (unless
+  ``TAILCAST_METRICS_INTERVAL_S`` is 0) the exposure agent that turns published recommendations into
+  long-tail metrics;
 * ``api``: the ``latest_list`` table fed by ``recommendations`` and the read API's views on Faust's web
   server (``streams/agents/api.py``).
 

@@ -58,20 +58,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
         raise ValueError("must be strictly between 0 and 1")
     return value
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -104,6 +102,10 @@ EMBEDDED_PORT = 19092
 #: The worker's micro-batch: at most this many events, or what arrived within this many seconds.
 WORKER_BATCH = 1000
 WORKER_BATCH_WAIT_S = 0.02
+#: The most epochs of each model in a trainer refresh; early stopping on validation and the time budgets end it first.
+TRAIN_EPOCHS = 30
+#: New events after which the trainer refreshes before TAILCAST_TRAIN_INTERVAL_S is up.
+TRAIN_MIN_EVENTS = 1000
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_KAFKA", "", _optional_text,
@@ -147,10 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_WINDOW_EVENTS", "100000", _positive_int,
             "Sliding window (events) for head/tail split and long-tail metrics."),
     Setting("TAILCAST_HEAD_SHARE", "0.2", _share, "Share of active items that form the head."),
-    Setting("TAILCAST_METRICS_INTERVAL_S", "5", _positive_float,
-            "How often a longtail-metrics record is published per arm (seconds)."),
-    Setting("TAILCAST_EXPOSURE_AGENT", "true", _bool,
-            "Run the exposure (long-tail metrics) agent inside the scorer process."),
+    Setting("TAILCAST_METRICS_INTERVAL_S", "5", _non_negative_float,
+            "How often a longtail-metrics record is published per arm (seconds); 0 runs no exposure "
+            "(long-tail metrics) agent in the scorer."),
     Setting("TAILCAST_DEVICE", "auto", _choice("auto", "cpu", "cuda"), "Torch device for the scorer/trainer."),
     Setting("TAILCAST_CHECKPOINT_DIR", "var/checkpoints", _text, "Where the trainer publishes checkpoints."),
     Setting("TAILCAST_MODEL_POLL_S", "10", _positive_float, "How often the scorer looks for a new checkpoint."),
@@ -160,17 +161,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_TEXT_ENCODER", "minilm", _choice("minilm", "hashing"),
             "Item text encoder: the pretrained all-MiniLM-L6-v2, or a token-hashing fallback."),
     Setting("TAILCAST_TRAIN_INTERVAL_S", "600", _positive_float, "Trainer refresh interval (seconds)."),
-    Setting("TAILCAST_TRAIN_MIN_EVENTS", "1000", _positive_int,
-            "New events needed before the trainer refreshes early."),
-    Setting("TAILCAST_TRAIN_EPOCHS", "30", _positive_int,
-            "Most epochs per refresh, for each model (early stopping on validation)."),
     Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of each encoder's training in a refresh."),
-    Setting("TAILCAST_TRAIN_VAE", "true", _bool,
-            "Also train a Mult-VAE in each refresh and serve it as the `vae` candidate source."),
-    Setting("TAILCAST_TRAIN_VAE_MAX_SECONDS", "120", _positive_float,
-            "Wall-clock budget of one refresh's Mult-VAE training."),
-    Setting("TAILCAST_TRAIN_TEXT", "auto", _choice("auto", "on", "off"),
-            "Item text in the encoder: `auto` trains with and without it and keeps the better on validation."),
+    Setting("TAILCAST_TRAIN_VAE_MAX_SECONDS", "120", _non_negative_float,
+            "Wall-clock budget of one refresh's Mult-VAE training, served as the `vae` candidate source; "
+            "0 trains no Mult-VAE."),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
@@ -233,19 +227,24 @@ class ScorerSettings:
 class LongTailSettings:
     window_events: int
     head_share: float
-    interval_s: float
-    exposure_agent: bool
+    interval_s: float  # 0: no exposure agent
+
+    @property
+    def exposure_agent(self) -> bool:
+        """Whether the scorer runs the exposure (long-tail metrics) agent: TAILCAST_METRICS_INTERVAL_S > 0."""
+        return self.interval_s > 0
 
 
 @dataclass(frozen=True, slots=True)
 class TrainerSettings:
     interval_s: float
-    min_events: int
-    epochs: int
     max_seconds: float
-    vae: bool = True
-    vae_max_seconds: float = 120.0
-    text: str = "auto"
+    vae_max_seconds: float = 120.0  # 0: no Mult-VAE
+
+    @property
+    def vae(self) -> bool:
+        """Whether a refresh trains (and the checkpoint serves) a Mult-VAE: TAILCAST_TRAIN_VAE_MAX_SECONDS > 0."""
+        return self.vae_max_seconds > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,16 +326,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             window_events=r("TAILCAST_WINDOW_EVENTS"),
             head_share=r("TAILCAST_HEAD_SHARE"),
             interval_s=r("TAILCAST_METRICS_INTERVAL_S"),
-            exposure_agent=r("TAILCAST_EXPOSURE_AGENT"),
         ),
         trainer=TrainerSettings(
             interval_s=r("TAILCAST_TRAIN_INTERVAL_S"),
-            min_events=r("TAILCAST_TRAIN_MIN_EVENTS"),
-            epochs=r("TAILCAST_TRAIN_EPOCHS"),
             max_seconds=r("TAILCAST_TRAIN_MAX_SECONDS"),
-            vae=r("TAILCAST_TRAIN_VAE"),
             vae_max_seconds=r("TAILCAST_TRAIN_VAE_MAX_SECONDS"),
-            text=r("TAILCAST_TRAIN_TEXT"),
         ),
         state_dir=Path(r("TAILCAST_STATE_DIR")),
         metrics_port=metrics_port,

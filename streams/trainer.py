@@ -2,9 +2,11 @@
 
 It reads the validated event log (``score-requests``: every event once, pseudonymised when configured)
 and the item catalogue from the beginning, keeps the most recent :data:`EVENTS_KEPT` events, and
-every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as ``TAILCAST_TRAIN_MIN_EVENTS`` new events have
-arrived — trains a fresh encoder (``models.refresh``) off the event loop and publishes a versioned
-checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it up and hot-swap.
+every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as :data:`streams.config.TRAIN_MIN_EVENTS` new
+events have arrived — trains a fresh encoder (``models.refresh``, item text ``"auto"``: with and without it,
+the better on validation kept) and, unless ``TAILCAST_TRAIN_VAE_MAX_SECONDS`` is 0, a Mult-VAE off the event
+loop, and publishes a versioned checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it
+up and hot-swap.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from prometheus_client import CollectorRegistry
 from models.checkpoint import CheckpointRegistry
 from models.refresh import RefreshConfig, fit_refresh
 from streams.agents.serving import TextVectors
-from streams.config import Settings
+from streams.config import TRAIN_EPOCHS, TRAIN_MIN_EVENTS, Settings
 from streams.datasets import load_dataset
 from streams.kafka import client_kwargs
 from streams.metrics import TrainerMetrics, serve_metrics
 from streams.records import BadEvent, ScoreRequest, parse_item
 from streams.topics import ITEMS, SCORE_REQUESTS
 
-__all__ = ["run_trainer", "EventLog", "refresh_once"]
+__all__ = ["run_trainer", "EventLog", "refresh_config", "refresh_once"]
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +69,23 @@ def _text_vectors(settings: Settings, texts: Mapping[str, str]) -> dict[str, np.
     return dict(zip(items, matrix))
 
 
+def refresh_config(settings: Settings) -> RefreshConfig:
+    """The refresh the settings ask for: item text always ``"auto"`` (``RefreshConfig``'s default, the
+    measured choice), a Mult-VAE unless its budget is 0."""
+    return RefreshConfig(device=settings.scorer.device, max_len=settings.worker.history_len, epochs=TRAIN_EPOCHS,
+                         max_seconds=settings.trainer.max_seconds, vae=settings.trainer.vae,
+                         vae_max_seconds=settings.trainer.vae_max_seconds)
+
+
 def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts: Mapping[str, str], *,
                  metrics: TrainerMetrics, config: RefreshConfig | None = None):
     """Train on ``events`` and publish a checkpoint; returns the published checkpoint."""
     started = time.time()
-    # item texts feed only an encoder variant with text: with TAILCAST_TRAIN_TEXT=off, encoding them (MiniLM
-    # by default, ~430 items/s) would only delay the checkpoint
-    vectors = _text_vectors(settings, texts) if settings.trainer.text != "off" else {}
-    result = fit_refresh(events, text_vectors=vectors,
-                         config=config or RefreshConfig(device=settings.scorer.device,
-                                                        max_len=settings.worker.history_len,
-                                                        epochs=settings.trainer.epochs,
-                                                        max_seconds=settings.trainer.max_seconds,
-                                                        vae=settings.trainer.vae,
-                                                        vae_max_seconds=settings.trainer.vae_max_seconds,
-                                                        text=settings.trainer.text))
+    config = config or refresh_config(settings)
+    # item texts feed only an encoder variant with text: with text "off" (a caller's config; the deployed
+    # trainer's is "auto"), encoding them (MiniLM by default, ~430 items/s) would only delay the checkpoint
+    vectors = _text_vectors(settings, texts) if config.text != "off" else {}
+    result = fit_refresh(events, text_vectors=vectors, config=config)
     ckpt = CheckpointRegistry(settings.scorer.checkpoint_dir).publish(
         model=result.model, vocab=result.vocab, step=result.train.steps, metrics=result.metrics, vae=result.vae)
     duration = time.time() - started
@@ -144,7 +148,7 @@ async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> No
         while True:
             metrics.events_buffered.set(len(event_log.events))
             due = time.monotonic() - last >= settings.trainer.interval_s and event_log.new_since_refresh > 0
-            enough = event_log.new_since_refresh >= settings.trainer.min_events
+            enough = event_log.new_since_refresh >= TRAIN_MIN_EVENTS
             if once or due or enough:
                 events, snapshot = list(event_log.events), dict(texts)
                 event_log.new_since_refresh = 0

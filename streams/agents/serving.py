@@ -100,7 +100,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                              max_pending_per_user=max(64, 2 * WORKER_BATCH))
     between_batches = asyncio.Lock()
     producer = app.producer
-    exposure_on = lt.exposure_agent
+    exposure_on = lt.exposure_agent  # TAILCAST_METRICS_INTERVAL_S=0: no exposure agent, no longtail-metrics
 
     batched_writes = settings.kafka.processing_guarantee == "at_least_once"
 

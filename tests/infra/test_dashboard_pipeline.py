@@ -26,8 +26,7 @@ def _has(url: str, name: str) -> bool:
 
 def test_every_dashboard_panel_returns_data_from_a_live_pipeline(pipeline_env, kio, wait, harness, dashboard,
                                                                    prometheus_bin, tmp_path):
-    pipeline_env.env.update(TAILCAST_MODEL_POLL_S="1", TAILCAST_TRAIN_EPOCHS="2", TAILCAST_TRAIN_MIN_EVENTS="500",
-                            TAILCAST_TRAIN_MAX_SECONDS="20")
+    pipeline_env.env.update(TAILCAST_MODEL_POLL_S="1", TAILCAST_TRAIN_MAX_SECONDS="20")
     asyncio.run(ensure_topics(pipeline_env.settings.kafka))
     for role in ("worker", "scorer", "trainer"):
         pipeline_env.start(role)

@@ -30,7 +30,7 @@ def test_trainer_checkpoint_is_hot_swapped_without_loss_and_a_corrupt_one_is_ref
 
     from streams.topics import ensure_topics
 
-    pipeline_env.env.update(TAILCAST_MODEL_POLL_S="1", TAILCAST_TRAIN_EPOCHS="3", TAILCAST_TRAIN_MAX_SECONDS="30")
+    pipeline_env.env.update(TAILCAST_MODEL_POLL_S="1", TAILCAST_TRAIN_MAX_SECONDS="30")
     asyncio.run(ensure_topics(pipeline_env.settings.kafka))
     pipeline_env.start("worker")
     pipeline_env.start("scorer")
@@ -56,7 +56,7 @@ def test_trainer_checkpoint_is_hot_swapped_without_loss_and_a_corrupt_one_is_ref
     version = checkpoints[0].stem
     from models.checkpoint import load_checkpoint
 
-    assert load_checkpoint(checkpoints[0]).has_vae  # TAILCAST_TRAIN_VAE defaults on: a second source
+    assert load_checkpoint(checkpoints[0]).has_vae  # TAILCAST_TRAIN_VAE_MAX_SECONDS > 0 by default: a second source
 
     # a steady stream while the scorer picks the checkpoint up and swaps it in between micro-batches
     def produce_rest():
