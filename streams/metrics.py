@@ -20,6 +20,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0
                    10.0, 30.0, 60.0)
 # Batch-processing time: a micro-batch should take milliseconds; seconds mean trouble.
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# How a worker's table recovery compared with the changelog's ends (streams.agents.ingest, #20).
+RECOVERY_OUTCOMES = ("whole", "short", "unchecked")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Read API request time: the target is p99 < 10 ms (docs/design.md §7), so resolve 0.25 ms .. 10 ms finely;
 # a request routed to another instance adds a hop, and seconds mean a stalled event loop.
@@ -34,6 +36,7 @@ class WorkerMetrics:
     dlq_records: Counter
     duplicates_skipped: Counter
     offsets_skipped: Counter
+    recovery_checks: Counter
     rerouted: Counter
     user_states: Gauge
     score_requests: Counter
@@ -55,6 +58,10 @@ class WorkerMetrics:
             offsets_skipped=Counter("tailcast_worker_offsets_skipped",
                                     "Offsets of events that never reached the ingest agent between records it "
                                     "received (lost records; transaction markers count too)", registry=registry),
+            recovery_checks=Counter("tailcast_worker_recovery_checks",
+                                    "Table recoveries checked against the changelog's ends, by outcome: whole, "
+                                    "short (records left unread, counted in offsets_skipped) or unchecked "
+                                    "(the check's Fetch failed)", ["outcome"], registry=registry),
             rerouted=Counter("tailcast_worker_rerouted",
                              "Events re-published to the partition their user_id hashes to", registry=registry),
             user_states=Gauge("tailcast_worker_user_states", "User states held by this worker",
@@ -68,6 +75,8 @@ class WorkerMetrics:
         )
         for reason in DLQ_REASONS:  # export zeros so rates and alerts have series from the start
             m.dlq_records.labels(reason=reason)
+        for outcome in RECOVERY_OUTCOMES:
+            m.recovery_checks.labels(outcome=outcome)
         return m
 
 

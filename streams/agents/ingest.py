@@ -194,6 +194,10 @@ class IngestProcessor:
         pack, compact_above, send_consumed = _HASH.pack, self._compact_above, self.exclude_consumed == "all"
         out = BatchResult()
         new: dict[str, list[tuple[str, float, str]]] = {}
+        # user -> (state, its redelivered events): a worker killed after writing a state but before its score
+        # request was sent leaves that state unscored, unless the redelivery asks again (the scorer drops a
+        # request for a state it has published, and learns no event twice)
+        redelivered: dict[str, tuple[UserState, list[tuple[str, float, str]]]] = {}
         ingested: dict[str, float] = {}
         for rec in records:
             try:
@@ -228,6 +232,8 @@ class IngestProcessor:
                 state = get_state(user) or UserState()
             if state.seen(*source):
                 out.duplicates += 1
+                redelivered.setdefault(user, (state, []))[1].append((ev.item_id, ev.ts, ev.event))
+                ingested[user] = min(ingested.get(user, rec.timestamp), rec.timestamp)
                 continue
             seq = state.sequence
             if not seq or seq[-1] != ev.item_id:
@@ -246,8 +252,15 @@ class IngestProcessor:
             new.setdefault(user, []).append((ev.item_id, ev.ts, ev.event))
             ingested[user] = min(ingested.get(user, rec.timestamp), rec.timestamp)
             out.applied += 1
-        for user, items in new.items():
-            state = out.states[user]
+        for user in dict.fromkeys([*redelivered, *new]):  # users in order of their first event or redelivery
+            state = out.states.get(user) or redelivered[user][0]
+            items = new.get(user, [])
+            if user in redelivered:
+                # the redelivered events travel too when they are the newest of the state (before this batch's
+                # new ones): the scorer may never have learned them
+                both = redelivered[user][1] + items
+                if len(both) <= len(state.sequence) and [e[0] for e in both] == state.sequence[-len(both):]:
+                    items = both
             out.requests.append(ScoreRequest(
                 user_id=user, sequence=list(state.sequence), new=items, event_count=state.count,
                 event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now,
@@ -429,8 +442,11 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
                     thread.call_thread(fetch_highwaters, thread._ensure_consumer()._client, listed), 30.0)
             except Exception as exc:  # noqa: BLE001 - a check only: say so, and do not stop the worker
                 log.warning("ingest: could not check the table recovery against the changelog's ends: %r", exc)
+                metrics.recovery_checks.labels(outcome="unchecked").inc()
                 return
-            if missing := unrestored(restored, highwaters):
+            missing = unrestored(restored, highwaters)
+            metrics.recovery_checks.labels(outcome="short" if missing else "whole").inc()
+            if missing:
                 metrics.offsets_skipped.inc(sum(missing.values()))
                 log.warning("ingest: table recovery left %d changelog record(s) unread (partition: count %s); "
                             "the user states in them came back older and their events will not be applied "

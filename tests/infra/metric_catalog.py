@@ -39,6 +39,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_worker_dlq_records_total", "counter", ("reason",)),
     Metric("tailcast_worker_duplicates_skipped_total", "counter"),
     Metric("tailcast_worker_offsets_skipped_total", "counter"),
+    Metric("tailcast_worker_recovery_checks_total", "counter", ("outcome",)),
     Metric("tailcast_worker_user_states", "gauge"),
     Metric("tailcast_worker_score_requests_total", "counter"),
     Metric("tailcast_worker_batch_size_events", "histogram"),
@@ -88,6 +89,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "target": ("all", "tail"),
     "bucket": ("all", "<=5", "6-20", ">20"),
     "pairing": ("exact", "stale", "none"),
+    "outcome": ("whole", "short", "unchecked"),
 }
 
 # Default metrics port per process (TAILCAST_METRICS_PORT unset); prometheus.local.yml scrapes these.

@@ -201,6 +201,11 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
         _kill(pipeline_env, last)
         last = "worker3"
         pipeline_env.start("worker", name=last)
+    # its table recovery, checked against the changelog's ends, is done before its states are read (else a
+    # worker killed after it had applied every event could leave the last one unchecked: CI, stop 15)
+    checks = [f'tailcast_worker_recovery_checks_total{{outcome="{o}"}}' for o in ("whole", "short", "unchecked")]
+    wait(lambda: sum(_metric(pipeline_env, last, c) for c in checks) >= 1, timeout=90,
+         message=f"{last} to restore its user states and check them against the changelog")
 
     def settled():
         states = _final_states(kio)
@@ -218,6 +223,7 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
     # record Faust dropped while resuming was invisible in the counts when worker1 had applied it), and
     # its table recovery read every changelog record (#20)
     assert _metric(pipeline_env, last, "tailcast_worker_offsets_skipped_total", required=True) == 0
+    assert _metric(pipeline_env, last, checks[0], required=True) >= 1, "no table recovery of it came out whole"
     # 120 s: the scorer shares the two cores with the workers, and with whatever else runs beside the test
     latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=120,
                   message="a recommendation for every user's final state")

@@ -47,6 +47,27 @@ def test_redelivered_offsets_are_skipped():
     assert again.states["u1"].count == 3 and again.states["u1"].sequence == ["a", "b", "c"]
 
 
+def test_a_redelivered_batch_asks_again_for_the_states_it_had_written():
+    """A worker killed after writing the user states of a batch but before sending its score requests: the
+    batch comes again, every event a duplicate. Its users are asked for again, with the events they already
+    hold (the scorer learns each event once and drops a request for a state it has published)."""
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    store: dict[str, UserState] = {}
+    store.update(proc.process([rec("u1", "a", 5), rec("u2", "x", 0)], store.get).states)
+    batch = [rec("u1", "b", 6), rec("u1", "c", 7), rec("u3", "z", 0)]
+    store.update(proc.process(batch, store.get).states)  # written; the requests never left
+    again = proc.process([*batch, rec("u3", "w", 1)], store.get)
+    assert again.duplicates == 3 and again.applied == 1 and set(again.states) == {"u3"}
+    reqs = {r.user_id: r for r in again.requests}
+    assert set(reqs) == {"u1", "u3"}  # u2's state was not redelivered
+    assert reqs["u1"].event_count == 3 and [n[0] for n in reqs["u1"].new] == ["b", "c"]
+    assert reqs["u3"].event_count == 2 and [n[0] for n in reqs["u3"].new] == ["z", "w"]
+    # a redelivered event that is not the newest of the state (a newer one came since) travels without it
+    store.update(again.states)
+    late = proc.process([rec("u3", "z", 0)], store.get)
+    assert [(r.user_id, r.event_count, r.new) for r in late.requests] == [("u3", 2, [])]
+
+
 def test_bad_events_go_to_dlq_and_the_batch_goes_on():
     proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=100)
     out = proc.process([rec("u1", "a", 0), rec("u1", "", 1, value=b"{oops"), rec("u1", "b", 2)], {}.get)
