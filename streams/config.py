@@ -104,7 +104,9 @@ WORKER_BATCH = 1000
 WORKER_BATCH_WAIT_S = 0.02
 #: The most epochs of each model in a trainer refresh; early stopping on validation and the time budgets end it first.
 TRAIN_EPOCHS = 30
-#: New events after which the trainer refreshes before TAILCAST_TRAIN_INTERVAL_S is up.
+#: The trainer refreshes before TAILCAST_TRAIN_INTERVAL_S is up once this many new events have come, and at
+#: least as many as it trained on last time (the log has doubled): quick refreshes while the log is young,
+#: then the interval sets the pace.
 TRAIN_MIN_EVENTS = 1000
 
 SETTINGS: tuple[Setting, ...] = (

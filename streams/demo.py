@@ -47,13 +47,13 @@ __all__ = ["run_demo", "DEMO_TRAINER_ENV", "ROLES"]
 ROLES = ("worker", "scorer", "trainer", "api")
 
 #: The trainer's and the model watch's settings in the demo (the defaults are sized for a service: a
-#: refresh every 10 minutes, up to 5 minutes an encoder). At 500 events/s the trainer's early refresh
-#: (:data:`streams.config.TRAIN_MIN_EVENTS` new events) is due within seconds, so it refreshes back to back
-#: on one core: the item texts encoded, the ids-only and the text encoder 8 s each, the Mult-VAE 4 s; a
-#: checkpoint is hot-swapped (every active user scored again) every 20-25 s or so.
+#: refresh every 10 minutes, up to 5 minutes an encoder). A refresh every 10 s after the previous one ends
+#: (the early refreshes while the log doubles come first): the item texts encoded, the ids-only and the
+#: text encoder 5 s each, the Mult-VAE 4 s, on one core; a checkpoint is hot-swapped (every active user
+#: scored again) every 25 s or so.
 DEMO_TRAINER_ENV = {
     "TAILCAST_TRAIN_INTERVAL_S": "10",  # the pace at low --rate
-    "TAILCAST_TRAIN_MAX_SECONDS": "8",  # each encoder's training budget
+    "TAILCAST_TRAIN_MAX_SECONDS": "5",  # each encoder's training budget
     "TAILCAST_TRAIN_VAE_MAX_SECONDS": "4",  # the Mult-VAE's
     "TAILCAST_MODEL_POLL_S": "1",  # the scorer looks for a new checkpoint every second
 }

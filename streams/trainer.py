@@ -2,8 +2,8 @@
 
 It reads the validated event log (``score-requests``: every event once, pseudonymised when configured)
 and the item catalogue from the beginning, keeps the most recent :data:`EVENTS_KEPT` events, and
-every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as :data:`streams.config.TRAIN_MIN_EVENTS` new
-events have arrived — trains a fresh encoder (``models.refresh``, item text ``"auto"``: with and without it,
+every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as the log has doubled since the last refresh, and by
+at least :data:`streams.config.TRAIN_MIN_EVENTS` events — trains a fresh encoder (``models.refresh``, item text ``"auto"``: with and without it,
 the better on validation kept) and, unless ``TAILCAST_TRAIN_VAE_MAX_SECONDS`` is 0, a Mult-VAE off the event
 loop, and publishes a versioned checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it
 up and hot-swap.
@@ -141,6 +141,7 @@ async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> No
     follower = asyncio.create_task(_follow(settings, event_log, texts, caught_up=caught_up, stop=stop))
     loop = asyncio.get_running_loop()
     last = time.monotonic()
+    trained_on = 0  # events in the last refresh
     try:
         await caught_up.wait()
         log.info("trainer caught up with the event log: %d events, %d items with text", len(event_log.events),
@@ -148,10 +149,10 @@ async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> No
         while True:
             metrics.events_buffered.set(len(event_log.events))
             due = time.monotonic() - last >= settings.trainer.interval_s and event_log.new_since_refresh > 0
-            enough = event_log.new_since_refresh >= TRAIN_MIN_EVENTS
+            enough = event_log.new_since_refresh >= max(TRAIN_MIN_EVENTS, trained_on)
             if once or due or enough:
                 events, snapshot = list(event_log.events), dict(texts)
-                event_log.new_since_refresh = 0
+                event_log.new_since_refresh, trained_on = 0, len(events)
                 if len({u for u, _, _ in events}) >= 2:
                     await loop.run_in_executor(None, lambda: refresh_once(settings, events, snapshot,
                                                                           metrics=metrics))
