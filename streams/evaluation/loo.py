@@ -9,7 +9,9 @@
   early-stopped on the validation item, scored once on the test item (fold-in);
 * tailcast at each strength: the stream minus every user's test event is replayed through the scorer's
   micro-batch logic (so the ranker learns from its candidate pools, as live), then each evaluated user
-  gets one list for their state before the test event. A list has ``k`` items, so the target's rank is
+  gets one list for their state before the test event. The batch models come in as after a live refresh:
+  the train part is replayed on the online models alone, then the batch models are installed and the
+  validation events are replayed, so the ranker learns their weight on events they were not trained on. A list has ``k`` items, so the target's rank is
   known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
   With ``--train-transformer`` the Transformer trained above (and the Mult-VAE with ``--train-vae``) are
   tailcast's batch candidate sources, frozen, as a checkpoint is in the scorer; with both, the rows
@@ -30,7 +32,7 @@ import numpy as np
 from streams.config import Settings
 
 from .harness import PreparedStream, SystemResult, micro_batches
-from .systems import SystemSpec, build_core
+from .systems import SystemSpec, batch_model_for, build_core
 
 __all__ = ["run_loo"]
 
@@ -137,12 +139,29 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         specs = [SystemSpec("tailcast", float(s)) for s in strengths]
         if batch_model is not None and batch_model.vae is not None:
             specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
-        cores = {s.name: build_core(s, settings, text_vectors=text_vectors, model=batch_model) for s in specs}
+        # The batch models were trained on the train part, so on its events their candidates are in-sample (the
+        # Mult-VAE reconstructs histories it has seen): a ranker learning from them there trusts them more than
+        # the test event will bear out. As deployed, the ranker meets a batch model's candidates only on events
+        # the model was not trained on. So the train part is replayed on the online models alone; then the batch
+        # models are installed and every user re-scored (as after a live refresh), and the validation events,
+        # which the batch models were early-stopped on but not trained on, teach the ranker what they are worth.
+        valid_count = {u: len(split.train[u]) + 1 for u in split.valid}
+        requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
+        phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
+                  [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
+        cores = {s.name: build_core(s, settings, text_vectors=text_vectors) for s in specs}
         seconds = {s.name: 0.0 for s in specs}
-        for _start, end, requests in micro_batches(kept, settings, batch):
+        for phase, reqs in enumerate(phases):
             for s in specs:
                 t = time.perf_counter()
-                cores[s.name].process(requests, now=kept[end - 1].ts)
+                core = cores[s.name]
+                if phase == 1 and batch_model is not None:
+                    core.swap_model(batch_model_for(s.kind, batch_model))
+                    for _lists in core.rescore_active(batch=batch, now=reqs[0].event_ts if reqs else None):
+                        pass
+                for lo in range(0, len(reqs), batch):
+                    chunk = reqs[lo:lo + batch]
+                    core.process(chunk, now=chunk[-1].event_ts)
                 seconds[s.name] += time.perf_counter() - t
         # the state before each test event: last history_len items of train + valid, as the worker keeps it
         full = {u: split.train[u] + [split.valid[u]] for u in users}
@@ -167,5 +186,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                      "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
                      "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"
                      + ("; tailcast serves the Transformer trained here (and the Mult-VAE, off in the 'no VAE' rows) "
-                        "as its batch candidate sources, frozen for the replay" if batch_model is not None else ""))
+                        "as its batch candidate sources, frozen, installed after the train part (the ranker learns their "
+                        "weight on the validation events, which they were not trained on)" if batch_model is not None
+                        else ""))
     return results, notes

@@ -343,6 +343,34 @@ def test_loo_mode_reports_mult_vae_rows(tmp_path):
     assert "as its batch candidate sources" in (out / "report.md").read_text()
 
 
+def test_loo_batch_models_meet_the_ranker_only_on_events_they_were_not_trained_on(tmp_path, monkeypatch):
+    """In leave-one-out the Transformer and Mult-VAE are trained on every user's train part: tailcast's
+    replay asks them for candidates only once that part is over (the states before the validation and the
+    test events), never for a state inside it, where their candidates would be in-sample."""
+    from models.loo import leave_one_out
+    from models.scoring import BatchScorer
+
+    seen: list[tuple[str, ...]] = []
+    candidates = BatchScorer.candidates
+
+    def spy(self, histories, *args, **kwargs):
+        seen.extend(tuple(h) for h in histories)
+        return candidates(self, histories, *args, **kwargs)
+
+    monkeypatch.setattr(BatchScorer, "candidates", spy)
+    data = _csv(tmp_path / "d.csv", 600)
+    args = _args(data, tmp_path / "loo", mode="loo", strengths="0", train_transformer=2, train_vae=2)
+    assert run_evaluate(SETTINGS, args) == 0
+    rows = [line.split(",") for line in data.read_text().splitlines()[1:]]
+    split = leave_one_out([(u, i, float(ts)) for u, i, ts in rows])
+    hl = SETTINGS.worker.history_len
+    after_train = {tuple(split.train[u][-hl:]) for u in split.train}
+    after_valid = {tuple((split.train[u] + [split.valid[u]])[-hl:]) for u in split.valid}
+    inside = [h for h in seen if h not in after_train | after_valid]
+    assert seen and not inside, f"{len(inside)} of {len(seen)} candidate requests for states inside the train part"
+    assert after_valid <= set(seen)  # the test lists used them
+
+
 def test_offline_transformer_trained_on_augmented_sequences(tmp_path):
     out = tmp_path / "aug"
     args = _args(_csv(tmp_path / "d.csv", 600), out, strengths="0", boosts="", train_transformer=2, train_vae=2,
