@@ -1,4 +1,5 @@
-"""The backbone on the embedded broker: N valid and M malformed events through a real worker and scorer."""
+"""The backbone on the embedded broker: N valid and M malformed events through a real worker and scorer; every
+message they write is checked against its topic's schema (streams/schemas)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import orjson
 import pytest
 
 from online.synthetic import generate
+from streams import schemas
 from streams.agents.ingest import UserState
 from streams.records import DLQ_REASONS
-from streams.topics import DLQ, EVENTS, RECOMMENDATIONS
+from streams.topics import DLQ, EVENTS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +92,15 @@ def test_valid_and_malformed_events_end_to_end(pipeline, kio, wait):
     assert oversized["value_truncated"] and oversized["value_bytes"] > 70_000
     binary = next(rec for *_, rec in dlq if rec["reason"] == "invalid_utf8")
     assert binary["value_encoding"] == "base64"
+
+    # every message the pipeline wrote, on every topic it writes, meets that topic's schema (streams/schemas)
+    written = {DLQ: dlq, LONGTAIL_METRICS: wait(lambda: kio.read_all(LONGTAIL_METRICS), timeout=15,
+                                                message="a longtail-metrics record"),
+               **{topic: kio.read_all(topic) for topic in (SCORE_REQUESTS, RECOMMENDATIONS)}}
+    for topic, messages in written.items():
+        assert messages, topic
+        broken = [(p, o, problem) for p, o, _k, value in messages for problem in schemas.errors(topic, value)]
+        assert not broken, f"{len(broken)} schema violations on {topic} (partition, offset, problem): {broken[:5]}"
 
     # the worker counted them and kept running
     url = pipeline.metrics_url("worker")

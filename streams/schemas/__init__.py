@@ -1,0 +1,58 @@
+"""JSON Schemas (draft 2020-12) of the topic contracts (README "Topic contracts", docs/design.md §3).
+
+One file per topic in this folder, ``<topic>.schema.json``, shipped with the package. ``events`` and
+``items`` describe what a producer may send (unknown fields allowed); ``events.dlq``, ``score-requests``,
+``recommendations`` and ``longtail-metrics`` describe what tailcast writes (closed: no other fields).
+What JSON Schema cannot say (size limits, stripped ids, timestamps in the future) stays in
+:mod:`streams.records`, which remains the validator the worker runs; these files are for consumers,
+producers and the tests (tests/streams/test_schemas.py, tests/integration/test_pipeline.py).
+
+:func:`validate` needs ``jsonschema`` (the ``test`` extra), imported on first use; :func:`schema` does not.
+
+>>> TOPICS
+('events', 'items', 'events.dlq', 'score-requests', 'recommendations', 'longtail-metrics')
+>>> schema("events.dlq")["required"][:2]
+['reason', 'error']
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+__all__ = ["TOPICS", "schema", "validator", "validate", "errors"]
+
+#: The topics that have a schema here: every topic of ``streams.topics.topic_specs``.
+TOPICS = ("events", "items", "events.dlq", "score-requests", "recommendations", "longtail-metrics")
+
+
+@functools.cache
+def _text(topic: str) -> str:
+    if topic not in TOPICS:
+        raise KeyError(f"no schema for topic {topic!r}; topics with one: {', '.join(TOPICS)}")
+    return resources.files(__name__).joinpath(f"{topic}.schema.json").read_text(encoding="utf-8")
+
+
+def schema(topic: str) -> dict[str, Any]:
+    """The JSON Schema of ``topic``'s message values (a fresh dict: the caller may change it)."""
+    return json.loads(_text(topic))
+
+
+@functools.cache
+def validator(topic: str):
+    """A ``jsonschema.Draft202012Validator`` for ``topic`` (no format checking), built once."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema(topic))
+
+
+def errors(topic: str, message: Any) -> list[str]:
+    """Every way ``message`` (a decoded value) breaks ``topic``'s schema, one line each; empty when valid."""
+    return sorted(f"{e.json_path}: {e.message}" for e in validator(topic).iter_errors(message))
+
+
+def validate(topic: str, message: Any) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``message`` (a decoded value) conforms to ``topic``'s schema."""
+    validator(topic).validate(message)
