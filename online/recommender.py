@@ -84,6 +84,9 @@ class OnlineRecommender:
     """Candidate generation + feedback blending + tail re-ranking, per A/B arm."""
 
     name = "recommender"
+    #: Sources switched off: their candidate lists are dropped before the merge (an ablation, as
+    #: ``tailcast evaluate --mode loo --ablate`` measures; the models still learn).
+    off: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -524,11 +527,12 @@ class OnlineRecommender:
         by_id: dict[int, np.ndarray] = {}
         by_source: list[dict] = []
         repeated = False  # a source with two lists for one user (see below)
+        off = self.off
         for b, lists in enumerate(all_lists):
             seen = {}
             for entry in lists:
                 idx = entry[1]
-                if not idx.size:
+                if not idx.size or entry[0] in off:
                     continue
                 repeated = repeated or entry[0] in seen
                 seen[entry[0]] = entry

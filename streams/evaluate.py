@@ -62,7 +62,7 @@ DEFAULT_BOOSTS = "0.5,1,2,4"
 #: ``tailcast evaluate`` works whether or not its parser has them).
 _EXTRA = {"batch": None, "workers": 2, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
           "train_transformer": 0.0, "train_vae": 0.0, "refresh_every": 0, "refresh_from_scratch": False,
-          "augment_cap": 0, "augment_weight": 0.5,
+          "augment_cap": 0, "augment_weight": 0.5, "ablate": False,
           "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
           "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
 
@@ -100,6 +100,8 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--refresh-from-scratch", action="store_true",
                    help="with --refresh-every: train each refresh's Transformer from scratch, as the trainer does "
                         "(default: warm-start it from the previous refresh)")
+    p.add_argument("--ablate", action="store_true",
+                   help="loo: add a tailcast row with each candidate source off in turn (at the first strength)")
     p.add_argument("--augment-cap", type=int, default=0, metavar="N",
                    help="offline/live with --train-vae: train the Transformer with up to N Mult-VAE items prepended "
                         "to each user with <= 5 events (models.augment); 0 = off")
@@ -290,7 +292,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, train_seconds=train_s,
                                      vae_seconds=float(_opt(args, "train_vae")),
                                      device=device, batch=batch, text_vectors=text_vectors,
-                                     log=log)
+                                     ablate=bool(_opt(args, "ablate")), log=log)
         (out / "recommendations.jsonl").write_bytes(b"")
         notes += loo_notes + ["recommendations.jsonl is empty in loo mode: no stream of lists is paired"]
         write_report(out, results, command=command, title=f"{ds.name} leave-one-out", notes=notes, meta=meta,

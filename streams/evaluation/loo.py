@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from streams.agents.scorer import BATCH_SOURCES
 from streams.config import Settings
 
 from .harness import PreparedStream, SystemResult, micro_batches
@@ -55,8 +56,22 @@ def _metrics(ranks: np.ndarray, is_tail: np.ndarray, is_short: np.ndarray, k: in
             "short_users": short_m["users"]}
 
 
+def paired_gain(ranks: np.ndarray, base: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean and standard error of the per-user NDCG@k difference ``ranks`` minus ``base`` (0-based ranks
+    of the same users' targets; k or more is a miss).
+
+    >>> paired_gain(np.array([0, 9, 20]), np.array([0, 20, 20]), 10)
+    (0.0964, 0.0964)
+    """
+    gain = lambda r: np.where(r < k, 1.0 / np.log2(np.minimum(r, k) + 2.0), 0.0)  # noqa: E731
+    d = gain(np.asarray(ranks)) - gain(np.asarray(base))
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    return round(float(d.mean()), 4), round(se, 4)
+
+
 def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[float], seed: int = 0,
             train_seconds: float = 0.0, vae_seconds: float = 0.0, device: str = "auto", batch: int = 256, text_vectors=None,
+            ablate: bool = False,
             log: Callable[[str], None] = print) -> tuple[dict[str, SystemResult], list[str]]:
     from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out
 
@@ -149,12 +164,22 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
                   [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
-        cores = {s.name: build_core(s, settings, text_vectors=text_vectors) for s in specs}
-        seconds = {s.name: 0.0 for s in specs}
+        rows = [(s.name, s, build_core(s, settings, text_vectors=text_vectors)) for s in specs]
+        if ablate:  # tailcast at the first strength with each source off in turn (the models still learn it)
+            first = SystemSpec("tailcast", float(strengths[0]))
+            served = [src for src in rows[0][2].recommender.blender.sources
+                      if src not in BATCH_SOURCES or batch_model is not None]
+            for source in served:
+                if source == "vae" and any(s.kind == "tailcast-novae" for s in specs):
+                    continue  # the "no VAE" rows
+                core = build_core(first, settings, text_vectors=text_vectors)
+                core.recommender.off = frozenset({source})
+                rows.append((f"{first.name} no {source}", first, core))
+        cores = {name: core for name, _s, core in rows}
+        seconds = {name: 0.0 for name, _s, _c in rows}
         for phase, reqs in enumerate(phases):
-            for s in specs:
+            for name, s, core in rows:
                 t = time.perf_counter()
-                core = cores[s.name]
                 if phase == 1 and batch_model is not None:
                     core.swap_model(batch_model_for(s.kind, batch_model))
                     for _lists in core.rescore_active(batch=batch, now=reqs[0].event_ts if reqs else None):
@@ -162,14 +187,14 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                 for lo in range(0, len(reqs), batch):
                     chunk = reqs[lo:lo + batch]
                     core.process(chunk, now=chunk[-1].event_ts)
-                seconds[s.name] += time.perf_counter() - t
+                seconds[name] += time.perf_counter() - t
         # the state before each test event: last history_len items of train + valid, as the worker keeps it
         full = {u: split.train[u] + [split.valid[u]] for u in users}
         hl = settings.worker.history_len
-        for s in specs:
+        ranks_of = {}
+        for name, s, core in rows:
             t = time.perf_counter()
-            core = cores[s.name]
-            ranks = np.full(len(users), n_items, dtype=np.int64)
+            ranks = ranks_of[name] = np.full(len(users), n_items, dtype=np.int64)
             for lo in range(0, len(users), batch):
                 chunk = users[lo:lo + batch]
                 hs = [full[u][-hl:] for u in chunk]
@@ -180,8 +205,22 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                     items = [c.item for c in shown][:k]
                     if split.test[chunk[b]] in items:
                         ranks[lo + b] = items.index(split.test[chunk[b]])
-            seconds[s.name] += time.perf_counter() - t
-            add(s.name, s.kind, s.param, _metrics(ranks, is_tail, is_short, k), seconds[s.name])
+            seconds[name] += time.perf_counter() - t
+            add(name, s.kind, s.param, _metrics(ranks, is_tail, is_short, k), seconds[name])
+        served_name = rows[0][0]
+        ablations = {n: results[n].metrics["ndcg"] for n, _s, _c in rows if n.startswith(served_name + " no ")}
+        if ablations:
+            full = results[served_name].metrics["ndcg"]
+            above = sorted(n for n, v in ablations.items() if v > full)
+            notes.append(f"{served_name} NDCG@{k} {full:.4f} >= tailcast without any one source "
+                         f"({len(ablations)} measured, best {max(ablations.values()):.4f}): "
+                         f"**{'no' if above else 'yes'}**" + (f" (above it: {', '.join(above)})" if above else ""))
+            # the same users, so the paired difference says how much of a gap is noise
+            gains = {n: paired_gain(ranks_of[n], ranks_of[served_name], k) for n in ablations}
+            notes.append(f"paired per-user NDCG@{k} difference, ablation minus {served_name} (mean ± standard "
+                         "error; above 2 standard errors = the source costs accuracy): "
+                         + "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
+                                     + (" **above**" if m > 2 * se else "") for n, (m, se) in gains.items()))
         notes.append("tailcast in leave-one-out: the stream minus each user's test event is replayed through the "
                      "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
                      "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"

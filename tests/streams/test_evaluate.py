@@ -371,6 +371,36 @@ def test_loo_batch_models_meet_the_ranker_only_on_events_they_were_not_trained_o
     assert after_valid <= set(seen)  # the test lists used them
 
 
+def test_loo_ablation_rows_switch_one_source_off_each(tmp_path, monkeypatch):
+    from online.recommender import OnlineRecommender
+
+    offs = []
+    blend = OnlineRecommender._blend_many
+
+    def spy(self, users, appetites, counts, configs, all_lists, *args, **kwargs):
+        out = blend(self, users, appetites, counts, configs, all_lists, *args, **kwargs)
+        offs.append((self.off, {entry[0] for lists in all_lists for entry in lists if entry[1].size},
+                     {c.source for shown in out for c in shown}))
+        return out
+
+    monkeypatch.setattr(OnlineRecommender, "_blend_many", spy)
+    out = tmp_path / "loo"
+    args = _args(_csv(tmp_path / "d.csv", 600), out, mode="loo", strengths="0", train_transformer=2, train_vae=2)
+    args.ablate = True
+    assert run_evaluate(SETTINGS, args) == 0
+    report = json.loads((out / "report.json").read_text())
+    ablated = {name.split(" no ")[1] for name in report if name.startswith("tailcast[s=0.00] no ")}
+    assert ablated == {"popularity", "covisit", "transitions", "last", "mf", "content", "fresh", "transformer", "VAE"}
+    assert {frozenset({s}) for s in ablated - {"VAE"}} <= {off for off, _, _ in offs}
+    # a switched-off source is still proposed (its model still learns) but credited in no list
+    assert all(not off & credited for off, _, credited in offs)
+    for source in ("covisit", "transformer"):
+        assert any(off == {source} and source in proposed for off, proposed, _ in offs)
+    assert any(not off and "covisit" in credited for off, _, credited in offs)  # which the served lists credit
+    md = (out / "report.md").read_text()
+    assert "tailcast without any one source (9 measured" in md and "no covisit " in md.split("paired per-user")[1]
+
+
 def test_offline_transformer_trained_on_augmented_sequences(tmp_path):
     out = tmp_path / "aug"
     args = _args(_csv(tmp_path / "d.csv", 600), out, strengths="0", boosts="", train_transformer=2, train_vae=2,
