@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from online.base import item_hash
-from streams.kafka import send_batched
+from streams.kafka import client_kwargs, send_batched
 from streams.records import BadEvent, ScoreRequest, dead_letter, parse_event
 from streams.topics import partition_for
 
@@ -349,6 +349,20 @@ async def fetch_highwaters(client, listed: Mapping) -> dict:
     return ends
 
 
+async def fetch_log_ends(kafka, listed: Mapping, *, timeout_s: float = 10.0) -> dict:
+    """:func:`fetch_highwaters` through a client of its own (``kafka``: the ``KafkaSettings``), bounded by
+    ``timeout_s``: usable on the event loop while Faust's consumer thread is busy with a rebalance."""
+    from aiokafka import AIOKafkaClient
+
+    client = AIOKafkaClient(**client_kwargs(kafka), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.bootstrap()
+            return await fetch_highwaters(client, listed)
+    finally:
+        await client.close()
+
+
 def unrestored(restored: Mapping, highwaters: Mapping) -> dict:
     """Per changelog partition, the records table recovery left unread: from one past ``restored`` (the
     last offset it applied, None for none) to the high watermark (None: unknown, not counted).
@@ -365,7 +379,7 @@ def unrestored(restored: Mapping, highwaters: Mapping) -> dict:
 
 
 def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, batch_wait_s: float,
-             request_partitions: int, batched_writes: bool = True, count_gaps: bool = True):
+             request_partitions: int, batched_writes: bool = True, count_gaps: bool = True, kafka=None):
     """Declare the ``user_state`` table and the ingest agent on a Faust app.
 
     With ``batched_writes`` (at-least-once only: these sends are outside Faust's transactions) a
@@ -418,28 +432,26 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
 
     gaps = OffsetGaps() if count_gaps else None
 
-    if count_gaps:
+    if count_gaps and kafka is not None:
         @app.on_rebalance_complete.connect
         async def check_recovery(sender, **kwargs) -> None:
             """Count the changelog records recovery left unread (the log ends a Fetch gives, against the
             last offset it applied) as skipped offsets: the user states in them came back older, and
-            the events behind them are not read again."""
-            recovery, consumer = app.tables.recovery, app.consumer
+            the events behind them are not read again.
+
+            Awaited here, before Faust resumes the streams: once the agent runs, the changelog grows with
+            this worker's own writes, which a later Fetch would count as unread (a task of its own did, 29
+            records after a caught-up kill). The Fetch goes through a client of its own, not the consumer's
+            thread, which may be waiting on this loop for a rebalance's callbacks."""
+            recovery = app.tables.recovery
             changelog = user_state.changelog_topic.get_topic_name()
             restored = {tp: recovery.active_offsets.get(tp) for tp in recovery.active_tps if tp.topic == changelog}
             if not restored:
                 return
             # the ends recovery read to (it stores end - 1), checked against a Fetch of its own
             listed = {tp: recovery.active_highwaters.get(tp, -1) + 1 for tp in restored}
-            # in a task of its own: the Fetch runs on the consumer's thread, which may itself be waiting on this
-            # loop for the next rebalance's callbacks; awaited here, the two waited on each other and the
-            # worker consumed nothing (tests/integration/test_faults.py, mid-stream kill)
-            asyncio.ensure_future(_check(restored, listed, consumer._thread))  # faust-streaming 0.15: ._thread
-
-        async def _check(restored, listed, thread) -> None:
             try:
-                highwaters = await asyncio.wait_for(
-                    thread.call_thread(fetch_highwaters, thread._ensure_consumer()._client, listed), 30.0)
+                highwaters = await fetch_log_ends(kafka, listed)
             except Exception as exc:  # noqa: BLE001 - a check only: say so, and do not stop the worker
                 log.warning("ingest: could not check the table recovery against the changelog's ends: %r", exc)
                 metrics.recovery_checks.labels(outcome="unchecked").inc()

@@ -118,7 +118,10 @@ def _count_mismatch(kio, pipeline, expected: collections.Counter, worker: str = 
         lines.append(f"restarted worker's recovery saw changelog highwaters {highwater}")
     lines.append(f"restarted worker ({worker}): " + ", ".join(
         f"{m} {_metric(pipeline, worker, 'tailcast_worker_' + m + '_total'):.0f}"
-        for m in ("events_consumed", "events_valid", "duplicates_skipped", "offsets_skipped")))
+        for m in ("events_consumed", "events_valid", "duplicates_skipped", "offsets_skipped"))
+        + ", consumer lag " + ", ".join(f"{t} {_metric(pipeline, worker, m):.0f}" for t, m in (
+            (t, f'tailcast_worker_consumer_lag_messages{{topic="{t}"}}')
+            for t in ("events", "tailcast-worker-user_state-changelog"))))
     return "\n".join(lines)
 
 

@@ -62,3 +62,37 @@ def test_a_put_waiting_for_room_gets_the_room_the_dropped_records_leave(tmp_path
         return _offsets(queue)
 
     assert asyncio.run(scenario()) == [("events", 10)]
+
+
+def test_seek_to_committed_sends_uncommitted_stream_partitions_to_their_beginning(tmp_path):
+    """Records fetched while the flow is stopped are dropped, and the seek to committed offsets re-delivers
+    them; a stream partition with no committed offset (a worker killed before its first commit) is sent
+    to its beginning, as ``auto_offset_reset="earliest"`` says, and changelog partitions are left alone."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    app = _app(tmp_path)  # applies the patch
+    table = app.Table("user_state", default=None, key_type=bytes, value_type=bytes)
+    changelog = table.changelog_topic.get_topic_name()
+    fresh, committed, zero, table_tp = (TopicPartition("events", 0), TopicPartition("events", 1),
+                                        TopicPartition("events", 2), TopicPartition(changelog, 0))
+    sought: list[tuple] = []
+
+    async def seek_to_committed():
+        return {fresh: None, committed: 42, zero: 0, table_tp: None}
+
+    async def seek_to_beginning(*tps):
+        sought.append(tps)
+
+    consumer = SimpleNamespace(seek_to_committed=seek_to_committed, seek_to_beginning=seek_to_beginning)
+
+    async def call_thread(fun, *args):
+        return await fun(*args)
+
+    thread = SimpleNamespace(consumer=SimpleNamespace(app=app), _ensure_consumer=lambda: consumer,
+                             call_thread=call_thread)
+    got = asyncio.run(faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed(thread))
+    assert got == {fresh: None, committed: 42, zero: 0, table_tp: None}
+    assert sought == [(fresh, zero)]
