@@ -105,9 +105,8 @@ def _seek_uncommitted_to_beginning() -> None:
     what re-delivers records its fetcher read while the partition was not yet active (``getmany`` drops
     them, but the fetch position has moved past them). aiokafka seeks only to a committed offset above 0,
     so a partition nobody had committed yet kept the moved position: a worker killed before its first
-    commit left a successor that consumed nothing of the events already in the log (the mid-stream kill
-    test, 1 run in 5 with its worker killed within a second of joining; committed offsets all None,
-    lag 0, nothing consumed). ``consumer_auto_offset_reset`` is "earliest", so the beginning is where such
+    commit left a successor that consumed nothing of the events already in the log (docs/decisions.md,
+    #20). ``consumer_auto_offset_reset`` is "earliest", so the beginning is where such
     a partition starts anyway. Changelog partitions are table recovery's, and keep their positions.
     faust-streaming 0.15: ``AIOKafkaConsumerThread.seek_to_committed``.
     """

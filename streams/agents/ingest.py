@@ -433,6 +433,8 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
     gaps = OffsetGaps() if count_gaps else None
 
     if count_gaps and kafka is not None:
+        checked: list = [None]  # the last recovery checked: (consumer generation, restored offsets)
+
         @app.on_rebalance_complete.connect
         async def check_recovery(sender, **kwargs) -> None:
             """Count the changelog records recovery left unread (the log ends a Fetch gives, against the
@@ -440,14 +442,19 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
             the events behind them are not read again.
 
             Awaited here, before Faust resumes the streams: once the agent runs, the changelog grows with
-            this worker's own writes, which a later Fetch would count as unread (a task of its own did, 29
-            records after a caught-up kill). The Fetch goes through a client of its own, not the consumer's
-            thread, which may be waiting on this loop for a rebalance's callbacks."""
+            this worker's own writes, which a later Fetch would count as unread. The Fetch goes through a
+            client of its own, not the consumer's thread, which may be waiting on this loop for a
+            rebalance's callbacks (docs/decisions.md, #20)."""
             recovery = app.tables.recovery
             changelog = user_state.changelog_topic.get_topic_name()
             restored = {tp: recovery.active_offsets.get(tp) for tp in recovery.active_tps if tp.topic == changelog}
             if not restored:
                 return
+            # Faust sends on_rebalance_complete twice at the end of a recovery: check each recovery once
+            key = (app.consumer_generation_id, tuple(sorted((tp.partition, o) for tp, o in restored.items())))
+            if key == checked[0]:
+                return
+            checked[0] = key
             # the ends recovery read to (it stores end - 1), checked against a Fetch of its own
             listed = {tp: recovery.active_highwaters.get(tp, -1) + 1 for tp in restored}
             try:

@@ -11,8 +11,8 @@
   micro-batch logic (so the ranker learns from its candidate pools, as live), then each evaluated user
   gets one list for their state before the test event. The batch models come in as after a live refresh:
   the train part is replayed on the online models alone, then the batch models are installed and the
-  validation events are replayed, so the ranker learns their weight on events they were not trained on. A list has ``k`` items, so the target's rank is
-  known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
+  validation events are replayed, so the ranker learns their weight on events they were not trained on.
+  A list has ``k`` items, so the target's rank is known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
   With ``--train-transformer`` the Transformer trained above (and the Mult-VAE with ``--train-vae``) are
   tailcast's batch candidate sources, frozen, as a checkpoint is in the scorer; with both, the rows
   ``tailcast[s=…] no VAE`` switch the VAE source off.
@@ -63,8 +63,9 @@ def paired_gain(ranks: np.ndarray, base: np.ndarray, k: int) -> tuple[float, flo
     >>> paired_gain(np.array([0, 9, 20]), np.array([0, 20, 20]), 10)
     (0.0964, 0.0964)
     """
-    gain = lambda r: np.where(r < k, 1.0 / np.log2(np.minimum(r, k) + 2.0), 0.0)  # noqa: E731
-    d = gain(np.asarray(ranks)) - gain(np.asarray(base))
+    from online.metrics import gain
+
+    d = np.array([gain(a, k) - gain(b, k) for a, b in zip(np.asarray(ranks).tolist(), np.asarray(base).tolist())])
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
     return round(float(d.mean()), 4), round(se, 4)
 

@@ -22,10 +22,12 @@ import json
 from importlib import resources
 from typing import Any
 
+from streams.topics import DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
+
 __all__ = ["TOPICS", "schema", "validator", "validate", "errors"]
 
 #: The topics that have a schema here: every topic of ``streams.topics.topic_specs``.
-TOPICS = ("events", "items", "events.dlq", "score-requests", "recommendations", "longtail-metrics")
+TOPICS = (EVENTS, ITEMS, DLQ, SCORE_REQUESTS, RECOMMENDATIONS, LONGTAIL_METRICS)
 
 
 @functools.cache
