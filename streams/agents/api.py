@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from yarl import URL
@@ -135,11 +136,12 @@ class ReadApi:
         record["age_s"] = round(self.clock() - record["generated_at"], 3)
         return 200, orjson.dumps(record)
 
-    def healthz(self, *, rebalancing: bool, partitions: Iterable[int]) -> tuple[int, bytes]:
-        """``GET /healthz``: 200 while serving, 503 while the instances are rebalancing the users."""
-        body = {"status": "rebalancing" if rebalancing else "ok", "users": len(self.store),
-                "partitions": sorted(partitions)}
-        return (503 if rebalancing else 200), orjson.dumps(body)
+    def healthz(self, *, rebalancing: bool, partitions: Iterable[int] | None) -> tuple[int, bytes]:
+        """``GET /healthz``: 200 while serving; 503 while the consumer is starting (``partitions`` None:
+        Faust's web server is up before its consumer) or the instances are rebalancing the users."""
+        status = "starting" if partitions is None else "rebalancing" if rebalancing else "ok"
+        body = {"status": status, "users": len(self.store), "partitions": sorted(partitions or ())}
+        return (200 if status == "ok" else 503), orjson.dumps(body)
 
 
 class _Endpoint(View):
@@ -151,11 +153,14 @@ class _Endpoint(View):
 
     async def dispatch(self, request: Any) -> Any:
         started = time.perf_counter()
-        status = 500  # an exception escaped: aiohttp answers 500
+        status = 500
         try:
             response = await super().dispatch(request)
             status = response.status
             return response
+        except Exception:  # noqa: BLE001 - every answer is JSON, an unexpected failure too
+            log.exception("%s %s failed", request.method, request.path)
+            return self.answer(500, orjson.dumps({"error": "internal error; see the api instance's log"}))
         finally:
             self.metrics.requests.labels(endpoint=self.endpoint, code=str(status)).inc()
             self.metrics.latency.labels(endpoint=self.endpoint).observe(time.perf_counter() - started)
@@ -219,7 +224,12 @@ class HealthView(_Endpoint):
     endpoint = "healthz"
 
     async def get(self, request: Request) -> Response:
-        partitions = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == RECOMMENDATIONS]
+        try:
+            assigned = self.app.consumer.assignment()
+        except ConsumerNotStarted:
+            partitions = None
+        else:
+            partitions = [tp.partition for tp in assigned if tp.topic == RECOMMENDATIONS]
         return self.answer(*self.api.healthz(rebalancing=bool(self.app.rebalancing), partitions=partitions))
 
 
