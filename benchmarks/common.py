@@ -1,5 +1,6 @@
 """What the benchmarks share: a fresh embedded broker, the environment of tailcast processes, the
-synthetic stream as Kafka records, a fast publisher, and small statistics helpers.
+synthetic stream as Kafka records, a fast publisher, small statistics helpers, a real dataset's events, and
+the printing and writing of a report.
 
 Every benchmark that compares rates runs the competitors on ONE broker, in one process tree, back to
 back (the machine is shared: absolute rates drift between runs, ratios measured together do not).
@@ -8,6 +9,7 @@ back (the machine is shared: absolute rates drift between runs, ratios measured 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import statistics
@@ -29,12 +31,14 @@ __all__ = [
     "bench_env",
     "ensure_topics",
     "fresh_broker",
+    "load_events",
     "median",
     "percentile",
     "publish",
     "python",
     "rss_bytes",
     "settings_from_env",
+    "show_report",
     "synthetic_records",
     "wait_until",
     "workdir",
@@ -160,6 +164,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))
     return float(ordered[rank])
+
+
+def load_events(path: str) -> tuple[list[tuple[str, str, float]], dict[str, str], str]:
+    """The dataset at ``path`` (``streams.datasets``): its (user, item, ts) events, item texts and name."""
+    from streams.datasets import load_dataset
+
+    ds = load_dataset(path)
+    return [(e.user, e.item, e.ts) for e in ds.events], dict(ds.item_text), ds.name
+
+
+def show_report(report: dict, text: str, out: Path | None, **dumps_kwargs) -> dict:
+    """Print ``text`` (the report as markdown), write ``report`` as JSON to ``out`` when given; return ``report``."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, **dumps_kwargs))
+    return report
 
 
 def workdir(prefix: str) -> Path:

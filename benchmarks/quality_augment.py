@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import logging
 import math
 import shlex
 import sys
@@ -41,10 +39,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.quality_loo import load_events, model_score_fn  # noqa: E402
+from benchmarks.common import show_report  # noqa: E402
+from benchmarks.quality_loo import add_transformer_arguments, load_split, model_score_fn, start  # noqa: E402
 from models.augment import AugmentConfig, augment_sequences  # noqa: E402
-from models.loo import (LooSplit, evaluate_ranking, evaluate_split, item_index, leave_one_out,  # noqa: E402
-                        tail_items, train_counts)
+from models.loo import LooSplit, evaluate_ranking, evaluate_split, tail_items, train_counts  # noqa: E402
 from models.sequence import SeqEncoder, SeqEncoderConfig  # noqa: E402
 from models.train import EpochLog, TrainConfig, train  # noqa: E402
 from models.vae import MultVAEConfig, VaeEpochLog, fit_vae, score_users  # noqa: E402
@@ -105,16 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-events", type=int, default=5, help="users with 1..max-events train items are augmented")
     p.add_argument("--temperature", type=float, default=1.0)
     # ---- Transformer (defaults of quality_loo.py)
-    p.add_argument("--max-len", type=int, default=None, help="default: 200 if the median user has > 50 events, else 50")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--dropout", type=float, default=None, help="default: 0.2 (long histories) / 0.5 (short)")
-    p.add_argument("--id-dropout", type=float, default=0.1, help="text variant: share of items trained text-only")
-    p.add_argument("--loss", default="sampled", choices=["ce", "sampled", "auto"])
-    p.add_argument("--negatives", type=int, default=1024)
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_transformer_arguments(p)
     p.add_argument("--batch-size", type=int, default=None, help="windows per step; default 32 (long histories) / 128")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=5)
@@ -138,17 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     grid = [AugmentConfig(max_events=args.max_events, cap=c, weight=w, temperature=args.temperature, seed=args.seed)
             for c in caps for w in (weights if c > 1 else weights[:1])]
     baseline_seeds = [int(x) for x in args.baseline_seeds.split(",") if x and int(x) != args.seed]
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log = logging.getLogger("quality_augment")
+    log = start(args.threads, "quality_augment")
 
     t0 = time.perf_counter()
-    events, item_text, name = load_events(args.dataset)
-    split = leave_one_out(events)
-    index = item_index(split)
+    events, item_text, name, split, index, train_seqs, valid = load_split(args.dataset)
     n_items = len(index)
-    train_seqs = split.train_sequences(index)
-    valid = split.histories("valid", index)
     lengths = np.array([len(s) for s in train_seqs])
     n_eval_train = np.array([len(split.train[u]) for u in split.users()])
     log.info("%s: %d events, %d users (%d evaluated, %d with <= 5 train events, %d with 1..%d), %d items, "
@@ -278,11 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         "text_encoder": text_info, "runs": runs, "selected_by": f"validation {key}, then validation ndcg",
         "recommendation": recommendation, "seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads(),
     }
-    print(markdown(report))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=_json_default))
-    return report
+    return show_report(report, markdown(report), args.out, default=_json_default)
 
 
 def _num(x) -> float:

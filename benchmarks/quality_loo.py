@@ -12,7 +12,6 @@ Prints a markdown table and writes JSON ``{"systems": {name: {metric: value}}, .
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,9 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import load_events, show_report  # noqa: E402
 from models.checkpoint import CheckpointRegistry  # noqa: E402
 from models.content import ItemTextCache, TextEncoder  # noqa: E402
-from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out  # noqa: E402
+from models.loo import ItemCF, LooSplit, MostPop, evaluate_split, item_index, leave_one_out  # noqa: E402
 from models.sequence import SeqEncoder, SeqEncoderConfig, pad_batch  # noqa: E402
 from models.train import EpochLog, TrainConfig, train  # noqa: E402
 from models.vocab import ItemVocab  # noqa: E402
@@ -34,11 +34,50 @@ from models.vocab import ItemVocab  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def load_events(path: str) -> tuple[list[tuple[str, str, float]], dict[str, str], str]:
-    from streams.datasets import load_dataset
+def add_transformer_arguments(p: argparse.ArgumentParser) -> None:
+    """The Transformer's shape, loss and learning rate options, with this benchmark's defaults."""
+    p.add_argument("--max-len", type=int, default=None, help="default: 200 if the median user has > 50 events, else 50")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=None, help="default: 0.2 (long histories) / 0.5 (short)")
+    p.add_argument("--id-dropout", type=float, default=0.1, help="text variant: share of items trained text-only")
+    p.add_argument("--loss", default="sampled", choices=["ce", "sampled", "auto"],
+                   help="sampled (logQ, K negatives) is ~2x faster per epoch than full CE on this CPU at equal "
+                        "per-epoch quality (measured on ml-latest-small); ce is the choice on a GPU")
+    p.add_argument("--negatives", type=int, default=1024, help="K for --loss sampled")
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="training autocast")
+    p.add_argument("--lr", type=float, default=1e-3)
 
-    ds = load_dataset(path)
-    return [(e.user, e.item, e.ts) for e in ds.events], dict(ds.item_text), ds.name
+
+def load_split(path: str) -> tuple[list[tuple[str, str, float]], dict[str, str], str, LooSplit, dict,
+                                   list[list[int]], tuple[list[list[int]], list[int]]]:
+    """The dataset at ``path`` split leave-one-out: (events, item texts, name, split, item index, train
+    sequences, validation (histories, targets))."""
+    events, item_text, name = load_events(path)
+    split = leave_one_out(events)
+    index = item_index(split)
+    return events, item_text, name, split, index, split.train_sequences(index), split.histories("valid", index)
+
+
+def start(threads: int, name: str) -> logging.Logger:
+    """Torch on ``threads`` threads and INFO logging to stderr; the benchmark's logger."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return logging.getLogger(name)
+
+
+def evaluate_baselines(split: LooSplit, index: dict, train_seqs: list[list[int]], n_items: int,
+                       log: logging.Logger) -> dict[str, dict]:
+    """MostPop's and ItemCF's test figures, with their validation NDCG and seconds taken."""
+    results: dict[str, dict] = {}
+    for system, scorer in (("MostPop", MostPop(train_seqs, n_items=n_items)), ("ItemCF", ItemCF(train_seqs, n_items=n_items))):
+        t = time.perf_counter()
+        results[system] = evaluate_split(scorer, split, index, stage="test")
+        results[system]["valid_ndcg"] = evaluate_split(scorer, split, index, stage="valid")["ndcg"]
+        results[system]["seconds"] = time.perf_counter() - t
+        log.info("%s: %s", system, {k: round(v, 4) for k, v in results[system].items()})
+    return results
 
 
 def model_score_fn(model: SeqEncoder):
@@ -56,18 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset", required=True)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--max-len", type=int, default=None, help="default: 200 if the median user has > 50 events, else 50")
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--dropout", type=float, default=None, help="default: 0.2 (long histories) / 0.5 (short)")
-    p.add_argument("--id-dropout", type=float, default=0.1, help="text variant: share of items trained text-only")
-    p.add_argument("--loss", default="sampled", choices=["ce", "sampled", "auto"],
-                   help="sampled (logQ, K negatives) is ~2x faster per epoch than full CE on this CPU at equal "
-                        "per-epoch quality (measured on ml-latest-small); ce is the choice on a GPU")
-    p.add_argument("--negatives", type=int, default=1024, help="K for --loss sampled")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="training autocast")
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_transformer_arguments(p)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=None, help="windows per step; default 32 (long histories) / 128")
     p.add_argument("--patience", type=int, default=5)
@@ -81,19 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--registry", type=Path, default=None, help="publish the best variant's checkpoint here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log = logging.getLogger("quality_loo")
+    log = start(args.threads, "quality_loo")
 
     t0 = time.perf_counter()
-    events, item_text, name = load_events(args.dataset)
-    split = leave_one_out(events)
-    index = item_index(split)
+    events, item_text, name, split, index, train_seqs, valid = load_split(args.dataset)
     ids = sorted(index, key=index.__getitem__)
     vocab = ItemVocab.from_ids([str(i) for i in ids])
     n_items = len(vocab)
-    train_seqs = split.train_sequences(index)
-    valid = split.histories("valid", index)
     lengths = np.array([len(s) for s in split.train.values()])
     log.info("%s: %d events, %d users (%d evaluated), %d items, median train length %.0f (load %.1fs)", name,
              len(events), len(split.train), len(split.test), n_items, np.median(lengths), time.perf_counter() - t0)
@@ -102,13 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     dropout = args.dropout if args.dropout is not None else (0.2 if long_histories else 0.5)
     batch_size = args.batch_size or (32 if long_histories else 128)
 
-    results: dict[str, dict] = {}
-    for system, scorer in (("MostPop", MostPop(train_seqs, n_items=n_items)), ("ItemCF", ItemCF(train_seqs, n_items=n_items))):
-        t = time.perf_counter()
-        results[system] = evaluate_split(scorer, split, index, stage="test")
-        results[system]["valid_ndcg"] = evaluate_split(scorer, split, index, stage="valid")["ndcg"]
-        results[system]["seconds"] = time.perf_counter() - t
-        log.info("%s: %s", system, {k: round(v, 4) for k, v in results[system].items()})
+    results = evaluate_baselines(split, index, train_seqs, n_items, log)
 
     variants = args.variants.split(",") if args.variants != "auto" else (["ids", "text"] if item_text else ["ids"])
     text_info = {}
@@ -171,11 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         "text_encoder": text_info, "systems": results, "seconds": time.perf_counter() - t0,
         "torch_threads": torch.get_num_threads(),
     }
-    print(markdown(report))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    return report
+    return show_report(report, markdown(report), args.out)
 
 
 def markdown(report: dict) -> str:

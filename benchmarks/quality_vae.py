@@ -13,8 +13,6 @@ Prints a markdown table and writes JSON ``{"systems": {name: {metric: value}}, .
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import time
 from dataclasses import asdict
@@ -25,15 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out  # noqa: E402
+from benchmarks.common import show_report  # noqa: E402
+from benchmarks.quality_loo import evaluate_baselines, load_split, markdown, start  # noqa: E402
+from models.loo import evaluate_split  # noqa: E402
 from models.vae import MultVAEConfig, VaeEpochLog, fit_vae, save_vae, score_users  # noqa: E402
-
-
-def load_events(path: str) -> tuple[list[tuple[str, str, float]], str]:
-    from streams.datasets import load_dataset
-
-    ds = load_dataset(path)
-    return [(e.user, e.item, e.ts) for e in ds.events], ds.name
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,28 +52,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", type=Path, default=None, help="write the selected Mult-VAE here (models.vae.save_vae)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log = logging.getLogger("quality_vae")
+    log = start(args.threads, "quality_vae")
 
     t0 = time.perf_counter()
-    events, name = load_events(args.dataset)
-    split = leave_one_out(events)
-    index = item_index(split)
+    events, _, name, split, index, train_seqs, valid = load_split(args.dataset)
     n_items = len(index)
-    train_seqs = split.train_sequences(index)
-    valid = split.histories("valid", index)
     lengths = np.array([len(s) for s in split.train.values()])
     log.info("%s: %d events, %d users (%d evaluated), %d items, median train length %.0f (load %.1fs)", name,
              len(events), len(split.train), len(split.test), n_items, np.median(lengths), time.perf_counter() - t0)
 
-    results: dict[str, dict] = {}
-    for system, scorer in (("MostPop", MostPop(train_seqs, n_items=n_items)), ("ItemCF", ItemCF(train_seqs, n_items=n_items))):
-        t = time.perf_counter()
-        results[system] = evaluate_split(scorer, split, index, stage="test")
-        results[system]["valid_ndcg"] = evaluate_split(scorer, split, index, stage="valid")["ndcg"]
-        results[system]["seconds"] = time.perf_counter() - t
-        log.info("%s: %s", system, {k: round(v, 4) for k, v in results[system].items()})
+    results = evaluate_baselines(split, index, train_seqs, n_items, log)
 
     n_train_users = sum(1 for s in train_seqs if s)
     cfg = MultVAEConfig.for_users(
@@ -116,26 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         "history": [asdict(h) for h in model.history],
         "systems": results, "seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads(),
     }
-    print(markdown(report))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    return report
-
-
-def markdown(report: dict) -> str:
-    pop = report["systems"]["MostPop"]
-    cf = report["systems"]["ItemCF"]
-    lines = [f"### {report['dataset']}: leave-one-out, full ranking over {report['items']} items, "
-             f"{report['evaluated_users']} users, k=10",
-             "| system | HR@10 | NDCG@10 | tail HR@10 | short-user HR@10 | NDCG vs MostPop | NDCG vs ItemCF | valid NDCG | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in report["systems"].items():
-        lines.append(f"| {name} | {m['hr']:.4f} | {m['ndcg']:.4f} | {m['tail_hr']:.4f} | {m['short_hr']:.4f} | "
-                     f"{m['ndcg'] / pop['ndcg']:.2f}x | {m['ndcg'] / cf['ndcg']:.2f}x | {m['valid_ndcg']:.4f} | "
-                     f"{m['seconds']:.0f} |")
-    lines.append(f"(tail targets: {pop['tail_users']} users; short users: {pop['short_users']})")
-    return "\n".join(lines)
+    return show_report(report, markdown(report), args.out)
 
 
 if __name__ == "__main__":

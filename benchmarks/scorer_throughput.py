@@ -26,7 +26,6 @@ available (fp32 and bf16; int8 dynamic quantisation is CPU-only).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import load_events, show_report  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.loo import evaluate_split, item_index, leave_one_out  # noqa: E402
 from models.scoring import BatchScorer  # noqa: E402
@@ -90,15 +90,9 @@ def time_topk(scorer: BatchScorer, histories: list[list[str]], *, budget_s: floa
     return min(times), statistics.median(times)
 
 
-def load_events(path: str) -> list[tuple[str, str, float]]:
-    from streams.datasets import load_dataset
-
-    return [(e.user, e.item, e.ts) for e in load_dataset(path).events]
-
-
 def quick_train(path: str, *, seconds: float, max_len: int) -> tuple[SeqEncoder, ItemVocab]:
     """An ids-only encoder trained on the LOO train part for ``seconds`` (selected on validation)."""
-    split = leave_one_out(load_events(path))
+    split = leave_one_out(load_events(path)[0])
     index = item_index(split)
     vocab = ItemVocab.from_ids([str(i) for i in sorted(index, key=index.__getitem__)])
     torch.manual_seed(0)
@@ -184,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     quality = {}
     if args.dataset:
-        split = leave_one_out(load_events(args.dataset))
+        split = leave_one_out(load_events(args.dataset)[0])
         index = item_index(split)
         loo_ids = sorted(index, key=index.__getitem__)
         for device, mode in targets:
@@ -203,11 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"machine": machine, "model": {**cfg.to_dict(), "flops_per_user": flops,
                                             "source": str(args.checkpoint or (f"trained on {args.dataset}" if args.dataset else "random init"))},
               "results": rows, "quality": quality}
-    print(markdown(report))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
-    return report
+    return show_report(report, markdown(report), args.out)
 
 
 def markdown(report: dict) -> str:
