@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from typing import Any
 import torch
 
 from models.sequence import ConfigError, SeqEncoder, SeqEncoderConfig
-from models.vae import MultVAE, VaeFormatError
+from models.train import cpu_state
+from models.vae import MultVAE, VaeFormatError, save_atomic
 from models.vocab import ItemVocab
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointRegistry", "save_checkpoint", "load_checkpoint", "FORMAT"]
@@ -113,7 +113,7 @@ def save_checkpoint(
     for k, v in metrics.items():
         if not isinstance(k, str) or not isinstance(v, (int, float)) or isinstance(v, bool):
             raise TypeError(f"metrics must map str -> number; got {k!r}: {v!r}")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = cpu_state(model)
     text = state.get("text_vectors")
     config = model.config.to_dict()
     vae_state = vae.state() if vae is not None else None
@@ -129,17 +129,7 @@ def save_checkpoint(
         "step": ckpt.step, "config": config, "state_dict": state, "vocab_ids": ckpt.vocab_ids,
         "vocab_hash": ckpt.vocab_hash, "text_hash": ckpt.text_hash, "metrics": ckpt.metrics, "vae": vae_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_atomic(payload, path)
     return ckpt
 
 

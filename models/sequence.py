@@ -59,6 +59,15 @@ class ConfigError(ValueError):
     """A model configuration is invalid or does not match the weights it is used with."""
 
 
+def config_from_dict(cls: type, d: dict[str, Any], error: type[Exception] = ConfigError) -> Any:
+    """``cls(**d)`` for a config dataclass; ``error`` names any key ``cls`` does not have, and the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class SeqEncoderConfig:
     n_items: int  # N real items, indices 1..N (0 = padding)
@@ -101,11 +110,7 @@ class SeqEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SeqEncoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown SeqEncoderConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class SeqEncoder(nn.Module):

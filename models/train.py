@@ -24,7 +24,7 @@ from models.loo import evaluate_ranking, metrics_from_ranks, train_counts
 from models.sequence import SeqEncoder, pad_batch
 
 __all__ = ["TrainConfig", "EpochLog", "TrainResult", "make_windows", "make_weight_windows", "evaluate_model", "train",
-           "log_epoch"]
+           "log_epoch", "BestEpoch", "cpu_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,31 @@ class TrainResult:
 
 
 Callback = Callable[[EpochLog], None]
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``model``'s state dict, which later training steps leave unchanged."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class BestEpoch:
+    """Selection on validation (here and in ``models.vae.fit_vae``): the best NDCG@k so far, its epoch and
+    weights, and how many evaluations have not beaten it (early stopping's count)."""
+
+    ndcg: float | None = None
+    epoch: int = 0
+    state: dict[str, torch.Tensor] | None = None
+    evals_since: int = 0
+
+    def update(self, model: torch.nn.Module, epoch: int, ndcg: float) -> bool:
+        """Record one validation run; True, and the weights kept, when it beats every earlier one."""
+        improved = self.ndcg is None or ndcg > self.ndcg
+        if improved:
+            self.ndcg, self.epoch, self.evals_since, self.state = ndcg, epoch, 0, cpu_state(model)
+        else:
+            self.evals_since += 1
+        return improved
 
 
 def log_epoch(log: EpochLog) -> None:
@@ -208,7 +233,7 @@ def train(
     lengths = (windows != 0).sum(1).numpy()
     opt = _optimizer(model, config)
     start = time.perf_counter()
-    best_state, best_ndcg, best_epoch, evals_since_best, step = None, None, 0, 0, 0
+    best, step = BestEpoch(), 0
     history: list[EpochLog] = []
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -238,23 +263,17 @@ def train(
         out_of_time = config.max_seconds is not None and log.seconds >= config.max_seconds
         if valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time):
             m = evaluate_model(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size)
-            improved = best_ndcg is None or m["ndcg"] > best_ndcg
-            if improved:
-                best_ndcg, best_epoch, evals_since_best = m["ndcg"], epoch, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                evals_since_best += 1
+            improved = best.update(model, epoch, m["ndcg"])
             log = EpochLog(epoch=epoch, step=step, train_loss=train_loss, seconds=time.perf_counter() - start,
                            valid_hr=m["hr"], valid_ndcg=m["ndcg"], improved=improved)
         history.append(log)
         for cb in callbacks:
             cb(log)
-        if evals_since_best >= config.patience or out_of_time:
+        if best.evals_since >= config.patience or out_of_time:
             break
-    if best_state is None:  # no validation data: keep the last state
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        best_epoch = history[-1].epoch
-    model.load_state_dict(best_state)
+    if best.state is None:  # no validation data: keep the last state
+        best.state, best.epoch = cpu_state(model), history[-1].epoch
+    model.load_state_dict(best.state)
     model.eval()
-    return TrainResult(best_state=best_state, best_valid_ndcg=best_ndcg, best_epoch=best_epoch, steps=step,
+    return TrainResult(best_state=best.state, best_valid_ndcg=best.ndcg, best_epoch=best.epoch, steps=step,
                        history=history)

@@ -54,6 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.loo import evaluate_ranking, metrics_from_ranks
+from models.sequence import config_from_dict
+from models.train import BestEpoch, cpu_state
 
 __all__ = ["MultVAEConfig", "MultVAE", "VaeEpochLog", "fit_vae", "score_users", "evaluate_vae", "save_vae",
            "load_vae", "VaeFormatError", "FORMAT"]
@@ -137,11 +139,7 @@ class MultVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MultVAEConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise VaeFormatError(f"unknown MultVAEConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, VaeFormatError)
 
 
 def _bag_inputs(histories: Sequence[Sequence[int]], n_items: int, device: torch.device | str = "cpu"
@@ -256,7 +254,7 @@ class MultVAE(nn.Module):
         """Self-describing plain dict (``torch.save``-able, loadable with ``weights_only=True``)."""
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "n_items": self.n_items,
                 "config": self.config.to_dict(),
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+                "state_dict": cpu_state(self)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "MultVAE":
@@ -283,6 +281,13 @@ def save_vae(model: MultVAE, path: str | os.PathLike, *, extra: dict[str, Any] |
         if clash:
             raise ValueError(f"extra keys {clash} would overwrite the model's own")
         payload.update(extra)
+    save_atomic(payload, path)
+    return path
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader sees the old file or
+    the new one, never half of one (``save_vae``'s and ``models.checkpoint``'s writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -294,7 +299,6 @@ def save_vae(model: MultVAE, path: str | os.PathLike, *, extra: dict[str, Any] |
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
 
 
 def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> MultVAE:
@@ -368,7 +372,7 @@ def fit_vae(
     model = MultVAE(n_items, config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
-    best_state, best_ndcg, best_epoch, evals_since_best, step = None, None, 0, 0, 0
+    best, step = BestEpoch(), 0
     history: list[VaeEpochLog] = []
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -393,25 +397,20 @@ def fit_vae(
         out_of_time = max_seconds is not None and log.seconds >= max_seconds
         if valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time):
             m = evaluate_vae(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size)
-            improved = best_ndcg is None or m["ndcg"] > best_ndcg
-            if improved:
-                best_ndcg, best_epoch, evals_since_best = m["ndcg"], epoch, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                evals_since_best += 1
+            improved = best.update(model, epoch, m["ndcg"])
             log = dataclasses.replace(log, seconds=time.perf_counter() - start, valid_hr=m["hr"],
                                       valid_ndcg=m["ndcg"], improved=improved)
         history.append(log)
         for cb in callbacks:
             cb(log)
-        if evals_since_best >= config.patience or out_of_time:
+        if best.evals_since >= config.patience or out_of_time:
             break
-    if best_state is None:  # no validation data: keep the last state
-        best_epoch = history[-1].epoch
+    if best.state is None:  # no validation data: keep the last state
+        best.epoch = history[-1].epoch
     else:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best.state)
     model.eval()
     model.history = history
-    model.best_epoch = best_epoch
-    model.best_valid_ndcg = best_ndcg
+    model.best_epoch = best.epoch
+    model.best_valid_ndcg = best.ndcg
     return model
