@@ -218,23 +218,6 @@ class BatchScorer:
         return self._transformer_top([self.vocab.encode(h) for h in histories], k, exclude, exclude_history)
 
     @torch.inference_mode()
-    def vae_topk(
-        self,
-        histories: Sequence[Sequence[str]],
-        k: int,
-        exclude: Sequence[Iterable[str]] | None = None,
-        *,
-        exclude_history: bool = True,
-    ) -> list[list[tuple[str, float]]]:
-        """As :meth:`topk`, from the Mult-VAE (decoder logits of the user's item set); [] per user without one."""
-        self._check(histories, k, exclude)
-        if self.vae is None:
-            return [[] for _ in histories]
-        if not histories:
-            return []
-        return self._vae_top([self.vocab.encode(h) for h in histories], k, exclude, exclude_history)
-
-    @torch.inference_mode()
     def candidates(self, histories: Sequence[Sequence[str]], k: int,
                    exclude: Sequence[Iterable[str]] | None = None) -> dict[str, list[list[tuple[str, float]]]]:
         """Every batch source's top ``k`` per user: ``{"transformer": lists}`` plus ``"vae"`` when there is
