@@ -43,6 +43,8 @@ __all__ = [
     "OnlineModel",
     "group",
     "learn_many",
+    "must_be_at_least",
+    "recent_distinct",
     "tie_floor",
     "top_k",
     "top_k_rows",
@@ -173,6 +175,35 @@ def learn_many(model: OnlineModel, events: Iterable[Event]) -> int:
         model.learn_one(user, item, ts, history)
         n += 1
     return n
+
+
+def recent_distinct(history: Sequence[str], n: int) -> list[str]:
+    """The last ``n`` distinct items of ``history`` (oldest first), most recent first.
+
+    >>> recent_distinct(["a", "b", "a", "c", "c"], 2)
+    ['c', 'a']
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in reversed(history):
+        if len(out) >= n:
+            break
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def must_be_at_least(minimum: float, **values: float) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` below ``minimum`` (constructor arguments).
+
+    >>> must_be_at_least(1, dim=8, batch_size=0)
+    Traceback (most recent call last):
+    ValueError: batch_size must be >= 1, got 0
+    """
+    for name, value in values.items():
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 class IdIndex:

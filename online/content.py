@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, Event, IdIndex, tie_floor, top_k_rows
+from online.base import Candidate, Event, IdIndex, must_be_at_least, recent_distinct, tie_floor, top_k_rows
 
 __all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
 
@@ -46,8 +46,7 @@ class ContentNeighbours:
     name = "content"
 
     def __init__(self, *, dim: int, history_window: int = 10) -> None:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        must_be_at_least(1, dim=dim)
         self.dim = int(dim)
         self.history_window = int(history_window)
         self._index = IdIndex()
@@ -112,15 +111,7 @@ class ContentNeighbours:
         """Rows of the recent history items that have a vector, most recent first, and their weights."""
         rows: list[int] = []
         weights: list[float] = []
-        seen: set[str] = set()
-        r = 0
-        for item in reversed(history):
-            if r >= self.history_window:
-                break
-            if item in seen:
-                continue
-            seen.add(item)
-            r += 1
+        for r, item in enumerate(recent_distinct(history, self.history_window), 1):
             idx = self._index.get(item)
             if idx >= 0:
                 rows.append(idx)
@@ -137,17 +128,7 @@ class ContentNeighbours:
 
     def recent(self, history: Sequence[str]) -> np.ndarray:
         """Indices (-1 unknown) of the last ``history_window`` distinct history items, most recent first."""
-        get = self._index.get
-        idx: list[int] = []
-        seen: set[str] = set()
-        for item in reversed(history):
-            if len(idx) >= self.history_window:
-                break
-            if item in seen:
-                continue
-            seen.add(item)
-            idx.append(get(item))
-        return np.asarray(idx, dtype=np.int64)
+        return self._index.indices(recent_distinct(history, self.history_window))
 
     def candidates_many(
         self, histories: Sequence[Sequence[str]], k: int, banned: Sequence[np.ndarray | None] | None = None
@@ -266,8 +247,7 @@ class TagVectoriser:
     """
 
     def __init__(self, dim: int = 256, *, tag_weight: float = 2.0) -> None:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+        must_be_at_least(1, dim=dim)
         self.dim = int(dim)
         self.tag_weight = float(tag_weight)
         self._cache: dict[str, tuple[int, float]] = {}

@@ -48,7 +48,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, Event, IdIndex, group, tie_floor
+from online.base import Candidate, DecayClock, Event, IdIndex, group, must_be_at_least, recent_distinct, tie_floor
 
 __all__ = ["CoVisitation"]
 
@@ -69,12 +69,8 @@ class CoVisitation:
         normalise: bool = True,
         distance_decay: bool = True,
     ) -> None:
-        if lookback < 1:
-            raise ValueError(f"lookback must be >= 1, got {lookback}")
-        if max_neighbours < 1:
-            raise ValueError(f"max_neighbours must be >= 1, got {max_neighbours}")
-        if backward_weight < 0:
-            raise ValueError(f"backward_weight must be >= 0, got {backward_weight}")
+        must_be_at_least(1, lookback=lookback, max_neighbours=max_neighbours)
+        must_be_at_least(0, backward_weight=backward_weight)
         self.lookback = int(lookback)
         self.half_life_s = float(half_life_s)
         self.max_neighbours = int(max_neighbours)
@@ -215,16 +211,7 @@ class CoVisitation:
     def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
         """The last ``history_window`` distinct history items, most recent first, as (this model's
         indices, -1 when unknown; their recency ranks ``r``, 1 = the most recent)."""
-        get = self._index.get
-        idx: list[int] = []
-        seen: set[str] = set()
-        for h_item in reversed(history):
-            if len(idx) >= self.history_window:
-                break
-            if h_item in seen:
-                continue
-            seen.add(h_item)
-            idx.append(get(h_item))
+        idx = list(map(self._index.get, recent_distinct(history, self.history_window)))
         return idx, list(range(1, len(idx) + 1))
 
     def _terms(self, recent: Sequence[int], ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

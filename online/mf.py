@@ -41,7 +41,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, Event, IdIndex, top_k_rows
+from online.base import Candidate, Event, IdIndex, must_be_at_least, top_k_rows
 
 __all__ = ["OnlineMF"]
 
@@ -68,16 +68,8 @@ class OnlineMF:
         history_weight: float = 1.0,
         batch_size: int = 64,
     ) -> None:
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if n_negatives < 1:
-            raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
-        if max_users < 1:
-            raise ValueError(f"max_users must be >= 1, got {max_users}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if negative_pool < 1:
-            raise ValueError(f"negative_pool must be >= 1, got {negative_pool}")
+        must_be_at_least(1, dim=dim, n_negatives=n_negatives, max_users=max_users, batch_size=batch_size,
+                         negative_pool=negative_pool)
         self.dim = int(dim)
         self.lr = float(lr)
         self.reg = float(reg)

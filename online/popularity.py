@@ -36,7 +36,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, Event, IdIndex, top_k
+from online.base import Candidate, DecayClock, Event, IdIndex, must_be_at_least, top_k
 from online.headtail import head_positions
 
 __all__ = ["DecayedPopularity"]
@@ -59,14 +59,11 @@ class DecayedPopularity:
         refresh_every: int = 1000,
         fresh_max_count: int = 3,
     ) -> None:
-        if window_events < 1:
-            raise ValueError(f"window_events must be >= 1, got {window_events}")
+        must_be_at_least(1, window_events=window_events)
         if not 0.0 <= head_share <= 1.0:
             raise ValueError(f"head_share must be in [0, 1], got {head_share}")
-        if max_items < 2:
-            raise ValueError(f"max_items must be >= 2, got {max_items}")
-        if refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        must_be_at_least(2, max_items=max_items)
+        must_be_at_least(1, refresh_every=refresh_every)
         self.half_life_s = float(half_life_s)
         self.window_events = int(window_events)
         self.head_share = float(head_share)
