@@ -183,6 +183,22 @@ class KafkaIO:
 
         return asyncio.run(go())
 
+    def latest_counts(self) -> dict[str, int]:
+        """Each user's highest ``user_event_count`` among the lists in ``recommendations`` so far."""
+        from streams.topics import RECOMMENDATIONS
+
+        latest: dict[str, int] = {}
+        for *_, rec in self.read_all(RECOMMENDATIONS):
+            latest[rec["user_id"]] = max(latest.get(rec["user_id"], 0), rec["user_event_count"])
+        return latest
+
+    def user_states(self) -> dict:
+        """The worker's user_state table as its changelog holds it: each user's newest ``UserState``."""
+        from streams.agents.ingest import UserState
+
+        return {key.decode(): UserState.from_bytes(value)
+                for _p, _o, key, value in self.read_all("tailcast-worker-user_state-changelog", decode=False)}
+
 
 @pytest.fixture()
 def kio(pipeline_env: Pipeline) -> KafkaIO:

@@ -54,20 +54,6 @@ def _log_ends(kio) -> dict[int, int]:
     return ends
 
 
-def _final_states(kio) -> dict[str, UserState]:
-    out = {}
-    for _p, _o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
-        out[key.decode()] = UserState.from_bytes(value)
-    return out
-
-
-def _latest_recs(kio) -> dict[str, int]:
-    latest: dict[str, int] = collections.defaultdict(int)
-    for _p, _o, _k, rec in kio.read_all(RECOMMENDATIONS):
-        latest[rec["user_id"]] = max(latest[rec["user_id"]], rec["user_event_count"])
-    return latest
-
-
 def _metric(pipeline, name: str, metric: str, *, required: bool = False) -> float:
     """``metric``'s value on process ``name``'s /metrics; 0 when unreachable or absent, unless ``required``."""
     import urllib.request
@@ -211,13 +197,13 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
          message=f"{last} to restore its user states and check them against the changelog")
 
     def settled():
-        states = _final_states(kio)
+        states = kio.user_states()
         return states if {u: s.count for u, s in states.items()} == dict(expected) else None
 
     try:
         states = wait(settled, timeout=120, message="recovered worker to reflect every event exactly once")
     except AssertionError as exc:  # say which way it is off (lost events, or applied twice), and where
-        got = _final_states(kio).get(hot)
+        got = kio.user_states().get(hot)
         raise AssertionError(f"{exc}\n{hot} (most events right after the kill): {expected[hot]} published, state "
                              f"{got and got.count}\n{_count_mismatch(kio, pipeline_env, expected, last)}") from None
     assert states[hot].count == expected[hot]
@@ -228,7 +214,7 @@ def test_worker_killed_mid_stream_recovers_state_and_loses_nothing(pipeline_env,
     assert _metric(pipeline_env, last, "tailcast_worker_offsets_skipped_total", required=True) == 0
     assert _metric(pipeline_env, last, checks[0], required=True) >= 1, "no table recovery of it came out whole"
     # 120 s: the scorer shares the two cores with the workers, and with whatever else runs beside the test
-    latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=120,
+    latest = wait(lambda: (r := kio.latest_counts()) == dict(expected) and r, timeout=120,
                   message="a recommendation for every user's final state")
     assert latest[hot] == expected[hot], f"{hot}'s newest list is at {latest[hot]} of {expected[hot]} events"
     assert latest == dict(expected)
@@ -246,7 +232,7 @@ def test_scorer_killed_resumes_from_committed_offsets(pipeline, kio, wait, parti
     _kill(pipeline, "scorer")
     _produce(pipeline, kio, events[1000:], partitioner)
     pipeline.start("scorer", name="scorer2")
-    latest = wait(lambda: (r := _latest_recs(kio)) == dict(expected) and r, timeout=120,
+    latest = wait(lambda: (r := kio.latest_counts()) == dict(expected) and r, timeout=120,
                   message="every user to end with a recommendation for their latest state")
     assert latest == dict(expected)
 

@@ -45,13 +45,8 @@ def test_live_longtail_records_equal_the_library_on_the_same_stream(pipeline_env
     for _ts, u, i, _e in data.events:
         per_user[u].append(i)
 
-    def all_served():
-        latest = collections.defaultdict(int)
-        for *_, rec in kio.read_all(RECOMMENDATIONS):
-            latest[rec["user_id"]] = max(latest[rec["user_id"]], rec["user_event_count"])
-        return dict(latest) == {u: len(items) for u, items in per_user.items()}
-
-    wait(all_served, timeout=90, message="every user's final list")
+    wait(lambda: kio.latest_counts() == {u: len(items) for u, items in per_user.items()}, timeout=90,
+         message="every user's final list")
     lists = [rec for *_, rec in kio.read_all(RECOMMENDATIONS)]
 
     # the library, fed lists first and then each user's events: another interleaving than the agent's

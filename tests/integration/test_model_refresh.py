@@ -69,13 +69,7 @@ def test_trainer_checkpoint_is_hot_swapped_without_loss_and_a_corrupt_one_is_ref
          message=f"lists from {version}")
     producer.join()
 
-    def finished():
-        latest = collections.defaultdict(int)
-        for *_, rec in kio.read_all(RECOMMENDATIONS):
-            latest[rec["user_id"]] = max(latest[rec["user_id"]], rec["user_event_count"])
-        return dict(latest) == dict(expected)
-
-    wait(finished, timeout=90, message="every user's final state served")
+    wait(lambda: kio.latest_counts() == dict(expected), timeout=90, message="every user's final state served")
     recs = [rec for *_, rec in kio.read_all(RECOMMENDATIONS)]
     # one "event" list per state; a state is scored again only as a marked repeat with its own list_id:
     # after the swap with the new model, or because its list came out empty

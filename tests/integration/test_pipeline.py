@@ -11,7 +11,6 @@ import pytest
 
 from online.synthetic import generate
 from streams import schemas
-from streams.agents.ingest import UserState
 from streams.records import DLQ_REASONS
 from streams.topics import DLQ, EVENTS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
@@ -39,13 +38,6 @@ def _metric(url: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def _latest_counts(kio) -> dict[str, int]:
-    latest: dict[str, int] = {}
-    for _p, _o, _k, rec in kio.read_all(RECOMMENDATIONS):
-        latest[rec["user_id"]] = max(latest.get(rec["user_id"], 0), rec["user_event_count"])
-    return latest
-
-
 def test_valid_and_malformed_events_end_to_end(pipeline, kio, wait):
     data = [(user, item) for _ts, user, item, _ev in generate(n_users=80, n_items=120, n_events=600).events]
     expected = collections.Counter(user for user, _ in data)
@@ -63,17 +55,14 @@ def test_valid_and_malformed_events_end_to_end(pipeline, kio, wait):
 
     # every user gets a recommendation whose user_event_count equals their number of events
     def all_served():
-        latest = _latest_counts(kio)
+        latest = kio.latest_counts()
         return all(latest.get(u) == n for u, n in expected.items()) and latest
     latest = wait(all_served, timeout=90, message="a recommendation for every user's final state")
     assert set(latest) == set(expected)
 
     # exactly N events reflected in user state: read the table's changelog, latest value per user
     def states():
-        changelog = kio.read_all("tailcast-worker-user_state-changelog", decode=False)
-        by_user = {}
-        for _p, _o, key, value in changelog:
-            by_user[key.decode()] = UserState.from_bytes(value)
+        by_user = kio.user_states()
         return by_user if sum(s.count for s in by_user.values()) == len(records) else None
     by_user = wait(states, timeout=30, message="user state changelog to reflect all events")
     assert {u: s.count for u, s in by_user.items()} == dict(expected)

@@ -12,7 +12,6 @@ import orjson
 import pytest
 
 from online.synthetic import generate
-from streams.agents.ingest import UserState
 from streams.topics import EVENTS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -43,13 +42,7 @@ def _run(pipeline, kio, wait, events, *, n: int) -> tuple[dict, dict]:
     kio.produce(EVENTS, events)
     expected = collections.Counter(k.decode() for k, _ in events)
 
-    def finished():
-        latest = collections.defaultdict(int)
-        for *_, rec in kio.read_all(RECOMMENDATIONS):
-            latest[rec["user_id"]] = max(latest[rec["user_id"]], rec["user_event_count"])
-        return dict(latest) == dict(expected)
-
-    wait(finished, timeout=120, message="every user's final recommendation")
+    wait(lambda: kio.latest_counts() == dict(expected), timeout=120, message="every user's final recommendation")
     recs = [rec for *_, rec in kio.read_all(RECOMMENDATIONS)]
     events = collections.Counter((rec["user_id"], rec["user_event_count"]) for rec in recs
                                  if rec["refresh"] == "event")
@@ -63,10 +56,7 @@ def _run(pipeline, kio, wait, events, *, n: int) -> tuple[dict, dict]:
         assert [r["list_id"] for r in lists] == [f"{user}:{count}:{n}" for n in range(len(lists))], lists
         assert [r["refresh"] for r in lists[1:]] == ["empty"] * (len(lists) - 1), lists  # no model swap here
         assert lists[0]["refresh"] == "event", lists
-    states = {}
-    for _p, _o, key, value in kio.read_all("tailcast-worker-user_state-changelog", decode=False):
-        states[key.decode()] = UserState.from_bytes(value)
-    final = {u: (s.count, tuple(s.sequence)) for u, s in states.items()}
+    final = {u: (s.count, tuple(s.sequence)) for u, s in kio.user_states().items()}
     latest = collections.defaultdict(int)  # the count each user's newest list reflects
     for user, count in by_state:
         latest[user] = max(latest[user], count)
