@@ -150,6 +150,8 @@ class CoVisitation:
             h = self._idx(h_item, w)
             if not decay:
                 d = 1
+            # W[h][j] here and W[j][h] below written out, not a shared method: a call per update costs
+            # about a fifth of learn_one, which is on the ingest hot path
             slots = slot_of[h]
             slot = slots.get(j)
             if slot is None:
