@@ -60,7 +60,7 @@ DEFAULT_BOOSTS = "0.5,1,2,4"
 
 #: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
 #: ``tailcast evaluate`` works whether or not its parser has them).
-_EXTRA = {"batch": None, "workers": 2, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
+_EXTRA = {"batch": None, "workers": 2, "scorers": 1, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
           "train_transformer": 0.0, "train_vae": 0.0, "refresh_every": 0, "refresh_from_scratch": False,
           "augment_cap": 0, "augment_weight": 0.5, "ablate": False,
           "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
@@ -83,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--workers", type=int, default=_EXTRA["workers"],
                    help="offline/live: processes replaying the offline systems (2: the baselines run in a second "
                         "process beside tailcast; results are the same as with 1)")
+    p.add_argument("--scorers", type=int, default=_EXTRA["scorers"],
+                   help="offline: scorers serving each tailcast system, splitting the partitions as `tailcast "
+                        "scorer` instances do (each learns from its own users' events only); 1 to the partitions")
     p.add_argument("--strengths", default=_EXTRA["strengths"],
                    help="tailcast re-ranking strengths to sweep, one forced arm each (comma list)")
     p.add_argument("--boosts", default=_EXTRA["boosts"], help="TailBoost λ values (comma list; ItemCF = λ 0)")
@@ -255,6 +258,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     workers = int(_opt(args, "workers"))
     if workers not in (1, 2):
         raise SystemExit(f"tailcast evaluate: --workers must be 1 or 2, got {workers}")
+    scorers = int(_opt(args, "scorers"))
+    if not 1 <= scorers <= settings.kafka.partitions or (scorers > 1 and mode != "offline"):
+        raise SystemExit(f"tailcast evaluate: --scorers must be 1 to {settings.kafka.partitions} (the partitions), "
+                         f"and only in offline mode; got {scorers} ({mode})")
     train_s = float(_opt(args, "train_transformer"))
     refresh_every = int(_opt(args, "refresh_every"))
     if refresh_every < 0:
@@ -376,6 +383,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         notes.append(f"warm-up: the first {warmup_events} events ({100 * warmup:.0f}%) train every system and are "
                      f"not scored; metrics are over the last {n - warmup_events} events")
     meta["warmup_events"] = warmup_events
+    meta["scorers"] = scorers
     specs = default_systems(strengths, boosts, transformer=model is not None or refresher is not None,
                             vae=getattr(model, "vae", None) is not None
                             or (refresher is not None and refresher.vae_seconds > 0))
@@ -411,7 +419,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                               progress_every=int(_opt(args, "progress_every")),
                               lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log,
                               workers=workers, refresh_every=refresh_every if refresher else 0,
-                              refresher=refresher, refreshes=refreshes)
+                              refresher=refresher, refreshes=refreshes, scorers=scorers)
         results.update(offline)
     finally:
         lists.close()
@@ -447,7 +455,9 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     intro = [f"Dataset `{args.dataset}` ({ds.name}): {n} events, {n_users} users, {ds.n_items} items"
              + (f", first {args.limit} events" if args.limit else "") + f"; mode {mode}; k = {settings.scorer.k}; "
              f"offline micro-batch {batch} events; {meta['seconds']:.0f}s; code {meta['code']}"
-             + (f"; batch models {meta['batch_models']}" if "batch_models" in meta else "") + "."]
+             + (f"; batch models {meta['batch_models']}" if "batch_models" in meta else "")
+             + (f"; tailcast served by {scorers} scorers splitting {settings.kafka.partitions} partitions"
+                if scorers > 1 else "") + "."]
     write_report(out, results, command=command, title=f"{ds.name} {mode}", intro=intro, notes=notes, meta=meta)
     log((out / "report.md").read_text())
     log(f"wrote {out}/report.json, report.md, run.json, recommendations.jsonl ({lists.n} lists) and PNG plots")

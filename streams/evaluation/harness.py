@@ -30,6 +30,11 @@ trained on an event at or after the point where it starts serving; the events be
 served by the online models only (the Transformer and Mult-VAE rows: the MostPop top-up). Each refresh
 is recorded (:attr:`Refresh`): where, on how many events, how long, how many lists it re-scored.
 
+**Scorers** (``scorers=N``): each tailcast system is served by N scorers, as ``tailcast scorer`` instances
+split the ``score-requests`` partitions in production (partition ``p`` to scorer ``p % N``): each learns,
+ranks and publishes from its own users' events only (:class:`PartitionedCores`). With N = 1 (the default)
+one core serves every partition.
+
 **Workers** (``workers=2``): the systems are split between this process and a spawned one, each replaying
 the whole stream through its own systems; a system's results depend only on the stream and itself, so
 they are the same whatever the split (only the ``scorer_seconds`` timings differ). Systems whose lists go
@@ -49,7 +54,7 @@ import orjson
 
 from online.prequential import ArmMetrics, Outcome
 from streams.agents.ingest import IngestProcessor, RawRecord
-from streams.agents.scorer import ScorerCore
+from streams.agents.scorer import BatchOutput, ScorerCore
 from streams.config import Settings
 from streams.datasets import Event
 from streams.records import BadEvent, Recommendation, RecommendedItem, ScoreRequest, parse_event
@@ -58,7 +63,7 @@ from streams.topics import EVENTS, partition_for
 from .systems import MODEL_KINDS, TAILCAST_KINDS, SystemSpec, batch_model_for, build_core
 
 __all__ = ["HarnessError", "PreparedStream", "prepare_events", "micro_batches", "Scoreboard", "SystemResult",
-           "Refresh", "run_offline"]
+           "Refresh", "PartitionedCores", "run_offline"]
 
 
 class HarnessError(RuntimeError):
@@ -265,6 +270,48 @@ class Scoreboard:
         return SystemResult(self.name, kind, param, metrics, chunks, exposure, seconds)
 
 
+class PartitionedCores:
+    """N :class:`ScorerCore` behind one core's interface, each serving the score requests of the partitions
+    ``p`` with ``p % N`` equal to its position (a user's partition is the worker's: murmur2 of the user id
+    over ``partitions``). Lists come out scorer by scorer; each scorer's are in its own order."""
+
+    def __init__(self, cores: Sequence[ScorerCore], partitions: int) -> None:
+        if not 1 <= len(cores) <= partitions:
+            raise ValueError(f"{len(cores)} scorers for {partitions} partitions: need 1 to {partitions}")
+        self.cores = list(cores)
+        self.partitions = partitions
+
+    @property
+    def recommender(self):
+        """The first scorer's recommender (its ranker's AUCs stand for the others')."""
+        return self.cores[0].recommender
+
+    def _owner(self, user: str) -> int:
+        return partition_for(user.encode(), self.partitions) % len(self.cores)
+
+    def process(self, requests: Sequence[ScoreRequest], *, now: float | None = None) -> BatchOutput:
+        mine: list[list[ScoreRequest]] = [[] for _ in self.cores]
+        for request in requests:
+            mine[self._owner(request.user_id)].append(request)
+        out = BatchOutput()
+        for core, part in zip(self.cores, mine):
+            if part:
+                one = core.process(part, now=now)
+                out.recommendations += one.recommendations
+                out.events += one.events
+                out.coalesced += one.coalesced
+                out.stale += one.stale
+        return out
+
+    def swap_model(self, model) -> None:
+        for core in self.cores:
+            core.swap_model(model)
+
+    def rescore_active(self, *, batch: int = 1024, now: float | None = None) -> Iterator[list[Recommendation]]:
+        for core in self.cores:
+            yield from core.rescore_active(batch=batch, now=now)
+
+
 #: Kinds that run on the batch model or the item text vectors (kept in the calling process: neither is sent
 #: to a worker process, and the refresher trains here).
 _PINNED_KINDS = (*MODEL_KINDS, "tailcast-online")
@@ -292,6 +339,7 @@ def run_offline(
     refresh_every: int = 0,
     refresher: Callable[[Sequence[Event]], object] | None = None,
     refreshes: list[Refresh] | None = None,
+    scorers: int = 1,
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
@@ -316,7 +364,8 @@ def run_offline(
         if not pinned:  # nothing tied to this process: halve the rest
             pinned, free = free[: len(free) // 2], free[len(free) // 2:]
         here, there = pinned, free
-    refresh = {"refresh_every": refresh_every, "refresher": _with_threads(refresher), "refreshes": refreshes}
+    refresh = {"refresh_every": refresh_every, "refresher": _with_threads(refresher), "refreshes": refreshes,
+               "scorers": scorers}
     if not there:
         return _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
                        model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
@@ -326,7 +375,7 @@ def run_offline(
     log(f"  workers: {', '.join(s.name for s in here)} here; {', '.join(s.name for s in there)} in a second process")
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         future = pool.submit(_replay, stream, there, settings, batch=batch, warmup_events=warmup_events,
-                             n_chunks=n_chunks, progress_every=progress_every)
+                             n_chunks=n_chunks, progress_every=progress_every, scorers=scorers)
         mine = _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
                        model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
                        sink_kinds=sink_kinds, log=log, cores=given, **refresh)
@@ -444,6 +493,7 @@ def _replay(
     refresh_every: int = 0,
     refresher: Callable[[Sequence[Event]], object] | None = None,
     refreshes: list[Refresh] | None = None,
+    scorers: int = 1,
 ) -> dict[str, SystemResult]:
     """:func:`run_offline` of ``specs`` in this process."""
     events, index = stream.events, stream.index
@@ -452,11 +502,19 @@ def _replay(
     given = dict(cores or {})
     names = [s.name for s in specs]
     later = refresher is not None
-    follow = _followers(specs, given)  # primary position -> the positions re-ranked from its replay
+    # primary position -> the positions re-ranked from its replay (one scorer: shared replays need one ranker)
+    follow = _followers(specs, given) if scorers == 1 else {}
     led_by = {f: p for p, fs in follow.items() for f in fs}
-    cores = {name: given.get(name)
-             or build_core(s, settings, text_vectors=text_vectors, model=model, model_later=later)
-             for n_s, (name, s) in enumerate(zip(names, specs)) if n_s not in led_by}
+
+    def core_of(s: SystemSpec) -> ScorerCore | PartitionedCores:
+        def one() -> ScorerCore:
+            return build_core(s, settings, text_vectors=text_vectors, model=model, model_later=later)
+
+        if scorers == 1 or s.kind not in TAILCAST_KINDS:
+            return one()
+        return PartitionedCores([one() for _ in range(scorers)], settings.kafka.partitions)
+
+    cores = {name: given.get(name) or core_of(s) for n_s, (name, s) in enumerate(zip(names, specs)) if n_s not in led_by}
     shared = {p: _SharedReplay(cores[names[p]], [specs[f].param for f in fs]) for p, fs in follow.items()}
     pos_of_user_count: dict[tuple[str, int], int] = {}  # shared by every scoreboard
     first_index: dict[str, dict[str, int]] = {}  # likewise

@@ -427,3 +427,40 @@ def test_item_text_vectors_are_cached_between_runs_and_keyed_by_the_texts(tmp_pa
     ev._text_vectors(settings, {**texts, "i2": "Red doom. metal, doom"}, lines.append)  # a changed text
     assert "encoded 2 item texts" in lines[-1]
     assert len(list((tmp_path / "tailcast" / "text-vectors").glob("*.npy"))) == 2
+
+
+class _Recording(FixedLists):
+    """A fixed-list recommender that records which users it learned events of."""
+
+    def __init__(self) -> None:
+        super().__init__(["a", "b"])
+        self.users: set[str] = set()
+
+    def learn_one(self, user, item, ts, history) -> None:
+        self.users.add(user)
+
+
+def test_partitioned_scorers_serve_each_user_from_the_scorer_of_its_partition(synthetic_stream):
+    from streams.evaluation.harness import PartitionedCores, micro_batches
+    from streams.topics import partition_for
+
+    cores = [ScorerCore(recommender=_Recording(), arms=ArmAssigner({"x": 1.0}), k=10) for _ in range(2)]
+    partitioned = PartitionedCores(cores, SETTINGS.kafka.partitions)
+    listed = set()
+    for _start, _end, requests in micro_batches(synthetic_stream.events, SETTINGS, 16):
+        listed |= {r.user_id for r in partitioned.process(requests).recommendations}
+    users = set(synthetic_stream.final_counts)
+    assert listed == users and cores[0].recommender.users | cores[1].recommender.users == users
+    for n, core in enumerate(cores):
+        assert core.recommender.users and all(
+            partition_for(u.encode(), SETTINGS.kafka.partitions) % 2 == n for u in core.recommender.users)
+    with pytest.raises(ValueError, match="5 scorers for 4 partitions"):
+        PartitionedCores([cores[0]] * 5, 4)
+
+
+def test_offline_run_with_several_scorers_learns_and_scores_every_event_once(synthetic_stream):
+    specs = [SystemSpec("tailcast", 0.0), SystemSpec("mostpop")]
+    res = run_offline(synthetic_stream, specs, SETTINGS, batch=32, progress_every=0, scorers=2)
+    n = len(synthetic_stream.events)
+    for r in res.values():
+        assert r.metrics["evaluated"] == n and r.metrics["learned_events"] == n and r.metrics["unattributed"] == 0
