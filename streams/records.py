@@ -20,6 +20,7 @@ import orjson
 __all__ = [
     "BadEvent",
     "DLQ_REASONS",
+    "CATALOG_CHANGES",
     "ValidEvent",
     "parse_event",
     "ScoreRequest",
@@ -27,6 +28,7 @@ __all__ = [
     "Recommendation",
     "dead_letter",
     "parse_item",
+    "parse_item_key",
     "ItemRecord",
     "dumps",
     "loads",
@@ -53,6 +55,10 @@ DLQ_REASONS = (
     "wrong_type",
     "bad_timestamp",
 )
+
+#: What an ``items`` record does to the catalogue (``streams.agents.catalogue``); the label set of
+#: ``tailcast_scorer_catalog_records_total``.
+CATALOG_CHANGES = ("upsert", "hide", "restore", "delete", "invalid")
 
 
 class BadEvent(ValueError):
@@ -313,10 +319,15 @@ class Recommendation:
 
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
+    """One ``items`` record: the item's whole state (the topic is compacted: only its last record stays).
+
+    ``hidden`` (catalogue control, #17): the item is in the catalogue but must not be recommended."""
+
     item_id: str
     title: str
     text: str
     tags: tuple[str, ...]
+    hidden: bool = False
 
     def content(self) -> str:
         """The text the content encoder reads: title, text and tags."""
@@ -325,14 +336,48 @@ class ItemRecord:
 
 
 def parse_item(raw: bytes | None, *, max_bytes: int) -> ItemRecord:
-    """Validate one ``items`` record (docs/design.md §3) or raise :class:`BadEvent`."""
+    """Validate one ``items`` record (docs/design.md §3) or raise :class:`BadEvent`.
+
+    A null value is a tombstone, which the catalogue reads with :func:`parse_item_key` instead; here it is
+    ``empty_payload``. ``hidden`` is a boolean (null or absent: false).
+
+    >>> parse_item(b'{"item_id": 7, "title": " Jazz ", "hidden": true}', max_bytes=1000)
+    ItemRecord(item_id='7', title='Jazz', text='', tags=(), hidden=True)
+    >>> parse_item(b'{"item_id": "i1", "title": "Jazz", "hidden": "yes"}', max_bytes=1000)
+    Traceback (most recent call last):
+    ...
+    streams.records.BadEvent: wrong_type: hidden must be true or false, got 'yes'
+    """
     obj = _decode_object(raw, max_bytes=max_bytes)
     item_id = _id(obj, "item_id")
     title = obj.get("title", "")
     text = obj.get("text", "") or ""
     tags = obj.get("tags", []) or []
+    hidden = obj.get("hidden")
     if not isinstance(title, str) or not isinstance(text, str):
         raise BadEvent("wrong_type", "title and text must be strings")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadEvent("wrong_type", "tags must be a list of strings")
-    return ItemRecord(item_id, title.strip(), text.strip(), tuple(t.strip() for t in tags if t.strip()))
+    if hidden is not None and not isinstance(hidden, bool):
+        raise BadEvent("wrong_type", f"hidden must be true or false, got {hidden!r:.40}")
+    return ItemRecord(item_id, title.strip(), text.strip(), tuple(t.strip() for t in tags if t.strip()),
+                      bool(hidden))
+
+
+def parse_item_key(key: bytes | None) -> str:
+    """The item id an ``items`` record's key names (a tombstone's only content), or raise :class:`BadEvent`.
+
+    >>> parse_item_key(b" i42 ")
+    'i42'
+    >>> parse_item_key(None)
+    Traceback (most recent call last):
+    ...
+    streams.records.BadEvent: missing_field: a tombstone on items needs a key (the item id)
+    """
+    if key is None or not key.strip():
+        raise BadEvent("missing_field", "a tombstone on items needs a key (the item id)")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadEvent("invalid_utf8", "the key is not valid UTF-8") from None
+    return _id({"item_id": text}, "item_id")

@@ -23,15 +23,16 @@ from prometheus_client import CollectorRegistry
 
 from models.checkpoint import CheckpointRegistry
 from models.refresh import RefreshConfig, fit_refresh
+from streams.agents.catalogue import Catalogue, CatalogueChange
 from streams.agents.serving import TextVectors
 from streams.config import TRAIN_EPOCHS, TRAIN_MIN_EVENTS, Settings
 from streams.datasets import load_dataset
 from streams.kafka import client_kwargs
 from streams.metrics import TrainerMetrics, serve_metrics
-from streams.records import BadEvent, ScoreRequest, parse_item
+from streams.records import ScoreRequest
 from streams.topics import ITEMS, SCORE_REQUESTS
 
-__all__ = ["run_trainer", "EventLog", "refresh_config", "refresh_once"]
+__all__ = ["run_trainer", "EventLog", "refresh_config", "refresh_once", "update_texts"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,25 @@ class EventLog:
         self._seen[request.user_id] = max(done, request.event_count)
         self.new_since_refresh += added
         return added
+
+
+def update_texts(texts: dict[str, str], change: CatalogueChange) -> None:
+    """Keep ``texts`` (item -> the text the encoder reads) up to date with one ``items`` record: a deleted
+    item's text goes; a hidden item keeps its text (the scorer bans it, a restore brings it back).
+
+    >>> from streams.agents.catalogue import Catalogue, CatalogueChange
+    >>> texts, c = {}, Catalogue(max_bytes=1000)
+    >>> update_texts(texts, c.apply(b"i1", b'{"item_id": "i1", "title": "Jazz", "hidden": true}')); texts
+    {'i1': 'Jazz'}
+    >>> update_texts(texts, c.apply(b"i1", None)); update_texts(texts, c.apply(b"i2", b"{")); texts
+    {}
+    """
+    if change.kind == "invalid":
+        return
+    if change.record is None:
+        texts.pop(change.item_id, None)
+    else:
+        texts[change.item_id] = change.record.content()
 
 
 def _text_vectors(settings: Settings, texts: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -107,6 +127,7 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
     consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
+    catalogue = Catalogue(max_bytes=settings.worker.max_event_bytes)
     try:
         tps = [TopicPartition(topic, p) for topic in (SCORE_REQUESTS, ITEMS)
                for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -118,12 +139,10 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
             for tp, records in batch.items():
                 for r in records:
                     if tp.topic == ITEMS:
-                        try:
-                            item = parse_item(r.value, max_bytes=settings.worker.max_event_bytes)
-                        except BadEvent as exc:
-                            log.warning("skipping bad item at offset %d: %s", r.offset, exc)
-                            continue
-                        texts[item.item_id] = item.content()
+                        change = catalogue.apply(r.key, r.value)
+                        if change.kind == "invalid":
+                            log.warning("skipping bad item at offset %d: %s", r.offset, change.error)
+                        update_texts(texts, change)
                     else:
                         event_log.add_request(ScoreRequest.from_bytes(r.value))
             if not caught_up.is_set():

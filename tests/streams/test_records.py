@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.records import (DLQ_REASONS, BadEvent, Recommendation, RecommendedItem, ScoreRequest, dead_letter,
-                             parse_event, parse_item)
+                             parse_event, parse_item, parse_item_key)
 
 OK = dict(max_bytes=10_000, default_ts=1_700_000_000.0)
 
@@ -116,3 +116,19 @@ def test_parse_item():
     assert item.content() == "Jazz. a"
     with pytest.raises(BadEvent):
         parse_item(b'{"item_id": "i1", "tags": "a"}', max_bytes=1000)
+
+
+def test_parse_item_hidden_and_the_key_of_a_tombstone():
+    assert parse_item(b'{"item_id": "i1", "title": "Jazz"}', max_bytes=1000).hidden is False
+    assert parse_item(b'{"item_id": "i1", "title": "Jazz", "hidden": null}', max_bytes=1000).hidden is False
+    assert parse_item(b'{"item_id": "i1", "title": "Jazz", "hidden": true}', max_bytes=1000).hidden is True
+    for bad in (b'"true"', b"1", b"0", b"[]"):
+        with pytest.raises(BadEvent) as info:
+            parse_item(b'{"item_id": "i1", "title": "Jazz", "hidden": ' + bad + b"}", max_bytes=1000)
+        assert info.value.reason == "wrong_type"
+    assert parse_item_key(b" i9\t") == "i9"
+    for key, reason in ((None, "missing_field"), (b"", "missing_field"), (b"\xff", "invalid_utf8"),
+                        (b"x" * 257, "id_too_long")):
+        with pytest.raises(BadEvent) as info:
+            parse_item_key(key)
+        assert info.value.reason == reason

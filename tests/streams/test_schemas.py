@@ -242,6 +242,8 @@ BAD = [
     (LONGTAIL_METRICS, _lt(gini=None), "None"),
     (ITEMS, {"item_id": "i1", "title": "t", "tags": ["a", 1]}, "1 is not of type 'string'"),
     (ITEMS, {"item_id": "i1"}, "'title' is a required property"),
+    (ITEMS, {"item_id": "i1", "title": "t", "hidden": "yes"}, "is not of type 'boolean', 'null'"),
+    (ITEMS, {"item_id": "i1", "title": "t", "hidden": 1}, "is not of type 'boolean', 'null'"),
     (EVENTS, {"item_id": "i1"}, "'user_id' is a required property"),
     (EVENTS, {**EVENT, "user_id": True}, "not valid under any"),
     (EVENTS, {**EVENT, "user_id": 1.5}, "not valid under any"),
@@ -279,3 +281,18 @@ def test_the_worker_rejects_the_events_the_schema_rejects(topic, message, why):
 def test_the_worker_and_the_schema_accept_the_same_edge_cases(event):
     valid(EVENTS, event)
     parse_event(orjson.dumps(event), max_bytes=10_000, default_ts=NOW)
+
+
+@pytest.mark.parametrize("message", [
+    {"item_id": "i1", "title": "t", "hidden": True}, {"item_id": 7, "title": "t", "hidden": False},
+    {"item_id": "i1", "title": "t", "hidden": None, "text": None, "tags": None},
+])
+def test_the_catalogue_and_the_schema_accept_the_same_item_controls(message):
+    valid(ITEMS, message)
+    assert parse_item(orjson.dumps(message), max_bytes=10_000).hidden is bool(message["hidden"])
+
+
+@pytest.mark.parametrize("topic,message,why", [b for b in BAD if b[0] == ITEMS and "hidden" in b[1]])
+def test_the_catalogue_rejects_the_item_controls_the_schema_rejects(topic, message, why):
+    with pytest.raises(BadEvent):
+        parse_item(orjson.dumps(message), max_bytes=10_000)

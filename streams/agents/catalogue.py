@@ -1,0 +1,116 @@
+"""Catalogue control (#17): which items may be recommended, folded from the ``items`` topic in order.
+
+``items`` is compacted and keyed by item id, so an item's state is its last record alone:
+
+* a record with ``"hidden": true`` hides the item (it stays in the catalogue: its text is still encoded);
+* a record without it, or with ``"hidden": false``, makes it visible: a ``restore`` when it was hidden or
+  deleted, an ``upsert`` otherwise;
+* a tombstone (a null value keyed by the item id) deletes it.
+
+Hidden and deleted items are :attr:`Catalogue.banned`. Every scorer and every ``api`` instance follows the
+whole topic (:func:`follow_items`, no consumer group) and holds its own :class:`Catalogue`: the scorer
+passes the banned set to the recommender as every user's exclusion, the read API drops banned items from
+the lists it serves (docs/decisions.md, "Catalogue control").
+
+>>> c = Catalogue(max_bytes=1000)
+>>> c.apply(b"i1", b'{"item_id": "i1", "title": "Jazz", "hidden": true}').kind, sorted(c.banned)
+('hide', ['i1'])
+>>> c.apply(b"i1", b'{"item_id": "i1", "title": "Jazz"}').kind, sorted(c.banned)
+('restore', [])
+>>> c.apply(b"i1", None).kind, sorted(c.banned)
+('delete', ['i1'])
+>>> c.apply(None, None).kind, c.apply(b"i2", b"{oops").kind
+('invalid', 'invalid')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.agents.ingest import fetch_log_ends
+from streams.config import KafkaSettings
+from streams.kafka import client_kwargs
+from streams.records import BadEvent, ItemRecord, parse_item, parse_item_key
+from streams.topics import ITEMS
+
+__all__ = ["CatalogueChange", "Catalogue", "follow_items"]
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, slots=True)
+class CatalogueChange:
+    """One ``items`` record as applied: its ``kind`` (one of ``streams.records.CATALOG_CHANGES``), the item,
+    and the record when it has one (``upsert``, ``hide``, ``restore``: its text is what the encoder reads);
+    ``error`` says why an ``invalid`` record was skipped."""
+
+    kind: str
+    item_id: str | None
+    record: ItemRecord | None = None
+    error: str = ""
+
+
+class Catalogue:
+    """The banned items (hidden or deleted) after the ``items`` records applied so far, in topic order."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        #: Items no list may hold: hidden or deleted. A live set: holders see each change at once.
+        self.banned: set[str] = set()
+
+    def apply(self, key: bytes | None, value: bytes | None) -> CatalogueChange:
+        """Apply one ``items`` record (a null ``value`` is a tombstone); never raises on bad input."""
+        try:
+            if value is None:
+                item_id = parse_item_key(key)
+                self.banned.add(item_id)
+                return CatalogueChange("delete", item_id)
+            record = parse_item(value, max_bytes=self.max_bytes)
+        except BadEvent as exc:
+            return CatalogueChange("invalid", None, error=str(exc))
+        item_id = record.item_id
+        if record.hidden:
+            self.banned.add(item_id)
+            return CatalogueChange("hide", item_id, record)
+        if item_id in self.banned:
+            self.banned.discard(item_id)
+            return CatalogueChange("restore", item_id, record)
+        return CatalogueChange("upsert", item_id, record)
+
+    def apply_many(self, records: Sequence[Any]) -> list[CatalogueChange]:
+        """:meth:`apply` each of ``records`` (objects with ``key`` and ``value``, as aiokafka's), in order."""
+        return [self.apply(r.key, r.value) for r in records]
+
+
+async def follow_items(kafka: KafkaSettings, handle: Callable[[list[Any]], Awaitable[None]], *,
+                       caught_up: asyncio.Event, max_records: int = 1000) -> None:
+    """Read every partition of ``items`` from its beginning, then follow it, handing each fetched batch of
+    records (aiokafka ``ConsumerRecord``, in offset order) to ``handle``; set ``caught_up`` once ``handle``
+    has had every record that was in the topic when this started. No consumer group: every caller reads
+    the whole topic. Runs until cancelled."""
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(ITEMS, p) for p in sorted(consumer.partitions_for_topic(ITEMS) or {0})]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # the log's real ends: the embedded broker's ListOffsets answers short (streams.agents.ingest, #20)
+        ends = await fetch_log_ends(kafka, await consumer.end_offsets(tps))
+        while True:
+            if not caught_up.is_set():
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= ends[tp] for tp in tps):
+                    log.info("catalogue read to the end of %s (offsets %s)", ITEMS,
+                             {tp.partition: end for tp, end in ends.items()})
+                    caught_up.set()
+            batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+            records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]
+            if records:
+                await handle(records)
+    finally:
+        await consumer.stop()
