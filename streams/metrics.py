@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from streams.records import DLQ_REASONS
+from streams.records import CATALOG_CHANGES, DLQ_REASONS
 
 __all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "ApiMetrics", "serve_metrics"]
 
@@ -95,10 +95,11 @@ class ScorerMetrics:
     consumer_lag: Gauge
     blender_auc: Gauge
     catalog_items: Gauge
+    catalog_records: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ScorerMetrics:
-        return cls(
+        m = cls(
             requests_consumed=Counter("tailcast_scorer_requests_consumed", "Score requests read",
                                       registry=registry),
             requests_coalesced=Counter("tailcast_scorer_requests_coalesced",
@@ -129,7 +130,14 @@ class ScorerMetrics:
                               ["source"], registry=registry),
             catalog_items=Gauge("tailcast_scorer_catalog_items", "Items with a content vector",
                                 registry=registry),
+            catalog_records=Counter("tailcast_scorer_catalog_records",
+                                    "Records read from the items topic, by what they did: upsert, hide, restore "
+                                    "(a visible record of a hidden or deleted item), delete (a tombstone) or "
+                                    "invalid (skipped)", ["change"], registry=registry),
         )
+        for change in CATALOG_CHANGES:  # zeros from the start, so rates have series
+            m.catalog_records.labels(change=change)
+        return m
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +223,7 @@ class ApiMetrics:
     lists_unreadable: Counter
     users: Gauge
     consumer_lag: Gauge
+    banned_items: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ApiMetrics:
@@ -234,6 +243,9 @@ class ApiMetrics:
             users=Gauge("tailcast_api_users", "Users whose latest list this instance holds", registry=registry),
             consumer_lag=Gauge("tailcast_api_consumer_lag_messages", "Records not yet consumed, by topic",
                                ["topic"], registry=registry),
+            banned_items=Gauge("tailcast_api_banned_items",
+                               "Items dropped from every list served: hidden or deleted on the items topic",
+                               registry=registry),
         )
 
 

@@ -15,6 +15,10 @@ Per micro-batch (:class:`ScorerCore`, no Kafka types, unit-tested in memory):
    worker's ``TAILCAST_EXCLUDE_CONSUMED``), ranks them with the ranker and re-ranks for the tail with
    the user's A/B arm.
 
+Catalogue control (#17): ``banned`` (the hidden and deleted items, a live set the scorer's catalogue
+reader updates, ``streams.agents.catalogue``) is every user's exclusion in the recommender, batch-model
+candidates included, so no list scored after a hide holds the item; lists are still filled to ``k``.
+
 A list comes out empty when the scorer knows no item the user has not touched yet (the first events of
 a stream). Such a user is scored again with each following micro-batch, once that batch's events are
 learned, until the list has items: otherwise a user whose last event came that early would keep the
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,8 +97,9 @@ class ScorerCore:
 
     def __init__(self, *, recommender, arms: ArmAssigner, k: int, n_candidates: int = 100,
                  online_version: str = "online", max_users: int = 1_000_000, max_active: int = 100_000,
-                 max_empty: int = 10_000) -> None:
+                 max_empty: int = 10_000, banned: Collection[str] = frozenset()) -> None:
         self.recommender = recommender
+        self.banned = banned  # items no list may hold (hidden or deleted); read at each scoring
         self.arms = arms
         self.k = k
         self.n_candidates = n_candidates
@@ -201,8 +206,10 @@ class ScorerCore:
         generated_at = time.time() if now is None else now
         version = self.model_version
         arms = [self.arms.assign(r.user_id) for r in todo]
+        banned = self.banned
         lists = self.recommender.recommend_many([r.user_id for r in todo], [r.sequence for r in todo],
                                                 [r.event_count for r in todo], arms=arms, extras=extras,
+                                                excludes=[banned] * len(todo) if banned else None,
                                                 consumed=[r.consumed_hashes() for r in todo])
         recs = []
         reasons: dict[tuple[str, str | None], str] = {}  # (source, anchor) -> reason: formatted once per batch

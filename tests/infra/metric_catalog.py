@@ -57,6 +57,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_scorer_pending_requests", "gauge"),
     Metric("tailcast_scorer_consumer_lag_messages", "gauge", ("topic",)),
     Metric("tailcast_blender_auc_ratio", "gauge", ("arm", "source"), optional_labels=("arm",)),
+    Metric("tailcast_scorer_catalog_records_total", "counter", ("change",)),
     # long-tail exposure agent (in the scorer process)
     Metric("tailcast_longtail_tail_share_ratio", "gauge", ("arm",)),
     Metric("tailcast_longtail_coverage_ratio", "gauge", ("arm",)),
@@ -90,6 +91,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "bucket": ("all", "<=5", "6-20", ">20"),
     "pairing": ("exact", "stale", "none"),
     "outcome": ("whole", "short", "unchecked"),
+    "change": ("upsert", "hide", "restore", "delete", "invalid"),
 }
 
 # Default metrics port per process (TAILCAST_METRICS_PORT unset); prometheus.local.yml scrapes these.

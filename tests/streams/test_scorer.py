@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import orjson
 import pytest
 
 from online.arms import ArmAssigner, parse_arms
@@ -145,3 +146,74 @@ def test_at_most_one_event_list_per_state_and_every_list_id_unique_over_a_stream
     for r in recs:
         user, count, n = r.list_id.rsplit(":", 2)
         assert (user, int(count)) == (r.user_id, r.user_event_count) and (int(n) == 0) == (r.refresh == "event")
+
+
+def _stream_requests(n_users=40, n_items=60, n_events=800, seed=5, batch=25):
+    """Micro-batches of score requests replaying a synthetic stream, each user's history growing."""
+    from online.synthetic import generate
+
+    data = generate(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed)
+    hist: dict[str, list[str]] = {}
+    batches = []
+    for start in range(0, len(data.events), batch):
+        chunk = []
+        for ts, user, item, _kind in data.events[start:start + batch]:
+            hist.setdefault(user, []).append(item)
+            chunk.append(ScoreRequest(user, hist[user][-20:], [(item, ts, "click")], len(hist[user]), ts, ts, ts))
+        batches.append(chunk)
+    return batches
+
+
+def _items(recs):
+    return collections.Counter(i.item_id for r in recs for i in r.items)
+
+
+def test_a_hidden_item_is_in_no_list_scored_after_the_hide_and_a_restore_brings_it_back():
+    from streams.agents.catalogue import Catalogue
+
+    catalogue = Catalogue(max_bytes=10_000)
+    c = core(banned=catalogue.banned)
+    c.swap_model(FakeSeqModel())  # batch-model candidates t0.., v0.. too: they must obey the ban as well
+    batches = _stream_requests()
+    before = []
+    for batch in batches[:16]:
+        before += c.process(batch).recommendations
+    shown = _items(before)
+    hidden = [item for item, _n in shown.most_common(3)]  # the items lists held most
+    assert "t0" in shown or "v0" in shown
+    hidden += [s for s in ("t0", "v0") if s in shown]
+    for item in hidden:
+        hide = orjson.dumps({"item_id": item, "title": "x", "hidden": True})
+        assert catalogue.apply(item.encode(), hide).kind == "hide"
+    after = []
+    for batch in batches[16:24]:
+        after += c.process(batch).recommendations
+    after += [r for chunk in c.rescore_active(batch=8) for r in chunk]  # a model swap's re-scoring too
+    assert after and not set(hidden) & set(_items(after))
+    # the ban is an exclusion in the recommender, not a cut: the lists are still k long
+    assert all(len(r.items) == c.recommender.k for r in after)
+
+    assert catalogue.apply(hidden[0].encode(), orjson.dumps({"item_id": hidden[0], "title": "x",
+                                                              "hidden": False})).kind == "restore"
+    restored = []
+    for batch in batches[24:]:
+        restored += c.process(batch).recommendations
+    assert hidden[0] in _items(restored) and not set(hidden[1:]) & set(_items(restored))
+
+
+def test_a_tombstone_deletes_an_item_from_every_later_list():
+    from streams.agents.catalogue import Catalogue
+
+    catalogue = Catalogue(max_bytes=10_000)
+    c = core(banned=catalogue.banned)
+    batches = _stream_requests(seed=9)
+    before = []
+    for batch in batches[:16]:
+        before += c.process(batch).recommendations
+    (top, _n), = _items(before).most_common(1)
+    assert catalogue.apply(top.encode(), None).kind == "delete"
+    after = [r for batch in batches[16:] for r in c.process(batch).recommendations]
+    assert after and top not in _items(after)
+    # a new record for the item puts it back in the catalogue
+    assert catalogue.apply(top.encode(), orjson.dumps({"item_id": top, "title": "back"})).kind == "restore"
+    assert top in _items(c.rescore_active(batch=1000).__next__())
