@@ -275,6 +275,7 @@ def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | No
         parts = api.register(app, topic=topics[RECOMMENDATIONS],
                              partitions=(partitions or {}).get(RECOMMENDATIONS, settings.kafka.partitions),
                              pseudonymize_key=settings.worker.pseudonymize_key, registry=registry,
+                             kafka=settings.kafka, max_item_bytes=settings.worker.max_event_bytes,
                              batched_writes=settings.kafka.processing_guarantee == "at_least_once")
         _lag_timer(app, parts["metrics"].consumer_lag)
         return Role(app, registry, role, parts)

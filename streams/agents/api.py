@@ -7,6 +7,9 @@
 * views on Faust's own web server (aiohttp), on ``TAILCAST_API_PORT``:
   ``GET /recommendations/{user_id}?n=10`` (the list, its first ``n`` items, and ``age_s``, seconds since
   the scorer generated it), ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
+* ``items`` (task): catalogue control (#17). Every instance reads the whole ``items`` topic and follows
+  it (``streams.agents.catalogue``), and drops hidden and deleted items from the lists it serves, stored
+  before the hide included; until it has read the topic to where it ended at start-up, it answers 503.
 
 A request for a user another instance owns is forwarded to that instance, which Faust's
 ``app.table_route`` does too; this view does it with the same parts (``app.router``'s table metadata,
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
@@ -33,7 +36,9 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from yarl import URL
 
+from streams.agents.catalogue import Catalogue, follow_items
 from streams.agents.ingest import pseudonymize
+from streams.config import KafkaSettings
 from streams.kafka import send_batched
 from streams.metrics import ApiMetrics
 from streams.records import Recommendation
@@ -98,7 +103,9 @@ def newest_lists(values: Iterable[bytes]) -> tuple[dict[bytes, bytes], int]:
 class ReadApi:
     """The read API's answers from ``store`` (user id bytes -> the user's latest list as published).
 
-    Every answer is ``(status, JSON body)``; errors are ``{"error": message}``.
+    Every answer is ``(status, JSON body)``; errors are ``{"error": message}``. ``banned`` (a live set: the
+    hidden and deleted items) are dropped from every list served; ``catalogue_read``, when given, is set once
+    ``banned`` reflects the whole ``items`` topic, and until then lists are answered with 503.
 
     >>> import orjson
     >>> rec = Recommendation("u1", [], 3, "online", "control", 1.0, 100.0, 99.0, "u1:3:0")
@@ -111,10 +118,16 @@ class ReadApi:
     """
 
     def __init__(self, store: Mapping[bytes, bytes], *, pseudonymize_key: str | None = None,
-                 clock=time.time) -> None:
+                 clock=time.time, banned: Collection[str] = frozenset(),
+                 catalogue_read: asyncio.Event | None = None) -> None:
         self.store = store
         self.pseudonymize_key = pseudonymize_key
         self.clock = clock
+        self.banned = banned
+        self.catalogue_read = catalogue_read
+
+    def _catalogue_pending(self) -> bool:
+        return self.catalogue_read is not None and not self.catalogue_read.is_set()
 
     def key(self, user_id: str) -> bytes:
         """The table key of ``user_id`` as a client gives it (pseudonymised as at ingest, when configured)."""
@@ -123,23 +136,32 @@ class ReadApi:
 
     def recommendations(self, user_id: str, n: str | None) -> tuple[int, bytes]:
         """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON with its first
-        ``n`` items and ``age_s``; 404 for a user without a list, 400 for a bad ``n``."""
+        ``n`` items that are neither hidden nor deleted, and ``age_s``; 404 for a user without a list, 400 for
+        a bad ``n``, 503 while the catalogue is being read."""
         try:
             count = parse_n(n)
         except BadRequest as exc:
             return 400, orjson.dumps({"error": str(exc)})
+        if self._catalogue_pending():
+            return 503, orjson.dumps({"error": "the item catalogue is still being read (starting); retry"})
         stored = self.store.get(self.key(user_id))
         if stored is None:
             return 404, orjson.dumps({"error": f"no list for user {user_id}"})
         record = orjson.loads(stored)
-        record["items"] = record["items"][:count]
+        items = record["items"]
+        banned = self.banned
+        if banned:
+            items = [item for item in items if item["item_id"] not in banned]
+        record["items"] = items[:count]
         record["age_s"] = round(self.clock() - record["generated_at"], 3)
         return 200, orjson.dumps(record)
 
     def healthz(self, *, rebalancing: bool, partitions: Iterable[int] | None) -> tuple[int, bytes]:
-        """``GET /healthz``: 200 while serving; 503 while the consumer is starting (``partitions`` None:
-        Faust's web server is up before its consumer) or the instances are rebalancing the users."""
-        status = "starting" if partitions is None else "rebalancing" if rebalancing else "ok"
+        """``GET /healthz``: 200 while serving; 503 while starting (``partitions`` None: Faust's web server is
+        up before its consumer; or the catalogue is still being read) or the instances are rebalancing the
+        users."""
+        starting = partitions is None or self._catalogue_pending()
+        status = "starting" if starting else "rebalancing" if rebalancing else "ok"
         body = {"status": status, "users": len(self.store), "partitions": sorted(partitions or ())}
         return (200 if status == "ok" else 503), orjson.dumps(body)
 
@@ -244,8 +266,10 @@ class MetricsView(_Endpoint):
 
 
 def register(app, *, topic, partitions: int, pseudonymize_key: str | None, registry: CollectorRegistry,
-             batched_writes: bool = True) -> dict[str, Any]:
-    """Declare the ``latest_list`` table, the agent that fills it and the views on a Faust app.
+             kafka: KafkaSettings, max_item_bytes: int, batched_writes: bool = True) -> dict[str, Any]:
+    """Declare the ``latest_list`` table, the agent that fills it, the task that follows the ``items``
+    catalogue (``kafka``: its connection; ``max_item_bytes``: the largest item record read) and the views
+    on a Faust app.
 
     With ``batched_writes`` (at-least-once only) a micro-batch's changelog records go out as one record
     batch per partition and the table's store is written directly, as the worker writes its user states:
@@ -262,7 +286,9 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
         use_partitioner=True,
         help="Each user's latest recommendation list, as published",
     )
-    api = ReadApi(table, pseudonymize_key=pseudonymize_key)
+    catalogue = Catalogue(max_bytes=max_item_bytes)
+    catalogue_read = asyncio.Event()
+    api = ReadApi(table, pseudonymize_key=pseudonymize_key, banned=catalogue.banned, catalogue_read=catalogue_read)
     changelog = table.changelog_topic.get_topic_name()
 
     async def write(newest: dict[bytes, bytes]) -> None:
@@ -288,10 +314,22 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
             metrics.lists_received.inc(len(events) - unreadable)
             metrics.users.set(len(table))
 
+    async def apply_items(records) -> None:
+        for record, change in zip(records, catalogue.apply_many(records)):
+            if change.kind == "invalid":
+                log.warning("skipping bad item record at offset %d: %s", record.offset, change.error)
+        metrics.banned_items.set(len(catalogue.banned))
+
+    @app.task
+    async def items() -> None:
+        """Follow the whole ``items`` topic: the hidden and deleted items are dropped from every answer."""
+        await follow_items(kafka, apply_items, caught_up=catalogue_read)
+
     shared = {"api": api, "metrics": metrics}
     routed = {"table_name": table.name, "changelog": changelog, "partitions": partitions}
     for path, view, extra in (("/recommendations/{user_id}", RecommendationsView, routed),
                               ("/healthz", HealthView, {}),
                               ("/metrics", MetricsView, {"registry": registry})):
         app.page(path, name=view.endpoint)(type(view.__name__, (view,), {**shared, **extra}))
-    return {"metrics": metrics, "table": table, "agent": latest, "api": api}
+    return {"metrics": metrics, "table": table, "agent": latest, "api": api, "catalogue": catalogue,
+            "catalogue_read": catalogue_read}

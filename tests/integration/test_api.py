@@ -1,11 +1,14 @@
 """``tailcast api`` on the embedded broker: two instances beside a worker and a scorer split the users, and a
 plain HTTP client reading either instance gets every user's last list on the topic, a 404 for an unknown
-user, a 400 for a bad ``n``, and /healthz; when one instance stops, the other serves every user."""
+user, a 400 for a bad ``n``, and /healthz; an item hidden (or deleted) mid-stream is in no list the scorer
+sends after it has read the hide, and both instances drop it from the lists they serve until it is
+restored (#17); when one instance stops, the other serves every user."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 import urllib.error
 import urllib.request
 
@@ -14,7 +17,8 @@ import pytest
 
 from online.synthetic import generate
 from streams.broker import free_port
-from streams.topics import EVENTS, RECOMMENDATIONS, ensure_topics
+from streams.kafka import client_kwargs
+from streams.topics import EVENTS, ITEMS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +37,37 @@ def _serving(url: str) -> dict | None:
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None  # not listening yet: Faust starts its web server after table recovery
     return body if status == 200 else None
+
+
+def _metric(url: str, name: str, labels: str) -> float:
+    """The value of one series on a /metrics page (``labels`` as written there, "" for none); 0 if absent."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
+
+
+def _lists_with_time(settings) -> list[tuple[float, dict]]:
+    """Every list on ``recommendations`` with its Kafka timestamp (seconds): the producer's time of the send."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def go() -> list[tuple[float, dict]]:
+        consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(RECOMMENDATIONS, p) for p in consumer.partitions_for_topic(RECOMMENDATIONS)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            out = []
+            while any([(await consumer.position(tp)) < end[tp] for tp in tps]):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    out += [(r.timestamp / 1000.0, orjson.loads(r.value)) for r in records]
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
 
 
 def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
@@ -66,11 +101,14 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
         done = {u: r["user_event_count"] for u, r in last.items()} == dict(expected)
         return last if done else None
 
+    banned: set[str] = set()  # items hidden or deleted on the items topic: the API drops them
+
     def mismatches(last: dict) -> list[str]:
         wrong = []
         for n, (user, rec) in enumerate(sorted(last.items())):
             status, body = _get(f"{urls[n % len(urls)]}/recommendations/{user}?n=50")  # from every side
             age = body.pop("age_s", None)
+            rec = {**rec, "items": [i for i in rec["items"] if i["item_id"] not in banned]}
             if status != 200 or body != rec or not -1.0 < age < 600.0:
                 wrong.append(f"{user}: {status} {body} age {age}")
         return wrong
@@ -112,6 +150,38 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
         routed += sum(float(line.split()[-1]) for line in text.splitlines()
                       if line.startswith("tailcast_api_requests_routed_total "))
     assert routed > 0  # half the users were asked of the instance that does not hold them
+
+    # catalogue control (#17): the two items the users' lists hold most, one hidden and one deleted mid-stream
+    shown = collections.Counter(i["item_id"] for rec in last.values() for i in rec["items"])
+    (hidden, _), (deleted, _) = shown.most_common(2)
+    kio.produce(ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": True})),
+                          (deleted.encode(), None)])
+    scorer = pipeline_env.metrics_url("scorer")
+    wait(lambda: _metric(scorer, "tailcast_scorer_catalog_records_total", 'change="hide"') == 1
+         and _metric(scorer, "tailcast_scorer_catalog_records_total", 'change="delete"') == 1,
+         timeout=30, message="the scorer to read the hide and the tombstone")
+    read_at = time.time()  # the scorer had applied both by now
+    banned |= {hidden, deleted}
+    wait(served, timeout=30, message="both api instances to drop the hidden and the deleted item")
+    more = generate(n_users=60, n_items=150, n_events=200, seed=4)
+    chunk = [(u.encode(), orjson.dumps({"user_id": u, "item_id": i, "ts": ts})) for ts, u, i, _ in more.events]
+    kio.produce(EVENTS, chunk)
+    expected.update(key.decode() for key, _ in chunk)
+    wait(last_lists, timeout=120, message="every user's newest list after the hide")
+    wait(served, timeout=60, message="the api to serve the newest lists, without the banned items")
+    lists = _lists_with_time(pipeline_env.settings)
+    before = [rec for t, rec in lists if t < read_at]
+    after = [rec for t, rec in lists if t >= read_at]
+    assert any(i["item_id"] in banned for rec in before for i in rec["items"])
+    assert len({rec["user_id"] for rec in after}) > len(expected) / 2
+    leaked = [rec["list_id"] for rec in after if banned & {i["item_id"] for i in rec["items"]}]
+    assert not leaked, f"lists sent after the scorer read the hide hold a banned item: {leaked[:5]}"
+    assert [_metric(url + "/metrics", "tailcast_api_banned_items", "") for url in urls] == [2.0, 2.0]
+    # a visible record of the hidden item restores it: the api serves it again in the lists stored before
+    assert any(hidden in {i["item_id"] for i in rec["items"]} for rec in last_lists().values())
+    kio.produce(ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": False}))])
+    banned.discard(hidden)
+    wait(served, timeout=30, message="both api instances to serve the restored item again")
 
     # one instance stops: the other takes its partitions over, recovering those users from the changelog
     pipeline_env.stop("api1")

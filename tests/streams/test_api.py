@@ -37,6 +37,42 @@ def test_the_latest_list_in_the_topic_contract_with_its_age():
     assert status == 200 and orjson.loads(body)["items"] == rec.to_dict()["items"]
 
 
+def test_hidden_and_deleted_items_are_dropped_from_the_lists_served():
+    from streams.agents.catalogue import Catalogue
+
+    catalogue = Catalogue(max_bytes=10_000)
+    rec = _rec("u1", 7)  # items i0 .. i11
+    api = ReadApi({b"u1": rec.to_bytes()}, banned=catalogue.banned, clock=lambda: 1004.25)
+
+    def served(n="5"):
+        status, body = api.recommendations("u1", n)
+        assert status == 200
+        return [i["item_id"] for i in orjson.loads(body)["items"]]
+
+    assert served() == ["i0", "i1", "i2", "i3", "i4"]
+    catalogue.apply(b"i1", b'{"item_id": "i1", "title": "t", "hidden": true}')
+    catalogue.apply(b"i3", None)  # deleted
+    assert served() == ["i0", "i2", "i4", "i5", "i6"]  # still n items: the stored list is deeper
+    assert served("50") == [f"i{j}" for j in range(12) if j not in (1, 3)]
+    catalogue.apply(b"i1", b'{"item_id": "i1", "title": "t", "hidden": false}')
+    assert served() == ["i0", "i1", "i2", "i4", "i5"]
+    # the rest of the list is as published
+    body = orjson.loads(api.recommendations("u1", "50")[1])
+    assert body["items"][0] == rec.to_dict()["items"][0] and body["list_id"] == rec.list_id
+
+
+def test_lists_wait_for_the_catalogue_to_be_read():
+    read = asyncio.Event()
+    api = ReadApi({b"u1": _rec("u1", 1).to_bytes()}, catalogue_read=read)
+    status, body = api.recommendations("u1", "5")
+    assert status == 503 and "catalogue" in orjson.loads(body)["error"]
+    assert api.healthz(rebalancing=False, partitions=[0])[0] == 503
+    assert api.recommendations("u1", "x")[0] == 400  # a bad request is still a bad request
+    read.set()
+    assert api.recommendations("u1", "5")[0] == 200
+    assert api.healthz(rebalancing=False, partitions=[0]) == (200, b'{"status":"ok","users":1,"partitions":[0]}')
+
+
 def test_unknown_user_is_404_and_bad_n_is_400_in_json():
     api = ReadApi({b"u1": _rec("u1", 1).to_bytes()})
     status, body = api.recommendations("nobody", "5")
@@ -100,8 +136,12 @@ def test_views_answer_for_owned_users_forward_the_others_once_and_count_requests
             assert partition_for(b"u2", 4) != mine  # u2 lives on the other instance
             app.web.init_server()
             async with TestClient(TestServer(app.web.web_app)) as client:
+                r = await client.get("/recommendations/u1?n=2")  # the items topic is not read yet
+                assert r.status == 503 and "catalogue" in (await r.json())["error"]
+                built.parts["catalogue_read"].set()
+                built.parts["catalogue"].apply(b"i0", b'{"item_id": "i0", "title": "t", "hidden": true}')
                 r = await client.get("/recommendations/u1?n=2")
-                assert r.status == 200 and len((await r.json())["items"]) == 2
+                assert r.status == 200 and [i["item_id"] for i in (await r.json())["items"]] == ["i1", "i2"]
                 r = await client.get("/recommendations/u1?n=zero")
                 assert r.status == 400 and "n must be" in (await r.json())["error"]
                 r = await client.get("/recommendations/u2?n=4")
@@ -120,9 +160,11 @@ def test_views_answer_for_owned_users_forward_the_others_once_and_count_requests
         assert reg.get_sample_value("tailcast_api_requests_total",
                                     {"endpoint": "recommendations", "code": "200"}) == 1
         assert reg.get_sample_value("tailcast_api_requests_total",
+                                    {"endpoint": "recommendations", "code": "503"}) == 2
+        assert reg.get_sample_value("tailcast_api_requests_total",
                                     {"endpoint": "recommendations", "code": "404"}) == 1
         assert reg.get_sample_value("tailcast_api_requests_routed_total") == 1
-        assert reg.get_sample_value("tailcast_api_request_latency_seconds_count", {"endpoint": "recommendations"}) == 4
+        assert reg.get_sample_value("tailcast_api_request_latency_seconds_count", {"endpoint": "recommendations"}) == 5
         assert 'tailcast_api_requests_total{code="400",endpoint="recommendations"} 1.0' in text
 
     asyncio.run(run())
