@@ -66,6 +66,18 @@ ROWS = [("u1", "a"), ("u2", "b"), ("u3", "c"), ("u4", "d"), ("u5", "e"), ("u6", 
         ("u1", "b"), ("u2", "a"), ("u3", "z")]
 
 
+def test_consumed_share_is_exact_on_a_hand_made_stream():
+    rows = [("u1", "a"), ("u1", "c"), ("u2", "b"), ("u1", "b"), ("u2", "z")]
+    spec = SystemSpec("mostpop")  # the name only: the core is the fake, always showing [a, b]
+    # lists after each event (batch 1), consumed slots by hand: u1@1 {a}: 1, u1@2 {a, c}: 1, u2@1 {b}: 1,
+    # u1@3 {a, c, b}: 2, u2@2 {b, z}: 1 -> 6 of 10 slots
+    for warmup, want in ((0, (6, 10)), (2, (4, 6))):    # warm-up events count as consumed, their lists do not
+        m = run_offline(_stream(rows), [spec], SETTINGS, batch=1, warmup_events=warmup, progress_every=0,
+                        cores={spec.name: _fake(spec.name, ["a", "b"])})[spec.name].metrics
+        assert (m["consumed_slots"], m["slots"]) == want
+        assert m["consumed_share"] == pytest.approx(want[0] / want[1])
+
+
 def test_hand_computed_hr_ndcg_and_pairing_counts():
     m = _run_fake(ROWS, batch=1)
     assert (m["evaluated"], m["exact"], m["stale"], m["none"]) == (9, 3, 0, 6)

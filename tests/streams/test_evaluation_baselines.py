@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from online.arms import ArmAssigner
-from online.base import Candidate, CandidateList
+from online.base import CandidateList
 from online.synthetic import generate
-from streams.agents.scorer import ScorerCore
 from streams.config import load_settings
 from streams.datasets import Event
 from streams.evaluation.harness import Scoreboard, prepare_events, run_offline
-from streams.evaluation.systems import PerUserRecommender, SystemSpec, TransformerOnly, build_core, default_systems
+from streams.evaluation.systems import SystemSpec, TransformerOnly, build_core, default_systems
 
 SETTINGS = load_settings({"TAILCAST_TEXT_ENCODER": "hashing"})
 BASELINES = [SystemSpec("mostpop"), SystemSpec("itemcf"), SystemSpec("tailboost", 2.0), SystemSpec("covisit-raw"),
@@ -68,31 +66,6 @@ def test_covisit_raw_tailboost_reranks_its_top_by_the_tail():
     assert [(c.item, c.score, c.source) for c in shown] == [("C", 1.5, "transitions"), ("D", 1.0, "transitions"),
                                                             ("B", 2.0, "transitions"), ("E", 1.0, "popularity")]
     assert [c.anchor for c in shown] == ["A", "A", "A", None]
-
-
-class FixedLists(PerUserRecommender):
-    def __init__(self, items: list[str]) -> None:
-        self.items = items
-
-    def learn_one(self, user, item, ts, history) -> None:
-        pass
-
-    def recommend(self, user, history, user_event_count, *, arm, extra=None):
-        return [Candidate(item, 1.0 / (n + 1), "covisit") for n, item in enumerate(self.items)]
-
-
-def test_consumed_share_is_exact_on_a_hand_made_stream():
-    rows = [("u1", "a"), ("u1", "c"), ("u2", "b"), ("u1", "b"), ("u2", "z")]
-    spec = SystemSpec("mostpop")  # the name only: the core is the fake, always showing [a, b]
-    # lists after each event (batch 1), consumed slots by hand: u1@1 {a}: 1, u1@2 {a, c}: 1, u2@1 {b}: 1,
-    # u1@3 {a, c, b}: 2, u2@2 {b, z}: 1 -> 6 of 10 slots
-    for warmup, want in ((0, (6, 10)), (2, (4, 6))):    # warm-up events count as consumed, their lists do not
-        core = ScorerCore(recommender=FixedLists(["a", "b"]), arms=ArmAssigner({spec.name: 1.0}), k=10,
-                          online_version="fake")
-        m = run_offline(_stream(rows), [spec], SETTINGS, batch=1, warmup_events=warmup, progress_every=0,
-                        cores={spec.name: core})[spec.name].metrics
-        assert (m["consumed_slots"], m["slots"]) == want
-        assert m["consumed_share"] == pytest.approx(want[0] / want[1])
 
 
 def test_consumed_share_counts_only_events_up_to_the_lists_count():
