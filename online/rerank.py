@@ -71,25 +71,35 @@ def appetite_from_counts(n_tail: int, n: int, prior: float = 0.2, prior_weight: 
     return (n_tail + prior * prior_weight) / denom if denom > 0 else prior
 
 
-class TailReranker:
-    """The top ``k`` by ``score × (1 + λ·is_tail)``, ``λ = 3·strength`` (see the module doc)."""
+class _BoostedTopK:
+    """The top ``k`` of candidates by a tail-boosted score; subclasses say how (:meth:`order`)."""
 
-    def __init__(self, *, strength: float, k: int = 10) -> None:
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
+    def __init__(self, *, strength: float, k: int) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.strength = float(strength)
         self.k = int(k)
 
     def rerank(self, candidates: Sequence[Candidate], *, is_tail: TailTest) -> list[Candidate]:
-        """The best ``k`` of ``candidates`` (any order in), best first."""
+        """The best ``k`` of ``candidates`` (any order in), best first (objects unchanged)."""
         if not candidates:
             return []
         scores = np.array([c.score for c in candidates], dtype=np.float64)
         pred = _as_predicate(is_tail)
         tail = np.fromiter((pred(c.item) for c in candidates), dtype=bool, count=len(candidates))
         return [candidates[i] for i in self.order(scores, tail).tolist()]
+
+    def order(self, scores: np.ndarray, tail: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TailReranker(_BoostedTopK):
+    """The top ``k`` by ``score × (1 + λ·is_tail)``, ``λ = 3·strength`` (see the module doc)."""
+
+    def __init__(self, *, strength: float, k: int = 10) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        super().__init__(strength=strength, k=k)
 
     def order(self, scores: np.ndarray, tail: np.ndarray) -> np.ndarray:
         """Positions (into ``scores``) of the ``k`` chosen candidates, best first.
@@ -108,7 +118,7 @@ def _top_boosted(scores: np.ndarray, tail: np.ndarray, lam: float, k: int, dtype
     return top_k((scores * (1.0 + lam * tail)).astype(dtype), k)
 
 
-class TailBoost:
+class TailBoost(_BoostedTopK):
     """The docs/design.md §7 baseline: score × (1 + λ·is_tail), then the top ``k`` (λ = ``strength`` >= 0).
 
     Meant over co-visitation scores (non-negative); ties keep the input order.
@@ -117,19 +127,7 @@ class TailBoost:
     def __init__(self, *, strength: float, k: int = 10) -> None:
         if not strength >= 0.0:
             raise ValueError(f"strength must be >= 0, got {strength}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.strength = float(strength)
-        self.k = int(k)
-
-    def rerank(self, candidates: Sequence[Candidate], *, is_tail: TailTest) -> list[Candidate]:
-        """The best ``k`` of ``candidates`` by boosted score, best first (objects unchanged)."""
-        if not candidates:
-            return []
-        pred = _as_predicate(is_tail)
-        tail = np.fromiter((pred(c.item) for c in candidates), dtype=bool, count=len(candidates))
-        scores = np.array([c.score for c in candidates], dtype=np.float64)
-        return [candidates[i] for i in self.order(scores, tail).tolist()]
+        super().__init__(strength=strength, k=k)
 
     def order(self, scores: np.ndarray, tail: np.ndarray) -> np.ndarray:
         """Positions (into ``scores``, (n,) float64) of the ``k`` chosen candidates, best first."""
