@@ -17,6 +17,15 @@ Precision (``quantize``):
 A checkpoint that carries a Mult-VAE (``Checkpoint.build_vae``) makes it a second candidate source:
 :meth:`BatchScorer.candidates` returns ``{"transformer": ..., "vae": ...}`` with the same exclusion rules
 (the VAE scores in fp32; it knows the items of its training vocabulary, not items added later).
+
+Large catalogues (more than ``ann_min_items`` items, default :data:`ANN_MIN_ITEMS`): each model retrieves
+through an approximate maximum-inner-product index (:class:`models.ann.MipsIndex`), built with the model
+(in the constructor, so a refresh's new ``BatchScorer`` comes with its own index, built where the
+checkpoint is loaded, off the event loop) and rebuilt by :meth:`BatchScorer.extend_items`. Each user
+fetches ``k`` + (its excluded items) + ``TOP_K_SPARE`` candidates from the index; those are scored exactly,
+as the full product would score them, and the exclusions and the tie-break above apply to those scores.
+A list is then the exact search's list whenever the index found the exact best items (recall in
+``benchmarks/ann.py``). Smaller catalogues keep the exact product.
 """
 
 from __future__ import annotations
@@ -24,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from models.ann import MipsIndex
 from models.checkpoint import Checkpoint
 from models.device import choose_device
 from models.sequence import SeqEncoder, pad_batch
@@ -38,9 +48,12 @@ from models.vae import MultVAE
 from models.vocab import ItemVocab
 from online.base import TOP_K_SPARE, tie_floor, top_k, top_k_rows
 
-__all__ = ["BatchScorer", "QUANTIZE_MODES", "conv1d_to_linear"]
+__all__ = ["ANN_MIN_ITEMS", "BatchScorer", "QUANTIZE_MODES", "conv1d_to_linear"]
 
 QUANTIZE_MODES = ("none", "int8", "bf16")
+#: Above this many items a model retrieves through its ANN index (models.ann); at 50k items exact search
+#: costs ~0.3 ms per user on one core, and it grows linearly with the catalogue (benchmarks/ann.py).
+ANN_MIN_ITEMS = 50_000
 
 
 def conv1d_to_linear(module: nn.Module) -> nn.Module:
@@ -102,6 +115,7 @@ class BatchScorer:
         device: str = "auto",
         quantize: str = "none",
         vae: MultVAE | None = None,
+        ann_min_items: int = ANN_MIN_ITEMS,
     ) -> None:
         if (checkpoint is None) == (model is None):
             raise ValueError("give either a checkpoint or model= and vocab=")
@@ -127,8 +141,10 @@ class BatchScorer:
             raise ValueError(f"the Mult-VAE has {vae.n_items} items, more than the vocabulary's {len(self.vocab)}")
         self.vae = None if vae is None else copy.deepcopy(vae).to(self.device).eval()
         self.quantize = quantize
+        self.ann_min_items = ann_min_items
         self.model.eval()
         self._build()
+        self.vae_ann = self._vae_index()
 
     # ---- state ------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -150,6 +166,23 @@ class BatchScorer:
         bias = torch.zeros(items.shape[0], device=self.device)  # (N+1,) 0 or -inf
         bias[items.abs().sum(1) == 0] = float("-inf")  # padding and items with no vector
         self.bias = bias
+        self.ann = self._item_index()
+
+    def _item_index(self) -> MipsIndex | None:
+        """The Transformer's ANN index over its retrievable items (labels = item indices), or None for a
+        catalogue of at most ``ann_min_items`` items."""
+        keep = torch.isfinite(self.bias).nonzero().squeeze(1).cpu()  # (R,) retrievable item indices
+        if self.n_items <= self.ann_min_items or len(keep) == 0:
+            return None
+        return MipsIndex(self.inputs.cpu()[keep].numpy(), keep.numpy())
+
+    def _vae_index(self) -> MipsIndex | None:
+        """The Mult-VAE's ANN index over its output layer's [W_i, b_i] (labels = item indices 1..N_vae)."""
+        if self.vae is None or self.vae.n_items <= self.ann_min_items:
+            return None
+        last = self.vae.decoder[-1]  # logits = x @ W.T + b, W (N_vae, H)
+        wb = torch.cat([last.weight, last.bias[:, None]], dim=1).detach().float().cpu().numpy()  # (N_vae, H+1)
+        return MipsIndex(wb, np.arange(1, self.vae.n_items + 1))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.quantize == "bf16":
@@ -172,10 +205,20 @@ class BatchScorer:
     @torch.inference_mode()
     def score_encoded(self, seqs: Tensor) -> Tensor:
         """(B, T) indices -> (B, N+1) fp32 scores; -inf for padding and non-retrievable items."""
+        return self._score_items(self._user_vectors(seqs), None)
+
+    def _user_vectors(self, seqs: Tensor) -> Tensor:
+        """(B, T) indices -> (B, D) user vectors (the queries of the item product)."""
         with self._autocast():
-            users = self.encoder.user_vectors(seqs.to(self.device), item_table=self.inputs)  # (B, D)
-            scores = users.to(self.items.dtype) @ self.items.T  # (B, N+1): the one item product
-        return scores.float() + self.bias
+            return self.encoder.user_vectors(seqs.to(self.device), item_table=self.inputs)
+
+    def _score_items(self, users: Tensor, cols: Tensor | None) -> Tensor:
+        """(B, D) user vectors -> (B, M) fp32 scores of items ``cols`` (M,), all N+1 when None; -inf for
+        padding and non-retrievable items."""
+        items, bias = (self.items, self.bias) if cols is None else (self.items[cols], self.bias[cols])
+        with self._autocast():
+            scores = users.to(items.dtype) @ items.T  # (B, M): the one item product
+        return scores.float() + bias
 
     def _check(self, histories: Sequence[Sequence[str]], k: int, exclude) -> None:
         if k < 1:
@@ -183,16 +226,24 @@ class BatchScorer:
         if exclude is not None and len(exclude) != len(histories):
             raise ValueError(f"{len(exclude)} exclusion sets for {len(histories)} histories")
 
+    def _drops(self, encoded: list[list[int]], exclude: Sequence[Iterable[str]] | None,
+               exclude_history: bool) -> list[set[int]]:
+        """Each row's excluded item indices: its history (with ``exclude_history``) and ``exclude[b]``."""
+        drops = []
+        for b, enc in enumerate(encoded):
+            drop = set(enc) if exclude_history else set()
+            if exclude is not None:
+                drop.update(self.vocab.encode(exclude[b]))
+            drops.append(drop)
+        return drops
+
     def _top(self, scores: Tensor, encoded: list[list[int]], k: int, exclude: Sequence[Iterable[str]] | None,
              exclude_history: bool) -> list[list[tuple[str, float]]]:
         """Mask each row's history / excluded items in (B, M) ``scores`` (M <= N+1) and take the top ``k``
         (tied scores by index, see :func:`_top_k_tied`)."""
         rows, cols = [], []
         width = scores.shape[1]
-        for b, enc in enumerate(encoded):
-            drop = set(enc) if exclude_history else set()
-            if exclude is not None:
-                drop.update(self.vocab.encode(exclude[b]))
+        for b, drop in enumerate(self._drops(encoded, exclude, exclude_history)):
             drop = [i for i in drop if i < width]
             rows.extend([b] * len(drop))
             cols.extend(drop)
@@ -231,18 +282,62 @@ class BatchScorer:
             out["vae"] = self._vae_top(encoded, k, exclude, True)
         return out
 
+    def _ann_top(self, index: MipsIndex, queries: Tensor, score: Callable[[Tensor], Tensor],
+                 encoded: list[list[int]], k: int, exclude, exclude_history: bool) -> list[list[tuple[str, float]]]:
+        """:meth:`_top` through ``index``: each row fetches its ``k`` + (excluded items) + ``TOP_K_SPARE``
+        approximate best items; ``score`` (U item indices -> (B, U) exact scores) scores the union of the
+        fetched items, each row keeps its own fetched ones, drops its excluded ones and takes the top ``k``
+        with the exact path's tie-break (columns ascend by item index, as in the full product)."""
+        drops = self._drops(encoded, exclude, exclude_history)
+        fetch = k + max(len(d) for d in drops) + TOP_K_SPARE
+        found = index.search(queries.float().cpu().numpy(), fetch)  # (B, fetch) item indices, -1 = none
+        union = np.unique(found[found >= 0])  # (U,) ascending
+        if len(union) == 0:
+            return [[] for _ in encoded]
+        keep = np.zeros((len(encoded), len(union)), dtype=bool)  # (B, U): fetched by this row, not excluded
+        rows, cols = np.nonzero(found >= 0)
+        keep[rows, np.searchsorted(union, found[rows, cols])] = True
+        for b, drop in enumerate(drops):
+            d = np.fromiter(drop, dtype=np.int64, count=len(drop))
+            pos = np.minimum(np.searchsorted(union, d), len(union) - 1)
+            keep[b, pos[union[pos] == d]] = False
+        scores = score(torch.from_numpy(union).to(self.device)).float().cpu()  # (B, U)
+        scores[~torch.from_numpy(keep)] = float("-inf")
+        ids = self.vocab.ids
+        return [[(ids[union[c] - 1], v) for c, v in zip(top.tolist(), vals.tolist())]
+                for top, vals in _top_k_tied(scores, k)]
+
     def _transformer_top(self, encoded: list[list[int]], k: int, exclude, exclude_history: bool):
-        scores = self.score_encoded(pad_batch(encoded, self.max_len, device=self.device))  # (B, N+1)
+        seqs = pad_batch(encoded, self.max_len, device=self.device)
+        if self.ann is not None:
+            users = self._user_vectors(seqs)  # (B, D)
+            return self._ann_top(self.ann, users, lambda cols: self._score_items(users, cols), encoded, k, exclude,
+                                 exclude_history)
+        scores = self.score_encoded(seqs)  # (B, N+1)
         return self._top(scores, encoded, k, exclude, exclude_history)
 
     def _vae_top(self, encoded: list[list[int]], k: int, exclude, exclude_history: bool):
+        if self.vae_ann is not None:
+            x = self._vae_last_input(encoded)  # (B, H)
+            last = self.vae.decoder[-1]
+            queries = torch.cat([x, torch.ones(len(x), 1, device=x.device)], dim=1)  # (B, H+1): [x, 1] . [W_i, b_i]
+            return self._ann_top(self.vae_ann, queries, lambda cols: x @ last.weight[cols - 1].T + last.bias[cols - 1],
+                                 encoded, k, exclude, exclude_history)
         scores = self.vae.score(encoded).float()  # (B, N_vae + 1), column 0 = -inf
         return self._top(scores, encoded, k, exclude, exclude_history)
+
+    def _vae_last_input(self, encoded: list[list[int]]) -> Tensor:
+        """(B, H) input of the Mult-VAE's output layer for the users' mean z (``MultVAE.decode`` up to its
+        last layer, eval mode: the logits are this @ W.T + b)."""
+        h = self.vae.encode(encoded)[0]  # (B, Z) mu
+        for n, layer in enumerate(self.vae.decoder[:-1]):
+            h = layer(h) if n == 0 else layer(torch.tanh(h))
+        return h if len(self.vae.decoder) == 1 else torch.tanh(h)
 
     def without_vae(self) -> "BatchScorer":
         """A shallow copy serving the Transformer alone (shares the encoder; for side-by-side evaluation)."""
         other = copy.copy(self)
-        other.vae = None
+        other.vae = other.vae_ann = None
         return other
 
     # ---- catalogue changes -----------------------------------------------------------------------------

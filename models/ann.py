@@ -1,0 +1,89 @@
+"""Approximate maximum-inner-product search over a large catalogue: what ``BatchScorer`` retrieves with
+above ``models.scoring.ANN_MIN_ITEMS`` items.
+
+Both batch models score by inner product (the Transformer ``u @ e_i``; the Mult-VAE's last decoder layer
+``x @ W_i + b_i``, i.e. ``[x, 1] @ [W_i, b_i]``). :class:`MipsIndex` turns that into a nearest-neighbour
+search by the usual augmentation, ``e -> [e, sqrt(R^2 - |e|^2)]`` (R the largest item norm) and
+``u -> [u, 0]``, so that ``|u' - e'|^2 = |u|^2 + R^2 - 2 u.e``: the nearest item is the best-scoring one.
+The index is faiss's IVF-Flat on those vectors: ``round(4 sqrt(n))`` k-means lists, ``nlist / 16`` of
+them probed per query (more in catalogues under ~16k items, so that ~1,024 items are scanned), vectors
+stored uncompressed. It returns candidates only; the caller re-scores them
+exactly (``BatchScorer`` applies its exclusions and tie-break to those exact scores).
+
+Chosen on ``benchmarks/ann.py`` (docs/results.md, "ANN retrieval"; docs/decisions.md, "#16 ANN"): against
+HNSW in hnswlib, usearch, voyager and faiss, IVF-Flat kept its recall at the scorer's candidate depth (100),
+where HNSW with an inner-product metric lost most of it on catalogues with a spread of item norms, and it
+builds in seconds, not minutes, at a million items.
+
+Deterministic: k-means on a fixed sample with a fixed seed, built and searched on one OpenMP thread.
+
+>>> rng = np.random.default_rng(0)
+>>> items = rng.standard_normal((2000, 8)).astype(np.float32)
+>>> index = MipsIndex(items)
+>>> q = rng.standard_normal((3, 8)).astype(np.float32)
+>>> found = index.search(q, 5)
+>>> found.shape, bool((np.sort(found, axis=1) == np.sort(np.argsort(-(q @ items.T), axis=1)[:, :5], axis=1)).mean() > 0.8)
+((3, 5), True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+__all__ = ["MipsIndex"]
+
+LISTS_PER_SQRT_N = 4  # nlist = round(4 sqrt(n)): lists of ~sqrt(n) / 4 items
+PROBE_SHARE = 16  # nprobe = ceil(nlist / 16): ~1/16 of the items scanned per query
+MIN_SCAN = 1024  # ... and at least ~1024 items (small catalogues: a fetch of 100+ must find enough)
+TRAIN_PER_LIST = 40  # k-means sample: 40 points per list (faiss warns below 39)
+SEED = 0
+
+
+class MipsIndex:
+    """Approximate top-k rows of ``vectors`` (n, d) by inner product with a query; ``labels`` (n,) name the
+    rows in the results (default 0..n-1)."""
+
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"MipsIndex needs a non-empty (n, d) matrix, got shape {x.shape}")
+        n, d = x.shape
+        labels = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        if labels.shape != (n,):
+            raise ValueError(f"{labels.shape[0] if labels.ndim else 0} labels for {n} vectors")
+        self.dim = d
+        self.n = n
+        self.nlist = max(1, min(n, round(LISTS_PER_SQRT_N * math.sqrt(n))))
+        self.nprobe = min(self.nlist, max(math.ceil(self.nlist / PROBE_SHARE), math.ceil(self.nlist * MIN_SCAN / n)))
+        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        extra = np.sqrt(np.maximum(sq.max() - sq, 0.0)).astype(np.float32)
+        xa = np.hstack([x, extra[:, None]])  # (n, d + 1)
+        faiss.omp_set_num_threads(1)
+        self._index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d + 1), d + 1, self.nlist, faiss.METRIC_L2)
+        self._index.cp.seed = SEED
+        self._index.cp.max_points_per_centroid = TRAIN_PER_LIST  # faiss samples no further: ours is the sample
+        sample = min(n, TRAIN_PER_LIST * self.nlist)
+        rows = np.sort(np.random.default_rng(SEED).choice(n, size=sample, replace=False)) if sample < n else slice(None)
+        self._index.cp.min_points_per_centroid = 1  # small catalogues (tests) train on what there is, quietly
+        self._index.train(xa[rows])
+        self._index.add_with_ids(xa, labels)
+        self._index.nprobe = self.nprobe
+
+    def __len__(self) -> int:
+        return self.n
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """(B, k) labels of each query's approximate best ``k`` rows, best first; -1 where fewer were found."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be (B, {self.dim}), got {q.shape}")
+        faiss.omp_set_num_threads(1)
+        qa = np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)])
+        return self._index.search(qa, min(k, self.n))[1]
+
+    def nbytes(self) -> int:
+        """The index's serialized size (vectors, ids and centroids)."""
+        return int(faiss.serialize_index(self._index).nbytes)
