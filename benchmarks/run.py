@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print one table with the docs/design.md §7 targets, write the JSON.
 
-    python -m benchmarks.run [--quick] [--only ingest,freshness,memory,scorer,scorer_core,online_recommender]
+    python -m benchmarks.run [--quick] [--only ingest,freshness,memory,scorer,scorer_core,online_recommender,scale]
                              [--out bench-results.json]
 
 The JSON is ``{benchmark: {figure: value}}`` (docs/design.md §6), plus ``targets``: for each
@@ -137,6 +137,18 @@ def _scorer_core(quick: bool) -> dict[str, float]:
     return figures
 
 
+def _scale(quick: bool) -> dict[str, float]:
+    """Retrieval over 1,000,000 items (100,000 with ``--quick``): ``models.ann.MipsIndex``, the index the
+    batch models serve with above ``ANN_MIN_ITEMS``, against exact search, one thread
+    (``benchmarks/ann.py``, in its own process: it runs on one OpenMP/BLAS thread)."""
+    n = 100_000 if quick else 1_000_000
+    row = _script("ann", ["--items", "0", "--scale-items", str(n)], timeout=900)["scale"]["served"]
+    return {"items": float(n), "ann_recall_at_10": row["recall_at_10"], "ann_recall_at_50": row["recall_at_50"],
+            "ann_recall_at_100": row["recall_at_100"], "ann_speedup": row["speedup"],
+            "ann_query_ms_per_user": row["query_ms_per_user"], "exact_query_ms_per_user": row["exact_ms_per_user"],
+            "ann_build_s": row["build_s"], "ann_index_bytes_per_item": row["index_bytes_per_item"]}
+
+
 class SkipBenchmark(RuntimeError):
     """A benchmark that cannot run here (e.g. its script does not exist); reported, not a failure."""
 
@@ -148,6 +160,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, float]]] = {
     "scorer": _scorer,
     "scorer_core": _scorer_core,
     "online_recommender": _online_recommender,
+    "scale": _scale,
 }
 
 
