@@ -151,6 +151,15 @@ class ScorerCore:
             done = index
         self._learned.put(user, done)
 
+    def learn(self, requests: Sequence[ScoreRequest]) -> list[LearnedEvent]:
+        """Apply the events of requests this scorer does not serve (another scorer's partitions) to the
+        online models, scoring nothing: every scorer's item models learn from every user. An event already
+        learned (here or by :meth:`process`) is skipped, so the two paths can overlap."""
+        out = BatchOutput()
+        for request in requests:
+            self._learn(request, out)
+        return out.events
+
     def process(self, requests: Sequence[ScoreRequest], *, now: float | None = None) -> BatchOutput:
         out = BatchOutput()
         newest: dict[str, ScoreRequest] = {}

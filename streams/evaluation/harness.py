@@ -31,8 +31,9 @@ served by the online models only (the Transformer and Mult-VAE rows: the MostPop
 is recorded (:attr:`Refresh`): where, on how many events, how long, how many lists it re-scored.
 
 **Scorers** (``scorers=N``): each tailcast system is served by N scorers, as ``tailcast scorer`` instances
-split the ``score-requests`` partitions in production (partition ``p`` to scorer ``p % N``): each learns,
-ranks and publishes from its own users' events only (:class:`PartitionedCores`). With N = 1 (the default)
+split the ``score-requests`` partitions in production (partition ``p`` to scorer ``p % N``): each ranks and
+publishes for its own users, and its online models also learn the other scorers' users' events, as a
+scorer's ``learn_all`` task reads every partition (:class:`PartitionedCores`). With N = 1 (the default)
 one core serves every partition.
 
 **Workers** (``workers=2``): the systems are split between this process and a spawned one, each replaying
@@ -273,7 +274,8 @@ class Scoreboard:
 class PartitionedCores:
     """N :class:`ScorerCore` behind one core's interface, each serving the score requests of the partitions
     ``p`` with ``p % N`` equal to its position (a user's partition is the worker's: murmur2 of the user id
-    over ``partitions``). Lists come out scorer by scorer; each scorer's are in its own order."""
+    over ``partitions``). Each scorer first learns the micro-batch's requests of the other scorers
+    (:meth:`ScorerCore.learn`), then processes its own. Lists come out scorer by scorer."""
 
     def __init__(self, cores: Sequence[ScorerCore], partitions: int) -> None:
         if not 1 <= len(cores) <= partitions:
@@ -294,7 +296,8 @@ class PartitionedCores:
         for request in requests:
             mine[self._owner(request.user_id)].append(request)
         out = BatchOutput()
-        for core, part in zip(self.cores, mine):
+        for n, (core, part) in enumerate(zip(self.cores, mine)):
+            core.learn([r for m, other in enumerate(mine) if m != n for r in other])
             if part:
                 one = core.process(part, now=now)
                 out.recommendations += one.recommendations

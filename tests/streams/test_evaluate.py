@@ -442,17 +442,23 @@ def test_item_text_vectors_are_cached_between_runs_and_keyed_by_the_texts(tmp_pa
 
 
 class _Recording(FixedLists):
-    """A fixed-list recommender that records which users it learned events of."""
+    """A fixed-list recommender that records which users it learned events of, and which it served."""
 
     def __init__(self) -> None:
         super().__init__(["a", "b"])
         self.users: set[str] = set()
+        self.served: set[str] = set()
 
     def learn_one(self, user, item, ts, history) -> None:
         self.users.add(user)
 
+    def recommend(self, user, history, user_event_count, *, arm, extra=None):
+        self.served.add(user)
+        return super().recommend(user, history, user_event_count, arm=arm, extra=extra)
 
-def test_partitioned_scorers_serve_each_user_from_the_scorer_of_its_partition(synthetic_stream):
+
+def test_partitioned_scorers_serve_each_user_from_the_scorer_of_its_partition_and_all_learn_every_user(
+        synthetic_stream):
     from streams.evaluation.harness import PartitionedCores, micro_batches
     from streams.topics import partition_for
 
@@ -462,10 +468,10 @@ def test_partitioned_scorers_serve_each_user_from_the_scorer_of_its_partition(sy
     for _start, _end, requests in micro_batches(synthetic_stream.events, SETTINGS, 16):
         listed |= {r.user_id for r in partitioned.process(requests).recommendations}
     users = set(synthetic_stream.final_counts)
-    assert listed == users and cores[0].recommender.users | cores[1].recommender.users == users
+    assert listed == users and cores[0].recommender.users == cores[1].recommender.users == users
     for n, core in enumerate(cores):
-        assert core.recommender.users and all(
-            partition_for(u.encode(), SETTINGS.kafka.partitions) % 2 == n for u in core.recommender.users)
+        served = core.recommender.served
+        assert served and all(partition_for(u.encode(), SETTINGS.kafka.partitions) % 2 == n for u in served)
     with pytest.raises(ValueError, match="5 scorers for 4 partitions"):
         PartitionedCores([cores[0]] * 5, 4)
 

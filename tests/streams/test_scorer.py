@@ -36,6 +36,19 @@ def test_coalesces_to_the_newest_state_and_learns_every_event_once():
     assert again.recommendations == [] and again.events == [] and again.stale == 1
 
 
+def test_learn_applies_another_scorers_requests_once_and_scores_nothing():
+    c = core()
+    learned = c.learn([req("u1", ["a", "b"], ["a", "b"], 2), req("u2", ["x"], ["x"], 1)])
+    assert [(e.user, e.item, e.index) for e in learned] == [("u1", "a", 1), ("u1", "b", 2), ("u2", "x", 1)]
+    b, unseen = c.recommender.popularity.score("u3", [], ["b", "zz"]).tolist()
+    assert b > 0 and unseen == 0  # learned: b counts in the popularity model
+    # the same events reaching process (a partition moving to this scorer) are scored, not learned again
+    out = c.process([req("u1", ["a", "b", "c"], ["b", "c"], 3)])
+    assert [(e.item, e.index) for e in out.events] == [("c", 3)]
+    assert [r.user_event_count for r in out.recommendations] == [3]
+    assert c.learn([req("u1", ["a", "b", "c"], ["b", "c"], 3)]) == []
+
+
 def test_a_burst_longer_than_the_bounded_sequence_is_learned_in_full_with_its_histories():
     c = core()
     seen = []
