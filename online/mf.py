@@ -85,6 +85,8 @@ class OnlineMF:
         self._b = np.zeros(0, dtype=np.float32)  # (n_items_cap,) item biases
         self._users: OrderedDict[str, int] = OrderedDict()  # user -> row of _p, LRU order
         self._p = np.zeros((0, dim), dtype=np.float32)  # (n_users_cap, D) user factors
+        self._rows = 0  # rows of _p handed out so far
+        self._free_rows: list[int] = []  # rows of forgotten users, handed out again first
         self._pool = np.zeros(negative_pool, dtype=np.int64)  # ring buffer of recent event items
         self._pool_n = 0
         self._pool_pos = 0
@@ -122,10 +124,13 @@ class OnlineMF:
         if row is not None:
             users.move_to_end(user)
             return row
-        if len(users) >= self.max_users:
+        if self._free_rows:
+            row = self._free_rows.pop()
+        elif len(users) >= self.max_users:
             _, row = users.popitem(last=False)  # evict the least recently active user
         else:
-            row = len(users)
+            row = self._rows
+            self._rows += 1
             if row >= self._p.shape[0]:
                 cap = min(self.max_users, max(1024, 2 * self._p.shape[0]))
                 p = np.zeros((cap, self.dim), dtype=np.float32)
@@ -161,6 +166,27 @@ class OnlineMF:
             self._pool_n += 1
         if len(self._buf_u) >= self.batch_size:
             self._flush()
+
+    def forget(self, user: str) -> bool:
+        """Erase ``user``'s row (#17): their buffered events are applied first (as for an evicted user), then
+        the row is zeroed and handed to the next new user; the user is scored as unknown from then on.
+        Returns whether the model had a row for them. The item factors keep what the user's events taught
+        them, as they keep every other user's.
+
+        >>> mf = OnlineMF(dim=4, seed=0)
+        >>> mf.learn_one("u1", "a", 0.0); mf.learn_one("u2", "b", 1.0)
+        >>> mf.forget("u1"), mf.forget("u1"), mf.user_vector("u1", []) is None
+        (True, False, True)
+        >>> mf.learn_one("u3", "a", 2.0); mf._users["u3"] == 0  # u1's row, reused
+        True
+        """
+        if user not in self._users:
+            return False
+        self._flush()  # the user's row may still be waiting in the buffer
+        row = self._users.pop(user)
+        self._p[row] = 0.0
+        self._free_rows.append(row)
+        return True
 
     def flush(self) -> None:
         """Apply the buffered events now (reads do not wait for a full batch; see the module doc)."""

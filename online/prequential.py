@@ -303,6 +303,25 @@ class PrequentialPairer:
             self._prune(st)
         return out
 
+    def forget(self, user: str) -> list[Outcome]:
+        """Erase ``user`` (#17): their pending events are resolved with the lists known now (as :meth:`flush`
+        does) and returned, and everything held for them goes; their next event starts afresh.
+
+        >>> p = PrequentialPairer()
+        >>> _ = p.observe_recommendation("u", 1, ["x"], "A"); _ = p.observe_event("u", "y", 3)
+        >>> [(o.event_index, o.pairing) for o in p.forget("u")], p.n_users, p.pending, p.forget("u")
+        ([(3, 'stale')], 0, 0, [])
+        """
+        st = self._users.pop(user, None)
+        if st is None:
+            return []
+        out: list[Outcome] = []
+        while st.pending:
+            j, item = st.pending.popleft()
+            self.pending -= 1
+            out.append(self._resolve(user, st, j, item))
+        return out
+
 
 def _check_buckets(buckets: Iterable[tuple[int, int | None, str]]) -> tuple[tuple[int, int | None, str], ...]:
     bs = tuple(tuple(b) for b in buckets)  # type: ignore[misc]
@@ -530,6 +549,10 @@ class ArmMetrics:
 
     def flush(self) -> list[Outcome]:
         return self._score(self.pairer.flush())
+
+    def forget(self, user: str) -> list[Outcome]:
+        """Erase ``user``'s pairing state (:meth:`PrequentialPairer.forget`); the windows hold no per-user data."""
+        return self._score(self.pairer.forget(user))
 
     def arms(self) -> list[str]:
         return sorted(self._exposure)

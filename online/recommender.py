@@ -188,6 +188,13 @@ class OnlineRecommender:
         for user, item, ts, history in events:
             self.learn_one(user, item, ts, history)
 
+    def forget(self, user: str) -> None:
+        """Erase ``user``'s per-user rows (#17): the candidate pool of their last list (nothing is learned
+        from it) and their MF user row. The other models hold no per-user state; what the user's events
+        taught the item models (counts, co-visitation, item factors, the ranker) stays, as every user's does."""
+        self._pending.pop(user, None)
+        self.mf.forget(user)
+
     def feedback(self, user: str, shown: Sequence[Candidate] | None, clicked_item: str) -> int:
         """Train the ranker on the candidate pool of the user's latest list; return the examples learned.
 

@@ -98,3 +98,21 @@ def test_item_table_grows() -> None:
 def test_rejects_bad_config() -> None:
     with pytest.raises(ValueError, match="dim"):
         OnlineMF(dim=0)
+
+
+def test_forget_frees_the_users_row_for_the_next_new_user_and_keeps_the_others():
+    """Erasure (#17): a forgotten user's row is zeroed and handed to the next new user; no other user's row
+    moves or changes, and the model stays bounded."""
+    mf = OnlineMF(dim=4, max_users=3, seed=0, batch_size=4)
+    for n, user in enumerate(["u1", "u2", "u3", "u1", "u2"]):  # LRU order now u3, u1, u2
+        mf.learn_one(user, f"i{n % 3}", float(n), [])
+    row = mf._users["u2"]
+    assert mf.forget("u2") and not mf.forget("u2") and not mf.forget("never")
+    assert mf.user_vector("u2", []) is None and not mf._p[row].any()  # unknown: scored from history alone
+    u1 = mf.user_vector("u1", []).copy()
+    mf.learn_one("u4", "i0", 9.0, [])  # takes u2's row: nobody is evicted although the model was full
+    assert mf._users["u4"] == row and sorted(mf._users) == ["u1", "u3", "u4"]
+    mf.learn_one("u5", "i1", 10.0, [])  # full: the least recently active user (u3) goes
+    mf.flush()
+    assert sorted(mf._users) == ["u1", "u4", "u5"] and sorted(mf._users.values()) == [0, 1, 2]
+    assert np.array_equal(mf.user_vector("u1", []), u1)  # a user row moves only with its own events

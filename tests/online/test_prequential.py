@@ -428,3 +428,21 @@ def test_arm_metrics_per_arm_quality_equals_offline():
         assert q["evaluated"] == len(ranks)
         assert q["hr"] == pytest.approx(sum(r is not None and r < 3 for r in ranks) / len(ranks))
     assert am.unattributed == sum(1 for v in expected.values() if v[1] is None)
+
+
+def test_forget_resolves_the_users_pending_events_and_drops_everything_held_for_them():
+    """Erasure (#17): the user's pending events pair with the lists known (as at a flush); afterwards the user
+    is new: no event of theirs pairs with a list from before."""
+    p = PrequentialPairer()
+    p.observe_recommendation("u", 2, ["a", "b"], "A")
+    p.observe_event("u", "b", 3)
+    p.observe_event("u", "c", 5)  # waits for list 4
+    p.observe_recommendation("v", 1, ["x"], "B")
+    assert brief(p.forget("u")) == [("u", 5, "stale", None, 2, "A")]  # c is not in list 2: a miss
+    assert (p.n_users, p.pending, p.stored_lists()) == (1, 0, 1) and p.forget("u") == []
+    assert p.observe_event("u", "a", 3) == [] and p.pending == 1  # list 2 (a hit) is gone: it waits for a list
+    metrics = ArmMetrics(k=2, window_events=10)
+    metrics.observe_recommendation("u", 1, ["a"], "A")
+    metrics.observe_event("u", "z", 3)
+    assert [o.pairing for o in metrics.forget("u")] == ["stale"] and metrics.pairer.n_users == 0
+    assert metrics.quality("A").get()["hr"] == 0.0  # the resolved event counts, as a miss

@@ -207,3 +207,18 @@ def test_recommend_many_equals_one_call_per_user() -> None:
     assert list(rec._pending)[-len(users):] == users  # every list is pending feedback
     with pytest.raises(ValueError, match="differ in length"):
         rec.recommend_many(users, histories[:-1], counts, arms=arms)
+
+
+def test_forget_drops_the_users_pending_pool_and_mf_row_only() -> None:
+    """Erasure (#17): nothing is learned from the forgotten user's last list, and MF scores them as unknown."""
+    rec = make()
+    hist = warm(rec)
+    user, other = sorted(hist, key=lambda u: -len(hist[u]))[:2]
+    rec.recommend(user, hist[user], 5, arm="control")
+    shown = rec.recommend(other, hist[other], 5, arm="control")
+    before = rec.blender.n_learned
+    rec.forget(user)
+    assert rec.mf.user_vector(user, []) is None and rec.mf.user_vector(other, []) is not None
+    rec.learn_one(user, "i1", 1e6, tuple(hist[user]))  # the pool of the user's last list is gone: no example
+    assert rec.blender.n_learned == before and rec.mf.user_vector(user, []) is not None  # a new row
+    assert rec.feedback(other, shown, shown[0].item) == 1 + rec.pool_negatives  # the others' pools stay
