@@ -96,6 +96,7 @@ class ScorerMetrics:
     blender_auc: Gauge
     catalog_items: Gauge
     catalog_records: Counter
+    events_learned: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ScorerMetrics:
@@ -134,9 +135,15 @@ class ScorerMetrics:
                                     "Records read from the items topic, by what they did: upsert, hide, restore "
                                     "(a visible record of a hidden or deleted item), delete (a tombstone) or "
                                     "invalid (skipped)", ["change"], registry=registry),
+            events_learned=Counter("tailcast_scorer_events_learned",
+                                   "Events applied to the online models, by path: served (this scorer's "
+                                   "partitions) or others (the other scorers' partitions)", ["path"],
+                                   registry=registry),
         )
         for change in CATALOG_CHANGES:  # zeros from the start, so rates have series
             m.catalog_records.labels(change=change)
+        for path in ("served", "others"):
+            m.events_learned.labels(path=path)
         return m
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.agents.ingest import fetch_log_ends
 from streams.config import KafkaSettings
@@ -39,7 +40,7 @@ from streams.kafka import client_kwargs
 from streams.records import BadEvent, ItemRecord, parse_item, parse_item_key
 from streams.topics import ITEMS
 
-__all__ = ["CatalogueChange", "Catalogue", "follow_items"]
+__all__ = ["CatalogueChange", "Catalogue", "follow_items", "follow_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +94,53 @@ async def follow_items(kafka: KafkaSettings, handle: Callable[[list[Any]], Await
     records (aiokafka ``ConsumerRecord``, in offset order) to ``handle``; set ``caught_up`` once ``handle``
     has had every record that was in the topic when this started. No consumer group: every caller reads
     the whole topic. Runs until cancelled."""
+    await follow_partitions(kafka, ITEMS, handle, caught_up=caught_up, max_records=max_records)
+
+
+async def committed_offsets(kafka: KafkaSettings, group_id: str, tps: Sequence[TopicPartition]) -> dict:
+    """``group_id``'s committed offset of each of ``tps`` (None where it has none), read with an admin
+    client: a consumer given the group's id would be a second group client beside the member's own."""
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group_id, partitions=list(tps))
+    finally:
+        await admin.close()
+    return {tp: (found[tp].offset if tp in found and found[tp].offset >= 0 else None) for tp in tps}
+
+
+async def follow_partitions(kafka: KafkaSettings, topic: str, handle: Callable[[list[Any]], Awaitable[None]], *,
+                            group_id: str | None = None, caught_up: asyncio.Event | None = None,
+                            max_records: int = 1000) -> None:
+    """Read every partition of ``topic`` and follow it, handing each fetched batch of records (in offset
+    order per partition) to ``handle``, without joining a consumer group. Each partition starts at
+    ``group_id``'s committed offset (where that group's member taking it over would start; never committed
+    here), or at its beginning without a group or a commit. ``caught_up`` is set once ``handle`` has had
+    every record that was in the topic when this started. Runs until cancelled."""
     consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tps = [TopicPartition(ITEMS, p) for p in sorted(consumer.partitions_for_topic(ITEMS) or {0})]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        listed = await consumer.end_offsets(tps)
-        try:  # the log's real ends: the embedded broker's ListOffsets answers short (streams.agents.ingest, #20)
-            ends = await fetch_log_ends(kafka, listed)
-        except Exception as exc:  # noqa: BLE001 - the listed ends stand, at worst short of the last batch
-            log.warning("catalogue: could not fetch the log ends of %s (%r); reading to the listed ends", ITEMS, exc)
-            ends = dict(listed)
+        committed = await committed_offsets(kafka, group_id, tps) if group_id is not None else {}
+        for tp in tps:
+            if committed.get(tp) is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed[tp])
+        ends = {}
+        if caught_up is not None:
+            listed = await consumer.end_offsets(tps)
+            try:  # the log's real ends: the embedded broker's ListOffsets answers short (streams.agents.ingest, #20)
+                ends = await fetch_log_ends(kafka, listed)
+            except Exception as exc:  # noqa: BLE001 - the listed ends stand, at worst short of the last batch
+                log.warning("could not fetch the log ends of %s (%r); reading to the listed ends", topic, exc)
+                ends = dict(listed)
         while True:
-            if not caught_up.is_set():
+            if caught_up is not None and not caught_up.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= ends[tp] for tp in tps):
-                    log.info("catalogue read to the end of %s (offsets %s)", ITEMS,
-                             {tp.partition: end for tp, end in ends.items()})
+                    log.info("%s read to its end (offsets %s)", topic, {tp.partition: end for tp, end in ends.items()})
                     caught_up.set()
             batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
             records = [r for tp in sorted(batch, key=lambda tp: tp.partition) for r in batch[tp]]

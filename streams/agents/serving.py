@@ -9,6 +9,11 @@
   encodes them with the text encoder in a thread and gives the vectors to the content model and the
   Transformer. ``score`` waits until the catalogue has been read to the end of the topic as it was at
   start-up, so that a restarted scorer publishes no list with an item hidden before it started.
+* ``learn_all`` (task): reads ALL partitions of ``score-requests`` without joining the group, from the
+  scorer group's committed offsets, and applies the other scorers' users' events to this scorer's online
+  models (``ScorerCore.learn``): with N scorers, each item model still learns from every event, not 1/N
+  of them. Records of the partitions this scorer serves are left to the ``score`` agent; an event both
+  paths see around a rebalance is learned once (by its index in the user's history).
 * ``watch_model`` (timer): loads a newer checkpoint in a thread, then swaps it in between two micro-batches
   (a lock shared with ``score``) and re-scores the recently active users with it.
   A corrupt or incompatible checkpoint is counted and logged, and the previous model keeps serving.
@@ -27,6 +32,7 @@ import time
 from typing import Any
 
 import numpy as np
+from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
 from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
@@ -40,7 +46,7 @@ from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics
 from online.recommender import CORE_SOURCES, OnlineRecommender
-from streams.agents.catalogue import Catalogue, follow_items
+from streams.agents.catalogue import Catalogue, follow_items, follow_partitions
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import WORKER_BATCH, Settings
 from streams.kafka import send_batched
@@ -55,6 +61,8 @@ log = logging.getLogger(__name__)
 #: The scorer's micro-batch: at most this many score requests, or what arrived within this many seconds.
 SCORER_BATCH = 256
 SCORER_BATCH_WAIT_S = 0.02
+#: Score requests the ``learn_all`` task applies at a time (each call holds the event loop while it learns).
+LEARN_BATCH = 500
 #: Item texts encoded per call of the text encoder (MiniLM: ~430 items/s on two cores).
 ENCODE_BATCH = 256
 
@@ -152,6 +160,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         async with publishing:
             out = core.process(requests)
             await publish(out.recommendations)
+        metrics.events_learned.labels(path="served").inc(len(out.events))
         now = time.time()
         for rec in out.recommendations:
             metrics.recommendations.labels(arm=rec.arm).inc()
@@ -280,6 +289,27 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     async def catalog() -> None:
         """Read the whole items topic, then follow it; catalogue control is applied as records arrive."""
         await follow_items(settings.kafka, apply_items, caught_up=catalogue_read)
+
+    async def learn_others(records) -> None:
+        try:
+            served = {tp.partition for tp in app.consumer.assignment() if tp.topic == SCORE_REQUESTS}
+        except ConsumerNotStarted:
+            served = set()
+        requests = []
+        for record in records:
+            if record.partition in served:
+                continue  # the score agent learns it, and reports its events (the exposure agent pairs them)
+            try:
+                requests.append(ScoreRequest.from_bytes(record.value))
+            except (ValueError, KeyError, TypeError):
+                continue  # the score agent of the partition's owner logs it
+        metrics.events_learned.labels(path="others").inc(len(core.learn(requests)))
+
+    @app.task
+    async def learn_all() -> None:
+        """Every user's events into this scorer's online models (see the module doc)."""
+        await follow_partitions(settings.kafka, SCORE_REQUESTS, learn_others, group_id=app.conf.id,
+                                max_records=LEARN_BATCH)
 
     @app.task
     async def encode_items() -> None:

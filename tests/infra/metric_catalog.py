@@ -58,6 +58,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_scorer_consumer_lag_messages", "gauge", ("topic",)),
     Metric("tailcast_blender_auc_ratio", "gauge", ("arm", "source"), optional_labels=("arm",)),
     Metric("tailcast_scorer_catalog_records_total", "counter", ("change",)),
+    Metric("tailcast_scorer_events_learned_total", "counter", ("path",)),
     # long-tail exposure agent (in the scorer process)
     Metric("tailcast_longtail_tail_share_ratio", "gauge", ("arm",)),
     Metric("tailcast_longtail_coverage_ratio", "gauge", ("arm",)),
@@ -92,6 +93,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "pairing": ("exact", "stale", "none"),
     "outcome": ("whole", "short", "unchecked"),
     "change": ("upsert", "hide", "restore", "delete", "invalid"),
+    "path": ("served", "others"),
 }
 
 # Default metrics port per process (TAILCAST_METRICS_PORT unset); prometheus.local.yml scrapes these.

@@ -1,6 +1,7 @@
 """Scale-out over Kafka partitions (docs/design.md §8): two workers and two scorers split the partitions and give the
 same final per-user results as one of each, with nothing lost, one ``"event"`` list per user state, and every
-repeat of a state (an empty list scored again, a model swap) marked as one."""
+repeat of a state (an empty list scored again, a model swap) marked as one; each scorer's online models learn
+every event, its own partitions' and the other scorer's."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def _assigned(log: str, topic: str) -> set[int]:
                                         blocks[-1])}
 
 
+def _learned(pipeline, name: str) -> dict[str, float]:
+    """``tailcast_scorer_events_learned_total`` of scorer ``name``, by path."""
+    import urllib.request
+
+    body = urllib.request.urlopen(pipeline.metrics_url(name), timeout=5).read().decode()
+    found = re.findall(r'^tailcast_scorer_events_learned_total\{path="(\w+)"\} (\S+)$', body, re.M)
+    return {path: float(value) for path, value in found}
+
+
 def _run(pipeline, kio, wait, events, *, n: int) -> tuple[dict, dict]:
     asyncio.run(ensure_topics(pipeline.settings.kafka))
     for i in range(n):
@@ -43,6 +53,11 @@ def _run(pipeline, kio, wait, events, *, n: int) -> tuple[dict, dict]:
     expected = collections.Counter(k.decode() for k, _ in events)
 
     wait(lambda: kio.latest_counts() == dict(expected), timeout=120, message="every user's final recommendation")
+    # every scorer learned every event once: its own partitions' (served) and the others' (learn_all)
+    wait(lambda: all(sum(_learned(pipeline, f"scorer{i}").values()) == len(events) for i in range(n)), timeout=60,
+         message=f"each scorer to learn all {len(events)} events: "
+                 f"{[_learned(pipeline, f'scorer{i}') for i in range(n)]}")
+    assert n == 1 or all(_learned(pipeline, f"scorer{i}")["others"] > 0 for i in range(n))
     recs = [rec for *_, rec in kio.read_all(RECOMMENDATIONS)]
     events = collections.Counter((rec["user_id"], rec["user_event_count"]) for rec in recs
                                  if rec["refresh"] == "event")
