@@ -389,6 +389,10 @@ class FeedbackBlender:
         Z = (X - mean) * inv_std
         return np.clip(Z, -self.z_clip, self.z_clip, out=Z)
 
+    def standardized(self, X: np.ndarray) -> np.ndarray:
+        """Feature rows ``X`` as the learned model sees them: standardised by the running scaler, clipped."""
+        return self._z(X)
+
     def logits(self, X: np.ndarray) -> np.ndarray:
         """(n,) logits of feature rows ``X`` (the prior's before warm-up)."""
         if not self.warmed_up:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -87,6 +87,10 @@ class OnlineRecommender:
     #: Sources switched off: their candidate lists are dropped before the merge (an ablation, as
     #: ``tailcast evaluate --mode loo --ablate`` measures; the models still learn).
     off: frozenset[str] = frozenset()
+    #: Called with each labelled list's whole candidate pool as the ranker's feature rows and the clicked
+    #: row (None and -1 when the click was not in the pool): ``benchmarks/ranker_pools.py`` replays them to
+    #: measure other rankers on the same candidates. None: no pool matrix is built.
+    pool_observer: Callable[[np.ndarray | None, int], None] | None = None
 
     def __init__(
         self,
@@ -213,6 +217,9 @@ class OnlineRecommender:
             return 0
         ours = self._items.get(clicked_item)
         hit = np.flatnonzero(pool.items == ours) if ours >= 0 else _EMPTY
+        if self.pool_observer is not None:
+            self.pool_observer(pool.features(self.blender, range(pool.items.size)) if hit.size else None,
+                               int(hit[0]) if hit.size else -1)
         if not hit.size:
             return 0
         hit = int(hit[0])

@@ -96,6 +96,22 @@ def test_the_ranker_learns_from_candidates_it_did_not_show() -> None:
     assert rec.feedback("u3", None, "never-proposed") == 0  # not in the pool: nothing to rank it against
 
 
+def test_pool_observer_sees_each_labelled_pool_whole_with_the_clicked_row() -> None:
+    rec = make()
+    warm(rec)
+    seen = []
+    rec.pool_observer = lambda X, hit: seen.append((X, hit))
+    shown = rec.recommend("u3", ["i2", "i3"], 2, arm="control")
+    assert rec.feedback("u3", None, shown[0].item) > 0
+    ((X, hit),) = seen
+    assert X.shape[1] == rec.blender.n_features and X.shape[0] > len(shown)
+    # the clicked row is the learned positive: the same features the ranker scored for the shown item
+    assert rec.blender.predict_matrix(X[[hit]])[0] == pytest.approx(shown[0].score, rel=1e-5)
+    rec.recommend("u3", ["i2", "i3"], 2, arm="control")
+    rec.feedback("u3", None, "never-proposed")
+    assert seen[-1] == (None, -1)
+
+
 def test_consumed_items_are_never_recommended() -> None:
     from online.base import item_hashes
 
