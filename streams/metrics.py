@@ -38,6 +38,7 @@ class WorkerMetrics:
     offsets_skipped: Counter
     recovery_checks: Counter
     rerouted: Counter
+    users_forgotten: Counter
     user_states: Gauge
     score_requests: Counter
     batch_size: Histogram
@@ -64,6 +65,9 @@ class WorkerMetrics:
                                     "(the check's Fetch failed)", ["outcome"], registry=registry),
             rerouted=Counter("tailcast_worker_rerouted",
                              "Events re-published to the partition their user_id hashes to", registry=registry),
+            users_forgotten=Counter("tailcast_worker_users_forgotten",
+                                    "Erasure requests applied (#17): the user's state deleted, a tombstone on the "
+                                    "changelog and a forget marker on score-requests", registry=registry),
             user_states=Gauge("tailcast_worker_user_states", "User states held by this worker",
                               registry=registry),
             score_requests=Counter("tailcast_worker_score_requests", "Score requests emitted",

@@ -22,7 +22,10 @@ __all__ = [
     "DLQ_REASONS",
     "CATALOG_CHANGES",
     "ValidEvent",
+    "Forget",
+    "FORGET",
     "parse_event",
+    "read_request",
     "ScoreRequest",
     "RecommendedItem",
     "Recommendation",
@@ -41,6 +44,8 @@ MAX_ID_CHARS = 256
 MAX_EVENT_TYPE_CHARS = 32
 FUTURE_TOLERANCE_S = 86_400.0
 MS_THRESHOLD = 1e11  # a ts above this (year 5138 in seconds) is read as milliseconds
+#: An event's own fields; any other top-level field goes into ``props`` (``control`` makes a control record).
+_EVENT_FIELDS = frozenset({"user_id", "item_id", "event", "ts", "props", "control"})
 
 #: Every reason a record can be dead-lettered for; the label set of ``tailcast_worker_dlq_records_total``.
 DLQ_REASONS = (
@@ -54,7 +59,12 @@ DLQ_REASONS = (
     "id_too_long",
     "wrong_type",
     "bad_timestamp",
+    "unknown_control",
 )
+
+#: The one control record there is (#17, erasure): ``{"user_id": ..., "control": "forget"}`` on ``events``,
+#: and the marker the worker writes on ``score-requests`` for it.
+FORGET = "forget"
 
 #: What an ``items`` record does to the catalogue (``streams.agents.catalogue``); the label set of
 #: ``tailcast_scorer_catalog_records_total``.
@@ -78,6 +88,44 @@ class ValidEvent:
     event: str
     ts: float
     props: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Forget:
+    """Erase a user (#17): the control record ``{"user_id", "control": "forget"}`` on ``events``, and the
+    marker the worker writes on ``score-requests`` once it has deleted the user's state, after the user's
+    earlier requests: ``{"user_id", "control": "forget", "requested_at"}``.
+
+    ``requested_at`` is the record's ``ts`` on ``events`` (default its Kafka time) and the worker's clock on
+    ``score-requests``; ``props`` holds the reserved keys the worker sets on a forwarded request.
+
+    >>> f = Forget("u7", 5.0)
+    >>> f.to_bytes(), read_request(f.to_bytes()) == f
+    (b'{"user_id":"u7","control":"forget","requested_at":5.0}', True)
+    """
+
+    user_id: str
+    requested_at: float
+    props: dict[str, Any] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """The ``score-requests`` marker (``props`` stay behind: they belong to the events topic)."""
+        return orjson.dumps({"user_id": self.user_id, "control": FORGET, "requested_at": self.requested_at})
+
+    @staticmethod
+    def record(user_id: str) -> tuple[bytes, bytes]:
+        """The ``events`` record (key, value) that asks for ``user_id``'s erasure, keyed by the id as given
+        (raw: a pseudonymising worker hashes it); :class:`BadEvent` for an id the worker would reject.
+
+        >>> Forget.record(" u7 ")
+        (b'u7', b'{"user_id":"u7","control":"forget"}')
+        >>> Forget.record("")
+        Traceback (most recent call last):
+        ...
+        streams.records.BadEvent: empty_id: user_id is empty
+        """
+        user = _id({"user_id": user_id}, "user_id")
+        return user.encode(), orjson.dumps({"user_id": user, "control": FORGET})
 
 
 def _decode_object(raw: bytes | None, *, max_bytes: int) -> dict[str, Any]:
@@ -128,8 +176,27 @@ def _timestamp(obj: dict[str, Any], default_ts: float) -> float:
     return ts
 
 
-def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ValidEvent:
+def _control(obj: dict[str, Any], control: Any, default_ts: float) -> Forget:
+    """A control record (``control`` present and not null): the user id, the control (only ``"forget"``),
+    ``ts`` and ``props`` are read as for an event; other fields are ignored."""
+    user_id = _id(obj, "user_id")
+    if not isinstance(control, str):
+        raise BadEvent("wrong_type", f"control must be a string, got {type(control).__name__}")
+    if control != FORGET:
+        raise BadEvent("unknown_control", f"control must be {FORGET!r}, got {control!r:.40}")
+    ts = _timestamp(obj, default_ts)
+    props = obj.get("props")
+    if props is not None and not isinstance(props, dict):
+        raise BadEvent("wrong_type", f"props must be an object, got {type(props).__name__}")
+    return Forget(user_id, ts, props or {})
+
+
+def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ValidEvent | Forget:
     """Validate one ``events`` record (docs/design.md §3) or raise :class:`BadEvent`.
+
+    A record with a (non-null) ``control`` field is a control record: ``{"user_id", "control": "forget"}``
+    asks for the user's erasure and is returned as a :class:`Forget`; another control value is
+    ``unknown_control``.
 
     Normalisations (documented in the README): integer ids become strings, ids are stripped of
     surrounding whitespace, ``event`` is lower-cased (default ``"click"``; unknown types are kept),
@@ -142,8 +209,13 @@ def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> Vali
     Traceback (most recent call last):
     ...
     streams.records.BadEvent: empty_id: user_id is empty
+    >>> parse_event(b'{"user_id": "u1", "control": "forget"}', max_bytes=1000, default_ts=5.0)
+    Forget(user_id='u1', requested_at=5.0, props={})
     """
     obj = _decode_object(raw, max_bytes=max_bytes)
+    control = obj.get("control")
+    if control is not None:
+        return _control(obj, control, default_ts)
     user_id = _id(obj, "user_id")
     item_id = _id(obj, "item_id")
     event = obj.get("event", "click")
@@ -155,7 +227,7 @@ def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> Vali
     props = obj.get("props")
     if props is not None and not isinstance(props, dict):
         raise BadEvent("wrong_type", f"props must be an object, got {type(props).__name__}")
-    extra = {k: v for k, v in obj.items() if k not in {"user_id", "item_id", "event", "ts", "props"}}
+    extra = {k: v for k, v in obj.items() if k not in _EVENT_FIELDS}
     if extra:
         props = {**(props or {}), **extra}
     return ValidEvent(user_id, item_id, event.strip().lower(), ts, props or {})
@@ -235,9 +307,20 @@ class ScoreRequest:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ScoreRequest:
-        d = orjson.loads(raw)
-        return cls(d["user_id"], d["sequence"], [tuple(x) for x in d["new"]], d["event_count"], d["event_ts"],
-                   d["ingested_at"], d["requested_at"], binascii.a2b_base64(d.get("consumed", "")))
+        request = read_request(raw)
+        if not isinstance(request, cls):
+            raise ValueError(f"not a score request but the erasure marker of user {request.user_id!r}")
+        return request
+
+
+def read_request(raw: bytes) -> ScoreRequest | Forget:
+    """One ``score-requests`` record: a :class:`ScoreRequest`, or the :class:`Forget` marker of an erasure.
+    Raises ``ValueError``, ``KeyError`` or ``TypeError`` for a record that is neither."""
+    d = orjson.loads(raw)
+    if d.get("control") == FORGET:
+        return Forget(d["user_id"], d["requested_at"])
+    return ScoreRequest(d["user_id"], d["sequence"], [tuple(x) for x in d["new"]], d["event_count"], d["event_ts"],
+                        d["ingested_at"], d["requested_at"], binascii.a2b_base64(d.get("consumed", "")))
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, 10 per list

@@ -7,6 +7,9 @@ at least :data:`streams.config.TRAIN_MIN_EVENTS` events — trains a fresh encod
 the better on validation kept) and, unless ``TAILCAST_TRAIN_VAE_MAX_SECONDS`` is 0, a Mult-VAE off the event
 loop, and publishes a versioned checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it
 up and hot-swap.
+
+Erasure (#17): a user's forget marker on ``score-requests`` drops the user's events from the log kept
+(:meth:`EventLog.forget`); the next scheduled refresh trains without them, and so does every later one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from streams.config import TRAIN_EPOCHS, TRAIN_MIN_EVENTS, Settings
 from streams.datasets import load_dataset
 from streams.kafka import client_kwargs
 from streams.metrics import TrainerMetrics, serve_metrics
-from streams.records import ScoreRequest
+from streams.records import Forget, ScoreRequest, read_request
 from streams.topics import ITEMS, SCORE_REQUESTS
 
 __all__ = ["run_trainer", "EventLog", "refresh_config", "refresh_once", "update_texts"]
@@ -41,14 +44,47 @@ EVENTS_KEPT = 1_000_000
 
 
 class EventLog:
-    """The most recent events, each applied once (a per-user high-water mark drops redelivered ones)."""
+    """The most recent events, each applied once (a per-user high-water mark drops redelivered ones).
+
+    Erasure (#17): :meth:`forget` drops a user's events kept so far, so that no refresh from then on trains
+    on them; reading the log again from its beginning drops them again at the marker, which follows them.
+    A user who comes back afterwards is a new user (their high-water mark goes too). The events go in one
+    pass over the log for all the users forgotten since the last (:meth:`erase`, before each refresh and
+    once per batch read): a user's events after the marker are added only once the pass is done.
+
+    >>> log = EventLog(10)
+    >>> for user, n in (("u1", 2), ("u2", 1)):
+    ...     _ = log.add_request(ScoreRequest(user, [], [(f"i{k}", 1.0, "click") for k in range(n)], n, 1.0, 1.0, 1.0))
+    >>> log.forget("u1"); log.erase(), [e[0] for e in log.events], log.erased_since_refresh
+    (2, ['u2'], 2)
+    """
 
     def __init__(self, max_events: int) -> None:
         self.events: deque[tuple[str, str, float]] = deque(maxlen=max_events)
         self._seen: dict[str, int] = {}
+        self._forgotten: set[str] = set()  # users whose events are still to be dropped (erase)
         self.new_since_refresh = 0
+        self.erased_since_refresh = 0  # events dropped by erasure since the last refresh
+
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s events kept so far (at the next :meth:`erase`); their next request starts afresh."""
+        self._seen.pop(user, None)
+        self._forgotten.add(user)
+
+    def erase(self) -> int:
+        """Drop the events of the users forgotten since the last call; returns how many went."""
+        if not self._forgotten:
+            return 0
+        gone, self._forgotten = self._forgotten, set()
+        kept = [e for e in self.events if e[0] not in gone]
+        erased = len(self.events) - len(kept)
+        self.events = deque(kept, maxlen=self.events.maxlen)
+        self.erased_since_refresh += erased
+        return erased
 
     def add_request(self, request: ScoreRequest) -> int:
+        if self._forgotten and request.user_id in self._forgotten:
+            self.erase()  # the user's events before the marker go, these (after it) stay
         first = request.event_count - len(request.new) + 1
         done = self._seen.get(request.user_id, 0)
         added = 0
@@ -136,6 +172,7 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
         end = await consumer.end_offsets(tps)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            forgotten = 0
             for tp, records in batch.items():
                 for r in records:
                     if tp.topic == ITEMS:
@@ -143,8 +180,15 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
                         if change.kind == "invalid":
                             log.warning("skipping bad item at offset %d: %s", r.offset, change.error)
                         update_texts(texts, change)
+                    elif isinstance(request := read_request(r.value), Forget):
+                        event_log.forget(request.user_id)
+                        forgotten += 1
                     else:
-                        event_log.add_request(ScoreRequest.from_bytes(r.value))
+                        event_log.add_request(request)
+            if forgotten:
+                erased = event_log.erase()
+                log.info("trainer: %d user(s) forgotten (erasure): %d of their events dropped; no refresh from "
+                         "now on trains on them", forgotten, erased)
             if not caught_up.is_set():
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= end[tp] for pos, tp in zip(positions, tps)):
@@ -167,11 +211,13 @@ async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> No
                  len(texts))
         while True:
             metrics.events_buffered.set(len(event_log.events))
-            due = time.monotonic() - last >= settings.trainer.interval_s and event_log.new_since_refresh > 0
+            changed = event_log.new_since_refresh > 0 or event_log.erased_since_refresh > 0
+            due = time.monotonic() - last >= settings.trainer.interval_s and changed
             enough = event_log.new_since_refresh >= max(TRAIN_MIN_EVENTS, trained_on)
             if once or due or enough:
+                event_log.erase()
                 events, snapshot = list(event_log.events), dict(texts)
-                event_log.new_since_refresh, trained_on = 0, len(events)
+                event_log.new_since_refresh, event_log.erased_since_refresh, trained_on = 0, 0, len(events)
                 if len({u for u, _, _ in events}) >= 2:
                     await loop.run_in_executor(None, lambda: refresh_once(settings, events, snapshot,
                                                                           metrics=metrics))

@@ -184,20 +184,30 @@ class KafkaIO:
         return asyncio.run(go())
 
     def latest_counts(self) -> dict[str, int]:
-        """Each user's highest ``user_event_count`` among the lists in ``recommendations`` so far."""
+        """Each user's highest ``user_event_count`` among the lists in ``recommendations`` so far (since the
+        user's last tombstone, the erasure of #17: a user erased and not back has none)."""
         from streams.topics import RECOMMENDATIONS
 
         latest: dict[str, int] = {}
-        for *_, rec in self.read_all(RECOMMENDATIONS):
-            latest[rec["user_id"]] = max(latest.get(rec["user_id"], 0), rec["user_event_count"])
+        for _p, _o, key, rec in self.read_all(RECOMMENDATIONS):  # a user's records are in order: one partition
+            if rec is None:
+                latest.pop(key.decode(), None)
+            else:
+                latest[rec["user_id"]] = max(latest.get(rec["user_id"], 0), rec["user_event_count"])
         return latest
 
     def user_states(self) -> dict:
-        """The worker's user_state table as its changelog holds it: each user's newest ``UserState``."""
+        """The worker's user_state table as its changelog holds it: each user's newest ``UserState`` (a user
+        whose last record is a tombstone, erased, has none)."""
         from streams.agents.ingest import UserState
 
-        return {key.decode(): UserState.from_bytes(value)
-                for _p, _o, key, value in self.read_all("tailcast-worker-user_state-changelog", decode=False)}
+        states = {}
+        for _p, _o, key, value in self.read_all("tailcast-worker-user_state-changelog", decode=False):
+            if value is None:
+                states.pop(key.decode(), None)
+            else:
+                states[key.decode()] = UserState.from_bytes(value)
+        return states
 
 
 @pytest.fixture()

@@ -13,6 +13,11 @@ once per user per micro-batch, and one score request is emitted per user per bat
 The user states come back after a restart only if table recovery reads each changelog partition to its
 end: :func:`fetch_highwaters` corrects the end offsets Faust asks for, and a recovery that stopped short
 is counted (#20).
+
+Erasure (#17): a control record ``{"user_id", "control": "forget"}`` on ``events`` deletes the user's state
+(a tombstone on the changelog) once the score request for the user's earlier events of the batch is out,
+and puts a :class:`~streams.records.Forget` marker on ``score-requests`` after it, for the scorer and the
+trainer. It is pseudonymised and forwarded as an event is.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import orjson
 
 from online.base import item_hash
 from streams.kafka import client_kwargs, send_batched
-from streams.records import BadEvent, ScoreRequest, dead_letter, parse_event
+from streams.records import FORGET, BadEvent, Forget, ScoreRequest, dead_letter, parse_event
 from streams.topics import partition_for
 
 log = logging.getLogger("tailcast.ingest")
@@ -139,8 +144,13 @@ class UserState:
 
 @dataclass(slots=True)
 class BatchResult:
+    """What one micro-batch does: the user states to write, the score requests (and erasure markers) to send
+    in order, dead letters, forwards, and the users erased (``forgotten``: user -> events their deleted
+    state held; a user erased and back within the batch has a state in ``states`` instead of a tombstone)."""
+
     states: dict[str, UserState] = field(default_factory=dict)
-    requests: list[ScoreRequest] = field(default_factory=list)
+    requests: list[ScoreRequest | Forget] = field(default_factory=list)
+    forgotten: dict[str, int] = field(default_factory=dict)
     dead_letters: list[tuple[str, bytes]] = field(default_factory=list)  # (reason, dlq record)
     reroutes: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # (key, value, partition)
     applied: int = 0
@@ -193,12 +203,30 @@ class IngestProcessor:
         now = time.time() if now is None else now
         pack, compact_above, send_consumed = _HASH.pack, self._compact_above, self.exclude_consumed == "all"
         out = BatchResult()
+        forgotten = out.forgotten
         new: dict[str, list[tuple[str, float, str]]] = {}
         # user -> (state, its redelivered events): a worker killed after writing a state but before its score
         # request was sent leaves that state unscored, unless the redelivery asks again (the scorer drops a
         # request for a state it has published, and learns no event twice)
         redelivered: dict[str, tuple[UserState, list[tuple[str, float, str]]]] = {}
         ingested: dict[str, float] = {}
+
+        def request(user: str) -> None:
+            """The score request for ``user``'s events of this batch so far (new or redelivered)."""
+            state = out.states.get(user) or redelivered[user][0]
+            items = new.pop(user, [])
+            again = redelivered.pop(user, None)
+            if again is not None:
+                # the redelivered events travel too when they are the newest of the state (before this batch's
+                # new ones): the scorer may never have learned them
+                both = again[1] + items
+                if len(both) <= len(state.sequence) and [e[0] for e in both] == state.sequence[-len(both):]:
+                    items = both
+            out.requests.append(ScoreRequest(
+                user_id=user, sequence=list(state.sequence), new=items, event_count=state.count,
+                event_ts=state.last_ts, ingested_at=ingested.pop(user), requested_at=now,
+                consumed=bytes(state.consumed) if send_consumed else b""))
+
         for rec in records:
             try:
                 ev = parse_event(rec.value, max_bytes=self.max_event_bytes, default_ts=rec.timestamp)
@@ -213,12 +241,14 @@ class IngestProcessor:
                 user = pseudonymize(user, self.pseudonymize_key)
             key = user.encode()
             target = partition_for(key, self.partitions)
+            forget = type(ev) is Forget
             if target != rec.partition:
                 # The producer keyed it otherwise (or not at all): forward it to the partition its user
                 # hashes to, so that one worker owns each user's state. Raw ids don't travel further. The
                 # origin travels along: if this batch is redelivered after a crash, the repeated forward
-                # is recognised as a duplicate where it lands.
-                body = {"user_id": user, "item_id": ev.item_id, "event": ev.event, "ts": ev.ts}
+                # is recognised as a duplicate where it lands. An erasure request is forwarded the same way.
+                body = ({"user_id": user, "control": FORGET, "ts": ev.requested_at} if forget else
+                        {"user_id": user, "item_id": ev.item_id, "event": ev.event, "ts": ev.ts})
                 props = dict(ev.props)
                 if self.pseudonymize_key:
                     props["_pseudonymized"] = True
@@ -226,10 +256,21 @@ class IngestProcessor:
                 body["props"] = props
                 out.reroutes.append((key, orjson.dumps(body), target))
                 continue
+            if forget:
+                # Erasure (#17): the score request for the user's events before it goes first, then the marker;
+                # the state goes (a tombstone on the changelog unless the user comes back in this batch)
+                if user in new or user in redelivered:
+                    request(user)
+                state = out.states.pop(user, None)
+                if state is None and user not in forgotten:
+                    state = get_state(user)
+                forgotten[user] = forgotten.get(user, 0) + (state.count if state is not None else 0)
+                out.requests.append(Forget(user, now))
+                continue
             source = _origin(ev.props) or (rec.partition, rec.offset)
             state = out.states.get(user)
             if state is None:
-                state = get_state(user) or UserState()
+                state = (get_state(user) if user not in forgotten else None) or UserState()
             if state.seen(*source):
                 out.duplicates += 1
                 redelivered.setdefault(user, (state, []))[1].append((ev.item_id, ev.ts, ev.event))
@@ -253,18 +294,7 @@ class IngestProcessor:
             ingested[user] = min(ingested.get(user, rec.timestamp), rec.timestamp)
             out.applied += 1
         for user in dict.fromkeys([*redelivered, *new]):  # users in order of their first event or redelivery
-            state = out.states.get(user) or redelivered[user][0]
-            items = new.get(user, [])
-            if user in redelivered:
-                # the redelivered events travel too when they are the newest of the state (before this batch's
-                # new ones): the scorer may never have learned them
-                both = redelivered[user][1] + items
-                if len(both) <= len(state.sequence) and [e[0] for e in both] == state.sequence[-len(both):]:
-                    items = both
-            out.requests.append(ScoreRequest(
-                user_id=user, sequence=list(state.sequence), new=items, event_count=state.count,
-                event_ts=state.last_ts, ingested_at=ingested[user], requested_at=now,
-                consumed=bytes(state.consumed) if send_consumed else b""))
+            request(user)
         return out
 
 
@@ -412,7 +442,11 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
         return None if raw is None else UserState.from_bytes(raw)
 
     async def write(out: BatchResult) -> None:
+        erased = [user.encode() for user in out.forgotten if user not in out.states]
         if not batched_writes:
+            for key in erased:
+                if key in user_state:
+                    del user_state[key]  # the table sends the changelog's tombstone
             for user, state in out.states.items():
                 user_state[user.encode()] = state.to_bytes()
             for request in out.requests:
@@ -421,6 +455,9 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
         aio = producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
         store = user_state.data
         changes = []
+        for key in erased:  # erasure (#17): a tombstone (null value), so compaction drops the user's states
+            store.pop(key, None)
+            changes.append((key, None, partition_for(key, processor.partitions)))
         for user, state in out.states.items():
             key, value = user.encode(), state.to_bytes()
             store[key] = value
@@ -487,11 +524,16 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
                 metrics.dlq_records.labels(reason=reason).inc()
             for key, value, partition in out.reroutes:
                 await producer.send(EVENTS, key, value, partition, None, None)
+            for user, count in out.forgotten.items():
+                log.info("ingest: forgot user %s (erasure): a state of %d event(s) deleted, a tombstone on the "
+                         "changelog and a forget marker on %s", user, count, SCORE_REQUESTS)
             metrics.events_consumed.inc(len(records))
             metrics.events_valid.inc(out.applied)
             metrics.duplicates_skipped.inc(out.duplicates)
             metrics.rerouted.inc(len(out.reroutes))
-            metrics.score_requests.inc(len(out.requests))
+            markers = sum(type(r) is Forget for r in out.requests) if out.forgotten else 0
+            metrics.users_forgotten.inc(markers)
+            metrics.score_requests.inc(len(out.requests) - markers)
             metrics.batch_size.observe(len(records))
             metrics.user_states.set(len(user_state))
 

@@ -11,7 +11,7 @@ import pytest
 
 from online.base import item_hash
 from streams.agents.ingest import IngestProcessor, RawRecord, UserState, consumed_of, pseudonymize
-from streams.records import ScoreRequest
+from streams.records import Forget, ScoreRequest
 from streams.topics import partition_for
 
 P = 4
@@ -237,3 +237,86 @@ def test_recent_exclusion_sends_no_consumed_items():
 def test_processor_rejects_bad_consumed_options(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         IngestProcessor(partitions=P, history_len=3, max_event_bytes=1000, **kwargs)
+
+
+# --- erasure (#17) ----------------------------------------------------------------------------------------
+
+def forget(user, offset, *, partition=None):
+    return rec(user, None, offset, partition=partition, value=orjson.dumps({"user_id": user, "control": "forget"}))
+
+
+def test_a_forget_deletes_the_state_after_the_request_for_the_users_earlier_events():
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    store = {"u1": UserState(["x"], 1, 5.0, {0: 3}, consumed_of(["x"]))}
+    out = proc.process([rec("u1", "a", 4), rec("u2", "c", 0), rec("u1", "b", 5), forget("u1", 6)], store.get, now=9.0)
+    assert "u1" not in out.states and out.forgotten == {"u1": 3}  # a tombstone for a state of 3 events
+    first, marker, other = out.requests
+    assert (first.user_id, first.event_count, [n[0] for n in first.new]) == ("u1", 3, ["a", "b"])
+    assert (type(marker), marker.user_id, marker.requested_at) == (Forget, "u1", 9.0)
+    assert other.user_id == "u2" and out.applied == 3
+    # the erased state is gone: the user's next event starts a new one, offsets included
+    del store["u1"]
+    again = proc.process([rec("u1", "d", 7)], store.get)
+    assert again.states["u1"] == UserState(["d"], 1, 100.0, {partition_for(b"u1", P): 7}, consumed_of(["d"]))
+
+
+def test_a_user_forgotten_and_back_within_a_batch_is_a_new_user_after_the_marker():
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    store = {"u1": UserState(["x", "y"], 2, 5.0, {0: 3}, consumed_of(["x", "y"]))}
+    out = proc.process([forget("u1", 4), rec("u1", "a", 5), rec("u1", "b", 6), forget("u1", 7), rec("u1", "c", 8)],
+                       store.get)
+    assert out.forgotten == {"u1": 4}  # the stored state (2 events) and the one made in between (2)
+    assert [(type(r).__name__, getattr(r, "event_count", None)) for r in out.requests] == [
+        ("Forget", None), ("ScoreRequest", 2), ("Forget", None), ("ScoreRequest", 1)]
+    assert out.requests[1].sequence == ["a", "b"] and out.requests[1].consumed == bytes(consumed_of(["a", "b"]))
+    assert out.states["u1"].sequence == ["c"] and out.states["u1"].count == 1  # written instead of a tombstone
+
+
+def test_forgetting_a_user_without_state_still_sends_the_marker():
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    out = proc.process([forget("nobody", 0)], {}.get)
+    assert out.forgotten == {"nobody": 0} and [r.user_id for r in out.requests] == ["nobody"] and not out.states
+
+
+def test_a_redelivered_forget_batch_ends_with_the_same_erasure():
+    """A worker killed after the tombstone but before its commit gets the batch again: the events are applied to
+    a new state (the old one, with its offsets, is gone) and the forget erases it again."""
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    store: dict[str, UserState] = {}
+    batch = [rec("u1", "a", 0), forget("u1", 1)]
+    first = proc.process(batch, store.get)
+    again = proc.process(batch, store.get)
+    assert first.forgotten == again.forgotten == {"u1": 1} and not first.states and not again.states
+    assert [type(r).__name__ for r in again.requests] == ["ScoreRequest", "Forget"]
+
+
+@pytest.mark.parametrize("key", [None, "secret"])
+def test_a_forget_is_forwarded_like_an_event_and_pseudonymised_once(key):
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000, pseudonymize_key=key)
+    user = pseudonymize("alice", key) if key else "alice"
+    wrong = (partition_for(user.encode(), P) + 1) % P
+    out = proc.process([forget("alice", 12, partition=wrong)], {}.get)
+    ((k, value, target),) = out.reroutes
+    body = orjson.loads(value)
+    assert k == user.encode() and target == partition_for(user.encode(), P) and not out.forgotten
+    assert body["user_id"] == user and body["control"] == "forget" and body["props"]["_origin"] == [wrong, 12]
+    assert b"alice" not in value or key is None
+    # where it lands, the worker erases the user it names (not hashed a second time)
+    store = {user: UserState(["x"], 1, 5.0, {target: 0}, consumed_of(["x"]))}
+    landed = proc.process([RawRecord("events", target, 40, 100.0, k, value)], store.get)
+    assert landed.forgotten == {user: 1} and [r.user_id for r in landed.requests] == [user]
+
+
+@pytest.mark.parametrize("value,reason", [
+    (b'{"user_id": "u1", "control": "erase"}', "unknown_control"),
+    (b'{"user_id": "u1", "control": ["forget"]}', "wrong_type"),
+    (b'{"control": "forget"}', "missing_field"),
+    (b'{"user_id": " ", "control": "forget"}', "empty_id"),
+    (b'{"user_id": "u1", "control": "forget", "props": 3}', "wrong_type"),
+])
+def test_malformed_control_records_are_dead_lettered_with_their_reason(value, reason):
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=1000)
+    store = {"u1": UserState(["x"], 1, 5.0, {0: 3}, consumed_of(["x"]))}
+    out = proc.process([rec("u1", None, 4, value=value)], store.get)
+    assert [r for r, _ in out.dead_letters] == [reason] and not out.forgotten and not out.requests
+    assert orjson.loads(out.dead_letters[0][1])["reason"] == reason

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.records import (DLQ_REASONS, BadEvent, Recommendation, RecommendedItem, ScoreRequest, dead_letter,
-                             parse_event, parse_item, parse_item_key)
+from streams.records import (DLQ_REASONS, BadEvent, Forget, Recommendation, RecommendedItem, ScoreRequest, ValidEvent,
+                             dead_letter, parse_event, parse_item, parse_item_key, read_request)
 
 OK = dict(max_bytes=10_000, default_ts=1_700_000_000.0)
 
@@ -32,6 +32,8 @@ OK = dict(max_bytes=10_000, default_ts=1_700_000_000.0)
     (b'{"user_id": "u", "item_id": "i", "ts": 1e300}', "bad_timestamp"),
     (b'{"user_id": "u", "item_id": "i", "props": [1]}', "wrong_type"),
     (b'{"user_id": "' + b"u" * 300 + b'", "item_id": "i"}', "id_too_long"),
+    (b'{"user_id": "u", "control": "Forget"}', "unknown_control"), (b'{"user_id": "u", "control": 1}', "wrong_type"),
+    (b'{"control": "forget"}', "missing_field"), (b'{"user_id": "u", "control": "forget", "ts": -1}', "bad_timestamp"),
 ])
 def test_bad_events_have_a_reason(raw, reason):
     with pytest.raises(BadEvent) as info:
@@ -52,7 +54,7 @@ def test_normalisation():
 @given(st.one_of(st.binary(max_size=300), st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=20),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(["user_id", "item_id", "ts", "event",
-                                                                         "props", "x"]), c, max_size=5),
+                                                                         "props", "x", "control"]), c, max_size=5),
     max_leaves=12).map(lambda v: json.dumps(v).encode())))
 def test_fuzz_never_crashes(raw):
     """Any bytes either validate or raise BadEvent with a known reason, never anything else."""
@@ -61,7 +63,25 @@ def test_fuzz_never_crashes(raw):
     except BadEvent as exc:
         assert exc.reason in DLQ_REASONS
     else:
-        assert ev.user_id.strip() and ev.item_id.strip() and math.isfinite(ev.ts) and ev.ts >= 0
+        if isinstance(ev, Forget):
+            assert ev.user_id.strip() and math.isfinite(ev.requested_at) and ev.requested_at >= 0
+        else:
+            assert ev.user_id.strip() and ev.item_id.strip() and math.isfinite(ev.ts) and ev.ts >= 0
+
+
+def test_a_control_record_asks_for_an_erasure_and_its_marker_reads_back():
+    forget = parse_event(b'{"user_id": 7, "control": "forget", "item_id": "ignored", "ts": 5, "props": {"a": 1}}', **OK)
+    assert forget == Forget("7", 5.0, {"a": 1})
+    # a null control is no control: the record is an event, and the field does not go into props
+    ev = parse_event(b'{"user_id": "u", "item_id": "i", "control": null}', **OK)
+    assert isinstance(ev, ValidEvent) and ev.props == {}
+    assert read_request(Forget("u", 3.0).to_bytes()) == Forget("u", 3.0)
+    with pytest.raises(ValueError, match="erasure marker of user 'u'"):
+        ScoreRequest.from_bytes(Forget("u", 3.0).to_bytes())
+    assert Forget.record(" 42 ") == (b"42", b'{"user_id":"42","control":"forget"}')
+    assert parse_event(Forget.record("42")[1], **OK) == Forget("42", OK["default_ts"])
+    with pytest.raises(BadEvent, match="id_too_long"):
+        Forget.record("u" * 300)
 
 
 def test_dead_letter_keeps_bytes_and_source():

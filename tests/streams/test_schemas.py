@@ -18,8 +18,8 @@ from online.recommender import OnlineRecommender
 from streams import schemas
 from streams.agents.ingest import IngestProcessor, RawRecord, pseudonymize
 from streams.agents.scorer import ScorerCore
-from streams.records import (DLQ_REASONS, BadEvent, Recommendation, RecommendedItem, ScoreRequest, dead_letter,
-                             parse_event, parse_item)
+from streams.records import (DLQ_REASONS, BadEvent, Forget, Recommendation, RecommendedItem, ScoreRequest,
+                             dead_letter, parse_event, parse_item)
 from streams.tools import synthetic_source
 from streams.topics import (DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for,
                             topic_specs)
@@ -72,7 +72,10 @@ def test_the_outputs_required_fields_are_what_the_code_writes():
     assert recs["required"] == list(rec.to_dict())
     assert recs["properties"]["items"]["items"]["required"] == list(rec.to_dict()["items"][0])
     req = ScoreRequest("u", ["a"], [("a", 1.0, "click")], 1, 1.0, 1.0, 2.0)
-    assert schemas.schema(SCORE_REQUESTS)["required"] == list(orjson.loads(req.to_bytes()))
+    requests = schemas.schema(SCORE_REQUESTS)
+    assert requests["else"]["required"] == list(orjson.loads(req.to_bytes()))
+    marker = list(orjson.loads(Forget("u", 2.0).to_bytes()))
+    assert requests["then"]["propertyNames"]["enum"] == marker and set(requests["required"]) <= set(marker)
     dlq = orjson.loads(dead_letter(reason="not_json", error="e", topic=EVENTS, partition=0, offset=0,
                                    timestamp=1.0, key=None, value=b"x"))
     assert schemas.schema(DLQ)["required"] == list(dlq)
@@ -134,6 +137,7 @@ REJECTED = {
     "id_too_long": b'{"user_id": "' + b"u" * 300 + b'", "item_id": "i1"}',
     "wrong_type": b'{"user_id": ["u1"], "item_id": "i1"}',
     "bad_timestamp": b'{"user_id": "u1", "item_id": "i1", "ts": -5}',
+    "unknown_control": b'{"user_id": "u1", "control": "erase"}',
 }
 
 
@@ -256,6 +260,13 @@ BAD = [
     (EVENTS, {**EVENT, "props": [1]}, "not of type"),
     (EVENTS, {**EVENT, "props": {"_origin": [1]}}, "too short"),
     (EVENTS, {**EVENT, "props": {"_pseudonymized": "yes"}}, "'boolean'"),
+    (EVENTS, {"user_id": "u1"}, "'item_id' is a required property"),
+    (EVENTS, {"user_id": "u1", "control": None}, "'item_id' is a required property"),
+    (EVENTS, {"user_id": "u1", "control": "erase"}, "'forget' was expected"),
+    (EVENTS, {"user_id": "u1", "control": 1}, "not of type"),
+    (SCORE_REQUESTS, {"user_id": "u1", "control": "forget"}, "'requested_at' is a required property"),
+    (SCORE_REQUESTS, {"user_id": "u1", "control": "erase", "requested_at": 1.0}, "'forget' was expected"),
+    (SCORE_REQUESTS, {**_req(), "control": "forget"}, "'sequence' is not one of"),
 ]
 
 
@@ -281,6 +292,24 @@ def test_the_worker_rejects_the_events_the_schema_rejects(topic, message, why):
 def test_the_worker_and_the_schema_accept_the_same_edge_cases(event):
     valid(EVENTS, event)
     parse_event(orjson.dumps(event), max_bytes=10_000, default_ts=NOW)
+
+
+@pytest.mark.parametrize("key", [None, "secret"])
+def test_erasure_records_meet_their_contracts(key):
+    """The control record the api and ``tailcast forget`` write, its forward, and the worker's marker (#17)."""
+    _key, value = Forget.record(" u7 ")
+    valid(EVENTS, value)
+    valid(EVENTS, {"user_id": 7, "control": "forget", "ts": NOW, "item_id": "ignored", "props": {"a": 1}})
+    proc = IngestProcessor(partitions=P, history_len=10, max_event_bytes=10_000, pseudonymize_key=key)
+    user = pseudonymize("u7", key) if key else "u7"
+    wrong = (partition_for(user.encode(), P) + 1) % P
+    ((_k, forwarded, _p),) = proc.process([_raw(value, 3, user="u7", partition=wrong)], {}.get).reroutes
+    valid(EVENTS, forwarded)
+    out = proc.process([_raw(value, 4, user=user), _raw(orjson.dumps({**EVENT, "user_id": "u7"}), 5, user=user)],
+                       {}.get, now=NOW)
+    marker, request = out.requests
+    valid(SCORE_REQUESTS, marker.to_bytes())
+    valid(SCORE_REQUESTS, request.to_bytes())
 
 
 @pytest.mark.parametrize("message", [
