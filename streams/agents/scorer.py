@@ -24,6 +24,10 @@ a stream). Such a user is scored again with each following micro-batch, once tha
 learned, until the list has items: otherwise a user whose last event came that early would keep the
 empty list until their next event.
 
+Erasure (#17): a :class:`~streams.records.Forget` marker on ``score-requests`` (the worker writes it after
+the user's earlier requests) drops the user from this core's per-user maps and the recommender's per-user
+rows (:meth:`ScorerCore.forget`); the agent publishes a tombstone for the user on ``recommendations``.
+
 Every list says why it was published (``Recommendation.refresh``): ``"event"`` for a new user state,
 published at most once per (user, ``user_event_count``); ``"empty"`` for the re-score of an empty list;
 ``"model"`` for the re-score after a model swap (:meth:`ScorerCore.rescore_active`). Each carries a
@@ -41,7 +45,7 @@ from typing import Protocol
 
 from online.arms import ArmAssigner
 from online.base import Candidate, CandidateList
-from streams.records import Recommendation, RecommendedItem, ScoreRequest
+from streams.records import Forget, Recommendation, RecommendedItem, ScoreRequest
 
 __all__ = ["SequenceModel", "ScorerCore", "BatchOutput", "LearnedEvent", "BATCH_SOURCES"]
 
@@ -72,8 +76,12 @@ class LearnedEvent:
 
 @dataclass(slots=True)
 class BatchOutput:
+    """A micro-batch's lists, the events it learned, and the users it erased (``forgotten``, in order: their
+    tombstones go out before the lists, each of which reflects only events after the erasure)."""
+
     recommendations: list[Recommendation] = field(default_factory=list)
     events: list[LearnedEvent] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
     coalesced: int = 0
     stale: int = 0
 
@@ -151,19 +159,40 @@ class ScorerCore:
             done = index
         self._learned.put(user, done)
 
-    def learn(self, requests: Sequence[ScoreRequest]) -> list[LearnedEvent]:
+    def forget(self, user: str) -> None:
+        """Erase ``user`` (#17): what this core remembers of them (events learned, lists published, the
+        newest request, an empty list waiting) and the recommender's per-user rows. A later request for the
+        user is a new user's, learned and scored from its first event."""
+        for per_user in (self._learned, self._published, self._active, self._empty):
+            per_user.pop(user, None)
+        self.recommender.forget(user)
+
+    def learn(self, requests: Sequence[ScoreRequest | Forget]) -> list[LearnedEvent]:
         """Apply the events of requests this scorer does not serve (another scorer's partitions) to the
         online models, scoring nothing: every scorer's item models learn from every user. An event already
-        learned (here or by :meth:`process`) is skipped, so the two paths can overlap."""
+        learned (here or by :meth:`process`) is skipped, so the two paths can overlap. An erasure marker
+        erases the user here too (the scorer that serves the user publishes the tombstone)."""
         out = BatchOutput()
         for request in requests:
-            self._learn(request, out)
+            if type(request) is Forget:
+                self.forget(request.user_id)
+            else:
+                self._learn(request, out)
         return out.events
 
-    def process(self, requests: Sequence[ScoreRequest], *, now: float | None = None) -> BatchOutput:
+    def process(self, requests: Sequence[ScoreRequest | Forget], *, now: float | None = None) -> BatchOutput:
+        """Learn, coalesce and score a micro-batch. An erasure marker erases its user (:meth:`forget`) in
+        order: the user's requests before it are learned but not scored, and ``out.forgotten`` names the user
+        for a tombstone on ``recommendations``."""
         out = BatchOutput()
         newest: dict[str, ScoreRequest] = {}
         for request in requests:
+            if type(request) is Forget:
+                if newest.pop(request.user_id, None) is not None:
+                    out.coalesced += 1
+                self.forget(request.user_id)
+                out.forgotten.append(request.user_id)
+                continue
             self._learn(request, out)
             prev = newest.get(request.user_id)
             if prev is None or request.event_count > prev.event_count:

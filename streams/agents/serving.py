@@ -20,6 +20,10 @@
 * ``exposure`` (agent on ``recommendations``): consumes published lists the way a downstream consumer
   would, pairs them with the events the scorer applied (by ``user_event_count``), and publishes one
   ``longtail-metrics`` record per arm every interval, mirrored as Prometheus gauges.
+
+Erasure (#17): a forget marker on ``score-requests`` makes ``score`` forget the user (``ScorerCore``) and
+publish a tombstone on ``recommendations`` before the micro-batch's lists; ``learn_all`` forgets the other
+scorers' users the same way; ``exposure`` drops the user's pairing state on the tombstone.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -51,7 +56,7 @@ from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import WORKER_BATCH, Settings
 from streams.kafka import send_batched
 from streams.metrics import LongTailMetrics, ScorerMetrics
-from streams.records import Recommendation, ScoreRequest, dumps
+from streams.records import Recommendation, dumps, read_request
 from streams.topics import ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for
 
 __all__ = ["register", "build_recommender", "TextVectors"]
@@ -125,17 +130,19 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
 
     batched_writes = settings.kafka.processing_guarantee == "at_least_once"
 
-    async def publish(recs: list[Recommendation]) -> None:
+    async def publish(recs: list[Recommendation], forgotten: Sequence[str] = ()) -> None:
         """One record batch per partition (at-least-once: Faust's pre-commit flush covers it); with
-        exactly-once, Faust's own send keeps each record inside the transaction."""
+        exactly-once, Faust's own send keeps each record inside the transaction. The erased users'
+        tombstones (null values keyed by the user, #17) go before the lists, which are all newer."""
+        records = [(user.encode(), None) for user in forgotten]
+        records += [(rec.user_id.encode(), rec.to_bytes()) for rec in recs]
         if not batched_writes:
-            for rec in recs:
-                await producer.send(RECOMMENDATIONS, rec.user_id.encode(), rec.to_bytes(), None, None, None)
+            for key, value in records:
+                await producer.send(RECOMMENDATIONS, key, value, None, None, None)
             return
         aio = producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
         n = len(await aio.partitions_for(RECOMMENDATIONS))
-        await send_batched(aio, RECOMMENDATIONS, [(key, rec.to_bytes(), partition_for(key, n))
-                                                  for rec in recs for key in (rec.user_id.encode(),)])
+        await send_batched(aio, RECOMMENDATIONS, [(key, value, partition_for(key, n)) for key, value in records])
 
     @app.agent(topics[SCORE_REQUESTS], name="score")
     async def score(stream):
@@ -152,14 +159,17 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         requests = []
         for e in events:
             try:
-                requests.append(ScoreRequest.from_bytes(e.message.value))
+                requests.append(read_request(e.message.value))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable score request at %s[%d]@%d: %s", SCORE_REQUESTS, e.message.partition,
                           e.message.offset, exc)
         metrics.requests_consumed.inc(len(events))
         async with publishing:
             out = core.process(requests)
-            await publish(out.recommendations)
+            await publish(out.recommendations, out.forgotten)
+        for user in out.forgotten:
+            log.info("scorer: forgot user %s (erasure): per-user rows dropped, a tombstone on %s", user,
+                     RECOMMENDATIONS)
         metrics.events_learned.labels(path="served").inc(len(out.events))
         now = time.time()
         for rec in out.recommendations:
@@ -239,6 +249,10 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         async def exposure(stream):
             async for events in stream.take_events(1000, within=0.05):
                 for e in events:
+                    if e.message.value is None:  # a tombstone: the user was erased (#17)
+                        if e.message.key:
+                            _count_pairings(arm_metrics.forget(e.message.key.decode(errors="replace")))
+                        continue
                     try:
                         rec = Recommendation.from_bytes(e.message.value)
                     except (ValueError, KeyError, TypeError) as exc:
@@ -300,7 +314,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             if record.partition in served:
                 continue  # the score agent learns it, and reports its events (the exposure agent pairs them)
             try:
-                requests.append(ScoreRequest.from_bytes(record.value))
+                requests.append(read_request(record.value))  # an erasure marker erases here too
             except (ValueError, KeyError, TypeError):
                 continue  # the score agent of the partition's owner logs it
         metrics.events_learned.labels(path="others").inc(len(core.learn(requests)))

@@ -11,7 +11,7 @@ from online.arms import ArmAssigner, parse_arms
 from online.base import Candidate
 from online.recommender import CORE_SOURCES, OnlineRecommender
 from streams.agents.scorer import ScorerCore
-from streams.records import ScoreRequest
+from streams.records import Forget, ScoreRequest
 
 
 def core(**kw):
@@ -230,3 +230,34 @@ def test_a_tombstone_deletes_an_item_from_every_later_list():
     # a new record for the item puts it back in the catalogue
     assert catalogue.apply(top.encode(), orjson.dumps({"item_id": top, "title": "back"})).kind == "restore"
     assert top in _items(c.rescore_active(batch=1000).__next__())
+
+
+def test_a_forget_marker_erases_the_user_and_a_later_request_starts_afresh():
+    """Erasure (#17): the user's requests before the marker are learned, not scored; the core forgets what it
+    held (learned events, published counts, the newest request, the recommender's rows) and names the user
+    for a tombstone; a request after the marker is a new user's, from event 1."""
+    c = core()
+    c.process([req("u1", ["a", "b"], ["a", "b"], 2), req("u2", ["x", "y"], ["x", "y"], 2)])
+    assert "u1" in c.recommender.mf._users and "u1" in c._active
+    out = c.process([req("u1", ["a", "b", "c"], ["c"], 3), Forget("u1", 5.0), req("u1", ["d"], ["d"], 1),
+                     req("u2", ["x", "y", "z"], ["z"], 3)])
+    assert out.forgotten == ["u1"] and out.coalesced == 1
+    assert [(e.user, e.item, e.index) for e in out.events] == [("u1", "c", 3), ("u1", "d", 1), ("u2", "z", 3)]
+    assert sorted((r.user_id, r.user_event_count, r.list_id) for r in out.recommendations) == [
+        ("u1", 1, "u1:1:0"), ("u2", 3, "u2:3:0")]
+    # a marker with nothing after it: nothing of the user is left, and nothing of them is scored again
+    again = c.process([Forget("u1", 6.0)])
+    assert again.forgotten == ["u1"] and again.recommendations == []
+    assert all("u1" not in per_user for per_user in (c._learned, c._published, c._active, c._empty))
+    assert "u1" not in c.recommender.mf._users and "u1" not in c.recommender._pending
+    assert [r.user_id for batch in c.rescore_active() for r in batch] == ["u2"]
+
+
+def test_learn_forgets_a_user_of_another_scorer_without_naming_them_for_a_tombstone():
+    c = core()
+    c.learn([req("u1", ["a", "b"], ["a", "b"], 2)])
+    assert "u1" in c.recommender.mf._users
+    learned = c.learn([Forget("u1", 1.0), req("u1", ["c"], ["c"], 1)])
+    assert [(e.user, e.item, e.index) for e in learned] == [("u1", "c", 1)]  # a new user, from event 1
+    c.learn([Forget("u1", 2.0)])
+    assert "u1" not in c.recommender.mf._users and c.learn([req("u1", ["c"], ["c"], 1)]) != []
