@@ -6,7 +6,11 @@
   and a restarted instance recovers its users from the table's changelog.
 * views on Faust's own web server (aiohttp), on ``TAILCAST_API_PORT``:
   ``GET /recommendations/{user_id}?n=10`` (the list, its first ``n`` items, and ``age_s``, seconds since
-  the scorer generated it), ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
+  the scorer generated it), ``DELETE /users/{user_id}`` (erasure, #17: a control record on ``events``,
+  answered 202), ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
+* erasure: a tombstone on ``recommendations`` (a null value keyed by the user: the scorer's, once the worker
+  has deleted the user's state) deletes the user's stored list, with a tombstone on the table's changelog;
+  GET answers 404 from then on.
 * ``items`` (task): catalogue control (#17). Every instance reads the whole ``items`` topic and follows
   it (``streams.agents.catalogue``), and drops hidden and deleted items from the lists it serves, stored
   before the hide included; until it has read the topic to where it ended at start-up, it answers 503.
@@ -31,6 +35,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -41,8 +46,8 @@ from streams.agents.ingest import pseudonymize
 from streams.config import KafkaSettings
 from streams.kafka import send_batched
 from streams.metrics import ApiMetrics
-from streams.records import Recommendation
-from streams.topics import RECOMMENDATIONS, partition_for
+from streams.records import BadEvent, Forget, Recommendation
+from streams.topics import EVENTS, RECOMMENDATIONS, partition_for
 
 __all__ = ["ReadApi", "BadRequest", "newest_lists", "register", "DEFAULT_N", "FORWARDED_HEADER"]
 
@@ -85,12 +90,24 @@ def parse_n(text: str | None) -> int:
     return n
 
 
-def newest_lists(values: Iterable[bytes]) -> tuple[dict[bytes, bytes], int]:
-    """The last list per user among ``recommendations`` record values (in topic order), keyed by the user id
-    as UTF-8, each value as published; and how many values were not a list."""
-    newest: dict[bytes, bytes] = {}
+def newest_lists(records: Iterable[tuple[bytes | None, bytes | None]]) -> tuple[dict[bytes, bytes | None], int]:
+    """The last record per user among ``recommendations`` records ``(key, value)`` (in topic order), keyed by
+    the user id as UTF-8: a list's value as published, or None for a tombstone (the user was erased, #17:
+    a null value keyed by the user); and how many records were neither (a tombstone without a key counts).
+
+    >>> rec = Recommendation("u1", [], 3, "online", "control", 1.0, 100.0, 99.0, "u1:3:0").to_bytes()
+    >>> newest_lists([(b"u1", rec), (b"u1", None), (b"u2", rec[:5]), (None, None)])
+    ({b'u1': None}, 2)
+    """
+    newest: dict[bytes, bytes | None] = {}
     unreadable = 0
-    for value in values:
+    for key, value in records:
+        if value is None:
+            if key:
+                newest[key] = None
+            else:
+                unreadable += 1
+            continue
         try:
             user = Recommendation.from_bytes(value).user_id
         except (ValueError, KeyError, TypeError):
@@ -128,6 +145,19 @@ class ReadApi:
 
     def _catalogue_pending(self) -> bool:
         return self.catalogue_read is not None and not self.catalogue_read.is_set()
+
+    def erasure(self, user_id: str) -> tuple[bytes, bytes]:
+        """``DELETE /users/{user_id}``: the ``events`` control record (key, value) that asks for the user's
+        erasure, keyed by the id as the client gives it (the worker pseudonymises it, as it does events);
+        :class:`BadRequest` for an id the worker would reject.
+
+        >>> ReadApi({}).erasure("u1")
+        (b'u1', b'{"user_id":"u1","control":"forget"}')
+        """
+        try:
+            return Forget.record(user_id)
+        except BadEvent as exc:
+            raise BadRequest(f"bad user id: {exc}") from None
 
     def key(self, user_id: str) -> bytes:
         """The table key of ``user_id`` as a client gives it (pseudonymised as at ingest, when configured)."""
@@ -240,6 +270,29 @@ class RecommendationsView(_Endpoint):
         return self.bytes(body, status=status, content_type=ctype)
 
 
+class UsersView(_Endpoint):
+    """``DELETE /users/{user_id}``: erasure (#17). Any instance takes it: it writes the control record to
+    ``events`` and answers 202 once the broker has it; the worker, scorer and this table do the rest, and a
+    GET answers 404 once the scorer's tombstone has reached the instance that owns the user."""
+
+    endpoint = "users"
+
+    async def delete(self, request: Request, user_id: str) -> Response:
+        try:
+            key, value = self.api.erasure(user_id)
+        except BadRequest as exc:
+            return self.answer(400, orjson.dumps({"error": str(exc)}))
+        try:
+            sent = await (await self.app.producer.send(EVENTS, key, value, None, None, None))
+        except KafkaError as exc:
+            log.error("api: could not write the erasure request of a user to %s: %r", EVENTS, exc)
+            return self.answer(503, orjson.dumps({"error": f"could not write the erasure request to {EVENTS}; "
+                                                           "retry"}))
+        log.info("api: erasure of user %s requested (%s[%d]@%d)", self.api.key(user_id).decode(), EVENTS,
+                 sent.partition, sent.offset)
+        return self.answer(202, orjson.dumps({"user_id": key.decode(), "status": "erasure requested"}))
+
+
 class HealthView(_Endpoint):
     """``GET /healthz``."""
 
@@ -291,14 +344,22 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     api = ReadApi(table, pseudonymize_key=pseudonymize_key, banned=catalogue.banned, catalogue_read=catalogue_read)
     changelog = table.changelog_topic.get_topic_name()
 
-    async def write(newest: dict[bytes, bytes]) -> None:
+    async def write(newest: dict[bytes, bytes | None]) -> None:
+        """Store each user's newest list; a None (the scorer's tombstone: the user was erased) deletes it,
+        with a tombstone on the changelog."""
         if not batched_writes:
             for key, value in newest.items():
-                table[key] = value
+                if value is not None:
+                    table[key] = value
+                elif key in table:
+                    del table[key]  # the table sends the changelog's tombstone
             return
         store = table.data
         for key, value in newest.items():
-            store[key] = value
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
         aio = app.producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
         await send_batched(aio, changelog, [(key, value, partition_for(key, partitions))
                                             for key, value in newest.items()])
@@ -306,12 +367,15 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     @app.agent(topic, name="latest")
     async def latest(stream):
         async for events in stream.take_events(LATEST_BATCH, within=LATEST_BATCH_WAIT_S):
-            newest, unreadable = newest_lists(e.message.value for e in events)
+            newest, unreadable = newest_lists((e.message.key, e.message.value) for e in events)
             await write(newest)
+            erased = [key.decode(errors="replace") for key, value in newest.items() if value is None]
+            if erased:
+                log.info("api: deleted the stored list of %d erased user(s): %s", len(erased), ", ".join(erased))
             if unreadable:
                 log.error("skipped %d unreadable record(s) on %s", unreadable, RECOMMENDATIONS)
                 metrics.lists_unreadable.inc(unreadable)
-            metrics.lists_received.inc(len(events) - unreadable)
+            metrics.lists_received.inc(len(events) - unreadable - len(erased))
             metrics.users.set(len(table))
 
     async def apply_items(records) -> None:
@@ -328,6 +392,7 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     shared = {"api": api, "metrics": metrics}
     routed = {"table_name": table.name, "changelog": changelog, "partitions": partitions}
     for path, view, extra in (("/recommendations/{user_id}", RecommendationsView, routed),
+                              ("/users/{user_id}", UsersView, {}),
                               ("/healthz", HealthView, {}),
                               ("/metrics", MetricsView, {"registry": registry})):
         app.page(path, name=view.endpoint)(type(view.__name__, (view,), {**shared, **extra}))

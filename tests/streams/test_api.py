@@ -4,13 +4,14 @@ Faust's web server with the instances' ownership given by hand (routing to the o
 from __future__ import annotations
 
 import asyncio
+import types
 
 import orjson
 import pytest
 from aiohttp import web as aioweb
 from aiohttp.test_utils import TestClient, TestServer
 
-from streams.agents.api import DEFAULT_N, FORWARDED_HEADER, ReadApi, newest_lists
+from streams.agents.api import DEFAULT_N, FORWARDED_HEADER, BadRequest, ReadApi, newest_lists
 from streams.agents.ingest import pseudonymize
 from streams.app import create_app
 from streams.config import load_settings
@@ -94,9 +95,25 @@ def test_pseudonymised_ids_are_looked_up_as_the_worker_writes_them():
 def test_newest_lists_keeps_the_last_list_per_user_and_counts_unreadable_records():
     values = [_rec("u1", 1).to_bytes(), _rec("u2", 1).to_bytes(), b"not json", _rec("u1", 2).to_bytes(),
               b'{"user_id": "u3"}']
-    newest, unreadable = newest_lists(values)
+    newest, unreadable = newest_lists((b"ignored", value) for value in values)
     assert newest == {b"u1": values[3], b"u2": values[1]}
     assert unreadable == 2
+
+
+def test_a_tombstone_is_the_users_newest_record_until_a_later_list():
+    """Erasure (#17): the scorer's tombstone (a null value keyed by the user) deletes the stored list; a list
+    after it (the user came back) is stored again; a tombstone without a key is unreadable."""
+    lists = [(b"u1", _rec("u1", 5).to_bytes()), (b"u2", _rec("u2", 3).to_bytes()), (b"u1", None),
+             (b"u2", None), (b"u2", _rec("u2", 1).to_bytes()), (None, None)]
+    newest, unreadable = newest_lists(lists)
+    assert newest == {b"u1": None, b"u2": lists[4][1]} and unreadable == 1
+
+
+def test_an_erasure_request_is_the_events_control_record_keyed_by_the_raw_id():
+    api = ReadApi({}, pseudonymize_key="secret")
+    assert api.erasure(" alice ") == (b"alice", b'{"user_id":"alice","control":"forget"}')  # the worker hashes it
+    with pytest.raises(BadRequest, match="empty_id"):
+        api.erasure(" ")
 
 
 def test_healthz_is_503_while_starting_or_rebalancing():
@@ -118,7 +135,15 @@ def test_views_answer_for_owned_users_forward_the_others_once_and_count_requests
         app, api, table = built.app, built.parts["api"], built.parts["table"]
         changelog = table.changelog_topic.get_topic_name()
         api.store = {b"u1": _rec("u1", 3).to_bytes()}
-        seen = []
+        seen, sent = [], []
+
+        async def send(topic, key, value, partition, timestamp, headers):  # the app's producer, not started here
+            sent.append((topic, key, value))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(types.SimpleNamespace(partition=1, offset=len(sent) - 1))
+            return done
+
+        app.producer.send = send
 
         async def other_instance(request):  # the owner of every partition but u1's
             seen.append((request.path_qs, request.headers.get(FORWARDED_HEADER)))
@@ -155,6 +180,11 @@ def test_views_answer_for_owned_users_forward_the_others_once_and_count_requests
                 r = await client.get("/metrics")
                 assert r.status == 200
                 text = await r.text()
+                r = await client.delete("/users/alice")  # erasure: the control record on events, any instance
+                assert r.status == 202 and await r.json() == {"user_id": "alice", "status": "erasure requested"}
+                assert sent == [("events", b"alice", b'{"user_id":"alice","control":"forget"}')]
+                r = await client.delete("/users/%20")
+                assert r.status == 400 and "empty_id" in (await r.json())["error"] and len(sent) == 1
             await app.http_client.close()
         reg = built.registry
         assert reg.get_sample_value("tailcast_api_requests_total",
@@ -166,6 +196,8 @@ def test_views_answer_for_owned_users_forward_the_others_once_and_count_requests
         assert reg.get_sample_value("tailcast_api_requests_routed_total") == 1
         assert reg.get_sample_value("tailcast_api_request_latency_seconds_count", {"endpoint": "recommendations"}) == 5
         assert 'tailcast_api_requests_total{code="400",endpoint="recommendations"} 1.0' in text
+        assert reg.get_sample_value("tailcast_api_requests_total", {"endpoint": "users", "code": "202"}) == 1
+        assert reg.get_sample_value("tailcast_api_requests_total", {"endpoint": "users", "code": "400"}) == 1
 
     asyncio.run(run())
 
