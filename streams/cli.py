@@ -1,4 +1,4 @@
-"""``tailcast`` command line: broker, worker, scorer, api, trainer, replay, tail, demo, evaluate, settings."""
+"""``tailcast`` command line: broker, worker, scorer, api, trainer, forget, replay, tail, demo, evaluate, settings."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from streams.evaluate import add_arguments as add_evaluate_arguments
 from streams.evaluate import run_evaluate
 from streams.kafka import UnreachableReporter
 from streams.metrics import serve_metrics
+from streams.records import BadEvent, Forget
 from streams.tools import replay, source_from_args, tail
-from streams.topics import ensure_topics
+from streams.topics import EVENTS, ensure_topics
 
-__all__ = ["main", "build_parser", "freeze_startup_heap"]
+__all__ = ["main", "build_parser", "freeze_startup_heap", "request_erasure"]
 
 #: Allocations between young-generation collections in a worker or scorer (Python's default is 700): most of
 #: a micro-batch's allocations are short-lived and acyclic (see :func:`freeze_startup_heap`).
@@ -206,6 +207,37 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def request_erasure(kafka, user_id: str) -> tuple[int, int]:
+    """Write ``user_id``'s erasure request (the ``events`` control record, keyed by the raw id) and wait for
+    the broker to have it; returns its (partition, offset). :class:`~streams.records.BadEvent` for an id the
+    worker would reject."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka import client_kwargs
+
+    key, value = Forget.record(user_id)
+    producer = AIOKafkaProducer(**client_kwargs(kafka), acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(EVENTS, value, key=key)
+    finally:
+        await producer.stop()
+    return sent.partition, sent.offset
+
+
+def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        Forget.record(args.user_id)
+    except BadEvent as exc:
+        raise SystemExit(f"tailcast forget: bad user id: {exc}") from None
+    _connect(settings, timeout=args.connect_timeout)
+    partition, offset = asyncio.run(request_erasure(settings.kafka, args.user_id))
+    print(f"erasure of user {args.user_id.strip()} requested ({EVENTS}[{partition}]@{offset}): the worker deletes "
+          "the user's state, the scorer their lists and model rows, the api its stored list, the trainer their "
+          "events", flush=True)
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, args)
 
@@ -254,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "train, publish a versioned checkpoint.")
     p.add_argument("--once", action="store_true", help="train once and exit")
     p.add_argument("--dataset", help="train from a dataset file instead of the events topic")
+    p = add("forget", cmd_forget, "Erase a user: write a control record to the events topic; the worker deletes "
+                                  "the user's state, the scorer their lists and per-user model rows, the api its "
+                                  "stored list (then 404), the trainer their events (with tombstones on the "
+                                  "compacted topics).")
+    p.add_argument("user_id", help="the user's id as producers send it (hashed when TAILCAST_PSEUDONYMIZE_KEY is set)")
     p = add("replay", cmd_replay, "Publish a dataset or the synthetic stream to the events and items topics.")
     _add_source_args(p)
     p.add_argument("--rate", type=float, default=0.0, help="events per second (0 = as fast as possible)")

@@ -29,7 +29,7 @@ def test_every_command_has_help():
     from streams.cli import build_parser
 
     parser = build_parser()
-    for name in ("broker", "worker", "scorer", "api", "trainer", "replay", "tail", "demo", "evaluate"):
+    for name in ("broker", "worker", "scorer", "api", "trainer", "forget", "replay", "tail", "demo", "evaluate"):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([name, "--help"])
         assert exit_info.value.code == 0

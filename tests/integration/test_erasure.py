@@ -1,0 +1,104 @@
+"""Erasure (#17) on the embedded broker, pseudonymised: a worker, a scorer and an api instance serve a stream;
+a plain HTTP client asks the api to erase one user mid-stream (``DELETE /users/{raw id}``) while the other
+users' events keep coming. Then GET answers 404 for that user, the last record of the user's key is a
+tombstone in the worker's state changelog, on ``recommendations`` and in the api table's changelog, the worker
+counted it, and every other user's list still reflects all their events."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import orjson
+import pytest
+
+from online.synthetic import generate
+from streams.agents.ingest import pseudonymize
+from streams.broker import free_port
+from streams.topics import EVENTS, RECOMMENDATIONS, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+KEY = "erasure-test-key"
+
+
+def _request(url: str, method: str = "GET") -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return _request(url + "/healthz")[0] == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False  # not listening yet: Faust starts its web server after table recovery
+
+
+def _last_records(kio, topic: str, *, decode: bool = True) -> dict[bytes, object]:
+    """The last value (None: a tombstone) of each key in ``topic``; a key's records are on one partition."""
+    return {key: value for _p, _o, key, value in kio.read_all(topic, decode=decode)}
+
+
+def _worker_metric(pipeline, name: str) -> float:
+    with urllib.request.urlopen(pipeline.metrics_url("worker"), timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name + " "))
+
+
+def test_a_user_erased_mid_stream_is_gone_from_every_store_and_the_others_are_served(pipeline_env, kio, wait):
+    asyncio.run(ensure_topics(pipeline_env.settings.kafka))
+    pipeline_env.env["TAILCAST_PSEUDONYMIZE_KEY"] = KEY
+    pipeline_env.start("worker")
+    pipeline_env.start("scorer")
+    port = free_port()
+    pipeline_env.start("api", TAILCAST_API_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    wait(lambda: _healthy(url), timeout=90, message="the api instance to serve")
+
+    data = generate(n_users=20, n_items=80, n_events=400, seed=5)
+    events = [(u, orjson.dumps({"user_id": u, "item_id": i, "ts": ts})) for ts, u, i, _ in data.events]
+    expected: Counter = Counter()
+
+    def produce(chunk) -> None:
+        kio.produce(EVENTS, [(user.encode(), value) for user, value in chunk])  # raw ids: the worker hashes
+        expected.update(user for user, _ in chunk)
+
+    def served(users) -> bool:
+        for user in users:
+            status, body = _request(f"{url}/recommendations/{user}")
+            if status != 200 or body["user_event_count"] != expected[user]:
+                return False
+        return True
+
+    produce(events[:200])
+    wait(lambda: served(expected), timeout=60, message="every user's list for all their events")
+    victim = max(expected, key=lambda u: expected[u])
+    hashed = pseudonymize(victim, KEY).encode()
+
+    status, body = _request(f"{url}/users/{victim}", method="DELETE")
+    assert (status, body) == (202, {"user_id": victim, "status": "erasure requested"})
+    others = [(user, value) for user, value in events[200:] if user != victim]
+    produce(others)  # the stream goes on while the erasure travels
+    del expected[victim]
+
+    wait(lambda: _request(f"{url}/recommendations/{victim}") == (404, {"error": f"no list for user {victim}"}),
+         timeout=30, message="GET to answer 404 for the erased user")
+    wait(lambda: served(expected), timeout=60, message="the other users' lists for all their events")
+    assert _worker_metric(pipeline_env, "tailcast_worker_users_forgotten_total") == 1
+
+    states = _last_records(kio, "tailcast-worker-user_state-changelog", decode=False)
+    assert hashed in states and states[hashed] is None  # the state's last record is a tombstone
+    users = {u for _ts, u, _i, _e in data.events}
+    assert set(states) == {pseudonymize(u, KEY).encode() for u in users}  # raw ids never passed the edge
+    lists = _last_records(kio, RECOMMENDATIONS)
+    assert lists[hashed] is None  # the scorer's tombstone, after the user's last list
+    assert all(lists[pseudonymize(u, KEY).encode()]["user_event_count"] == n for u, n in expected.items())
+    wait(lambda: _last_records(kio, "tailcast-api-latest_list-changelog", decode=False).get(hashed, b"") is None,
+         timeout=10, message="a tombstone as the last record of the user in the api table's changelog")
+    stored = _last_records(kio, "tailcast-api-latest_list-changelog", decode=False)
+    assert sum(value is not None for value in stored.values()) == len(expected)
