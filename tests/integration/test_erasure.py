@@ -1,12 +1,14 @@
 """Erasure (#17) on the embedded broker, pseudonymised: a worker, a scorer and an api instance serve a stream;
-a plain HTTP client asks the api to erase one user mid-stream (``DELETE /users/{raw id}``) while the other
-users' events keep coming. Then GET answers 404 for that user, the last record of the user's key is a
-tombstone in the worker's state changelog, on ``recommendations`` and in the api table's changelog, the worker
-counted it, and every other user's list still reflects all their events."""
+a plain HTTP client asks the api to erase one user mid-stream (``DELETE /users/{raw id}``) and ``tailcast
+forget`` a second one, while the other users' events keep coming. Then GET answers 404 for both, the last
+record of each one's key is a tombstone in the worker's state changelog, on ``recommendations`` and in the api
+table's changelog, the worker counted both, and every other user's list still reflects all their events."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -77,28 +79,34 @@ def test_a_user_erased_mid_stream_is_gone_from_every_store_and_the_others_are_se
 
     produce(events[:200])
     wait(lambda: served(expected), timeout=60, message="every user's list for all their events")
-    victim = max(expected, key=lambda u: expected[u])
-    hashed = pseudonymize(victim, KEY).encode()
+    victim, second = sorted(expected, key=lambda u: -expected[u])[:2]
+    erased = {pseudonymize(user, KEY).encode() for user in (victim, second)}
 
     status, body = _request(f"{url}/users/{victim}", method="DELETE")
     assert (status, body) == (202, {"user_id": victim, "status": "erasure requested"})
-    others = [(user, value) for user, value in events[200:] if user != victim]
-    produce(others)  # the stream goes on while the erasure travels
-    del expected[victim]
+    others = [(user, value) for user, value in events[200:] if user not in (victim, second)]
+    produce(others[:100])  # the stream goes on while the erasures travel
+    cli = subprocess.run([sys.executable, "-m", "streams.cli", "forget", second], env=pipeline_env.env,
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and f"erasure of user {second} requested" in cli.stdout, cli.stderr
+    produce(others[100:])
+    del expected[victim], expected[second]
 
-    wait(lambda: _request(f"{url}/recommendations/{victim}") == (404, {"error": f"no list for user {victim}"}),
-         timeout=30, message="GET to answer 404 for the erased user")
+    for user in (victim, second):
+        wait(lambda: _request(f"{url}/recommendations/{user}") == (404, {"error": f"no list for user {user}"}),
+             timeout=30, message=f"GET to answer 404 for the erased user {user}")
     wait(lambda: served(expected), timeout=60, message="the other users' lists for all their events")
-    assert _worker_metric(pipeline_env, "tailcast_worker_users_forgotten_total") == 1
+    assert _worker_metric(pipeline_env, "tailcast_worker_users_forgotten_total") == 2
 
     states = _last_records(kio, "tailcast-worker-user_state-changelog", decode=False)
-    assert hashed in states and states[hashed] is None  # the state's last record is a tombstone
+    assert erased <= set(states) and all(states[key] is None for key in erased)  # last records: tombstones
     users = {u for _ts, u, _i, _e in data.events}
     assert set(states) == {pseudonymize(u, KEY).encode() for u in users}  # raw ids never passed the edge
     lists = _last_records(kio, RECOMMENDATIONS)
-    assert lists[hashed] is None  # the scorer's tombstone, after the user's last list
+    assert all(lists[key] is None for key in erased)  # the scorer's tombstones, after the users' last lists
     assert all(lists[pseudonymize(u, KEY).encode()]["user_event_count"] == n for u, n in expected.items())
-    wait(lambda: _last_records(kio, "tailcast-api-latest_list-changelog", decode=False).get(hashed, b"") is None,
-         timeout=10, message="a tombstone as the last record of the user in the api table's changelog")
+    wait(lambda: all(_last_records(kio, "tailcast-api-latest_list-changelog", decode=False).get(key, b"") is None
+                     for key in erased),
+         timeout=10, message="tombstones as the last records of the users in the api table's changelog")
     stored = _last_records(kio, "tailcast-api-latest_list-changelog", decode=False)
     assert sum(value is not None for value in stored.values()) == len(expected)
