@@ -172,7 +172,7 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
         end = await consumer.end_offsets(tps)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            forgotten = 0
+            forgotten, erased_before = 0, event_log.erased_since_refresh
             for tp, records in batch.items():
                 for r in records:
                     if tp.topic == ITEMS:
@@ -186,9 +186,9 @@ async def _follow(settings: Settings, event_log: EventLog, texts: dict[str, str]
                     else:
                         event_log.add_request(request)
             if forgotten:
-                erased = event_log.erase()
+                event_log.erase()
                 log.info("trainer: %d user(s) forgotten (erasure): %d of their events dropped; no refresh from "
-                         "now on trains on them", forgotten, erased)
+                         "now on trains on them", forgotten, event_log.erased_since_refresh - erased_before)
             if not caught_up.is_set():
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= end[tp] for pos, tp in zip(positions, tps)):
