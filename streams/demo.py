@@ -96,6 +96,8 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
 
     async def consume(topic: str) -> None:
         async for r in iterate_topic(settings.kafka, topic, from_beginning=True, stop=stop):
+            if r.get("tombstone"):
+                continue  # an erased user's lists
             if topic == RECOMMENDATIONS:
                 now = time.time()
                 recs.append((now, r["generated_at"] - r.get("ingested_at", r["generated_at"])))

@@ -100,7 +100,8 @@ def format_recommendation(rec: dict, *, width: int = 3) -> str:
 
 async def iterate_topic(kafka: KafkaSettings, topic: str, *, from_beginning: bool,
                         stop: asyncio.Event | None = None, idle_timeout: float | None = None) -> AsyncIterator[dict]:
-    """Yield every record of ``topic`` (all partitions, no consumer group) as decoded JSON plus metadata."""
+    """Yield every record of ``topic`` (all partitions, no consumer group) as decoded JSON plus metadata; a
+    tombstone as ``{"tombstone": true, "key": ...}``."""
     consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
@@ -125,10 +126,13 @@ async def iterate_topic(kafka: KafkaSettings, topic: str, *, from_beginning: boo
             idle_since = time.monotonic()
             for records in batch.values():
                 for r in records:
-                    try:
-                        value = orjson.loads(r.value)
-                    except orjson.JSONDecodeError:
-                        value = {"undecodable": r.value.decode("utf-8", "replace")}
+                    if r.value is None:  # a tombstone (an erased user's lists, a deleted item)
+                        value = {"tombstone": True, "key": (r.key or b"").decode("utf-8", "replace")}
+                    else:
+                        try:
+                            value = orjson.loads(r.value)
+                        except orjson.JSONDecodeError:
+                            value = {"undecodable": r.value.decode("utf-8", "replace")}
                     yield {"_partition": r.partition, "_offset": r.offset, "_timestamp": r.timestamp / 1000.0,
                            **value}
     finally:

@@ -84,6 +84,8 @@ async def _drive(settings: Settings, stream: PreparedStream, items: list[dict], 
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
                 for r in records:
+                    if r.value is None:  # a tombstone: an erased user's lists
+                        continue
                     rec = orjson.loads(r.value)
                     consumed.append(rec)
                     u, c = rec["user_id"], rec["user_event_count"]

@@ -110,3 +110,9 @@ def test_a_user_erased_mid_stream_is_gone_from_every_store_and_the_others_are_se
          timeout=10, message="tombstones as the last records of the users in the api table's changelog")
     stored = _last_records(kio, "tailcast-api-latest_list-changelog", decode=False)
     assert sum(value is not None for value in stored.values()) == len(expected)
+    # a downstream reader sees the erasures as tombstones and keeps reading past them
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "tail", "--from-beginning", "--idle-timeout", "3"],
+                         env=pipeline_env.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = [orjson.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert {r["key"].encode() for r in shown if r.get("tombstone")} == erased
