@@ -159,6 +159,8 @@ def test_scrape_configs_match_compose_and_default_ports(
         assert sd["type"] == "A" and sd["port"] == metrics_port
         assert set(sd["names"]) <= resolvable, f"{sd['names']} are not compose services or aliases"
         assert process in sd["names"]
+    [sd] = jobs["tailcast-api"]["dns_sd_configs"]  # the read API serves /metrics on its HTTP port
+    assert sd["names"] == ["api"] and sd["port"] == int(services["api"]["environment"]["TAILCAST_API_PORT"])
 
     local = _load_yaml(repo_root / PROM_DIR / "prometheus.local.yml")
     local_jobs = {job["job_name"]: job for job in local["scrape_configs"]}
@@ -166,6 +168,8 @@ def test_scrape_configs_match_compose_and_default_ports(
     for process, port in metric_catalog.DEFAULT_PORTS.items():
         [static] = local_jobs[f"tailcast-{process}"]["static_configs"]
         assert static["targets"] == [f"127.0.0.1:{port}"]
+    [static] = local_jobs["tailcast-api"]["static_configs"]
+    assert static["targets"] == ["127.0.0.1:8080"]
 
 
 def test_catalog_matches_application_instruments(metric_catalog) -> None:
