@@ -1,77 +1,23 @@
 """The ranker ("feedback blender"): learns from the stream itself how to weigh the candidate sources.
 
 Its examples come from :class:`~online.recommender.OnlineRecommender`: each list's candidate pool is
-labelled by the user's next event (the consumed candidate a positive, random pool candidates negatives).
-An online logistic regression over standardised features learns from these labels (prequentially:
-each example is first predicted, for the running AUC, then learned). A source that proposes for the
-first time after others have been learned starts from their mean weights (:meth:`_adopt_new_sources`).
+labelled by the user's next event (the clicked candidate a positive, random pool candidates negatives).
+The learner is river's ``StandardScaler() | LogisticRegression(optim.SGD)`` in numpy, with the same update
+rules (``tests/online/test_blender_river.py`` checks it update for update), applied as one vectorised step
+per mini-batch of ``batch_size`` examples, prequentially (each example is predicted, for the running AUC,
+then learned). Standardised features are clipped to ``[-z_clip, z_clip]`` in learning and serving, so that
+a feature nearly constant so far cannot lock the ranker into what one weight favours. A source that
+proposes for the first time (a batch model swapped in) starts from the others' mean weights.
 
-Choice of model. The learner is river's ``Pipeline(StandardScaler(), LogisticRegression(...))``
-re-implemented in numpy, with the same update rules (running mean and population variance per
-feature, updated before the example is scaled; the log loss with L2 ``l2 * w``), applied as one
-vectorised mini-batch step every ``batch_size`` examples (the sum of the per-example gradients, as
-:mod:`online.mf` does).
-
-Learning rule (``optimizer``). The default, ``"sgd"``, is river's ``optim.SGD`` with a constant rate
-(``lr`` default 0.002, intercept step ``lr``). ``"adagrad"`` is river's ``optim.AdaGrad`` (Duchi et al.
-2011; per-coordinate rates that shrink with the gradient each weight has seen), default rate 0.5, the
-intercept adapted as one more coordinate. Measured with ``tailcast evaluate --mode offline`` (README
-commands), AdaGrad against SGD: Amazon (first 60k events) blend AUC .811 against .778 at s=0 and
-higher at every knob setting, but HR@10 .0654 against .0680 and coverage .561 against .653; synthetic
-HR@10 .3341 against .3331; MovieLens blend AUC .622 against .660 (co-visitation alone .69 and .68 in
-those runs; with 256-event micro-batches MovieLens gives the blender about 57 clicks, so its AUCs move
-by several hundredths from run to run). The accuracy of the lists decides, so SGD stays the default.
-
-Why not river itself: it is the scorer's own hot path, and river's dict-per-example path cost 115-145 µs per labelled list (14-20 µs
-per example through the pipeline, plus ~8 ``RollingROCAUC`` updates per example), against a
-target of 20 µs for a whole ``learn_one``; here a labelled list costs ~2 µs amortised and the
-weights are already the arrays the serving matrix product needs. Reads see the weights as of the
-last step, at most ``batch_size - 1`` examples behind (:meth:`flush` forces the step; a pickle
-keeps the buffer).
-
-Standardised features are clipped to ``[-z_clip, z_clip]`` (default 5), in learning and in
-serving. Without it the blender can lock itself in: a feature that was nearly constant in the
-feedback so far (``is_tail`` is 1 for every item during the first ``refresh_every`` events, before
-popularity has a head set) has a tiny standard deviation, so the first items that differ get
-z-scores of -30 or more, one batch of them moves that weight by several units, the lists then
-hold only what the weight favours, and the feedback never shows the learner anything else. Seen
-on the 2k-user synthetic stream with river's exact sequential learner as well as with the
-mini-batch one (HR@10 0.17 instead of 0.40); with the clip both recover. ``z_clip=inf`` is
-river's pipeline. ``facto.FMClassifier(n_factors=4)`` was measured at ~245 µs per example and its
-source x source interactions barely matter once the rank features are in, so the model stays linear.
-
-Features per (user, candidate), for each source ``s`` of ``sources``:
-
-* ``s``: the source's raw score, squashed by ``sign(v) * log1p(|v|)`` (monotone, so each source's
-  ranking and AUC are unchanged, while a decayed popularity count of 10^4 no longer dominates the
-  scaler), 0 when the source did not propose the candidate (or its score is not finite);
-* ``s_rr``: reciprocal rank ``1 / (1 + rank)`` of the candidate in that source's list, 0 when absent;
-* ``s_in``: 1 when the source proposed the candidate, else 0. Without it, "not proposed" is only the
-  score 0, and one linear weight has to say both how good the source's proposals are against the
-  other sources' and how its scores rank its own. Measured on the first 30,000 Amazon Grocery events
-  with a Transformer frozen after the first 20% (its proposals were clicked less than the others,
-  single-source AUC .19): prequential NDCG@10 .0129 without these features, .0171 with them (.0291
-  with no Transformer at all: a stale batch model still costs accuracy; the trainer's refresh is
-  what keeps it current);
-
-plus ``is_tail`` and ``log_user_events`` (``log1p`` of the user's event count) and their product
-``tail_x_log_user_events`` (does a user's history length change how much they take tail items?).
-The serving path builds them as one ``(n_candidates, n_features)`` matrix (:meth:`feature_matrix`);
-:meth:`features` builds one example as a dict (same values), for callers outside the hot path.
-
-Before ``warmup`` examples (with at least one click and one non-click) have been applied,
-predictions are a prior, a weighted reciprocal-rank fusion with the normalised scores as
-tie-breakers: ``sum_s a_s * (rr_s + 0.1 * v_s / (1 + |v_s|))`` with ``a_s = 0.5`` for the
-non-personal sources (``popularity``, ``fresh``) and 1 for the others, passed through a sigmoid (a
-ranking, not a calibrated probability).
-
-``auc()`` returns the ROC AUC over the last ``auc_window`` examples (Mann-Whitney, ties count one
-half; 0.0 while one class is missing) of the blender's prequential prediction and of every single
-source's score, on the same examples; the examples sit in a ring buffer and the AUC is computed
-when asked (O(window log window)), not on every example.
-
-Measured ``learn_one`` cost: see ``benchmarks/online_recommender.py`` ("learn fb": a whole
-``OnlineRecommender.learn_one`` with feedback).
+Features per (user, candidate), for each source ``s``: ``s`` (the raw score squashed by
+``sign(v)·log1p(|v|)``), ``s_rr`` (``1 / (1 + rank)`` in that source's list) and ``s_in`` (1 when it proposed
+the candidate), each 0 when it did not; then ``is_tail``, ``log_user_events``, ``tail_x_log_user_events``,
+``log_popularity`` and ``tail_x_appetite``. The serving path builds them as one matrix
+(:meth:`feature_matrix`, :meth:`logits_entries`). Before ``warmup`` examples (with both labels) have been
+learned, predictions are a prior: ``sigmoid(sum_s a_s·(rr_s + 0.1·v_s / (1 + |v_s|)))``, ``a_s`` 0.5 for the
+non-personal sources and 1 for the others. ``auc()`` is the ROC AUC over the last ``auc_window`` examples of
+the blend and of each single source. Why this learner and these features, with what was measured:
+docs/decisions.md ("The ranker's learner", "#15 ranker headroom").
 
 >>> blender = FeedbackBlender(sources=["covisit", "mf"])
 >>> x = blender.features({"covisit": 0.8}, is_tail=True, user_event_count=3)
@@ -92,10 +38,8 @@ import numpy as np
 
 __all__ = ["FeedbackBlender", "sigmoid"]
 
-#: Learning rules of the logistic regression, and the default rate of each (see the module doc).
-OPTIMIZERS = ("adagrad", "sgd")
-_DEFAULT_LR = {"adagrad": 0.5, "sgd": 0.002}
-_ADAGRAD_EPS = 1e-8  # river's optim.AdaGrad default
+#: The SGD rate of the logistic regression (river's ``optim.SGD``; the intercept steps at the same rate).
+_DEFAULT_LR = 0.002
 
 #: Prior weight of the sources that are not personal (the others weigh 1).
 _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
@@ -136,8 +80,7 @@ class FeedbackBlender:
         sources: Sequence[str],
         seed: int = 0,
         l2: float = 1e-4,
-        optimizer: str = "sgd",
-        lr: float | None = None,
+        lr: float = _DEFAULT_LR,
         warmup: int = 200,
         auc_window: int = 10_000,
         batch_size: int = 32,
@@ -151,13 +94,10 @@ class FeedbackBlender:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if auc_window < 1:
             raise ValueError(f"auc_window must be >= 1, got {auc_window}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.sources = tuple(sources)
         self.seed = int(seed)
         self.l2 = float(l2)
-        self.optimizer = optimizer
-        self.lr = float(_DEFAULT_LR[optimizer] if lr is None else lr)
+        self.lr = float(lr)
         self.warmup = int(warmup)
         self.auc_window = int(auc_window)
         self.batch_size = int(batch_size)
@@ -184,8 +124,6 @@ class FeedbackBlender:
         self._var = np.zeros(n_f)
         self._w = np.zeros(n_f)
         self._b = 0.0
-        self._g2 = np.zeros(n_f)  # AdaGrad: sums of squared gradients, per weight and of the intercept
-        self._g2_b = 0.0
         self._eff: tuple[np.ndarray, np.ndarray] | None = None  # (means, 1 / stds) cache for serving
         self._buf_x: list[tuple[np.ndarray, Sequence[int] | None]] = []
         self._buf_y: list[bool] = []
@@ -521,14 +459,8 @@ class FeedbackBlender:
         g = sigmoid(Z @ self._w + self._b) - y  # d logloss / d logit, (m,)
         g_w = Z.T @ g + m * self.l2 * self._w
         g_b = float(g.sum())
-        if self.optimizer == "adagrad":  # river's optim.AdaGrad, the intercept as one more coordinate
-            self._g2 += g_w * g_w
-            self._g2_b += g_b * g_b
-            self._w -= self.lr / np.sqrt(self._g2 + _ADAGRAD_EPS) * g_w
-            self._b -= self.lr / math.sqrt(self._g2_b + _ADAGRAD_EPS) * g_b
-        else:
-            self._w -= self.lr * g_w
-            self._b -= self.lr * g_b
+        self._w -= self.lr * g_w
+        self._b -= self.lr * g_b
         self._eff = None
         self._n_applied += m
         self._n_applied_clicked += int(y.sum())

@@ -54,7 +54,7 @@ def test_one_example_batches_equal_the_river_pipeline() -> None:
     """With batch_size=1 and SGD the numpy learner is river's Pipeline(StandardScaler(), LogisticRegression(SGD))."""
     from river import compose, linear_model, optim, preprocessing
 
-    blender = FeedbackBlender(sources=SOURCES, warmup=50, batch_size=1, z_clip=float("inf"), optimizer="sgd")
+    blender = FeedbackBlender(sources=SOURCES, warmup=50, batch_size=1, z_clip=float("inf"))
     river_model = compose.Pipeline(
         preprocessing.StandardScaler(),
         linear_model.LogisticRegression(optimizer=optim.SGD(blender.lr), l2=blender.l2, intercept_lr=blender.lr),

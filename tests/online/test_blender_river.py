@@ -48,28 +48,7 @@ def test_numpy_blender_follows_rivers_pipeline_update_for_update():
     rng = np.random.default_rng(7)
     lr, l2 = 0.02, 1e-4
     ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
-                           l2=l2, warmup=0, optimizer="sgd")
+                           l2=l2, warmup=0)
     theirs = preprocessing.StandardScaler() | linear_model.LogisticRegression(
         optimizer=optim.SGD(lr), l2=l2, intercept_lr=lr)
     _learn_and_compare(ours, theirs, rng, lambda m: m.intercept)
-
-
-def test_adagrad_blender_follows_rivers_adagrad_update_for_update():
-    """optimizer="adagrad" is river's optim.AdaGrad on every weight and on the intercept. river
-    steps its intercept with a plain rate, so here the intercept is a constant feature appended after
-    the scaler (no L2: river would regularise that weight, the blender does not regularise its intercept)."""
-    from river import compose
-
-    rng = np.random.default_rng(11)
-    lr = 0.5
-    ours = FeedbackBlender(sources=("covisit", "popularity", "mf"), batch_size=1, z_clip=float("inf"), lr=lr,
-                           l2=0.0, warmup=0, optimizer="adagrad")
-    theirs = (preprocessing.StandardScaler()
-              | compose.FuncTransformer(lambda x: {**x, "_bias": 1.0})
-              | linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=0.0, intercept_lr=0.0))
-    _learn_and_compare(ours, theirs, rng, lambda m: m.weights["_bias"])
-
-
-def test_unknown_optimizer_is_refused():
-    with pytest.raises(ValueError, match="optimizer"):
-        FeedbackBlender(sources=("covisit",), optimizer="adam")
