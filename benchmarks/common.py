@@ -25,6 +25,7 @@ import orjson
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings, load_settings
+from streams.processes import wait_until
 
 __all__ = [
     "Records",
@@ -126,19 +127,6 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
     from streams.topics import ensure_topics as ensure
 
     return asyncio.run(ensure(settings.kafka))
-
-
-def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.1,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until truthy; raise ``TimeoutError`` naming ``message`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {message}")
-        time.sleep(interval)
 
 
 def rss_bytes(pid: int | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Child processes of ``tailcast demo`` and ``tailcast evaluate --mode live``: start a role, stop them all.
+"""Child processes of ``tailcast demo`` and ``tailcast evaluate --mode live``: start a role, stop them all, and
+wait for a condition on them (the benchmarks and the tests wait with it too).
 
 One module for launching, so that the commands import one way (cli → demo, cli → evaluate → evaluation),
 and neither reaches back into the other for it.
@@ -10,10 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["spawn_role", "stop_processes"]
+__all__ = ["spawn_role", "stop_processes", "wait_until"]
 
 #: How long the children get to stop after SIGTERM before they are killed (a worker's and a scorer's own
 #: bound, ``streams.cli.SHUTDOWN_GRACE_S``, is 15 s as well).
@@ -41,3 +42,17 @@ def stop_processes(procs: Iterable[subprocess.Popen], *, grace_s: float = STOP_G
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.1,
+               message: str = "condition", error: type[Exception] = TimeoutError) -> object:
+    """Poll ``condition`` until it returns a truthy value (returned); raise ``error`` naming ``message``
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)

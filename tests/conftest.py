@@ -6,17 +6,18 @@ Tests wait on conditions (poll with a deadline), never on fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from streams import processes
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings, load_settings
 
@@ -26,17 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tailcast-test-cache-")
 
 
-def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.2,
-               message: str = "condition") -> object:
-    """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
-        time.sleep(interval)
+#: Poll a condition until truthy; fail the test (AssertionError) after the timeout.
+wait_until = functools.partial(processes.wait_until, interval=0.2, error=AssertionError)
 
 
 @pytest.fixture()
