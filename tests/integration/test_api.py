@@ -1,5 +1,6 @@
-"""``tailcast api`` on the embedded broker: two instances beside a worker and a scorer split the users, and a
-plain HTTP client reading either instance gets every user's last list on the topic, a 404 for an unknown
+"""``tailcast api`` on the embedded broker, with independent clients at both ends (confluent-kafka producing,
+a plain HTTP client reading): two instances beside a worker and a scorer split the users, and a client
+reading either instance gets every user's last list on the topic, a 404 for an unknown
 user, a 400 for a bad ``n``, and /healthz; an item hidden (or deleted) mid-stream is in no list the scorer
 sends after it has read the hide, and both instances drop it from the lists they serve until it is
 restored (#17); when one instance stops, the other serves every user."""
@@ -21,6 +22,16 @@ from streams.kafka import client_kwargs
 from streams.topics import EVENTS, ITEMS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
+confluent_kafka = pytest.importorskip("confluent_kafka")
+
+
+def _produce(pipeline, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+    """Publish with a client we did not write: librdkafka, on its default partitioner (so most events reach
+    a partition their user does not hash to and the worker forwards them); a None value is a tombstone."""
+    producer = confluent_kafka.Producer({"bootstrap.servers": pipeline.broker.address, "linger.ms": 5})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -121,7 +132,7 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
     first_lists: dict[str, str] = {}
     for start in range(0, len(events), 200):
         chunk = events[start:start + 200]
-        kio.produce(EVENTS, chunk)
+        _produce(pipeline_env, EVENTS, chunk)
         expected.update(key.decode() for key, _ in chunk)
         wait(last_lists, timeout=120, message="every user's newest list on the topic")
         wait(served, timeout=60, message="GET /recommendations/USER to equal each user's last list on the topic")
@@ -154,7 +165,7 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
     # catalogue control (#17): the two items the users' lists hold most, one hidden and one deleted mid-stream
     shown = collections.Counter(i["item_id"] for rec in last.values() for i in rec["items"])
     (hidden, _), (deleted, _) = shown.most_common(2)
-    kio.produce(ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": True})),
+    _produce(pipeline_env, ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": True})),
                           (deleted.encode(), None)])
     scorer = pipeline_env.metrics_url("scorer")
     wait(lambda: _metric(scorer, "tailcast_scorer_catalog_records_total", 'change="hide"') == 1
@@ -165,7 +176,7 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
     wait(served, timeout=30, message="both api instances to drop the hidden and the deleted item")
     more = generate(n_users=60, n_items=150, n_events=200, seed=4)
     chunk = [(u.encode(), orjson.dumps({"user_id": u, "item_id": i, "ts": ts})) for ts, u, i, _ in more.events]
-    kio.produce(EVENTS, chunk)
+    _produce(pipeline_env, EVENTS, chunk)
     expected.update(key.decode() for key, _ in chunk)
     wait(last_lists, timeout=120, message="every user's newest list after the hide")
     wait(served, timeout=60, message="the api to serve the newest lists, without the banned items")
@@ -179,7 +190,7 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
     assert [_metric(url + "/metrics", "tailcast_api_banned_items", "") for url in urls] == [2.0, 2.0]
     # a visible record of the hidden item restores it: the api serves it again in the lists stored before
     assert any(hidden in {i["item_id"] for i in rec["items"]} for rec in last_lists().values())
-    kio.produce(ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": False}))])
+    _produce(pipeline_env, ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": False}))])
     banned.discard(hidden)
     wait(served, timeout=30, message="both api instances to serve the restored item again")
 
