@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from streams.records import CATALOG_CHANGES, DLQ_REASONS
 
-__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "ApiMetrics", "serve_metrics"]
+__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "ApiMetrics", "serve_metrics", "read_metric"]
 
 # Freshness buckets: the target is p99 < 250 ms at 1k events/s, so resolve 5 ms .. 1 s finely, then coarse
 # buckets up to 60 s to still see a backlog when the scorer falls behind.
@@ -268,3 +268,15 @@ def serve_metrics(registry: CollectorRegistry, port: int) -> None:
         except OSError as exc:
             raise SystemExit(f"tailcast: cannot serve /metrics on port {port} ({exc.strerror}); "
                              "set TAILCAST_METRICS_PORT to a free port, or 0 to disable") from None
+
+
+def read_metric(url: str, name: str, labels: str = "", *, timeout: float = 5.0) -> float:
+    """The sum of the series ``name{labels}`` (``labels`` as a /metrics page writes them, e.g.
+    ``'path="served"'``; "" for a series without labels) on the /metrics page at ``url``; 0 when absent.
+    Raises ``OSError`` when the page cannot be read. For the tests and benchmarks that watch a process."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        lines = response.read().decode().splitlines()
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))

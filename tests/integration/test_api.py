@@ -19,6 +19,7 @@ import pytest
 from online.synthetic import generate
 from streams.broker import free_port
 from streams.kafka import client_kwargs
+from streams.metrics import read_metric
 from streams.topics import EVENTS, ITEMS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -48,14 +49,6 @@ def _serving(url: str) -> dict | None:
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None  # not listening yet: Faust starts its web server after table recovery
     return body if status == 200 else None
-
-
-def _metric(url: str, name: str, labels: str) -> float:
-    """The value of one series on a /metrics page (``labels`` as written there, "" for none); 0 if absent."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
-    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
 
 
 def _lists_with_time(settings) -> list[tuple[float, dict]]:
@@ -168,8 +161,8 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
     _produce(pipeline_env, ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": True})),
                           (deleted.encode(), None)])
     scorer = pipeline_env.metrics_url("scorer")
-    wait(lambda: _metric(scorer, "tailcast_scorer_catalog_records_total", 'change="hide"') == 1
-         and _metric(scorer, "tailcast_scorer_catalog_records_total", 'change="delete"') == 1,
+    wait(lambda: read_metric(scorer, "tailcast_scorer_catalog_records_total", 'change="hide"') == 1
+         and read_metric(scorer, "tailcast_scorer_catalog_records_total", 'change="delete"') == 1,
          timeout=30, message="the scorer to read the hide and the tombstone")
     read_at = time.time()  # the scorer had applied both by now
     banned |= {hidden, deleted}
@@ -187,7 +180,7 @@ def test_api_instances_serve_each_users_last_list(pipeline_env, kio, wait):
     assert len({rec["user_id"] for rec in after}) > len(expected) / 2
     leaked = [rec["list_id"] for rec in after if banned & {i["item_id"] for i in rec["items"]}]
     assert not leaked, f"lists sent after the scorer read the hide hold a banned item: {leaked[:5]}"
-    assert [_metric(url + "/metrics", "tailcast_api_banned_items", "") for url in urls] == [2.0, 2.0]
+    assert [read_metric(url + "/metrics", "tailcast_api_banned_items", "") for url in urls] == [2.0, 2.0]
     # a visible record of the hidden item restores it: the api serves it again in the lists stored before
     assert any(hidden in {i["item_id"] for i in rec["items"]} for rec in last_lists().values())
     _produce(pipeline_env, ITEMS, [(hidden.encode(), orjson.dumps({"item_id": hidden, "title": "x", "hidden": False}))])

@@ -19,6 +19,7 @@ import pytest
 from online.synthetic import generate
 from streams.agents.ingest import pseudonymize
 from streams.broker import free_port
+from streams.metrics import read_metric
 from streams.topics import EVENTS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -44,12 +45,6 @@ def _healthy(url: str) -> bool:
 def _last_records(kio, topic: str, *, decode: bool = True) -> dict[bytes, object]:
     """The last value (None: a tombstone) of each key in ``topic``; a key's records are on one partition."""
     return {key: value for _p, _o, key, value in kio.read_all(topic, decode=decode)}
-
-
-def _worker_metric(pipeline, name: str) -> float:
-    with urllib.request.urlopen(pipeline.metrics_url("worker"), timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith(name + " "))
 
 
 def test_a_user_erased_mid_stream_is_gone_from_every_store_and_the_others_are_served(pipeline_env, kio, wait):
@@ -96,7 +91,7 @@ def test_a_user_erased_mid_stream_is_gone_from_every_store_and_the_others_are_se
         wait(lambda: _request(f"{url}/recommendations/{user}") == (404, {"error": f"no list for user {user}"}),
              timeout=30, message=f"GET to answer 404 for the erased user {user}")
     wait(lambda: served(expected), timeout=60, message="the other users' lists for all their events")
-    assert _worker_metric(pipeline_env, "tailcast_worker_users_forgotten_total") == 2
+    assert read_metric(pipeline_env.metrics_url("worker"), "tailcast_worker_users_forgotten_total") == 2
 
     states = _last_records(kio, "tailcast-worker-user_state-changelog", decode=False)
     assert erased <= set(states) and all(states[key] is None for key in erased)  # last records: tombstones

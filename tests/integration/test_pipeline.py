@@ -4,13 +4,13 @@ message they write is checked against its topic's schema (streams/schemas)."""
 from __future__ import annotations
 
 import collections
-import urllib.request
 
 import orjson
 import pytest
 
 from online.synthetic import generate
 from streams import schemas
+from streams.metrics import read_metric
 from streams.records import DLQ_REASONS
 from streams.topics import DLQ, EVENTS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
@@ -27,15 +27,6 @@ MALFORMED: list[tuple[bytes | None, bytes | None, str]] = [
     (b"u1", b'{"user_id": "u1", "item_id": "i1", "pad": "' + b"x" * 70_000 + b'"}', "oversized"),
     (b"u1", None, "empty_payload"),
 ]
-
-
-def _metric(url: str, name: str, labels: str = "") -> float:
-    body = urllib.request.urlopen(url, timeout=5).read().decode()
-    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
-    for line in body.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def test_valid_and_malformed_events_end_to_end(pipeline, kio, wait):
@@ -93,9 +84,9 @@ def test_valid_and_malformed_events_end_to_end(pipeline, kio, wait):
 
     # the worker counted them and kept running
     url = pipeline.metrics_url("worker")
-    assert _metric(url, "tailcast_worker_events_valid_total") == len(records)
+    assert read_metric(url, "tailcast_worker_events_valid_total") == len(records)
     for reason, n in reasons.items():
-        assert _metric(url, "tailcast_worker_dlq_records_total", f'reason="{reason}"') == n
+        assert read_metric(url, "tailcast_worker_dlq_records_total", f'reason="{reason}"') == n
     assert pipeline.procs["worker"].poll() is None
     scorer = pipeline.metrics_url("scorer")
-    assert _metric(scorer, "tailcast_scorer_event_to_recommendation_latency_seconds_count", 'arm="control"') > 0
+    assert read_metric(scorer, "tailcast_scorer_event_to_recommendation_latency_seconds_count", 'arm="control"') > 0

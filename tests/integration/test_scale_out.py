@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from online.synthetic import generate
+from streams.metrics import read_metric
 from streams.topics import EVENTS, RECOMMENDATIONS, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -29,11 +30,9 @@ def _assigned(log: str, topic: str) -> set[int]:
 
 def _learned(pipeline, name: str) -> dict[str, float]:
     """``tailcast_scorer_events_learned_total`` of scorer ``name``, by path."""
-    import urllib.request
-
-    body = urllib.request.urlopen(pipeline.metrics_url(name), timeout=5).read().decode()
-    found = re.findall(r'^tailcast_scorer_events_learned_total\{path="(\w+)"\} (\S+)$', body, re.M)
-    return {path: float(value) for path, value in found}
+    url = pipeline.metrics_url(name)
+    return {path: read_metric(url, "tailcast_scorer_events_learned_total", f'path="{path}"')
+            for path in ("served", "others")}
 
 
 def _run(pipeline, kio, wait, events, *, n: int) -> tuple[dict, dict]:
