@@ -1,5 +1,6 @@
 """Incremental models and long-tail metrics: pure numpy/river computation, no Kafka, no I/O."""
 
+from online.ab import ArmCounts, Impression, ImpressionLedger, wilson
 from online.arms import ArmAssigner, ArmConfig, ArmSpecError, parse_arms
 from online.base import SOURCES, Candidate, OnlineModel, learn_many
 from online.blender import FeedbackBlender
@@ -17,11 +18,11 @@ from online.rerank import TailBoost, TailReranker, tail_appetite
 from online.synthetic import SyntheticData, generate
 
 __all__ = [
-    "APLT", "SOURCES", "ArmAssigner", "ArmConfig", "ArmMetrics", "ArmSpecError", "ArmView", "Candidate",
+    "APLT", "SOURCES", "ArmAssigner", "ArmConfig", "ArmCounts", "ArmMetrics", "ArmSpecError", "ArmView", "Candidate",
     "CoVisitation", "ContentNeighbours", "Coverage", "DecayedPopularity", "ExposureGini", "ExposureWindow",
-    "FeedbackBlender", "HitRate", "ItemWindow", "Metrics", "NDCG", "Novelty", "OnlineMF", "OnlineModel",
+    "FeedbackBlender", "HitRate", "Impression", "ImpressionLedger", "ItemWindow", "Metrics", "NDCG", "Novelty", "OnlineMF", "OnlineModel",
     "OnlineRecommender", "Outcome", "PrequentialMetrics", "PrequentialPairer", "Rolling",
     "ShapeMismatchError", "Shown", "SyntheticData", "TagVectoriser", "TailBoost", "TailReranker", "TailShare",
     "UnknownArmError", "UnknownSourceError", "generate", "gini", "head_positions", "head_size", "hit_rank",
-    "learn_many", "lorenz_curve", "parse_arms", "tail_appetite",
+    "learn_many", "lorenz_curve", "parse_arms", "tail_appetite", "wilson",
 ]

@@ -33,7 +33,7 @@ from streams.agents import api, ingest
 from streams.config import WORKER_BATCH, WORKER_BATCH_WAIT_S, KafkaSettings, Settings
 from streams.kafka import ssl_context
 from streams.metrics import WorkerMetrics
-from streams.topics import DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
+from streams.topics import DLQ, EVENTS, IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
 __all__ = ["create_app", "Role", "faust_app", "declare_topics", "faust_credentials", "faust_worker",
            "stopped_by_signal"]
@@ -234,6 +234,7 @@ def declare_topics(app: faust.App, settings: Settings) -> dict[str, Any]:
         SCORE_REQUESTS: app.topic(SCORE_REQUESTS, partitions=n, **raw),
         RECOMMENDATIONS: app.topic(RECOMMENDATIONS, partitions=n, **raw),
         LONGTAIL_METRICS: app.topic(LONGTAIL_METRICS, partitions=1, **raw),
+        IMPRESSIONS: app.topic(IMPRESSIONS, partitions=n, **raw),
     }
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from streams.records import CATALOG_CHANGES, DLQ_REASONS
 
-__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "TrainerMetrics", "ApiMetrics", "serve_metrics", "read_metric"]
+__all__ = ["WorkerMetrics", "ScorerMetrics", "LongTailMetrics", "ABMetrics", "TrainerMetrics", "ApiMetrics", "serve_metrics", "read_metric"]
 
 # Freshness buckets: the target is p99 < 250 ms at 1k events/s, so resolve 5 ms .. 1 s finely, then coarse
 # buckets up to 60 s to still see a backlog when the scorer falls behind.
@@ -198,6 +198,31 @@ class LongTailMetrics:
         self.hit_rate.labels(arm=arm, target="tail", bucket="all").set(record["tail_hr"])
         for bucket, value in record["hr_by_bucket"].items():
             self.hit_rate.labels(arm=arm, target="all", bucket=bucket).set(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ABMetrics:
+    """Impressions and the clicks credited to them, per arm (``online.ab``; in the scorer process). Counters,
+    so that the dashboard sums them over scorers before it divides: CTR = clicks / slots, with segment
+    ``head`` or ``tail`` (the item's status when displayed)."""
+
+    impressions: Counter
+    slots: Counter
+    clicks: Counter
+    rejected: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ABMetrics:
+        return cls(
+            impressions=Counter("tailcast_ab_impressions", "Impressions (lists clients displayed) by arm",
+                                ["arm"], registry=registry),
+            slots=Counter("tailcast_ab_slots", "Displayed items by arm and head/tail segment", ["arm", "segment"],
+                          registry=registry),
+            clicks=Counter("tailcast_ab_clicks", "Displayed items clicked afterwards (one click a slot)",
+                           ["arm", "segment"], registry=registry),
+            rejected=Counter("tailcast_ab_impressions_rejected", "Impression records sent to events.dlq",
+                             ["reason"], registry=registry),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,9 @@ __all__ = [
     "parse_item",
     "parse_item_key",
     "ItemRecord",
+    "ImpressionRecord",
+    "MAX_IMPRESSION_ITEMS",
+    "parse_impression",
     "dumps",
     "loads",
 ]
@@ -65,6 +68,9 @@ DLQ_REASONS = (
 #: The one control record there is (#17, erasure): ``{"user_id": ..., "control": "forget"}`` on ``events``,
 #: and the marker the worker writes on ``score-requests`` for it.
 FORGET = "forget"
+
+#: The most items one impression may display.
+MAX_IMPRESSION_ITEMS = 200
 
 #: What an ``items`` record does to the catalogue (``streams.agents.catalogue``); the label set of
 #: ``tailcast_scorer_catalog_records_total``.
@@ -464,3 +470,52 @@ def parse_item_key(key: bytes | None) -> str:
     except UnicodeDecodeError:
         raise BadEvent("invalid_utf8", "the key is not valid UTF-8") from None
     return _id({"item_id": text}, "item_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ImpressionRecord:
+    """One ``impressions`` record (#17): a list a client displayed, ``items[n]`` at ``positions[n]``."""
+
+    user_id: str
+    list_id: str
+    items: tuple[str, ...]
+    positions: tuple[int, ...]
+    ts: float
+
+
+def parse_impression(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ImpressionRecord:
+    """Validate one ``impressions`` record (``streams/schemas/impressions.schema.json``) or raise
+    :class:`BadEvent`. Ids are read as events' ids are; ``ts`` defaults to the Kafka record time.
+
+    >>> parse_impression(b'{"user_id": "u1", "list_id": "u1:3:0", "ts": 9,'
+    ...                  b' "items": [{"item_id": "i4", "position": 0}, {"item_id": 7, "position": 1}]}',
+    ...                  max_bytes=1000, default_ts=5.0)
+    ImpressionRecord(user_id='u1', list_id='u1:3:0', items=('i4', '7'), positions=(0, 1), ts=9.0)
+    >>> parse_impression(b'{"user_id": "u1", "list_id": "x", "items": [{"item_id": "i4"}]}',
+    ...                  max_bytes=1000, default_ts=5.0)
+    Traceback (most recent call last):
+    ...
+    streams.records.BadEvent: missing_field: items[0].position is missing
+    """
+    obj = _decode_object(raw, max_bytes=max_bytes)
+    user_id = _id(obj, "user_id")
+    list_id = _id(obj, "list_id")
+    shown = obj.get("items")
+    if shown is None:
+        raise BadEvent("missing_field", "items is missing")
+    if not isinstance(shown, list) or len(shown) > MAX_IMPRESSION_ITEMS:
+        raise BadEvent("wrong_type", f"items must be a list of at most {MAX_IMPRESSION_ITEMS} objects")
+    items, positions = [], []
+    for n, slot in enumerate(shown):
+        if not isinstance(slot, dict):
+            raise BadEvent("wrong_type", f"items[{n}] must be an object, got {type(slot).__name__}")
+        if slot.get("item_id") is None:
+            raise BadEvent("missing_field", f"items[{n}].item_id is missing")
+        items.append(_id(slot, "item_id"))
+        pos = slot.get("position")
+        if pos is None:
+            raise BadEvent("missing_field", f"items[{n}].position is missing")
+        if isinstance(pos, bool) or not isinstance(pos, int) or pos < 0:
+            raise BadEvent("wrong_type", f"items[{n}].position must be an integer >= 0, got {pos!r:.40}")
+        positions.append(pos)
+    return ImpressionRecord(user_id, list_id, tuple(items), tuple(positions), _timestamp(obj, default_ts))

@@ -17,7 +17,7 @@ from aiokafka.partitioner import murmur2
 from streams.config import KafkaSettings
 from streams.kafka import client_kwargs
 
-__all__ = ["EVENTS", "ITEMS", "DLQ", "SCORE_REQUESTS", "RECOMMENDATIONS", "LONGTAIL_METRICS", "TopicSpec",
+__all__ = ["EVENTS", "ITEMS", "DLQ", "SCORE_REQUESTS", "RECOMMENDATIONS", "LONGTAIL_METRICS", "IMPRESSIONS", "TopicSpec",
            "topic_specs", "ensure_topics", "partition_for"]
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ DLQ = "events.dlq"
 SCORE_REQUESTS = "score-requests"
 RECOMMENDATIONS = "recommendations"
 LONGTAIL_METRICS = "longtail-metrics"
+IMPRESSIONS = "impressions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ def topic_specs(partitions: int) -> tuple[TopicSpec, ...]:
         TopicSpec(SCORE_REQUESTS, partitions),
         TopicSpec(RECOMMENDATIONS, partitions),
         TopicSpec(LONGTAIL_METRICS, 1),
+        TopicSpec(IMPRESSIONS, partitions),
     )
 
 
@@ -90,7 +92,7 @@ async def ensure_topics(kafka: KafkaSettings) -> dict[str, int]:
         for spec in specs:
             if counts.get(spec.name, 0) == 0:
                 raise RuntimeError(f"topic {spec.name} has no partitions on {kafka.servers}")
-        if len({counts[EVENTS], counts[SCORE_REQUESTS], counts[RECOMMENDATIONS]}) != 1:
+        if len({counts[EVENTS], counts[SCORE_REQUESTS], counts[RECOMMENDATIONS], counts[IMPRESSIONS]}) != 1:
             raise RuntimeError(f"user-keyed topics must have equal partition counts, got {counts}")
         return counts
     finally:

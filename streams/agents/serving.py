@@ -20,6 +20,8 @@
 * ``exposure`` (agent on ``recommendations``): consumes published lists the way a downstream consumer
   would, pairs them with the events the scorer applied (by ``user_event_count``), and publishes one
   ``longtail-metrics`` record per arm every interval, mirrored as Prometheus gauges.
+* ``impressions`` (agent on ``impressions``, ``streams.agents.impressions``): what clients displayed; the
+  events ``score`` applies are the clicks credited to it, and each arm's record gains the A/B figures.
 
 Erasure (#17): a forget marker on ``score-requests`` makes ``score`` forget the user (``ScorerCore``) and
 publish a tombstone on ``recommendations`` before the micro-batch's lists; ``learn_all`` forgets the other
@@ -51,13 +53,14 @@ from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics
 from online.recommender import CORE_SOURCES, OnlineRecommender
+from streams.agents import impressions as impressions_agent
 from streams.agents.catalogue import Catalogue, follow_items, follow_partitions
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import WORKER_BATCH, Settings
 from streams.kafka import send_batched
-from streams.metrics import LongTailMetrics, ScorerMetrics
+from streams.metrics import ABMetrics, LongTailMetrics, ScorerMetrics
 from streams.records import Recommendation, dumps, read_request
-from streams.topics import ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for
+from streams.topics import IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for
 
 __all__ = ["register", "build_recommender", "TextVectors"]
 
@@ -111,8 +114,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     text = TextVectors(settings.scorer.text_encoder, settings.scorer.device)
     recommender = build_recommender(settings, text_dim=text.dim)
     catalogue = Catalogue(max_bytes=settings.worker.max_event_bytes)
-    core = ScorerCore(recommender=recommender, arms=ArmAssigner.from_configs(settings.scorer.arms),
-                      k=settings.scorer.k, banned=catalogue.banned)
+    arms = ArmAssigner.from_configs(settings.scorer.arms)
+    core = ScorerCore(recommender=recommender, arms=arms, k=settings.scorer.k, banned=catalogue.banned)
     lt = settings.longtail
     # The agent sees a request's events at once and their list only when it comes back through the
     # recommendations topic: a user can have a whole worker micro-batch of events waiting for it. Fewer
@@ -127,6 +130,10 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     catalogue_read = asyncio.Event()  # set once the items topic is read to where it ended at start-up
     producer = app.producer
     exposure_on = lt.exposure_agent  # TAILCAST_METRICS_INTERVAL_S=0: no exposure agent, no longtail-metrics
+    # the A/B ledger reads head/tail from the exposure agent's item window: the same split as the metrics
+    impressions = impressions_agent.Impressions(
+        arms=arms, is_tail=arm_metrics.items.is_tail, metrics=ABMetrics.create(registry),
+        max_bytes=settings.worker.max_event_bytes, pseudonymize_key=settings.worker.pseudonymize_key)
 
     batched_writes = settings.kafka.processing_guarantee == "at_least_once"
 
@@ -176,6 +183,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             metrics.recommendations.labels(arm=rec.arm).inc()
             metrics.latency.labels(arm=rec.arm).observe(max(0.0, now - rec.ingested_at))
         if exposure_on:
+            impressions.clicks(out.events)  # before the window counts them: judged as the lists were
             for ev in out.events:
                 _count_pairings(arm_metrics.observe_event(ev.user, ev.item, ev.index))
         metrics.requests_coalesced.inc(out.coalesced + out.stale)
@@ -242,7 +250,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                 longtail.paired_events.labels(arm=o.arm, pairing=o.pairing).inc()
 
     parts: dict[str, Any] = {"metrics": metrics, "longtail": longtail, "core": core, "recommender": recommender,
-                             "arm_metrics": arm_metrics, "text": text, "catalogue": catalogue}
+                             "arm_metrics": arm_metrics, "text": text, "catalogue": catalogue,
+                             "impressions": impressions}
 
     if exposure_on:
         @app.agent(topics[RECOMMENDATIONS], name="exposure")
@@ -251,7 +260,9 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                 for e in events:
                     if e.message.value is None:  # a tombstone: the user was erased (#17)
                         if e.message.key:
-                            _count_pairings(arm_metrics.forget(e.message.key.decode(errors="replace")))
+                            user = e.message.key.decode(errors="replace")
+                            _count_pairings(arm_metrics.forget(user))
+                            impressions.forget(user)
                         continue
                     try:
                         rec = Recommendation.from_bytes(e.message.value)
@@ -267,10 +278,15 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             for arm in arm_metrics.arms():
                 record = arm_metrics.record(arm, now)
                 longtail.set_record(record)
+                ab = impressions.record(arm)
+                if ab is not None:
+                    record["ab"] = ab
                 await producer.send(LONGTAIL_METRICS, arm.encode(), dumps(record), None, None, None)
             for source, value in recommender.blender.auc().items():
                 if value == value:  # NaN: the source carried no signal in the window (no series)
                     metrics.blender_auc.labels(source=source).set(value)
+
+        impressions_agent.register(app, topic=topics[IMPRESSIONS], impressions=impressions, producer=producer)
 
     to_encode: dict[str, str] = {}  # item -> its latest text, not encoded yet (in arrival order)
     texts_waiting = asyncio.Event()

@@ -1,7 +1,7 @@
 """JSON Schemas (draft 2020-12) of the topic contracts (README "Topic contracts", docs/design.md §3).
 
-One file per topic in this folder, ``<topic>.schema.json``, shipped with the package. ``events`` and
-``items`` describe what a producer may send (unknown fields allowed); ``events.dlq``, ``score-requests``,
+One file per topic in this folder, ``<topic>.schema.json``, shipped with the package. ``events``,
+``items`` and ``impressions`` describe what a producer may send (unknown fields allowed); ``events.dlq``, ``score-requests``,
 ``recommendations`` and ``longtail-metrics`` describe what tailcast writes (closed: no other fields).
 What JSON Schema cannot say (size limits, stripped ids, timestamps in the future) stays in
 :mod:`streams.records`, which remains the validator the worker runs; these files are for consumers,
@@ -10,7 +10,7 @@ producers and the tests (tests/streams/test_schemas.py, tests/integration/test_p
 :func:`validate` needs ``jsonschema`` (the ``test`` extra), imported on first use; :func:`schema` does not.
 
 >>> TOPICS
-('events', 'items', 'events.dlq', 'score-requests', 'recommendations', 'longtail-metrics')
+('events', 'items', 'events.dlq', 'score-requests', 'recommendations', 'longtail-metrics', 'impressions')
 >>> schema("events.dlq")["required"][:2]
 ['reason', 'error']
 """
@@ -22,12 +22,12 @@ import json
 from importlib import resources
 from typing import Any
 
-from streams.topics import DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
+from streams.topics import DLQ, EVENTS, IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
 __all__ = ["TOPICS", "schema", "validator", "validate", "errors"]
 
 #: The topics that have a schema here: every topic of ``streams.topics.topic_specs``.
-TOPICS = (EVENTS, ITEMS, DLQ, SCORE_REQUESTS, RECOMMENDATIONS, LONGTAIL_METRICS)
+TOPICS = (EVENTS, ITEMS, DLQ, SCORE_REQUESTS, RECOMMENDATIONS, LONGTAIL_METRICS, IMPRESSIONS)
 
 
 @functools.cache

@@ -69,6 +69,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_longtail_hit_rate_ratio", "gauge", ("arm", "target", "bucket")),
     Metric("tailcast_longtail_window_events", "gauge", ("arm",)),
     Metric("tailcast_longtail_paired_events_total", "counter", ("arm", "pairing")),
+    # impressions agent (in the scorer process, #17)
+    Metric("tailcast_ab_impressions_total", "counter", ("arm",)),
+    Metric("tailcast_ab_slots_total", "counter", ("arm", "segment")),
+    Metric("tailcast_ab_clicks_total", "counter", ("arm", "segment")),
+    Metric("tailcast_ab_impressions_rejected_total", "counter", ("reason",)),
     # trainer (default 9103)
     Metric("tailcast_trainer_refresh_total", "counter"),
     Metric("tailcast_trainer_last_refresh_timestamp_seconds", "gauge"),
@@ -94,6 +99,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "outcome": ("whole", "short", "unchecked"),
     "change": ("upsert", "hide", "restore", "delete", "invalid"),
     "path": ("served", "others"),
+    "segment": ("head", "tail"),
 }
 
 # Default metrics port per process (TAILCAST_METRICS_PORT unset); prometheus.local.yml scrapes these.

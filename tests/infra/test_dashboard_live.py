@@ -30,6 +30,7 @@ PROCESS_OF_PREFIX = {
     "tailcast_scorer_": "scorer",
     "tailcast_blender_": "scorer",
     "tailcast_longtail_": "scorer",
+    "tailcast_ab_": "scorer",
     "tailcast_trainer_": "trainer",
 }
 

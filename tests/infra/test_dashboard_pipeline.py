@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from online.synthetic import generate
-from streams.topics import EVENTS, ensure_topics
+from streams.topics import EVENTS, IMPRESSIONS, ensure_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -32,6 +32,11 @@ def test_every_dashboard_panel_returns_data_from_a_live_pipeline(pipeline_env, k
         pipeline_env.start(role)
     data = generate(n_users=200, n_items=300, n_events=3000, seed=5)
     events = [(u.encode(), orjson.dumps({"user_id": u, "item_id": i, "ts": ts})) for ts, u, i, _ in data.events]
+    # a client's impressions (the A/B row): each shows the item its user clicks next, a second before
+    ids = sorted(data.items)
+    impressions = [(u.encode(), orjson.dumps({"user_id": u, "list_id": f"{u}:{n}:0", "ts": ts - 1, "items": [
+        {"item_id": item, "position": pos} for pos, item in enumerate([i, *ids[n % 50:n % 50 + 4]])]}))
+        for n, (ts, u, i, _) in enumerate(data.events)]
     kio.produce(EVENTS, events + [(b"x", b"{broken")])
     scorer = pipeline_env.metrics_url("scorer")
     wait(lambda: _has(scorer, "tailcast_scorer_model_info{"), timeout=120,
@@ -42,6 +47,7 @@ def test_every_dashboard_panel_returns_data_from_a_live_pipeline(pipeline_env, k
     def steady_stream() -> None:
         n = 0
         while not done.wait(0.5):
+            kio.produce(IMPRESSIONS, impressions[n:n + 50] + [(b"x", b'{"user_id": "x"}')])
             kio.produce(EVENTS, events[n:n + 50] + [(b"x", b"{broken")])
             n = (n + 50) % len(events)
 

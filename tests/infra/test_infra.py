@@ -25,7 +25,7 @@ import yaml
 PROM_DIR = Path("infra/prometheus")
 GRAFANA_DIR = Path("infra/grafana")
 
-REQUIRED_ROWS = ["Long-tail exposure", "Quality", "Throughput", "Freshness", "Kafka", "Model"]
+REQUIRED_ROWS = ["Long-tail exposure", "Quality", "A/B", "Throughput", "Freshness", "Kafka", "Model"]
 ARM_QUERY = "label_values(tailcast_longtail_tail_share_ratio, arm)"
 
 # Settings the containers may set (a subset of streams/config.py SETTINGS, which
@@ -57,6 +57,7 @@ TOPICS = {
     "score-requests": (6, ""),
     "recommendations": (6, ""),
     "longtail-metrics": (1, ""),
+    "impressions": (6, ""),
 }
 REQUIRED_ALERTS = {
     "TailcastTailShareCollapsed",
@@ -179,7 +180,8 @@ def test_catalog_matches_application_instruments(metric_catalog) -> None:
     from prometheus_client import CollectorRegistry
 
     exported = {}
-    for container in (metrics.WorkerMetrics, metrics.ScorerMetrics, metrics.LongTailMetrics, metrics.TrainerMetrics):
+    for container in (metrics.WorkerMetrics, metrics.ScorerMetrics, metrics.LongTailMetrics, metrics.ABMetrics,
+                      metrics.TrainerMetrics):
         instance = container.create(CollectorRegistry())
         for field_name in type(instance).__dataclass_fields__:
             instrument = getattr(instance, field_name)
@@ -204,7 +206,7 @@ def test_catalog_matches_application_instruments(metric_catalog) -> None:
 
 
 def test_dashboard_structure(dashboard: dict[str, Any], harness) -> None:
-    """Six rows in order, unique ids, every panel with the datasource variable and at least one query,
+    """Seven rows in order, unique ids, every panel with the datasource variable and at least one query,
     panels inside the 24-column grid and not overlapping."""
     panels = list(harness.iter_panels(dashboard))
     ids = [panel["id"] for panel in panels]

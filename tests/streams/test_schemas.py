@@ -18,15 +18,16 @@ from online.recommender import OnlineRecommender
 from streams import schemas
 from streams.agents.ingest import IngestProcessor, RawRecord, pseudonymize
 from streams.agents.scorer import ScorerCore
+from online.ab import ArmCounts
 from streams.records import (DLQ_REASONS, BadEvent, Forget, Recommendation, RecommendedItem, ScoreRequest,
-                             dead_letter, parse_event, parse_item)
+                             dead_letter, parse_event, parse_impression, parse_item)
 from streams.tools import synthetic_source
-from streams.topics import (DLQ, EVENTS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for,
-                            topic_specs)
+from streams.topics import (DLQ, EVENTS, IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS,
+                            partition_for, topic_specs)
 
 FOLDER = Path(schemas.__file__).parent
 OUTPUTS = (DLQ, SCORE_REQUESTS, RECOMMENDATIONS, LONGTAIL_METRICS)  # written by tailcast: closed
-INPUTS = (EVENTS, ITEMS)  # written by producers: unknown fields allowed
+INPUTS = (EVENTS, ITEMS, IMPRESSIONS)  # written by producers: unknown fields allowed
 P = 4
 NOW = 1_700_000_000.0
 
@@ -186,6 +187,9 @@ def test_score_requests_recommendations_and_longtail_metrics_of_a_stream_meet_th
     assert lists and any(rec.items for rec in lists)
     for arm in metrics.arms():
         valid(LONGTAIL_METRICS, orjson.dumps(metrics.record(arm, NOW)))
+        # with the A/B figures (#17): nothing counted yet, and some
+        valid(LONGTAIL_METRICS, {**metrics.record(arm, NOW), "ab": ArmCounts().record()})
+        valid(LONGTAIL_METRICS, {**metrics.record(arm, NOW), "ab": ArmCounts(3, 30, 12, 4, 1).record()})
     assert metrics.arms()
     # the other shapes: no consumed items (TAILCAST_EXCLUDE_CONSUMED=recent), an empty list repeated
     recent = IngestProcessor(partitions=P, history_len=5, max_event_bytes=10_000, exclude_consumed="recent")
@@ -222,6 +226,7 @@ def _lt(**change):
 
 
 EVENT = {"user_id": "u1", "item_id": "i1"}
+IMPRESSION = {"user_id": "u1", "list_id": "u1:2:0", "items": [{"item_id": "i1", "position": 0}], "ts": NOW}
 
 BAD = [
     (RECOMMENDATIONS, _rec(items=[{"item_id": "i1", "score": 0.5, "source": "magic", "reason": ""}]), "magic"),
@@ -244,6 +249,15 @@ BAD = [
     (LONGTAIL_METRICS, _lt(hr_by_bucket={"<=5": 0.0, "6-20": 0.0}), "'>20' is a required property"),
     (LONGTAIL_METRICS, _lt(k=0), "minimum"),
     (LONGTAIL_METRICS, _lt(gini=None), "None"),
+    (LONGTAIL_METRICS, _lt(ab={**ArmCounts().record(), "ctr": {"value": 0.1, "low": 0.0}}), "'high' is a required"),
+    (LONGTAIL_METRICS, _lt(ab={**ArmCounts().record(), "clicks": -1}), "minimum"),
+    (IMPRESSIONS, {k: v for k, v in IMPRESSION.items() if k != "list_id"}, "'list_id' is a required property"),
+    (IMPRESSIONS, {**IMPRESSION, "items": [{"item_id": "i1"}]}, "'position' is a required property"),
+    (IMPRESSIONS, {**IMPRESSION, "items": [{"item_id": "i1", "position": -1}]}, "minimum"),
+    (IMPRESSIONS, {**IMPRESSION, "items": [{"item_id": "i1", "position": 0.5}]}, "not of type 'integer'"),
+    (IMPRESSIONS, {**IMPRESSION, "items": [{"item_id": " ", "position": 0}]}, "not valid under any"),
+    (IMPRESSIONS, {**IMPRESSION, "items": "i1"}, "not of type 'array'"),
+    (IMPRESSIONS, {**IMPRESSION, "ts": "now"}, "not of type"),
     (ITEMS, {"item_id": "i1", "title": "t", "tags": ["a", 1]}, "1 is not of type 'string'"),
     (ITEMS, {"item_id": "i1"}, "'title' is a required property"),
     (ITEMS, {"item_id": "i1", "title": "t", "hidden": "yes"}, "is not of type 'boolean', 'null'"),
@@ -325,3 +339,16 @@ def test_the_catalogue_and_the_schema_accept_the_same_item_controls(message):
 def test_the_catalogue_rejects_the_item_controls_the_schema_rejects(topic, message, why):
     with pytest.raises(BadEvent):
         parse_item(orjson.dumps(message), max_bytes=10_000)
+
+
+@pytest.mark.parametrize("topic,message,why", [b for b in BAD if b[0] == IMPRESSIONS])
+def test_the_scorer_rejects_the_impressions_the_schema_rejects(topic, message, why):
+    with pytest.raises(BadEvent):
+        parse_impression(orjson.dumps(message), max_bytes=10_000, default_ts=NOW)
+
+
+def test_the_scorer_and_the_schema_accept_the_same_impressions():
+    for message in (IMPRESSION, {**IMPRESSION, "ts": None, "user_id": 7, "extra": 1}, {**IMPRESSION, "items": []}):
+        valid(IMPRESSIONS, message)
+        rec = parse_impression(orjson.dumps(message), max_bytes=10_000, default_ts=NOW)
+        assert rec.ts == NOW and rec.list_id == "u1:2:0"
