@@ -1,13 +1,14 @@
 """``make bench``: run the benchmarks, print one table with the docs/design.md §7 targets, write the JSON.
 
-    python -m benchmarks.run [--quick] [--only ingest,freshness,memory,scorer,scorer_core,online_recommender,scale]
+    python -m benchmarks.run [--quick] [--only ingest,freshness,api,memory,scorer,scorer_core,online_recommender,scale]
                              [--out bench-results.json]
 
 The JSON is ``{benchmark: {figure: value}}`` (docs/design.md §6), plus ``targets``: for each
 docs/design.md §7 target the measured value divided by the required one (oriented so that >= 1 means met). Figures that are not
 finite numbers are left out of the JSON (and said so). ``scorer``, ``scorer_core`` and ``online_recommender`` run the
 scripts of the same names in this folder when they exist (they are owned elsewhere; a failure there is
-reported, not fatal). ``--quick`` uses small sizes (the smoke test: ingest and memory in < 2 minutes).
+reported, not fatal). ``api`` is the read API's latency at 1,000 requests/s beside a running stream
+(``benchmarks/api.py``). ``--quick`` uses small sizes (the smoke test: ingest and memory in < 2 minutes).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def _freshness(quick: bool) -> dict[str, float]:
     from benchmarks import freshness
 
     return freshness.run(quick=quick)
+
+
+def _api(quick: bool) -> dict[str, float]:
+    from benchmarks import api
+
+    return api.run(quick=quick)
 
 
 def _memory(quick: bool) -> dict[str, float]:
@@ -156,6 +163,7 @@ class SkipBenchmark(RuntimeError):
 BENCHMARKS: dict[str, Callable[[bool], dict[str, float]]] = {
     "ingest": _ingest,
     "freshness": _freshness,
+    "api": _api,
     "memory": _memory,
     "scorer": _scorer,
     "scorer_core": _scorer_core,
@@ -186,6 +194,11 @@ def targets(results: dict[str, dict[str, float]]) -> dict[str, tuple[float, str]
     if "rate_1000_p99_ms" in fr:
         v = fr["rate_1000_p99_ms"]
         out["freshness_250ms_vs_p99_at_1k"] = (250.0 / v, f"p99 at 1k events/s {v:,.0f} ms < 250 ms")
+    api = results.get("api", {})
+    if "p99_ms" in api:
+        v, rps = api["p99_ms"], api.get("rps", float("nan"))
+        out["api_10ms_vs_p99_at_1k_rps"] = (
+            10.0 / v, f"read API p99 at {rps:,.0f} requests/s beside a running stream {v:.1f} ms < 10 ms")
     sc = results.get("scorer", {})
     if "cpu_none_ratio_to_flop_bound" in sc:
         v = sc["cpu_none_ratio_to_flop_bound"]
