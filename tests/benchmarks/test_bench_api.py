@@ -1,0 +1,39 @@
+"""`make bench --quick --only api`: the read API benchmark runs the pipeline, fires its requests and writes
+well-formed figures and its §7 target.
+
+No timing thresholds: the machine is shared, so only the shape and the sanity of the results are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(240)
+def test_quick_api_bench_writes_latency_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "api", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results) == {"api", "targets"}
+    api = results["api"]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in api.values()), api
+    assert api["requests"] == 5000  # 5 s at 1,000 requests/s, the ramp left out
+    assert api["ok_200"] + api["not_found_404"] + api["errors"] == api["requests"]
+    assert api["ok_200"] > 0 and api["not_found_404"] > 0  # one request in ten asks for an unknown user
+    assert api["rps"] > 0 and 0 < api["p50_ms"] <= api["p99_ms"] <= api["p999_ms"] <= api["max_ms"]
+    assert api["stream_events_per_s"] > 0 and api["stream_lists_per_s"] > 0  # the stream ran beside the load
+    assert 0 < api["server_mean_ms"] and 0 < api["api_cpu_share"]
+    assert results["targets"]["api_10ms_vs_p99_at_1k_rps"] == pytest.approx(10.0 / api["p99_ms"])
+    assert "api_10ms_vs_p99_at_1k_rps" in proc.stdout
