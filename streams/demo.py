@@ -8,6 +8,10 @@ the model version serving the newest lists, the share of each candidate source i
 slots, and a few fresh recommendations. Once the read API serves a user's list, it prints a ``curl``
 line that reads it (the API listens on ``TAILCAST_API_PORT`` when set, else on a free port).
 
+It also plays a client that displays every new list at once: an ``impressions`` record for it, stamped with
+the time of the event the list reflects, so that the replayed events that follow are the clicks and each
+arm's CTR (with its 95% interval, from ``longtail-metrics``) is printed and on the dashboard's A/B row.
+
 The trainer runs with a short budget (:data:`DEMO_TRAINER_ENV`) so that within a minute it trains the
 Transformer and the Mult-VAE on the stream so far, the scorer hot-swaps the checkpoint, and its lists
 carry the checkpoint's version and can hold ``transformer`` and ``vae`` items (each item is credited to
@@ -33,13 +37,15 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from streams.agents.scorer import BATCH_SOURCES
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings
 from streams.processes import spawn_role, stop_processes
 from streams.tools import format_recommendation, iterate_topic, replay, source_from_args
-from streams.topics import LONGTAIL_METRICS, RECOMMENDATIONS, ensure_topics
+from streams.kafka import client_kwargs
+from streams.topics import IMPRESSIONS, LONGTAIL_METRICS, RECOMMENDATIONS, ensure_topics
 
 __all__ = ["run_demo", "DEMO_TRAINER_ENV", "ROLES"]
 
@@ -75,6 +81,19 @@ def _trained(version: str) -> bool:
     return version != "online"
 
 
+def impression(rec: dict) -> bytes:
+    """The ``impressions`` record of a client that displayed ``rec`` right after the event it reflects."""
+    return orjson.dumps({"user_id": rec["user_id"], "list_id": rec["list_id"], "ts": rec["event_ts"],
+                         "items": [{"item_id": i["item_id"], "position": n} for n, i in enumerate(rec["items"])]})
+
+
+def _ctr(ab: dict | None) -> str:
+    if not ab:
+        return "-"
+    ctr = ab["ctr"]
+    return f"{ctr['value']:.1%} [{ctr['low']:.1%}, {ctr['high']:.1%}]"
+
+
 def _api_serves(url: str) -> bool:
     """Whether ``GET url`` answers 200 with a list that has items (the read API serves the user's list)."""
     try:
@@ -94,11 +113,19 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
     stats = {"recommendations": 0, "first_recommendation_s": None, "failed": None, "serving": None,
              "first_trained_s": None, "trained_lists": 0, "batch_items": Counter(), "curl": None}
 
+    # the client: with pseudonymised ids the lists carry pseudonyms, which a client does not see; no impressions
+    client = None if settings.worker.pseudonymize_key else AIOKafkaProducer(**client_kwargs(settings.kafka),
+                                                                             linger_ms=20)
+    if client is not None:
+        await client.start()
+
     async def consume(topic: str) -> None:
         async for r in iterate_topic(settings.kafka, topic, from_beginning=True, stop=stop):
             if r.get("tombstone"):
                 continue  # an erased user's lists
             if topic == RECOMMENDATIONS:
+                if client is not None and r["items"] and r.get("refresh") == "event":
+                    await client.send(IMPRESSIONS, impression(r), key=r["user_id"].encode())
                 now = time.time()
                 recs.append((now, r["generated_at"] - r.get("ingested_at", r["generated_at"])))
                 recent.append((now, r))
@@ -130,12 +157,14 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
             window = [lat for t, lat in recs if t >= time.time() - 10]
             p50, p99 = (np.percentile(window, [50, 99]) * 1000 if window else (float("nan"),) * 2)
             tails = " ".join(f"{arm}={rec['tail_share']:.2f}" for arm, rec in sorted(latest_longtail.items()))
+            ctrs = " ".join(f"{arm}={_ctr(rec.get('ab'))}" for arm, rec in sorted(latest_longtail.items()))
             shares = source_shares(rec for t, rec in recent if t >= time.time() - 10)
             sources = " ".join(f"{source} {share:.0%}" for source, share in shares.items())
             print(f"[{now - started:5.0f}s] events {sent[0]:>7} ({(sent[0] - last_sent) / dt:5.0f}/s)  "
                   f"recs {stats['recommendations']:>7} ({(stats['recommendations'] - last_recs) / dt:5.0f}/s)  "
                   f"latency p50 {p50:5.0f} ms p99 {p99:5.0f} ms  tail share {tails or '-'}\n"
-                  f"        model {stats['serving'] or '-'}  sources {sources or '-'}", flush=True)
+                  f"        model {stats['serving'] or '-'}  sources {sources or '-'}\n"
+                  f"        CTR of displayed lists {ctrs or '-'}", flush=True)
             while samples:
                 print("    " + samples.popleft(), flush=True)
             if stats["curl"] is None and with_items:
@@ -156,6 +185,8 @@ async def _watch(settings: Settings, *, sent: list[int], stop: asyncio.Event, st
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if client is not None:
+            await client.stop()
     return {**stats, "longtail": latest_longtail}
 
 
@@ -226,6 +257,12 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             batch = ", ".join(f"{n} {source}" for source, n in sorted(stats["batch_items"].items())) or "none"
             print(f"first list from a trained checkpoint after {trained:.1f}s; {stats['trained_lists']} lists "
                   f"from checkpoints, newest {stats['serving']}; their batch-model items: {batch}", flush=True)
+        for arm, rec in sorted(stats["longtail"].items()):
+            if rec.get("ab"):
+                ab = rec["ab"]
+                print(f"A/B {arm}: {ab['impressions']} lists displayed, CTR {_ctr(ab)}, tail CTR "
+                      f"{_ctr({'ctr': ab['tail_ctr']})}, tail share of clicks {_ctr({'ctr': ab['tail_click_share']})}",
+                      flush=True)
         return 0 if stats["recommendations"] and not stats["failed"] else 1
     finally:
         stop_processes(procs.values())
