@@ -1,0 +1,243 @@
+"""Snapshots of the scorer's online state (#16, warm restart): written atomically, versioned, checksummed.
+
+A snapshot file holds one Python object (the scorer's online recommender and the per-user bookkeeping it
+needs to continue, see ``streams.agents.serving``) with the log offsets it reflects, so that a restarted
+scorer loads it and replays the log from those offsets instead of starting from empty models.
+
+File layout::
+
+    b"TAILCAST-SNAPSHOT\\n"         magic line
+    <header: one line of JSON>\\n   format_version, created_at, offsets, meta, extra, payload_bytes, sha256
+    <payload: pickle bytes>
+
+``sha256`` is the digest of the header without that field (canonical JSON) followed by the payload: a
+truncated, altered or half-written file fails it and is refused (:class:`SnapshotError`) before a byte of
+the payload is unpickled. The payload is a pickle (the online models are numpy-backed objects that pickle
+themselves, ``__getstate__`` dropping their serving scratch): unpickling runs code named in the file, so
+a snapshot folder must be as trusted as the code (the checksum catches corruption, not an attacker who
+can write there). ``offsets`` maps topic -> partition -> the offset of the first record *not* reflected;
+``meta`` is free JSON (the configuration the state was built with, to refuse an incompatible one).
+
+Writes are atomic: a temporary file beside the target, written, flushed and fsynced, then
+``os.replace`` (and the folder fsynced), so a reader sees the old set of files or the new one, never half
+a file. :class:`SnapshotStore` keeps ``s{n:06d}-{UTC time}-{token}.snap`` files in one folder, newest =
+highest ``n`` (the token keeps two writers' files apart), and the newest ``keep`` of them.
+
+:func:`encode` (the pickling: a consistent copy of the live state, taken where nothing mutates it) and
+:func:`write_snapshot` (hash, write, fsync, rename: safe in a thread) are separate so that only the
+first holds the caller's event loop.
+
+>>> import tempfile
+>>> store = SnapshotStore(tempfile.mkdtemp(), keep=2)
+>>> for n in range(3):
+...     _ = store.save({"n": n}, offsets={"t": {0: 10 * n}}, meta={"k": 10})
+>>> [p.name[:7] for p in store.paths()]
+['s000002', 's000003']
+>>> snap = store.load(store.paths()[-1])
+>>> snap.state, snap.offsets, snap.meta
+({'n': 2}, {'t': {0: 20}}, {'k': 10})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["Snapshot", "SnapshotError", "SnapshotStore", "encode", "write_snapshot", "read_snapshot",
+           "FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"TAILCAST-SNAPSHOT\n"
+FORMAT_VERSION = 1
+#: A header longer than this is not a snapshot's (it holds offsets and a little metadata).
+MAX_HEADER_BYTES = 1 << 20
+
+Offsets = Mapping[str, Mapping[int, int]]
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot file is missing, corrupt, truncated, of another format, or does not fit the caller."""
+
+
+@dataclass
+class Snapshot:
+    """A loaded snapshot: the state object, the offsets it reflects, its metadata."""
+
+    state: Any
+    offsets: dict[str, dict[int, int]]
+    meta: dict[str, Any]
+    created_at: float
+    path: Path | None = None
+    payload_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def age_s(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.created_at)
+
+
+def encode(state: Any) -> bytes:
+    """The payload of a snapshot of ``state``: a pickle, i.e. a copy that later changes to ``state`` do not
+    reach (take it where nothing mutates ``state``: between two micro-batches)."""
+    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _header(offsets: Offsets, meta: Mapping[str, Any], extra: Mapping[str, Any], payload: bytes,
+            created_at: float) -> bytes:
+    head = {"format_version": FORMAT_VERSION, "created_at": created_at, "payload_bytes": len(payload),
+            "offsets": {t: {str(p): int(o) for p, o in sorted(parts.items())} for t, parts in offsets.items()},
+            "meta": dict(meta), "extra": dict(extra)}
+    head["sha256"] = _digest(head, payload)
+    return orjson.dumps(head, option=orjson.OPT_SORT_KEYS)
+
+
+def _digest(head: Mapping[str, Any], payload: bytes) -> str:
+    h = hashlib.sha256(orjson.dumps({k: v for k, v in head.items() if k != "sha256"}, option=orjson.OPT_SORT_KEYS))
+    h.update(payload)
+    return h.hexdigest()
+
+
+def write_snapshot(path: str | os.PathLike, payload: bytes, *, offsets: Offsets,
+                   meta: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                   created_at: float | None = None) -> Path:
+    """Write ``payload`` (from :func:`encode`) with its header to ``path`` atomically; returns ``path``.
+    ``meta`` and ``extra`` are JSON objects kept in the header (``meta``: what the state must agree with,
+    ``extra``: anything else the reader checks)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = _header(offsets, meta or {}, extra or {}, payload, time.time() if created_at is None else created_at)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC)
+            f.write(header)
+            f.write(b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # the rename itself survives a power cut once the folder is synced
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # not every file system lets a folder be opened or synced
+        pass
+    return path
+
+
+def read_snapshot(path: str | os.PathLike) -> Snapshot:
+    """Read and verify a snapshot file; :class:`SnapshotError` says what is wrong with it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise SnapshotError(f"{path} is not a tailcast snapshot (no {MAGIC[:-1].decode()} line)")
+            line = f.readline(MAX_HEADER_BYTES + 1)
+            payload = f.read()
+    except FileNotFoundError as e:
+        raise SnapshotError(f"no snapshot file at {path}") from e
+    except OSError as e:
+        raise SnapshotError(f"snapshot {path} could not be read: {e}") from e
+    if not line.endswith(b"\n"):
+        raise SnapshotError(f"snapshot {path} is truncated or corrupt: its header line does not end")
+    try:
+        head = orjson.loads(line)
+        version = head["format_version"]
+        digest = head["sha256"]
+        size = head["payload_bytes"]
+        offsets = {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in head["offsets"].items()}
+        meta = dict(head["meta"])
+        extra = dict(head.get("extra") or {})
+        created_at = float(head["created_at"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SnapshotError(f"snapshot {path} has a corrupt header ({type(e).__name__}: {e})") from e
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise SnapshotError(f"snapshot {path} has format_version {version!r}; this code reads <= {FORMAT_VERSION}")
+    if len(payload) != size:
+        raise SnapshotError(f"snapshot {path} is truncated or corrupt: {len(payload)} payload bytes, "
+                            f"the header says {size}")
+    if _digest(head, payload) != digest:
+        raise SnapshotError(f"snapshot {path} is corrupt: its sha256 does not match its header")
+    try:
+        state = pickle.loads(payload)
+    except Exception as e:  # noqa: BLE001 - a verified payload that no longer unpickles: other code
+        raise SnapshotError(f"snapshot {path} does not load with this code ({type(e).__name__}: "
+                            f"{str(e)[:200]})") from e
+    return Snapshot(state=state, offsets=offsets, meta=meta, created_at=created_at, path=path, payload_bytes=size,
+                    extra=extra)
+
+
+_NAME = re.compile(r"^s(\d+)-[0-9TZ]+-[0-9a-f]+\.snap$")
+
+
+class SnapshotStore:
+    """Versioned snapshots in one folder: :meth:`save` the next one, :meth:`latest` valid one."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        """Snapshot files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p.name, p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
+        return [p for *_, p in sorted(found)]
+
+    def next_path(self) -> Path:
+        paths = self.paths()
+        n = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        return self.directory / f"s{n:06d}-{stamp}-{uuid.uuid4().hex[:6]}.snap"
+
+    def write(self, payload: bytes, *, offsets: Offsets, meta: Mapping[str, Any] | None = None,
+              extra: Mapping[str, Any] | None = None, created_at: float | None = None) -> Path:
+        """Write an encoded payload as the next snapshot, then delete all but the newest ``keep``."""
+        path = write_snapshot(self.next_path(), payload, offsets=offsets, meta=meta, extra=extra,
+                              created_at=created_at)
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save(self, state: Any, *, offsets: Offsets, meta: Mapping[str, Any] | None = None) -> Path:
+        """:func:`encode` ``state`` and :meth:`write` it."""
+        return self.write(encode(state), offsets=offsets, meta=meta)
+
+    def load(self, path: str | os.PathLike) -> Snapshot:
+        return read_snapshot(path)
+
+    def latest(self, *, accept: Callable[[Snapshot], None] | None = None,
+               on_error: Callable[[Path, SnapshotError], None] | None = None) -> Snapshot | None:
+        """The newest snapshot that reads, verifies and that ``accept`` does not refuse (by raising
+        :class:`SnapshotError`); each refused one is passed to ``on_error`` (default: a warning) and the
+        next older one is tried. None: no valid snapshot (a cold start)."""
+        for path in reversed(self.paths()):
+            try:
+                snap = read_snapshot(path)
+                if accept is not None:
+                    accept(snap)
+                return snap
+            except SnapshotError as e:
+                if on_error is not None:
+                    on_error(path, e)
+                else:
+                    log.warning("skipping snapshot %s: %s", path.name, e)
+        return None
