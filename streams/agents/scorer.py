@@ -126,6 +126,19 @@ class ScorerCore:
         self._learned.put(user, event_count)
         self._published.put(user, (event_count, 1))
 
+    def snapshot_state(self) -> dict:
+        """What a warm restart (#16, ``online.snapshot``) needs of this core beside the recommender: how many
+        of each user's events were learned (in LRU order), so that a replayed or redelivered event is not
+        learned twice. The published-list bookkeeping is left out on purpose: a list recorded as published
+        in a snapshot may not have reached the log before a crash, and a redelivered request must then
+        publish it again."""
+        return {"learned": list(self._learned.items())}
+
+    def restore_state(self, state: dict) -> None:
+        """Take back :meth:`snapshot_state` (on a core that has learned nothing yet)."""
+        for user, count in state["learned"]:
+            self._learned.put(user, int(count))
+
     def swap_model(self, model: SequenceModel | None) -> None:
         """Install a new batch model; called between micro-batches only."""
         self.model = model
