@@ -60,6 +60,18 @@ def _feed(kafka, events: list[dict], rate: float) -> None:
     asyncio.run(replay(kafka, ReplaySource("api-bench-stream", [], events), rate=rate))
 
 
+def _bare_server(port: int, body: bytes) -> None:
+    """The floor the api is compared with: a bare aiohttp server answering every GET with ``body``."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/recommendations/{user_id}", answer)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+
+
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -96,7 +108,8 @@ async def _load(base: str, users: list[str], rate: float, ramp_s: float, seconds
     loop = asyncio.get_running_loop()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)  # a request finding all busy waits (counted: it is late)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
         start = loop.time() + 0.1
 
         async def one(i: int) -> None:
@@ -150,7 +163,7 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
     from streams.tools import synthetic_source
     from streams.topics import ITEMS
 
-    duration = duration or (5.0 if quick else 20.0)
+    duration = duration or (3.0 if quick else 20.0)
     ramp_s = 2.0
     n_warm = 600 if quick else 1500  # the users of these first events are the known ones
     source = synthetic_source(n_users=2000, n_items=1000, seed=2,
@@ -208,6 +221,9 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
             outcomes = asyncio.run(_load(base, users, rate, ramp_s, duration))
             elapsed = time.monotonic() - t0
             after = _snapshot(metrics, pids)
+            with urllib.request.urlopen(f"{base}/recommendations/{known[0]}?n=10", timeout=5) as response:
+                body = response.read()
+            bare = _bare(body, users, rate, ramp_s, duration)
             if not feeder.is_alive():
                 raise RuntimeError("the stream ended before the load did: give the feeder more events")
         finally:
@@ -228,6 +244,7 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
         "machine_busy_cores": delta["machine_cpu"] / elapsed,
         "cores": float(os.cpu_count() or 1),
         "load_1m": os.getloadavg()[0],
+        **bare,
     })
     log(f"  {figures['rps']:,.0f} answers/s: p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
         f"max {figures['max_ms']:.1f} ms over {figures['requests']:,.0f} requests ({figures['ok_200']:,.0f} 200, "
@@ -238,7 +255,29 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
                                           for role in ("api", "worker", "scorer", "client"))
         + f"; the machine {figures['machine_busy_cores']:.2f} of {figures['cores']:.0f} cores busy (all processes), "
         f"load {figures['load_1m']:.1f}")
+    log(f"  bare aiohttp server, same load and stream: p50 {figures['bare_p50_ms']:.2f} ms, "
+        f"p99 {figures['bare_p99_ms']:.2f} ms, CPU share {figures['bare_cpu_share']:.2f}")
     return figures
+
+
+def _bare(body: bytes, users: list[str], rate: float, ramp_s: float, duration: float) -> dict[str, float]:
+    """The same load on :func:`_bare_server` answering ``body``, beside the same stream: the framework's floor
+    on this machine at this moment (``bare_`` figures)."""
+    port = free_port()
+    server = multiprocessing.get_context("spawn").Process(target=_bare_server, args=(port, body), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _status(f"{url}/recommendations/x") == 200 or not server.is_alive(), timeout=60,
+                   message="the bare aiohttp server")
+        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        figures = _figures(asyncio.run(_load(url, users, rate, ramp_s, duration)))
+        share = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+    finally:
+        server.terminate()
+        server.join(10)
+    return {"bare_p50_ms": figures["p50_ms"], "bare_p99_ms": figures["p99_ms"], "bare_rps": figures["rps"],
+            "bare_cpu_share": share}
 
 
 def _machine_busy_seconds() -> float:
@@ -263,7 +302,7 @@ def _snapshot(metrics: dict[str, str], pids: dict[str, int]) -> dict[str, float]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="5 s of load instead of 20")
+    p.add_argument("--quick", action="store_true", help="3 s of load instead of 20")
     p.add_argument("--rate", type=float, default=1000.0, help="requests/s (default 1000)")
     p.add_argument("--duration", type=float, default=None, help="seconds of load after the warm-up (default 20)")
     p.add_argument("--stream-rate", type=float, default=300.0, help="events/s of the running stream (default 300)")
