@@ -2,7 +2,8 @@
 
 ``blake2b(salt + ":" + user)`` mapped to [0, 1) and cut by the cumulative arm weights: the same user
 lands in the same arm in every process and every run (Python's ``hash`` is salted per process, so it
-is not used), and changing ``salt`` reshuffles everyone.
+is not used), and changing ``salt`` reshuffles everyone: a new experiment. The arms and the salt are
+declared in one place, ``TAILCAST_ARMS`` (a ``salt=NAME`` element; ``tailcast`` when there is none).
 
 >>> arms = parse_arms("control:0.5:0.0,tail:0.5:0.3")
 >>> arms[1]
@@ -10,6 +11,8 @@ ArmConfig(name='tail', weight=0.5, rerank_strength=0.3)
 >>> assigner = ArmAssigner.from_configs(arms)
 >>> assigner.assign("user-42") == assigner.assign("user-42")
 True
+>>> arms.salt, parse_arms("salt=exp-7, control:1:0").salt
+('tailcast', 'exp-7')
 >>> parse_arms("control:0.5:0.0,tail:x:0.3")
 Traceback (most recent call last):
 ...
@@ -24,7 +27,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ArmAssigner", "ArmConfig", "ArmSpecError", "parse_arms"]
+__all__ = ["DEFAULT_SALT", "ArmAssigner", "ArmConfig", "ArmSpecError", "Arms", "parse_arms"]
+
+#: The assignment salt when ``TAILCAST_ARMS`` names none.
+DEFAULT_SALT = "tailcast"
 
 
 class ArmSpecError(ValueError):
@@ -50,13 +56,35 @@ class ArmConfig:
             )
 
 
-def parse_arms(spec: str) -> list[ArmConfig]:
-    """Parse ``"name:weight:strength,name:weight:strength,..."`` (e.g. ``TAILCAST_ARMS``)."""
+class Arms(tuple):
+    """The configured arms (a tuple of :class:`ArmConfig`) and the salt that assigns users to them."""
+
+    salt: str
+
+    def __new__(cls, arms: Sequence[ArmConfig], salt: str = DEFAULT_SALT) -> Arms:
+        self = super().__new__(cls, arms)
+        self.salt = salt
+        return self
+
+    def __reduce__(self):
+        return (Arms, (tuple(self), self.salt))
+
+
+def parse_arms(spec: str) -> Arms:
+    """Parse ``"[salt=NAME,]name:weight:strength,name:weight:strength,..."`` (e.g. ``TAILCAST_ARMS``)."""
     arms: list[ArmConfig] = []
+    salt = None
     for part in spec.split(","):
         part = part.strip()
         if not part:
             raise ArmSpecError(f"empty arm in {spec!r} (expected name:weight:strength, comma-separated)")
+        if part.startswith("salt="):
+            if salt is not None:
+                raise ArmSpecError(f"more than one salt in {spec!r}")
+            salt = part[len("salt="):].strip()
+            if not salt:
+                raise ArmSpecError(f"empty salt in {spec!r}")
+            continue
         fields = [f.strip() for f in part.split(":")]
         if len(fields) != 3:
             raise ArmSpecError(f"arm {part!r}: expected name:weight:strength, got {len(fields)} field(s)")
@@ -76,13 +104,13 @@ def parse_arms(spec: str) -> list[ArmConfig]:
         raise ArmSpecError(f"duplicate arm name(s) {dupes} in {spec!r}")
     if not sum(a.weight for a in arms) > 0:
         raise ArmSpecError(f"arm weights in {spec!r} sum to 0: no arm would get traffic")
-    return arms
+    return Arms(arms, DEFAULT_SALT if salt is None else salt)
 
 
 class ArmAssigner:
     """Deterministic user -> arm assignment proportional to the arm weights."""
 
-    def __init__(self, arms: Mapping[str, float], *, salt: str = "tailcast") -> None:
+    def __init__(self, arms: Mapping[str, float], *, salt: str = DEFAULT_SALT) -> None:
         if not arms:
             raise ArmSpecError("at least one arm is needed")
         for name, w in arms.items():
@@ -102,7 +130,10 @@ class ArmAssigner:
         self._cum = cum
 
     @classmethod
-    def from_configs(cls, arms: Sequence[ArmConfig], *, salt: str = "tailcast") -> ArmAssigner:
+    def from_configs(cls, arms: Sequence[ArmConfig], *, salt: str | None = None) -> ArmAssigner:
+        """The assigner of ``arms``, with their salt (:class:`Arms`) unless ``salt`` is given."""
+        if salt is None:
+            salt = arms.salt if isinstance(arms, Arms) else DEFAULT_SALT
         return cls({a.name: a.weight for a in arms}, salt=salt)
 
     def position(self, user: str) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from online.arms import ArmConfig, parse_arms
+from online.arms import Arms, parse_arms
 
 __all__ = [
     "ConfigError",
@@ -147,7 +147,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Items never recommended to a user: `all` they consumed (up to TAILCAST_CONSUMED_MAX), or only "
             "the `recent` TAILCAST_HISTORY_LEN (for repeat-consumption catalogues such as groceries)."),
     Setting("TAILCAST_ARMS", "control:0.5:0.0,tail:0.5:0.5", parse_arms,
-            "A/B arms as name:traffic_weight:rerank_strength, comma-separated."),
+            "A/B arms as name:traffic_weight:rerank_strength, comma-separated; a `salt=NAME` element sets "
+            "the salt of the user-to-arm hash (default `tailcast`): a new salt reshuffles the users."),
     Setting("TAILCAST_WINDOW_EVENTS", "100000", _positive_int,
             "Sliding window (events) for head/tail split and long-tail metrics."),
     Setting("TAILCAST_HEAD_SHARE", "0.2", _share, "Share of active items that form the head."),
@@ -216,7 +217,7 @@ class WorkerSettings:
 @dataclass(frozen=True, slots=True)
 class ScorerSettings:
     k: int
-    arms: tuple[ArmConfig, ...]
+    arms: Arms  # a tuple of ArmConfig, with the assignment salt
     device: str
     checkpoint_dir: Path
     model_poll_s: float
@@ -316,7 +317,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         scorer=ScorerSettings(
             k=r("TAILCAST_K"),
-            arms=tuple(r("TAILCAST_ARMS")),
+            arms=r("TAILCAST_ARMS"),
             device=r("TAILCAST_DEVICE"),
             checkpoint_dir=Path(r("TAILCAST_CHECKPOINT_DIR")),
             model_poll_s=r("TAILCAST_MODEL_POLL_S"),

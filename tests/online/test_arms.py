@@ -44,9 +44,26 @@ def test_weights_are_relative_and_salt_reshuffles() -> None:
 
 def test_parse_arms() -> None:
     arms = parse_arms(" control:0.5:0.0 , tail:0.5:0.3")
-    assert arms == [ArmConfig("control", 0.5, 0.0), ArmConfig("tail", 0.5, 0.3)]
+    assert list(arms) == [ArmConfig("control", 0.5, 0.0), ArmConfig("tail", 0.5, 0.3)]
     assigner = ArmAssigner.from_configs(arms)
     assert assigner.names == ("control", "tail") and assigner.weights == (0.5, 0.5)
+    assert assigner.salt == arms.salt == "tailcast"
+
+
+def test_the_salt_is_declared_with_the_arms_and_reshuffles_users() -> None:
+    import pickle
+
+    plain, salted = parse_arms("control:0.5:0.0,tail:0.5:0.3"), parse_arms("control:0.5:0.0, salt=exp-2,tail:0.5:0.3")
+    assert list(salted) == list(plain) and salted.salt == "exp-2"
+    assert pickle.loads(pickle.dumps(salted)).salt == "exp-2"
+    a, b = ArmAssigner.from_configs(plain), ArmAssigner.from_configs(salted)
+    users = [f"u{n}" for n in range(2000)]
+    moved = sum(a.assign(u) != b.assign(u) for u in users) / len(users)
+    assert 0.4 < moved < 0.6  # independent halves: about one user in two changes arm
+    assert ArmAssigner.from_configs(salted, salt="tailcast").salt == "tailcast"
+    for spec in ("salt=,control:1:0", "salt=a,salt=b,control:1:0"):
+        with pytest.raises(ArmSpecError, match="salt"):
+            parse_arms(spec)
 
 
 @pytest.mark.parametrize(
