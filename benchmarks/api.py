@@ -5,17 +5,22 @@
 A broker, a worker, a scorer and one ``tailcast api`` instance (it owns every partition: nothing is
 forwarded); a feeder process publishes synthetic events at ``--stream-rate`` all along, so the api stores
 new lists while it answers. Once the api answers 200 for every user of the first events, this process fires
-``GET /recommendations/{user}?n=10`` open-loop at ``--rate`` for a warm-up second and then ``--duration``
-seconds: each request is sent at its planned time, whatever the answers before it did, and its latency runs
-from that planned time (so queueing in the client or the server is counted, not hidden by a client that
-waits). One request in ten asks for an unknown user (404, a valid answer, counted apart).
+``GET /recommendations/{user}?n=10`` open loop: a 2 s ramp up to ``--rate`` (not measured: the client's
+connections open), then ``--rate`` for ``--duration`` seconds. Each request is sent at its planned time,
+whatever the answers before it did, and its latency runs from that planned time, so queueing in the client or
+the server is counted, not hidden by a client that waits. One request in ten asks for an unknown user (404,
+a valid answer, counted apart from errors).
 
-The client (aiohttp, one keep-alive session) runs in this process and shares the machine's cores with the
-broker and the three roles; its CPU share is reported beside the api's, and ``send_lag`` says how late the
-client sent (part of every latency). Figures: ``rps`` (answers per second over the window), ``p50_ms``,
-``p99_ms``, ``p999_ms``, ``max_ms``, counts by outcome, the api's own view of its handling time (its
-latency histogram), CPU shares, and the stream's rate during the window (events the worker read, lists
-the api stored).
+The client (aiohttp, one session of at most 64 keep-alive connections) runs in this process and shares the
+machine's cores with the broker, the feeder and the three roles; ``send_lag`` says how late it sent (part of
+every latency). Figures: ``rps`` (answers per second over the window), ``p50_ms``, ``p99_ms``, ``p999_ms``,
+``max_ms``, counts by outcome, ``server_mean_ms`` (the api's own handling time, from its latency histogram),
+CPU shares of the roles and the client, the api's CPU per request (its share with the stream alone, measured
+for 3 s before the load, taken out), how busy the whole machine was (``machine_busy_cores``, other people's
+processes included: on a shared machine they take CPU the api needs), the stream's rate during the window
+(events the worker read, lists the api stored), and ``bare_`` figures: the same load right after on a bare
+aiohttp server answering a stored list's body, beside the same stream (the floor that the framework and the
+machine set at that moment; the api's cost is what it adds to it).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ UNKNOWN_SHARE = 0.1
 REQUEST_TIMEOUT_S = 5.0
 #: The client's keep-alive connections to the api, at most (a browser-sized pool per client host).
 CONNECTIONS = 64
+#: Seconds the api's CPU is measured with the stream running and no requests, before the load.
+IDLE_S = 3.0
 
 
 def _feed(kafka, events: list[dict], rate: float) -> None:
@@ -216,6 +223,9 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
             users = [f"unknown-{k}" if rng.random() < UNKNOWN_SHARE else rng.choice(known)
                      for k in range(int(rate * (duration + ramp_s)))]
             pids = {role: p.pid for role, p in procs.items()}
+            idle0, t0 = cpu_seconds(pids["api"]), time.monotonic()
+            time.sleep(IDLE_S)  # a measuring window: the api's CPU with the stream running and no requests
+            idle_share = (cpu_seconds(pids["api"]) - idle0) / (time.monotonic() - t0)
             before = _snapshot(metrics, pids)
             t0 = time.monotonic()
             outcomes = asyncio.run(_load(base, users, rate, ramp_s, duration))
@@ -241,6 +251,9 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
         "server_mean_ms": 1000 * delta["api_latency_sum"] / delta["api_latency_count"]
         if delta["api_latency_count"] else float("nan"),
         **{f"{role}_cpu_share": delta[f"{role}_cpu"] / elapsed for role in ("api", "worker", "scorer", "client")},
+        "api_idle_cpu_share": idle_share,
+        # the api's CPU per answer, its CPU for the stream alone (the idle share) taken out
+        "api_cpu_us_per_request": 1e6 * (delta["api_cpu"] - idle_share * elapsed) / (delta["api_latency_count"] or 1),
         "machine_busy_cores": delta["machine_cpu"] / elapsed,
         "cores": float(os.cpu_count() or 1),
         "load_1m": os.getloadavg()[0],
@@ -249,14 +262,15 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
     log(f"  {figures['rps']:,.0f} answers/s: p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
         f"max {figures['max_ms']:.1f} ms over {figures['requests']:,.0f} requests ({figures['ok_200']:,.0f} 200, "
         f"{figures['not_found_404']:,.0f} 404, {figures['errors']:,.0f} errors); api's own handling "
-        f"{figures['server_mean_ms']:.2f} ms mean; client sent p99 {figures['send_lag_p99_ms']:.2f} ms late; "
+        f"{figures['server_mean_ms']:.2f} ms mean, {figures['api_cpu_us_per_request']:.0f} us CPU a request; "
+        f"client sent p99 {figures['send_lag_p99_ms']:.2f} ms late; "
         f"stream {figures['stream_events_per_s']:.0f} events/s, {figures['stream_lists_per_s']:.0f} lists/s "
         "stored; CPU share " + ", ".join(f"{role} {figures[f'{role}_cpu_share']:.2f}"
                                           for role in ("api", "worker", "scorer", "client"))
         + f"; the machine {figures['machine_busy_cores']:.2f} of {figures['cores']:.0f} cores busy (all processes), "
         f"load {figures['load_1m']:.1f}")
     log(f"  bare aiohttp server, same load and stream: p50 {figures['bare_p50_ms']:.2f} ms, "
-        f"p99 {figures['bare_p99_ms']:.2f} ms, CPU share {figures['bare_cpu_share']:.2f}")
+        f"p99 {figures['bare_p99_ms']:.2f} ms, {figures['bare_cpu_us_per_request']:.0f} us CPU a request")
     return figures
 
 
@@ -271,13 +285,14 @@ def _bare(body: bytes, users: list[str], rate: float, ramp_s: float, duration: f
         wait_until(lambda: _status(f"{url}/recommendations/x") == 200 or not server.is_alive(), timeout=60,
                    message="the bare aiohttp server")
         cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
-        figures = _figures(asyncio.run(_load(url, users, rate, ramp_s, duration)))
-        share = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+        outcomes = asyncio.run(_load(url, users, rate, ramp_s, duration))
+        cpu, elapsed = cpu_seconds(server.pid) - cpu0, time.monotonic() - t0
+        figures = _figures(outcomes)
     finally:
         server.terminate()
         server.join(10)
     return {"bare_p50_ms": figures["p50_ms"], "bare_p99_ms": figures["p99_ms"], "bare_rps": figures["rps"],
-            "bare_cpu_share": share}
+            "bare_cpu_share": cpu / elapsed, "bare_cpu_us_per_request": 1e6 * cpu / len(outcomes)}
 
 
 def _machine_busy_seconds() -> float:
