@@ -101,6 +101,13 @@ class ScorerMetrics:
     catalog_items: Gauge
     catalog_records: Counter
     events_learned: Counter
+    snapshots_written: Counter
+    snapshot_failures: Counter
+    snapshot_timestamp: Gauge
+    snapshot_seconds: Gauge
+    snapshot_bytes: Gauge
+    restore_seconds: Gauge
+    first_list_seconds: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ScorerMetrics:
@@ -141,13 +148,35 @@ class ScorerMetrics:
                                     "invalid (skipped)", ["change"], registry=registry),
             events_learned=Counter("tailcast_scorer_events_learned",
                                    "Events applied to the online models, by path: served (this scorer's "
-                                   "partitions) or others (the other scorers' partitions)", ["path"],
+                                   "partitions), others (the other scorers' partitions) or replay (the log "
+                                   "replayed after a snapshot was restored, #16)", ["path"], registry=registry),
+            snapshots_written=Counter("tailcast_scorer_snapshots_written",
+                                      "Snapshots of the online state written (warm restart, #16)",
+                                      registry=registry),
+            snapshot_failures=Counter("tailcast_scorer_snapshot_failures",
+                                      "Snapshots not written (write) or refused at start-up: corrupt, "
+                                      "incompatible (load), or not matching the log (log)", ["stage"],
+                                      registry=registry),
+            snapshot_timestamp=Gauge("tailcast_scorer_snapshot_timestamp_seconds",
+                                     "When the newest snapshot written or restored was taken (age: time() - it)",
+                                     registry=registry),
+            snapshot_seconds=Gauge("tailcast_scorer_snapshot_seconds",
+                                   "How long the last snapshot held scoring (pickling the state)",
                                    registry=registry),
+            snapshot_bytes=Gauge("tailcast_scorer_snapshot_bytes", "Size of the last snapshot written",
+                                 registry=registry),
+            restore_seconds=Gauge("tailcast_scorer_restore_seconds",
+                                  "Start-up: loading the newest snapshot and replaying the log from its "
+                                  "offsets (0 on a cold start)", registry=registry),
+            first_list_seconds=Gauge("tailcast_scorer_first_list_seconds",
+                                     "From the process start to its first published list", registry=registry),
         )
         for change in CATALOG_CHANGES:  # zeros from the start, so rates have series
             m.catalog_records.labels(change=change)
-        for path in ("served", "others"):
+        for path in ("served", "others", "replay"):
             m.events_learned.labels(path=path)
+        for stage in ("write", "load", "log"):
+            m.snapshot_failures.labels(stage=stage)
         return m
 
 

@@ -17,6 +17,16 @@
 * ``watch_model`` (timer): loads a newer checkpoint in a thread, then swaps it in between two micro-batches
   (a lock shared with ``score``) and re-scores the recently active users with it.
   A corrupt or incompatible checkpoint is counted and logged, and the previous model keeps serving.
+* ``snapshot`` (timer, #16): every ``SNAPSHOT_INTERVAL_S`` seconds, between two micro-batches, writes the
+  online state (the recommender with its models, and which of each user's events were learned) with the
+  ``score-requests`` offset up to which each partition was applied (``online.snapshot``: atomic, versioned,
+  checksummed) to ``snapshots/`` in the checkpoint folder, keeping the newest ``SNAPSHOT_KEEP``.
+* ``restore`` (task, #16): at start-up, loads the newest valid snapshot (a corrupt or incompatible one is
+  counted, logged and skipped, like a corrupt checkpoint), checks that the log still holds the record just
+  before each of its offsets (a snapshot of another log, e.g. of a memory-only broker since restarted, is
+  refused: a cold start), and replays ``score-requests`` from its offsets up to the group's committed
+  offsets into the models, learning only; ``score``, ``learn_all``, the text encoder and the model watcher
+  wait for it, so serving resumes from the committed offsets as on a cold start, with warm models.
 * ``exposure`` (agent on ``recommendations``): consumes published lists the way a downstream consumer
   would, pairs them with the events the scorer applied (by ``user_event_count``), and publishes one
   ``longtail-metrics`` record per arm every interval, mirrored as Prometheus gauges.
@@ -32,13 +42,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
@@ -53,11 +66,13 @@ from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics
 from online.recommender import CORE_SOURCES, OnlineRecommender
+from online.snapshot import SnapshotError, SnapshotStore, encode
 from streams.agents import impressions as impressions_agent
-from streams.agents.catalogue import Catalogue, follow_items, follow_partitions
+from streams.agents.catalogue import Catalogue, committed_offsets, follow_items, follow_partitions
+from streams.agents.ingest import fetch_log_ends
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import WORKER_BATCH, Settings
-from streams.kafka import send_batched
+from streams.kafka import client_kwargs, send_batched
 from streams.metrics import ABMetrics, LongTailMetrics, ScorerMetrics
 from streams.records import Recommendation, dumps, read_request
 from streams.topics import IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for
@@ -73,6 +88,56 @@ SCORER_BATCH_WAIT_S = 0.02
 LEARN_BATCH = 500
 #: Item texts encoded per call of the text encoder (MiniLM: ~430 items/s on two cores).
 ENCODE_BATCH = 256
+#: Warm restart (#16): how often the online state is snapshotted (only when it learned something since),
+#: how many snapshots are kept, and the folder under ``TAILCAST_CHECKPOINT_DIR`` that holds them.
+SNAPSHOT_INTERVAL_S = 30.0
+SNAPSHOT_KEEP = 2
+SNAPSHOT_DIR = "snapshots"
+_IMPORTED_AT = time.time()
+
+
+def _process_started_at() -> float:
+    """This process's start (Unix s), from /proc; the import of this module where /proc is absent."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+def _fingerprint(value: bytes | None) -> str:
+    """A short digest of a record's value: a snapshot names the record before each of its offsets by it."""
+    return hashlib.sha256(value or b"").hexdigest()[:16]
+
+
+def snapshot_meta(settings: Settings, *, text_dim: int) -> dict[str, Any]:
+    """The configuration a snapshot's state was built with; a snapshot with other values is refused."""
+    lt = settings.longtail
+    return {"text_dim": text_dim, "k": settings.scorer.k, "arms": [repr(a) for a in settings.scorer.arms],
+            "window_events": lt.window_events, "head_share": lt.head_share}
+
+
+def encode_state(core: ScorerCore) -> bytes:
+    """The payload of a snapshot (``online.snapshot.encode``): the recommender and the core's per-user
+    learning bookkeeping (:meth:`ScorerCore.snapshot_state`). The recommender's candidate pools waiting for
+    feedback (``_pending``: two thirds of the bytes at 10k users) are left out and put back: after a
+    restart each user's next event labels no list for the ranker, once."""
+    rec = core.recommender
+    pending = rec._pending
+    rec._pending = collections.OrderedDict()
+    try:
+        return encode({"recommender": rec, "core": core.snapshot_state()})
+    finally:
+        rec._pending = pending
+
+
+def install_state(core: ScorerCore, state: dict[str, Any]) -> None:
+    """Put a snapshot's state into a core that has learned nothing yet."""
+    core.recommender = state["recommender"]
+    core.restore_state(state["core"])
 
 
 def build_recommender(settings: Settings, *, text_dim: int):
@@ -116,6 +181,15 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     catalogue = Catalogue(max_bytes=settings.worker.max_event_bytes)
     arms = ArmAssigner.from_configs(settings.scorer.arms)
     core = ScorerCore(recommender=recommender, arms=arms, k=settings.scorer.k, banned=catalogue.banned)
+    # a restored snapshot replaces ``core.recommender`` before anything reads it: use that, not ``recommender``
+    started_at = _process_started_at()
+    restored = asyncio.Event()  # set once the newest snapshot is restored and the log replayed (or there is none)
+    snapshots = SnapshotStore(settings.scorer.checkpoint_dir / SNAPSHOT_DIR, keep=SNAPSHOT_KEEP)
+    meta = snapshot_meta(settings, text_dim=text.dim)
+    # score-requests partition -> (the next offset not applied to the models, the value of the record before
+    # it, or its fingerprint): what a snapshot taken now reflects
+    applied: dict[int, tuple[int, bytes | str | None]] = {}
+    snap_state = {"dirty": False, "first_list": False}
     lt = settings.longtail
     # The agent sees a request's events at once and their list only when it comes back through the
     # recommendations topic: a user can have a whole worker micro-batch of events waiting for it. Fewer
@@ -157,6 +231,9 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             if not catalogue_read.is_set():
                 log.info("waiting for the catalogue (%s) to be read before scoring", ITEMS)
                 await catalogue_read.wait()
+            if not restored.is_set():
+                log.info("waiting for the snapshot restore and replay before scoring")
+                await restored.wait()
             async with between_batches:  # a model swap happens only between micro-batches
                 await _score_batch(events)
 
@@ -173,7 +250,15 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         metrics.requests_consumed.inc(len(events))
         async with publishing:
             out = core.process(requests)
+            for e in events:  # in the same step as the learning: a snapshot sees both or neither
+                applied[e.message.partition] = (e.message.offset + 1, e.message.value)
+            snap_state["dirty"] = True
             await publish(out.recommendations, out.forgotten)
+        if out.recommendations and not snap_state["first_list"]:
+            snap_state["first_list"] = True
+            first = time.time() - started_at
+            metrics.first_list_seconds.set(first)
+            log.info("first list published %.1f s after the process started", first)
         for user in out.forgotten:
             log.info("scorer: forgot user %s (erasure): per-user rows dropped, a tombstone on %s", user,
                      RECOMMENDATIONS)
@@ -225,11 +310,13 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         if ckpt.config.text_dim == text.dim and catalog_items:
             new = [i for i in list(catalog_items) if i not in scorer.vocab]
             if new:
-                scorer.extend_items(new, np.stack([recommender.content.vector(i) for i in new]))
+                scorer.extend_items(new, np.stack([core.recommender.content.vector(i) for i in new]))
         return scorer
 
     @app.timer(settings.scorer.model_poll_s)
     async def watch_model() -> None:
+        if not restored.is_set():
+            return  # the checkpoint's new items take their vectors from the restored recommender
         paths = checkpoints.paths()
         if not paths or paths[-1] == watched["path"]:
             return
@@ -251,7 +338,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
 
     parts: dict[str, Any] = {"metrics": metrics, "longtail": longtail, "core": core, "recommender": recommender,
                              "arm_metrics": arm_metrics, "text": text, "catalogue": catalogue,
-                             "impressions": impressions}
+                             "impressions": impressions, "snapshots": snapshots, "restored": restored,
+                             "applied": applied}
 
     if exposure_on:
         @app.agent(topics[RECOMMENDATIONS], name="exposure")
@@ -282,7 +370,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
                 if ab is not None:
                     record["ab"] = ab
                 await producer.send(LONGTAIL_METRICS, arm.encode(), dumps(record), None, None, None)
-            for source, value in recommender.blender.auc().items():
+            for source, value in core.recommender.blender.auc().items():
                 if value == value:  # NaN: the source carried no signal in the window (no series)
                     metrics.blender_auc.labels(source=source).set(value)
 
@@ -326,18 +414,24 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         except ConsumerNotStarted:
             served = set()
         requests = []
+        mine = []
         for record in records:
             if record.partition in served:
                 continue  # the score agent learns it, and reports its events (the exposure agent pairs them)
+            mine.append(record)
             try:
                 requests.append(read_request(record.value))  # an erasure marker erases here too
             except (ValueError, KeyError, TypeError):
                 continue  # the score agent of the partition's owner logs it
         metrics.events_learned.labels(path="others").inc(len(core.learn(requests)))
+        for record in mine:  # in the same step as the learning: a snapshot sees both or neither
+            applied[record.partition] = (record.offset + 1, record.value)
+        snap_state["dirty"] = snap_state["dirty"] or bool(mine)
 
     @app.task
     async def learn_all() -> None:
         """Every user's events into this scorer's online models (see the module doc)."""
+        await restored.wait()  # from the committed offsets, after the replay up to them
         await follow_partitions(settings.kafka, SCORE_REQUESTS, learn_others, group_id=app.conf.id,
                                 max_records=LEARN_BATCH)
 
@@ -345,6 +439,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     async def encode_items() -> None:
         """Encode queued item texts off the event loop, ``ENCODE_BATCH`` at a time, newest text per item."""
         loop = asyncio.get_running_loop()
+        await restored.wait()  # the vectors go to the restored recommender
         while True:
             await texts_waiting.wait()
             items = list(itertools.islice(to_encode, ENCODE_BATCH))
@@ -352,8 +447,164 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             if not to_encode:
                 texts_waiting.clear()
             vectors = await loop.run_in_executor(None, text.encode, texts)
-            recommender.content.set_vectors(items, vectors)
+            core.recommender.content.set_vectors(items, vectors)
             catalog_items.update(dict.fromkeys(items))
-            metrics.catalog_items.set(len(recommender.content))
+            metrics.catalog_items.set(len(core.recommender.content))
+
+    # ------------------------------------------------------------------ warm restart (#16)
+    def _refuse(path, exc: SnapshotError) -> None:
+        metrics.snapshot_failures.labels(stage="load").inc()
+        log.error("snapshot %s refused (%s); trying an older one", path.name, exc)
+
+    def _accept(snap) -> None:
+        if snap.meta != meta:
+            diff = {k: (snap.meta.get(k), v) for k, v in meta.items() if snap.meta.get(k) != v}
+            raise SnapshotError(f"it was taken under another configuration (field: (snapshot, now)): {diff}")
+        if set(snap.offsets) != {SCORE_REQUESTS}:
+            raise SnapshotError(f"it reflects topics {sorted(snap.offsets)}, not {SCORE_REQUESTS!r} alone")
+        if not isinstance(snap.state, dict) or {"recommender", "core"} - set(snap.state):
+            raise SnapshotError("its payload is not a scorer's state")
+        prints = snap.extra.get("fingerprints", {})
+        if any(o > 0 and str(p) not in prints for p, o in snap.offsets[SCORE_REQUESTS].items()):
+            raise SnapshotError("it lacks the fingerprints of the records before its offsets")
+
+    async def _check_log(consumer, tps, snap) -> None:
+        """Refuse (SnapshotError) a snapshot whose offsets the log does not hold as the snapshot saw them."""
+        offsets = snap.offsets[SCORE_REQUESTS]
+        prints = snap.extra["fingerprints"]
+        known = {tp.partition for tp in tps}
+        if set(offsets) - known:
+            raise SnapshotError(f"it names partitions {sorted(set(offsets) - known)} that {SCORE_REQUESTS} lacks")
+        ends = await fetch_log_ends(settings.kafka, await consumer.end_offsets(tps))
+        for tp in tps:
+            want = offsets.get(tp.partition, 0)
+            if want > ends[tp]:
+                raise SnapshotError(f"partition {tp.partition} ends at {ends[tp]}, before its offset {want}: "
+                                    "a snapshot of another log (a memory-only broker restarted?)")
+        for tp in tps:
+            want = offsets.get(tp.partition, 0)
+            if want == 0:
+                continue
+            consumer.seek(tp, want - 1)
+            record = None
+            deadline = time.monotonic() + 30
+            while record is None and time.monotonic() < deadline:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+                record = next(iter(got.get(tp, [])), None)
+            if record is None or record.offset != want - 1 or _fingerprint(record.value) != prints[str(tp.partition)]:
+                raise SnapshotError(f"the record before offset {want} of partition {tp.partition} is not the one "
+                                    "the snapshot saw: a snapshot of another log")
+
+    async def _replay(consumer, tps, start: dict, stop: dict) -> int:
+        """Learn (only) each partition's records from ``start`` up to ``stop`` (None: none)."""
+        todo = [tp for tp in tps if stop.get(tp) is not None and stop[tp] > start[tp]]
+        for tp in todo:
+            consumer.seek(tp, start[tp])
+        n = 0
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=LEARN_BATCH)
+            for tp in sorted(batch, key=lambda tp: tp.partition):
+                records = [r for r in batch[tp] if r.offset < stop[tp]]
+                requests = []
+                for record in records:
+                    try:
+                        requests.append(read_request(record.value))
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                learned = len(core.learn(requests))
+                n += learned
+                metrics.events_learned.labels(path="replay").inc(learned)
+                if records:
+                    applied[tp.partition] = (records[-1].offset + 1, records[-1].value)
+            todo = [tp for tp in todo if await consumer.position(tp) < stop[tp]]
+        return n
+
+    async def _restore() -> None:
+        loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        snap = await loop.run_in_executor(None, lambda: snapshots.latest(accept=_accept, on_error=_refuse))
+        if snap is None:
+            log.info("no valid snapshot in %s: a cold start", snapshots.directory)
+            return
+        loaded = time.perf_counter() - began
+        consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(SCORE_REQUESTS, p)
+                   for p in sorted(consumer.partitions_for_topic(SCORE_REQUESTS) or {0})]
+            consumer.assign(tps)
+            try:
+                await _check_log(consumer, tps, snap)
+            except SnapshotError as exc:
+                metrics.snapshot_failures.labels(stage="log").inc()
+                log.error("snapshot %s refused (%s): a cold start", snap.path.name, exc)
+                return
+            install_state(core, snap.state)
+            offsets = snap.offsets[SCORE_REQUESTS]
+            prints = snap.extra["fingerprints"]
+            start = {}
+            for tp in tps:
+                if offsets.get(tp.partition, 0) > 0:
+                    applied[tp.partition] = (offsets[tp.partition], prints[str(tp.partition)])
+                    start[tp] = offsets[tp.partition]
+                else:
+                    await consumer.seek_to_beginning(tp)
+                    start[tp] = await consumer.position(tp)
+            # the score agent and learn_all start at the committed offsets: replay up to them (no commit:
+            # the score agent reads the partition from its beginning, and skips what was learned)
+            committed = await committed_offsets(settings.kafka, app.conf.id, tps)
+            replay_began = time.perf_counter()
+            n = await _replay(consumer, tps, start, committed)
+        finally:
+            await consumer.stop()
+        metrics.snapshot_timestamp.set(snap.created_at)
+        took = time.perf_counter() - began
+        metrics.restore_seconds.set(took)
+        log.info("restored snapshot %s (%.0f s old, %d users; read in %.2f s), replayed %d events up to the "
+                 "committed offsets %s in %.2f s: warm start after %.2f s", snap.path.name, snap.age_s(),
+                 len(snap.state["core"]["learned"]), loaded, n,
+                 {tp.partition: o for tp, o in committed.items()}, time.perf_counter() - replay_began, took)
+
+    @app.task
+    async def restore() -> None:
+        """Load the newest valid snapshot and replay the log from its offsets, before anything serves."""
+        try:
+            await _restore()
+        except Exception:  # noqa: BLE001 - a restore that fails half-way must not keep the scorer from serving
+            metrics.snapshot_failures.labels(stage="load").inc()
+            log.exception("snapshot restore failed; serving goes on from what was restored")
+        finally:
+            restored.set()
+
+    @app.timer(SNAPSHOT_INTERVAL_S)
+    async def snapshot() -> None:
+        """Snapshot the online state between two micro-batches, when it learned something since the last."""
+        if not restored.is_set() or not snap_state["dirty"]:
+            return
+        async with between_batches, publishing:  # no micro-batch, model swap or catalogue change under way
+            began = time.perf_counter()
+            payload = encode_state(core)  # a copy: learning goes on once it is taken
+            offsets = {SCORE_REQUESTS: {p: n for p, (n, _v) in applied.items()}}
+            prints = {str(p): v if isinstance(v, str) else _fingerprint(v) for p, (_n, v) in applied.items()}
+            snap_state["dirty"] = False
+            held = time.perf_counter() - began
+        metrics.snapshot_seconds.set(held)
+        created = time.time()
+        try:  # hashing, writing and syncing in a thread
+            path = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: snapshots.write(payload, offsets=offsets, meta=meta, created_at=created,
+                                              extra={"fingerprints": prints}))
+        except OSError as exc:
+            snap_state["dirty"] = True
+            metrics.snapshot_failures.labels(stage="write").inc()
+            log.error("snapshot not written to %s (%s); serving goes on, a restart would start cold",
+                      snapshots.directory, exc)
+            return
+        metrics.snapshots_written.inc()
+        metrics.snapshot_bytes.set(len(payload))
+        metrics.snapshot_timestamp.set(created)
+        log.info("snapshot %s: %.1f MB, scoring held %.0f ms, offsets %s", path.name, len(payload) / 1e6,
+                 held * 1000, offsets[SCORE_REQUESTS])
 
     return parts
