@@ -189,7 +189,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     # score-requests partition -> (the next offset not applied to the models, the value of the record before
     # it, or its fingerprint): what a snapshot taken now reflects
     applied: dict[int, tuple[int, bytes | str | None]] = {}
-    snap_state = {"dirty": False, "first_list": False}
+    snap_state = {"dirty": False, "first_list": False, "write_failures": 0}
     lt = settings.longtail
     # The agent sees a request's events at once and their list only when it comes back through the
     # recommendations topic: a user can have a whole worker micro-batch of events waiting for it. Fewer
@@ -598,8 +598,10 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         except OSError as exc:
             snap_state["dirty"] = True
             metrics.snapshot_failures.labels(stage="write").inc()
-            log.error("snapshot not written to %s (%s); serving goes on, a restart would start cold",
-                      snapshots.directory, exc)
+            snap_state["write_failures"] += 1  # said once, then every 20th time (a read-only folder: each one)
+            if snap_state["write_failures"] % 20 == 1:
+                log.error("snapshot not written to %s (%s; %d time(s) so far); serving goes on, a restart would "
+                          "start cold", snapshots.directory, exc, snap_state["write_failures"])
             return
         metrics.snapshots_written.inc()
         metrics.snapshot_bytes.set(len(payload))
