@@ -116,8 +116,9 @@ def _fingerprint(value: bytes | None) -> str:
 def snapshot_meta(settings: Settings, *, text_dim: int) -> dict[str, Any]:
     """The configuration a snapshot's state was built with; a snapshot with other values is refused."""
     lt = settings.longtail
-    return {"text_dim": text_dim, "k": settings.scorer.k, "arms": [repr(a) for a in settings.scorer.arms],
-            "window_events": lt.window_events, "head_share": lt.head_share}
+    arms = settings.scorer.arms
+    return {"text_dim": text_dim, "k": settings.scorer.k, "arms": [repr(a) for a in arms],
+            "salt": getattr(arms, "salt", None), "window_events": lt.window_events, "head_share": lt.head_share}
 
 
 def encode_state(core: ScorerCore) -> bytes:

@@ -129,3 +129,13 @@ def test_a_scorer_restarted_from_a_snapshot_lists_the_rest_within_2_percent_ndcg
     for batch in batches[kill_at:]:
         rest_cold += cold.process(batch, now=0.0).recommendations
     assert ndcg(rest_cold, hist) < a
+
+
+def test_a_snapshot_taken_under_other_arms_or_another_salt_differs_in_its_meta() -> None:
+    """The restore refuses a snapshot whose meta differs (``serving._accept``): other arms, salt, k, text dim."""
+    base = snapshot_meta(SETTINGS, text_dim=64)
+    assert snapshot_meta(load_settings({"TAILCAST_TEXT_ENCODER": "hashing"}), text_dim=64) == base
+    assert snapshot_meta(SETTINGS, text_dim=384) != base
+    other_salt = load_settings({"TAILCAST_ARMS": "salt=other," + ",".join(
+        f"{a.name}:{a.weight}:{a.rerank_strength}" for a in SETTINGS.scorer.arms)})
+    assert snapshot_meta(other_salt, text_dim=64) != base
