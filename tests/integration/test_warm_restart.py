@@ -100,3 +100,35 @@ def test_a_scorer_killed_half_way_restarts_from_its_snapshot_and_lists_every_fin
     wait(lambda: log_ok in pipeline.log("scorer3"), timeout=120, message=log_ok)
     assert f"snapshot {newest.name} refused" in pipeline.log("scorer3")
     assert _metric(pipeline, "scorer3", "tailcast_scorer_snapshot_failures_total", 'stage="load"') == 1
+
+
+def test_a_snapshot_of_another_log_is_refused_and_the_scorer_starts_cold(pipeline, kio, wait):
+    """The embedded broker keeps its log in memory: after it restarts, the snapshots on disk name offsets of a
+    log that is gone. The restarted scorer refuses them (counted, logged) and serves from empty models."""
+    events = _events(1200, seed=6)
+    kio.produce(EVENTS, events[:600])
+    wait(lambda: _metric(pipeline, "scorer", "tailcast_scorer_snapshots_written_total") >= 1, timeout=120,
+         message="the scorer's first snapshot")
+    pipeline.stop_all()
+    from streams.broker import EmbeddedBroker, free_port
+    from streams.config import load_settings
+    from streams.topics import ensure_topics
+
+    with EmbeddedBroker(port=free_port(), log_path=pipeline.workdir / "broker2.log") as broker2:
+        pipeline.broker = broker2
+        pipeline.env["TAILCAST_KAFKA"] = broker2.address
+        pipeline.env["TAILCAST_STATE_DIR"] = str(pipeline.workdir / "state2")
+        pipeline.settings = kio.settings = load_settings({k: v for k, v in pipeline.env.items()
+                                                          if k.startswith("TAILCAST_")})
+        asyncio.run(ensure_topics(pipeline.settings.kafka))
+        kio.produce(EVENTS, events)  # a longer log: its ends pass the snapshot's offsets, its records differ
+        pipeline.start("worker", name="worker2")
+        pipeline.start("scorer", name="scorer2")
+        wait(lambda: "a snapshot of another log" in pipeline.log("scorer2"), timeout=120,
+             message="the restarted scorer to refuse the old log's snapshot")
+        assert _metric(pipeline, "scorer2", "tailcast_scorer_snapshot_failures_total", 'stage="log"') == 1
+        expected = collections.Counter(k.decode() for k, _ in events)
+        wait(lambda: kio.latest_counts() == dict(expected), timeout=180,
+             message="a recommendation for every user's final state on the new log")
+        assert _metric(pipeline, "scorer2", "tailcast_scorer_events_learned_total", 'path="replay"') == 0
+        pipeline.stop_all()
