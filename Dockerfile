@@ -28,8 +28,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 tailcast \
  && useradd --system --uid 10001 --gid tailcast --create-home --home-dir /home/tailcast \
       --shell /usr/sbin/nologin tailcast \
- && mkdir -p /checkpoints /state \
- && chown tailcast:tailcast /checkpoints /state
+ && mkdir -p /checkpoints/snapshots /state \
+ && chown -R tailcast:tailcast /checkpoints /state
 
 WORKDIR /opt/tailcast
 

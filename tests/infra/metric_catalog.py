@@ -59,6 +59,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("tailcast_blender_auc_ratio", "gauge", ("arm", "source"), optional_labels=("arm",)),
     Metric("tailcast_scorer_catalog_records_total", "counter", ("change",)),
     Metric("tailcast_scorer_events_learned_total", "counter", ("path",)),
+    Metric("tailcast_scorer_snapshot_timestamp_seconds", "gauge"),
+    Metric("tailcast_scorer_restore_seconds", "gauge"),
+    Metric("tailcast_scorer_first_list_seconds", "gauge"),
+    Metric("tailcast_scorer_snapshot_failures_total", "counter", ("stage",)),
     # long-tail exposure agent (in the scorer process)
     Metric("tailcast_longtail_tail_share_ratio", "gauge", ("arm",)),
     Metric("tailcast_longtail_coverage_ratio", "gauge", ("arm",)),
@@ -98,8 +102,9 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "pairing": ("exact", "stale", "none"),
     "outcome": ("whole", "short", "unchecked"),
     "change": ("upsert", "hide", "restore", "delete", "invalid"),
-    "path": ("served", "others"),
+    "path": ("served", "others", "replay"),
     "segment": ("head", "tail"),
+    "stage": ("load", "log", "write"),
 }
 
 # Default metrics port per process (TAILCAST_METRICS_PORT unset); prometheus.local.yml scrapes these.

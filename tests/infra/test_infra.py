@@ -383,7 +383,9 @@ def test_compose_app_services(compose: dict[str, Any]) -> None:
         assert not forbidden, f"{name} cannot be scaled with {forbidden}"
     assert dict((t, (s, m)) for s, t, m in _volume_mounts(services["trainer"]))["/checkpoints"] == ("checkpoints", "rw")
     for name in ("scorer", "scorer-cpu"):
-        assert dict((t, (s, m)) for s, t, m in _volume_mounts(services[name]))["/checkpoints"] == ("checkpoints", "ro")
+        mounts = dict((t, (s, m)) for s, t, m in _volume_mounts(services[name]))
+        assert mounts["/checkpoints"] == ("checkpoints", "ro")
+        assert mounts["/checkpoints/snapshots"] == ("snapshots", "rw"), f"{name}: warm-restart snapshots (#16)"
 
 
 def test_compose_scorer_gpu_and_cpu_fallback(compose: dict[str, Any]) -> None:
