@@ -14,13 +14,14 @@ a valid answer, counted apart from errors).
 The client (aiohttp, one session of at most 64 keep-alive connections) runs in this process and shares the
 machine's cores with the broker, the feeder and the three roles; ``send_lag`` says how late it sent (part of
 every latency). Figures: ``rps`` (answers per second over the window), ``p50_ms``, ``p99_ms``, ``p999_ms``,
-``max_ms``, counts by outcome, ``server_mean_ms`` (the api's own handling time, from its latency histogram),
-CPU shares of the roles and the client, the api's CPU per request (its share with the stream alone, measured
-for 3 s before the load, taken out), how busy the whole machine was (``machine_busy_cores``, other people's
-processes included: on a shared machine they take CPU the api needs), the stream's rate during the window
-(events the worker read, lists the api stored), and ``bare_`` figures: the same load right after on a bare
-aiohttp server answering a stored list's body, beside the same stream (the floor that the framework and the
-machine set at that moment; the api's cost is what it adds to it).
+``max_ms``, counts by outcome, ``server_mean_ms`` (the api's own handling time, from its latency histogram), CPU
+shares of the roles and the client, the api's CPU per request (its share with the stream alone, measured for 3 s
+before the load, taken out), the share of time the api's and the client's main threads waited for a core while
+runnable (``*_runqueue_wait_share``, from /proc/PID/schedstat), how busy the whole machine was
+(``machine_busy_cores``, other people's processes included: on a shared machine they take CPU the api needs),
+the stream's rate during the window (events the worker read, lists the api stored), and ``bare_`` figures: the
+same load right after on a bare aiohttp server answering a stored list's body, beside the same stream (the floor
+that the framework and the machine set at that moment; the api's cost is what it adds to it).
 """
 
 from __future__ import annotations
@@ -252,6 +253,8 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
         if delta["api_latency_count"] else float("nan"),
         **{f"{role}_cpu_share": delta[f"{role}_cpu"] / elapsed for role in ("api", "worker", "scorer", "client")},
         "api_idle_cpu_share": idle_share,
+        "api_runqueue_wait_share": delta["api_wait"] / elapsed,
+        "client_runqueue_wait_share": delta["client_wait"] / elapsed,
         # the api's CPU per answer, its CPU for the stream alone (the idle share) taken out
         "api_cpu_us_per_request": 1e6 * (delta["api_cpu"] - idle_share * elapsed) / (delta["api_latency_count"] or 1),
         "machine_busy_cores": delta["machine_cpu"] / elapsed,
@@ -268,9 +271,10 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
         "stored; CPU share " + ", ".join(f"{role} {figures[f'{role}_cpu_share']:.2f}"
                                           for role in ("api", "worker", "scorer", "client"))
         + f"; the machine {figures['machine_busy_cores']:.2f} of {figures['cores']:.0f} cores busy (all processes), "
-        f"load {figures['load_1m']:.1f}")
+        f"load {figures['load_1m']:.1f}; the api waited for a core {figures['api_runqueue_wait_share']:.2f} s a second")
     log(f"  bare aiohttp server, same load and stream: p50 {figures['bare_p50_ms']:.2f} ms, "
-        f"p99 {figures['bare_p99_ms']:.2f} ms, {figures['bare_cpu_us_per_request']:.0f} us CPU a request")
+        f"p99 {figures['bare_p99_ms']:.2f} ms, {figures['bare_cpu_us_per_request']:.0f} us CPU a request, "
+        f"waited for a core {figures['bare_runqueue_wait_share']:.2f} s a second")
     return figures
 
 
@@ -284,21 +288,32 @@ def _bare(body: bytes, users: list[str], rate: float, ramp_s: float, duration: f
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _status(f"{url}/recommendations/x") == 200 or not server.is_alive(), timeout=60,
                    message="the bare aiohttp server")
-        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        cpu0, wait0, t0 = cpu_seconds(server.pid), _runqueue_wait_seconds(server.pid), time.monotonic()
         outcomes = asyncio.run(_load(url, users, rate, ramp_s, duration))
         cpu, elapsed = cpu_seconds(server.pid) - cpu0, time.monotonic() - t0
+        wait = _runqueue_wait_seconds(server.pid) - wait0
         figures = _figures(outcomes)
     finally:
         server.terminate()
         server.join(10)
     return {"bare_p50_ms": figures["p50_ms"], "bare_p99_ms": figures["p99_ms"], "bare_rps": figures["rps"],
-            "bare_cpu_share": cpu / elapsed, "bare_cpu_us_per_request": 1e6 * cpu / len(outcomes)}
+            "bare_cpu_share": cpu / elapsed, "bare_cpu_us_per_request": 1e6 * cpu / len(outcomes),
+            "bare_runqueue_wait_share": wait / elapsed}
 
 
 def _machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (every process: ours and anyone else's), from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # all but idle and iowait
+
+
+def _runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the main thread of ``pid`` has been runnable but waiting for a core (/proc/PID/schedstat; 0.0
+    where the kernel does not keep it): a role the machine starves waits there, not in its own code."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _snapshot(metrics: dict[str, str], pids: dict[str, int]) -> dict[str, float]:
@@ -311,6 +326,8 @@ def _snapshot(metrics: dict[str, str], pids: dict[str, int]) -> dict[str, float]
         "api_latency_count": read_metric(metrics["api"], "tailcast_api_request_latency_seconds_count", label),
         "client_cpu": time.process_time(),
         "machine_cpu": _machine_busy_seconds(),
+        "client_wait": _runqueue_wait_seconds(os.getpid()),
+        "api_wait": _runqueue_wait_seconds(pids["api"]),
         **{f"{role}_cpu": cpu_seconds(pid) for role, pid in pids.items()},
     }
 
