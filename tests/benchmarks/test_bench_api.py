@@ -1,4 +1,4 @@
-"""`make bench --quick --only api`: the read API benchmark runs the pipeline, fires its requests and writes
+"""`python -m benchmarks.run --quick --only api`: the read API benchmark runs the pipeline, fires its requests, writes
 well-formed figures and its §7 target.
 
 No timing thresholds: the machine is shared, so only the shape and the sanity of the results are checked.
