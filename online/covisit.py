@@ -5,9 +5,13 @@ When a user touches item ``j`` and item ``h`` sits ``d`` positions back in their
 event's decay weight (half-life ``half_life_s``, kept lazily, see :class:`online.base.DecayClock`):
 ``h -> j`` (``j`` followed ``h``: the sequential direction) gains it in full, ``j -> h`` gains
 ``backward_weight`` times it. Each item keeps at most ``max_neighbours`` neighbours: its row may grow to
-twice that, then the strongest ``max_neighbours`` are kept (amortised O(1) per update). A row is a
-``{neighbour: slot}`` dict plus two ``array.array`` columns (neighbour index, weight): updates cost
-what a dict's do, and reads take whole rows as numpy arrays.
+twice that, then the strongest ``max_neighbours`` are kept (amortised O(1) per update). A row is three
+flat columns and no per-row dict: neighbour index (``array('i')``), weight (``array('d')``) and a key byte
+(``bytearray``, the index's low byte), which finds a neighbour's slot with a C ``memchr``
+(``bytearray.find``) and a check of the index; reads take whole rows as numpy arrays. That is 13 bytes
+a neighbour: 2.4 KB per item at saturation (rows of 100..200, 150 on average), where the layout before
+(a ``{neighbour: slot}`` dict a row, int64 indices) took 12.2 KB, at the same ``learn_one`` cost within
+noise (below; the slot search costs a little more than a dict look-up, a new row less).
 
 Normalisation (so that popular items do not swamp everything): the similarity of ``j`` to an anchor
 ``h`` is the cosine-style ``W[h][j] / sqrt(n_h * n_j)`` with ``n`` the decayed event count of each
@@ -24,8 +28,8 @@ without the matrix: the anchors' rows are concatenated, ``np.add.at`` into a den
 each candidate's terms in anchor order (the same additions as the column sum), and the anchors are
 computed only for the candidates that are read.
 
-Measured ``learn_one`` cost: 4-5 µs/event of CPU time (lookback 5, 2-core shared CPU box under load; the
-dict-only layout it replaced measured the same), with
+Measured ``learn_one`` cost: 6-7.5 µs/event of CPU time (lookback 5, 2-core shared CPU box under load;
+the dict-a-row layout before measured 1.03-1.07x less, the two interleaved on the same stream), with
 ``.venv/bin/python -m timeit -s "from online.covisit import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
 (per-event figure = time / 100k).
 
@@ -80,11 +84,13 @@ class CoVisitation:
         self.distance_decay = bool(distance_decay)
         self._clock = DecayClock(half_life_s)
         self._index = IdIndex()
-        # Neighbours of item h: _slot[h] maps j -> slot, _nj[h][slot] = j, _nw[h][slot] = weight (DecayClock
-        # frame). ``array.array`` rows: a scalar update costs what a list's does (the ingest hot path), and
-        # reads view them as numpy arrays without a copy (np.frombuffer; no view outlives a read, since
-        # an array with a live view cannot grow).
-        self._slot: list[dict[int, int]] = []
+        # Neighbours of item h, slot by slot in insertion order (a prune keeps the order of its sort):
+        # _nj[h][slot] = j, _nw[h][slot] = weight (DecayClock frame), _key[h][slot] = j & 255, the byte
+        # that ``_key[h].find`` looks for (memchr) before checking _nj. ``array.array`` rows: a scalar
+        # update costs what a list's does (the ingest hot path), and reads view them as numpy arrays
+        # without a copy (np.frombuffer; no view outlives a read, since an array with a live view cannot
+        # grow).
+        self._key: list[bytearray] = []
         self._nj: list[array] = []
         self._nw: list[array] = []
         self._count = array("d")  # decayed event count per item (same frame)
@@ -119,8 +125,8 @@ class CoVisitation:
         idx = self._index.get(item)
         if idx < 0:
             idx = self._index.add(item)
-            self._slot.append({})
-            self._nj.append(array("q"))
+            self._key.append(bytearray())
+            self._nj.append(array("i"))
             self._nw.append(array("d"))
             self._count.append(w)  # seen only in a history so far: count it once, now
         return idx
@@ -141,8 +147,10 @@ class CoVisitation:
             return
         cap = 2 * self.max_neighbours
         bw = w * self.backward_weight
-        slot_of, nj_of, nw_of = self._slot, self._nj, self._nw
+        key_of, nj_of, nw_of = self._key, self._nj, self._nw
         decay = self.distance_decay
+        kj = j & 255
+        keys_j, js_j = key_of[j], nj_of[j]
         for d in range(1, min(self.lookback, n) + 1):
             h_item = history[n - d]
             if h_item == item:
@@ -151,27 +159,32 @@ class CoVisitation:
             if not decay:
                 d = 1
             # W[h][j] here and W[j][h] below written out, not a shared method: a call per update costs
-            # about a fifth of learn_one, which is on the ingest hot path
-            slots = slot_of[h]
-            slot = slots.get(j)
-            if slot is None:
-                slots[j] = len(slots)
-                nj_of[h].append(j)
+            # about a fifth of learn_one, which is on the ingest hot path. The slot of j in row h: the
+            # first slot whose key byte is j's and whose index is j (-1: none)
+            keys, js = key_of[h], nj_of[h]
+            slot = keys.find(kj)
+            while slot >= 0 and js[slot] != j:
+                slot = keys.find(kj, slot + 1)
+            if slot < 0:
+                keys.append(kj)
+                js.append(j)
                 nw_of[h].append(w / d)
-                if len(slots) > cap:
+                if len(js) > cap:
                     self._prune(h)
             else:
                 nw_of[h][slot] += w / d
             if bw:
-                slots = slot_of[j]
-                slot = slots.get(h)
-                if slot is None:
-                    slots[h] = len(slots)
-                    nj_of[j].append(h)
+                kh = h & 255
+                slot = keys_j.find(kh)
+                while slot >= 0 and js_j[slot] != h:
+                    slot = keys_j.find(kh, slot + 1)
+                if slot < 0:
+                    keys_j.append(kh)
+                    js_j.append(h)
                     nw_of[j].append(bw / d)
                 else:
                     nw_of[j][slot] += bw / d
-        if len(slot_of[j]) > cap:
+        if len(js_j) > cap:
             self._prune(j)
 
     def learn_many(self, events: Iterable[Event]) -> None:
@@ -182,10 +195,11 @@ class CoVisitation:
         """Keep the ``max_neighbours`` strongest neighbours of ``h`` (ties: the earlier entry)."""
         nw = np.array(self._nw[h])
         keep = np.argsort(-nw, kind="stable")[: self.max_neighbours]
-        nj = np.array(self._nj[h], dtype=np.int64)[keep]
-        self._nj[h] = array("q", nj.tolist())
-        self._nw[h] = array("d", nw[keep].tolist())
-        self._slot[h] = {j: s for s, j in enumerate(nj.tolist())}
+        nj = np.array(self._nj[h], dtype=np.intc)[keep]  # the C int of array("i")
+        # fresh rows of exactly the kept size (no slack); the key bytes follow their neighbours
+        self._nj[h] = array("i", nj.tobytes())
+        self._nw[h] = array("d", nw[keep].tobytes())
+        self._key[h] = bytearray((nj & 255).astype(np.uint8).tobytes())
 
     def _rebase(self, ts: float) -> None:
         f = self._clock.rebase(ts)
@@ -200,7 +214,7 @@ class CoVisitation:
     def neighbours(self, item: str, k: int) -> list[tuple[str, float]]:
         """The ``k`` most similar items to ``item`` with their normalised similarity, best first."""
         h = self._index.get(item)
-        if h < 0 or self._count[h] <= 0 or not self._slot[h]:
+        if h < 0 or self._count[h] <= 0 or not self._nj[h]:
             return []
         js, ws = np.array(self._nj[h], dtype=np.int64), np.array(self._nw[h])
         cj = self._counts()[js]
@@ -224,20 +238,20 @@ class CoVisitation:
         their recency ranks (see :meth:`_anchors`). The score of ``j`` is
         ``sum_r W[h_r][j] / (r * sqrt(n_h_r * n_j))``; anchors without a count or a row are skipped.
         """
-        count, slot_of = self._count, self._slot
+        count, nj_of = self._count, self._nj
         anchors: list[int] = []
         scales: list[float] = []
         for h, r in zip(recent, ranks):
-            if h < 0 or count[h] <= 0 or not slot_of[h]:
+            if h < 0 or count[h] <= 0 or not nj_of[h]:
                 continue
             anchors.append(h)
             scales.append(1.0 / (r * math.sqrt(count[h])) if self.normalise else 1.0 / r)
         if not anchors:
             return _EMPTY_J, _EMPTY_W, _EMPTY_J, _EMPTY_J
-        nj_of, nw_of = self._nj, self._nw
+        nw_of = self._nw
         lens = [len(nj_of[h]) for h in anchors]
         # the rows joined as bytes (a copy: no view of a row outlives the call)
-        js = np.frombuffer(b"".join([nj_of[h] for h in anchors]), dtype=np.int64)
+        js = np.frombuffer(b"".join([nj_of[h] for h in anchors]), dtype=np.intc).astype(np.int64)
         ws = np.frombuffer(b"".join([nw_of[h] for h in anchors])) * np.array(scales).repeat(lens)
         which = np.arange(len(anchors)).repeat(lens)  # anchor position of each term
         cj = np.frombuffer(count)[js]
@@ -267,6 +281,13 @@ class CoVisitation:
         state["_acc"] = state["_mark"] = _EMPTY_J
         state["_banned"] = np.zeros(0, dtype=bool)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        if "_slot" in state:  # pickled by the layout before (a {neighbour: slot} dict a row, int64 indices)
+            del state["_slot"]
+            state["_nj"] = [array("i", nj.tolist()) for nj in state["_nj"]]
+            state["_key"] = [bytearray(j & 255 for j in nj) for nj in state["_nj"]]
+        self.__dict__.update(state)
 
     def _grow_scratch(self) -> None:
         n = max(1024, 2 * len(self._index))

@@ -75,7 +75,7 @@ def test_neighbour_lists_are_bounded() -> None:
     cv = CoVisitation(lookback=1, max_neighbours=10)
     for n in range(500):
         cv.learn_one(f"u{n}", f"i{n}", float(n), ("A",))
-    assert len(cv._slot[cv._index.get("A")]) <= 20 and len(cv._nw[cv._index.get("A")]) <= 20
+    assert len(cv._nj[cv._index.get("A")]) <= 20 and len(cv._nw[cv._index.get("A")]) <= 20
     assert len(cv.neighbours("A", 100)) <= 20
     # the strongest neighbour survives pruning
     for n in range(5):
@@ -146,3 +146,45 @@ def test_serving_scratch_is_not_pickled() -> None:
     again = pickle.loads(pickle.dumps(cv))
     assert again._acc.size == 0
     assert all(np.array_equal(a, b) for a, b in zip(before, again.candidates(h, 10)))
+
+
+def test_rows_find_neighbours_whose_key_bytes_collide() -> None:
+    """A row finds a neighbour's slot by its key byte (index & 255), then checks the index: neighbours
+    256 apart share a key byte, and each keeps its own weight; pruning keeps the strongest, ties to the
+    earlier entry, and the key bytes follow their neighbours."""
+    cv = CoVisitation.transitions(max_neighbours=3)
+    for n in range(1, 1025):
+        cv.learn_one("u", f"i{n}", float(n), ())  # indices 0..1023
+    a = "i1"
+    for rep, item in enumerate(["i257", "i513", "i769", "i257", "i513", "i257"]):  # all key byte 0
+        cv.learn_one(f"v{rep}", item, 0.0, (a,))
+    assert cv.neighbours(a, 5) == [("i257", 3.0), ("i513", 2.0), ("i769", 1.0)]
+    for rep, item in enumerate(["i2", "i258", "i3", "i4"]):  # the row reaches 7 > 2 x 3: pruned to 3
+        cv.learn_one(f"w{rep}", item, 0.0, (a,))
+    h = cv._index.get(a)
+    assert [cv._index.name(j) for j in cv._nj[h]] == ["i257", "i513", "i769"]
+    assert cv._key[h] == bytearray(j & 255 for j in cv._nj[h])
+    cv.learn_one("x", "i769", 0.0, (a,))
+    cv.learn_one("x", "i2", 0.0, (a,))  # pruned away before: a new entry
+    assert cv.neighbours(a, 5) == [("i257", 3.0), ("i513", 2.0), ("i769", 2.0), ("i2", 1.0)]
+
+
+def test_unpickles_the_layout_before() -> None:
+    """A snapshot of the layout before (a {neighbour: slot} dict a row, int64 indices) loads as this one."""
+    import pickle
+    from array import array
+
+    cv, hist = _stream_model(n_events=800)
+    state = pickle.loads(pickle.dumps(cv)).__getstate__()  # a copy: no row shared with cv
+    old = dict(state, _slot=[{j: s for s, j in enumerate(nj)} for nj in state["_nj"]],
+               _nj=[array("q", nj) for nj in state["_nj"]])
+    del old["_key"]
+    again = CoVisitation.__new__(CoVisitation)
+    again.__setstate__(old)
+    assert not hasattr(again, "_slot") and all(k == cv_k for k, cv_k in zip(again._key, cv._key))
+    for h in list(hist.values())[:20]:
+        assert all(np.array_equal(a, b) for a, b in zip(cv.candidates(h, 10), again.candidates(h, 10)))
+    h = next(iter(hist.values()))
+    cv.learn_one("z", "i1", 801.0, h)
+    again.learn_one("z", "i1", 801.0, h)
+    assert [list(r) for r in again._nj] == [list(r) for r in cv._nj]
