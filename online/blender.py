@@ -2,12 +2,14 @@
 
 Its examples come from :class:`~online.recommender.OnlineRecommender`: each list's candidate pool is
 labelled by the user's next event (the clicked candidate a positive, random pool candidates negatives).
-The learner is river's ``StandardScaler() | LogisticRegression(optim.SGD)`` in numpy, with the same update
-rules (``tests/online/test_blender_river.py`` checks it update for update), applied as one vectorised step
-per mini-batch of ``batch_size`` examples, prequentially (each example is predicted, for the running AUC,
-then learned). Standardised features are clipped to ``[-z_clip, z_clip]`` in learning and serving, so that
-a feature nearly constant so far cannot lock the ranker into what one weight favours. A source that
-proposes for the first time (a batch model swapped in) starts from the others' mean weights.
+The learner is a one-hidden-layer perceptron (``hidden`` ReLU units, 16) over standardised features, trained
+by Adam on the mean log loss of each mini-batch of ``batch_size`` examples, prequentially (each example is
+predicted, for the running AUC, then learned). Its initial weights are drawn from ``seed`` (torch's
+``nn.Linear`` rule), so two blenders of the same seed learn the same weights from the same stream. The
+scaler is river's ``StandardScaler`` (running mean and population variance, updated before the batch is
+scaled); standardised features are clipped to ``[-z_clip, z_clip]`` in learning and serving, so that a
+feature nearly constant so far cannot lock the ranker into what a few weights favour. A source that
+proposes for the first time (a batch model swapped in) starts with the others' mean input weights.
 
 Features per (user, candidate), for each source ``s``: ``s`` (the raw score squashed by
 ``sign(v)·log1p(|v|)``), ``s_rr`` (``1 / (1 + rank)`` in that source's list) and ``s_in`` (1 when it proposed
@@ -15,9 +17,11 @@ the candidate), each 0 when it did not; then ``is_tail``, ``log_user_events``, `
 ``log_popularity`` and ``tail_x_appetite``. The serving path builds them as one matrix
 (:meth:`feature_matrix`, :meth:`logits_entries`). Before ``warmup`` examples (with both labels) have been
 learned, predictions are a prior: ``sigmoid(sum_s a_s·(rr_s + 0.1·v_s / (1 + |v_s|)))``, ``a_s`` 0.5 for the
-non-personal sources and 1 for the others. ``auc()`` is the ROC AUC over the last ``auc_window`` examples of
-the blend and of each single source. Why this learner and these features, with what was measured:
-docs/decisions.md ("The ranker's learner", "#15 ranker headroom").
+non-personal sources and 1 for the others. Which source a candidate is credited to
+(:meth:`contributions_matrix`) is gradient × input: each source's features times the logit's gradient at
+the candidate, summed per source (for a linear model, exactly its terms of the logit). ``auc()`` is the ROC
+AUC over the last ``auc_window`` examples of the blend and of each single source. Why this learner and these
+features, with what was measured: docs/decisions.md ("The ranker's learner", "#15 ranker headroom").
 
 >>> blender = FeedbackBlender(sources=["covisit", "mf"])
 >>> x = blender.features({"covisit": 0.8}, is_tail=True, user_event_count=3)
@@ -38,8 +42,11 @@ import numpy as np
 
 __all__ = ["FeedbackBlender", "sigmoid"]
 
-#: The SGD rate of the logistic regression (river's ``optim.SGD``; the intercept steps at the same rate).
-_DEFAULT_LR = 0.002
+#: Adam's step size (its other constants are torch's defaults: betas .9 / .999, eps 1e-8).
+_DEFAULT_LR = 0.003
+#: Hidden ReLU units.
+_DEFAULT_HIDDEN = 16
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 #: Prior weight of the sources that are not personal (the others weigh 1).
 _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
@@ -72,14 +79,14 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 class FeedbackBlender:
-    """Online logistic regression over per-source scores, trained by next-event feedback."""
+    """An online one-hidden-layer perceptron over per-source scores, trained by next-event feedback."""
 
     def __init__(
         self,
         *,
         sources: Sequence[str],
         seed: int = 0,
-        l2: float = 1e-4,
+        hidden: int = _DEFAULT_HIDDEN,
         lr: float = _DEFAULT_LR,
         warmup: int = 200,
         auc_window: int = 10_000,
@@ -90,13 +97,15 @@ class FeedbackBlender:
             raise ValueError("sources must name at least one candidate source")
         if len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct, got {list(sources)}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if auc_window < 1:
             raise ValueError(f"auc_window must be >= 1, got {auc_window}")
         self.sources = tuple(sources)
         self.seed = int(seed)
-        self.l2 = float(l2)
+        self.hidden = int(hidden)
         self.lr = float(lr)
         self.warmup = int(warmup)
         self.auc_window = int(auc_window)
@@ -117,13 +126,21 @@ class FeedbackBlender:
         self._rr_name = {s: f"{s}_rr" for s in self.sources}
         self._in_name = {s: f"{s}_in" for s in self.sources}
         self._prior_weights = np.array([_PRIOR_WEIGHTS.get(s, 1.0) for s in self.sources])
-        # scaler (running mean / population variance) and logistic regression, as arrays
+        # scaler (running mean / population variance)
         self._n_seen = 0
         self._proposing = np.zeros(len(self.sources), dtype=bool)  # sources seen proposing in a learned batch
         self._mean = np.zeros(n_f)
         self._var = np.zeros(n_f)
-        self._w = np.zeros(n_f)
-        self._b = 0.0
+        # the perceptron: logit = relu(z @ W1 + b1) @ w2 + b2, initial weights as torch's nn.Linear draws them
+        init = np.random.default_rng(self.seed)
+        a1, a2 = 1.0 / math.sqrt(n_f), 1.0 / math.sqrt(self.hidden)
+        self._W1 = init.uniform(-a1, a1, (n_f, self.hidden))
+        self._b1 = init.uniform(-a1, a1, self.hidden)
+        self._w2 = init.uniform(-a2, a2, self.hidden)
+        self._b2 = np.array(init.uniform(-a2, a2))
+        self._adam_m = [np.zeros_like(p) for p in self._params()]  # Adam's moments, per parameter
+        self._adam_v = [np.zeros_like(p) for p in self._params()]
+        self._steps = 0
         self._eff: tuple[np.ndarray, np.ndarray] | None = None  # (means, 1 / stds) cache for serving
         self._buf_x: list[tuple[np.ndarray, Sequence[int] | None]] = []
         self._buf_y: list[bool] = []
@@ -145,9 +162,18 @@ class FeedbackBlender:
         state["_zbuf"] = np.zeros(0)
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        if "_W1" not in state:  # a snapshot (online.snapshot) taken before #15: it does not load, it is not served
+            raise ValueError("this FeedbackBlender was pickled with the linear ranker; its weights do not carry "
+                             "over to the perceptron")
+        self.__dict__.update(state)
+
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def _params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self._W1, self._b1, self._w2, self._b2
 
     # ---------------------------------------------------------------- features
     def features(
@@ -286,12 +312,7 @@ class FeedbackBlender:
         Z.reshape(-1)[at] = np.clip((x - mean[f]) * inv_std[f], -clip, clip)
         for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite), start=3 * n_s):
             Z[:, j] = np.clip((column - mean[j]) * inv_std[j], -clip, clip)
-        out = np.empty(n)
-        w, b0 = self._w, self._b
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if b > a:
-                out[a:b] = Z[a:b] @ w + b0
-        return out
+        return self._net_blocks(Z, bounds)
 
     def _matrix(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
         if isinstance(xs, np.ndarray):
@@ -335,7 +356,7 @@ class FeedbackBlender:
         """(n,) logits of feature rows ``X`` (the prior's before warm-up)."""
         if not self.warmed_up:
             return self._prior_terms(X).sum(axis=1)
-        return self._z(X) @ self._w + self._b
+        return self._net(self._z(X))
 
     def logits_blocks(self, X: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
         """(n,) :meth:`logits` of each block of rows ``X[bounds[i]:bounds[i + 1]]`` (the rows of one user),
@@ -347,11 +368,27 @@ class FeedbackBlender:
                 if b > a:
                     out[a:b] = self._prior_terms(X[a:b]).sum(axis=1)
             return out
-        Z = self._z(X)
-        w, b0 = self._w, self._b
+        return self._net_blocks(self._z(X), bounds)
+
+    def _hidden(self, Z: np.ndarray) -> np.ndarray:
+        """(n, hidden) pre-activations of standardised rows ``Z``."""
+        pre = Z @ self._W1
+        pre += self._b1
+        return pre
+
+    def _net(self, Z: np.ndarray) -> np.ndarray:
+        """(n,) logits of standardised rows ``Z``."""
+        h = self._hidden(Z)
+        out = np.maximum(h, 0.0, out=h) @ self._w2
+        out += self._b2
+        return out
+
+    def _net_blocks(self, Z: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
+        """:meth:`_net` of each block of rows, one product per block (see :meth:`logits_blocks`)."""
+        out = np.empty(Z.shape[0])
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
-                out[a:b] = Z[a:b] @ w + b0
+                out[a:b] = self._net(Z[a:b])
         return out
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -365,12 +402,17 @@ class FeedbackBlender:
         return self.predict_matrix(self._matrix(xs))
 
     def contributions_matrix(self, X: np.ndarray) -> np.ndarray:
-        """(n, S): each source's additive share of each logit (its score, rank and proposed terms), i.e.
-        which source "proposed" a candidate most. Prior phase: the prior's terms."""
+        """(n, S): each source's share of each logit, i.e. which source "proposed" a candidate most, by
+        gradient × input: its score, rank and proposed features (standardised) times the logit's gradient
+        with respect to them at that candidate, summed. The gradient is the input weights of the units
+        active there, so the shares are those of the linear model the candidate's active units make
+        (without the hidden biases). Prior phase: the prior's terms."""
         if not self.warmed_up:
             return self._prior_terms(X)
         n_s = len(self.sources)
-        part = self._z(X)[:, : 3 * n_s] * self._w[: 3 * n_s]
+        Z = self._z(X)
+        grad = ((self._hidden(Z) > 0.0) * self._w2) @ self._W1[: 3 * n_s].T  # (n, 3S) d logit / d z
+        part = Z[:, : 3 * n_s] * grad
         return part[:, :n_s] + part[:, n_s : 2 * n_s] + part[:, 2 * n_s :]
 
     def contributions_many(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
@@ -453,28 +495,38 @@ class FeedbackBlender:
         self._mean = self._mean + delta * (m / n1)
         self._n_seen = n1
         self._adopt_new_sources(proposed.any(axis=0))
-        # logistic regression: one step with the sum of the per-example gradients
+        # the perceptron: one Adam step on the batch's mean log loss
         self._eff = None
         Z = self._z(X)  # (m, F), with the scaler just updated (as river's pipeline does)
-        g = sigmoid(Z @ self._w + self._b) - y  # d logloss / d logit, (m,)
-        g_w = Z.T @ g + m * self.l2 * self._w
-        g_b = float(g.sum())
-        self._w -= self.lr * g_w
-        self._b -= self.lr * g_b
+        pre = self._hidden(Z)
+        h = np.maximum(pre, 0.0)
+        g = (sigmoid(h @ self._w2 + float(self._b2)) - y) / m  # d loss / d logit, (m,)
+        g_h = np.outer(g, self._w2) * (pre > 0.0)  # (m, hidden)
+        grads = (Z.T @ g_h, g_h.sum(axis=0), h.T @ g, np.array(g.sum()))
+        self._steps += 1
+        c1, c2 = 1.0 - _BETA1**self._steps, 1.0 - _BETA2**self._steps
+        for p, grad, mom, var in zip(self._params(), grads, self._adam_m, self._adam_v):
+            mom *= _BETA1
+            mom += (1.0 - _BETA1) * grad
+            var *= _BETA2
+            var += (1.0 - _BETA2) * grad * grad
+            p -= self.lr * (mom / c1) / (np.sqrt(var / c2) + _EPS)
         self._eff = None
         self._n_applied += m
         self._n_applied_clicked += int(y.sum())
 
     def _adopt_new_sources(self, proposing: np.ndarray) -> None:
         """A source that proposes for the first time (a batch model swapped in after warm-up) starts with
-        the mean weights (score, rank and proposed terms) of the sources already seen, not with zero:
-        otherwise its candidates are credited nothing until SGD has moved its weights, and it is
-        rarely shown, so rarely learned about. Its weights are learned from then on like the others'."""
+        the mean input weights (score, rank and proposed features into each hidden unit) of the sources
+        already seen, not with its initial random ones, which nothing has trained (its features were
+        constant, so standardised to 0): otherwise its candidates are scored by noise until Adam has
+        moved them, and a source rarely shown is rarely learned about. Its weights are learned from then
+        on like the others'."""
         new = proposing & ~self._proposing
         if new.any() and self._proposing.any():
             n_s = len(self.sources)
-            w = self._w[: 3 * n_s].reshape(3, n_s)  # (score, rank, proposed) x sources, a view
-            w[:, new] = w[:, self._proposing].mean(axis=1, keepdims=True)
+            W = self._W1[: 3 * n_s].reshape(3, n_s, self.hidden)  # (score, rank, proposed) x sources x units
+            W[:, new] = W[:, self._proposing].mean(axis=1, keepdims=True)
         self._proposing |= proposing
 
     def auc_counts(self) -> tuple[int, int]:

@@ -636,7 +636,7 @@ class OnlineRecommender:
                                                        appetite[shown])
             else:
                 X_shown = X[shown]
-            # the proposing source with the largest logit share; ties: the better rank
+            # the proposing source with the largest logit share (gradient × input); ties: the better rank
             contrib = self.blender.contributions_matrix(X_shown)  # (s, S)
             r_shown = ranks[shown]
             contrib = np.where(np.isfinite(r_shown), contrib, -np.inf)
