@@ -7,13 +7,14 @@ depend on the ranker (the sources propose them), so ``replay`` can run any ranke
 prequentially, each evaluation pool is ranked first (NDCG@10 of the clicked row, ties by pool position)
 and then every pool is learned, the clicked row against ``--negatives`` others, as the recommender does.
 
-Rankers: ``blender`` (the product's :class:`~online.blender.FeedbackBlender`), ``mlp`` (the same scaled
-features through one hidden ReLU layer, Adam, mean log loss per mini-batch; seeded), and ``gbdt``
-(scikit-learn's gradient boosting fit on the first half's training rows, scored on the second half: a
-bound on what a non-linear ranker could gain with these features, not an online learner).
+Rankers: ``blender`` (the product's :class:`~online.blender.FeedbackBlender`, a one-hidden-layer
+perceptron since #15; ``--seeds`` draws its initial weights) and ``gbdt`` (scikit-learn's gradient boosting
+fit on the first half's training rows, scored on the second half: a bound on what another non-linear
+ranker could gain with these features, not an online learner). The linear ranker the perceptron replaced,
+and the ``mlp`` ranker that measured it here first, are in git history (before #15's perceptron commit).
 
     .venv/bin/python -m benchmarks.ranker_pools record --dataset synthetic --pools out/pools-synthetic.pkl
-    .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender,mlp,gbdt
+    .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender,gbdt --seeds 0,1,2
 
 The figures and what they decided are in docs/decisions.md ("#15 ranker headroom").
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from online.blender import FeedbackBlender, sigmoid
+from online.blender import FeedbackBlender
 from online.recommender import CORE_SOURCES, OnlineRecommender
 
 TRAIN_NEGATIVES = 16
@@ -67,57 +68,6 @@ def _ndcg(scores: np.ndarray, hit: int) -> float:
     return float(_DISCOUNT[better]) if better < 10 else 0.0
 
 
-class MLPRanker:
-    """The blender's scaled features through one hidden ReLU layer (Adam, torch's defaults), one step per
-    mini-batch of the blender's size; before the blender's warm-up, its prior."""
-
-    def __init__(self, blender: FeedbackBlender, *, hidden: int = 16, lr: float = 0.003, seed: int = 0) -> None:
-        self.scaler = blender  # running mean / variance and clip of the product's learner, prior included
-        self.hidden, self.lr, self.rng = hidden, lr, np.random.default_rng(seed)
-        self.params: list[np.ndarray] = []
-        self.moments: list[tuple[np.ndarray, np.ndarray]] = []
-        self.steps = 0
-        self._buf: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def _forward(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        W1, b1, w2, b2 = self.params
-        pre = Z @ W1 + b1
-        h = np.maximum(pre, 0.0)
-        return pre, h, h @ w2 + b2
-
-    def logits(self, X: np.ndarray) -> np.ndarray:
-        if not self.params or not self.scaler.warmed_up:
-            return self.scaler.logits(X)
-        return self._forward(self.scaler.standardized(X))[2]
-
-    def learn(self, X: np.ndarray, y: np.ndarray) -> None:
-        self._buf.append((X, y))
-        if sum(b[1].size for b in self._buf) < self.scaler.batch_size:
-            return
-        X, y = np.concatenate([b[0] for b in self._buf]), np.concatenate([b[1] for b in self._buf])
-        self._buf = []
-        self.scaler.learn_matrix(X, y.astype(bool))  # one mini-batch: the scaler moves as the product's
-        self.scaler.flush()
-        Z = self.scaler.standardized(X)
-        if not self.params:
-            a1, a2 = 1 / np.sqrt(Z.shape[1]), 1 / np.sqrt(self.hidden)
-            self.params = [self.rng.uniform(-a1, a1, (Z.shape[1], self.hidden)),
-                           self.rng.uniform(-a1, a1, self.hidden), self.rng.uniform(-a2, a2, self.hidden),
-                           np.array(self.rng.uniform(-a2, a2))]
-            self.moments = [(np.zeros_like(p), np.zeros_like(p)) for p in self.params]
-        pre, h, logit = self._forward(Z)
-        g = (sigmoid(logit) - y) / y.size
-        gh = np.outer(g, self.params[2]) * (pre > 0)
-        self.steps += 1
-        c1, c2 = 1 - 0.9 ** self.steps, 1 - 0.999 ** self.steps
-        for p, grad, (m, v) in zip(self.params, (Z.T @ gh, gh.sum(0), h.T @ g, np.array(g.sum())), self.moments):
-            m *= 0.9
-            m += 0.1 * grad
-            v *= 0.999
-            v += 0.001 * grad * grad
-            p -= self.lr * (m / c1) / (np.sqrt(v / c2) + 1e-8)
-
-
 def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0) -> dict[str, float]:
     """Prequential NDCG@10 over the pools kept whole (all, and the second half's), for one ranker."""
     sources = (*CORE_SOURCES, "transformer", "vae")
@@ -133,8 +83,9 @@ def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0
         model = HistGradientBoostingClassifier(max_iter=200, max_depth=6, random_state=seed).fit(X, y)
         late = [_ndcg(model.decision_function(pools[n][1]), pools[n][2]) for n in whole if n >= half]
         return {"ndcg_second_half": float(np.mean(late)), "seconds": time.perf_counter() - started}
-    blender = FeedbackBlender(sources=sources, seed=seed)
-    model = MLPRanker(blender, seed=seed) if ranker == "mlp" else blender
+    if ranker != "blender":
+        raise SystemExit(f"unknown ranker {ranker!r} (blender, gbdt)")
+    model = FeedbackBlender(sources=sources, seed=seed)
     scores: dict[int, float] = {}
     for n, (train, kept, hit) in enumerate(pools):
         if train is None:
@@ -142,11 +93,7 @@ def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0
         if kept is not None:
             scores[n] = _ndcg(model.logits(kept.astype(np.float64)), hit)
         X = train[: 1 + negatives].astype(np.float64)
-        y = np.r_[1.0, np.zeros(X.shape[0] - 1)]
-        if ranker == "mlp":
-            model.learn(X, y)
-        else:
-            model.learn_matrix(X, y.astype(bool))
+        model.learn_matrix(X, np.arange(X.shape[0]) == 0)
     every = [scores.get(n, 0.0) for n in whole]
     late = [scores.get(n, 0.0) for n in whole if n >= half]
     return {"ndcg": float(np.mean(every)), "ndcg_second_half": float(np.mean(late)),
@@ -160,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--pools", type=Path, required=True)
     p_replay = sub.add_parser("replay", help="replay recorded pools through rankers")
     p_replay.add_argument("pools", type=Path)
-    p_replay.add_argument("--rankers", default="blender,mlp,gbdt")
+    p_replay.add_argument("--rankers", default="blender,gbdt")
     p_replay.add_argument("--seeds", default="0")
     args, rest = p.parse_known_args(argv)
     if args.command == "record":
@@ -170,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         pools = pickle.load(f)
     print(f"| ranker | seed | NDCG@10 (pools kept whole) | second half | seconds |\n|---|---:|---:|---:|---:|")
     for ranker in args.rankers.split(","):
-        for seed in ([0] if ranker == "blender" else [int(s) for s in args.seeds.split(",")]):
+        for seed in [int(s) for s in args.seeds.split(",")]:
             m = replay(pools, ranker, seed=seed)
             print(f"| {ranker} | {seed} | {m.get('ndcg', float('nan')):.4f} | {m['ndcg_second_half']:.4f} "
                   f"| {m['seconds']:.0f} |", flush=True)
