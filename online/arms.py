@@ -1,4 +1,8 @@
-"""A/B arms: which users get which re-ranking strength, decided by a stable hash of the user id.
+"""A/B arms: which users get which serving settings, decided by a stable hash of the user id.
+
+An arm has a share of the traffic, a re-ranking strength and, optionally, candidate sources switched off
+for its users (``off=vae+transformer``: an arm without the batch models, or without any one source), so
+that two arms can differ in strength, in sources or in model.
 
 ``blake2b(salt + ":" + user)`` mapped to [0, 1) and cut by the cumulative arm weights: the same user
 lands in the same arm in every process and every run (Python's ``hash`` is salted per process, so it
@@ -7,7 +11,9 @@ declared in one place, ``TAILCAST_ARMS`` (a ``salt=NAME`` element; ``tailcast`` 
 
 >>> arms = parse_arms("control:0.5:0.0,tail:0.5:0.3")
 >>> arms[1]
-ArmConfig(name='tail', weight=0.5, rerank_strength=0.3)
+ArmConfig(name='tail', weight=0.5, rerank_strength=0.3, off=frozenset())
+>>> sorted(parse_arms("online-only:1:0:off=transformer+vae")[0].off)
+['transformer', 'vae']
 >>> assigner = ArmAssigner.from_configs(arms)
 >>> assigner.assign("user-42") == assigner.assign("user-42")
 True
@@ -27,6 +33,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from online.base import SOURCES
+
 __all__ = ["DEFAULT_SALT", "ArmAssigner", "ArmConfig", "ArmSpecError", "Arms", "parse_arms"]
 
 #: The assignment salt when ``TAILCAST_ARMS`` names none.
@@ -39,11 +47,13 @@ class ArmSpecError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ArmConfig:
-    """One arm: its name, its share of traffic (relative weight) and its re-ranking strength."""
+    """One arm: its name, its share of traffic (relative weight), its re-ranking strength and the
+    candidate sources switched off for its users (``online.base.SOURCES``; the models still learn)."""
 
     name: str
     weight: float
     rerank_strength: float
+    off: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -54,6 +64,10 @@ class ArmConfig:
             raise ArmSpecError(
                 f"arm {self.name!r}: rerank_strength must be in [0, 1], got {self.rerank_strength}"
             )
+        unknown = sorted(set(self.off) - set(SOURCES))
+        if unknown:
+            raise ArmSpecError(f"arm {self.name!r}: unknown source(s) {unknown} to switch off; sources: "
+                               f"{', '.join(SOURCES)}")
 
 
 class Arms(tuple):
@@ -71,7 +85,7 @@ class Arms(tuple):
 
 
 def parse_arms(spec: str) -> Arms:
-    """Parse ``"[salt=NAME,]name:weight:strength,name:weight:strength,..."`` (e.g. ``TAILCAST_ARMS``)."""
+    """Parse ``"[salt=NAME,]name:weight:strength[:off=SOURCE+SOURCE],..."`` (e.g. ``TAILCAST_ARMS``)."""
     arms: list[ArmConfig] = []
     salt = None
     for part in spec.split(","):
@@ -86,9 +100,15 @@ def parse_arms(spec: str) -> Arms:
                 raise ArmSpecError(f"empty salt in {spec!r}")
             continue
         fields = [f.strip() for f in part.split(":")]
-        if len(fields) != 3:
-            raise ArmSpecError(f"arm {part!r}: expected name:weight:strength, got {len(fields)} field(s)")
-        name, weight_s, strength_s = fields
+        if len(fields) not in (3, 4):
+            raise ArmSpecError(f"arm {part!r}: expected name:weight:strength[:off=SOURCE+...], got "
+                               f"{len(fields)} field(s)")
+        name, weight_s, strength_s = fields[:3]
+        off: frozenset[str] = frozenset()
+        if len(fields) == 4:
+            if not fields[3].startswith("off="):
+                raise ArmSpecError(f"arm {part!r}: a fourth field must be off=SOURCE+SOURCE, got {fields[3]!r}")
+            off = frozenset(x.strip() for x in fields[3][len("off="):].split("+"))
         try:
             weight = float(weight_s)
         except ValueError:
@@ -97,7 +117,7 @@ def parse_arms(spec: str) -> Arms:
             strength = float(strength_s)
         except ValueError:
             raise ArmSpecError(f"arm {part!r}: rerank strength {strength_s!r} is not a number") from None
-        arms.append(ArmConfig(name, weight, strength))
+        arms.append(ArmConfig(name, weight, strength, off))
     names = [a.name for a in arms]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

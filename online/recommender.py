@@ -541,9 +541,9 @@ class OnlineRecommender:
         by_id: dict[int, np.ndarray] = {}
         by_source: list[dict] = []
         repeated = False  # a source with two lists for one user (see below)
-        off = self.off
         for b, lists in enumerate(all_lists):
             seen = {}
+            off = self.off | configs[b].off if configs[b].off else self.off  # the arm's own switched-off sources
             for entry in lists:
                 idx = entry[1]
                 if not idx.size or entry[0] in off:

@@ -147,8 +147,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Items never recommended to a user: `all` they consumed (up to TAILCAST_CONSUMED_MAX), or only "
             "the `recent` TAILCAST_HISTORY_LEN (for repeat-consumption catalogues such as groceries)."),
     Setting("TAILCAST_ARMS", "control:0.5:0.0,tail:0.5:0.5", parse_arms,
-            "A/B arms as name:traffic_weight:rerank_strength, comma-separated; a `salt=NAME` element sets "
-            "the salt of the user-to-arm hash (default `tailcast`): a new salt reshuffles the users."),
+            "A/B arms as name:traffic_weight:rerank_strength[:off=SOURCE+SOURCE], comma-separated (`off`: "
+            "candidate sources the arm's users do not get, e.g. `off=transformer+vae`); a `salt=NAME` element "
+            "sets the salt of the user-to-arm hash (default `tailcast`): a new salt reshuffles the users."),
     Setting("TAILCAST_WINDOW_EVENTS", "100000", _positive_int,
             "Sliding window (events) for head/tail split and long-tail metrics."),
     Setting("TAILCAST_HEAD_SHARE", "0.2", _share, "Share of active items that form the head."),

@@ -91,3 +91,12 @@ def test_assigner_rejects_bad_tables() -> None:
         ArmAssigner({})
     with pytest.raises(ArmSpecError, match="'x'"):
         ArmAssigner({"x": float("nan")})
+
+
+def test_an_arm_may_switch_sources_off() -> None:
+    arms = parse_arms("control:0.5:0.0,online-only:0.25:0.0:off=transformer+vae,no-mf:0.25:0.5:off= mf")
+    assert [a.off for a in arms] == [frozenset(), frozenset({"transformer", "vae"}), frozenset({"mf"})]
+    for spec, why in (("a:1:0:off=magic", "unknown source"), ("a:1:0:off=", "unknown source"),
+                      ("a:1:0:vae", "off=SOURCE"), ("a:1:0:off=vae:x", "5 field")):
+        with pytest.raises(ArmSpecError, match=why):
+            parse_arms(spec)

@@ -238,3 +238,19 @@ def test_forget_drops_the_users_pending_pool_and_mf_row_only() -> None:
     rec.learn_one(user, "i1", 1e6, tuple(hist[user]))  # the pool of the user's last list is gone: no example
     assert rec.blender.n_learned == before and rec.mf.user_vector(user, []) is not None  # a new row
     assert rec.feedback(other, shown, shown[0].item) == 1 + rec.pool_negatives  # the others' pools stay
+
+
+def test_an_arm_without_some_sources_never_gets_their_candidates() -> None:
+    """#17: arms may differ in sources (``off=`` in TAILCAST_ARMS); the other arm is untouched."""
+    arms = "full:1:0.0,bare:1:0.0:off=covisit+transitions+last+mf+content+transformer+vae"
+    rec, same = (OnlineRecommender.create(arms=parse_arms(spec), content_dim=8, seed=0)
+                 for spec in (arms, "full:1:0.0,bare:1:0.0"))
+    hists, hists_same = warm(rec), warm(same)
+    extra = {"transformer": [Candidate("i3", 1.0, "transformer")]}
+    for user, h in list(hists.items())[:20]:
+        bare = rec.recommend(user, h[-50:], len(h), arm="bare", extra=extra)
+        assert bare and {c.source for c in bare} <= {"popularity", "fresh"}, [c.source for c in bare]
+        full = rec.recommend(user, h[-50:], len(h), arm="full", extra=extra)
+        assert {c.source for c in full} - {"popularity", "fresh"}
+        assert [c.item for c in full] == [c.item for c in same.recommend(user, hists_same[user][-50:],
+                                                                         len(h), arm="full", extra=extra)]
