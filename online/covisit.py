@@ -10,8 +10,8 @@ flat columns and no per-row dict: neighbour index (``array('i')``), weight (``ar
 (``bytearray``, the index's low byte), which finds a neighbour's slot with a C ``memchr``
 (``bytearray.find``) and a check of the index; reads take whole rows as numpy arrays. That is 13 bytes
 a neighbour: 2.4 KB per item at saturation (rows of 100..200, 150 on average), where the layout before
-(a ``{neighbour: slot}`` dict a row, int64 indices) took 12.2 KB, at the same ``learn_one`` cost within
-noise (below; the slot search costs a little more than a dict look-up, a new row less).
+(a ``{neighbour: slot}`` dict a row, int64 indices) took 12.2 KB; ``learn_one`` costs up to a fifth more
+(below: the slot search costs more than a dict look-up, a new row less).
 
 Normalisation (so that popular items do not swamp everything): the similarity of ``j`` to an anchor
 ``h`` is the cosine-style ``W[h][j] / sqrt(n_h * n_j)`` with ``n`` the decayed event count of each
@@ -28,8 +28,8 @@ without the matrix: the anchors' rows are concatenated, ``np.add.at`` into a den
 each candidate's terms in anchor order (the same additions as the column sum), and the anchors are
 computed only for the candidates that are read.
 
-Measured ``learn_one`` cost: 6-7.5 µs/event of CPU time (lookback 5, 2-core shared CPU box under load;
-the dict-a-row layout before measured 1.03-1.07x less, the two interleaved on the same stream), with
+Measured ``learn_one`` cost: 6-9 µs/event of CPU time (lookback 5, 2-core shared CPU box under load; the
+dict-a-row layout before took 1.05-1.2x less, the two interleaved on the same stream, gc on / off), with
 ``.venv/bin/python -m timeit -s "from online.covisit import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
 (per-event figure = time / 100k).
 
