@@ -40,10 +40,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
-from benchmarks.common import (bench_env, ensure_topics, fresh_broker, percentile, publish, settings_from_env,
-                               wait_until, workdir)
+from benchmarks.common import fresh_broker, percentile, pipeline_setup, wait_until, workdir
 from benchmarks.freshness import CLK_TCK, cpu_seconds
 from streams.broker import free_port
 from streams.metrics import read_metric
@@ -169,7 +166,6 @@ def _figures(outcomes: list[Outcome]) -> dict[str, float]:
 def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = None, stream_rate: float = 300.0,
         log=print) -> dict[str, float]:
     from streams.tools import synthetic_source
-    from streams.topics import ITEMS
 
     duration = duration or (3.0 if quick else 20.0)
     ramp_s = 2.0
@@ -180,11 +176,7 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
     log(f"api: {rate:g} requests/s for {duration:g}s (after a {ramp_s:g}s ramp) on one api instance, beside "
         f"a stream of {stream_rate:g} events/s through a worker and a scorer; logs in {work}")
     with fresh_broker(work) as broker:
-        env = bench_env(broker, work, TAILCAST_TEXT_ENCODER="hashing", TAILCAST_LOG_LEVEL="warn")
-        settings = settings_from_env(env)
-        ensure_topics(settings)
-        items = [(it["item_id"].encode(), orjson.dumps(it)) for it in source.items]
-        asyncio.run(publish(settings, ITEMS, items))
+        env, settings = pipeline_setup(broker, work, source.items)
         ports = {role: free_port() for role in ("worker", "scorer", "api")}
         procs: dict[str, subprocess.Popen] = {}
         feeder = None
@@ -201,7 +193,7 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
                 if any(p.poll() is not None for p in procs.values()):
                     raise RuntimeError(f"a role exited early; see the logs in {work}")
                 try:
-                    loaded = read_metric(metrics["scorer"], "tailcast_scorer_catalog_items") >= len(items)
+                    loaded = read_metric(metrics["scorer"], "tailcast_scorer_catalog_items") >= len(source.items)
                 except OSError:
                     return False
                 return loaded and _status(f"{base}/healthz") == 200

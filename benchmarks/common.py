@@ -129,6 +129,18 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
     return asyncio.run(ensure(settings.kafka))
 
 
+def pipeline_setup(broker: EmbeddedBroker, workdir: Path, items: Sequence[dict]) -> tuple[dict[str, str], Settings]:
+    """A worker/scorer pipeline's environment on ``broker`` (the hashing text encoder, warnings only), its
+    topics created and ``items`` (``items`` records) published; returns the environment and its settings."""
+    from streams.topics import ITEMS
+
+    env = bench_env(broker, workdir, TAILCAST_TEXT_ENCODER="hashing", TAILCAST_LOG_LEVEL="warn")
+    settings = settings_from_env(env)
+    ensure_topics(settings)
+    asyncio.run(publish(settings, ITEMS, [(it["item_id"].encode(), orjson.dumps(it)) for it in items]))
+    return env, settings
+
+
 def rss_bytes(pid: int | None = None) -> int:
     """Resident set size of ``pid`` (default: this process) from /proc, 0 where unavailable."""
     try:

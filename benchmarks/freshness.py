@@ -32,8 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.common import (bench_env, ensure_topics, fresh_broker, median, percentile, python, publish,
-                               settings_from_env, wait_until, workdir)
+from benchmarks.common import fresh_broker, median, percentile, pipeline_setup, python, wait_until, workdir
 from streams.broker import free_port
 
 __all__ = ["run"]
@@ -231,7 +230,6 @@ async def _phases(settings, events: list[dict], rates: list[float], duration: fl
 def run(*, quick: bool = False, rates: list[float] | None = None, duration: float | None = None,
         log=print) -> dict[str, float]:
     from streams.tools import synthetic_source
-    from streams.topics import ITEMS
 
     rates = rates or ([500.0] if quick else [500.0, 1000.0, 2000.0])
     duration = duration or (8.0 if quick else 20.0)
@@ -240,11 +238,7 @@ def run(*, quick: bool = False, rates: list[float] | None = None, duration: floa
     log(f"freshness: worker + scorer on one embedded broker, TAILCAST_TEXT_ENCODER=hashing; rates "
         f"{', '.join(f'{r:g}' for r in rates)} events/s, {duration:g}s each; logs in {work}")
     with fresh_broker(work) as broker:
-        env = bench_env(broker, work, TAILCAST_TEXT_ENCODER="hashing", TAILCAST_LOG_LEVEL="warn")
-        settings = settings_from_env(env)
-        ensure_topics(settings)
-        items = [(it["item_id"].encode(), orjson.dumps(it)) for it in source.items]
-        asyncio.run(publish(settings, ITEMS, items))
+        env, settings = pipeline_setup(broker, work, source.items)
         procs: dict[str, subprocess.Popen] = {}
         ports: dict[str, int] = {}
         try:

@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from torch import Tensor, nn
 from models.loo import evaluate_ranking, metrics_from_ranks
 from models.sequence import config_from_dict
 from models.train import BestEpoch, cpu_state
+from online.snapshot import write_atomic
 
 __all__ = ["MultVAEConfig", "MultVAE", "VaeEpochLog", "fit_vae", "score_users", "evaluate_vae", "save_vae",
            "load_vae", "VaeFormatError", "FORMAT"]
@@ -286,19 +286,9 @@ def save_vae(model: MultVAE, path: str | os.PathLike, *, extra: dict[str, Any] |
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader sees the old file or
-    the new one, never half of one (``save_vae``'s and ``models.checkpoint``'s writer)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``torch.save`` ``path`` atomically (:func:`online.snapshot.write_atomic`; ``save_vae``'s and
+    ``models.checkpoint``'s writer)."""
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> MultVAE:

@@ -50,12 +50,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 __all__ = ["Snapshot", "SnapshotError", "SnapshotStore", "encode", "write_snapshot", "read_snapshot",
-           "FORMAT_VERSION"]
+           "write_atomic", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,19 @@ def write_snapshot(path: str | os.PathLike, payload: bytes, *, offsets: Offsets,
     ``meta`` and ``extra`` are JSON objects kept in the header (``meta``: what the state must agree with,
     ``extra``: anything else the reader checks)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = _header(offsets, meta or {}, extra or {}, payload, time.time() if created_at is None else created_at)
+    write_atomic(path, lambda f: f.writelines((MAGIC, header, b"\n", payload)))
+    return path
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, flushed and fsynced, then ``os.replace`` and the
+    folder fsynced: a reader sees the old file or the new one, never half of one (snapshots, checkpoints)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            f.write(header)
-            f.write(b"\n")
-            f.write(payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -138,7 +142,6 @@ def write_snapshot(path: str | os.PathLike, payload: bytes, *, offsets: Offsets,
             os.close(fd)
     except OSError:  # not every file system lets a folder be opened or synced
         pass
-    return path
 
 
 def read_snapshot(path: str | os.PathLike) -> Snapshot:
