@@ -1,7 +1,7 @@
 """CPU per score request of the scorer's core (``ScorerCore.process``) on the synthetic stream.
 
     python benchmarks/scorer_core.py [--items 1000] [--runs 5] [--serve-events 5000] [--chunk 50]
-                                     [--extras] [--profile] [--dump FILE.pkl] [--out FILE.json]
+                                     [--extras] [--depth 50] [--profile] [--dump FILE.pkl] [--out FILE.json]
                                      [--root DIR] [--compare-with DIR [--rounds 5]]
 
 Setup (the scorer of the freshness benchmark, without a Kafka in between):
@@ -107,15 +107,16 @@ class FakeBatchModel:
         return out
 
 
-def build_core(data, *, arms: str = ARMS, k: int = K) -> ScorerCore:
-    """A fresh ``ScorerCore`` around an ``OnlineRecommender`` with tag-hashing item vectors."""
+def build_core(data, *, arms: str = ARMS, k: int = K, depth: int | None = None) -> ScorerCore:
+    """A fresh ``ScorerCore`` around an ``OnlineRecommender`` with tag-hashing item vectors (``depth``: the
+    records' items in all, ``items`` and ``more``, as the served scorer's ``LIST_DEPTH``)."""
     configs = parse_arms(arms)
     rec = OnlineRecommender.create(arms=configs, content_dim=256, seed=0, k=k)
     items = list(data.items)
     tv = TagVectoriser(dim=256)
     rec.content.set_vectors(items, tv.transform_many([data.items[i].title for i in items],
                                                      [data.items[i].tags for i in items]))
-    return ScorerCore(recommender=rec, arms=ArmAssigner.from_configs(configs), k=k)
+    return ScorerCore(recommender=rec, arms=ArmAssigner.from_configs(configs), k=k, depth=depth)
 
 
 def requests_for(events, hist: dict[str, list[str]], chunk: int) -> list[list[ScoreRequest]]:
@@ -136,7 +137,7 @@ def requests_for(events, hist: dict[str, list[str]], chunk: int) -> list[list[Sc
     return batches
 
 
-def prepare(n_items: int, serve_events: int, chunk: int, extras: bool):
+def prepare(n_items: int, serve_events: int, chunk: int, extras: bool, depth: int | None = None):
     """(a function that builds the warm ScorerCore, the timed micro-batches)."""
     data = generate(n_users=2000, n_items=n_items, n_events=50_000, seed=0)
     end = N_WARM + N_SERVE_WARM + serve_events
@@ -144,7 +145,7 @@ def prepare(n_items: int, serve_events: int, chunk: int, extras: bool):
         raise SystemExit(f"--serve-events {serve_events} exceeds the stream ({len(data.events)} events)")
 
     def warm_core() -> tuple[ScorerCore, dict[str, list[str]]]:
-        core = build_core(data)
+        core = build_core(data, depth=depth)
         if extras:
             core.swap_model(FakeBatchModel(list(data.items)))
         hist: dict[str, list[str]] = {}
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--serve-events", type=int, default=5000)
     ap.add_argument("--chunk", type=int, default=50)
     ap.add_argument("--extras", action="store_true", help="a stand-in batch model adds transformer/vae lists")
+    ap.add_argument("--depth", type=int, default=None,
+                    help="items a published record holds in all (items, then more): the served scorer's 50")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--dump", type=Path)
     ap.add_argument("--out", type=Path)
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.compare_with:
         return compare(args)
-    make_core, batches = prepare(args.items, args.serve_events, args.chunk, args.extras)
+    make_core, batches = prepare(args.items, args.serve_events, args.chunk, args.extras, args.depth)
     n_req = sum(len(b) for b in batches)
     times = []
     for _ in range(args.runs):
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         times.append(t)
     res = {
         "items": args.items, "serve_events": args.serve_events, "chunk": args.chunk, "extras": args.extras,
+        "depth": args.depth,
         "requests": n_req, "runs": args.runs,
         "ms_per_request_best": min(times) / n_req * 1e3,
         "ms_per_request_median": statistics.median(times) / n_req * 1e3,

@@ -312,8 +312,13 @@ class OnlineRecommender:
         excludes: Sequence[Collection[str]] | None = None,
         consumed: Sequence[np.ndarray] | None = None,
         alternatives: Sequence[float] = (),
+        depth: int | None = None,
     ) -> list[list[Candidate]]:
         """:meth:`recommend` for a micro-batch of users (one list per user, in order).
+
+        ``depth``: the lists run on past ``k`` to this many items (what the read API stores, so that a
+        caller can ask for more or filter); their first ``k`` are the ``k``-item list (the candidates and
+        ranking depend on ``k`` alone).
 
         ``alternatives``: re-ranking strengths at which the same candidates are also re-ranked, into
         :attr:`last_alternatives` (per strength, per user). The ranker learns from candidate pools, not
@@ -355,6 +360,7 @@ class OnlineRecommender:
             self.last_alternatives = [[] for _ in alternatives]
             return []
         k = self.k if k is None else int(k)
+        depth = k if depth is None else max(k, int(depth))
         n = self.n_candidates
         cv, tr, ct, mf, pop = self.covisit, self.transitions, self.content, self.mf, self.popularity
         cv_map = self._map("covisit", cv.item_index)
@@ -376,7 +382,11 @@ class OnlineRecommender:
             h_ends = [0, *h_end]
             bans = [h_all[h_ends[b] : h_ends[b + 1]] for b in range(n_b)]
             if excludes is not None:
-                bans = [np.concatenate([ban, lookup(list(e))]) if e else ban for ban, e in zip(bans, excludes)]
+                looked: dict[int, np.ndarray] = {}  # id(exclude) -> its indices: one set shared by a batch, once
+                for e in excludes:
+                    if e and id(e) not in looked:
+                        looked[id(e)] = lookup(list(e))
+                bans = [np.concatenate([ban, looked[id(e)]]) if e else ban for ban, e in zip(bans, excludes)]
             if consumed is not None:
                 bans = [np.concatenate([ban, self._consumed_indices(c)]) if c.size else ban
                         for ban, c in zip(bans, consumed)]
@@ -448,7 +458,8 @@ class OnlineRecommender:
         hist_tail = self._lookup(tail_mask, h_all)
         n_tail = np.bincount(np.repeat(np.arange(n_b), h_len), weights=hist_tail, minlength=n_b)
         appetites = [appetite_from_counts(int(t), n) for t, n in zip(n_tail.tolist(), h_len)]
-        return self._blend_many(users, appetites, user_event_counts, configs, all_lists, tail_mask, k, alternatives)
+        return self._blend_many(users, appetites, user_event_counts, configs, all_lists, tail_mask, depth,
+                                alternatives, shown_k=k)
 
     def _inverse(self, key: str) -> np.ndarray:
         """``our index -> model index`` for a model mapped by :meth:`_map` (-1: the model does not know
@@ -531,9 +542,11 @@ class OnlineRecommender:
         tail_mask: np.ndarray,
         k: int,
         alternatives: Sequence[float] = (),
+        shown_k: int | None = None,
     ) -> list[list[Candidate]]:
-        """Merge, blend and re-rank every user's candidate lists (``appetites``: the users' tail appetites);
-        :attr:`last_alternatives` gets the same candidates re-ranked at each of ``alternatives``."""
+        """Merge, blend and re-rank every user's candidate lists into ``k`` items (``appetites``: the users'
+        tail appetites); :attr:`last_alternatives` gets the same candidates re-ranked at each of
+        ``alternatives``. The first ``shown_k`` (default ``k``) items are the list kept as pending feedback."""
         n_b = len(users)
         col = self._col
         parts, scs, lens, cols, owner, maps = [], [], [], [], [], []
@@ -675,7 +688,7 @@ class OnlineRecommender:
                             appetites)
         for user, result, pool in zip(users, out, pools):
             if result:
-                self._pending[user] = (tuple(c.item for c in result), pool)
+                self._pending[user] = (tuple(c.item for c in result[:shown_k]), pool)
                 self._pending.move_to_end(user)
                 while len(self._pending) > self.max_pending:
                     self._pending.popitem(last=False)

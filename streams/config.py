@@ -99,6 +99,9 @@ def _optional_text(text: str) -> str | None:
 #: Where the embedded broker listens when TAILCAST_KAFKA is unset (`tailcast broker` listens on the address
 #: TAILCAST_KAFKA names, which is how to move it).
 EMBEDDED_PORT = 19092
+#: Items each published record holds in all, ``items`` (TAILCAST_K) then ``more``: what the read API stores, so
+#: that a caller can ask for more than k, or still get k after a hide.
+LIST_DEPTH = 50
 #: The worker's micro-batch: at most this many events, or what arrived within this many seconds.
 WORKER_BATCH = 1000
 WORKER_BATCH_WAIT_S = 0.02

@@ -353,6 +353,10 @@ class Recommendation:
     for its repeats), so it is unique and the same in every run of the same stream. A record written
     before these fields existed reads with ``list_id=""`` and ``refresh="event"``.
 
+    ``more``: the items ranked after ``items``, up to the scorer's stored depth (``LIST_DEPTH``), for the
+    read API (a caller asking for more than k, or a list filtered after a hide). ``items`` is the list, what
+    the A/B and long-tail figures count; a record without ``more`` reads as ``more=[]``.
+
     >>> rec = Recommendation("u7", [], 3, "online", "control", 1.0, 2.0, 1.5,
     ...                      list_id=Recommendation.make_list_id("u7", 3, 1), refresh="empty")
     >>> rec.list_id, Recommendation.from_bytes(rec.to_bytes()) == rec
@@ -372,6 +376,7 @@ class Recommendation:
     ingested_at: float
     list_id: str = ""
     refresh: str = "event"
+    more: list[RecommendedItem] = field(default_factory=list)
 
     @staticmethod
     def make_list_id(user_id: str, user_event_count: int, n: int) -> str:
@@ -392,6 +397,8 @@ class Recommendation:
             "ingested_at": self.ingested_at,
             "list_id": self.list_id,
             "refresh": self.refresh,
+            "more": [{"item_id": i.item_id, "score": i.score, "source": i.source, "reason": i.reason}
+                     for i in self.more],
         }
 
     def to_bytes(self) -> bytes:
@@ -400,10 +407,13 @@ class Recommendation:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Recommendation:
         d = orjson.loads(raw)
-        return cls(d["user_id"], [RecommendedItem(i["item_id"], i["score"], i["source"], i.get("reason", ""))
-                                  for i in d["items"]],
-                   d["user_event_count"], d["model_version"], d["arm"], d["event_ts"], d["generated_at"],
-                   d.get("ingested_at", d["generated_at"]), d.get("list_id", ""), d.get("refresh", "event"))
+
+        def read(items: list[dict]) -> list[RecommendedItem]:
+            return [RecommendedItem(i["item_id"], i["score"], i["source"], i.get("reason", "")) for i in items]
+
+        return cls(d["user_id"], read(d["items"]), d["user_event_count"], d["model_version"], d["arm"],
+                   d["event_ts"], d["generated_at"], d.get("ingested_at", d["generated_at"]), d.get("list_id", ""),
+                   d.get("refresh", "event"), read(d.get("more", ())))
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,8 @@ FORWARDED_HEADER = "X-Tailcast-Forwarded-By"
 #: Longest a forwarded request waits for the owning instance.
 FORWARD_TIMEOUT_S = 2.0
 JSON = "application/json"
+#: What a stored list must hold: the fields of the topic contract without a reader's default.
+_LIST_FIELDS = frozenset({"user_id", "items", "user_event_count", "model_version", "arm", "event_ts", "generated_at"})
 
 
 class BadRequest(ValueError):
@@ -108,12 +110,15 @@ def newest_lists(records: Iterable[tuple[bytes | None, bytes | None]]) -> tuple[
             else:
                 unreadable += 1
             continue
-        try:
-            user = Recommendation.from_bytes(value).user_id
-        except (ValueError, KeyError, TypeError):
+        try:  # the fields a reader needs, without building the list's 50 items
+            record = orjson.loads(value)
+            if not (isinstance(record, dict) and _LIST_FIELDS <= record.keys() and isinstance(record["items"], list)):
+                raise ValueError("not a list record")
+            key_bytes = record["user_id"].encode()
+        except (ValueError, TypeError, AttributeError):
             unreadable += 1
             continue
-        newest[user.encode()] = value
+        newest[key_bytes] = value
     return newest, unreadable
 
 
@@ -165,8 +170,8 @@ class ReadApi:
         return user.encode()
 
     def recommendations(self, user_id: str, n: str | None) -> tuple[int, bytes]:
-        """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON with its first
-        ``n`` items that are neither hidden nor deleted, and ``age_s``; 404 for a user without a list, 400 for
+        """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON (without ``more``)
+        with its first ``n`` items that are neither hidden nor deleted, ``items`` then ``more``, and ``age_s``; 404 for a user without a list, 400 for
         a bad ``n``, 503 while the catalogue is being read."""
         try:
             count = parse_n(n)
@@ -179,6 +184,9 @@ class ReadApi:
             return 404, orjson.dumps({"error": f"no list for user {user_id}"})
         record = orjson.loads(stored)
         items = record["items"]
+        more = record.pop("more", None)
+        if more and (count > len(items) or self.banned):
+            items = items + more  # the list runs on into what the scorer ranked after it
         banned = self.banned
         if banned:
             items = [item for item in items if item["item_id"] not in banned]

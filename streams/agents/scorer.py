@@ -105,8 +105,10 @@ class ScorerCore:
 
     def __init__(self, *, recommender, arms: ArmAssigner, k: int, n_candidates: int = 100,
                  online_version: str = "online", max_users: int = 1_000_000, max_active: int = 100_000,
-                 max_empty: int = 10_000, banned: Collection[str] = frozenset()) -> None:
+                 max_empty: int = 10_000, banned: Collection[str] = frozenset(), depth: int | None = None) -> None:
         self.recommender = recommender
+        # items a published record holds in all: ``items`` (k) and ``more`` (the read API's stored depth)
+        self.depth = depth if depth is not None and depth > k else None
         self.banned = banned  # items no list may hold (hidden or deleted); read at each scoring
         self.arms = arms
         self.k = k
@@ -258,10 +260,13 @@ class ScorerCore:
         version = self.model_version
         arms = [self.arms.assign(r.user_id) for r in todo]
         banned = self.banned
+        # lists of depth items, of which the first k are the list (the candidates depend on k alone)
+        deeper = {"k": self.k, "depth": self.depth} if self.depth is not None else {}
         lists = self.recommender.recommend_many([r.user_id for r in todo], [r.sequence for r in todo],
                                                 [r.event_count for r in todo], arms=arms, extras=extras,
                                                 excludes=[banned] * len(todo) if banned else None,
-                                                consumed=[r.consumed_hashes() for r in todo])
+                                                consumed=[r.consumed_hashes() for r in todo], **deeper)
+        k = self.k if self.depth is not None else None
         recs = []
         reasons: dict[tuple[str, str | None], str] = {}  # (source, anchor) -> reason: formatted once per batch
 
@@ -276,7 +281,9 @@ class ScorerCore:
             n = published[1] if published is not None and published[0] == request.event_count else 0
             recs.append(Recommendation(
                 user_id=request.user_id,
-                items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c)) for c in cands],
+                items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c)) for c in cands[:k]],
+                more=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c))
+                      for c in cands[k:]] if k is not None else [],
                 user_event_count=request.event_count, model_version=version, arm=arm,
                 event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at,
                 list_id=Recommendation.make_list_id(request.user_id, request.event_count, n), refresh=refresh))

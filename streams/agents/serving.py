@@ -71,7 +71,7 @@ from streams.agents import impressions as impressions_agent
 from streams.agents.catalogue import Catalogue, committed_offsets, follow_items, follow_partitions
 from streams.agents.ingest import fetch_log_ends
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
-from streams.config import WORKER_BATCH, Settings
+from streams.config import LIST_DEPTH, WORKER_BATCH, Settings
 from streams.kafka import client_kwargs, send_batched
 from streams.metrics import ABMetrics, LongTailMetrics, ScorerMetrics
 from streams.records import Recommendation, dumps, read_request
@@ -181,7 +181,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     recommender = build_recommender(settings, text_dim=text.dim)
     catalogue = Catalogue(max_bytes=settings.worker.max_event_bytes)
     arms = ArmAssigner.from_configs(settings.scorer.arms)
-    core = ScorerCore(recommender=recommender, arms=arms, k=settings.scorer.k, banned=catalogue.banned)
+    core = ScorerCore(recommender=recommender, arms=arms, k=settings.scorer.k, banned=catalogue.banned,
+                      depth=LIST_DEPTH)
     # a restored snapshot replaces ``core.recommender`` before anything reads it: use that, not ``recommender``
     started_at = _process_started_at()
     restored = asyncio.Event()  # set once the newest snapshot is restored and the log replayed (or there is none)

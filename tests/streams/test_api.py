@@ -31,7 +31,9 @@ def test_the_latest_list_in_the_topic_contract_with_its_age():
     answer = orjson.loads(body)
     assert status == 200
     assert answer.pop("age_s") == 4.25
-    assert answer == {**rec.to_dict(), "items": rec.to_dict()["items"][:3]}
+    expected = rec.to_dict()
+    del expected["more"]  # the API serves one list: items, then more when asked for more
+    assert answer == {**expected, "items": expected["items"][:3]}
     status, body = api.recommendations("u1", None)
     assert status == 200 and len(orjson.loads(body)["items"]) == DEFAULT_N
     status, body = api.recommendations("u1", "50")  # more than stored: the whole list
@@ -60,6 +62,29 @@ def test_hidden_and_deleted_items_are_dropped_from_the_lists_served():
     # the rest of the list is as published
     body = orjson.loads(api.recommendations("u1", "50")[1])
     assert body["items"][0] == rec.to_dict()["items"][0] and body["list_id"] == rec.list_id
+
+
+def test_a_stored_list_runs_on_into_more_when_asked_for_more_or_after_a_hide():
+    from streams.agents.catalogue import Catalogue
+
+    catalogue = Catalogue(max_bytes=10_000)
+    rec = _rec("u1", 7, n_items=30)
+    rec.items, rec.more = rec.items[:10], rec.items[10:]  # as the scorer publishes it: k = 10, depth 30
+    api = ReadApi({b"u1": rec.to_bytes()}, banned=catalogue.banned, clock=lambda: 1004.25)
+
+    def served(n):
+        status, body = api.recommendations("u1", n)
+        answer = orjson.loads(body)
+        assert status == 200 and "more" not in answer
+        return [i["item_id"] for i in answer["items"]]
+
+    assert served(None) == [f"i{j}" for j in range(10)]
+    assert served("25") == [f"i{j}" for j in range(25)]
+    assert served("100") == [f"i{j}" for j in range(30)]
+    catalogue.apply(b"i2", b'{"item_id": "i2", "title": "t", "hidden": true}')
+    assert served(None) == [f"i{j}" for j in (0, 1, *range(3, 11))]  # still 10: i10 comes up from more
+    body = orjson.loads(api.recommendations("u1", "12")[1])
+    assert body["items"][9] == rec.to_dict()["more"][0]  # in the topic's item shape
 
 
 def test_lists_wait_for_the_catalogue_to_be_read():

@@ -59,7 +59,7 @@ def test_each_schema_is_a_valid_draft_2020_12_schema_with_its_metadata(topic):
 
 def test_the_enums_are_the_codes_constants():
     assert schemas.schema(DLQ)["properties"]["reason"]["enum"] == list(DLQ_REASONS)
-    item = schemas.schema(RECOMMENDATIONS)["properties"]["items"]["items"]
+    item = schemas.schema(RECOMMENDATIONS)["$defs"]["item"]
     assert item["properties"]["source"]["enum"] == list(SOURCES)
     assert schemas.schema(RECOMMENDATIONS)["properties"]["refresh"]["enum"] == list(Recommendation.REFRESHES)
     buckets = schemas.schema(LONGTAIL_METRICS)["properties"]["hr_by_bucket"]
@@ -71,7 +71,7 @@ def test_the_outputs_required_fields_are_what_the_code_writes():
                          list_id="u:1:0")
     recs = schemas.schema(RECOMMENDATIONS)
     assert recs["required"] == list(rec.to_dict())
-    assert recs["properties"]["items"]["items"]["required"] == list(rec.to_dict()["items"][0])
+    assert recs["$defs"]["item"]["required"] == list(rec.to_dict()["items"][0])
     req = ScoreRequest("u", ["a"], [("a", 1.0, "click")], 1, 1.0, 1.0, 2.0)
     requests = schemas.schema(SCORE_REQUESTS)
     assert requests["else"]["required"] == list(orjson.loads(req.to_bytes()))

@@ -261,3 +261,34 @@ def test_learn_forgets_a_user_of_another_scorer_without_naming_them_for_a_tombst
     assert [(e.user, e.item, e.index) for e in learned] == [("u1", "c", 1)]  # a new user, from event 1
     c.learn([Forget("u1", 2.0)])
     assert "u1" not in c.recommender.mf._users and c.learn([req("u1", ["c"], ["c"], 1)]) != []
+
+
+def test_a_deeper_list_runs_on_in_more_and_its_first_k_are_the_list():
+    """With the read API's depth, a record holds k items and the rest in ``more``; the k items are the list
+    the same core publishes without a depth, and a hidden item is in neither part."""
+    from streams.agents.catalogue import Catalogue
+
+    catalogue = Catalogue(max_bytes=10_000)
+    arms = parse_arms("control:0.5:0.0,tail:0.5:0.5")
+    plain, deep = (ScorerCore(recommender=OnlineRecommender.create(arms=arms, content_dim=16, k=5),
+                              arms=ArmAssigner.from_configs(arms), k=5, banned=catalogue.banned, depth=depth)
+                   for depth in (None, 20))
+    batches = _stream_requests()
+    pairs, hidden = [], None
+    for n, batch in enumerate(batches):
+        if n == len(batches) // 2:  # hide the item the deep lists held most, half-way
+            held = collections.Counter(i.item_id for _a, b, _h in pairs for i in b.items + b.more)
+            hidden = held.most_common(1)[0][0]
+            hide = orjson.dumps({"item_id": hidden, "title": "x", "hidden": True})
+            assert catalogue.apply(hidden.encode(), hide).kind == "hide"
+        a_recs, b_recs = plain.process(batch).recommendations, deep.process(batch).recommendations
+        assert [a.list_id for a in a_recs] == [b.list_id for b in b_recs]
+        pairs += [(a, b, hidden) for a, b in zip(a_recs, b_recs)]
+    assert len(pairs) > 100 and sum(h is not None for *_, h in pairs) > 50
+    for a, b, h in pairs:
+        assert a.more == [] and len(b.items) == len(a.items) == 5 and len(b.items) + len(b.more) <= 20
+        assert [i.item_id for i in b.items] == [i.item_id for i in a.items]
+        assert [i.score for i in b.items] == pytest.approx([i.score for i in a.items], rel=1e-6)
+        ids = [i.item_id for i in b.items + b.more]
+        assert len(set(ids)) == len(ids) and h not in ids
+    assert sum(len(b.more) == 15 for _a, b, _h in pairs) > len(pairs) / 2
