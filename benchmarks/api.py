@@ -9,10 +9,12 @@ new lists while it answers. Once the api answers 200 for every user of the first
 connections open), then ``--rate`` for ``--duration`` seconds. Each request is sent at its planned time,
 whatever the answers before it did, and its latency runs from that planned time, so queueing in the client or
 the server is counted, not hidden by a client that waits. One request in ten asks for an unknown user (404,
-a valid answer, counted apart from errors).
+a valid answer, counted apart from errors). The load runs twice: first with every process at the same CPU
+priority (``equal_priority_*``), then, for the headline figures, with the stream's roles (worker, scorer,
+feeder) at nice :data:`STREAM_NICE`, the serving path first, as docker-compose's ``cpu_shares`` deploy it.
 
-The client (aiohttp, one session of at most 64 keep-alive connections) runs in this process and shares the
-machine's cores with the broker, the feeder and the three roles; ``send_lag`` says how late it sent (part of
+The client (:class:`_Client`: raw asyncio transports, at most 64 keep-alive connections) runs in a process of
+its own session and shares the machine's cores with the broker, the feeder and the three roles; ``send_lag`` says how late it sent (part of
 every latency). Figures: ``rps`` (answers per second over the window), ``p50_ms``, ``p99_ms``, ``p999_ms``,
 ``max_ms``, counts by outcome, ``server_mean_ms`` (the api's own handling time, from its latency histogram), CPU
 shares of the roles and the client, the api's CPU per request (its share with the stream alone, measured for 3 s
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
 import os
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,10 @@ UNKNOWN_SHARE = 0.1
 REQUEST_TIMEOUT_S = 5.0
 #: The client's keep-alive connections to the api, at most: well above what 1,000 requests/s of ~1 ms need.
 CONNECTIONS = 64
+#: The CPU priority (nice) of the stream's roles (worker, scorer, feeder) in the headline measurement: CFS
+#: weight 110 against the api's 1024, the serving path first, as docker-compose's ``cpu_shares`` give it. The
+#: same load at equal priority is measured first (``equal_priority_*``).
+STREAM_NICE = 10
 #: Seconds the api's CPU is measured with the stream running and no requests, before the load.
 IDLE_S = 3.0
 
@@ -66,8 +74,11 @@ def _feed(kafka, events: list[dict], rate: float) -> None:
 
 
 def _bare_server(port: int, body: bytes) -> None:
-    """The floor the api is compared with: a bare aiohttp server answering every GET with ``body``."""
+    """The floor the api is compared with: a bare aiohttp server answering every GET with ``body`` (in a session of
+    its own, as the api is)."""
     from aiohttp import web
+
+    os.setsid()
 
     async def answer(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
@@ -98,49 +109,177 @@ class Outcome:
     latency: float
 
 
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of :class:`_Client`, one request at a time."""
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.current: int | None = None  # the request in flight
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.client.ready(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.current is not None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).lower()
+            at = head.find(b"\r\ncontent-length:")
+            length = 0
+            if at >= 0:
+                eol = head.find(b"\r\n", at + 2)
+                length = int(head[at + 17 : eol if eol >= 0 else len(head)])
+            if len(self.buffer) < end + 4 + length:
+                return
+            del self.buffer[: end + 4 + length]
+            i, self.current = self.current, None
+            self.client.answered(self, i, int(head[9:12]))
+
+    def connection_lost(self, exc) -> None:
+        self.client.lost(self)
+
+
+class _Client:
+    """An open-loop HTTP/1.1 load client on asyncio's transports: requests are bytes made beforehand and an
+    answer is read by its Content-Length, so the client spends a few tens of µs of CPU a request (aiohttp's
+    client, measured on this machine, several hundred: on two cores, that CPU is taken from the server it
+    measures). At most :data:`CONNECTIONS` keep-alive connections; a request finding all busy waits for one
+    (counted: its latency runs from its planned time)."""
+
+    def __init__(self, host: str, port: int, requests: list[bytes], plan: list[float]) -> None:
+        self.host, self.port, self.requests, self.plan = host, port, requests, plan
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[_Connection] = []
+        self.waiting: collections.deque[int] = collections.deque()
+        self.opening = 0
+        self.open = 0
+        self.start = 0.0
+        self.sent = [0.0] * len(requests)
+        self.outcomes: list[Outcome | None] = [None] * len(requests)
+        self.left = len(requests)
+        self.done = asyncio.Event()
+
+    def _connect(self) -> None:
+        self.opening += 1
+        task = self.loop.create_task(self.loop.create_connection(lambda: _Connection(self), self.host, self.port))
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task) -> None:
+        self.opening -= 1
+        if task.exception() is not None:
+            while self.waiting and not self.open and not self.opening:  # nothing will ever take them
+                self._finish(self.waiting.popleft(), 0)
+
+    def ready(self, conn: _Connection) -> None:
+        self.open += 1
+        self._next(conn)
+
+    def _write(self, conn: _Connection, i: int) -> None:
+        conn.current = i
+        self.sent[i] = self.loop.time()
+        conn.transport.write(self.requests[i])
+
+    def _next(self, conn: _Connection) -> None:
+        if self.waiting:
+            self._write(conn, self.waiting.popleft())
+        else:
+            self.idle.append(conn)
+
+    def send(self, i: int) -> None:
+        if self.idle:
+            self._write(self.idle.pop(), i)
+            return
+        self.waiting.append(i)
+        if self.open + self.opening < CONNECTIONS:
+            self._connect()
+
+    def answered(self, conn: _Connection, i: int, status: int) -> None:
+        self._finish(i, status)
+        self._next(conn)
+
+    def lost(self, conn: _Connection) -> None:
+        self.open -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if conn.current is not None:
+            self._finish(conn.current, 0)
+
+    def _finish(self, i: int, status: int) -> None:
+        if self.outcomes[i] is not None:
+            return
+        planned = self.start + self.plan[i]
+        sent = self.sent[i] or self.loop.time()
+        self.outcomes[i] = Outcome(self.plan[i], sent - planned, status, self.loop.time() - planned)
+        self.left -= 1
+        if not self.left:
+            self.done.set()
+
+    async def run(self, warm_connections: int) -> None:
+        for _ in range(warm_connections):
+            self._connect()
+        while self.opening:
+            await asyncio.sleep(0.01)
+        self.start = self.loop.time() + 0.1
+        n, i = len(self.requests), 0
+        while i < n:
+            now = self.loop.time()
+            while i < n and self.start + self.plan[i] <= now:  # every request due by now, each timed from its plan
+                self.send(i)
+                i += 1
+            if i < n:
+                await asyncio.sleep(self.start + self.plan[i] - self.loop.time())
+        try:
+            await asyncio.wait_for(self.done.wait(), REQUEST_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            for j in range(n):
+                self._finish(j, 0)  # not answered in time: an error
+        for conn in list(self.idle):
+            conn.transport.close()
+
+
 async def _load(base: str, users: list[str], rate: float, ramp_s: float, seconds: float) -> list[Outcome]:
     """GET ``/recommendations/{user}?n=10`` for ``users[i % len(users)]``, open loop: the rate climbs from 0 to
-    ``rate`` over ``ramp_s`` seconds (the client's connections open), then holds for ``seconds``."""
-    import aiohttp
-    from yarl import URL
-
+    ``rate`` over ``ramp_s`` seconds, then holds for ``seconds``. Latencies run from each request's planned
+    send time; the figures count from the end of the ramp (``Outcome.planned`` >= 0)."""
+    url = urllib.parse.urlsplit(base)
     n_ramp = int(rate * ramp_s / 2)
     n = n_ramp + int(rate * seconds)
     # planned send times (s): i requests by t = rate t^2 / (2 ramp_s) on the ramp, then one every 1/rate
     plan = [(2 * i * ramp_s / rate) ** 0.5 if i < n_ramp else ramp_s + (i - n_ramp) / rate for i in range(n)]
-    urls = [URL(f"{base}/recommendations/{users[i % len(users)]}?n=10", encoded=True) for i in range(n)]
-    outcomes: list[Outcome | None] = [None] * n
-    loop = asyncio.get_running_loop()
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS)  # a request finding all busy waits (counted: it is late)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
-        start = loop.time() + 0.1
+    requests = [f"GET /recommendations/{users[i % len(users)]}?n=10 HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode()
+                for i in range(n)]
+    client = _Client(url.hostname, url.port, requests, plan)
+    await client.run(warm_connections=8)
+    return [Outcome(o.planned - ramp_s, o.send_lag, o.status, o.latency) for o in client.outcomes if o is not None]
 
-        async def one(i: int) -> None:
-            planned = start + plan[i]
-            sent = loop.time()
-            try:
-                async with session.get(urls[i]) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                status = 0
-            outcomes[i] = Outcome(plan[i] - ramp_s, sent - planned, status, loop.time() - planned)
 
-        tasks: set[asyncio.Task] = set()
-        i = 0
-        while i < n:
-            now = loop.time()
-            while i < n and start + plan[i] <= now:  # every request due by now, each timed from its plan
-                task = asyncio.create_task(one(i))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                i += 1
-            if i < n:
-                await asyncio.sleep(start + plan[i] - loop.time())
-        await asyncio.gather(*tasks)
-    return [o for o in outcomes if o is not None]
+def _client_process(base: str, users: list[str], rate: float, ramp_s: float, seconds: float, conn) -> None:
+    """:func:`_load` in a process of its own session (its own autogroup, where the kernel groups sessions, at
+    the default priority), sending back the outcomes, its CPU seconds and its seconds waiting for a core."""
+    os.setsid()
+    cpu0, wait0 = time.process_time(), _runqueue_wait_seconds(os.getpid())
+    outcomes = asyncio.run(_load(base, users, rate, ramp_s, seconds))
+    conn.send((outcomes, time.process_time() - cpu0, _runqueue_wait_seconds(os.getpid()) - wait0))
+    conn.close()
+
+
+def _load_apart(base: str, users: list[str], rate: float, ramp_s: float, seconds: float
+                ) -> tuple[list[Outcome], float, float]:
+    """:func:`_client_process` run to its end: (outcomes, client CPU seconds, client core-wait seconds)."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_client_process, args=(base, users, rate, ramp_s, seconds, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        return receive.recv()
+    finally:
+        proc.join(30)
 
 
 def _figures(outcomes: list[Outcome]) -> dict[str, float]:
@@ -171,7 +310,7 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
     ramp_s = 2.0
     n_warm = 600 if quick else 1500  # the users of these first events are the known ones
     source = synthetic_source(n_users=2000, n_items=1000, seed=2,
-                              n_events=n_warm + int(stream_rate * (duration + ramp_s + 200)))
+                              n_events=n_warm + int(stream_rate * (2 * (duration + ramp_s) + 200)))
     work = workdir("api")
     log(f"api: {rate:g} requests/s for {duration:g}s (after a {ramp_s:g}s ramp) on one api instance, beside "
         f"a stream of {stream_rate:g} events/s through a worker and a scorer; logs in {work}")
@@ -219,11 +358,25 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
             idle0, t0 = cpu_seconds(pids["api"]), time.monotonic()
             time.sleep(IDLE_S)  # a measuring window: the api's CPU with the stream running and no requests
             idle_share = (cpu_seconds(pids["api"]) - idle0) / (time.monotonic() - t0)
-            before = _snapshot(metrics, pids)
-            t0 = time.monotonic()
-            outcomes = asyncio.run(_load(base, users, rate, ramp_s, duration))
-            elapsed = time.monotonic() - t0
-            after = _snapshot(metrics, pids)
+
+            def measure() -> tuple[list[Outcome], dict[str, float], float]:
+                before = _snapshot(metrics, pids)
+                t0 = time.monotonic()
+                outcomes, client_cpu, client_wait = _load_apart(base, users, rate, ramp_s, duration)
+                elapsed = time.monotonic() - t0
+                after = _snapshot(metrics, pids)
+                return outcomes, {**{k: after[k] - before[k] for k in before}, "client_cpu": client_cpu,
+                                  "client_wait": client_wait}, elapsed
+
+            equal = measure()  # every process at the same CPU priority
+            for role in ("worker", "scorer"):  # each in its own session: its threads and its autogroup
+                _lower_priority(pids[role], STREAM_NICE, autogroup=True)
+            # the broker and the feeder: their threads, and this process's session's autogroup, which holds them
+            # (the client and the bare server run in sessions of their own)
+            for pid in (feeder.pid, broker.pid):
+                _lower_priority(pid, STREAM_NICE, autogroup=False)
+            _lower_priority(os.getpid(), STREAM_NICE, autogroup=True, threads=False)
+            outcomes, delta, elapsed = measure()
             with urllib.request.urlopen(f"{base}/recommendations/{known[0]}?n=10", timeout=5) as response:
                 body = response.read()
             bare = _bare(body, users, rate, ramp_s, duration)
@@ -235,7 +388,8 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
                 feeder.join(10)
             stop_processes(procs.values())
     figures = _figures(outcomes)
-    delta = {k: after[k] - before[k] for k in before}
+    eq_outcomes, eq_delta, eq_elapsed = equal
+    eq_figures = _figures(eq_outcomes)
     figures.update({
         "offered_rps": rate,
         "known_users": float(len(known)),
@@ -252,6 +406,10 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
         "machine_busy_cores": delta["machine_cpu"] / elapsed,
         "cores": float(os.cpu_count() or 1),
         "load_1m": os.getloadavg()[0],
+        "stream_nice": float(STREAM_NICE),
+        **{f"equal_priority_{k}": eq_figures[k] for k in ("rps", "p50_ms", "p99_ms", "p999_ms", "errors")},
+        "equal_priority_stream_events_per_s": eq_delta["worker_events"] / eq_elapsed,
+        "equal_priority_api_runqueue_wait_share": eq_delta["api_wait"] / eq_elapsed,
         **bare,
     })
     log(f"  {figures['rps']:,.0f} answers/s: p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
@@ -264,6 +422,10 @@ def run(*, quick: bool = False, rate: float = 1000.0, duration: float | None = N
                                           for role in ("api", "worker", "scorer", "client"))
         + f"; the machine {figures['machine_busy_cores']:.2f} of {figures['cores']:.0f} cores busy (all processes), "
         f"load {figures['load_1m']:.1f}; the api waited for a core {figures['api_runqueue_wait_share']:.2f} s a second")
+    log(f"  at equal CPU priority (before the stream's roles got nice {STREAM_NICE}): "
+        f"p50 {figures['equal_priority_p50_ms']:.2f} ms, p99 {figures['equal_priority_p99_ms']:.2f} ms, "
+        f"stream {figures['equal_priority_stream_events_per_s']:.0f} events/s; the api waited for a core "
+        f"{figures['equal_priority_api_runqueue_wait_share']:.2f} s a second")
     log(f"  bare aiohttp server, same load and stream: p50 {figures['bare_p50_ms']:.2f} ms, "
         f"p99 {figures['bare_p99_ms']:.2f} ms, {figures['bare_cpu_us_per_request']:.0f} us CPU a request, "
         f"waited for a core {figures['bare_runqueue_wait_share']:.2f} s a second")
@@ -281,7 +443,7 @@ def _bare(body: bytes, users: list[str], rate: float, ramp_s: float, duration: f
         wait_until(lambda: _status(f"{url}/recommendations/x") == 200 or not server.is_alive(), timeout=60,
                    message="the bare aiohttp server")
         cpu0, wait0, t0 = cpu_seconds(server.pid), _runqueue_wait_seconds(server.pid), time.monotonic()
-        outcomes = asyncio.run(_load(url, users, rate, ramp_s, duration))
+        outcomes, _client_cpu, _client_wait = _load_apart(url, users, rate, ramp_s, duration)
         cpu, elapsed = cpu_seconds(server.pid) - cpu0, time.monotonic() - t0
         wait = _runqueue_wait_seconds(server.pid) - wait0
         figures = _figures(outcomes)
@@ -291,6 +453,22 @@ def _bare(body: bytes, users: list[str], rate: float, ramp_s: float, duration: f
     return {"bare_p50_ms": figures["p50_ms"], "bare_p99_ms": figures["p99_ms"], "bare_rps": figures["rps"],
             "bare_cpu_share": cpu / elapsed, "bare_cpu_us_per_request": 1e6 * cpu / len(outcomes),
             "bare_runqueue_wait_share": wait / elapsed}
+
+
+def _lower_priority(pid: int, nice: int, *, autogroup: bool, threads: bool = True) -> None:
+    """Give every thread of ``pid`` the CPU priority ``nice`` (``threads``) and its session's autogroup (with
+    ``autogroup``, where the kernel groups sessions: there the group's nice is what weighs against other
+    sessions). Raising a nice value needs no privilege."""
+    for task in Path(f"/proc/{pid}/task").iterdir() if threads else ():
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
+    if autogroup:
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+        except OSError:
+            pass  # no autogroups on this kernel: the threads' nice is what counts
 
 
 def _machine_busy_seconds() -> float:
@@ -316,9 +494,7 @@ def _snapshot(metrics: dict[str, str], pids: dict[str, int]) -> dict[str, float]
         "api_lists": read_metric(metrics["api"], "tailcast_api_lists_received_total"),
         "api_latency_sum": read_metric(metrics["api"], "tailcast_api_request_latency_seconds_sum", label),
         "api_latency_count": read_metric(metrics["api"], "tailcast_api_request_latency_seconds_count", label),
-        "client_cpu": time.process_time(),
         "machine_cpu": _machine_busy_seconds(),
-        "client_wait": _runqueue_wait_seconds(os.getpid()),
         "api_wait": _runqueue_wait_seconds(pids["api"]),
         **{f"{role}_cpu": cpu_seconds(pid) for role, pid in pids.items()},
     }

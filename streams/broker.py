@@ -110,6 +110,11 @@ class EmbeddedBroker:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id (None while it is not running)."""
+        return self._proc.pid if self._proc is not None else None
+
     @staticmethod
     def binary() -> str:
         try:

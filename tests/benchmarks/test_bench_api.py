@@ -36,5 +36,7 @@ def test_quick_api_bench_writes_latency_figures(tmp_path):
     assert api["stream_events_per_s"] > 0 and api["stream_lists_per_s"] > 0  # the stream ran beside the load
     assert 0 < api["server_mean_ms"] and 0 < api["api_cpu_share"]
     assert 0 < api["bare_p50_ms"] <= api["bare_p99_ms"] and api["bare_rps"] > 0  # the floor, measured alike
+    # the same load at equal CPU priority first, then with the stream's roles at nice 10 (the headline)
+    assert api["stream_nice"] == 10 and 0 < api["equal_priority_p50_ms"] <= api["equal_priority_p99_ms"]
     assert results["targets"]["api_10ms_vs_p99_at_1k_rps"] == pytest.approx(10.0 / api["p99_ms"])
     assert "api_10ms_vs_p99_at_1k_rps" in proc.stdout
