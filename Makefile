@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tailcast demo --duration $(DURATION)
 
+# Two pytest workers, then, one at a time, the tests that measure time or CPU or run the whole demo (`alone`).
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 -m "not alone"
+	$(VENV)/bin/pytest -q -m alone
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not integration and not e2e"

@@ -36,6 +36,7 @@ def test_every_command_has_help():
         assert f"`tailcast {name}" in README
 
 
+@pytest.mark.alone
 @pytest.mark.integration
 def test_demo_prints_recommendations_within_60_seconds(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILCAST_")}

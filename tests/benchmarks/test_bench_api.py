@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.alone
 @pytest.mark.timeout(240)
 def test_quick_api_bench_writes_latency_figures(tmp_path):
     out = tmp_path / "bench.json"

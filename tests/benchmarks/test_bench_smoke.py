@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.alone
 @pytest.mark.timeout(240)
 def test_quick_bench_writes_positive_figures(tmp_path):
     out = tmp_path / "bench.json"

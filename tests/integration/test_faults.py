@@ -290,6 +290,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.alone
 def test_broker_gone_mid_run_no_busy_loop_and_the_address_is_named(pipeline, kio, wait):
     """The broker dies under a running worker and scorer: they stay up, wait with backoff (little CPU), say
     which address they cannot reach, and serve again when a broker is back at that address."""
