@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # Two pytest workers, then, one at a time, the tests that measure time or CPU or run the whole demo (`alone`).
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n 2 -m "not alone"
+	$(VENV)/bin/pytest -q -n 2 --dist worksteal -m "not alone"
 	$(VENV)/bin/pytest -q -m alone
 
 test-fast: $(STAMP)
