@@ -385,10 +385,12 @@ class Recommendation:
         return f"{user_id}:{user_event_count}:{n}"
 
     def to_dict(self) -> dict[str, Any]:
+        def write(items: list[RecommendedItem]) -> list[dict[str, Any]]:
+            return [{"item_id": i.item_id, "score": i.score, "source": i.source, "reason": i.reason} for i in items]
+
         return {
             "user_id": self.user_id,
-            "items": [{"item_id": i.item_id, "score": i.score, "source": i.source, "reason": i.reason}
-                      for i in self.items],
+            "items": write(self.items),
             "user_event_count": self.user_event_count,
             "model_version": self.model_version,
             "arm": self.arm,
@@ -397,8 +399,7 @@ class Recommendation:
             "ingested_at": self.ingested_at,
             "list_id": self.list_id,
             "refresh": self.refresh,
-            "more": [{"item_id": i.item_id, "score": i.score, "source": i.source, "reason": i.reason}
-                     for i in self.more],
+            "more": write(self.more),
         }
 
     def to_bytes(self) -> bytes:

@@ -170,9 +170,9 @@ class ReadApi:
         return user.encode()
 
     def recommendations(self, user_id: str, n: str | None) -> tuple[int, bytes]:
-        """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON (without ``more``)
-        with its first ``n`` items that are neither hidden nor deleted, ``items`` then ``more``, and ``age_s``; 404 for a user without a list, 400 for
-        a bad ``n``, 503 while the catalogue is being read."""
+        """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON, ``more`` folded
+        into ``items``: its first ``n`` items that are neither hidden nor deleted, and ``age_s``; 404 for a user
+        without a list, 400 for a bad ``n``, 503 while the catalogue is being read."""
         try:
             count = parse_n(n)
         except BadRequest as exc:

@@ -279,11 +279,10 @@ class ScorerCore:
         for (request, refresh), arm, cands in zip(batch, arms, lists):
             published = self._published.get(request.user_id)
             n = published[1] if published is not None and published[0] == request.event_count else 0
+            listed = [RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c)) for c in cands]
             recs.append(Recommendation(
                 user_id=request.user_id,
-                items=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c)) for c in cands[:k]],
-                more=[RecommendedItem(c.item, round(float(c.score), 6), c.source, reason(c))
-                      for c in cands[k:]] if k is not None else [],
+                items=listed[:k], more=listed[k:] if k is not None else [],
                 user_event_count=request.event_count, model_version=version, arm=arm,
                 event_ts=request.event_ts, generated_at=generated_at, ingested_at=request.ingested_at,
                 list_id=Recommendation.make_list_id(request.user_id, request.event_count, n), refresh=refresh))
