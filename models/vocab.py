@@ -97,10 +97,6 @@ class ItemVocab:
     def copy(self) -> "ItemVocab":
         return ItemVocab(self._ids)
 
-    def is_prefix_of(self, other: "ItemVocab") -> bool:
-        """True if ``other`` extends this vocabulary without renumbering."""
-        return len(other) >= len(self) and other._ids[: len(self)] == self._ids
-
     @classmethod
     def from_ids(cls, ids: Sequence[str]) -> "ItemVocab":
         vocab = cls(ids)

@@ -212,7 +212,7 @@ class IdIndex:
     >>> ix = IdIndex()
     >>> ix.add("a"), ix.add("b"), ix.add("a"), ix.get("zz")
     (0, 1, 0, -1)
-    >>> len(ix), ix.name(1)
+    >>> len(ix), ix.names[1]
     (2, 'b')
     """
 
@@ -232,9 +232,6 @@ class IdIndex:
 
     def get(self, key: str, default: int = -1) -> int:
         return self._ids.get(key, default)
-
-    def name(self, idx: int) -> str:
-        return self._names[idx]
 
     @property
     def names(self) -> list[str]:
@@ -295,9 +292,6 @@ class DecayClock:
 
     def weight(self, ts: float) -> float:
         return 2.0 ** self.exponent(ts)
-
-    def needs_rebase(self, ts: float) -> bool:
-        return self.t0 is not None and (ts - self.t0) * self.rate > self.max_exponent
 
     def rebase(self, ts: float) -> float:
         """Move the reference time to ``ts``; return the factor to multiply stored weights by."""

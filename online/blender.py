@@ -348,10 +348,6 @@ class FeedbackBlender:
         Z = (X - mean) * inv_std
         return np.clip(Z, -self.z_clip, self.z_clip, out=Z)
 
-    def standardized(self, X: np.ndarray) -> np.ndarray:
-        """Feature rows ``X`` as the learned model sees them: standardised by the running scaler, clipped."""
-        return self._z(X)
-
     def logits(self, X: np.ndarray) -> np.ndarray:
         """(n,) logits of feature rows ``X`` (the prior's before warm-up)."""
         if not self.warmed_up:
@@ -419,11 +415,6 @@ class FeedbackBlender:
         """:meth:`contributions_matrix` of feature dicts (or rows)."""
         return self.contributions_matrix(self._matrix(xs))
 
-    def contributions(self, x: Mapping[str, float]) -> dict[str, float]:
-        """:meth:`contributions_many` of one ``x``, as ``{source: share}``."""
-        row = self.contributions_many([x])[0]
-        return {s: float(v) for s, v in zip(self.sources, row.tolist())}
-
     # ---------------------------------------------------------------- learning
     def learn_matrix(self, X: np.ndarray, clicked: np.ndarray | Sequence[bool]) -> None:
         """Learn feature rows ``X`` (m, n_features) with labels ``clicked`` (m,); applied in mini-batches."""
@@ -437,16 +428,6 @@ class FeedbackBlender:
         self._n_buf += len(y)
         self.n_learned += len(y)
         self.n_clicked += sum(y)
-        if self._n_buf >= self.batch_size:
-            self._flush()
-
-    def learn_rows(self, X: np.ndarray, rows: Sequence[int], clicked: Sequence[bool]) -> None:
-        """:meth:`learn_matrix` of ``X[rows]`` without the copy now (rows are gathered per mini-batch)."""
-        self._buf_x.append((X, rows))
-        self._buf_y.extend(clicked)
-        self._n_buf += len(rows)
-        self.n_learned += len(rows)
-        self.n_clicked += sum(clicked)
         if self._n_buf >= self.batch_size:
             self._flush()
 

@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, Event, IdIndex, must_be_at_least, recent_distinct, tie_floor, top_k_rows
+from online.base import Candidate, IdIndex, must_be_at_least, recent_distinct, tie_floor, top_k_rows
 
 __all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
 
@@ -64,9 +64,6 @@ class ContentNeighbours:
         """Whether the model knows ``item`` (has seen it / holds its vector)."""
         return item in self._index
 
-    def has_vector(self, item: str) -> bool:
-        return item in self._index
-
     def _rows(self, items: Sequence[str]) -> np.ndarray:
         rows = np.empty(len(items), dtype=np.int64)
         for n, item in enumerate(items):
@@ -90,12 +87,6 @@ class ContentNeighbours:
         rows = self._rows(items)  # may grow self._v: index it only afterwards
         self._v[rows] = m
 
-    def set_vector(self, item: str, vec: np.ndarray) -> None:
-        v = np.asarray(vec, dtype=np.float32)
-        if v.shape != (self.dim,):
-            raise ShapeMismatchError(f"expected a ({self.dim},) vector for {item!r}, got {v.shape}")
-        self.set_vectors([item], v[None, :])
-
     def vector(self, item: str) -> np.ndarray | None:
         idx = self._index.get(item)
         return None if idx < 0 else self._v[idx].copy()
@@ -103,9 +94,6 @@ class ContentNeighbours:
     # ---------------------------------------------------------------- OnlineModel
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         """No-op: content similarity does not learn from events."""
-
-    def learn_many(self, events: Iterable[Event]) -> None:
-        """No-op, like :meth:`learn_one`."""
 
     def _history_rows(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the recent history items that have a vector, most recent first, and their weights."""

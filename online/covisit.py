@@ -48,11 +48,11 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, Event, IdIndex, group, must_be_at_least, recent_distinct, tie_floor
+from online.base import Candidate, DecayClock, IdIndex, group, must_be_at_least, recent_distinct, tie_floor
 
 __all__ = ["CoVisitation"]
 
@@ -112,8 +112,8 @@ class CoVisitation:
         >>> for user in ("u1", "u2"):
         ...     cv.learn_one(user, "A", 0.0, [])
         ...     cv.learn_one(user, "B", 1.0, ["A"])
-        >>> cv.neighbours("A", 1), cv.neighbours("B", 1)
-        ([('B', 2.0)], [('A', 1.0)])
+        >>> [(c.item, c.score) for c in cv.recommend("u9", ["A"], 1) + cv.recommend("u9", ["B"], 1)]
+        [('B', 2.0), ('A', 1.0)]
         """
         model = cls(lookback=5, half_life_s=math.inf, max_neighbours=max_neighbours, backward_weight=0.5,
                     history_window=5, normalise=False, distance_decay=False)
@@ -187,10 +187,6 @@ class CoVisitation:
         if len(js_j) > cap:
             self._prune(j)
 
-    def learn_many(self, events: Iterable[Event]) -> None:
-        for user, item, ts, history in events:
-            self.learn_one(user, item, ts, history)
-
     def _prune(self, h: int) -> None:
         """Keep the ``max_neighbours`` strongest neighbours of ``h`` (ties: the earlier entry)."""
         nw = np.array(self._nw[h])
@@ -206,24 +202,7 @@ class CoVisitation:
         self._count = array("d", (np.frombuffer(self._count) * f).tolist())
         self._nw = [array("d", (np.frombuffer(nw) * f).tolist()) if len(nw) else array("d") for nw in self._nw]
 
-    def _counts(self) -> np.ndarray:
-        """A copy of the decayed counts (a view would block the array from growing)."""
-        return np.array(self._count)
-
     # ---------------------------------------------------------------- reading
-    def neighbours(self, item: str, k: int) -> list[tuple[str, float]]:
-        """The ``k`` most similar items to ``item`` with their normalised similarity, best first."""
-        h = self._index.get(item)
-        if h < 0 or self._count[h] <= 0 or not self._nj[h]:
-            return []
-        js, ws = np.array(self._nj[h], dtype=np.int64), np.array(self._nw[h])
-        cj = self._counts()[js]
-        ok = cj > 0
-        js, sims = js[ok], ws[ok] / math.sqrt(self._count[h]) / np.sqrt(cj[ok]) if self.normalise else ws[ok]
-        order = np.lexsort((js, -sims))[:k]
-        names = self._index.names
-        return [(names[j], float(s)) for j, s in zip(js[order].tolist(), sims[order].tolist())]
-
     def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
         """The last ``history_window`` distinct history items, most recent first, as (this model's
         indices, -1 when unknown; their recency ranks ``r``, 1 = the most recent)."""

@@ -37,11 +37,11 @@ Measured ``learn_one`` cost: 4.3 µs/event amortised (dim 32, 4 negatives, batch
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from online.base import Candidate, Event, IdIndex, must_be_at_least, top_k_rows
+from online.base import Candidate, IdIndex, must_be_at_least, top_k_rows
 
 __all__ = ["OnlineMF"]
 
@@ -229,10 +229,6 @@ class OnlineMF:
         np.add.at(Bias, its, lr * (gs - reg * Bias[its]))
         np.add.at(Bias, negs.ravel(), (-lr * (g + reg * Bias[negs])).ravel())
 
-    def learn_many(self, events: Iterable[Event]) -> None:
-        for user, item, ts, history in events:
-            self.learn_one(user, item, ts, history)
-
     # ---------------------------------------------------------------- scoring
     def user_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
         """The (D,) query vector for ``user``, or ``None`` when nothing is known about them."""
@@ -253,13 +249,6 @@ class OnlineMF:
             return h_mean
         p = self._p[row]
         return p if h_mean is None else p + self.history_weight * h_mean
-
-    def _all_scores(self, user: str, history: Sequence[str]) -> np.ndarray:
-        n = len(self._items)
-        vec = self.user_vector(user, history)
-        if vec is None:
-            return self._b[:n].astype(np.float64)
-        return (self._q[:n] @ vec + self._b[:n]).astype(np.float64)  # (n_items,)
 
     def candidates_many(
         self, users: Sequence[str], histories: Sequence[Sequence[str]], k: int,

@@ -24,8 +24,8 @@ Measured ``learn_one`` cost: 0.5 µs/event (100k events over 20k Zipf items, 2-c
 ['a', 'b', 'd']
 >>> pop.is_tail("a"), pop.is_tail("b"), pop.is_tail("never-seen")
 (False, True, True)
->>> pop.window_count("a"), pop.popularity_share("b")
-(4, 0.25)
+>>> pop.window_count("a"), pop.window_size()
+(4, 8)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, Event, IdIndex, must_be_at_least, top_k
+from online.base import Candidate, DecayClock, IdIndex, must_be_at_least, top_k
 from online.headtail import head_positions
 
 __all__ = ["DecayedPopularity"]
@@ -128,10 +128,6 @@ class DecayedPopularity:
         if ts > self._last_ts:
             self._last_ts = ts
 
-    def learn_many(self, events: Iterable[Event]) -> None:
-        for user, item, ts, history in events:
-            self.learn_one(user, item, ts, history)
-
     def _add_item(self, item: str, ts: float) -> int:
         if len(self._index) >= self.max_items:
             self._compact()
@@ -209,40 +205,20 @@ class DecayedPopularity:
     def n_active(self) -> int:
         return self._n_active
 
-    def popularity_share(self, item: str) -> float:
-        """Window count / window size (the probability used for novelty = -log2(share))."""
-        n = len(self._window)
-        return self.window_count(item) / n if n else 0.0
-
-    def decayed_count(self, item: str, now: float | None = None) -> float:
-        """Decayed number of events of ``item`` read at ``now`` (default: the latest event ts)."""
-        idx = self._index.get(item)
-        if idx < 0:
-            return 0.0
-        return self._score[idx] * self._clock.now_factor(self._now(now))
-
-    def _now(self, now: float | None) -> float:
-        if now is not None:
-            return now
+    def _now(self) -> float:
+        """The latest event's ts (0.0 before any): decayed counts and ages are read then."""
         return self._last_ts if math.isfinite(self._last_ts) else 0.0
 
-    def fresh_items(self, k: int, exclude: Collection[str] = ()) -> list[Candidate]:
-        """The fresh tail: most recently first-seen items still active with few window counts.
-
-        Score = ``2 ** (-age / half_life_s)`` of the item's first appearance (1.0 = brand new).
-        """
-        idx, scores = self.fresh_indices(k, self._index.indices(exclude))
-        names = self._index.names
-        return [Candidate(names[i], s, "fresh") for i, s in zip(idx.tolist(), scores.tolist())]
-
     def fresh_indices(self, k: int, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`fresh_items` as (item indices, scores); ``banned``: indices to skip (-1 ignored)."""
+        """The fresh tail as (item indices, scores): the most recently first-seen items still active with
+        few window counts, scored ``2 ** (-age / half_life_s)`` of their first appearance (1.0 = brand
+        new); ``banned``: indices to skip (-1 ignored)."""
         self._refresh()
         count = self._count
         head = self._head_mask
         skip = set(banned.tolist()) if banned is not None and banned.size else ()
         factor = 1.0 / self.half_life_s
-        now = self._now(None)
+        now = self._now()
         first_ts = self._first_ts
         out: list[int] = []
         scores: list[float] = []
@@ -271,7 +247,7 @@ class DecayedPopularity:
         if need > top.size and top.size < len(self._index):
             top = top_k(np.asarray(self._score), need)  # the same prefix as any shorter top_k
         ranked = top[:need].tolist()
-        f = self._clock.now_factor(self._now(None))
+        f = self._clock.now_factor(self._now())
         score = self._score
         out = []
         for skip in skips:
@@ -302,7 +278,7 @@ class DecayedPopularity:
             ok[: min(n, head.size) - lo] &= ~head[lo : min(n, head.size)]
         found = (lo + np.flatnonzero(ok))[::-1][:need].tolist()
         factor = 1.0 / self.half_life_s
-        now = self._now(None)
+        now = self._now()
         first_ts = self._first_ts
         score = {i: 2.0 ** (-max(0.0, now - first_ts[i]) * factor) for i in found}
         out = []
@@ -337,7 +313,7 @@ class DecayedPopularity:
                 out.append(i)
                 if len(out) >= k:
                     break
-        f = self._clock.now_factor(self._now(None))
+        f = self._clock.now_factor(self._now())
         score = self._score
         return np.asarray(out, dtype=np.int64), np.array([score[i] * f for i in out], dtype=np.float64)
 
@@ -346,7 +322,7 @@ class DecayedPopularity:
         idx = self._index.indices(items)
         if not len(self._score):
             return np.zeros(len(idx))
-        scores = np.asarray(self._score)[np.maximum(idx, 0)] * self._clock.now_factor(self._now(None))
+        scores = np.asarray(self._score)[np.maximum(idx, 0)] * self._clock.now_factor(self._now())
         return np.where(idx >= 0, scores, 0.0)
 
     def recommend(

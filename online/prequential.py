@@ -204,17 +204,6 @@ class PrequentialPairer:
         """Recommendation lists currently held (for memory checks)."""
         return sum(len(st.recs) for st in self._users.values())
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "users": len(self._users),
-            "pending": self.pending,
-            "stored_lists": self.stored_lists(),
-            "evicted_events": self.evicted_events,
-            "evicted_users": self.evicted_users,
-            "lost_pairings": self.lost_pairings,
-            "late_recommendations": self.late_recommendations,
-        }
-
     # -- pairing
     def _resolve(self, user: str, st: _UserState, j: int, item: str) -> Outcome:
         prior = j - 1

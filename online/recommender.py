@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
-from online.base import TIE_RTOL, Candidate, CandidateList, Event, IdIndex, item_hash, tie_floor
+from online.base import TIE_RTOL, Candidate, CandidateList, IdIndex, item_hash, tie_floor
 from online.blender import FeedbackBlender, sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
@@ -187,10 +187,6 @@ class OnlineRecommender:
         self.covisit.learn_one(user, item, ts, history)
         self.transitions.learn_one(user, item, ts, history)
         self.mf.learn_one(user, item, ts, history)
-
-    def learn_many(self, events: Iterable[Event]) -> None:
-        for user, item, ts, history in events:
-            self.learn_one(user, item, ts, history)
 
     def forget(self, user: str) -> None:
         """Erase ``user``'s per-user rows (#17): the candidate pool of their last list (nothing is learned
@@ -755,12 +751,6 @@ class OnlineRecommender:
         ]
         known = np.fromiter((it in self for it in items), dtype=bool, count=len(items))
         return np.where(known, self.blender.predict_many(xs), 0.0)
-
-    def as_model(self, arm: str) -> ArmView:
-        """This recommender seen through the :class:`~online.base.OnlineModel` contract, in ``arm``."""
-        if arm not in self.arms:
-            raise UnknownArmError(f"arm {arm!r} is not configured (arms: {sorted(self.arms)})")
-        return ArmView(self, arm)
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ def test_growth_keeps_indices_and_model_rows(make_config):
     v = ItemVocab(["a", "b", "c"])
     old = v.copy()
     assert v.add_many(["c", "d", "e", "d"]) == ["d", "e"]
-    assert old.is_prefix_of(v) and v.index("d") == 4
+    assert v.ids[:3] == old.ids and v.index("d") == 4
     model = SeqEncoder(make_config(n_items=3, text_dim=8))
     before = model.item_matrix().detach().clone()
     model.extend_items(2, torch.randn(2, 8))

@@ -14,7 +14,7 @@ from online.content import ContentNeighbours
 from online.covisit import CoVisitation
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
-from online.recommender import OnlineRecommender
+from online.recommender import ArmView, OnlineRecommender
 
 N_ITEMS = 60
 
@@ -50,7 +50,7 @@ def make_content() -> ContentNeighbours:
 def make_recommender() -> OnlineModel:
     rec = OnlineRecommender.create(arms=parse_arms("control:0.5:0.0,tail:0.5:0.4"), content_dim=16, seed=3)
     rec.content.set_vectors(*_vectors(16))
-    return rec.as_model("tail")
+    return ArmView(rec, "tail")
 
 
 FACTORIES: dict[str, Callable[[], OnlineModel]] = {

@@ -58,7 +58,7 @@ def test_never_clicked_item_is_recommendable_through_its_vector() -> None:
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(201, 8)).astype(np.float32)
     rec.content.set_vectors([f"i{j}" for j in range(1, 201)] + ["catalogue-only"], vecs)
-    rec.content.set_vector("catalogue-only", vecs[4] + 0.01)  # a near twin of i5
+    rec.content.set_vectors(["catalogue-only"], vecs[4:5] + 0.01)  # a near twin of i5
     recs = rec.recommend("fan", ["i5"], 1, arm="control")
     hit = [c for c in recs if c.item == "catalogue-only"]
     assert hit and hit[0].source == "content" and hit[0].anchor == "i5" and hit[0].reason() == "similar to i5"

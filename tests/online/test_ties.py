@@ -96,8 +96,8 @@ def test_content_candidates_and_anchors_tied_up_to_rounding() -> None:
         history = ["h-old", "h-new"]
         best, sims, anchors = cn.candidates_many([history, history[::-1]], 8)[0]
         rounding_differed += len(set(sims[:6].tolist())) > 1
-        assert [cn._index.name(j) for j in best[:6].tolist()] == [f"t{j}" for j in range(6)]
-        assert [cn._index.name(a) for a in anchors.tolist()] == ["h-new"] * 8
+        assert [cn._index.names[j] for j in best[:6].tolist()] == [f"t{j}" for j in range(6)]
+        assert [cn._index.names[a] for a in anchors.tolist()] == ["h-new"] * 8
         recs = cn.recommend("u", history, 3)
         assert [(c.item, c.anchor) for c in recs] == [("t0", "h-new"), ("t1", "h-new"), ("t2", "h-new")]
     assert rounding_differed > 5  # (else the test proves nothing)
