@@ -533,20 +533,3 @@ class FeedbackBlender:
             col = s[:, c]
             out[name] = float("nan") if c and n and bool(np.all(col == col[0])) else _auc(y, col)
         return out
-
-
-def _bench_setup(n_examples: int = 20_000, seed: int = 0):
-    """A blender over 6 sources and a synthetic labelled stream (feature dicts)."""
-    rng = np.random.default_rng(seed)
-    sources = ["popularity", "covisit", "mf", "content", "fresh", "transformer"]
-    blender = FeedbackBlender(sources=sources)
-    s = rng.random((n_examples, len(sources)))
-    y = rng.random(n_examples) < 1 / (1 + np.exp(-(3 * s[:, 1] + 2 * s[:, 2] - 3)))
-    examples = [
-        (
-            blender.features(dict(zip(sources, row.tolist())), is_tail=bool(n % 3), user_event_count=n % 40),
-            bool(label),
-        )
-        for n, (row, label) in enumerate(zip(s, y))
-    ]
-    return blender, examples

@@ -10,9 +10,6 @@ within a tolerance of each other are tied (:data:`online.base.TIE_RTOL`): tied c
 index, tied anchors go to the most recent history item, so the lists do not depend on the rounding of
 the float32 products. ``learn_one`` is a no-op: this model learns from the catalogue, not from events.
 
-Measured ``learn_one`` cost: 0.03 µs/event (a no-op), with
-``.venv/bin/python -m timeit -s "from online.content import ContentNeighbours as C; m = C(dim=8)" "m.learn_one('u', 'i', 0.0, ())"``.
-
 >>> cn = ContentNeighbours(dim=3)
 >>> cn.set_vectors(["a", "b", "c"], np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], dtype=np.float32))
 >>> [(c.item, c.anchor) for c in cn.recommend("u", ["a"], k=2)]

@@ -1,37 +1,20 @@
 """Item co-visitation neighbours, learned one event at a time (online item-to-item CF).
 
-When a user touches item ``j`` and item ``h`` sits ``d`` positions back in their history
-(``d = 1`` for the most recent, up to ``lookback``), the pair gains ``w / d``, where ``w`` is the
-event's decay weight (half-life ``half_life_s``, kept lazily, see :class:`online.base.DecayClock`):
-``h -> j`` (``j`` followed ``h``: the sequential direction) gains it in full, ``j -> h`` gains
-``backward_weight`` times it. Each item keeps at most ``max_neighbours`` neighbours: its row may grow to
-twice that, then the strongest ``max_neighbours`` are kept (amortised O(1) per update). A row is three
-flat columns and no per-row dict: neighbour index (``array('i')``), weight (``array('d')``) and a key byte
-(``bytearray``, the index's low byte), which finds a neighbour's slot with a C ``memchr``
-(``bytearray.find``) and a check of the index; reads take whole rows as numpy arrays. That is 13 bytes
-a neighbour: 2.4 KB per item at saturation (rows of 100..200, 150 on average), where the layout before
-(a ``{neighbour: slot}`` dict a row, int64 indices) took 12.2 KB; ``learn_one`` costs up to a fifth more
-(below: the slot search costs more than a dict look-up, a new row less).
+When a user touches item ``j`` and item ``h`` sits ``d`` positions back in their history (``d = 1`` the
+most recent, up to ``lookback``), ``h -> j`` gains ``w / d`` and ``j -> h`` gains ``backward_weight`` times
+that, ``w`` the event's decay weight (half-life ``half_life_s``, kept lazily: :class:`online.base.DecayClock`).
+An item keeps at most ``max_neighbours`` neighbours: a row grows to twice that, then the strongest are kept
+(amortised O(1) per update). A row is three flat columns, neighbour index (``array('i')``), weight
+(``array('d')``) and key byte (the index's low byte, a ``bytearray`` searched with ``find``, a C ``memchr``,
+then checked against the index): 13 bytes a neighbour (docs/decisions.md, "Co-visitation rows").
 
-Normalisation (so that popular items do not swamp everything): the similarity of ``j`` to an anchor
-``h`` is the cosine-style ``W[h][j] / sqrt(n_h * n_j)`` with ``n`` the decayed event count of each
-item. Dividing by ``sqrt(n_j)`` is what keeps a blockbuster that co-occurs with everything from
-topping every list, while a tail item that co-occurs with ``h`` most of the times it is seen ranks
-high. Both numerator and denominator decay at the same rate, so the similarity is decay-invariant.
-
-``recommend`` sums the similarities of the last ``history_window`` history items, the most recent
-weighted 1, the one before 1/2, then 1/3, ...; the ``anchor`` of a candidate is the history item that
-contributed most to its score: by definition, the column sums and column argmax of the (anchors,
-candidates) term matrix (``_aggregate``, what ``score`` uses). The serving path
-(:meth:`CoVisitation.top`, and :meth:`CoVisitation.candidates` on top of it) gets the same numbers
-without the matrix: the anchors' rows are concatenated, ``np.add.at`` into a dense scratch array adds
-each candidate's terms in anchor order (the same additions as the column sum), and the anchors are
-computed only for the candidates that are read.
-
-Measured ``learn_one`` cost: 6-9 µs/event of CPU time (lookback 5, 2-core shared CPU box under load; the
-dict-a-row layout before took 1.05-1.2x less, the two interleaved on the same stream, gc on / off), with
-``.venv/bin/python -m timeit -s "from online.covisit import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
-(per-event figure = time / 100k).
+The similarity of ``j`` to an anchor ``h`` is ``W[h][j] / sqrt(n_h * n_j)``, ``n`` the decayed event counts:
+dividing by ``sqrt(n_j)`` keeps a blockbuster that co-occurs with everything from topping every list, and
+both sides decay alike. ``recommend`` sums the similarities of the last ``history_window`` distinct history
+items weighted 1, 1/2, 1/3, ...; a candidate's ``anchor`` is the history item with the largest term (the
+column sums and argmax of the (anchors, candidates) term matrix, ``_aggregate``, what ``score`` uses).
+:meth:`CoVisitation.top` gets the same numbers without the matrix (``np.add.at`` into a dense scratch array,
+in anchor order) and computes the anchors of the candidates read only.
 
 >>> cv = CoVisitation(lookback=2, half_life_s=1e9)
 >>> for user in ("u1", "u2", "u3"):
@@ -388,17 +371,3 @@ class _LazyAnchors(Sequence):
         # term tied with 0 (decayed away), the first anchor is the first tied one over the column
         which = np.where(floor > 0, self._which[first], 0)
         return self._anchors[which].tolist()
-
-
-def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, n_users: int = 5000, seed: int = 0):
-    """A fresh model and a Zipf event stream with per-user histories, for the timeit figure."""
-    rng = np.random.default_rng(seed)
-    items = [f"i{j}" for j in (rng.zipf(1.2, n_events) % n_items)]
-    users = rng.integers(0, n_users, n_events)
-    hist: dict[int, list[str]] = {}
-    events = []
-    for n, (u, it) in enumerate(zip(users.tolist(), items)):
-        h = hist.setdefault(u, [])
-        events.append((f"u{u}", it, float(n), tuple(h[-50:])))
-        h.append(it)
-    return CoVisitation(), events

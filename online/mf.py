@@ -6,11 +6,10 @@ distribution: popular items are pushed down as often as they are seen, which is 
 factors from simply encoding popularity) and take one SGD step on ``-log sigmoid(x_ui - x_uj)`` with
 ``x_ui = p_u . q_i + b_i`` and L2 ``reg``. Events are buffered and applied ``batch_size`` at a time
 as one vectorised step (the sum of the per-event gradients, ``np.add.at`` for repeated rows): numpy's
-per-call overhead made one step per event cost 26 µs, the batch costs a few µs per event. Reads
-(``recommend``, ``score``, ``user_vector``) see the factors as of the last step, at most
-``batch_size - 1`` events behind (flushing on every read would bring back the 26 µs per event when
-every event is followed by a recommendation); :meth:`OnlineMF.flush` forces the step. A pickle holds
-the buffer too (pickling does not flush: it must not change what the original recommends). The history a read is given is always current.
+per-call overhead makes a step per event cost several times more. Reads see the factors as of the last
+step, at most ``batch_size - 1`` events behind (flushing on every read would bring that cost back);
+:meth:`OnlineMF.flush` forces the step. A pickle holds the buffer too (pickling does not flush: it must not
+change what the original recommends). The history a read is given is always current.
 
 Scoring. A known user is ``p_u + history_weight * mean(q_h for h in the last history_window items)``;
 a user the model has not seen (or evicted: at most ``max_users`` user rows, least recently active
@@ -20,11 +19,6 @@ over all item factors plus ``argpartition``; :meth:`OnlineMF.candidates_many` sc
 with one (B, D) x (D, n_items) product. Scores within a tolerance of each other are tied and ranked by
 item index (:func:`online.base.top_k`): the float32 product's rounding differs between BLAS kernels
 and processors, and must not decide the order.
-
-Measured ``learn_one`` cost: 4.3 µs/event amortised (dim 32, 4 negatives, batch_size 64, 100k events,
-20k items, 2-core shared CPU box; 26 µs with one numpy step per event), with
-``.venv/bin/python -m timeit -s "from online.mf import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
-(per-event figure = time / 100k).
 
 >>> mf = OnlineMF(dim=8, seed=1)
 >>> for n in range(200):
@@ -309,11 +303,3 @@ class OnlineMF:
     def __contains__(self, item: object) -> bool:
         """Whether the model knows ``item`` (has seen it / holds its vector)."""
         return item in self._items
-
-
-def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, n_users: int = 5000, seed: int = 0):
-    """A fresh model and a Zipf event stream, for the timeit figure in the module docstring."""
-    rng = np.random.default_rng(seed)
-    items = [f"i{j}" for j in (rng.zipf(1.2, n_events) % n_items)]
-    users = [f"u{u}" for u in rng.integers(0, n_users, n_events).tolist()]
-    return OnlineMF(), [(u, it, float(n), ()) for n, (u, it) in enumerate(zip(users, items))]

@@ -13,10 +13,6 @@ Memory is bounded: when more than ``max_items`` items are known, the items that 
 are dropped, least decayed-popular first, down to ``max_items // 2`` known items (items active in the
 window are always kept, so the bound is ``max(max_items, window_events)``).
 
-Measured ``learn_one`` cost: 0.5 µs/event (100k events over 20k Zipf items, 2-core shared CPU box), with
-``.venv/bin/python -m timeit -s "from online.popularity import _bench_setup as s; m, ev = s()" "m.learn_many(ev)"``
-(per-event figure = time / 100k).
-
 >>> pop = DecayedPopularity(half_life_s=10.0, window_events=8, head_share=0.25, refresh_every=1)
 >>> for n, item in enumerate("aaaabbcd"):
 ...     pop.learn_one("u", item, ts=float(n), history=())
@@ -338,11 +334,3 @@ class DecayedPopularity:
     def __contains__(self, item: object) -> bool:
         """Whether the model knows ``item`` (has seen it / holds its vector)."""
         return item in self._index
-
-
-def _bench_setup(n_events: int = 100_000, n_items: int = 20_000, seed: int = 0):
-    """A fresh model and a Zipf event stream, for the timeit figure in the module docstring."""
-    rng = np.random.default_rng(seed)
-    items = [f"i{j}" for j in (rng.zipf(1.2, n_events) % n_items)]
-    events = [(f"u{n % 5000}", it, float(n), ()) for n, it in enumerate(items)]
-    return DecayedPopularity(window_events=50_000), events
