@@ -30,6 +30,7 @@ from models.sequence import ConfigError, SeqEncoder, SeqEncoderConfig
 from models.train import cpu_state
 from models.vae import MultVAE, VaeFormatError, save_atomic
 from models.vocab import ItemVocab
+from online.snapshot import VersionedFolder
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointRegistry", "save_checkpoint", "load_checkpoint", "FORMAT"]
 
@@ -203,10 +204,7 @@ def load_checkpoint(
                       text_hash=raw["text_hash"], metrics=dict(metrics), path=path, vae_state=vae_state)
 
 
-_NAME = re.compile(r"^v(\d+)-[0-9TZ]+\.pt$")
-
-
-class CheckpointRegistry:
+class CheckpointRegistry(VersionedFolder):
     """Versioned checkpoints in one folder: ``publish`` a new one, read the ``latest`` valid one.
 
     >>> import tempfile
@@ -215,29 +213,18 @@ class CheckpointRegistry:
     True
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 5) -> None:
-        if keep < 1:
-            raise ValueError("keep must be >= 1")
-        self.directory = Path(directory)
-        self.keep = keep
+    NAME = re.compile(r"^v(\d+)-[0-9TZ]+\.pt$")
 
-    def paths(self) -> list[Path]:
-        """Published checkpoint files, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
-        return [p for _, p in sorted(found)]
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 5) -> None:
+        super().__init__(directory, keep=keep)
 
     def publish(self, *, model: SeqEncoder, vocab: ItemVocab, step: int = 0,
                 metrics: dict[str, float] | None = None, vae: MultVAE | None = None) -> Checkpoint:
         """Save as the next version and delete all but the newest ``keep`` files."""
-        paths = self.paths()
-        n = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
-        version = f"v{n:04d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        version = f"v{self._next_number():04d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         ckpt = save_checkpoint(self.directory / f"{version}.pt", model=model, vocab=vocab, step=step,
                                metrics=metrics, version=version, vae=vae)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
+        self._prune()
         return ckpt
 
     def latest(self, *, expect_vocab_hash: str | None = None) -> Checkpoint | None:

@@ -54,8 +54,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-__all__ = ["Snapshot", "SnapshotError", "SnapshotStore", "encode", "write_snapshot", "read_snapshot",
-           "write_atomic", "FORMAT_VERSION"]
+__all__ = ["Snapshot", "SnapshotError", "SnapshotStore", "VersionedFolder", "encode", "write_snapshot",
+           "read_snapshot", "write_atomic", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -186,38 +186,53 @@ def read_snapshot(path: str | os.PathLike) -> Snapshot:
                     extra=extra)
 
 
-_NAME = re.compile(r"^s(\d+)-[0-9TZ]+-[0-9a-f]+\.snap$")
+class VersionedFolder:
+    """Numbered files in one folder (the number: ``NAME``'s first group; newest = highest), of which the
+    newest ``keep`` are kept: the snapshot store here, ``models.checkpoint.CheckpointRegistry``."""
 
+    NAME: re.Pattern[str]
 
-class SnapshotStore:
-    """Versioned snapshots in one folder: :meth:`save` the next one, :meth:`latest` valid one."""
-
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 2) -> None:
+    def __init__(self, directory: str | os.PathLike, *, keep: int) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.directory = Path(directory)
         self.keep = keep
 
     def paths(self) -> list[Path]:
-        """Snapshot files, oldest first."""
+        """The files, oldest first."""
         if not self.directory.is_dir():
             return []
-        found = [(int(m.group(1)), p.name, p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
-        return [p for *_, p in sorted(found)]
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := self.NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def _next_number(self) -> int:
+        paths = self.paths()
+        return int(self.NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
+
+    def _prune(self) -> None:
+        """Delete all but the newest ``keep`` files."""
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+
+class SnapshotStore(VersionedFolder):
+    """Versioned snapshots in one folder: :meth:`save` the next one, :meth:`latest` valid one."""
+
+    NAME = re.compile(r"^s(\d+)-[0-9TZ]+-[0-9a-f]+\.snap$")
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 2) -> None:
+        super().__init__(directory, keep=keep)
 
     def next_path(self) -> Path:
-        paths = self.paths()
-        n = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        return self.directory / f"s{n:06d}-{stamp}-{uuid.uuid4().hex[:6]}.snap"
+        return self.directory / f"s{self._next_number():06d}-{stamp}-{uuid.uuid4().hex[:6]}.snap"
 
     def write(self, payload: bytes, *, offsets: Offsets, meta: Mapping[str, Any] | None = None,
               extra: Mapping[str, Any] | None = None, created_at: float | None = None) -> Path:
         """Write an encoded payload as the next snapshot, then delete all but the newest ``keep``."""
         path = write_snapshot(self.next_path(), payload, offsets=offsets, meta=meta, extra=extra,
                               created_at=created_at)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
+        self._prune()
         return path
 
     def save(self, state: Any, *, offsets: Offsets, meta: Mapping[str, Any] | None = None) -> Path:
