@@ -1,17 +1,6 @@
-"""Faust applications, one per role, built by a factory (no module-level app, no globals).
-
-``create_app(settings, role=...)`` returns a configured :class:`faust.App` with the topics of docs/design.md §3
-declared and the role's agents registered:
-
-* ``worker``: the ingest agent and the ``user_state`` table;
-* ``scorer``: the scorer agent, the item catalogue reader, the checkpoint watcher and (unless
-  ``TAILCAST_METRICS_INTERVAL_S`` is 0) the exposure agent that turns published recommendations into
-  long-tail metrics;
-* ``api``: the ``latest_list`` table fed by ``recommendations`` and the read API's views on Faust's web
-  server (``streams/agents/api.py``).
-
-:func:`faust_worker` builds the :class:`faust.Worker` that runs an app. This module and the agents are
-the only ones that import Faust (``tests/test_imports.py``).
+"""Faust applications, one per role (``worker``, ``scorer``, ``api``), built by :func:`create_app` with the
+topics of docs/design.md §3 and the role's agents (``streams.agents``); :func:`faust_worker` runs one. This
+module and the agents are the only ones that import Faust (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
@@ -55,13 +44,9 @@ class Role:
 
 
 def _fetch_max_wait(ms: int) -> None:
-    """Make Faust's worker consumers use ``fetch_max_wait_ms=ms``.
-
-    faust-streaming 0.15 hard-codes 1500 ms in ``AIOKafkaConsumerThread._create_worker_consumer`` and has
-    no setting for it. Tansu answers a fetch only when that wait is over, so every idle partition added
-    up to 1.5 s to the freshness p99 (measured: p99 1.5 s -> 0.135 s at 500 events/s with 50 ms). The
-    consumer reads the value when it starts, after this wrapper has set it.
-    """
+    """Make Faust's worker consumers use ``fetch_max_wait_ms=ms``: faust-streaming 0.15 hard-codes 1500 ms
+    (``AIOKafkaConsumerThread._create_worker_consumer``), and Tansu holds an idle fetch that long, which the
+    freshness p99 paid (docs/results.md)."""
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls._create_worker_consumer, "__wrapped__", cls._create_worker_consumer)
 
@@ -75,16 +60,9 @@ def _fetch_max_wait(ms: int) -> None:
 
 
 def _recover_to_fetched_highwaters() -> None:
-    """Make Faust's table recovery read each changelog partition to the end ``ingest.fetch_highwaters`` gives.
-
-    The embedded Tansu broker answers ListOffsets with one past the first offset of a partition's last
-    record batch, and Faust's recovery stops there (#20): the api's ``latest_list`` changelog is written a
-    record batch per partition and micro-batch, so an instance taking over a partition would serve older
-    lists for the users of its last batch, and the worker's ``user_state`` likewise would come back older
-    for the users of its last micro-batches, whose events are committed and not read again. Applied by the
-    worker and api roles. faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``; transactions keep
-    their own ends.
-    """
+    """Make Faust's table recovery read each changelog partition to the end ``ingest.fetch_highwaters`` gives,
+    not to Tansu's short ListOffsets answer (#20), so the worker's and api's tables come back whole.
+    faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``; transactions keep their own ends."""
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls._highwaters, "__wrapped__", cls._highwaters)
 
@@ -101,14 +79,9 @@ def _recover_to_fetched_highwaters() -> None:
 def _seek_uncommitted_to_beginning() -> None:
     """Make Faust's seek to committed offsets also seek the stream partitions that have none to their beginning.
 
-    At the end of a rebalance Faust seeks every stream partition to its committed offset, and that seek is
-    what re-delivers records its fetcher read while the partition was not yet active (``getmany`` drops
-    them, but the fetch position has moved past them). aiokafka seeks only to a committed offset above 0,
-    so a partition nobody had committed yet kept the moved position: a worker killed before its first
-    commit left a successor that consumed nothing of the events already in the log (docs/decisions.md,
-    #20). ``consumer_auto_offset_reset`` is "earliest", so the beginning is where such
-    a partition starts anyway. Changelog partitions are table recovery's, and keep their positions.
-    faust-streaming 0.15: ``AIOKafkaConsumerThread.seek_to_committed``.
+    aiokafka seeks only to a committed offset above 0, so a worker killed before its first commit left a
+    successor that never re-fetched what was dropped during the rebalance (#20, docs/decisions.md).
+    Changelog partitions keep their positions. faust-streaming 0.15: ``AIOKafkaConsumerThread.seek_to_committed``.
     """
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls.seek_to_committed, "__wrapped__", cls.seek_to_committed)
@@ -129,15 +102,9 @@ def _seek_uncommitted_to_beginning() -> None:
 class KeepCurrentGenerationFlowControl(FlowControlEvent):
     """``app.flow_control`` whose ``resume()`` drops only records of an earlier consumer generation.
 
-    faust-streaming 0.15's ``FlowControlEvent.resume()`` empties every stream queue. At the end of table
-    recovery (``Recovery._resume_streams``) Faust resumes the stream partitions with the fetcher already
-    running, awaits the seek to committed offsets, and only then calls ``resume()``: records delivered
-    into a queue during that await were thrown away. Their offsets were already marked read, so they
-    were not fetched again, and the next commit moved past them. That was the ``#7`` loss: one record in
-    about 20 restarts after a ``kill -9`` (traced: put on the agent's queue, emptied by the resume, never
-    taken). The emptying exists for records fetched before a rebalance, which the stream would skip
-    anyway; this keeps the records of the current generation and drops the rest as before. Changelog
-    records keep Faust's behaviour, as does ``clear()`` at the start of a rebalance.
+    faust-streaming 0.15's ``FlowControlEvent.resume()`` empties every stream queue, records of the current
+    generation fetched during the end of table recovery included, which were then never fetched again (#7,
+    docs/decisions.md). Changelog records and ``clear()`` keep Faust's behaviour.
     """
 
     def __init__(self, app: faust.App) -> None:
@@ -180,12 +147,9 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
 
 
 def faust_app(settings: Settings, app_id: str, *, web_port: int | None = None) -> faust.App:
-    """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents (every
-    role's app, and the bare agent ``benchmarks/ingest.py`` measures the worker against).
-
-    With ``web_port``, Faust's web server (aiohttp) listens on it on every interface; other instances of
-    the app reach this one at ``http://<hostname>:<web_port>`` (Faust's canonical URL). Faust's own table
-    pages (``/table``) are off: the app's views are the interface.
+    """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents. With
+    ``web_port``, Faust's web server listens on it on every interface (other instances reach it at
+    ``http://<hostname>:<web_port>``), without Faust's own table pages.
     """
     kafka = settings.kafka
     _fetch_max_wait(FETCH_MAX_WAIT_MS)
@@ -306,10 +270,8 @@ def faust_worker(app: faust.App, settings: Settings, loop: asyncio.AbstractEvent
                  shutdown_grace_s: float | None = None) -> faust.Worker:
     """The :class:`faust.Worker` that runs ``app`` on ``loop``, leaving logging and stdout to tailcast.
 
-    With ``shutdown_grace_s``, its stop on SIGTERM/SIGINT takes at most that long: a graceful Faust stop
-    commits offsets and flushes the producer, and with the broker gone it waits for it indefinitely. Past
-    the grace period the process logs why and exits: at-least-once delivery redelivers what was not
-    committed, and the worker's offset check skips what was already applied.
+    With ``shutdown_grace_s``, a stop on SIGTERM/SIGINT takes at most that long (a graceful stop waits for
+    the broker indefinitely); what was not committed is redelivered and skipped where already applied.
     """
     base = faust.Worker
     if shutdown_grace_s is not None:

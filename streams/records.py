@@ -17,28 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 
-__all__ = [
-    "BadEvent",
-    "DLQ_REASONS",
-    "CATALOG_CHANGES",
-    "ValidEvent",
-    "Forget",
-    "FORGET",
-    "parse_event",
-    "read_request",
-    "ScoreRequest",
-    "RecommendedItem",
-    "Recommendation",
-    "dead_letter",
-    "parse_item",
-    "parse_item_key",
-    "ItemRecord",
-    "ImpressionRecord",
-    "MAX_IMPRESSION_ITEMS",
-    "parse_impression",
-    "dumps",
-    "loads",
-]
+__all__ = ["BadEvent", "DLQ_REASONS", "CATALOG_CHANGES", "ValidEvent", "Forget", "FORGET", "parse_event",
+           "read_request", "ScoreRequest", "RecommendedItem", "Recommendation", "dead_letter", "parse_item",
+           "parse_item_key", "ItemRecord", "ImpressionRecord", "MAX_IMPRESSION_ITEMS", "parse_impression", "dumps",
+           "loads"]
 
 dumps = orjson.dumps
 loads = orjson.loads
@@ -98,12 +80,9 @@ class ValidEvent:
 
 @dataclass(slots=True)
 class Forget:
-    """Erase a user (#17): the control record ``{"user_id", "control": "forget"}`` on ``events``, and the
-    marker the worker writes on ``score-requests`` once it has deleted the user's state, after the user's
-    earlier requests: ``{"user_id", "control": "forget", "requested_at"}``.
-
-    ``requested_at`` is the record's ``ts`` on ``events`` (default its Kafka time) and the worker's clock on
-    ``score-requests``; ``props`` holds the reserved keys the worker sets on a forwarded request.
+    """Erase a user (#17): the control record ``{"user_id", "control": "forget"}`` on ``events`` (``requested_at``:
+    its ``ts``), and the marker the worker writes on ``score-requests`` after the user's earlier requests
+    (``requested_at``: the worker's clock). ``props``: the reserved keys of a forwarded request.
 
     >>> f = Forget("u7", 5.0)
     >>> f.to_bytes(), read_request(f.to_bytes()) == f
@@ -183,31 +162,29 @@ def _timestamp(obj: dict[str, Any], default_ts: float) -> float:
 
 
 def _control(obj: dict[str, Any], control: Any, default_ts: float) -> Forget:
-    """A control record (``control`` present and not null): the user id, the control (only ``"forget"``),
-    ``ts`` and ``props`` are read as for an event; other fields are ignored."""
+    """A control record: user id, ``ts`` and ``props`` read as for an event, other fields ignored."""
     user_id = _id(obj, "user_id")
     if not isinstance(control, str):
         raise BadEvent("wrong_type", f"control must be a string, got {type(control).__name__}")
     if control != FORGET:
         raise BadEvent("unknown_control", f"control must be {FORGET!r}, got {control!r:.40}")
-    ts = _timestamp(obj, default_ts)
+    return Forget(user_id, _timestamp(obj, default_ts), _props(obj))
+
+
+def _props(obj: dict[str, Any]) -> dict[str, Any]:
     props = obj.get("props")
     if props is not None and not isinstance(props, dict):
         raise BadEvent("wrong_type", f"props must be an object, got {type(props).__name__}")
-    return Forget(user_id, ts, props or {})
+    return props or {}
 
 
 def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ValidEvent | Forget:
     """Validate one ``events`` record (docs/design.md §3) or raise :class:`BadEvent`.
 
-    A record with a (non-null) ``control`` field is a control record: ``{"user_id", "control": "forget"}``
-    asks for the user's erasure and is returned as a :class:`Forget`; another control value is
-    ``unknown_control``.
-
-    Normalisations (documented in the README): integer ids become strings, ids are stripped of
-    surrounding whitespace, ``event`` is lower-cased (default ``"click"``; unknown types are kept),
-    ``ts`` defaults to the Kafka record time and is read as milliseconds when above 1e11, and unknown
-    top-level fields are kept in ``props``.
+    A non-null ``control`` field makes it a control record: ``"forget"`` returns a :class:`Forget`.
+    Normalisations (README): integer ids become strings, ids are stripped, ``event`` is lower-cased (default
+    ``"click"``), ``ts`` defaults to the Kafka time and is milliseconds above 1e11, and unknown top-level
+    fields go into ``props``.
 
     >>> parse_event(b'{"user_id": "u1", "item_id": 42}', max_bytes=1000, default_ts=5.0)
     ValidEvent(user_id='u1', item_id='42', event='click', ts=5.0, props={})
@@ -230,13 +207,11 @@ def parse_event(raw: bytes | None, *, max_bytes: int, default_ts: float) -> Vali
     if not isinstance(event, str) or not event.strip() or len(event) > MAX_EVENT_TYPE_CHARS:
         raise BadEvent("wrong_type", f"event must be a short non-empty string, got {event!r:.40}")
     ts = _timestamp(obj, default_ts)
-    props = obj.get("props")
-    if props is not None and not isinstance(props, dict):
-        raise BadEvent("wrong_type", f"props must be an object, got {type(props).__name__}")
+    props = _props(obj)
     extra = {k: v for k, v in obj.items() if k not in _EVENT_FIELDS}
     if extra:
-        props = {**(props or {}), **extra}
-    return ValidEvent(user_id, item_id, event.strip().lower(), ts, props or {})
+        props = {**props, **extra}
+    return ValidEvent(user_id, item_id, event.strip().lower(), ts, props)
 
 
 def _bytes_field(raw: bytes | None, limit: int) -> dict[str, Any]:
@@ -253,11 +228,8 @@ def _bytes_field(raw: bytes | None, limit: int) -> dict[str, Any]:
 
 def dead_letter(*, reason: str, error: str, topic: str, partition: int, offset: int, timestamp: float | None,
                 key: bytes | None, value: bytes | None, keep_bytes: int = 65_536) -> bytes:
-    """The ``events.dlq`` record: the original bytes (UTF-8 text or base64), the error, and where it came from.
-
-    Values larger than ``keep_bytes`` are truncated in the DLQ record (``value_truncated``); the original
-    stays addressable in its source topic at ``partition``/``offset``.
-    """
+    """The ``events.dlq`` record: the original bytes (UTF-8 text or base64, truncated past ``keep_bytes``:
+    ``value_truncated``), the error, and where the original is."""
     record = {
         "reason": reason,
         "error": error,
@@ -273,13 +245,10 @@ def dead_letter(*, reason: str, error: str, topic: str, partition: int, offset: 
 class ScoreRequest:
     """Internal ``score-requests`` record: what the scorer needs to recommend for one user state.
 
-    ``new`` holds the events this request adds since the user's previous request, as
-    ``(item_id, ts, event)``; they are the last ``len(new)`` of the ``event_count`` events.
-    ``ingested_at`` is the Kafka record time (wall clock) of the oldest of them: freshness is measured from it.
-    ``consumed`` holds the user's consumed items as ``online.base.item_hash`` values, uint32 little-endian,
-    4 bytes each, least recently consumed first (the worker's ``UserState.consumed``); it is empty when
-    ``TAILCAST_EXCLUDE_CONSUMED=recent``, and in a request written before the field existed. It travels
-    as base64 text.
+    ``new``: the ``(item_id, ts, event)`` added since the user's previous request, the last ``len(new)`` of
+    the ``event_count`` events; ``ingested_at``: the Kafka time of the oldest of them (freshness starts
+    there). ``consumed``: the worker's ``UserState.consumed`` (uint32 LE item hashes, base64 on the wire);
+    empty with ``TAILCAST_EXCLUDE_CONSUMED=recent`` and in older requests.
 
     >>> from online.base import item_hash
     >>> req = ScoreRequest("u", ["a"], [("a", 2.0, "click")], 1, 2.0, 3.0, 4.0,
@@ -341,21 +310,12 @@ class RecommendedItem:
 class Recommendation:
     """The ``recommendations`` contract (docs/design.md §3).
 
-    ``user_event_count`` = number of the user's events this list reflects: the k-th recommendation
-    predicts the user's (k+1)-th event. ``ingested_at`` (additive field) is the wall-clock Kafka time of
-    the oldest event first reflected by this list, so ``generated_at - ingested_at`` is its freshness.
-
-    ``refresh`` says why the list was published: ``"event"`` for a new user state (at most one per
-    ``(user_id, user_event_count)`` from a scorer), ``"empty"`` when a list that came out empty is scored
-    again once the scorer knows more items, ``"model"`` when the user is scored again after a model swap.
-    ``list_id`` names the list (impressions refer to it): ``user_id:user_event_count:n``, where ``n`` is
-    the list's number among its user's lists for that count (0 for the ``"event"`` list, then 1, 2, ...
-    for its repeats), so it is unique and the same in every run of the same stream. A record written
-    before these fields existed reads with ``list_id=""`` and ``refresh="event"``.
-
-    ``more``: the items ranked after ``items``, up to the scorer's stored depth (``LIST_DEPTH``), for the
-    read API (a caller asking for more than k, or a list filtered after a hide). ``items`` is the list, what
-    the A/B and long-tail figures count; a record without ``more`` reads as ``more=[]``.
+    ``user_event_count``: the user's events this list reflects (it predicts the next one); ``generated_at -
+    ingested_at`` is its freshness. ``refresh``: why it was published, ``"event"`` (a new state, at most once
+    per count), ``"empty"`` (an empty list scored again) or ``"model"`` (after a model swap). ``list_id``
+    (``user_id:user_event_count:n``, n-th list for that count) names it for impressions, the same in every run.
+    ``more``: the items ranked after ``items`` up to ``LIST_DEPTH``, for the read API; ``items`` is what the
+    A/B and long-tail figures count. Older records read with ``list_id=""``, ``refresh="event"``, ``more=[]``.
 
     >>> rec = Recommendation("u7", [], 3, "online", "control", 1.0, 2.0, 1.5,
     ...                      list_id=Recommendation.make_list_id("u7", 3, 1), refresh="empty")
@@ -419,9 +379,7 @@ class Recommendation:
 
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
-    """One ``items`` record: the item's whole state (the topic is compacted: only its last record stays).
-
-    ``hidden`` (catalogue control, #17): the item is in the catalogue but must not be recommended."""
+    """One ``items`` record: the item's whole state (compacted topic); ``hidden``: never recommended (#17)."""
 
     item_id: str
     title: str
@@ -436,10 +394,8 @@ class ItemRecord:
 
 
 def parse_item(raw: bytes | None, *, max_bytes: int) -> ItemRecord:
-    """Validate one ``items`` record (docs/design.md §3) or raise :class:`BadEvent`.
-
-    A null value is a tombstone, which the catalogue reads with :func:`parse_item_key` instead; here it is
-    ``empty_payload``. ``hidden`` is a boolean (null or absent: false).
+    """Validate one ``items`` record (docs/design.md §3) or raise :class:`BadEvent` (a tombstone, read with
+    :func:`parse_item_key`, is ``empty_payload`` here). ``hidden``: a boolean, null or absent is false.
 
     >>> parse_item(b'{"item_id": 7, "title": " Jazz ", "hidden": true}', max_bytes=1000)
     ItemRecord(item_id='7', title='Jazz', text='', tags=(), hidden=True)

@@ -1,28 +1,15 @@
 """The read API process (``tailcast api``): each user's latest list in a Faust table, served over HTTP.
 
-* ``latest`` (agent on ``recommendations``): keeps each user's newest list in the ``latest_list`` table,
-  the record exactly as published (the topic contract, docs/design.md §3), keyed by user. The table is
-  partitioned like the topic, so several ``api`` instances split the users through their consumer group,
-  and a restarted instance recovers its users from the table's changelog.
-* views on Faust's own web server (aiohttp), on ``TAILCAST_API_PORT``:
-  ``GET /recommendations/{user_id}?n=10`` (the list, its first ``n`` items, and ``age_s``, seconds since
-  the scorer generated it), ``DELETE /users/{user_id}`` (erasure, #17: a control record on ``events``,
-  answered 202), ``GET /healthz`` and ``GET /metrics`` (Prometheus text).
-* erasure: a tombstone on ``recommendations`` (a null value keyed by the user: the scorer's, once the worker
-  has deleted the user's state) deletes the user's stored list, with a tombstone on the table's changelog;
-  GET answers 404 from then on.
-* ``items`` (task): catalogue control (#17). Every instance reads the whole ``items`` topic and follows
-  it (``streams.agents.catalogue``), and drops hidden and deleted items from the lists it serves, stored
-  before the hide included; until it has read the topic to where it ended at start-up, it answers 503.
+* ``latest`` (agent on ``recommendations``): each user's newest list as published, in the ``latest_list``
+  table, partitioned like the topic so that instances split the users; a tombstone deletes it (#17).
+* views on Faust's web server, on ``TAILCAST_API_PORT``: ``GET /recommendations/{user_id}?n=10``,
+  ``DELETE /users/{user_id}`` (erasure, #17), ``GET /healthz`` and ``GET /metrics``.
+* ``items`` (task): follows the ``items`` topic and drops hidden and deleted items from every answer (#17);
+  503 until the topic has been read to where it ended at start-up.
 
-A request for a user another instance owns is forwarded to that instance, which Faust's
-``app.table_route`` does too; this view does it with the same parts (``app.router``'s table metadata,
-the instances' canonical URLs, ``app.http_client``) for three reasons: the key is the pseudonymised id
-when ``TAILCAST_PSEUDONYMIZE_KEY`` is set (``table_route`` routes by the raw path segment), a request is
-forwarded at most once (instances that disagree during a rebalance would otherwise bounce it between
-them), and forwarded requests are counted.
-
-:class:`ReadApi` holds the answers (no Faust types), so that they are tested without a broker.
+A request for a user another instance owns is forwarded to it at most once, by the pseudonymised key, and
+counted (why not Faust's ``table_route``: docs/decisions.md). :class:`ReadApi` holds the answers, without
+Faust types.
 """
 
 from __future__ import annotations
@@ -123,11 +110,10 @@ def newest_lists(records: Iterable[tuple[bytes | None, bytes | None]]) -> tuple[
 
 
 class ReadApi:
-    """The read API's answers from ``store`` (user id bytes -> the user's latest list as published).
+    """The read API's answers, ``(status, JSON body)``, from ``store`` (user id bytes -> latest list).
 
-    Every answer is ``(status, JSON body)``; errors are ``{"error": message}``. ``banned`` (a live set: the
-    hidden and deleted items) are dropped from every list served; ``catalogue_read``, when given, is set once
-    ``banned`` reflects the whole ``items`` topic, and until then lists are answered with 503.
+    Errors are ``{"error": message}``. ``banned`` (a live set) is dropped from every list; until
+    ``catalogue_read`` (when given) is set, lists are answered with 503.
 
     >>> import orjson
     >>> rec = Recommendation("u1", [], 3, "online", "control", 1.0, 100.0, 99.0, "u1:3:0")
@@ -152,9 +138,8 @@ class ReadApi:
         return self.catalogue_read is not None and not self.catalogue_read.is_set()
 
     def erasure(self, user_id: str) -> tuple[bytes, bytes]:
-        """``DELETE /users/{user_id}``: the ``events`` control record (key, value) that asks for the user's
-        erasure, keyed by the id as the client gives it (the worker pseudonymises it, as it does events);
-        :class:`BadRequest` for an id the worker would reject.
+        """``DELETE /users/{user_id}``: the ``events`` control record (key, value) of the user's erasure, keyed
+        by the raw id; :class:`BadRequest` for an id the worker would reject.
 
         >>> ReadApi({}).erasure("u1")
         (b'u1', b'{"user_id":"u1","control":"forget"}')
@@ -170,9 +155,8 @@ class ReadApi:
         return user.encode()
 
     def recommendations(self, user_id: str, n: str | None) -> tuple[int, bytes]:
-        """``GET /recommendations/{user_id}?n=``: the user's latest list in the topic's JSON, ``more`` folded
-        into ``items``: its first ``n`` items that are neither hidden nor deleted, and ``age_s``; 404 for a user
-        without a list, 400 for a bad ``n``, 503 while the catalogue is being read."""
+        """``GET /recommendations/{user_id}?n=``: the latest list, its first ``n`` items not banned (``more``
+        folded in) and ``age_s``; 404 without a list, 400 for a bad ``n``, 503 while the catalogue is read."""
         try:
             count = parse_n(n)
         except BadRequest as exc:
@@ -195,9 +179,8 @@ class ReadApi:
         return 200, orjson.dumps(record)
 
     def healthz(self, *, rebalancing: bool, partitions: Iterable[int] | None) -> tuple[int, bytes]:
-        """``GET /healthz``: 200 while serving; 503 while starting (``partitions`` None: Faust's web server is
-        up before its consumer; or the catalogue is still being read) or the instances are rebalancing the
-        users."""
+        """``GET /healthz``: 200 while serving; 503 while starting (``partitions`` None, or the catalogue being
+        read) or rebalancing."""
         starting = partitions is None or self._catalogue_pending()
         status = "starting" if starting else "rebalancing" if rebalancing else "ok"
         body = {"status": status, "users": len(self.store), "partitions": sorted(partitions or ())}
@@ -279,9 +262,8 @@ class RecommendationsView(_Endpoint):
 
 
 class UsersView(_Endpoint):
-    """``DELETE /users/{user_id}``: erasure (#17). Any instance takes it: it writes the control record to
-    ``events`` and answers 202 once the broker has it; the worker, scorer and this table do the rest, and a
-    GET answers 404 once the scorer's tombstone has reached the instance that owns the user."""
+    """``DELETE /users/{user_id}``: erasure (#17). Any instance writes the control record to ``events`` and
+    answers 202 once the broker has it."""
 
     endpoint = "users"
 
@@ -328,15 +310,11 @@ class MetricsView(_Endpoint):
 
 def register(app, *, topic, partitions: int, pseudonymize_key: str | None, registry: CollectorRegistry,
              kafka: KafkaSettings, max_item_bytes: int, batched_writes: bool = True) -> dict[str, Any]:
-    """Declare the ``latest_list`` table, the agent that fills it, the task that follows the ``items``
-    catalogue (``kafka``: its connection; ``max_item_bytes``: the largest item record read) and the views
-    on a Faust app.
+    """Declare the ``latest_list`` table, its agent, the ``items`` task and the views on a Faust app.
 
-    With ``batched_writes`` (at-least-once only) a micro-batch's changelog records go out as one record
-    batch per partition and the table's store is written directly, as the worker writes its user states:
-    ``table[key] = value`` sends each record through Faust's per-message buffer, which filled up in the
-    demo ("producer buffer full") when a model swap re-published every active user's list. With
-    exactly-once, the table's own path keeps every write inside Faust's transaction.
+    With ``batched_writes`` (at-least-once only) the changelog records go out as one record batch per
+    partition, as the worker writes its states: Faust's per-message buffer filled up ("producer buffer
+    full") when a model swap re-published every active user's list.
     """
     metrics = ApiMetrics.create(registry)
     table = app.Table(
@@ -353,8 +331,7 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     changelog = table.changelog_topic.get_topic_name()
 
     async def write(newest: dict[bytes, bytes | None]) -> None:
-        """Store each user's newest list; a None (the scorer's tombstone: the user was erased) deletes it,
-        with a tombstone on the changelog."""
+        """Store each user's newest list; None (an erased user) deletes it, with a changelog tombstone."""
         if not batched_writes:
             for key, value in newest.items():
                 if value is not None:

@@ -1,30 +1,18 @@
 """The ingest agent: validate each event once, update the user's state, emit score requests.
 
-:class:`IngestProcessor` holds the per-batch logic with no Faust or Kafka types, so it is unit-tested in
-memory; :func:`register` wires it to the ``events`` topic, the ``user_state`` table (with changelog) and
-the output topics.
-
-Delivery is at-least-once. State updates are idempotent: a user's state remembers, for each partition its
-events came from, the offset of the last event it applied, and a redelivered event (offset not above it)
-is skipped and counted. An event forwarded from the wrong partition carries its origin (partition,
-offset) in ``props["_origin"]``, so a forward repeated after a crash is skipped too. The table is written
-once per user per micro-batch, and one score request is emitted per user per batch.
-
-The user states come back after a restart only if table recovery reads each changelog partition to its
-end: :func:`fetch_highwaters` corrects the end offsets Faust asks for, and a recovery that stopped short
-is counted (#20).
-
-Erasure (#17): a control record ``{"user_id", "control": "forget"}`` on ``events`` deletes the user's state
-(a tombstone on the changelog) once the score request for the user's earlier events of the batch is out,
-and puts a :class:`~streams.records.Forget` marker on ``score-requests`` after it, for the scorer and the
-trainer. It is pseudonymised and forwarded as an event is.
+:class:`IngestProcessor` is the per-batch logic without Faust or Kafka types; :func:`register` wires it to
+``events``, the ``user_state`` table and the output topics. Delivery is at-least-once and state updates are
+idempotent: a state keeps the last applied offset of each source partition (a forwarded event carries its
+origin in ``props["_origin"]``), so a redelivered event is skipped and counted. One score request goes out
+per user per micro-batch. :func:`fetch_highwaters` makes table recovery read the changelog to its real end,
+and a recovery that stopped short is counted (#20). An erasure record (#17) deletes the user's state after
+the request for their earlier events and puts a :class:`~streams.records.Forget` marker on ``score-requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import struct
 import time
@@ -94,16 +82,12 @@ def compact_consumed(consumed: bytes | bytearray, max_items: int) -> bytearray:
 @dataclass(slots=True)
 class UserState:
     """A user's state: bounded recent sequence, event count, last event time, the last applied offset of
-    each source partition (the user's own, and those that events forwarded to it came from), and the
-    items consumed over the whole history.
+    each source partition, and the items consumed over the whole history.
 
-    ``consumed`` holds ``online.base.item_hash`` of each consumed item, uint32 little-endian (4 bytes an
-    item), least recently consumed first. :class:`IngestProcessor` appends every event's item except a
-    repeat of the one just before, and compacts (:func:`compact_consumed`) once it holds more than
-    ``consumed_max + consumed_max // 8`` entries: after a compaction each item is there once and at most
-    ``consumed_max`` are; in between an item consumed again may be there twice. The ``consumed_max``
-    most recently consumed distinct items are always there, so excluding them is exact. It is stored as
-    base64 text; a state written in an older layout (no such field) gets it rebuilt from ``sequence``.
+    ``consumed``: ``online.base.item_hash`` of each consumed item, uint32 LE, least recent first. Appended
+    per event (not for a repeat of the item just before) and compacted past ``consumed_max * 9/8`` entries,
+    so the ``consumed_max`` most recent distinct items are always there (an item may be there twice between
+    compactions). Stored as base64; an older layout without it gets it rebuilt from ``sequence``.
 
     >>> s = UserState(["a"], 1, 5.0, {2: 7}, consumed_of(["a"]))
     >>> UserState.from_bytes(s.to_bytes()) == s, s.to_bytes()
@@ -185,18 +169,18 @@ class IngestProcessor:
     def __init__(self, *, partitions: int, history_len: int, max_event_bytes: int,
                  pseudonymize_key: str | None = None, consumed_max: int = 2000,
                  exclude_consumed: str = "all") -> None:
-        if consumed_max < 1:
-            raise ValueError(f"consumed_max must be >= 1, got {consumed_max}")
-        if exclude_consumed not in ("all", "recent"):
-            raise ValueError(f"exclude_consumed must be 'all' or 'recent', got {exclude_consumed!r}")
         self.partitions = partitions
         self.history_len = history_len
         self.max_event_bytes = max_event_bytes
         self.pseudonymize_key = pseudonymize_key
+        if consumed_max < 1:
+            raise ValueError(f"consumed_max must be >= 1, got {consumed_max}")
         self.consumed_max = consumed_max
-        self.exclude_consumed = exclude_consumed
         # compact once past the cap by an eighth: amortised, each compaction is paid by >= cap/8 appends
         self._compact_above = _HASH.size * (consumed_max + consumed_max // 8)
+        if exclude_consumed not in ("all", "recent"):
+            raise ValueError(f"exclude_consumed must be 'all' or 'recent', got {exclude_consumed!r}")
+        self.exclude_consumed = exclude_consumed
 
     def process(self, records: Sequence[RawRecord], get_state: Callable[[str], UserState | None],
                 *, now: float | None = None) -> BatchResult:
@@ -205,9 +189,8 @@ class IngestProcessor:
         out = BatchResult()
         forgotten = out.forgotten
         new: dict[str, list[tuple[str, float, str]]] = {}
-        # user -> (state, its redelivered events): a worker killed after writing a state but before its score
-        # request was sent leaves that state unscored, unless the redelivery asks again (the scorer drops a
-        # request for a state it has published, and learns no event twice)
+        # user -> (state, its redelivered events): a redelivery asks again for the state's list, which a worker
+        # killed between writing the state and sending its request never sent (#20)
         redelivered: dict[str, tuple[UserState, list[tuple[str, float, str]]]] = {}
         ingested: dict[str, float] = {}
 
@@ -243,10 +226,8 @@ class IngestProcessor:
             target = partition_for(key, self.partitions)
             forget = type(ev) is Forget
             if target != rec.partition:
-                # The producer keyed it otherwise (or not at all): forward it to the partition its user
-                # hashes to, so that one worker owns each user's state. Raw ids don't travel further. The
-                # origin travels along: if this batch is redelivered after a crash, the repeated forward
-                # is recognised as a duplicate where it lands. An erasure request is forwarded the same way.
+                # keyed otherwise by the producer: forward it to its user's partition (one worker owns each
+                # state), pseudonymised, with its origin so that a repeated forward is a duplicate there
                 body = ({"user_id": user, "control": FORGET, "ts": ev.requested_at} if forget else
                         {"user_id": user, "item_id": ev.item_id, "event": ev.event, "ts": ev.ts})
                 props = dict(ev.props)
@@ -257,8 +238,7 @@ class IngestProcessor:
                 out.reroutes.append((key, orjson.dumps(body), target))
                 continue
             if forget:
-                # Erasure (#17): the score request for the user's events before it goes first, then the marker;
-                # the state goes (a tombstone on the changelog unless the user comes back in this batch)
+                # erasure (#17): the request for the user's earlier events, then the marker; the state goes
                 if user in new or user in redelivered:
                     request(user)
                 state = out.states.pop(user, None)
@@ -278,8 +258,7 @@ class IngestProcessor:
                 continue
             seq = state.sequence
             if not seq or seq[-1] != ev.item_id:
-                # The item just before is the newest entry already; any other item goes to the newest
-                # end, so entries stay in order of last consumption and the compaction keeps the newest.
+                # entries stay in order of last consumption (the item just before is the newest already)
                 state.consumed += pack(item_hash(ev.item_id))
                 if len(state.consumed) > compact_above:
                     state.consumed = compact_consumed(state.consumed, self.consumed_max)
@@ -301,13 +280,9 @@ class IngestProcessor:
 class OffsetGaps:
     """Offsets skipped between the records the ingest agent received, per partition, in one consumer generation.
 
-    A record lost between the broker and the agent shows up as a jump: the agent got offsets 62 and 64 of
-    a partition and never 63. That is how #7's loss looked (faust-streaming emptied a stream queue while
-    resuming, then committed past the record), and the consumer lag could not show it. Offsets going back
-    (redelivery after a seek) are not gaps, and a new consumer generation starts afresh, since another
-    worker may have had the partition in between. A transaction marker takes an offset too, so records
-    from transactional producers on ``events`` count here as well; the worker does not count under
-    ``exactly_once``, where its own forwards are transactional.
+    A record lost before the agent shows up as a jump (offsets 62 and 64, never 63: #7's loss). Offsets going
+    back (redelivery) are no gap, and a new generation starts afresh. Transaction markers take offsets too,
+    so the worker does not count under ``exactly_once``.
 
     >>> from types import SimpleNamespace as M
     >>> gaps = OffsetGaps()
@@ -343,17 +318,10 @@ class OffsetGaps:
 
 
 async def fetch_highwaters(client, listed: Mapping) -> dict:
-    """The end offset of each partition in ``listed`` (partition -> end offset from ListOffsets), raised to
-    the high watermark a Fetch response gives where that is further: aiokafka ``client`` sends one Fetch
-    per leader, from just before the listed end.
-
-    Faust's table recovery reads a changelog partition up to the end offset ListOffsets answers. The
-    embedded Tansu broker answers it with one past the first offset of the partition's last record batch,
-    not with the log end, while its Fetch responses carry the right high watermark. Recovery then stopped
-    inside the changelog's last batch: the user states written by the killed worker's last micro-batches
-    came back older, and the events that had updated them, committed already, were not read again (#20:
-    a user's newest list stuck at 72 of 86 events). A partition whose Fetch fails keeps its listed end.
-    """
+    """The end offset of each partition in ``listed`` (from ListOffsets), raised to the high watermark of a
+    Fetch (one per leader, through aiokafka ``client``) where that is further; a failed Fetch keeps the listed
+    end. The embedded Tansu broker lists one past the first offset of the last record batch, so Faust's table
+    recovery stopped short of the log end and user states came back older (#20, docs/decisions.md)."""
     from aiokafka.protocol.fetch import FetchRequest
 
     ends = dict(listed)
@@ -412,17 +380,10 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
              request_partitions: int, batched_writes: bool = True, count_gaps: bool = True, kafka=None):
     """Declare the ``user_state`` table and the ingest agent on a Faust app.
 
-    With ``batched_writes`` (at-least-once only: these sends are outside Faust's transactions) a
-    micro-batch's changelog records and score requests go out as one record batch per partition and the
-    table's store is written directly: ``table[key] = value`` sends each changelog record through Faust's
-    per-message buffer, about half the worker's time per event (benchmarks/ingest.py measured the
-    worker at 0.47 of a bare Faust agent before, 0.76 after). The records are the ones the table would
-    send: raw key and value, on the murmur2 partition of the key. With exactly-once, the table's own
-    path keeps every write inside Faust's transaction.
-
-    Table recovery reads the changelog to the ends :func:`fetch_highwaters` gives (the worker role in
-    ``streams.app`` patches Faust's recovery for it); with ``count_gaps``, changelog records it still left
-    unread are counted in ``offsets_skipped`` once it is complete.
+    With ``batched_writes`` (at-least-once only) a micro-batch's changelog records and score requests go out
+    as one record batch per partition, the store written directly: the records the table would send, without
+    Faust's per-message buffer (docs/results.md). With ``count_gaps``, skipped offsets and changelog records
+    table recovery left unread are counted in ``offsets_skipped``.
     """
     from streams.topics import DLQ, EVENTS, SCORE_REQUESTS
 
@@ -474,14 +435,8 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
 
         @app.on_rebalance_complete.connect
         async def check_recovery(sender, **kwargs) -> None:
-            """Count the changelog records recovery left unread (the log ends a Fetch gives, against the
-            last offset it applied) as skipped offsets: the user states in them came back older, and
-            the events behind them are not read again.
-
-            Awaited here, before Faust resumes the streams: once the agent runs, the changelog grows with
-            this worker's own writes, which a later Fetch would count as unread. The Fetch goes through a
-            client of its own, not the consumer's thread, which may be waiting on this loop for a
-            rebalance's callbacks (docs/decisions.md, #20)."""
+            """Count the changelog records recovery left unread as skipped offsets. Awaited before Faust resumes
+            the streams (later, the worker's own writes would count), with a client of its own (#20)."""
             recovery = app.tables.recovery
             changelog = user_state.changelog_topic.get_topic_name()
             restored = {tp: recovery.active_offsets.get(tp) for tp in recovery.active_tps if tp.topic == changelog}

@@ -1,38 +1,14 @@
-"""The scorer agent: micro-batches of score requests in, recommendation lists out.
+"""The scorer's micro-batch logic (:class:`ScorerCore`, no Kafka types).
 
-Per micro-batch (:class:`ScorerCore`, no Kafka types, unit-tested in memory):
+Per micro-batch: **learn** each event once, in order (a per-user high-water mark makes redelivery
+idempotent); **coalesce** to each user's newest state (never published after a newer one); **encode** all
+users at once with the batch model, when one is loaded (``BATCH_SOURCES``); **blend and re-rank** with the
+online recommender, excluding the user's consumed items and ``banned`` (hidden or deleted items, #17).
 
-1. **learn** — every event the batch carries updates the online models (popularity, co-visitation, MF)
-   once, in order, and (inside ``learn_one``) labels the list the user was last shown for the blender;
-   a per-user high-water mark makes redelivered requests idempotent;
-2. **coalesce** — only the newest state of each user is scored; an older state is never published after
-   a newer one;
-3. **encode** — the batch model (when a checkpoint is loaded) encodes all users of the batch at once:
-   the Transformer retrieves candidates with one matrix product, and the Mult-VAE, when the checkpoint
-   carries one, decodes each user's item set into a second candidate list (``BATCH_SOURCES``);
-4. **blend and re-rank** — the online recommender merges its own candidates with the batch model's
-   (none of them an item the user consumed: the request carries the hashes of every one, see the
-   worker's ``TAILCAST_EXCLUDE_CONSUMED``), ranks them with the ranker and re-ranks for the tail with
-   the user's A/B arm.
-
-Catalogue control (#17): ``banned`` (the hidden and deleted items, a live set the scorer's catalogue
-reader updates, ``streams.agents.catalogue``) is every user's exclusion in the recommender, batch-model
-candidates included, so no list scored after a hide holds the item; lists are still filled to ``k``.
-
-A list comes out empty when the scorer knows no item the user has not touched yet (the first events of
-a stream). Such a user is scored again with each following micro-batch, once that batch's events are
-learned, until the list has items: otherwise a user whose last event came that early would keep the
-empty list until their next event.
-
-Erasure (#17): a :class:`~streams.records.Forget` marker on ``score-requests`` (the worker writes it after
-the user's earlier requests) drops the user from this core's per-user maps and the recommender's per-user
-rows (:meth:`ScorerCore.forget`); the agent publishes a tombstone for the user on ``recommendations``.
-
-Every list says why it was published (``Recommendation.refresh``): ``"event"`` for a new user state,
-published at most once per (user, ``user_event_count``); ``"empty"`` for the re-score of an empty list;
-``"model"`` for the re-score after a model swap (:meth:`ScorerCore.rescore_active`). Each carries a
-``list_id`` numbering its user's lists for that count (``Recommendation.make_list_id``), so a consumer
-tells a repeat from the first list, and impressions name the list they showed.
+A list that comes out empty (no item the user has not touched yet) is scored again with each following
+micro-batch until it has items. An erasure marker (#17) drops the user from this core and the recommender.
+Each list says why it was published (``Recommendation.refresh``) and numbers its user's lists for that count
+(``list_id``).
 """
 
 from __future__ import annotations
@@ -122,18 +98,15 @@ class ScorerCore:
         self._empty = _LRU(max_empty)  # user -> the request whose list came out empty (scored again)
 
     def warm(self, user: str, event_count: int) -> None:
-        """``user``'s first ``event_count`` events were learned, and served, outside :meth:`process` (a warm
-        start that feeds the recommender directly): a request up to that count is neither learned again nor
-        scored."""
+        """``user``'s first ``event_count`` events were learned and served outside :meth:`process`: a request
+        up to that count is neither learned again nor scored."""
         self._learned.put(user, event_count)
         self._published.put(user, (event_count, 1))
 
     def snapshot_state(self) -> dict:
-        """What a warm restart (#16, ``online.snapshot``) needs of this core beside the recommender: how many
-        of each user's events were learned (in LRU order), so that a replayed or redelivered event is not
-        learned twice. The published-list bookkeeping is left out on purpose: a list recorded as published
-        in a snapshot may not have reached the log before a crash, and a redelivered request must then
-        publish it again."""
+        """What a warm restart (#16) needs of this core beside the recommender: each user's learned event count
+        (in LRU order). Published lists are left out: one recorded as published may not have reached the log
+        before a crash, and its redelivered request must publish it again."""
         return {"learned": list(self._learned.items())}
 
     def restore_state(self, state: dict) -> None:
@@ -175,18 +148,15 @@ class ScorerCore:
         self._learned.put(user, done)
 
     def forget(self, user: str) -> None:
-        """Erase ``user`` (#17): what this core remembers of them (events learned, lists published, the
-        newest request, an empty list waiting) and the recommender's per-user rows. A later request for the
-        user is a new user's, learned and scored from its first event."""
+        """Erase ``user`` (#17) from this core's per-user maps and the recommender's per-user rows; a later
+        request for the user is a new user's."""
         for per_user in (self._learned, self._published, self._active, self._empty):
             per_user.pop(user, None)
         self.recommender.forget(user)
 
     def learn(self, requests: Sequence[ScoreRequest | Forget]) -> list[LearnedEvent]:
-        """Apply the events of requests this scorer does not serve (another scorer's partitions) to the
-        online models, scoring nothing: every scorer's item models learn from every user. An event already
-        learned (here or by :meth:`process`) is skipped, so the two paths can overlap. An erasure marker
-        erases the user here too (the scorer that serves the user publishes the tombstone)."""
+        """Apply the events of requests another scorer serves to the online models, scoring nothing; an event
+        already learned (here or by :meth:`process`) is skipped, and an erasure marker erases here too."""
         out = BatchOutput()
         for request in requests:
             if type(request) is Forget:
@@ -230,11 +200,9 @@ class ScorerCore:
         return out
 
     def batch_candidates(self, histories: Sequence[Sequence[str]]) -> list[dict[str, Sequence[Candidate]]] | None:
-        """The batch model's candidates per user, as the recommender's ``extras`` (None without a model).
-
-        Each list is a :class:`~online.base.CandidateList` (items and scores; ``Candidate`` objects only
-        when read one by one): building a hundred ``Candidate`` per user and source cost more than the
-        rest of the user's request."""
+        """The batch model's candidates per user, as the recommender's ``extras`` (None without a model), each
+        a :class:`~online.base.CandidateList`: a hundred ``Candidate`` objects per user and source cost more
+        than the rest of the request."""
         if self.model is None:
             return None
         found = self.model.candidates(list(histories), self.n_candidates, [set(h) for h in histories])
@@ -295,12 +263,8 @@ class ScorerCore:
         return recs
 
     def rescore_active(self, *, batch: int = 1024, now: float | None = None) -> Iterator[list[Recommendation]]:
-        """Re-score every recently active user's newest state, ``batch`` users at a time.
-
-        Called after a model swap, so that lists reflect the new model and the current tail split without
-        waiting for each user's next event. The lists keep the user's ``user_event_count`` and are marked
-        ``refresh="model"``, with the next ``list_id`` of that state.
-        """
+        """Re-score every recently active user's newest state, ``batch`` users at a time, after a model swap:
+        ``refresh="model"``, the same ``user_event_count``, the next ``list_id`` of that state."""
         requests = list(self._active.values())
         for start in range(0, len(requests), batch):
             chunk = [(r, "model") for r in requests[start:start + batch]

@@ -1,41 +1,19 @@
-"""The scorer process's agents: scoring, item catalogue, model hot-swap, and the exposure agent.
+"""The scorer process's agents and tasks.
 
-* ``score`` (agent on ``score-requests``): micro-batches by size and wait time, runs :class:`ScorerCore`,
-  publishes to ``recommendations``.
-* ``catalog`` (task): reads ALL partitions of the compacted ``items`` topic (no consumer group: every
-  scorer needs the whole catalogue, ``streams.agents.catalogue``), applies catalogue control at once
-  (hidden and deleted items, #17: between two micro-batches' scoring and publication, so that no list
-  published after a hide was read holds the item), and queues item texts for ``encode_items``, which
-  encodes them with the text encoder in a thread and gives the vectors to the content model and the
-  Transformer. ``score`` waits until the catalogue has been read to the end of the topic as it was at
-  start-up, so that a restarted scorer publishes no list with an item hidden before it started.
-* ``learn_all`` (task): reads ALL partitions of ``score-requests`` without joining the group, from the
-  scorer group's committed offsets, and applies the other scorers' users' events to this scorer's online
-  models (``ScorerCore.learn``): with N scorers, each item model still learns from every event, not 1/N
-  of them. Records of the partitions this scorer serves are left to the ``score`` agent; an event both
-  paths see around a rebalance is learned once (by its index in the user's history).
-* ``watch_model`` (timer): loads a newer checkpoint in a thread, then swaps it in between two micro-batches
-  (a lock shared with ``score``) and re-scores the recently active users with it.
-  A corrupt or incompatible checkpoint is counted and logged, and the previous model keeps serving.
-* ``snapshot`` (timer, #16): every ``SNAPSHOT_INTERVAL_S`` seconds, between two micro-batches, writes the
-  online state (the recommender with its models, and which of each user's events were learned) with the
-  ``score-requests`` offset up to which each partition was applied (``online.snapshot``: atomic, versioned,
-  checksummed) to ``snapshots/`` in the checkpoint folder, keeping the newest ``SNAPSHOT_KEEP``.
-* ``restore`` (task, #16): at start-up, loads the newest valid snapshot (a corrupt or incompatible one is
-  counted, logged and skipped, like a corrupt checkpoint), checks that the log still holds the record just
-  before each of its offsets (a snapshot of another log, e.g. of a memory-only broker since restarted, is
-  refused: a cold start), and replays ``score-requests`` from its offsets up to the group's committed
-  offsets into the models, learning only; ``score``, ``learn_all``, the text encoder and the model watcher
-  wait for it, so serving resumes from the committed offsets as on a cold start, with warm models.
-* ``exposure`` (agent on ``recommendations``): consumes published lists the way a downstream consumer
-  would, pairs them with the events the scorer applied (by ``user_event_count``), and publishes one
-  ``longtail-metrics`` record per arm every interval, mirrored as Prometheus gauges.
-* ``impressions`` (agent on ``impressions``, ``streams.agents.impressions``): what clients displayed; the
-  events ``score`` applies are the clicks credited to it, and each arm's record gains the A/B figures.
-
-Erasure (#17): a forget marker on ``score-requests`` makes ``score`` forget the user (``ScorerCore``) and
-publish a tombstone on ``recommendations`` before the micro-batch's lists; ``learn_all`` forgets the other
-scorers' users the same way; ``exposure`` drops the user's pairing state on the tombstone.
+* ``score``: micro-batches of ``score-requests`` through :class:`ScorerCore`, lists to ``recommendations``;
+  an erasure marker also publishes the user's tombstone, before the batch's lists (#17).
+* ``catalog``: follows the whole ``items`` topic, applies hides and deletes between two micro-batches (#17)
+  and queues item texts for ``encode_items`` (the text encoder, in a thread). ``score`` waits until the
+  topic has been read to where it ended at start-up, so no list holds an item hidden before then.
+* ``learn_all``: the other scorers' partitions of ``score-requests``, from the group's committed offsets,
+  into this scorer's online models (learning only), so every item model learns every event (#16).
+* ``watch_model``: loads a newer checkpoint in a thread and swaps it in between micro-batches, then
+  re-scores the active users; a broken checkpoint is counted and the previous model keeps serving.
+* ``snapshot`` / ``restore`` (#16): the online state and the offsets it reflects, written every
+  ``SNAPSHOT_INTERVAL_S``; at start-up the newest valid one is checked against the log, installed and the
+  log replayed up to the committed offsets before anything serves (a refused one means a cold start).
+* ``exposure``: pairs published lists with the applied events into one ``longtail-metrics`` record per arm
+  every interval (and Prometheus gauges); ``impressions`` adds each arm's A/B figures.
 """
 
 from __future__ import annotations
@@ -86,7 +64,7 @@ SCORER_BATCH = 256
 SCORER_BATCH_WAIT_S = 0.02
 #: Score requests the ``learn_all`` task applies at a time (each call holds the event loop while it learns).
 LEARN_BATCH = 500
-#: Item texts encoded per call of the text encoder (MiniLM: ~430 items/s on two cores).
+#: Item texts encoded per call of the text encoder.
 ENCODE_BATCH = 256
 #: Warm restart (#16): how often the online state is snapshotted (only when it learned something since),
 #: how many snapshots are kept, and the folder under ``TAILCAST_CHECKPOINT_DIR`` that holds them.
@@ -122,10 +100,9 @@ def snapshot_meta(settings: Settings, *, text_dim: int) -> dict[str, Any]:
 
 
 def encode_state(core: ScorerCore) -> bytes:
-    """The payload of a snapshot (``online.snapshot.encode``): the recommender and the core's per-user
-    learning bookkeeping (:meth:`ScorerCore.snapshot_state`). The recommender's candidate pools waiting for
-    feedback (``_pending``: two thirds of the bytes at 10k users) are left out and put back: after a
-    restart each user's next event labels no list for the ranker, once."""
+    """A snapshot's payload: the recommender and :meth:`ScorerCore.snapshot_state`. The candidate pools
+    waiting for feedback (``_pending``) are left out, to keep it small: after a restart each user's next
+    event labels no list for the ranker, once."""
     rec = core.recommender
     pending = rec._pending
     rec._pending = collections.OrderedDict()
@@ -161,17 +138,25 @@ class TextVectors:
 
     def __init__(self, kind: str, device: str) -> None:
         self.kind = kind
-        if kind == "minilm":
-            self._encoder = TextEncoder(device=device)
-            self.dim = self._encoder.dim
-        else:
-            self._encoder = TagVectoriser()
-            self.dim = self._encoder.dim
+        self._encoder = TextEncoder(device=device) if kind == "minilm" else TagVectoriser()
+        self.dim = self._encoder.dim
 
     def encode(self, texts: list[str]):
         if self.kind == "minilm":
             return self._encoder.encode(texts)
         return self._encoder.transform_many(texts)
+
+
+def _read_requests(records) -> list:
+    """The score requests and erasure markers of ``records``, unreadable ones left out (the score agent of
+    their partition logs them)."""
+    out = []
+    for record in records:
+        try:
+            out.append(read_request(record.value))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def register(app, *, topics: dict[str, Any], settings: Settings, registry: CollectorRegistry) -> dict[str, Any]:
@@ -193,10 +178,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     applied: dict[int, tuple[int, bytes | str | None]] = {}
     snap_state = {"dirty": False, "first_list": False, "write_failures": 0}
     lt = settings.longtail
-    # The agent sees a request's events at once and their list only when it comes back through the
-    # recommendations topic: a user can have a whole worker micro-batch of events waiting for it. Fewer
-    # pending slots would resolve the oldest as unattributed misses (seen in a burst replay: the live
-    # HR@10 then disagreed with the library's on the same stream).
+    # a user's list comes back through the topic after a whole worker micro-batch of their events: room for
+    # them all, or the oldest would be resolved as unattributed misses
     arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share,
                              max_pending_per_user=max(64, 2 * WORKER_BATCH))
     between_batches = asyncio.Lock()
@@ -415,20 +398,12 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             served = {tp.partition for tp in app.consumer.assignment() if tp.topic == SCORE_REQUESTS}
         except ConsumerNotStarted:
             served = set()
-        requests = []
-        mine = []
-        for record in records:
-            if record.partition in served:
-                continue  # the score agent learns it, and reports its events (the exposure agent pairs them)
-            mine.append(record)
-            try:
-                requests.append(read_request(record.value))  # an erasure marker erases here too
-            except (ValueError, KeyError, TypeError):
-                continue  # the score agent of the partition's owner logs it
-        metrics.events_learned.labels(path="others").inc(len(core.learn(requests)))
-        for record in mine:  # in the same step as the learning: a snapshot sees both or neither
+        # the served partitions are the score agent's: it learns them and reports their events for pairing
+        others = [record for record in records if record.partition not in served]
+        metrics.events_learned.labels(path="others").inc(len(core.learn(_read_requests(others))))
+        for record in others:  # in the same step as the learning: a snapshot sees both or neither
             applied[record.partition] = (record.offset + 1, record.value)
-        snap_state["dirty"] = snap_state["dirty"] or bool(mine)
+        snap_state["dirty"] = snap_state["dirty"] or bool(others)
 
     @app.task
     async def learn_all() -> None:
@@ -507,13 +482,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=LEARN_BATCH)
             for tp in sorted(batch, key=lambda tp: tp.partition):
                 records = [r for r in batch[tp] if r.offset < stop[tp]]
-                requests = []
-                for record in records:
-                    try:
-                        requests.append(read_request(record.value))
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                learned = len(core.learn(requests))
+                learned = len(core.learn(_read_requests(records)))
                 n += learned
                 metrics.events_learned.labels(path="replay").inc(learned)
                 if records:

@@ -1,45 +1,21 @@
 """Prequential replay of a dataset through the pipeline's own code, and the pairing every mode shares.
 
-**Offline** (:func:`run_offline`): events, in time order, are cut into micro-batches of ``batch`` events
-and go through :class:`~streams.agents.ingest.IngestProcessor` (the worker's logic: state, one score request
-per user per batch) and, for each compared system, a :class:`~streams.agents.scorer.ScorerCore` (the
-scorer's logic: learn, coalesce, encode, recommend). The lists a batch produces predict the events of
-the following batches. Smaller batches = fresher lists (fewer ``stale`` pairings) and a slower run;
-``batch=1`` scores after every event.
+:func:`run_offline` cuts the time-ordered events into micro-batches of ``batch`` events and runs them
+through the worker's :class:`~streams.agents.ingest.IngestProcessor` and, per compared system, the
+scorer's :class:`~streams.agents.scorer.ScorerCore`; a batch's lists predict the following events
+(``batch=1``: a list after every event).
 
-**Pairing** (:class:`Scoreboard`, the same :class:`~online.prequential.ArmMetrics` as the live exposure
-agent): event ``j`` of a user is paired with the user's latest list with ``user_event_count <= j - 1``:
-``exact`` (count ``j - 1``), ``stale`` (older: coalesced in a micro-batch) or ``none`` (no list yet: the
-user's first event, or every event of their first micro-batch). ``none`` counts as a miss. The window
-is the whole stream, so the metrics are over every evaluated event and every list.
+Pairing (:class:`Scoreboard`, the live exposure agent's :class:`~online.prequential.ArmMetrics` over the
+whole stream): event ``j`` of a user meets the user's latest list with ``user_event_count <= j - 1``:
+``exact``, ``stale`` (coalesced in a micro-batch) or ``none`` (no list yet, a miss). Events before
+``warmup_events`` train every system but are not scored. ``consumed_share`` is the share of top-``k`` slots
+holding an item the user consumed before the list.
 
-**Warm-up** (``warmup_events``): the first events train every system but are not scored, and their lists
-are kept only as predecessors of the first scored events (used when a Transformer is trained on the
-start of the stream: reporting on what it was trained on would be leakage).
-
-**Consumed share**: the share of the top-``k`` slots of every list observed after the warm-up that hold an
-item the user had consumed before that list (one of their events with index <= the list's
-``user_event_count``), exact, from the events the scoreboard observes (all of them, warm-up included).
-
-**Refresh** (``refresh_every=N`` with a ``refresher``, docs/design.md §5 "as deployed"): at the first micro-batch
-boundary at or after each multiple of N (N, 2N, ...; with ``batch=1`` exactly there), ``refresher`` trains a
-batch model on ALL the events before that boundary, and it is installed in every system that serves one
-(:data:`~streams.evaluation.systems.MODEL_KINDS`) as the live scorer does: ``ScorerCore.swap_model``
-between micro-batches, then ``rescore_active`` (whose lists are paired like any other). A model thus never
-trained on an event at or after the point where it starts serving; the events before the first point are
-served by the online models only (the Transformer and Mult-VAE rows: the MostPop top-up). Each refresh
-is recorded (:attr:`Refresh`): where, on how many events, how long, how many lists it re-scored.
-
-**Scorers** (``scorers=N``): each tailcast system is served by N scorers, as ``tailcast scorer`` instances
-split the ``score-requests`` partitions in production (partition ``p`` to scorer ``p % N``): each ranks and
-publishes for its own users, and its online models also learn the other scorers' users' events, as a
-scorer's ``learn_all`` task reads every partition (:class:`PartitionedCores`). With N = 1 (the default)
-one core serves every partition.
-
-**Workers** (``workers=2``): the systems are split between this process and a spawned one, each replaying
-the whole stream through its own systems; a system's results depend only on the stream and itself, so
-they are the same whatever the split (only the ``scorer_seconds`` timings differ). Systems whose lists go
-to ``lists_sink``, those given as ``cores`` and those with a batch model stay in this process.
+``refresh_every=N`` with a ``refresher`` (docs/design.md §5, "as deployed"): at the first micro-batch start at
+or after each multiple of N, a batch model trained on all earlier events is swapped into every system of
+:data:`~streams.evaluation.systems.MODEL_KINDS`, which then re-scores its active users (:class:`Refresh`).
+``scorers=N`` serves each tailcast system with N scorers splitting the partitions (:class:`PartitionedCores`);
+``workers=2`` replays part of the systems in a spawned process, with the same results.
 """
 
 from __future__ import annotations
@@ -272,10 +248,9 @@ class Scoreboard:
 
 
 class PartitionedCores:
-    """N :class:`ScorerCore` behind one core's interface, each serving the score requests of the partitions
-    ``p`` with ``p % N`` equal to its position (a user's partition is the worker's: murmur2 of the user id
-    over ``partitions``). Each scorer first learns the micro-batch's requests of the other scorers
-    (:meth:`ScorerCore.learn`), then processes its own. Lists come out scorer by scorer."""
+    """N :class:`ScorerCore` behind one core's interface, as ``tailcast scorer`` instances split the
+    partitions: scorer ``p % N`` serves partition ``p``, and each first learns the other scorers' requests
+    (:meth:`ScorerCore.learn`, as ``learn_all`` does). Lists come out scorer by scorer."""
 
     def __init__(self, cores: Sequence[ScorerCore], partitions: int) -> None:
         if not 1 <= len(cores) <= partitions:
@@ -346,13 +321,10 @@ def run_offline(
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
-    ``batch=1`` is fresh pairing (docs/design.md §5). ``cores`` (system name -> :class:`ScorerCore`) replaces
-    :func:`build_core` for those systems (tests plug in recommenders whose lists they control).
-    ``workers=2`` replays the systems that need neither the model nor the sink in a second process
-    (spawned), at the same time; results come back in ``specs`` order, the same as with ``workers=1``.
-    ``refresh_every`` > 0 with ``refresher`` (events so far -> a batch model, e.g. a ``BatchScorer``):
-    the model refresh of the module docstring; ``model`` is then the one serving before the first
-    refresh (normally None). Each refresh is appended to ``refreshes`` when given.
+    ``cores`` (system name -> :class:`ScorerCore`) replaces :func:`build_core` for those systems.
+    ``workers=2`` replays the systems that need neither the model nor the sink in a spawned process;
+    results come back in ``specs`` order either way. ``refresher`` (events so far -> a batch model): see the
+    module docstring; each refresh is appended to ``refreshes`` when given.
     """
     if workers not in (1, 2):
         raise ValueError(f"workers must be 1 or 2, got {workers}")
@@ -367,21 +339,19 @@ def run_offline(
         if not pinned:  # nothing tied to this process: halve the rest
             pinned, free = free[: len(free) // 2], free[len(free) // 2:]
         here, there = pinned, free
-    refresh = {"refresh_every": refresh_every, "refresher": _with_threads(refresher), "refreshes": refreshes,
-               "scorers": scorers}
+    common = {"batch": batch, "warmup_events": warmup_events, "n_chunks": n_chunks,
+              "progress_every": progress_every, "scorers": scorers}
+    local = {"text_vectors": text_vectors, "model": model, "lists_sink": lists_sink, "sink_kinds": sink_kinds,
+             "log": log, "cores": given, "refresh_every": refresh_every, "refresher": _with_threads(refresher),
+             "refreshes": refreshes}
     if not there:
-        return _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
-                       model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
-                       sink_kinds=sink_kinds, log=log, cores=given, **refresh)
+        return _replay(stream, here, settings, **common, **local)
     from concurrent.futures import ProcessPoolExecutor
 
     log(f"  workers: {', '.join(s.name for s in here)} here; {', '.join(s.name for s in there)} in a second process")
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        future = pool.submit(_replay, stream, there, settings, batch=batch, warmup_events=warmup_events,
-                             n_chunks=n_chunks, progress_every=progress_every, scorers=scorers)
-        mine = _replay(stream, here, settings, batch=batch, warmup_events=warmup_events, text_vectors=text_vectors,
-                       model=model, n_chunks=n_chunks, progress_every=progress_every, lists_sink=lists_sink,
-                       sink_kinds=sink_kinds, log=log, cores=given, **refresh)
+        future = pool.submit(_replay, stream, there, settings, **common)
+        mine = _replay(stream, here, settings, **common, **local)
         theirs = future.result()
     both = {**mine, **theirs}
     return {s.name: both[s.name] for s in specs}
@@ -389,11 +359,9 @@ def run_offline(
 
 def _followers(specs: Sequence[SystemSpec], given: Mapping[str, ScorerCore]) -> dict[int, list[int]]:
     """tailcast systems of one kind at several strengths share one replay: position of the first (the
-    primary) -> positions of the others. Their models and ranker evolve the same whatever the strength
-    (the ranker learns from candidate pools, not from shown lists), so each follower's lists are the
-    primary's candidates re-ranked at its strength (``OnlineRecommender.recommend_many(alternatives=)``):
-    the lists a replay of its own would publish, for one replay's cost. Cores given by the caller are
-    never shared."""
+    primary) -> positions of the others. Models and ranker evolve the same whatever the strength (the
+    ranker learns from candidate pools, not shown lists), so a follower's lists are the primary's
+    candidates re-ranked at its strength: the lists its own replay would publish. Given cores never share."""
     by_kind: dict[str, list[int]] = {}
     for n, spec in enumerate(specs):
         if spec.kind in TAILCAST_KINDS and spec.name not in given:
@@ -402,9 +370,8 @@ def _followers(specs: Sequence[SystemSpec], given: Mapping[str, ScorerCore]) -> 
 
 
 class _SharedReplay:
-    """Wraps a primary tailcast core's recommender so that every ``recommend_many`` also re-ranks at the
-    followers' strengths; :meth:`take` turns what was collected since the last call into the followers'
-    records, one per record the primary published (the scorer publishes one per list, in order)."""
+    """A primary core's recommender whose ``recommend_many`` also re-ranks at the followers' strengths;
+    :meth:`take` turns what it collected into the followers' records, one per record the primary published."""
 
     def __init__(self, core: ScorerCore, strengths: Sequence[float]) -> None:
         self.inner = core.recommender
@@ -435,8 +402,8 @@ class _SharedReplay:
 
 
 def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
-    """``refresher`` run with the torch thread count of the caller (the replay holds torch to one thread;
-    training a model is the large-batch work threads help), the same as a model trained before the replay."""
+    """``refresher`` run with the caller's torch thread count (the replay holds torch to one thread; training
+    is the large-batch work threads help), as a model trained before the replay is."""
     if refresher is None:
         return None
     torch = sys.modules.get("torch")
@@ -458,11 +425,8 @@ def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """One BLAS thread (and one torch thread) while replaying. A request's products are small (one user's
-    query against the catalogue at batch 1), where threads cost more than they save: measured on this
-    2-core machine under load, tailcast's content retrieval took 11 ms a request with OpenBLAS's 2
-    threads and 4 ms with 1. Each worker process has its own core, and every process replays with the
-    same single thread, so a system's numbers do not depend on how the systems are split."""
+    """One BLAS thread (and one torch thread) while replaying: a request's products are small, where threads
+    cost more than they save, and every process replays alike, so no system's numbers depend on the split."""
     from threadpoolctl import threadpool_limits
 
     torch = sys.modules.get("torch")
