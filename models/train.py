@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -104,6 +104,23 @@ class BestEpoch:
         else:
             self.evals_since += 1
         return improved
+
+    def end_epoch(self, model: torch.nn.Module, log, config, max_seconds: float | None, start: float,
+                  evaluate: Callable[[], dict[str, float]] | None, history: list, callbacks: Sequence) -> bool:
+        """After epoch ``log.epoch``: validate when due (every ``config.eval_every`` epochs, the last one, or
+        past ``max_seconds`` since ``start``; ``evaluate`` None: no validation data), append the log with
+        the validation figures to ``history``, call the callbacks; True when training should stop
+        (``config.patience`` evaluations without a better NDCG, or out of time)."""
+        out_of_time = max_seconds is not None and log.seconds >= max_seconds
+        if evaluate is not None and (log.epoch % config.eval_every == 0 or log.epoch == config.epochs or out_of_time):
+            m = evaluate()
+            improved = self.update(model, log.epoch, m["ndcg"])
+            log = replace(log, seconds=time.perf_counter() - start, valid_hr=m["hr"], valid_ndcg=m["ndcg"],
+                          improved=improved)
+        history.append(log)
+        for cb in callbacks:
+            cb(log)
+        return self.evals_since >= config.patience or out_of_time
 
 
 def log_epoch(log: EpochLog) -> None:
@@ -235,6 +252,8 @@ def train(
     start = time.perf_counter()
     best, step = BestEpoch(), 0
     history: list[EpochLog] = []
+    evaluate = None if valid is None else (
+        lambda: evaluate_model(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size))
     for epoch in range(1, config.epochs + 1):
         model.train()
         total, n_batches = 0.0, 0
@@ -260,16 +279,7 @@ def train(
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower lr")
         log = EpochLog(epoch=epoch, step=step, train_loss=train_loss, seconds=time.perf_counter() - start)
-        out_of_time = config.max_seconds is not None and log.seconds >= config.max_seconds
-        if valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time):
-            m = evaluate_model(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size)
-            improved = best.update(model, epoch, m["ndcg"])
-            log = EpochLog(epoch=epoch, step=step, train_loss=train_loss, seconds=time.perf_counter() - start,
-                           valid_hr=m["hr"], valid_ndcg=m["ndcg"], improved=improved)
-        history.append(log)
-        for cb in callbacks:
-            cb(log)
-        if best.evals_since >= config.patience or out_of_time:
+        if best.end_epoch(model, log, config, config.max_seconds, start, evaluate, history, callbacks):
             break
     if best.state is None:  # no validation data: keep the last state
         best.state, best.epoch = cpu_state(model), history[-1].epoch

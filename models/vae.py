@@ -364,6 +364,8 @@ def fit_vae(
     start = time.perf_counter()
     best, step = BestEpoch(), 0
     history: list[VaeEpochLog] = []
+    evaluate = None if valid is None else (
+        lambda: evaluate_vae(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size))
     for epoch in range(1, config.epochs + 1):
         model.train()
         totals = np.zeros(3)
@@ -384,16 +386,7 @@ def fit_vae(
             raise FloatingPointError(f"Mult-VAE training loss became {train_loss} at epoch {epoch}; lower lr")
         log = VaeEpochLog(epoch=epoch, step=step, beta=config.beta(step), train_loss=train_loss, nll=nll_mean,
                           kl=kl_mean, seconds=time.perf_counter() - start)
-        out_of_time = max_seconds is not None and log.seconds >= max_seconds
-        if valid is not None and (epoch % config.eval_every == 0 or epoch == config.epochs or out_of_time):
-            m = evaluate_vae(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size)
-            improved = best.update(model, epoch, m["ndcg"])
-            log = dataclasses.replace(log, seconds=time.perf_counter() - start, valid_hr=m["hr"],
-                                      valid_ndcg=m["ndcg"], improved=improved)
-        history.append(log)
-        for cb in callbacks:
-            cb(log)
-        if best.evals_since >= config.patience or out_of_time:
+        if best.end_epoch(model, log, config, max_seconds, start, evaluate, history, callbacks):
             break
     if best.state is None:  # no validation data: keep the last state
         best.epoch = history[-1].epoch
