@@ -1,27 +1,20 @@
 """The ranker ("feedback blender"): learns from the stream itself how to weigh the candidate sources.
 
-Its examples come from :class:`~online.recommender.OnlineRecommender`: each list's candidate pool is
-labelled by the user's next event (the clicked candidate a positive, random pool candidates negatives).
-The learner is a one-hidden-layer perceptron (``hidden`` ReLU units, 16) over standardised features, trained
-by Adam on the mean log loss of each mini-batch of ``batch_size`` examples, prequentially (each example is
-predicted, for the running AUC, then learned). Its initial weights are drawn from ``seed`` (torch's
-``nn.Linear`` rule), so two blenders of the same seed learn the same weights from the same stream. The
-scaler is river's ``StandardScaler`` (running mean and population variance, updated before the batch is
-scaled); standardised features are clipped to ``[-z_clip, z_clip]`` in learning and serving, so that a
-feature nearly constant so far cannot lock the ranker into what a few weights favour. A source that
-proposes for the first time (a batch model swapped in) starts with the others' mean input weights.
+Examples: each list's candidate pool, labelled by the user's next event (the clicked candidate positive,
+random pool candidates negative; :class:`~online.recommender.OnlineRecommender`). The learner is a
+one-hidden-layer perceptron (``hidden`` ReLU units) over standardised features, trained by Adam on each
+mini-batch's mean log loss, prequentially (each example is predicted, for the running AUC, then learned);
+its initial weights are drawn from ``seed`` (torch's ``nn.Linear`` rule). The scaler is river's
+``StandardScaler`` (running mean and population variance, updated before the batch is scaled);
+standardised features are clipped to ``[-z_clip, z_clip]``, so that a feature nearly constant so far
+cannot lock the ranker in. A source proposing for the first time starts with the others' mean input weights.
 
 Features per (user, candidate), for each source ``s``: ``s`` (the raw score squashed by
-``sign(v)·log1p(|v|)``), ``s_rr`` (``1 / (1 + rank)`` in that source's list) and ``s_in`` (1 when it proposed
-the candidate), each 0 when it did not; then ``is_tail``, ``log_user_events``, ``tail_x_log_user_events``,
-``log_popularity`` and ``tail_x_appetite``. The serving path builds them as one matrix
-(:meth:`feature_matrix`, :meth:`logits_entries`). Before ``warmup`` examples (with both labels) have been
-learned, predictions are a prior: ``sigmoid(sum_s a_s·(rr_s + 0.1·v_s / (1 + |v_s|)))``, ``a_s`` 0.5 for the
-non-personal sources and 1 for the others. Which source a candidate is credited to
-(:meth:`contributions_matrix`) is gradient × input: each source's features times the logit's gradient at
-the candidate, summed per source (for a linear model, exactly its terms of the logit). ``auc()`` is the ROC
-AUC over the last ``auc_window`` examples of the blend and of each single source. Why this learner and these
-features, with what was measured: docs/decisions.md ("The ranker's learner", "#15 ranker headroom").
+``sign(v)·log1p(|v|)``), ``s_rr`` (``1 / (1 + rank)`` in its list) and ``s_in`` (1 when it proposed the
+candidate), 0 when it did not; then :data:`N_DENSE` more (:meth:`FeedbackBlender._put_dense`). Before
+``warmup`` examples (with both labels) have been learned, predictions are a prior:
+``sigmoid(sum_s a_s·(rr_s + 0.1·v_s / (1 + |v_s|)))``, ``a_s`` 0.5 for the non-personal sources, else 1.
+Why this learner and these features: docs/decisions.md ("The ranker's learner", "#15 ranker headroom").
 
 >>> blender = FeedbackBlender(sources=["covisit", "mf"])
 >>> x = blender.features({"covisit": 0.8}, is_tail=True, user_event_count=3)
@@ -40,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from online.base import must_be_at_least
+
 __all__ = ["FeedbackBlender", "sigmoid"]
 
 #: Adam's step size (its other constants are torch's defaults: betas .9 / .999, eps 1e-8).
@@ -52,7 +47,7 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
 
 
-#: Feature columns after the per-source ones (see :meth:`FeedbackBlender._dense_features`).
+#: Feature columns after the per-source ones (see :meth:`FeedbackBlender._put_dense`).
 N_DENSE = 5
 _ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
 
@@ -65,6 +60,15 @@ def _squash(v: np.ndarray) -> np.ndarray:
     """``sign(v) * log1p(|v|)``, 0 where ``v`` is not finite."""
     v = np.where(np.isfinite(v), v, 0.0)
     return np.sign(v) * np.log1p(np.abs(v))
+
+
+def _blocks(f, X: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
+    """(n,) ``f`` of each non-empty block of rows ``X[bounds[i]:bounds[i + 1]]``, one call per block."""
+    out = np.empty(X.shape[0])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            out[a:b] = f(X[a:b])
+    return out
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -97,12 +101,7 @@ class FeedbackBlender:
             raise ValueError("sources must name at least one candidate source")
         if len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct, got {list(sources)}")
-        if hidden < 1:
-            raise ValueError(f"hidden must be >= 1, got {hidden}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if auc_window < 1:
-            raise ValueError(f"auc_window must be >= 1, got {auc_window}")
+        must_be_at_least(1, hidden=hidden, batch_size=batch_size, auc_window=auc_window)
         self.sources = tuple(sources)
         self.seed = int(seed)
         self.hidden = int(hidden)
@@ -122,7 +121,6 @@ class FeedbackBlender:
             "tail_x_appetite",
         )
         n_f = len(self.feature_names)
-        self._col = {f: n for n, f in enumerate(self.feature_names)}
         self._rr_name = {s: f"{s}_rr" for s in self.sources}
         self._in_name = {s: f"{s}_in" for s in self.sources}
         self._prior_weights = np.array([_PRIOR_WEIGHTS.get(s, 1.0) for s in self.sources])
@@ -142,7 +140,7 @@ class FeedbackBlender:
         self._adam_v = [np.zeros_like(p) for p in self._params()]
         self._steps = 0
         self._eff: tuple[np.ndarray, np.ndarray] | None = None  # (means, 1 / stds) cache for serving
-        self._buf_x: list[tuple[np.ndarray, Sequence[int] | None]] = []
+        self._buf_x: list[tuple[np.ndarray, None]] = []  # (rows, None): the pickled layout of the buffer
         self._buf_y: list[bool] = []
         self._n_buf = 0
         # prequential AUC ring buffer: label, blend prediction, each source's (squashed) score
@@ -226,12 +224,11 @@ class FeedbackBlender:
         ``user_event_count``: one count, or (n,) counts (rows of several users).
         """
         n, n_s = scores.shape
-        X = np.empty((n, 3 * n_s + N_DENSE))
+        X = np.empty((n, self.n_features))
         X[:, :n_s] = _squash(scores)
         X[:, n_s : 2 * n_s] = 1.0 / (1.0 + ranks)
         X[:, 2 * n_s : 3 * n_s] = np.isfinite(ranks) | (X[:, :n_s] != 0)
-        for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite), start=3 * n_s):
-            X[:, j] = column
+        self._put_dense(X, is_tail, user_event_count, popularity, appetite)
         return X
 
     def feature_entries(
@@ -250,27 +247,31 @@ class FeedbackBlender:
         proposed by source ``cols[e]`` (its position in ``sources``) with raw score ``values[e]`` at 0-based
         rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed (a
         candidate comes from one or two of the sources: most of the score block is zeros)."""
-        n_s = len(self.sources)
-        n_f = 3 * n_s + N_DENSE
-        X = np.zeros((n, n_f))
-        flat = X.reshape(-1)
-        at = rows * n_f + cols  # (m,) flat position of each proposal's score feature
-        flat[at] = _squash(values)
-        flat[at + n_s] = 1.0 / (1.0 + ranks)
-        flat[at + 2 * n_s] = 1.0
-        for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite)):
-            X[:, 3 * n_s + j] = column
+        X = np.zeros((n, self.n_features))
+        at, _, x = self._entries(rows, cols, values, ranks)
+        X.reshape(-1)[at] = x
+        self._put_dense(X, is_tail, user_event_count, popularity, appetite)
         return X
 
+    def _entries(self, rows, cols, values, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The proposals' score, rank and proposed features: (flat positions in an (n, n_features) matrix,
+        feature columns, values)."""
+        n_s = len(self.sources)
+        at = rows * self.n_features + cols  # (m,) flat position of each proposal's score feature
+        return (np.concatenate([at, at + n_s, at + 2 * n_s]), np.concatenate([cols, cols + n_s, cols + 2 * n_s]),
+                np.concatenate([_squash(values), 1.0 / (1.0 + ranks), np.ones(values.size)]))
+
     @staticmethod
-    def _dense_features(is_tail: np.ndarray, user_event_count, popularity, appetite) -> tuple[np.ndarray, ...]:
-        """The last :data:`N_DENSE` feature columns: ``is_tail``, ``log_user_events``, their product,
-        ``log_popularity`` (``log1p`` of the item's window count) and ``tail_x_appetite`` (the user's tail
-        appetite, on tail items)."""
+    def _put_dense(X: np.ndarray, is_tail: np.ndarray, user_event_count, popularity, appetite) -> None:
+        """Write the last :data:`N_DENSE` feature columns of ``X``: ``is_tail``, ``log_user_events``, their
+        product, ``log_popularity`` (``log1p`` of the item's window count) and ``tail_x_appetite`` (the
+        user's tail appetite, on tail items)."""
         log_events = np.log1p(np.maximum(0, np.asarray(user_event_count, dtype=np.float64)))
         tail = np.asarray(is_tail, dtype=np.float64)
         log_pop = np.log1p(np.maximum(0.0, np.asarray(popularity, dtype=np.float64)))
-        return tail, log_events, tail * log_events, log_pop, tail * np.asarray(appetite, dtype=np.float64)
+        dense = (tail, log_events, tail * log_events, log_pop, tail * np.asarray(appetite, dtype=np.float64))
+        for j, column in enumerate(dense, start=X.shape[1] - N_DENSE):
+            X[:, j] = column
 
     def logits_entries(
         self,
@@ -287,15 +288,13 @@ class FeedbackBlender:
     ) -> np.ndarray:
         """:meth:`logits_blocks` of the :meth:`feature_entries` matrix of the same arguments (same values).
 
-        Learned phase: the standardised matrix is built directly, without the feature matrix: every zero
-        of a feature standardises to the same value, so only the proposals' features and the three dense
-        ones are standardised one by one; it is written into a buffer kept between calls (a fresh array
-        of a few MB per micro-batch cost more in page faults than the arithmetic)."""
+        Learned phase: the standardised matrix is built directly: every zero feature standardises to the
+        same value, so only the proposals' features and the dense ones are standardised one by one, into
+        a buffer kept between calls (a fresh array of a few MB per micro-batch costs page faults)."""
         if not self.warmed_up:
             return self.logits_blocks(self.feature_entries(n, rows, cols, values, ranks, is_tail, user_event_count,
                                                            popularity, appetite), bounds)
-        n_s = len(self.sources)
-        n_f = 3 * n_s + N_DENSE
+        n_f = self.n_features
         mean, inv_std = self._scaling()
         clip = self.z_clip
         if n * n_f <= _ZBUF_MAX:
@@ -305,14 +304,12 @@ class FeedbackBlender:
         else:
             Z = np.empty((n, n_f))
         Z[:] = np.clip((0.0 - mean) * inv_std, -clip, clip)  # a zero feature, standardised
-        at = rows * n_f + cols  # (m,) flat position of each proposal's score feature
-        at = np.concatenate([at, at + n_s, at + 2 * n_s])
-        f = np.concatenate([cols, cols + n_s, cols + 2 * n_s])
-        x = np.concatenate([_squash(values), 1.0 / (1.0 + ranks), np.ones(values.size)])
+        at, f, x = self._entries(rows, cols, values, ranks)
         Z.reshape(-1)[at] = np.clip((x - mean[f]) * inv_std[f], -clip, clip)
-        for j, column in enumerate(self._dense_features(is_tail, user_event_count, popularity, appetite), start=3 * n_s):
-            Z[:, j] = np.clip((column - mean[j]) * inv_std[j], -clip, clip)
-        return self._net_blocks(Z, bounds)
+        self._put_dense(Z, is_tail, user_event_count, popularity, appetite)
+        d = slice(n_f - N_DENSE, None)
+        Z[:, d] = np.clip((Z[:, d] - mean[d]) * inv_std[d], -clip, clip)
+        return _blocks(self._net, Z, bounds)
 
     def _matrix(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
         if isinstance(xs, np.ndarray):
@@ -332,13 +329,10 @@ class FeedbackBlender:
         scores, rr = X[:, :n_s], X[:, n_s : 2 * n_s]
         return self._prior_weights * (rr + 0.1 * scores / (1.0 + np.abs(scores)))
 
-    def _std(self) -> np.ndarray:
-        return np.sqrt(np.maximum(self._var, 0.0))
-
     def _scaling(self) -> tuple[np.ndarray, np.ndarray]:
         """(means, 1 / stds) of the scaler (1 / std = 0 for a feature constant so far)."""
         if self._eff is None:
-            std = self._std()
+            std = np.sqrt(np.maximum(self._var, 0.0))
             self._eff = (self._mean.copy(), np.divide(1.0, std, out=np.zeros_like(std), where=std > 0))
         return self._eff
 
@@ -358,13 +352,9 @@ class FeedbackBlender:
         """(n,) :meth:`logits` of each block of rows ``X[bounds[i]:bounds[i + 1]]`` (the rows of one user),
         the same values as one :meth:`logits` call per block (a matrix-vector product's rounding depends
         on its row count, so the product runs per block; the element-wise parts run once)."""
-        out = np.empty(X.shape[0])
         if not self.warmed_up:
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                if b > a:
-                    out[a:b] = self._prior_terms(X[a:b]).sum(axis=1)
-            return out
-        return self._net_blocks(self._z(X), bounds)
+            return _blocks(lambda rows: self._prior_terms(rows).sum(axis=1), X, bounds)
+        return _blocks(self._net, self._z(X), bounds)
 
     def _hidden(self, Z: np.ndarray) -> np.ndarray:
         """(n, hidden) pre-activations of standardised rows ``Z``."""
@@ -377,14 +367,6 @@ class FeedbackBlender:
         h = self._hidden(Z)
         out = np.maximum(h, 0.0, out=h) @ self._w2
         out += self._b2
-        return out
-
-    def _net_blocks(self, Z: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
-        """:meth:`_net` of each block of rows, one product per block (see :meth:`logits_blocks`)."""
-        out = np.empty(Z.shape[0])
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if b > a:
-                out[a:b] = self._net(Z[a:b])
         return out
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
@@ -446,12 +428,7 @@ class FeedbackBlender:
     def _flush(self) -> None:
         if not self._n_buf:
             return
-        parts, sel, offset = [], [], 0
-        for X, rows in self._buf_x:  # (X, rows to learn, None = all)
-            parts.append(X)
-            sel.extend(range(offset, offset + X.shape[0]) if rows is None else [offset + r for r in rows])
-            offset += X.shape[0]
-        X = np.concatenate(parts)[sel]  # (m, F)
+        X = np.concatenate([part for part, _ in self._buf_x])  # (m, F)
         y = np.array(self._buf_y, dtype=bool)  # (m,)
         self._buf_x, self._buf_y, self._n_buf = [], [], 0
         m = y.size
@@ -497,12 +474,9 @@ class FeedbackBlender:
         self._n_applied_clicked += int(y.sum())
 
     def _adopt_new_sources(self, proposing: np.ndarray) -> None:
-        """A source that proposes for the first time (a batch model swapped in after warm-up) starts with
-        the mean input weights (score, rank and proposed features into each hidden unit) of the sources
-        already seen, not with its initial random ones, which nothing has trained (its features were
-        constant, so standardised to 0): otherwise its candidates are scored by noise until Adam has
-        moved them, and a source rarely shown is rarely learned about. Its weights are learned from then
-        on like the others'."""
+        """A source proposing for the first time (a batch model swapped in after warm-up) starts with the
+        mean input weights of the sources already seen, not with its untrained random ones: otherwise its
+        candidates are scored by noise until Adam moves them, and a source rarely shown is rarely learned."""
         new = proposing & ~self._proposing
         if new.any() and self._proposing.any():
             n_s = len(self.sources)
