@@ -1,39 +1,25 @@
 """The composition the scorer calls: candidates from every source, ranked, re-ranked for the tail.
 
-``learn_one`` first labels the candidate pool of the user's previous list (see below), then updates
-every model (popularity, co-visitation, transitions, MF; content is catalogue-driven).
+``learn_one`` labels the candidate pool of the user's previous list, then updates every model
+(popularity, co-visitation, transitions, MF; content is catalogue-driven). ``recommend``:
 
-``recommend(user, history, user_event_count, *, arm, extra, consumed)``:
+1. candidates, never an item of the history, of ``exclude`` or of ``consumed`` (the hashes of every item
+   the user consumed): with no history, the most popular items mixed with the fresh tail (first seen
+   recently, still rare); with history, ``n_candidates`` each from co-visitation (of the recent history,
+   and of the latest item alone: ``"last"``), the transition counter, content and MF, plus a few popular
+   and fresh items; ``extra``: lists from outside (``"transformer"``, ``"vae"``);
+2. rank: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and ranks,
+   popularity, tail flag, the user's tail appetite and event count into a click probability;
+3. re-rank with the arm's strength (:class:`~online.rerank.TailReranker`);
+4. each :class:`~online.base.Candidate` carries the probability, the source that contributed most to it
+   (ties: the better rank) and that source's anchor.
 
-1. candidates, never an item of the history, of ``exclude`` or of ``consumed`` (the hashes of every
-   item the user consumed, carried by the score request):
-   * no history (cold start): the most popular items now, mixed with the fresh tail (items first
-     seen recently that are still rare), so a brand-new user sees tail items from the first list;
-   * with history: co-visitation (of the recent history, and of the latest item alone: ``"last"``),
-     the transition counter, content neighbours and MF,
-     ``n_candidates`` each, plus a few popular and fresh items as fallbacks;
-   * ``extra``: lists from outside (the Transformer ``"transformer"``, the Mult-VAE ``"vae"``);
-2. rank: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and
-   ranks, its popularity, its tail flag, the user's tail appetite and event count into a click
-   probability;
-3. re-rank with the arm's strength (:class:`~online.rerank.TailReranker`: the top ``k`` by
-   ``p · (1 + λ·tail)``);
-4. each returned :class:`~online.base.Candidate` has the probability as score, the source that
-   contributed most to it (by the ranker's per-source logit terms; ties: the better rank) and that
-   source's anchor.
-
-The ranker learns from the candidate pool, not from what was shown: every candidate proposed within
-some source's top ``pool_depth`` is kept (compactly, :class:`_Pool`) until the user's next event; when
-that event's item is in the pool, it is a positive against ``pool_negatives`` random candidates of the
-same pool. Learning only from shown lists would never learn about a candidate it did not show (the
-exposure feedback loop), and labels ~1 example in 20 positive.
-
-How it stays cheap: items are dense indices of one recommender-wide :class:`~online.base.IdIndex`,
-mapped to each model's own index by append-only arrays; :meth:`OnlineRecommender.recommend_many`
-serves a micro-batch with one history lookup, one matrix product per embedding source, one merge of
-every user's candidates (a sort of packed (user, item, position) keys) and one feature build; anchors
-are computed only for the shown items. ``benchmarks/scorer_core.py`` times it inside the scorer;
-``tests/streams/test_scorer_golden.py`` pins its lists.
+The ranker learns from the candidate pool, not from what was shown (docs/decisions.md, issue #15): the
+candidates within some source's top ``pool_depth`` are kept (:class:`_Pool`) until the user's next event,
+whose item, when in the pool, is a positive against ``pool_negatives`` random candidates of the pool.
+Items are dense indices of one recommender-wide :class:`~online.base.IdIndex`, mapped to each model's own
+by append-only arrays; :meth:`OnlineRecommender.recommend_many` serves a micro-batch with one history
+lookup, one matrix product per embedding source, one merge and one feature build.
 
 >>> rec = OnlineRecommender.create(arms=parse_arms("control:1:0.0"), content_dim=8)
 >>> for n, item in enumerate(["a", "b", "a", "c", "a", "b"]):
@@ -151,19 +137,10 @@ class OnlineRecommender:
         self.last_alternatives: list[list[list[Candidate]]] = []  # see recommend_many(alternatives=)
 
     @classmethod
-    def create(
-        cls,
-        *,
-        arms: Sequence[ArmConfig],
-        content_dim: int = 256,
-        k: int = 10,
-        n_candidates: int = 100,
-        seed: int = 0,
-        extra_sources: Sequence[str] = ("transformer", "vae"),
-        n_fresh: int = 10,
-        max_pending: int = 100_000,
-    ) -> OnlineRecommender:
-        """A recommender over default-configured models (the blender also knows ``extra_sources``)."""
+    def create(cls, *, arms: Sequence[ArmConfig], content_dim: int = 256, seed: int = 0,
+               extra_sources: Sequence[str] = ("transformer", "vae"), **options) -> OnlineRecommender:
+        """A recommender over default-configured models (the blender also knows ``extra_sources``);
+        ``options``: the constructor's other arguments (``k``, ``n_candidates``, ``n_fresh``, ...)."""
         return cls(
             popularity=DecayedPopularity(),
             covisit=CoVisitation(),
@@ -172,11 +149,8 @@ class OnlineRecommender:
             content=ContentNeighbours(dim=content_dim),
             blender=FeedbackBlender(sources=[*CORE_SOURCES, *extra_sources], seed=seed),
             arms=arms,
-            k=k,
-            n_candidates=n_candidates,
             seed=seed,
-            n_fresh=n_fresh,
-            max_pending=max_pending,
+            **options,
         )
 
     # ---------------------------------------------------------------- learning
@@ -189,22 +163,15 @@ class OnlineRecommender:
         self.mf.learn_one(user, item, ts, history)
 
     def forget(self, user: str) -> None:
-        """Erase ``user``'s per-user rows (#17): the candidate pool of their last list (nothing is learned
-        from it) and their MF user row. The other models hold no per-user state; what the user's events
-        taught the item models (counts, co-visitation, item factors, the ranker) stays, as every user's does."""
+        """Erase ``user``'s per-user state (#17): the candidate pool of their last list and their MF row.
+        What their events taught the item models and the ranker stays, as every user's does."""
         self._pending.pop(user, None)
         self.mf.forget(user)
 
     def feedback(self, user: str, shown: Sequence[Candidate] | None, clicked_item: str) -> int:
-        """Train the ranker on the candidate pool of the user's latest list; return the examples learned.
-
-        The pool is every candidate any source proposed within its top ``pool_depth`` for that list,
-        shown or not. When the clicked item is in it, the ranker learns it as a positive against
-        ``pool_negatives`` other candidates of the same pool drawn at random; otherwise nothing is
-        learned (the pool could not have ranked it). The list is consumed (a second call learns
-        nothing). ``shown`` is checked against the stored list when given; 0 is returned, with nothing
-        learned, when this instance holds no list for the user or holds a different one.
-        """
+        """Train the ranker on the candidate pool of the user's latest list (see the module doc); return the
+        examples learned. Nothing is learned when the clicked item is not in the pool, when no list is held
+        for the user, or when ``shown`` (if given) differs from it. The list is consumed."""
         entry = self._pending.pop(user, None)
         if entry is None:
             return 0
@@ -310,23 +277,15 @@ class OnlineRecommender:
         alternatives: Sequence[float] = (),
         depth: int | None = None,
     ) -> list[list[Candidate]]:
-        """:meth:`recommend` for a micro-batch of users (one list per user, in order).
+        """:meth:`recommend` for a micro-batch of users (one list per user, in order; the same lists as one
+        call per user, up to float rounding of the batched products). A user listed twice keeps the later
+        list as pending feedback.
 
-        ``depth``: the lists run on past ``k`` to this many items (what the read API stores, so that a
-        caller can ask for more or filter); their first ``k`` are the ``k``-item list (the candidates and
-        ranking depend on ``k`` alone).
-
-        ``alternatives``: re-ranking strengths at which the same candidates are also re-ranked, into
-        :attr:`last_alternatives` (per strength, per user). The ranker learns from candidate pools, not
-        from what was shown, so these are the lists an arm of that strength would have published: the
-        evaluation scores every strength from one replay.
-
-        ``consumed``: per user, the :func:`~online.base.item_hash` of every item they consumed (uint32);
-        no source proposes those items (nor the history's, nor ``excludes``').
-
-        The same lists as one :meth:`recommend` call per user in turn (up to float rounding of the
-        batched products), for a fraction of the cost: content and MF score the whole batch with
-        one matrix product each. A user listed twice keeps the later list as pending feedback.
+        ``depth``: the lists run on past ``k`` to this many items (the read API stores them); their first
+        ``k`` are the ``k``-item list. ``alternatives``: re-ranking strengths at which the same candidates
+        are also re-ranked, into :attr:`last_alternatives` (per strength, per user): the lists an arm of
+        that strength would have published (the evaluation scores every strength from one replay).
+        ``consumed``: per user, the :func:`~online.base.item_hash` of every item they consumed (uint32).
         """
         n_b = len(users)
         if not (len(histories) == len(user_event_counts) == len(arms) == n_b):
@@ -334,12 +293,9 @@ class OnlineRecommender:
                 f"users, histories, user_event_counts and arms differ in length: "
                 f"{n_b}, {len(histories)}, {len(user_event_counts)}, {len(arms)}"
             )
-        if extras is not None and len(extras) != n_b:
-            raise ValueError(f"{len(extras)} extras for {n_b} users")
-        if excludes is not None and len(excludes) != n_b:
-            raise ValueError(f"{len(excludes)} excludes for {n_b} users")
-        if consumed is not None and len(consumed) != n_b:
-            raise ValueError(f"{len(consumed)} consumed sets for {n_b} users")
+        for what, given in (("extras", extras), ("excludes", excludes), ("consumed sets", consumed)):
+            if given is not None and len(given) != n_b:
+                raise ValueError(f"{len(given)} {what} for {n_b} users")
         configs = []
         for arm in arms:
             config = self.arms.get(arm)
