@@ -8,19 +8,10 @@ event ``j`` (1-based ``event_index``) is paired with the user's **latest** list 
 * ``"stale"``: it is older (the scorer coalesced requests and skipped counts);
 * ``"none"``: there is no such list (every user's first event; users never served).
 
-Per user, recommendation counts arrive non-decreasing, so once a list with count ``>= j - 1`` has been
-seen no list that could pair with event ``j`` is still on its way: the event is resolved then (or on
-arrival if such a list is already known). This makes the streaming result equal to the offline one (sort
-everything, pair by count) whatever the interleaving, provided counts are strictly increasing per user
-(with a repeated count, an event resolved on the first copy keeps it; a later copy pairs with later events).
-
-* :func:`hit_rank` - where the target sits in a list.
-* :class:`Outcome` - one resolved event.
-* :class:`PrequentialPairer` - the bounded-memory streaming pairing.
-* :class:`PrequentialMetrics` - HR@K, NDCG@K, tail HR@K, HR@K per user-activity bucket over a sliding
-  window of outcomes.
-* :class:`ArmMetrics` - one interaction window, plus per-arm exposure and per-arm prequential metrics,
-  building the docs/design.md §3 ``longtail-metrics`` record.
+Per user, list counts arrive non-decreasing, so once a list with count ``>= j - 1`` has been seen no list
+that could pair with event ``j`` is still on its way: the event is resolved then. The streaming result
+thus equals the offline one (sort everything, pair by count) whatever the interleaving, provided counts
+strictly increase per user (with a repeated count, an event resolved on the first copy keeps it).
 
 >>> pairer = PrequentialPairer()
 >>> pairer.observe_event("u", "i1", 1)          # first event: waits for any list with count >= 0
@@ -76,11 +67,10 @@ def hit_rank(items: Sequence[str], target: str) -> int | None:
 class Outcome:
     """One event, resolved against the list that preceded it.
 
-    ``arm`` is the paired list's arm; for a ``"none"`` pairing it is the arm of the user's latest known
-    list (arms are assigned per user, so a user's first event is charged to the arm that then serves
-    them), or ``None`` if the user has received no list at all. ``rank`` is the 0-based position of
-    ``item`` in the paired (full) list, ``None`` if absent or if there is no list. ``rec_count`` is the
-    paired list's ``user_event_count`` (``None`` for ``"none"``).
+    ``arm``: the paired list's arm; for ``"none"``, the arm of the user's latest known list (arms are per
+    user: a first event is charged to the arm that then serves the user), ``None`` without any list.
+    ``rank``: 0-based position of ``item`` in the paired list, ``None`` if absent or no list.
+    ``rec_count``: the paired list's ``user_event_count`` (``None`` for ``"none"``).
     """
 
     user: str
@@ -127,21 +117,17 @@ class PrequentialPairer:
     """Streaming pairing of events with the recommendation lists that preceded them, in bounded memory.
 
     ``observe_event`` / ``observe_recommendation`` / ``flush`` return the :class:`Outcome` objects they
-    resolve (ascending ``event_index`` per user). Memory is bounded three ways, each with a counter:
+    resolve (ascending ``event_index`` per user). Memory is bounded three ways, each counted:
 
-    * per user, at most ``max_pending_per_user`` unresolved events; the oldest beyond that is resolved
-      as ``"none"`` (its list has not arrived, so none can be vouched for) - ``evicted_events``;
-    * per user, only the lists still needed are kept: the latest one with count ``<=`` the oldest pending
-      event's ``j - 1`` (or the last event index if nothing is pending) and every newer one; beyond
-      ``max_recs_per_user`` lists (recommendations far ahead of events) the oldest are dropped;
-    * at most ``max_users`` users, the least recently touched evicted first - ``evicted_users``; their
-      pending events resolve as ``"none"`` and count in ``evicted_events``. A returning evicted user
-      starts afresh: events needing a list from before the eviction pair as ``"none"``.
+    * per user, at most ``max_pending_per_user`` unresolved events; the oldest beyond that resolves as
+      ``"none"`` (``evicted_events``);
+    * per user, only the lists still needed (the latest with count ``<=`` the oldest pending event's
+      ``j - 1``, or the last event index, and every newer one), at most ``max_recs_per_user``;
+    * at most ``max_users`` users, the least recently touched evicted first (``evicted_users``; their
+      pending events resolve as ``"none"``); a returning user starts afresh.
 
-    An event whose list was thrown away (an event arriving out of order after its list was pruned, or
-    after the cap above) is resolved as ``"none"`` and counted in ``lost_pairings``. A list whose count is
-    lower than one already seen for the user cannot change any pairing (every pending event needs a newer
-    one) and is dropped, counted in ``late_recommendations``.
+    An event whose list was thrown away resolves as ``"none"`` (``lost_pairings``). A list with a lower
+    count than one already seen cannot change any pairing and is dropped (``late_recommendations``).
 
     >>> p = PrequentialPairer()
     >>> p.observe_recommendation("u", 2, ["x", "y"], "B")       # list 1 was skipped (coalesced)
@@ -281,14 +267,19 @@ class PrequentialPairer:
         self._prune(st)
         return out
 
+    def _drain(self, user: str, st: _UserState, out: list[Outcome]) -> list[Outcome]:
+        """Resolve all of ``user``'s pending events with the lists known now, into ``out``."""
+        while st.pending:
+            j, item = st.pending.popleft()
+            self.pending -= 1
+            out.append(self._resolve(user, st, j, item))
+        return out
+
     def flush(self) -> list[Outcome]:
         """Resolve every pending event with the lists known now (end of a replay)."""
         out: list[Outcome] = []
         for user, st in self._users.items():
-            while st.pending:
-                j, item = st.pending.popleft()
-                self.pending -= 1
-                out.append(self._resolve(user, st, j, item))
+            self._drain(user, st, out)
             self._prune(st)
         return out
 
@@ -302,14 +293,7 @@ class PrequentialPairer:
         ([(3, 'stale')], 0, 0, [])
         """
         st = self._users.pop(user, None)
-        if st is None:
-            return []
-        out: list[Outcome] = []
-        while st.pending:
-            j, item = st.pending.popleft()
-            self.pending -= 1
-            out.append(self._resolve(user, st, j, item))
-        return out
+        return [] if st is None else self._drain(user, st, [])
 
 
 def _check_buckets(buckets: Iterable[tuple[int, int | None, str]]) -> tuple[tuple[int, int | None, str], ...]:
@@ -378,23 +362,17 @@ class _Quality(Metric):
 
 class PrequentialMetrics:
     """HR@K, NDCG@K, tail HR@K and HR@K per user-activity bucket over the last ``window_events`` outcomes
-    (``online.metrics`` :class:`~online.metrics.HitRate` and :class:`~online.metrics.NDCG` in a
-    :class:`~online.metrics.Rolling` window; ``None``: no window).
+    (``None``: no window). ``update(outcome, is_tail=...)``: the target's head/tail status as the caller
+    read it when the outcome resolved. O(1) per update.
 
-    ``update(outcome, is_tail=...)`` takes the target item's head/tail status decided by the caller when
-    the outcome was resolved (e.g. ``ExposureWindow.is_tail(outcome.item)``). O(1) per update.
+    "none" pairings count as misses (docs/design.md §4: with no preceding list the item does not appear in
+    it; excluding them would reward not serving, and hide first events, the long-tail users' case); the
+    counts ``exact``, ``stale`` and ``none`` are reported beside the rates. "stale" pairings are scored
+    against the stale list, as served.
 
-    **"none" pairings count as misses** (rank ``None``): docs/design.md §4 asks, *for each event*, whether its item
-    appears in the latest list preceding it; with no such list it does not appear. Excluding them would
-    reward a system for not serving (fewer, later lists would raise its HR), and a user's first event
-    is exactly the long-tail-user case the metric must not hide. The counts ``exact``, ``stale`` and
-    ``none`` are reported beside the rates, so HR over served events is ``hr * evaluated / (evaluated -
-    none)`` if wanted. ``"stale"`` pairings are scored against the stale list, as served.
-
-    ``get()`` keys: ``hr``, ``ndcg``, ``tail_hr`` (HR over events whose item is tail), ``hr_by_bucket``
-    (by the user's *prior* event count ``j - 1``), and the counts ``evaluated``, ``exact``, ``stale``,
-    ``none``, ``tail_evaluated``, ``bucket_counts``. A rate with nothing to count is 0.0 (never NaN, so
-    records stay valid JSON) and its count, reported beside it, is 0.
+    ``get()`` keys: ``hr``, ``ndcg``, ``tail_hr``, ``hr_by_bucket`` (by the user's prior event count
+    ``j - 1``), and the counts ``evaluated``, ``exact``, ``stale``, ``none``, ``tail_evaluated``,
+    ``bucket_counts``. A rate with nothing to count is 0.0 (never NaN: records stay valid JSON).
 
     >>> m = PrequentialMetrics(k=2)
     >>> hit_first = Outcome("u", "i", 2, "A", 0, "exact", 1, 1)
@@ -453,18 +431,12 @@ class PrequentialMetrics:
 
 
 class ArmMetrics:
-    """Everything the exposure agent and the evaluate harness need, per A/B arm.
-
-    * **one** :class:`~online.headtail.ItemWindow` of the last ``window_events`` interactions, shared by
-      all arms: head/tail and popularity are properties of the item stream, not of an arm;
-    * per arm, an :class:`~online.exposure.ExposureWindow` over that arm's last ``window_events`` lists
-      (exposure is per arm), and a :class:`PrequentialMetrics` over its last ``window_events`` outcomes;
-    * one :class:`PrequentialPairer` (a user's lists and events are paired whatever the arm; the outcome
-      carries the arm of its list). Outcomes with no arm (users never served) are counted in
-      ``unattributed`` and scored for no arm.
-
-    A target's head/tail status is read from the shared window when its outcome resolves; an event is
-    paired (tested) before it enters the window (trained), the usual prequential order.
+    """Everything the exposure agent and the evaluate harness need, per A/B arm: one
+    :class:`~online.headtail.ItemWindow` of the last ``window_events`` interactions shared by all arms
+    (head/tail is a property of the item stream), per arm an :class:`~online.exposure.ExposureWindow` and a
+    :class:`PrequentialMetrics`, and one :class:`PrequentialPairer` (outcomes carry their list's arm; those
+    with none are counted in ``unattributed``). An event is paired (tested) before it enters the window
+    (trained), the usual prequential order.
 
     >>> am = ArmMetrics(k=2, window_events=100)
     >>> _ = am.observe_event("u1", "a", 1)
@@ -561,18 +533,6 @@ class ArmMetrics:
         """The docs/design.md §3 ``longtail-metrics`` record for ``arm`` (exactly its keys)."""
         snap = self.exposure(arm).snapshot()
         q = self._quality[arm].get()
-        return {
-            "window_end": float(window_end),
-            "window_events": snap["window_events"],
-            "arm": arm,
-            "tail_share": snap["tail_share"],
-            "coverage": snap["coverage"],
-            "gini": snap["gini"],
-            "aplt": snap["aplt"],
-            "novelty": snap["novelty"],
-            "hr": q["hr"],
-            "ndcg": q["ndcg"],
-            "tail_hr": q["tail_hr"],
-            "hr_by_bucket": q["hr_by_bucket"],
-            "k": self.k,
-        }
+        return {"window_end": float(window_end), "window_events": snap["window_events"], "arm": arm,
+                **{key: snap[key] for key in ("tail_share", "coverage", "gini", "aplt", "novelty")},
+                **{key: q[key] for key in ("hr", "ndcg", "tail_hr", "hr_by_bucket")}, "k": self.k}
