@@ -163,9 +163,6 @@ class EmbeddedBroker:
             self._log_file.close()
             self._log_file = None
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def wait(self) -> int:
         """Block until the broker exits (used by ``tailcast broker``)."""
         if self._proc is None:

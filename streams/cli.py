@@ -86,17 +86,8 @@ def freeze_startup_heap(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     """Exempt every object alive after start-up from the cyclic garbage collector (``gc.freeze``), and
     collect the young generation every ``young_threshold`` allocations (0 keeps Python's).
 
-    The scorer imports torch, transformers and Faust: about 440,000 objects the collector tracks, and a
-    full (generation 2) collection walks all of them, 210 ms each time on the 2-core machine. Those
-    pauses were the scorer stage's p99 in the freshness benchmark (261 ms at 1,000 events/s). The
-    start-up objects live as long as the process, so they go to the permanent generation; what the
-    process allocates later (users, lists, models swapped in) is still collected as usual.
-
-    Python collects the young generation every 700 allocations; a worker micro-batch allocates tens of
-    thousands of short-lived objects (Faust events, parsed events, states, requests), almost none of them
-    in cycles. At 20,000 the worker/bare-Faust ratio of ``python -m benchmarks.ingest --rounds 3`` went
-    from 0.726, 0.738 and 0.744 to 0.752, 0.759 and 0.766 (three runs each; gen1/gen2 thresholds as
-    Python's).
+    Full collections walking the start-up heap (torch, transformers, Faust) were the scorer's freshness p99,
+    and a micro-batch's short-lived acyclic objects made young collections frequent (docs/results.md).
     """
     gc.collect()
     gc.freeze()
@@ -139,6 +130,11 @@ def _run_faust_role(settings: Settings, role: str, args: argparse.Namespace) -> 
     return 0
 
 
+def _role_command(role: str):
+    """The command of a Faust role: ``tailcast worker``, ``scorer`` or ``api``."""
+    return lambda settings, args: _run_faust_role(settings, role, args)
+
+
 def _broker_answers(settings: Settings) -> bool:
     try:
         wait_for_kafka(settings.kafka.servers, timeout=2.0)
@@ -148,10 +144,8 @@ def _broker_answers(settings: Settings) -> bool:
 
 
 def _restart_when_broker_returns(settings: Settings, role: str) -> None:
-    """The broker went away under a running worker: wait for it with backoff, then restart this process.
-
-    State is recovered from the table changelog and committed offsets on restart, as after a crash.
-    """
+    """The broker went away under a running worker: wait for it with backoff, then restart this process
+    (state comes back from the changelog and committed offsets, as after a crash)."""
     log.error("lost the Kafka broker at %s; the %s waits for it (backoff up to 5 s) and restarts",
               settings.kafka.servers, role)
     wait_for_kafka(settings.kafka.servers, timeout=None)
@@ -159,18 +153,6 @@ def _restart_when_broker_returns(settings: Settings, role: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]])
-
-
-def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_faust_role(settings, "worker", args)
-
-
-def cmd_scorer(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_faust_role(settings, "scorer", args)
-
-
-def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    return _run_faust_role(settings, "api", args)
 
 
 def cmd_trainer(settings: Settings, args: argparse.Namespace) -> int:
@@ -238,14 +220,6 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    return run_demo(settings, args)
-
-
-def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    return run_evaluate(settings, args)
-
-
 def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     print(settings_table())
     return 0
@@ -277,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("broker", cmd_broker, "Run the embedded Kafka-compatible broker (Tansu, memory only) on "
                               f"TAILCAST_KAFKA's address or 127.0.0.1:{EMBEDDED_PORT}.")
-    add("worker", cmd_worker, "Run an ingest worker: validate events, keep user state, emit score requests.")
-    add("scorer", cmd_scorer, "Run a scorer: micro-batch score requests, publish recommendations and "
-                              "long-tail metrics.")
-    add("api", cmd_api, "Run a read API instance: each user's latest list over HTTP on TAILCAST_API_PORT "
-                        "(GET /recommendations/USER_ID?n=10, /healthz, /metrics); instances split the users.")
+    add("worker", _role_command("worker"),
+        "Run an ingest worker: validate events, keep user state, emit score requests.")
+    add("scorer", _role_command("scorer"),
+        "Run a scorer: micro-batch score requests, publish recommendations and long-tail metrics.")
+    add("api", _role_command("api"), "Run a read API instance: each user's latest list over HTTP on "
+        "TAILCAST_API_PORT (GET /recommendations/USER_ID?n=10, /healthz, /metrics); instances split the users.")
     p = add("trainer", cmd_trainer, "Run the periodic batch refresh of the Transformer: read the event log, "
                                     "train, publish a versioned checkpoint.")
     p.add_argument("--once", action="store_true", help="train once and exit")
@@ -300,12 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, default=None, help="stop after N records")
     p.add_argument("--idle-timeout", type=float, default=None, help="stop after S seconds without records")
     p.add_argument("--raw", action="store_true", help="print JSON")
-    p = add("demo", cmd_demo, "Start broker (if TAILCAST_KAFKA is unset), worker, scorer, trainer and api, replay "
+    p = add("demo", run_demo, "Start broker (if TAILCAST_KAFKA is unset), worker, scorer, trainer and api, replay "
                               "the synthetic stream (or --dataset) and show live progress.")
     _add_source_args(p)
     p.add_argument("--rate", type=float, default=500.0, help="events per second")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    p = add("evaluate", cmd_evaluate, "Replay a dataset through the live pipeline and baselines; write a report.")
+    p = add("evaluate", run_evaluate, "Replay a dataset through the live pipeline and baselines; write a report.")
     add_evaluate_arguments(p, base=True)
     add("settings", cmd_settings, "Print every TAILCAST_* setting with its default.")
     return parser

@@ -1,21 +1,11 @@
 """``tailcast demo``: the whole pipeline on one machine, with live progress.
 
-Starts the embedded broker (unless TAILCAST_KAFKA names one), a worker, a scorer, a trainer and a read API
-as child processes (``tailcast worker`` / ``scorer`` / ``trainer`` / ``api``), replays the synthetic stream
-(or ``--dataset``) at ``--rate``, and prints once a second: events/s produced, recommendations/s,
-event→recommendation latency p50/p99, tail exposure share per arm (from the ``longtail-metrics`` topic),
-the model version serving the newest lists, the share of each candidate source in the recent lists'
-slots, and a few fresh recommendations. Once the read API serves a user's list, it prints a ``curl``
-line that reads it (the API listens on ``TAILCAST_API_PORT`` when set, else on a free port).
-
-It also plays a client that displays every new list at once: an ``impressions`` record for it, stamped with
-the time of the event the list reflects, so that the replayed events that follow are the clicks and each
-arm's CTR (with its 95% interval, from ``longtail-metrics``) is printed and on the dashboard's A/B row.
-
-The trainer runs with a short budget (:data:`DEMO_TRAINER_ENV`) so that within a minute it trains the
-Transformer and the Mult-VAE on the stream so far, the scorer hot-swaps the checkpoint, and its lists
-carry the checkpoint's version and can hold ``transformer`` and ``vae`` items (each item is credited to
-the source that moved the ranker's score most); a variable already set in the environment wins.
+Starts the embedded broker (unless TAILCAST_KAFKA names one) and the :data:`ROLES` as child processes,
+replays the synthetic stream (or ``--dataset``) at ``--rate``, and prints once a second the throughput,
+latency p50/p99, each arm's tail share and CTR, the serving model, the candidate sources' shares and a few
+fresh lists, then a ``curl`` line for the read API. It plays a client that displays every new list (an
+``impressions`` record), so the replayed events that follow are its clicks. The trainer runs with a short
+budget (:data:`DEMO_TRAINER_ENV`, unless set in the environment) so a checkpoint serves within a minute.
 """
 
 from __future__ import annotations
@@ -52,11 +42,8 @@ __all__ = ["run_demo", "DEMO_TRAINER_ENV", "ROLES"]
 #: The child processes the demo starts, in order.
 ROLES = ("worker", "scorer", "trainer", "api")
 
-#: The trainer's and the model watch's settings in the demo (the defaults are sized for a service: a
-#: refresh every 10 minutes, up to 5 minutes an encoder). A refresh every 10 s after the previous one ends
-#: (the early refreshes while the log doubles come first): the item texts encoded, the ids-only and the
-#: text encoder 5 s each, the Mult-VAE 4 s, on one core; a checkpoint is hot-swapped (every active user
-#: scored again) every 25 s or so.
+#: The trainer's and the model watch's settings in the demo (the defaults are sized for a service): a
+#: checkpoint is hot-swapped every 25 s or so.
 DEMO_TRAINER_ENV = {
     "TAILCAST_TRAIN_INTERVAL_S": "10",  # the pace at low --rate
     "TAILCAST_TRAIN_MAX_SECONDS": "5",  # each encoder's training budget

@@ -33,9 +33,8 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 async def send_batched(producer, topic: str, records: Sequence[tuple[bytes, bytes, int]]) -> None:
-    """Enqueue ``(key, value, partition)`` records as one record batch per partition (aiokafka's batch
-    API) on ``producer``, the app's own aiokafka producer, so the flush Faust does before each offset
-    commit covers them too (at-least-once)."""
+    """Enqueue ``(key, value, partition)`` records as one record batch per partition on ``producer``, the
+    app's own aiokafka producer, so Faust's flush before each offset commit covers them (at-least-once)."""
     batches = {}
     for key, value, partition in records:
         builder = batches.get(partition)
@@ -50,12 +49,8 @@ async def send_batched(producer, topic: str, records: Sequence[tuple[bytes, byte
 
 
 class UnreachableReporter(logging.Handler):
-    """Turns aiokafka's connection errors into tailcast's own error that names the configured address.
-
-    aiokafka names a lost broker by node id and socket tuple ("Unable connect to node with id 111 ...
-    ('127.0.0.1', 9092)"), and which of its messages appear during an outage depends on timing. Attached
-    to the ``aiokafka`` logger, this handler logs ``Kafka at HOST:PORT is unreachable (...)`` on the
-    ``tailcast`` logger, at most once every ``every`` seconds while the errors continue.
+    """Turns aiokafka's connection errors (which name a node id and socket, and vary with timing) into one
+    ``Kafka at HOST:PORT is unreachable (...)`` on the ``tailcast`` logger, at most once every ``every`` s.
 
     >>> import io
     >>> out = io.StringIO(); h = logging.StreamHandler(out); logging.getLogger("tailcast").addHandler(h)

@@ -1,8 +1,5 @@
-"""Child processes of ``tailcast demo`` and ``tailcast evaluate --mode live``: start a role, stop them all, and
-wait for a condition on them (the benchmarks and the tests wait with it too).
-
-One module for launching, so that the commands import one way (cli → demo, cli → evaluate → evaluation),
-and neither reaches back into the other for it.
+"""Child processes of ``tailcast demo`` and ``tailcast evaluate --mode live`` (and of the tests and benchmarks):
+start a role, stop them all, wait for a condition.
 """
 
 from __future__ import annotations

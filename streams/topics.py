@@ -1,7 +1,5 @@
-"""Every topic of docs/design.md §3, declared once: names, partition counts, cleanup policy.
-
-:func:`ensure_topics` creates them with explicit partition counts at start-up (idempotent) and returns
-the partition count each topic really has, which the worker needs to route events by user.
+"""Every topic of docs/design.md §3, declared once: names, partition counts, cleanup policy; created by
+:func:`ensure_topics`, which returns the partition counts the topics really have.
 """
 
 from __future__ import annotations
@@ -57,11 +55,8 @@ def _murmur2(key: bytes) -> int:
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (Java, aiokafka, Faust) partitioner gives ``key``: murmur2.
-
-    aiokafka's murmur2 is pure Python (~1.6 µs a key) and the worker asks about each event's user two or
-    three times (routing, its changelog record, its score request), so the hashes of the last 65,536 keys
-    are kept (11 MB at most, measured with tracemalloc).
+    """The partition Kafka's default (Java, aiokafka, Faust) partitioner gives ``key``: murmur2, pure Python
+    in aiokafka, so recent keys' hashes are cached (the worker asks two or three times per event).
 
     >>> partition_for(b"u1", 4) == (murmur2(b"u1") & 0x7FFFFFFF) % 4
     True

@@ -1,15 +1,10 @@
 """``tailcast trainer``: the periodic batch refresh of the Transformer sequence encoder.
 
-It reads the validated event log (``score-requests``: every event once, pseudonymised when configured)
-and the item catalogue from the beginning, keeps the most recent :data:`EVENTS_KEPT` events, and
-every ``TAILCAST_TRAIN_INTERVAL_S`` seconds — or as soon as the log has doubled since the last refresh, and by
-at least :data:`streams.config.TRAIN_MIN_EVENTS` events — trains a fresh encoder (``models.refresh``, item text ``"auto"``: with and without it,
-the better on validation kept) and, unless ``TAILCAST_TRAIN_VAE_MAX_SECONDS`` is 0, a Mult-VAE off the event
-loop, and publishes a versioned checkpoint atomically to ``TAILCAST_CHECKPOINT_DIR``, where scorers pick it
-up and hot-swap.
-
-Erasure (#17): a user's forget marker on ``score-requests`` drops the user's events from the log kept
-(:meth:`EventLog.forget`); the next scheduled refresh trains without them, and so does every later one.
+It reads ``score-requests`` (every validated event once) and the item catalogue from the beginning, keeps
+the newest :data:`EVENTS_KEPT` events and, every ``TAILCAST_TRAIN_INTERVAL_S`` or once the log has doubled
+(by at least :data:`streams.config.TRAIN_MIN_EVENTS`), trains a fresh encoder and a Mult-VAE
+(``models.refresh``) off the event loop and publishes a versioned checkpoint for the scorers. An erased
+user's events (#17) are dropped from the log kept, so no later refresh trains on them.
 """
 
 from __future__ import annotations
@@ -46,11 +41,8 @@ EVENTS_KEPT = 1_000_000
 class EventLog:
     """The most recent events, each applied once (a per-user high-water mark drops redelivered ones).
 
-    Erasure (#17): :meth:`forget` drops a user's events kept so far, so that no refresh from then on trains
-    on them; reading the log again from its beginning drops them again at the marker, which follows them.
-    A user who comes back afterwards is a new user (their high-water mark goes too). The events go in one
-    pass over the log for all the users forgotten since the last (:meth:`erase`, before each refresh and
-    once per batch read): a user's events after the marker are added only once the pass is done.
+    :meth:`forget` (#17) marks a user's events kept so far; :meth:`erase` drops those of every user marked
+    since, in one pass, before the user's later events are added. A returning user is a new user.
 
     >>> log = EventLog(10)
     >>> for user, n in (("u1", 2), ("u2", 1)):
@@ -138,8 +130,7 @@ def refresh_once(settings: Settings, events: list[tuple[str, str, float]], texts
     """Train on ``events`` and publish a checkpoint; returns the published checkpoint."""
     started = time.time()
     config = config or refresh_config(settings)
-    # item texts feed only an encoder variant with text: with text "off" (a caller's config; the deployed
-    # trainer's is "auto"), encoding them (MiniLM by default, ~430 items/s) would only delay the checkpoint
+    # item texts feed only an encoder variant with text: with text "off", encoding them would only delay it
     vectors = _text_vectors(settings, texts) if config.text != "off" else {}
     result = fit_refresh(events, text_vectors=vectors, config=config)
     ckpt = CheckpointRegistry(settings.scorer.checkpoint_dir).publish(

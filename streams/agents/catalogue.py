@@ -1,16 +1,9 @@
 """Catalogue control (#17): which items may be recommended, folded from the ``items`` topic in order.
 
-``items`` is compacted and keyed by item id, so an item's state is its last record alone:
-
-* a record with ``"hidden": true`` hides the item (it stays in the catalogue: its text is still encoded);
-* a record without it, or with ``"hidden": false``, makes it visible: a ``restore`` when it was hidden or
-  deleted, an ``upsert`` otherwise;
-* a tombstone (a null value keyed by the item id) deletes it.
-
-Hidden and deleted items are :attr:`Catalogue.banned`. Every scorer and every ``api`` instance follows the
-whole topic (:func:`follow_items`, no consumer group) and holds its own :class:`Catalogue`: the scorer
-passes the banned set to the recommender as every user's exclusion, the read API drops banned items from
-the lists it serves (docs/decisions.md, "Catalogue control").
+An item's state is its last record: ``"hidden": true`` hides it (its text is still encoded), a visible
+record is an ``upsert`` (a ``restore`` after a hide or delete), a tombstone deletes it. Hidden and deleted
+items are :attr:`Catalogue.banned`; every scorer and ``api`` instance follows the whole topic and holds its
+own (docs/decisions.md, "Catalogue control").
 
 >>> c = Catalogue(max_bytes=1000)
 >>> c.apply(b"i1", b'{"item_id": "i1", "title": "Jazz", "hidden": true}').kind, sorted(c.banned)
@@ -46,9 +39,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CatalogueChange:
-    """One ``items`` record as applied: its ``kind`` (one of ``streams.records.CATALOG_CHANGES``), the item,
-    and the record when it has one (``upsert``, ``hide``, ``restore``: its text is what the encoder reads);
-    ``error`` says why an ``invalid`` record was skipped."""
+    """One ``items`` record as applied: its ``kind`` (``streams.records.CATALOG_CHANGES``), the item, the
+    record unless deleted or invalid, and ``error``, why an ``invalid`` record was skipped."""
 
     kind: str
     item_id: str | None
@@ -90,10 +82,7 @@ class Catalogue:
 
 async def follow_items(kafka: KafkaSettings, handle: Callable[[list[Any]], Awaitable[None]], *,
                        caught_up: asyncio.Event, max_records: int = 1000) -> None:
-    """Read every partition of ``items`` from its beginning, then follow it, handing each fetched batch of
-    records (aiokafka ``ConsumerRecord``, in offset order) to ``handle``; set ``caught_up`` once ``handle``
-    has had every record that was in the topic when this started. No consumer group: every caller reads
-    the whole topic. Runs until cancelled."""
+    """:func:`follow_partitions` of the whole ``items`` topic, from its beginning."""
     await follow_partitions(kafka, ITEMS, handle, caught_up=caught_up, max_records=max_records)
 
 
@@ -112,11 +101,10 @@ async def committed_offsets(kafka: KafkaSettings, group_id: str, tps: Sequence[T
 async def follow_partitions(kafka: KafkaSettings, topic: str, handle: Callable[[list[Any]], Awaitable[None]], *,
                             group_id: str | None = None, caught_up: asyncio.Event | None = None,
                             max_records: int = 1000) -> None:
-    """Read every partition of ``topic`` and follow it, handing each fetched batch of records (in offset
-    order per partition) to ``handle``, without joining a consumer group. Each partition starts at
-    ``group_id``'s committed offset (where that group's member taking it over would start; never committed
-    here), or at its beginning without a group or a commit. ``caught_up`` is set once ``handle`` has had
-    every record that was in the topic when this started. Runs until cancelled."""
+    """Read every partition of ``topic`` and follow it without joining a group, handing each fetched batch
+    of records (aiokafka's, in offset order per partition) to ``handle``, until cancelled. Each partition
+    starts at ``group_id``'s committed offset (never committed here), else at its beginning; ``caught_up`` is
+    set once ``handle`` has had every record that was in the topic when this started."""
     consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:

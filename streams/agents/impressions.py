@@ -1,12 +1,9 @@
 """The scorer's impressions agent (#17): what clients displayed, the clicks that followed, per A/B arm.
 
-``impressions`` is keyed by user and partitioned like ``score-requests``, so the scorer that serves a user
-reads both the user's impressions (this agent) and their events (the ``score`` agent hands each micro-batch's
-events to :meth:`Impressions.clicks`). The attribution rule and the figures are ``online.ab``'s; here a
-record is validated (a bad one goes to ``events.dlq`` with its reason and is counted), its user id is
-pseudonymised as the worker does it, its arm is the user's arm (the same assigner as the scorer's), and
-every count is exported as a Prometheus counter (``ABMetrics``) and, per arm, as the ``ab`` object of the
-``longtail-metrics`` record.
+``impressions`` is partitioned like ``score-requests``, so the scorer serving a user gets both their
+impressions and their events (:meth:`Impressions.clicks`). Attribution is ``online.ab``'s; here a record is
+validated (a bad one goes to ``events.dlq``), its user pseudonymised and assigned the scorer's arm, and the
+counts exported as ``ABMetrics`` and each arm's ``ab`` object of the ``longtail-metrics`` record.
 """
 
 from __future__ import annotations
@@ -74,9 +71,6 @@ class Impressions:
         """The ``ab`` object of ``arm``'s ``longtail-metrics`` record; ``None`` before its first impression."""
         counts = self.ledger.counts.get(arm)
         return None if counts is None else counts.record()
-
-    def arms_seen(self) -> list[str]:
-        return self.ledger.arms()
 
 
 def register(app, *, topic, impressions: Impressions, producer) -> Any:

@@ -1,16 +1,10 @@
 """``--mode live``: the real pipeline (broker, ``tailcast worker``, ``tailcast scorer``) on a replayed dataset.
 
-:func:`run_live` starts the embedded broker (unless ``TAILCAST_KAFKA`` names one: then the topics must be
-fresh, since user states and old recommendations would mix with this run), a worker and a scorer as child
-processes, replays the dataset at ``rate`` events/s with :func:`streams.tools.replay`, and consumes the
-``recommendations`` topic as a downstream consumer (all partitions, no group) until every user's final
-state has its recommendation or ``timeout`` seconds pass after the replay ends.
-
-:func:`score_live` pairs the consumed lists with the replayed events by ``user_event_count`` (the
-:class:`~streams.evaluation.harness.Scoreboard` of the offline mode), one system per A/B arm: arms are
-assigned per user, so each arm is scored on its own users, while every event feeds the shared head/tail
-window. Pairing by count does not depend on arrival order; lists are fed right after the event they
-reflect, which fixes the head/tail set each list is judged with and makes the result reproducible.
+:func:`run_live` starts the embedded broker (a configured ``TAILCAST_KAFKA`` needs fresh topics), a worker and
+a scorer, replays the dataset at ``rate`` events/s and consumes ``recommendations`` until every user's final
+state has its list or ``timeout`` seconds pass after the replay. :func:`score_live` pairs the lists with the
+events by ``user_event_count`` (the offline :class:`~streams.evaluation.harness.Scoreboard`), one system per
+A/B arm on its own users, each list fed right after the event it reflects (reproducible head/tail).
 """
 
 from __future__ import annotations

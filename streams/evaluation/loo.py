@@ -1,23 +1,12 @@
 """Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast.
 
-* MostPop and ItemCF: ``models.loo.MostPop`` / ``models.loo.ItemCF`` through ``models.loo.evaluate_split``
-  (full-catalogue ranking, history excluded, random tie-break seeded by ``--seed``);
-* the Transformer (``--train-transformer SECONDS``): trained with ``models.train.train`` on the training
-  part, early-stopped on the validation item, scored once on the test item (the recipe of
-  ``benchmarks/quality_loo.py``, with ids only);
-* Mult-VAE (``--train-vae SECONDS``): trained on the same training part with the trainer's configuration,
-  early-stopped on the validation item, scored once on the test item (fold-in);
-* tailcast at each strength: the stream minus every user's test event is replayed through the scorer's
-  micro-batch logic (so the ranker learns from its candidate pools, as live), then each evaluated user
-  gets one list for their state before the test event. The batch models come in as after a live refresh:
-  the train part is replayed on the online models alone, then the batch models are installed and the
-  validation events are replayed, so the ranker learns their weight on events they were not trained on.
-  A list has ``k`` items, so the target's rank is known only inside the top ``k``: HR@k and NDCG@k are exact, the rank beyond is "not in the list".
-  With ``--train-transformer`` the Transformer trained above (and the Mult-VAE with ``--train-vae``) are
-  tailcast's batch candidate sources, frozen, as a checkpoint is in the scorer; with both, the rows
-  ``tailcast[s=…] no VAE`` switch the VAE source off.
-  The online recommender never re-recommends a history item, so a test target that repeats a history
-  item is a miss for it (``models/loo.py`` keeps such targets rankable for the other systems).
+* MostPop and ItemCF through ``models.loo.evaluate_split`` (full catalogue, history excluded, ``--seed``
+  tie-break); the Transformer (``--train-transformer``) and Mult-VAE (``--train-vae``) trained on the train
+  part, early-stopped on the validation item, scored once on the test item;
+* tailcast at each strength: the stream minus every user's test event replayed through the scorer's
+  micro-batches, then one top-``k`` list per user (ranks beyond ``k`` are "not in the list"; a target that
+  repeats a history item is a miss). The trained models are its frozen batch sources, installed after the
+  train part, so the ranker learns their weight on the validation events they were not trained on.
 
 Tail targets, short users and the metric names are those of ``models.loo.evaluate_split``.
 """
@@ -155,12 +144,8 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         specs = [SystemSpec("tailcast", float(s)) for s in strengths]
         if batch_model is not None and batch_model.vae is not None:
             specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
-        # The batch models were trained on the train part, so on its events their candidates are in-sample (the
-        # Mult-VAE reconstructs histories it has seen): a ranker learning from them there trusts them more than
-        # the test event will bear out. As deployed, the ranker meets a batch model's candidates only on events
-        # the model was not trained on. So the train part is replayed on the online models alone; then the batch
-        # models are installed and every user re-scored (as after a live refresh), and the validation events,
-        # which the batch models were early-stopped on but not trained on, teach the ranker what they are worth.
+        # on the train part the batch models' candidates are in-sample, and a ranker learning there would trust
+        # them too much: the online models alone replay it, the batch models come in for the validation events
         valid_count = {u: len(split.train[u]) + 1 for u in split.valid}
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],

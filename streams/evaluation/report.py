@@ -1,12 +1,7 @@
 """``report.json``, ``report.md`` and the PNG plots of ``tailcast evaluate`` (docs/design.md §6).
 
-``report.json`` is ``{system: {metric: value}}`` with the docs/design.md §3/§4 names: ``hr``, ``ndcg``, ``tail_hr``,
-``hr_by_bucket`` (nested, ``{"<=5": .., "6-20": .., ">20": ..}`` as in the ``longtail-metrics`` record),
-``tail_share``, ``coverage``, ``gini``, ``aplt``, ``novelty``, ``k``, the pairing counts ``evaluated``,
-``exact``, ``stale``, ``none``, ``consumed_share`` (share of top-k slots holding an item the user had
-already consumed, docs/design.md §7), and extras (``bucket_counts``, ``tail_evaluated``, ``lists``, timings...).
-Everything else about the run (command, dataset, settings, per-chunk series, the trade-off verdicts)
-goes to ``run.json``, so that ``report.json`` keeps exactly that shape.
+``report.json`` is ``{system: {metric: value}}`` with the docs/design.md §3/§4 names (``hr_by_bucket`` nested as
+in the ``longtail-metrics`` record) and nothing else; the run's details and verdicts go to ``run.json``.
 """
 
 from __future__ import annotations
@@ -76,20 +71,13 @@ def _against(curve: list[tuple[float, float, float, str]], ndcg: float, val: flo
 def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
     """The docs/design.md §7 checks that one run can answer.
 
-    * ``tradeoff``: does tailcast's knob curve lie above each co-visitation TailBoost curve
-      (:data:`~streams.evaluation.systems.TAILBOOST_CURVES`: ItemCF's and CoVisit-raw's, λ = 0 included), at
-      every tailcast setting? For each tailcast point (NDCG@10, y), y = tail share or tail HR@10, the curve
-      (points sorted by NDCG) is linearly interpolated at the same NDCG; "above" if tailcast's y is
-      higher. A tailcast NDCG outside the curve's NDCG range is compared with the nearest end: above it
-      AND with a higher NDCG counts as dominating, anything else as "not above". The verdict per y is
-      over every curve the run has (a curve the run lacks is listed as missing).
-    * ``quality``: tailcast at knob 0 vs the best single system (every baseline kind: MostPop, ItemCF,
-      TailBoost, CoVisit-raw and its TailBoost, the Transformer, the Mult-VAE): NDCG@10 ratio >= 1.05.
-    * ``consumed``: each tailcast row's share of slots holding an item the user already consumed, <= 0.5%.
-    * ``long_tail_users``: long-tail users' (``<=5`` bucket) HR@10 of the tailcast settings vs every baseline.
-    * ``batch_models``: do the batch models add accuracy? Each tailcast row (with the batch models) vs the
-      ``online only`` row of the same strength: NDCG@10 higher. Whether the models were frozen or refreshed
-      as deployed is the run's (``report.md`` names it from ``meta["batch_models"]``).
+    * ``tradeoff``: is each tailcast point (NDCG@10, y) above every TailBoost curve (:data:`TAILBOOST_CURVES`),
+      interpolated at the same NDCG, for y = tail share and tail HR@10? Outside a curve's NDCG range it must
+      beat the nearest end on both; a curve the run lacks is listed as missing.
+    * ``quality``: tailcast at knob 0 vs the best baseline: NDCG@10 ratio >= :data:`QUALITY_RATIO`.
+    * ``consumed``: each tailcast row's share of already-consumed slots, <= :data:`MAX_CONSUMED_SHARE`.
+    * ``long_tail_users``: the ``<=5`` bucket's HR@10 of tailcast vs every baseline.
+    * ``batch_models``: each tailcast row's NDCG@10 above the ``online only`` row of its strength.
     """
     out: dict = {"tradeoff": {}, "quality": {}, "consumed": {}, "long_tail_users": {}, "batch_models": {}}
     for y in ("tail_share", "tail_hr"):
@@ -146,6 +134,13 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
 
     files = []
     names = list(results)
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
     # 1. trade-off: tail share and tail HR vs NDCG, one curve per family
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, y, label in ((axes[0], "tail_share", "tail exposure share"), (axes[1], "tail_hr", "tail HR@10")):
@@ -168,10 +163,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}: accuracy vs long-tail trade-off")
-    fig.tight_layout()
-    fig.savefig(out / "tradeoff.png", dpi=110)
-    plt.close(fig)
-    files.append("tradeoff.png")
+    save(fig, "tradeoff.png")
     # 2. HR@10 by user-activity bucket
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 3), 4.8))
     width = 0.8 / max(len(names), 1)
@@ -184,10 +176,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
     ax.set_title(f"{title}: HR@10 by user activity")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "hr_by_bucket.png", dpi=110)
-    plt.close(fig)
-    files.append("hr_by_bucket.png")
+    save(fig, "hr_by_bucket.png")
     # 3. Lorenz curves of exposure
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for name in names:
@@ -201,10 +190,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
     ax.set_ylabel("share of recommendation slots")
     ax.set_title(f"{title}: Lorenz curves of exposure")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "lorenz.png", dpi=110)
-    plt.close(fig)
-    files.append("lorenz.png")
+    save(fig, "lorenz.png")
     # 4. metrics over time
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in names:
@@ -220,10 +206,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
     fig.suptitle(f"{title}: metrics over time")
-    fig.tight_layout()
-    fig.savefig(out / "over_time.png", dpi=110)
-    plt.close(fig)
-    files.append("over_time.png")
+    save(fig, "over_time.png")
     return files
 
 

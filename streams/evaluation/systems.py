@@ -1,38 +1,17 @@
-"""The systems ``tailcast evaluate`` compares, each behind the scorer's own micro-batch logic.
+"""The systems ``tailcast evaluate`` compares, each a :class:`~streams.agents.scorer.ScorerCore` around its
+recommender, so all see the same micro-batches, coalescing and pairing (:class:`SystemSpec` names them):
 
-Every system is a :class:`~streams.agents.scorer.ScorerCore` (learn, coalesce, encode, recommend) around
-a recommender with the methods ``ScorerCore`` calls, ``learn_one(user, item, ts, history)`` and
-``recommend_many(users, histories, user_event_counts, *, arms, extras)`` (the baselines implement
-``recommend`` per user and get ``recommend_many`` from :class:`PerUserRecommender`), so all of them see the
-same micro-batches, the same coalescing and the same pairing:
+* ``tailcast[s=…]``: the live scorer's recommender (``build_recommender``) with one arm forced, at
+  re-ranking strength s, plus the batch model's candidates when there is one; ``no VAE`` without its
+  Mult-VAE source, ``online only`` without any batch model (do the batch models add accuracy? §7);
+* ``MostPop`` over the last ``TAILCAST_WINDOW_EVENTS`` events; ``ItemCF`` (online co-visitation) and
+  ``TailBoost[λ=…]``, its top 100 re-sorted by score × (1 + λ·is_tail); ``CoVisit-raw``, the plain transition
+  counter of docs/design.md §5, and its own TailBoost curve;
+* ``Transformer`` and ``Mult-VAE``: a batch source's top-k alone.
 
-* ``tailcast[s=…]``: the live scorer's :class:`~online.recommender.OnlineRecommender`, built by
-  :func:`streams.agents.serving.build_recommender` from the settings with ONE arm forced for every user,
-  whose re-ranking strength is the knob being swept (plus the batch model's candidates when a checkpoint
-  is given: the Transformer, and the Mult-VAE when the checkpoint carries one);
-* ``tailcast[s=…] no VAE``: the same, with the batch model's Mult-VAE source switched off (only when there
-  is one), for the with/without comparison;
-* ``tailcast[s=…] online only``: the same recommender with no batch model at all (online models only, as a
-  scorer serves before its first checkpoint), beside the rows above whenever there is a batch model, so that
-  one report tells whether the batch models add accuracy (docs/design.md §7);
-* ``MostPop``: the most interacted items in the last ``TAILCAST_WINDOW_EVENTS`` events (:class:`WindowMostPop`);
-* ``ItemCF``: online item co-visitation (:class:`~online.covisit.CoVisitation`, decayed, distance-weighted,
-  popularity-normalised) alone;
-* ``TailBoost[λ=…]``: the same co-visitation's top 100 re-sorted by score × (1 + λ·is_tail) (λ = 0:
-  ``ItemCF``);
-* ``CoVisit-raw``: the plain transition counter (:meth:`~online.covisit.CoVisitation.transitions`: counts of
-  ``j`` following ``h`` within 5 items, backward one half, score = sum of ``W[h_r][j] / r`` over the user's last
-  5 distinct items): docs/design.md §5's raw transition co-visitation counter;
-* ``CoVisit-raw+TailBoost[λ=…]``: its top 100 re-sorted by score × (1 + λ·is_tail), the second TailBoost curve;
-* ``Transformer``: the checkpoint's top-k alone, no online models, no tail re-ranking;
-* ``Mult-VAE``: the checkpoint's Mult-VAE top-k alone, likewise (only when there is one).
-
-Every baseline keeps each user's consumed items itself, from ``learn_one`` (it sees every event of the
-user: the whole history, not only the last ``history_len`` items a request carries), never recommends one of
-them, and tops its list up with window MostPop when its own source has fewer than ``k`` items.
-Head/tail for the baselines is :class:`~streams.evaluation.window.WindowPopularity`, the docs/design.md §4
-definition (top ``head_share`` of active items by window count, ties by item id, exact after every event),
-i.e. the same split as tailcast's.
+Every baseline keeps each user's whole consumed set itself, never recommends from it, tops its list up with
+window MostPop, and splits head/tail with :class:`~streams.evaluation.window.WindowPopularity` (the §4
+definition, tailcast's split).
 """
 
 from __future__ import annotations
@@ -69,18 +48,13 @@ class SystemSpec:
 
     @property
     def name(self) -> str:
-        if self.kind == "tailcast":
-            return f"tailcast[s={self.param:.2f}]"
-        if self.kind == "tailcast-novae":
-            return f"tailcast[s={self.param:.2f}] no VAE"
-        if self.kind == "tailcast-online":
-            return f"tailcast[s={self.param:.2f}] online only"
-        if self.kind == "tailboost":
-            return f"TailBoost[λ={self.param:g}]"
-        if self.kind == "covisit-raw-boost":
-            return f"CoVisit-raw+TailBoost[λ={self.param:g}]"
-        return {"mostpop": "MostPop", "itemcf": "ItemCF", "covisit-raw": "CoVisit-raw", "transformer": "Transformer",
-                "vae": "Mult-VAE"}[self.kind]
+        return _NAMES[self.kind].format(self.param)
+
+
+_NAMES = {"tailcast": "tailcast[s={:.2f}]", "tailcast-novae": "tailcast[s={:.2f}] no VAE",
+          "tailcast-online": "tailcast[s={:.2f}] online only", "tailboost": "TailBoost[λ={:g}]",
+          "covisit-raw-boost": "CoVisit-raw+TailBoost[λ={:g}]", "mostpop": "MostPop", "itemcf": "ItemCF",
+          "covisit-raw": "CoVisit-raw", "transformer": "Transformer", "vae": "Mult-VAE"}
 
 
 #: Every system kind; the baselines are all but the tailcast ones.
@@ -131,11 +105,8 @@ class PerUserRecommender:
 
 
 class _Baseline(PerUserRecommender):
-    """What every baseline shares: each user's consumed items and the window's popularity.
-
-    ``learn_one`` records the event in both (the scorer calls it for every event of every user, before it
-    scores the micro-batch), then hands it to :meth:`_learn`.
-    """
+    """What every baseline shares: each user's consumed items and the window's popularity, both fed by
+    ``learn_one`` before it hands the event to :meth:`_learn`."""
 
     def __init__(self, *, k: int, window_events: int, head_share: float) -> None:
         self.k = k
@@ -194,14 +165,9 @@ class WindowMostPop(_Baseline):
 
 
 class _RankedCoVisitation(CoVisitation):
-    """:class:`CoVisitation` with the read the baselines need: the top ``n`` items and scores, the anchors
-    only for the few items shown (``CoVisitation.recommend`` computes the anchor of every candidate it
-    returns, one pass over the terms each: 17 µs a candidate, most of a TailBoost list's cost at 100
-    candidates). Scores, order and ties are those of :meth:`CoVisitation.top`.
-
-    It also keeps each user's consumed items as this model's indices (:meth:`consumed_by`), so that
-    banning a long history costs no lookup per item and request (the lookups took a sixth of ItemCF's
-    time on ml-latest-small, whose users consumed 300 items on average when they made a request).
+    """:class:`CoVisitation` with the read the baselines need: the top ``n`` items and scores (those of
+    :meth:`CoVisitation.top`), anchors only for the few items shown, and each user's consumed items kept as
+    indices (:meth:`consumed_by`), so a long history costs no lookup per request.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -298,11 +264,8 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
                model_later: bool = False) -> ScorerCore:
     """A fresh :class:`ScorerCore` for ``spec`` with a single arm named after the system.
 
-    ``text_vectors`` = (item ids, (N, D) array) for tailcast's content model (what the live scorer's
-    catalogue task gives it); ``model`` = a ``SequenceModel`` (``models.scoring.BatchScorer``) or None.
-    ``model_later``: the Transformer and Mult-VAE systems may start without a model (one is swapped in
-    later, ``--refresh-every``); until then they serve the MostPop top-up only, as a scorer without a
-    checkpoint serves its online models only.
+    ``text_vectors``: (item ids, (N, D) array) for tailcast's content model; ``model``: a ``SequenceModel``
+    or None. ``model_later``: the Transformer and Mult-VAE systems may start without one (swapped in later).
     """
     from streams.agents.serving import build_recommender
 

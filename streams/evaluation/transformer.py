@@ -1,30 +1,24 @@
 """The Transformer for evaluation: load a published checkpoint, or train one quickly with ``models/``.
 
-Quick training (``--train-transformer SECONDS``) uses only the events it is given (the warm-up part of
-the stream in offline/live mode, the training part of the split in leave-one-out mode): per-user
-leave-one-out on those events, the last event of each user as validation target for early stopping
-(``models.train.train`` selects on validation only), ids only (no text vectors, so no MiniLM download),
-a wall-clock budget. The result serves through :class:`models.scoring.BatchScorer`, as in the scorer.
-With ``vae_seconds`` a Mult-VAE (``models.vae``, the trainer's configuration) is trained on the same split,
-selected on the same validation targets, and served beside it as the ``vae`` source, as a refresh does.
+Quick training (``--train-transformer SECONDS``) uses only the events it is given, ids only, within a
+wall-clock budget, early-stopped on each user's last event; with ``vae_seconds`` a Mult-VAE (the trainer's
+configuration) is trained on the same split and served beside it as the ``vae`` source. Both serve through
+:class:`models.scoring.BatchScorer`, as in the scorer.
 
-:class:`Refresher` (``--refresh-every``) trains such a model again at each refresh point of the replay on all
-events so far. The Transformer is warm-started from the previous refresh's weights: the new vocabulary
-keeps the previous one as its prefix (every item seen before is in the events so far, since nothing is
-dropped) and only the new items' rows are fresh (``SeqEncoder.extend_items``), then it trains on the new
-split with the same budget and early stopping. No leakage through the warm start: the previous model
-trained on each user's events but the last one then, and each user's last event now is either that one
-or newer. The Mult-VAE is trained from scratch at every refresh: ``models.vae.fit_vae`` builds its model
-itself and ``MultVAE`` has no way to add item rows. The live trainer (``models.refresh.fit_refresh``)
-trains both from scratch; ``warm_start=False`` does the same here.
+:class:`Refresher` (``--refresh-every``) trains again on all events so far at each refresh point. The
+Transformer is warm-started from the previous refresh (its vocabulary is the new one's prefix; new items'
+rows are fresh), without leakage: the previous model never trained on any user's newest event. The Mult-VAE
+cannot add item rows and is trained from scratch; ``warm_start=False`` does so for both, as the trainer does.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass
 from dataclasses import replace as _dc_replace
 from pathlib import Path
+from typing import Any
 
 __all__ = ["load_model", "train_quick", "TrainedTransformer", "Refresher"]
 
@@ -46,24 +40,23 @@ def load_model(path: str | Path, *, device: str = "auto", quantize: str = "none"
     return BatchScorer(ckpt, device=device, quantize=quantize)
 
 
+@dataclass(eq=False)
 class TrainedTransformer:
     """A model trained here, with the figures the report needs (``encoder`` and ``vocab``: what a warm
     start continues from; ``warm``: whether this one was warm-started)."""
 
-    def __init__(self, scorer, *, valid_ndcg: float | None, epochs: int, seconds: float, items: int,
-                 events: int, vae_valid_ndcg: float | None = None, vae_epochs: int = 0, encoder=None,
-                 vocab=None, warm: bool = False) -> None:
-        self.scorer = scorer
-        self.encoder = encoder
-        self.vocab = vocab
-        self.warm = warm
-        self.valid_ndcg = valid_ndcg
-        self.vae_valid_ndcg = vae_valid_ndcg
-        self.vae_epochs = vae_epochs
-        self.epochs = epochs
-        self.seconds = seconds
-        self.items = items
-        self.events = events
+    scorer: Any
+    _: KW_ONLY
+    valid_ndcg: float | None
+    epochs: int
+    seconds: float
+    items: int
+    events: int
+    vae_valid_ndcg: float | None = None
+    vae_epochs: int = 0
+    encoder: Any = None
+    vocab: Any = None
+    warm: bool = False
 
 
 def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]] | None, n_items: int, *,

@@ -1,13 +1,8 @@
 """The baselines' item window: counts over the last events, kept ranked, exact after every event.
 
-MostPop's top-k and the docs/design.md §4 head/tail split (``online.headtail``: head = the top
-``head_size(active items)`` items by window count, ties by item id; tail = the rest) are both reads of the
-same ranking, by (count desc, item id asc). Each event moves one item up one count and, once the window is
-full, the oldest event's item down one, so the ranking is kept in count buckets rather than re-sorted: an
-update is two bisects in small sorted lists, and the head boundary is found by walking the distinct counts
-from the bottom (the tail is the bulk of the items and sits in the few lowest counts), once after a change.
-The split is thus exact at every read, as with ``online.headtail.ItemWindow(refresh_events=1)``, without its
-O(active items) re-selection per event (what made ``--batch 1`` slow).
+MostPop's top-k and the docs/design.md §4 head/tail split are reads of one ranking by (count desc, item id
+asc), kept in count buckets: an event is two bisects, and the head boundary is found from the lowest counts
+once after a change, so the split is exact at every read without re-selecting all active items per event.
 
 >>> w = WindowPopularity(window_events=5, head_share=0.4)
 >>> for item in "aabcd":
@@ -15,7 +10,7 @@ O(active items) re-selection per event (what made ``--batch 1`` slow).
 >>> w.top(2), w.top(2, banned={"a"}), w.is_tail("a"), w.is_tail("b"), w.is_tail("never-seen")
 ([('a', 2), ('b', 1)], [('b', 1), ('c', 1)], False, True, True)
 >>> w.observe("e")      # evicts the first "a": five items of count 1, head = floor(0.4 * 5) = 2 by id
->>> sorted(w.head_items()), w.count("a")
+>>> [i for i in "abcde" if not w.is_tail(i)], w.count("a")
 (['a', 'b'], 1)
 """
 
@@ -112,15 +107,6 @@ class WindowPopularity:
             return True
         bc, bid = self._head_boundary()
         return c < bc or (c == bc and item > bid)
-
-    def head_items(self) -> frozenset[str]:
-        """The head set (O(head items): for tests and reports, not the hot path)."""
-        bc, bid = self._head_boundary()
-        out = [i for c in self._levels if c > bc for i in self._bucket[c]]
-        if bid:
-            ids = self._bucket[bc]
-            out += ids[: bisect_left(ids, bid) + 1]
-        return frozenset(out)
 
     def top(self, n: int, banned: Collection[str] = _NOTHING,
             also_banned: Collection[str] = _NOTHING) -> list[tuple[str, int]]:

@@ -1,13 +1,8 @@
 """JSON Schemas (draft 2020-12) of the topic contracts (README "Topic contracts", docs/design.md §3).
 
-One file per topic in this folder, ``<topic>.schema.json``, shipped with the package. ``events``,
-``items`` and ``impressions`` describe what a producer may send (unknown fields allowed); ``events.dlq``, ``score-requests``,
-``recommendations`` and ``longtail-metrics`` describe what tailcast writes (closed: no other fields).
-What JSON Schema cannot say (size limits, stripped ids, timestamps in the future) stays in
-:mod:`streams.records`, which remains the validator the worker runs; these files are for consumers,
-producers and the tests (tests/streams/test_schemas.py, tests/integration/test_pipeline.py).
-
-:func:`validate` needs ``jsonschema`` (the ``test`` extra), imported on first use; :func:`schema` does not.
+One ``<topic>.schema.json`` per topic, shipped with the package: the input topics' allow unknown fields,
+tailcast's own are closed. :mod:`streams.records` stays the validator the worker runs (sizes, stripped ids,
+timestamps). :func:`validate` needs ``jsonschema`` (the ``test`` extra); :func:`schema` does not.
 
 >>> TOPICS
 ('events', 'items', 'events.dlq', 'score-requests', 'recommendations', 'longtail-metrics', 'impressions')

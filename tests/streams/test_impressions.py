@@ -34,7 +34,7 @@ def test_counters_follow_the_ledger_and_records_carry_intervals():
         core.add(core.read(_imp(user, ["h1", "t1", "t2", "h2"], 100.0 + n), default_ts=0.0))
     core.clicks([LearnedEvent(user, "t1" if n % 3 else "h1", 200.0 + n, 2) for n, user in enumerate(users)])
     core.clicks([LearnedEvent(user, "t1", 300.0, 3) for user in users])  # the same slots again: no new credit
-    for arm in core.arms_seen():
+    for arm in core.ledger.arms():
         c = core.ledger.counts[arm]
         n_users = sum(arms.assign(u) == arm for u in users)
         assert c.impressions == n_users and c.slots == 4 * n_users and c.tail_slots == 2 * n_users
