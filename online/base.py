@@ -44,6 +44,7 @@ __all__ = [
     "group",
     "learn_many",
     "must_be_at_least",
+    "positive_int",
     "recent_distinct",
     "tie_floor",
     "top_k",
@@ -204,6 +205,13 @@ def must_be_at_least(minimum: float, **values: float) -> None:
     for name, value in values.items():
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def positive_int(name: str, value: int) -> int:
+    """``value``, or ``ValueError`` naming ``name`` unless it is an int >= 1 (a bool is not)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 class IdIndex:

@@ -34,19 +34,14 @@ class SharedItemWindowError(RuntimeError):
 
 
 class ExposureWindow:
-    """Exposure metrics over the last ``rec_window`` published lists, judged against an item window.
+    """Exposure metrics over the last ``rec_window`` published lists (default ``window_events``), judged
+    against an :class:`ItemWindow` of the last ``window_events`` interactions.
 
-    * Interactions (``observe_event``) feed an :class:`ItemWindow` of the last ``window_events`` events.
-    * Recommendations (``observe_recommendation``) are cut to their top ``k`` (empty lists are ignored),
-      judged with the head set and shares of that moment (:class:`~online.metrics.Shown`) and kept over
-      the last ``rec_window`` lists (default ``window_events``). Coverage and Gini are read at
-      :meth:`snapshot` time against the *current* active items.
-    * To share one interaction window between several arms, build each arm's window with :meth:`shared`
-      and feed events to the :class:`ItemWindow` itself, once; ``observe_event`` on such a window raises
-      :class:`SharedItemWindowError` rather than count an event once per arm.
-
-    ``snapshot()`` keys: ``tail_share``, ``coverage``, ``gini``, ``aplt``, ``novelty``, ``window_events``
-    (events currently in the interaction window) and ``k``.
+    Lists are cut to their top ``k`` (empty ones ignored) and judged with the head set and shares of that
+    moment; coverage and Gini read the *current* active items. Arms sharing one interaction window are
+    built with :meth:`shared` and the events fed to the :class:`ItemWindow` once (``observe_event`` on
+    such a window raises :class:`SharedItemWindowError`). ``snapshot()`` keys: ``tail_share``,
+    ``coverage``, ``gini``, ``aplt``, ``novelty``, ``window_events`` (events in the window) and ``k``.
     """
 
     __slots__ = ("items", "k", "rec_window", "metrics", "_owns_items")

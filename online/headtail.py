@@ -2,11 +2,8 @@
 
 **Head** = the top ``floor(head_share * n_active)`` active items (count > 0) by count, ties broken by item
 id (ascending); **tail** = every other item, never-seen items included (a cold item is the extreme tail).
-``floor`` makes the head "at most ``head_share`` of the active items": with 4 active items and the
-default 0.2 there is no head at all. :func:`head_positions` is the definition; :class:`ItemWindow`
-(exposure metrics, ``tailcast evaluate``), ``online.popularity.DecayedPopularity`` (the models) and
-``models.loo.tail_items`` (leave-one-out) call it, and ``streams.evaluation.window.WindowPopularity``
-keeps the same split incrementally, checked against it in ``tests/streams/test_evaluation_window.py``.
+``floor`` makes the head "at most ``head_share`` of the active items" (4 active items at 0.2: no head).
+:func:`head_positions` is the definition every other split calls or is tested against.
 
 >>> head_positions(np.array([0, 5, 1, 9, 0, 2, 2, 0, 3, 3]), 0.5).tolist()   # 7 active: 3 head; 8 beats 9
 [1, 3, 8]
@@ -21,6 +18,8 @@ from collections import deque
 from collections.abc import KeysView, Sequence
 
 import numpy as np
+
+from online.base import positive_int
 
 __all__ = ["ItemWindow", "head_positions", "head_size"]
 
@@ -46,19 +45,12 @@ def head_positions(counts: np.ndarray, head_share: float, ids: Sequence[str] | N
     return np.concatenate([above, np.asarray(tied[: n_head - above.size], dtype=np.int64)])
 
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class ItemWindow:
     """The last ``window_events`` interactions: active items, head/tail split and popularity shares.
 
-    ``observe_event`` is O(1). The head set is computed lazily: the first call to :meth:`head_items` /
-    :meth:`is_tail` after at least ``refresh_events`` new events recomputes it (O(A) for A active items),
-    otherwise the cached set is used. **Staleness:** the head set in use reflects the window as it was at
-    most ``refresh_events - 1`` events ago (default ``window_events // 100``, i.e. 1 % of the window;
-    ``refresh_events=1`` is always exact). Counts, active items and shares are never stale.
+    ``observe_event`` is O(1). The head set is recomputed (O(active items)) by the first read after at least
+    ``refresh_events`` new events (default 1 % of the window; 1: always exact), so it may lag by up to
+    ``refresh_events - 1`` events. Counts, active items and shares are never stale.
 
     >>> w = ItemWindow(window_events=5, head_share=0.2, refresh_events=1)
     >>> for item in ["b", "a", "c", "d", "e"]:           # 5 active items, one head item
@@ -78,12 +70,12 @@ class ItemWindow:
     def __init__(
         self, *, window_events: int = 100_000, head_share: float = 0.2, refresh_events: int | None = None
     ) -> None:
-        _check_positive("window_events", window_events)
+        positive_int("window_events", window_events)
         if not 0.0 <= head_share <= 1.0:
             raise ValueError(f"head_share must be in [0, 1], got {head_share!r}")
         if refresh_events is None:
             refresh_events = max(1, window_events // 100)
-        _check_positive("refresh_events", refresh_events)
+        positive_int("refresh_events", refresh_events)
         self.window_events = window_events
         self.head_share = float(head_share)
         self.refresh_events = refresh_events

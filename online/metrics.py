@@ -1,30 +1,21 @@
 """The metrics of docs/design.md §4, one small object each, in river's manner: ``update(...)`` and
 ``revert(...)`` return the metric, ``get()`` reads it, :class:`Rolling` keeps one over a sliding window
-and :class:`Metrics` feeds several the same updates. The live exposure agent and ``tailcast evaluate``
-(through ``online.prequential.ArmMetrics``) and leave-one-out (``models.loo``) all use these.
+and :class:`Metrics` feeds several the same updates (the exposure agent, ``tailcast evaluate`` and
+``models.loo`` all use these).
 
-What one update is:
+One update is, per resolved event, the 0-based ``rank`` of its item in the list that preceded it (``None``:
+a miss) for :class:`HitRate` and :class:`NDCG`; per published list, a :class:`Shown` judged when published
+(so a list leaves a window with the values it entered with) for :class:`TailShare`, :class:`APLT`,
+:class:`Novelty`, :class:`Coverage` and :class:`ExposureGini`. Coverage and Gini count against the items
+active when ``get`` is called (``active``: a collection, or a function returning one); a recommended item
+that is not active does not count.
 
-* **per resolved event**: the 0-based ``rank`` of the event's item in the list that preceded it, ``None``
-  when it is not there or no list preceded it (a miss): :class:`HitRate`, :class:`NDCG`;
-* **per published list**: a :class:`Shown` list, judged when it was published (its tail slots and
-  self-information read from the head/tail split and popularity of that moment, so a list leaves a window
-  with the values it entered with): :class:`TailShare`, :class:`APLT`, :class:`Novelty`,
-  :class:`Coverage`, :class:`ExposureGini`. Coverage and Gini count items against the items active when
-  ``get`` is called (``active``: a collection, or a function returning one, such as a live window's
-  ``active_items``); a recommended item that is not active does not count.
-
-Conventions:
-
-* **Gini** is the population Gini of a count vector over *active* items (zero-exposure items count):
-  ``G = (n + 1 - 2 * sum_i (n + 1 - i) * x_(i) / sum(x)) / n`` with ``x`` sorted ascending and ``i``
-  1-based. It equals the mean absolute difference over all ordered pairs divided by twice the mean, and
-  ``1 - 2 * (area under the Lorenz curve)``. 0 = even; the maximum, one item holding everything, is
-  ``(n - 1) / n`` (0.75 for n = 4), not 1 — the "sample" convention multiplies by ``n / (n - 1)`` to reach
-  1; we do not, so that the value does not jump for small n. ``n <= 1`` or all-zero counts give 0.0.
-* **Novelty** is ``-log2(share)`` with ``share = window count / window length``; an item with zero share
-  gets ``1 / (window length + 1)`` (``online.headtail.ItemWindow.pop_share``): slightly rarer than an item
-  seen once, so novelty stays finite and monotone in popularity.
+* **Gini** is the population Gini over *active* items (zero-exposure items count):
+  ``G = (n + 1 - 2 * sum_i (n + 1 - i) * x_(i) / sum(x)) / n``, ``x`` sorted ascending, ``i`` 1-based, i.e.
+  ``1 - 2 * (area under the Lorenz curve)``. 0 = even; one item holding everything gives ``(n - 1) / n``,
+  not 1 (no "sample" factor ``n / (n - 1)``, so that the value does not jump for small n).
+* **Novelty** is ``-log2(share)``, ``share = window count / window length``; a zero share counts as
+  ``1 / (window length + 1)`` (``online.headtail.ItemWindow.pop_share``), so novelty stays finite.
 * Nothing to count gives 0.0, never NaN, so records stay valid JSON.
 
 >>> hr = Rolling(HitRate, window_size=2, k=3)          # HR@3 over the last 2 events
@@ -47,6 +38,8 @@ from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from online.base import positive_int
 
 __all__ = ["APLT", "NDCG", "Coverage", "ExposureGini", "HitRate", "Metric", "Metrics", "Novelty", "Rolling", "Shown",
            "TailShare", "gain", "gini", "lorenz_curve"]
@@ -105,12 +98,6 @@ def gain(rank: int | None, k: int) -> float:
     return 1.0 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
 
 
-def _check_positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class Metric:
     """river's metric protocol: ``update(*args)`` and ``revert(*args)`` return ``self``; ``get()`` reads."""
 
@@ -164,7 +151,7 @@ class Rolling(Metric):
     __slots__ = ("window_size", "metric", "_make", "_window", "_evictions", "_n")
 
     def __init__(self, cls: Callable[..., Metric], window_size: int | None, **kwargs) -> None:
-        self.window_size = None if window_size is None else _check_positive("window_size", window_size)
+        self.window_size = None if window_size is None else positive_int("window_size", window_size)
         self._make = functools.partial(cls, **kwargs)
         self.metric = self._make()
         self._window: deque[tuple] = deque()
@@ -229,7 +216,7 @@ class _AtK(_Ratio):
 
     def __init__(self, k: int = 10) -> None:
         super().__init__()
-        self.k = _check_positive("k", k)
+        self.k = positive_int("k", k)
 
 
 class HitRate(_AtK):
