@@ -183,7 +183,7 @@ def test_catalog_matches_application_instruments(metric_catalog) -> None:
     for container in (metrics.WorkerMetrics, metrics.ScorerMetrics, metrics.LongTailMetrics, metrics.ABMetrics,
                       metrics.TrainerMetrics):
         instance = container.create(CollectorRegistry())
-        for field_name in type(instance).__dataclass_fields__:
+        for field_name in container.SPECS:
             instrument = getattr(instance, field_name)
             kind = instrument._type  # prometheus_client keeps these private; no public accessor
             name = instrument._name + ("_total" if kind == "counter" else "")
