@@ -7,13 +7,8 @@ search by the usual augmentation, ``e -> [e, sqrt(R^2 - |e|^2)]`` (R the largest
 ``u -> [u, 0]``, so that ``|u' - e'|^2 = |u|^2 + R^2 - 2 u.e``: the nearest item is the best-scoring one.
 The index is faiss's IVF-Flat on those vectors: ``round(4 sqrt(n))`` k-means lists, ``nlist / 16`` of
 them probed per query (more in catalogues under ~16k items, so that ~1,024 items are scanned), vectors
-stored uncompressed. It returns candidates only; the caller re-scores them
-exactly (``BatchScorer`` applies its exclusions and tie-break to those exact scores).
-
-Chosen on ``benchmarks/ann.py`` (docs/results.md, "ANN retrieval"; docs/decisions.md, "#16 ANN"): against
-HNSW in hnswlib, usearch, voyager and faiss, IVF-Flat kept its recall at the scorer's candidate depth (100),
-where HNSW with an inner-product metric lost most of it on catalogues with a spread of item norms, and it
-builds in seconds, not minutes, at a million items.
+stored uncompressed. It returns candidates only; the caller re-scores them exactly. Why IVF-Flat and not
+HNSW: docs/decisions.md, "#16 ANN".
 
 Deterministic: k-means on a fixed sample with a fixed seed, built and searched on one OpenMP thread.
 

@@ -3,24 +3,18 @@
 Shapes: U users (training sequences), N = the VAE's n_items (item indices 1..N, 0 = padding, as in
 ``models.vocab``), c = the number of synthetic items a user gets (0 <= c <= ``cap``).
 
-A user with 1..``max_events`` training items gets up to ``cap`` DISTINCT extra items, drawn without
-replacement from softmax(VAE logits / ``temperature``) given the user's item set, with the items already in
-the user's history excluded. Drawing is the Gumbel-top-c trick: the c largest of logits / T + Gumbel noise
-are a sample without replacement from that softmax (in draw order). The synthetic items are PREPENDED:
+A user with 1..``max_events`` training items gets up to ``cap`` DISTINCT items not in their history,
+drawn without replacement from softmax(VAE logits / ``temperature``) by the Gumbel-top-c trick, and
+PREPENDED, so the real items stay the most recent context:
 
     real  [r1, r2]            ->  seq [s1, s2, s3, r1, r2]
     weights                       [w,  w,  w,  1., 1.]        (w = ``config.weight``)
 
-so the real items stay the most recent context, and every real item keeps weight 1.0 as a training target
-(``models.train.train(..., sample_weights=weights)`` weights the loss at a position by the weight of its
-TARGET item). The first item of a sequence is never a target, so of c synthetic items c - 1 are targets
-(weighted) and all c are context: with ``cap=1`` the weight has no effect. A one-item user, who gives the
-encoder no training example on its own, now gives one: its real item is the target after the synthetic
-context. Users with no items or more than ``max_events`` items
-are returned unchanged. The VAE scores the user from the item set in eval mode (z = mu, no dropout), so the
-draw is random only through the Gumbel noise, which comes from a generator seeded by (``seed``, the user's
-position in ``train_seqs``): deterministic under a seed and independent of batching. History items outside
-1..N (items added after the VAE was trained) are ignored by the VAE and never drawn.
+``models.train.train(..., sample_weights=weights)`` weights the loss at a position by its TARGET item's
+weight; the first item is never a target, so with ``cap=1`` the weight has no effect, and a one-item user
+now gives a training example. Other users are returned unchanged. The VAE scores in eval mode, so the draw
+is random only through the Gumbel noise, seeded by (``seed``, the user's position in ``train_seqs``):
+deterministic and independent of batching. Items outside 1..N are ignored and never drawn.
 
 >>> import torch
 >>> from models.vae import MultVAEConfig, fit_vae

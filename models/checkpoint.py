@@ -1,16 +1,11 @@
 """Self-describing checkpoints of the sequence encoder and a registry of published versions.
 
-A checkpoint file (``torch.save`` of plain dicts/lists/tensors, loaded with ``weights_only=True``) holds:
+A checkpoint file (``torch.save`` of plain dicts/lists/tensors, loaded with ``weights_only=True``) holds
 ``format``, ``format_version``, ``version``, ``created_at`` (Unix s), ``step``, ``config`` (dict of
-``SeqEncoderConfig``), ``state_dict`` (text vectors included, as the ``text_vectors`` buffer),
-``vocab_ids`` (item ids in index order) and ``vocab_hash``, ``text_hash`` (sha256 of the text vectors,
-or None), ``metrics`` (name -> number), and optionally ``vae``: a Mult-VAE candidate source trained in the
-same refresh on the same vocabulary (``models.vae.MultVAE.state()``; absent or None = no VAE; files
-written before it existed load unchanged). Writes are atomic (temp file in the same folder + ``os.replace``),
-so a reader sees the old file or the new one, never half of one.
-
-The registry keeps ``v{n:04d}-{UTC time}.pt`` files in one folder (one publisher per folder), newest =
-highest n; no hyperparameters in file names — they are inside the file.
+``SeqEncoderConfig``), ``state_dict`` (with the ``text_vectors`` buffer), ``vocab_ids`` (index order),
+``vocab_hash``, ``text_hash`` (sha256 of the text vectors, or None), ``metrics`` (name -> number) and
+optionally ``vae`` (``models.vae.MultVAE.state()`` over the same vocabulary; absent or None: no VAE).
+Writes are atomic. The registry keeps ``v{n:04d}-{UTC time}.pt`` files in one folder (one publisher).
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """One periodic batch refresh: recent events in, a trained sequence encoder and its vocabulary out.
 
-No Kafka and no files: ``streams/trainer.py`` feeds it the event log and publishes the result with
-:class:`models.checkpoint.CheckpointRegistry`. Model selection uses each user's second-to-last event as
-validation (leave-one-out, ``models.loo``), never a held-out test set. With item texts, an encoder with
-the text projection and one on ids only are trained (``RefreshConfig.text="auto"``) and the better one on
-validation is kept: text helps where titles carry taste (MovieLens), ids win where they do not (Amazon
-Grocery; see the README). When the text encoder is kept, items that have a text vector but no interaction
-yet are in its vocabulary too, so the new model retrieves them through their text projection from its
-first minute in service.
-
-With ``RefreshConfig.vae`` (the default), a Mult-VAE (``models.vae``) is trained on the same training
-split and vocabulary, selected on the same validation items, and published in the same checkpoint: the
-scorer serves it as a second candidate source (``"vae"``) that the feedback blender weighs against the
-others. It knows the items that had interactions or text at refresh time.
+No Kafka and no files: ``streams/trainer.py`` feeds it the event log and publishes the result
+(:class:`models.checkpoint.CheckpointRegistry`). Model selection uses each user's second-to-last event
+(leave-one-out, ``models.loo``), never a test set. With item texts, an encoder with the text projection and
+one on ids only are trained (``RefreshConfig.text="auto"``) and the better on validation is kept (see the
+README); the text encoder's vocabulary also holds items with a text but no interaction yet, retrievable
+through their text projection at once. With ``RefreshConfig.vae`` (the default) a Mult-VAE is trained on
+the same split and vocabulary and published in the same checkpoint: the scorer's ``"vae"`` source.
 """
 
 from __future__ import annotations

@@ -18,14 +18,11 @@ A checkpoint that carries a Mult-VAE (``Checkpoint.build_vae``) makes it a secon
 :meth:`BatchScorer.candidates` returns ``{"transformer": ..., "vae": ...}`` with the same exclusion rules
 (the VAE scores in fp32; it knows the items of its training vocabulary, not items added later).
 
-Large catalogues (more than ``ann_min_items`` items, default :data:`ANN_MIN_ITEMS`): each model retrieves
-through an approximate maximum-inner-product index (:class:`models.ann.MipsIndex`), built with the model
-(in the constructor, so a refresh's new ``BatchScorer`` comes with its own index, built where the
-checkpoint is loaded, off the event loop) and rebuilt by :meth:`BatchScorer.extend_items`. Each user
-fetches ``k`` + (its excluded items) + ``TOP_K_SPARE`` candidates from the index; those are scored exactly,
-as the full product would score them, and the exclusions and the tie-break above apply to those scores.
-A list is then the exact search's list whenever the index found the exact best items (recall in
-``benchmarks/ann.py``). Smaller catalogues keep the exact product.
+Above ``ann_min_items`` items (default :data:`ANN_MIN_ITEMS`) each model retrieves through an approximate
+maximum-inner-product index (:class:`models.ann.MipsIndex`), built in the constructor (off the event loop,
+with the checkpoint) and rebuilt by :meth:`BatchScorer.extend_items`: each user fetches ``k`` + (its
+excluded items) + ``TOP_K_SPARE`` candidates, scored exactly, with the exclusions and tie-break above, so a
+list is the exact one whenever the index found the exact best items.
 """
 
 from __future__ import annotations

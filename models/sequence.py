@@ -11,22 +11,15 @@ Items without text have a zero text vector, so they use the id embedding alone. 
 have text lose their id embedding, so ``W_text`` must carry the signal for rarely clicked items by itself.
 
 Training objective (``loss``):
-  * ``"ce"``: full softmax cross-entropy over all N items (the "SASRec-CE" / eSASRec recipe). The softmax
-    normaliser sees every item at every step, so there is no sampling bias to correct and popular items get
-    no free advantage from being sampled as negatives less often; on catalogues of <= ~20k items it costs
-    one (M, D) x (D, N) matmul per step and is the strongest simple objective reported (SASRec-CE,
-    Klenitskiy & Vasilev 2023; eSASRec 2025: both above BCE-SASRec, and the latter above gSASRec's gBCE).
+  * ``"ce"``: full softmax cross-entropy over all N items (SASRec-CE / eSASRec): no sampling bias to
+    correct; one (M, D) x (D, N) matmul per step.
   * ``"sampled"``: sampled softmax with logQ correction for large catalogues: K negatives shared by the
-    batch, drawn from q ~ (count + 1) ** 0.75 (``set_negative_counts``); each negative logit gets
-    ``- log(K q_j)`` (importance weighting, Bengio & Senecal 2008; Yi et al. 2019) so the normaliser
-    estimates the full softmax's instead of punishing popular items for being sampled often; the positive
-    is always present, so it is not corrected; accidental hits are masked.
+    batch, drawn from q ~ (count + 1) ** 0.75 (``set_negative_counts``), each negative logit minus
+    ``log(K q_j)`` so the normaliser estimates the full softmax's; the positive is not corrected;
+    accidental hits are masked.
   * ``"auto"`` (default): ``"ce"`` when N <= ``full_ce_max_items``, else ``"sampled"``.
-    Measured on ml-latest-small (9.7k items, 2-core CPU): K=1024 sampled reached the validation NDCG of
-    full CE epoch for epoch at about twice the speed, so under a CPU time budget pick ``"sampled"``.
-We chose softmax (full or logQ-corrected) over gBCE: gBCE's calibration parameter exists to undo the
-overconfidence that negative-sampled BCE creates; full CE never creates it, and the logQ-corrected sampled
-softmax is its direct large-catalogue approximation.
+Softmax (full or logQ-corrected) rather than gBCE: gBCE's calibration undoes the overconfidence that
+negative-sampled BCE creates, which full CE never creates.
 
 >>> import torch
 >>> m = SeqEncoder(SeqEncoderConfig(n_items=20, max_len=8, d_model=16, n_layers=1, n_heads=2, text_dim=0))

@@ -8,17 +8,13 @@ A user is the SET of items in their history (order and repeats are ignored), as 
     sample:   z = mu + eps * exp(logvar / 2) in training, z = mu at scoring time
     decoder:  [Z -> 600] tanh -> [600 -> N] = logits; pi = softmax(logits) over the FULL catalogue
     loss:     -sum_i x_i log pi_i  +  beta * KL(q(z | x) || N(0, I)), averaged over the batch
-``beta`` rises linearly from 0 to ``beta_max`` (0.2) over ``total_anneal_steps`` optimiser steps and then
-stays there (KL annealing); Adam. With ``valid`` data, ``fit_vae`` keeps the epoch with the best validation
-NDCG@k (full-catalogue ranking and exclusion rule of ``models.loo``), which also selects the effective beta
-when annealing has not finished, as the paper does.
+``beta`` rises linearly from 0 to ``beta_max`` over ``total_anneal_steps`` optimiser steps (KL annealing);
+Adam. With ``valid`` data, ``fit_vae`` keeps the epoch with the best validation NDCG@k (``models.loo``),
+which also selects the effective beta when annealing has not finished, as the paper does.
 
-The first encoder layer is an ``EmbeddingBag`` over the history's item indices with weights
-``1 / sqrt(|history|)`` (the L2-normalised multi-hot vector), dropped out per entry: the same function as a
-dense ``Linear(N, 600)`` on the dropped-out dense vector, without materialising the (B, N) input.
-
-Decoding is dense: one (B, H) x (H, N) matmul per batch. Items outside 1..N in a history given to
-``score_users`` (items added after training) are ignored: the model has no row for them.
+The first encoder layer is an ``EmbeddingBag`` over the history's items weighted ``1 / sqrt(|history|)``,
+dropped out per entry: a dense ``Linear(N, 600)`` on the dropped-out vector without the (B, N) input.
+Decoding is one dense (B, H) x (H, N) matmul. History items outside 1..N are ignored.
 
 >>> import torch
 >>> _ = torch.manual_seed(0)
