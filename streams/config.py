@@ -15,19 +15,8 @@ from typing import Any
 
 from online.arms import Arms, parse_arms
 
-__all__ = [
-    "ConfigError",
-    "KafkaSettings",
-    "WorkerSettings",
-    "ScorerSettings",
-    "LongTailSettings",
-    "TrainerSettings",
-    "Settings",
-    "SETTINGS",
-    "load_settings",
-    "settings_table",
-    "with_settings_table",
-]
+__all__ = ["ConfigError", "KafkaSettings", "WorkerSettings", "ScorerSettings", "LongTailSettings", "TrainerSettings",
+           "Settings", "SETTINGS", "load_settings", "settings_table", "with_settings_table"]
 
 
 class ConfigError(ValueError):
@@ -44,32 +33,22 @@ class Setting:
     help: str
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be a positive integer")
-    return value
+def _number(cast: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """A parser of numbers ``cast`` reads and ``ok`` accepts; ``ValueError(rule)`` for the others."""
+    def parse(text: str) -> Any:
+        value = cast(text)
+        if not ok(value):
+            raise ValueError(rule)
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise ValueError("must be strictly between 0 and 1")
-    return value
+_positive_int = _number(int, lambda v: v > 0, "must be a positive integer")
+_positive_float = _number(float, lambda v: v > 0, "must be a positive number")
+_non_negative_float = _number(float, lambda v: v >= 0, "must be a number >= 0")
+_share = _number(float, lambda v: 0.0 < v < 1.0, "must be strictly between 0 and 1")
+_port = _number(int, lambda v: 0 < v < 65536, "must be a port number 1-65535")
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -79,13 +58,6 @@ def _choice(*options: str) -> Callable[[str], str]:
         return text
 
     return parse
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise ValueError("must be a port number 1-65535")
-    return value
 
 
 def _text(text: str) -> str:
@@ -186,6 +158,11 @@ def _read(env: Mapping[str, str], name: str) -> Any:
         raise ConfigError(f"{name}={raw!r}: {exc} ({setting.help})") from None
 
 
+def _switch(name: str, doc: str) -> property:
+    """A part that a setting of 0 switches off: on while the field ``name`` is above 0."""
+    return property(lambda self: getattr(self, name) > 0, doc=doc)
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap: str | None
@@ -236,10 +213,7 @@ class LongTailSettings:
     head_share: float
     interval_s: float  # 0: no exposure agent
 
-    @property
-    def exposure_agent(self) -> bool:
-        """Whether the scorer runs the exposure (long-tail metrics) agent: TAILCAST_METRICS_INTERVAL_S > 0."""
-        return self.interval_s > 0
+    exposure_agent = _switch("interval_s", "Whether the scorer runs the exposure (long-tail metrics) agent.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +222,7 @@ class TrainerSettings:
     max_seconds: float
     vae_max_seconds: float = 120.0  # 0: no Mult-VAE
 
-    @property
-    def vae(self) -> bool:
-        """Whether a refresh trains (and the checkpoint serves) a Mult-VAE: TAILCAST_TRAIN_VAE_MAX_SECONDS > 0."""
-        return self.vae_max_seconds > 0
+    vae = _switch("vae_max_seconds", "Whether a refresh trains (and the checkpoint serves) a Mult-VAE.")
 
 
 @dataclass(frozen=True, slots=True)
