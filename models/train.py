@@ -10,7 +10,6 @@ back into the model at the end.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +23,7 @@ from models.loo import evaluate_ranking, metrics_from_ranks, train_counts
 from models.sequence import SeqEncoder, pad_batch
 
 __all__ = ["TrainConfig", "EpochLog", "TrainResult", "make_windows", "make_weight_windows", "evaluate_model", "train",
-           "log_epoch", "BestEpoch", "cpu_state"]
-
-logger = logging.getLogger(__name__)
+           "BestEpoch", "cpu_state"]
 
 
 @dataclass(frozen=True)
@@ -121,13 +118,6 @@ class BestEpoch:
         for cb in callbacks:
             cb(log)
         return self.evals_since >= config.patience or out_of_time
-
-
-def log_epoch(log: EpochLog) -> None:
-    """A callback that writes one line per epoch to this module's logger."""
-    valid = "" if log.valid_ndcg is None else f" valid ndcg {log.valid_ndcg:.4f} hr {log.valid_hr:.4f}"
-    logger.info("epoch %d step %d loss %.4f%s%s (%.0fs)", log.epoch, log.step, log.train_loss, valid,
-                " *" if log.improved else "", log.seconds)
 
 
 def _window_rows(seqs: Sequence[Sequence], max_len: int, pad) -> list[list]:

@@ -403,15 +403,6 @@ class PrequentialMetrics:
         self._bounds = [b[0] for b in self.buckets]
         self._window = Rolling(_Quality, window_events, k=k, labels=[label for _, _, label in self.buckets])
 
-    def bucket(self, prior_events: int) -> str:
-        """Label of the bucket holding ``prior_events``.
-
-        >>> m = PrequentialMetrics()
-        >>> m.bucket(0), m.bucket(5), m.bucket(6), m.bucket(20), m.bucket(21)
-        ('<=5', '<=5', '6-20', '6-20', '>20')
-        """
-        return self.buckets[self._bucket_index(prior_events)][2]
-
     def _bucket_index(self, prior_events: int) -> int:
         if prior_events < 0:
             raise ValueError(f"prior_events must be >= 0, got {prior_events!r}")
