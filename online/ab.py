@@ -1,21 +1,16 @@
 """A/B figures from impressions (#17): what a client displayed, the clicks that followed, per arm.
 
-An **impression** is one list a client displayed to a user (the ``impressions`` topic): its items with
-their display positions, a time, and the arm that served it. Each displayed item is a **slot**; a slot's
-head/tail status is read when the impression arrives (the live head/tail split of that moment).
+An **impression** is one list a client displayed to a user (the ``impressions`` topic): its items at their
+display positions, a time and the serving arm. Each displayed item is a **slot**, whose head/tail status
+is read when the impression arrives.
 
-A **click** (any event on ``events``) on item ``i`` by user ``u`` at time ``t`` is attributed to the
-*latest* impression of ``u`` shown at ``ts <= t <= ts + window_s`` that displayed ``i`` (last touch). A slot
-counts at most one click: clicking an item again credits nothing new. A click that arrives before the
-impression it follows (the two topics are read independently) waits, at most ``MAX_EARLY_CLICKS`` a user
-and ``window_s`` old, and is credited when that impression arrives; only users already shown a list keep
-such clicks, so a user's first impression takes no click that came before it.
+A **click** (any event) on item ``i`` by user ``u`` at time ``t`` is credited to the *latest* impression of
+``u`` shown at ``ts <= t <= ts + window_s`` that displayed ``i`` (last touch); a slot counts one click at
+most. A click that arrives before its impression (the topics are read independently) waits, at most
+``MAX_EARLY_CLICKS`` a user and ``window_s`` old; only users already shown a list keep such clicks.
 
-Per arm, every figure is a binomial share with a 95% Wilson score interval:
-
-* ``ctr`` = clicked slots / displayed slots;
-* ``tail_ctr`` = clicked tail slots / displayed tail slots;
-* ``tail_click_share`` = clicked tail slots / clicked slots.
+Per arm, each figure is a share with a 95% Wilson score interval: ``ctr`` = clicked / displayed slots,
+``tail_ctr`` = clicked / displayed tail slots, ``tail_click_share`` = clicked tail slots / clicked slots.
 
 >>> ledger = ImpressionLedger(is_tail=lambda item: item.startswith("t"))
 >>> ledger.impression(Impression("u1", "u1:3:0", ("h1", "t1", "t2"), (0, 1, 2), 100.0, "tail"))
@@ -38,6 +33,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from online.base import must_be_at_least
 
 __all__ = ["ATTRIBUTION_WINDOW_S", "ArmCounts", "Credit", "Impression", "ImpressionLedger", "wilson"]
 
@@ -160,10 +157,7 @@ class ImpressionLedger:
                  max_users: int = MAX_USERS) -> None:
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0, got {window_s!r}")
-        for name, value in (("max_impressions", max_impressions), ("max_early_clicks", max_early_clicks),
-                            ("max_users", max_users)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        must_be_at_least(1, max_impressions=max_impressions, max_early_clicks=max_early_clicks, max_users=max_users)
         self.is_tail = is_tail
         self.window_s = float(window_s)
         self._users: OrderedDict[str, _User] = OrderedDict()

@@ -1,20 +1,14 @@
 """Tail re-ranking on calibrated relevance: the list that maximises expected hits plus λ times expected
 tail hits.
 
-The ranker's scores are click probabilities ``p(i)``. A list's expected hits are ``Σ p(i)`` and its
-expected tail hits ``Σ p(i)·tail(i)``, so the ``k`` items that maximise ``E[hits] + λ·E[tail hits]`` are
-the top ``k`` by ``p(i)·(1 + λ·tail(i))``. The knob ``strength`` s in [0, 1] maps to ``λ = 3·s`` (s = 1:
-a tail hit is worth four head hits; stronger settings drop the head items altogether, and with them
-catalogue coverage, for little more tail accuracy). Raising it never lowers the
-number of tail items in a list (only tail scores grow), and what it trades is relevance as the ranker
-estimates it: a tail item nobody would want stays out whatever the knob. The same formula over raw
-co-visitation scores is :class:`TailBoost`, the docs/design.md §7 baseline; over a calibrated ranker it buys
-more tail hits for the same NDCG (docs/decisions.md has the comparison with the xQuAD re-ranker it
-replaced).
+With click probabilities ``p(i)``, the ``k`` items that maximise ``E[hits] + λ·E[tail hits]`` are the top
+``k`` by ``p(i)·(1 + λ·tail(i))``. The knob ``strength`` s in [0, 1] maps to ``λ = 3·s`` (s = 1: a tail
+hit is worth four head hits). Raising it never lowers a list's tail items, and a tail item the ranker
+deems unwanted stays out whatever the knob. The same formula over raw co-visitation scores is
+:class:`TailBoost`, the docs/design.md §7 baseline (docs/decisions.md compares it and xQuAD).
 
 Ties (scores equal up to float rounding, :func:`online.base.top_k`) keep the input order; candidates
-without a finite score are never shown. Returned candidates are the input objects unchanged
-(score, source, anchor), in the new order.
+without a finite score are never shown; candidates come back unchanged, in the new order.
 
 >>> from online.base import Candidate
 >>> cands = [Candidate("h1", 0.30, "mf"), Candidate("h2", 0.25, "mf"), Candidate("t1", 0.20, "covisit", "h0"),

@@ -1,31 +1,21 @@
 """Snapshots of the scorer's online state (#16, warm restart): written atomically, versioned, checksummed.
 
-A snapshot file holds one Python object (the scorer's online recommender and the per-user bookkeeping it
-needs to continue, see ``streams.agents.serving``) with the log offsets it reflects, so that a restarted
-scorer loads it and replays the log from those offsets instead of starting from empty models.
-
-File layout::
+A snapshot file holds one Python object (the scorer's online state, see ``streams.agents.serving``) with
+the log offsets it reflects, so that a restarted scorer replays the log from there instead of starting
+empty. File layout::
 
     b"TAILCAST-SNAPSHOT\\n"         magic line
     <header: one line of JSON>\\n   format_version, created_at, offsets, meta, extra, payload_bytes, sha256
     <payload: pickle bytes>
 
-``sha256`` is the digest of the header without that field (canonical JSON) followed by the payload: a
-truncated, altered or half-written file fails it and is refused (:class:`SnapshotError`) before a byte of
-the payload is unpickled. The payload is a pickle (the online models are numpy-backed objects that pickle
-themselves, ``__getstate__`` dropping their serving scratch): unpickling runs code named in the file, so
-a snapshot folder must be as trusted as the code (the checksum catches corruption, not an attacker who
-can write there). ``offsets`` maps topic -> partition -> the offset of the first record *not* reflected;
-``meta`` is free JSON (the configuration the state was built with, to refuse an incompatible one).
-
-Writes are atomic: a temporary file beside the target, written, flushed and fsynced, then
-``os.replace`` (and the folder fsynced), so a reader sees the old set of files or the new one, never half
-a file. :class:`SnapshotStore` keeps ``s{n:06d}-{UTC time}-{token}.snap`` files in one folder, newest =
-highest ``n`` (the token keeps two writers' files apart), and the newest ``keep`` of them.
-
-:func:`encode` (the pickling: a consistent copy of the live state, taken where nothing mutates it) and
-:func:`write_snapshot` (hash, write, fsync, rename: safe in a thread) are separate so that only the
-first holds the caller's event loop.
+``sha256`` digests the header without that field (canonical JSON), then the payload: a truncated, altered
+or half-written file is refused (:class:`SnapshotError`) before anything is unpickled. Unpickling runs code
+named in the file, so a snapshot folder must be as trusted as the code. ``offsets``: topic -> partition ->
+the first offset *not* reflected; ``meta``: free JSON (the configuration, to refuse an incompatible one).
+Writes are atomic (:func:`write_atomic`). :class:`SnapshotStore` keeps ``s{n:06d}-{UTC time}-{token}.snap``
+files (the token keeps two writers apart), the newest ``keep``. :func:`encode` (a consistent copy, taken
+where nothing mutates the state) and :func:`write_snapshot` (safe in a thread) are separate so that only
+the first holds the caller's event loop.
 
 >>> import tempfile
 >>> store = SnapshotStore(tempfile.mkdtemp(), keep=2)
