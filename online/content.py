@@ -1,14 +1,12 @@
 """Content neighbours: items similar in content to what the user just consumed.
 
-The only model that can recommend an item nobody has clicked yet: an item is recommendable as soon
-as it has a content vector (from the text encoder, or from :class:`TagVectoriser` when that is
-absent). Vectors are stored L2-normalised in a growable float32 matrix; ``recommend`` is the cosine
-of the recency-weighted mean of the last ``history_window`` history vectors against every item
-vector (one matrix-vector product; :meth:`ContentNeighbours.candidates_many` does a batch of users
-with one matrix product), and a candidate's ``anchor`` is the history item most similar to it. Cosines
-within a tolerance of each other are tied (:data:`online.base.TIE_RTOL`): tied candidates are ranked by
-index, tied anchors go to the most recent history item, so the lists do not depend on the rounding of
-the float32 products. ``learn_one`` is a no-op: this model learns from the catalogue, not from events.
+The only model that can recommend an item nobody has clicked yet: an item is recommendable once it has a
+content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised (float32);
+``recommend`` ranks the cosine of the recency-weighted mean of the last ``history_window`` history vectors
+against every item (one matrix product per batch: :meth:`ContentNeighbours.candidates_many`); a candidate's
+``anchor`` is the history item most similar to it. Cosines within :data:`online.base.TIE_RTOL` are tied:
+candidates by index, anchors to the most recent item, so float32 rounding does not decide. ``learn_one``
+is a no-op: this model learns from the catalogue, not from events.
 
 >>> cn = ContentNeighbours(dim=3)
 >>> cn.set_vectors(["a", "b", "c"], np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 0, 1]], dtype=np.float32))

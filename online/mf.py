@@ -1,24 +1,18 @@
 """Online implicit matrix factorisation: BPR-style SGD, one event at a time, on growable numpy arrays.
 
-For an event (user ``u``, item ``i``) we draw ``n_negatives`` items ``j`` from the recent events
-(a ring buffer of the last ``negative_pool`` event items, so negatives follow the seen-item
-distribution: popular items are pushed down as often as they are seen, which is what keeps the
-factors from simply encoding popularity) and take one SGD step on ``-log sigmoid(x_ui - x_uj)`` with
-``x_ui = p_u . q_i + b_i`` and L2 ``reg``. Events are buffered and applied ``batch_size`` at a time
-as one vectorised step (the sum of the per-event gradients, ``np.add.at`` for repeated rows): numpy's
-per-call overhead makes a step per event cost several times more. Reads see the factors as of the last
-step, at most ``batch_size - 1`` events behind (flushing on every read would bring that cost back);
-:meth:`OnlineMF.flush` forces the step. A pickle holds the buffer too (pickling does not flush: it must not
-change what the original recommends). The history a read is given is always current.
+For an event (user ``u``, item ``i``), ``n_negatives`` items ``j`` are drawn from a ring buffer of the last
+``negative_pool`` event items (negatives follow the seen-item distribution, which keeps the factors from
+encoding popularity) for one SGD step on ``-log sigmoid(x_ui - x_uj)``, ``x_ui = p_u . q_i + b_i``, L2
+``reg``. Events are buffered and applied ``batch_size`` at a time as one vectorised step (numpy's per-call
+overhead makes a step per event cost several times more); reads see the factors up to ``batch_size - 1``
+events behind, :meth:`OnlineMF.flush` forces the step. A pickle holds the buffer too (pickling does not
+flush: it must not change what the original recommends).
 
-Scoring. A known user is ``p_u + history_weight * mean(q_h for h in the last history_window items)``;
-a user the model has not seen (or evicted: at most ``max_users`` user rows, least recently active
-evicted first) is the mean of their history item vectors, so cold users with some history get
-personal scores; a user with neither gets the item biases. ``recommend`` is one matrix-vector product
-over all item factors plus ``argpartition``; :meth:`OnlineMF.candidates_many` scores a batch of users
-with one (B, D) x (D, n_items) product. Scores within a tolerance of each other are tied and ranked by
-item index (:func:`online.base.top_k`): the float32 product's rounding differs between BLAS kernels
-and processors, and must not decide the order.
+A known user is ``p_u + history_weight * mean(q_h for h in the last history_window items)``; a user not
+seen (or evicted: at most ``max_users`` rows, least recently active first) is that mean alone; a user with
+neither gets the item biases. :meth:`OnlineMF.candidates_many` scores a batch with one (B, D) x (D, n_items)
+product; scores within a tolerance are tied and ranked by item index (:func:`online.base.top_k`), so that
+BLAS rounding does not decide the order.
 
 >>> mf = OnlineMF(dim=8, seed=1)
 >>> for n in range(200):

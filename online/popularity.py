@@ -1,17 +1,12 @@
 """Time-decayed popularity, and the head/tail split over a sliding window of events (docs/design.md §4).
 
-Two views of one stream:
+* **ranking**: a decayed count per item, ``sum over its events of 2 ** (-(now - ts) / half_life_s)``, kept
+  lazily (:class:`online.base.DecayClock`): an event costs one add, not a decay pass;
+* **head/tail**: counts over the last ``window_events`` events, split by ``online.headtail.head_positions``;
+  the head set is recomputed at most once every ``refresh_every`` events and read from a cached set.
 
-* **ranking**: a decayed count per item, ``sum over its events of 2 ** (-(now - ts) / half_life_s)``,
-  kept lazily (see :class:`online.base.DecayClock`), so an event costs one add, not a decay pass;
-* **head/tail**: counts over the last ``window_events`` events (a deque of item indices plus counts),
-  split by ``online.headtail.head_positions`` (the one definition, shared with the metrics). The head set
-  is recomputed lazily, at most once every ``refresh_every`` events (O(n_items) then), and read from a
-  cached set in O(1) for every recommendation.
-
-Memory is bounded: when more than ``max_items`` items are known, the items that are out of the window
-are dropped, least decayed-popular first, down to ``max_items // 2`` known items (items active in the
-window are always kept, so the bound is ``max(max_items, window_events)``).
+Beyond ``max_items`` known items, the items out of the window are dropped, least decayed-popular first,
+down to ``max_items // 2`` (window items are kept: the bound is ``max(max_items, window_events)``).
 
 >>> pop = DecayedPopularity(half_life_s=10.0, window_events=8, head_share=0.25, refresh_every=1)
 >>> for n, item in enumerate("aaaabbcd"):
@@ -209,29 +204,11 @@ class DecayedPopularity:
         """The fresh tail as (item indices, scores): the most recently first-seen items still active with
         few window counts, scored ``2 ** (-age / half_life_s)`` of their first appearance (1.0 = brand
         new); ``banned``: indices to skip (-1 ignored)."""
-        self._refresh()
-        count = self._count
-        head = self._head_mask
-        skip = set(banned.tolist()) if banned is not None and banned.size else ()
-        factor = 1.0 / self.half_life_s
-        now = self._now()
-        first_ts = self._first_ts
-        out: list[int] = []
-        scores: list[float] = []
-        scanned = 0
-        for i in range(len(count) - 1, -1, -1):
-            if len(out) >= k or scanned >= 20 * k + 1000:
-                break
-            scanned += 1
-            c = count[i]
-            if c < 1 or c > self.fresh_max_count or (i < head.size and head[i]) or i in skip:
-                continue
-            out.append(i)
-            scores.append(2.0 ** (-max(0.0, now - first_ts[i]) * factor))
-        return np.asarray(out, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+        return self.fresh_many(k, [banned])[0]
 
     def top_many(self, k: int, banned: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`top_indices` ``(k, banned[b])`` for every ``b``, reading the ranking once."""
+        """The ``k`` most popular items now as (item indices, decayed counts), for each ``banned[b]`` (indices
+        to skip, -1 ignored), reading the ranking once."""
         self._refresh()
         skips = []
         for b in banned:
@@ -248,7 +225,7 @@ class DecayedPopularity:
         out = []
         for skip in skips:
             idx: list[int] = []
-            for i in ranked[: k + len(skip)]:  # top_indices' loop (k = 0 with a ban keeps one item, as there)
+            for i in ranked[: k + len(skip)]:  # (k = 0 with a ban keeps one item)
                 if i not in skip:
                     idx.append(i)
                     if len(idx) >= k:
@@ -296,22 +273,8 @@ class DecayedPopularity:
         return self._window_counts
 
     def top_indices(self, k: int, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`recommend` as (item indices, decayed counts); ``banned``: indices to skip (-1 ignored)."""
-        self._refresh()
-        ban = set(banned.tolist()) if banned is not None and banned.size else set()
-        ban.discard(-1)
-        top = self._top
-        if k + len(ban) > top.size and top.size < len(self._index):
-            top = top_k(np.asarray(self._score), k + len(ban))
-        out: list[int] = []
-        for i in top[: k + len(ban)].tolist():
-            if i not in ban:
-                out.append(i)
-                if len(out) >= k:
-                    break
-        f = self._clock.now_factor(self._now())
-        score = self._score
-        return np.asarray(out, dtype=np.int64), np.array([score[i] * f for i in out], dtype=np.float64)
+        """:meth:`top_many` of one ``banned``: :meth:`recommend` as (item indices, decayed counts)."""
+        return self.top_many(k, [banned])[0]
 
     # ---------------------------------------------------------------- OnlineModel
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
