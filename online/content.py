@@ -90,23 +90,16 @@ class ContentNeighbours:
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         """No-op: content similarity does not learn from events."""
 
-    def _history_rows(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the recent history items that have a vector, most recent first, and their weights."""
-        rows: list[int] = []
-        weights: list[float] = []
-        for r, item in enumerate(recent_distinct(history, self.history_window), 1):
-            idx = self._index.get(item)
-            if idx >= 0:
-                rows.append(idx)
-                weights.append(1.0 / r)
-        return np.asarray(rows, dtype=np.int64), np.asarray(weights, dtype=np.float32)
-
-    def _query(self, history: Sequence[str]) -> tuple[np.ndarray | None, np.ndarray]:
-        rows, w = self._history_rows(history)
-        if not rows.size:
+    def _query(self, recent: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(the unit query vector, None when there is none; the known items' rows) of recent distinct history
+        items (see :meth:`recent`): their vectors' mean weighted ``1 / r``, ``r`` = 1 the most recent."""
+        recent = recent[: self.history_window]
+        known = np.flatnonzero(recent >= 0)
+        rows = recent[known]
+        if not known.size:
             return None, rows
-        q = w @ self._v[rows]  # (D,)
-        norm = float(np.linalg.norm(q))
+        q = (1.0 / (known + 1)).astype(np.float32) @ self._v[rows]  # (D,)
+        norm = float(np.sqrt(q.dot(q)))  # np.linalg.norm of a vector, without its checks
         return (q / norm if norm > 0 else None), rows
 
     def recent(self, history: Sequence[str]) -> np.ndarray:
@@ -141,19 +134,11 @@ class ContentNeighbours:
         out: list[tuple[np.ndarray, np.ndarray, Sequence[int]]] = [empty] * len(recent)
         n = len(self._index)
         queries, rows_of, at, bans = [], [], [], []
-        inv_rank = (1.0 / np.arange(1, self.history_window + 1)).astype(np.float32)  # 1 / r, r = 1 the most recent
         for b, rec in enumerate(recent):
-            rec = rec[: self.history_window]
-            known = np.flatnonzero(rec >= 0)
-            if not known.size:
+            q, rows = self._query(rec)
+            if q is None:
                 continue
-            rows = rec[known]
-            w = inv_rank[known]
-            q = w @ self._v[rows]  # (D,)
-            norm = float(np.sqrt(q.dot(q)))  # np.linalg.norm of a vector, without its checks
-            if not norm > 0:
-                continue
-            queries.append(q / norm)
+            queries.append(q)
             rows_of.append(rows)
             at.append(b)
             bans.append(banned[b])
@@ -180,7 +165,7 @@ class ContentNeighbours:
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
         idx = self._index.indices(items)
         out = np.zeros(len(idx))
-        q, _ = self._query(history)
+        q, _ = self._query(self.recent(history))
         known = idx >= 0
         if q is not None and known.any():
             out[known] = self._v[idx[known]] @ q

@@ -82,7 +82,8 @@ def test_content_anchors_and_candidates_are_those_of_the_full_product() -> None:
     histories[4] = ["unknown-a", "unknown-b"]
     got = cn.candidates_many(histories, 20, [cn._index.indices(["i1", "i2"])] * len(histories))
     for history, (best, sims, anchors) in zip(histories, got):
-        rows, w = cn._history_rows(history)
+        rec = cn.recent(history)
+        rows = rec[rec >= 0]
         if not rows.size:
             assert best.size == 0
             continue
