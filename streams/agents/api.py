@@ -29,9 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from yarl import URL
 
 from streams.agents.catalogue import Catalogue, follow_items
-from streams.agents.ingest import pseudonymize
+from streams.agents.ingest import pseudonymize, write_table
 from streams.config import KafkaSettings
-from streams.kafka import send_batched
 from streams.metrics import ApiMetrics
 from streams.records import BadEvent, Forget, Recommendation
 from streams.topics import EVENTS, RECOMMENDATIONS, partition_for
@@ -312,9 +311,9 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
              kafka: KafkaSettings, max_item_bytes: int, batched_writes: bool = True) -> dict[str, Any]:
     """Declare the ``latest_list`` table, its agent, the ``items`` task and the views on a Faust app.
 
-    With ``batched_writes`` (at-least-once only) the changelog records go out as one record batch per
-    partition, as the worker writes its states: Faust's per-message buffer filled up ("producer buffer
-    full") when a model swap re-published every active user's list.
+    ``batched_writes``: the table is written as the worker's is (:func:`~streams.agents.ingest.write_table`):
+    Faust's per-message buffer filled up ("producer buffer full") when a model swap re-published every
+    active user's list.
     """
     metrics = ApiMetrics.create(registry)
     table = app.Table(
@@ -330,30 +329,12 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     api = ReadApi(table, pseudonymize_key=pseudonymize_key, banned=catalogue.banned, catalogue_read=catalogue_read)
     changelog = table.changelog_topic.get_topic_name()
 
-    async def write(newest: dict[bytes, bytes | None]) -> None:
-        """Store each user's newest list; None (an erased user) deletes it, with a changelog tombstone."""
-        if not batched_writes:
-            for key, value in newest.items():
-                if value is not None:
-                    table[key] = value
-                elif key in table:
-                    del table[key]  # the table sends the changelog's tombstone
-            return
-        store = table.data
-        for key, value in newest.items():
-            if value is None:
-                store.pop(key, None)
-            else:
-                store[key] = value
-        aio = app.producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
-        await send_batched(aio, changelog, [(key, value, partition_for(key, partitions))
-                                            for key, value in newest.items()])
-
     @app.agent(topic, name="latest")
     async def latest(stream):
         async for events in stream.take_events(LATEST_BATCH, within=LATEST_BATCH_WAIT_S):
             newest, unreadable = newest_lists((e.message.key, e.message.value) for e in events)
-            await write(newest)
+            # each user's newest list; None (an erased user) deletes it
+            await write_table(table, newest, partitions=partitions, batched=batched_writes, producer=app.producer)
             erased = [key.decode(errors="replace") for key, value in newest.items() if value is None]
             if erased:
                 log.info("api: deleted the stored list of %d erased user(s): %s", len(erased), ", ".join(erased))

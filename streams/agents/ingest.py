@@ -31,7 +31,7 @@ from streams.topics import partition_for
 log = logging.getLogger("tailcast.ingest")
 
 __all__ = ["RawRecord", "UserState", "BatchResult", "IngestProcessor", "OffsetGaps", "compact_consumed",
-           "consumed_of", "fetch_highwaters", "pseudonymize", "register", "unrestored"]
+           "consumed_of", "fetch_highwaters", "pseudonymize", "register", "unrestored", "write_table"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~0.4 µs more to build, per event
@@ -376,14 +376,38 @@ def unrestored(restored: Mapping, highwaters: Mapping) -> dict:
     return missing
 
 
+async def write_table(table, changes: Mapping[bytes, bytes | None], *, partitions: int, batched: bool,
+                      producer) -> None:
+    """Write ``changes`` (key -> value; None deletes, a tombstone on the changelog) to a Faust table.
+
+    ``batched`` (at-least-once only): into its store, the changelog records the table would send going out as
+    one record batch per partition on the app's ``producer``, not through Faust's per-message buffer
+    (docs/results.md); otherwise through the table, inside Faust's transaction.
+    """
+    if not batched:
+        for key, value in changes.items():
+            if value is not None:
+                table[key] = value
+            elif key in table:
+                del table[key]  # the table sends the changelog's tombstone
+        return
+    store = table.data
+    for key, value in changes.items():
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+    aio = producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
+    await send_batched(aio, table.changelog_topic.get_topic_name(),
+                       [(key, value, partition_for(key, partitions)) for key, value in changes.items()])
+
+
 def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, batch_wait_s: float,
              request_partitions: int, batched_writes: bool = True, count_gaps: bool = True, kafka=None):
     """Declare the ``user_state`` table and the ingest agent on a Faust app.
 
-    With ``batched_writes`` (at-least-once only) a micro-batch's changelog records and score requests go out
-    as one record batch per partition, the store written directly: the records the table would send, without
-    Faust's per-message buffer (docs/results.md). With ``count_gaps``, skipped offsets and changelog records
-    table recovery left unread are counted in ``offsets_skipped``.
+    ``batched_writes``: the table written and the score requests sent as :func:`write_table` does. With
+    ``count_gaps``, skipped offsets and changelog records table recovery left unread count in ``offsets_skipped``.
     """
     from streams.topics import DLQ, EVENTS, SCORE_REQUESTS
 
@@ -403,28 +427,16 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
         return None if raw is None else UserState.from_bytes(raw)
 
     async def write(out: BatchResult) -> None:
-        erased = [user.encode() for user in out.forgotten if user not in out.states]
+        # erasure (#17): a tombstone, so compaction drops the user's states
+        changes = {user.encode(): None for user in out.forgotten if user not in out.states}
+        changes.update((user.encode(), state.to_bytes()) for user, state in out.states.items())
+        await write_table(user_state, changes, partitions=processor.partitions, batched=batched_writes,
+                          producer=producer)
         if not batched_writes:
-            for key in erased:
-                if key in user_state:
-                    del user_state[key]  # the table sends the changelog's tombstone
-            for user, state in out.states.items():
-                user_state[user.encode()] = state.to_bytes()
             for request in out.requests:
                 await producer.send(SCORE_REQUESTS, request.user_id.encode(), request.to_bytes(), None, None, None)
             return
-        aio = producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
-        store = user_state.data
-        changes = []
-        for key in erased:  # erasure (#17): a tombstone (null value), so compaction drops the user's states
-            store.pop(key, None)
-            changes.append((key, None, partition_for(key, processor.partitions)))
-        for user, state in out.states.items():
-            key, value = user.encode(), state.to_bytes()
-            store[key] = value
-            changes.append((key, value, partition_for(key, processor.partitions)))
-        await send_batched(aio, user_state.changelog_topic.get_topic_name(), changes)
-        await send_batched(aio, SCORE_REQUESTS, [
+        await send_batched(producer._ensure_producer(), SCORE_REQUESTS, [
             (key, request.to_bytes(), partition_for(key, request_partitions))
             for request in out.requests for key in (request.user_id.encode(),)])
 
