@@ -22,7 +22,6 @@ import urllib.parse
 import urllib.request
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from streams.agents.scorer import BATCH_SOURCES
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import free_port
 from streams.config import Settings
-from streams.processes import spawn_role, stop_processes
+from streams.processes import spawn_role, start_broker, stop_processes
 from streams.tools import format_recommendation, iterate_topic, replay, source_from_args
 from streams.kafka import client_kwargs
 from streams.topics import IMPRESSIONS, LONGTAIL_METRICS, RECOMMENDATIONS, ensure_topics
@@ -209,12 +208,9 @@ def _where_metrics_are(settings: Settings, api_url: str) -> str:
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tailcast-demo-"))
-    broker = None
     env = dict(os.environ)
-    if settings.kafka.embedded:
-        broker = EmbeddedBroker(port=free_port(), log_path=workdir / "broker.log").start()
-        env["TAILCAST_KAFKA"] = broker.address
-        settings = replace(settings, kafka=replace(settings.kafka, bootstrap=broker.address))
+    broker, settings = start_broker(settings, env, workdir)
+    if broker is not None:
         print(f"embedded broker on {broker.address} (memory only)", flush=True)
     env.setdefault("TAILCAST_STATE_DIR", str(workdir / "state"))
     env.setdefault("TAILCAST_METRICS_INTERVAL_S", "2")

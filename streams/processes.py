@@ -9,13 +9,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
-__all__ = ["spawn_role", "stop_processes", "wait_until"]
+from streams.broker import EmbeddedBroker, free_port
+from streams.config import Settings
+
+__all__ = ["start_broker", "spawn_role", "stop_processes", "wait_until"]
 
 #: How long the children get to stop after SIGTERM before they are killed (a worker's and a scorer's own
 #: bound, ``streams.cli.SHUTDOWN_GRACE_S``, is 15 s as well).
 STOP_GRACE_S = 15.0
+
+
+def start_broker(settings: Settings, env: dict[str, str], workdir: Path) -> tuple[EmbeddedBroker | None, Settings]:
+    """The embedded broker, started (its log in ``workdir``) unless ``TAILCAST_KAFKA`` names one, and the
+    settings pointing at it; ``env`` (the children's) gets its address."""
+    if not settings.kafka.embedded:
+        return None, settings
+    broker = EmbeddedBroker(port=free_port(), log_path=workdir / "broker.log").start()
+    env["TAILCAST_KAFKA"] = broker.address
+    return broker, replace(settings, kafka=replace(settings.kafka, bootstrap=broker.address))
 
 
 def spawn_role(role: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -16,11 +16,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from online.synthetic import generate
 from streams.config import KafkaSettings
-from streams.datasets import load_dataset
+from streams.datasets import Event, load_dataset
 from streams.kafka import client_kwargs
 from streams.topics import EVENTS, ITEMS
 
-__all__ = ["ReplaySource", "dataset_source", "synthetic_source", "source_from_args", "replay", "tail",
+__all__ = ["ReplaySource", "events_source", "dataset_source", "synthetic_source", "source_from_args", "replay", "tail",
            "format_recommendation"]
 
 
@@ -33,12 +33,16 @@ class ReplaySource:
     events: list[dict]
 
 
+def events_source(name: str, events: Iterable[Event], item_text: Mapping[str, str]) -> ReplaySource:
+    """Dataset events and item texts as ``replay`` publishes them (an item's title: its text up to ". ")."""
+    items = [{"item_id": item, "title": text.split(". ")[0], "text": text} for item, text in sorted(item_text.items())]
+    return ReplaySource(name, items, [{"user_id": e.user, "item_id": e.item, "event": e.event, "ts": e.ts}
+                                      for e in events])
+
+
 def dataset_source(path: str | Path, *, limit: int | None = None) -> ReplaySource:
     ds = load_dataset(path, limit=limit)
-    items = [{"item_id": item, "title": text.split(". ")[0], "text": text} for item, text in
-             sorted(ds.item_text.items())]
-    events = [{"user_id": e.user, "item_id": e.item, "event": e.event, "ts": e.ts} for e in ds.events]
-    return ReplaySource(ds.name, items, events)
+    return events_source(ds.name, ds.events, ds.item_text)
 
 
 def synthetic_source(*, n_users: int = 2000, n_items: int = 1000, n_events: int = 50_000, seed: int = 0,

@@ -14,18 +14,16 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.agents.ingest import pseudonymize
-from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings
 from streams.kafka import client_kwargs
-from streams.processes import spawn_role, stop_processes
-from streams.tools import ReplaySource, replay
+from streams.processes import spawn_role, start_broker, stop_processes
+from streams.tools import ReplaySource, events_source, replay
 from streams.topics import RECOMMENDATIONS, ensure_topics
 
 from .harness import PreparedStream, Scoreboard, SystemResult
@@ -44,8 +42,9 @@ def _tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
-async def _drive(settings: Settings, stream: PreparedStream, items: list[dict], *, rate: float, timeout: float,
-                 final: dict[str, int], procs: dict, workdir: Path, log: Callable[[str], None]) -> tuple[list[dict], dict]:
+async def _drive(settings: Settings, stream: PreparedStream, source: ReplaySource, *, rate: float, timeout: float,
+                 final: dict[str, int], procs: dict, workdir: Path,
+                 log: Callable[[str], None]) -> tuple[list[dict], dict]:
     consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     consumed: list[dict] = []
@@ -57,8 +56,6 @@ async def _drive(settings: Settings, stream: PreparedStream, items: list[dict], 
         tps = [TopicPartition(RECOMMENDATIONS, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)  # only this run's lists (a fresh embedded broker: offset 0)
-        source = ReplaySource("evaluate", items, [{"user_id": e.user, "item_id": e.item, "event": e.event, "ts": e.ts}
-                                                  for e in stream.events])
         started = time.monotonic()
 
         shown = {"at": -10.0}
@@ -126,10 +123,8 @@ def run_live(settings: Settings, stream: PreparedStream, item_text: dict[str, st
     broker = None
     procs: dict = {}
     try:
-        if settings.kafka.embedded:
-            broker = EmbeddedBroker(port=free_port(), log_path=workdir / "broker.log").start()
-            env["TAILCAST_KAFKA"] = broker.address
-            settings = replace(settings, kafka=replace(settings.kafka, bootstrap=broker.address))
+        broker, settings = start_broker(settings, env, workdir)
+        if broker is not None:
             log(f"  embedded broker on {broker.address} (memory only); logs in {workdir}")
         asyncio.run(ensure_topics(settings.kafka))
         for role in ("worker", "scorer"):
@@ -138,8 +133,8 @@ def run_live(settings: Settings, stream: PreparedStream, item_text: dict[str, st
         final = stream.final_counts
         if key:
             final = {pseudonymize(u, key): c for u, c in final.items()}
-        items = [{"item_id": i, "title": t.split(". ")[0], "text": t} for i, t in sorted(item_text.items())]
-        consumed, info = asyncio.run(_drive(settings, stream, items, rate=rate, timeout=timeout, final=final,
+        source = events_source("evaluate", stream.events, item_text)
+        consumed, info = asyncio.run(_drive(settings, stream, source, rate=rate, timeout=timeout, final=final,
                                             procs=procs, workdir=workdir, log=log))
         info["workdir"] = str(workdir)
         return consumed, info
