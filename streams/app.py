@@ -203,48 +203,41 @@ def declare_topics(app: faust.App, settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, *, role: str, partitions: dict[str, int] | None = None) -> Role:
-    """Build the Faust app of ``role`` ("worker", "scorer" or "api")."""
+    """Build the Faust app of ``role`` ("worker", "scorer" or "api"); ``partitions``: the topics' real counts."""
+    if role not in ("worker", "scorer", "api"):
+        raise ValueError(f"unknown role {role!r}: expected 'worker', 'scorer' or 'api'")
     registry = CollectorRegistry()
-    if role == "worker":
+
+    def count(topic: str) -> int:
+        return (partitions or {}).get(topic, settings.kafka.partitions)
+
+    at_least_once = settings.kafka.processing_guarantee == "at_least_once"
+    if role != "scorer":  # the roles with a table
         _recover_to_fetched_highwaters()
-        app = faust_app(settings, "tailcast-worker")
-        topics = declare_topics(app, settings)
+    app = faust_app(settings, f"tailcast-{role}", web_port=settings.api_port if role == "api" else None)
+    topics = declare_topics(app, settings)
+    if role == "worker":
         metrics = WorkerMetrics.create(registry)
-        at_least_once = settings.kafka.processing_guarantee == "at_least_once"
         processor = ingest.IngestProcessor(
-            partitions=(partitions or {}).get(EVENTS, settings.kafka.partitions),
-            history_len=settings.worker.history_len, max_event_bytes=settings.worker.max_event_bytes,
-            pseudonymize_key=settings.worker.pseudonymize_key, consumed_max=settings.worker.consumed_max,
-            exclude_consumed=settings.worker.exclude_consumed)
+            partitions=count(EVENTS), history_len=settings.worker.history_len,
+            max_event_bytes=settings.worker.max_event_bytes, pseudonymize_key=settings.worker.pseudonymize_key,
+            consumed_max=settings.worker.consumed_max, exclude_consumed=settings.worker.exclude_consumed)
         agent, table = ingest.register(app, topics=topics, processor=processor, metrics=metrics,
                                        batch=WORKER_BATCH, batch_wait_s=WORKER_BATCH_WAIT_S,
-                                       request_partitions=(partitions or {}).get(SCORE_REQUESTS,
-                                                                                 settings.kafka.partitions),
-                                       batched_writes=at_least_once, count_gaps=at_least_once,
-                                       kafka=settings.kafka)
-        _lag_timer(app, metrics.consumer_lag)
-        return Role(app, registry, role, {"metrics": metrics, "processor": processor, "table": table,
-                                          "agent": agent})
-    if role == "scorer":
+                                       request_partitions=count(SCORE_REQUESTS), batched_writes=at_least_once,
+                                       count_gaps=at_least_once, kafka=settings.kafka)
+        parts = {"metrics": metrics, "processor": processor, "table": table, "agent": agent}
+    elif role == "scorer":
         from streams.agents import serving  # lazily: it imports torch (seconds), which a worker never needs
 
-        app = faust_app(settings, "tailcast-scorer")
-        topics = declare_topics(app, settings)
         parts = serving.register(app, topics=topics, settings=settings, registry=registry)
-        _lag_timer(app, parts["metrics"].consumer_lag)
-        return Role(app, registry, role, parts)
-    if role == "api":
-        _recover_to_fetched_highwaters()
-        app = faust_app(settings, "tailcast-api", web_port=settings.api_port)
-        topics = declare_topics(app, settings)
-        parts = api.register(app, topic=topics[RECOMMENDATIONS],
-                             partitions=(partitions or {}).get(RECOMMENDATIONS, settings.kafka.partitions),
+    else:
+        parts = api.register(app, topic=topics[RECOMMENDATIONS], partitions=count(RECOMMENDATIONS),
                              pseudonymize_key=settings.worker.pseudonymize_key, registry=registry,
                              kafka=settings.kafka, max_item_bytes=settings.worker.max_event_bytes,
-                             batched_writes=settings.kafka.processing_guarantee == "at_least_once")
-        _lag_timer(app, parts["metrics"].consumer_lag)
-        return Role(app, registry, role, parts)
-    raise ValueError(f"unknown role {role!r}: expected 'worker', 'scorer' or 'api'")
+                             batched_writes=at_least_once)
+    _lag_timer(app, parts["metrics"].consumer_lag)
+    return Role(app, registry, role, parts)
 
 
 def _lag_timer(app: faust.App, gauge) -> None:

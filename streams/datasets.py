@@ -22,14 +22,6 @@ class DatasetError(ValueError):
     """The path is not a dataset tailcast can read; the message says what was expected."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Event:
-    ts: float
-    user: str
-    item: str
-    event: str = "click"
-
-
 @dataclass(slots=True)
 class Dataset:
     name: str
@@ -45,14 +37,25 @@ class Dataset:
         return len({e.item for e in self.events})
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Event:
+    """One interaction; events sort by time, then user, item and event type."""
+
+    ts: float
+    user: str
+    item: str
+    event: str = "click"
+
+
 _USER = ("user_id", "userid", "user")
 _ITEM = ("item_id", "itemid", "movieid", "item")
 _TS = ("ts", "timestamp", "time")
 
 
-def _sorted(events: list[Event]) -> list[Event]:
+def _sorted(events: list[Event], limit: int | None) -> list[Event]:
+    """``events`` in time order (ties by user, then item), the first ``limit`` of them."""
     events.sort()
-    return events
+    return events[:limit] if limit else events
 
 
 def _pick(header: list[str], names: tuple[str, ...], path: Path) -> int:
@@ -85,8 +88,7 @@ def _read_table(path: Path, *, limit: int | None) -> list[Event]:
                 raise DatasetError(f"{path}:{n}: bad timestamp in row {row!r}") from None
             event = row[ie] if ie is not None and ie < len(row) and row[ie] else "click"
             events.append(Event(ts, row[iu], row[ii], event))
-    events = _sorted(events)
-    return events[:limit] if limit else events
+    return _sorted(events, limit)
 
 
 def _read_sep(path: Path, sep: str, encoding: str, *, limit: int | None) -> list[Event]:
@@ -97,8 +99,7 @@ def _read_sep(path: Path, sep: str, encoding: str, *, limit: int | None) -> list
             if len(parts) < 4:
                 raise DatasetError(f"{path}:{n}: expected user{sep}item{sep}rating{sep}ts")
             events.append(Event(float(parts[3]), parts[0], parts[1], "rating"))
-    events = _sorted(events)
-    return events[:limit] if limit else events
+    return _sorted(events, limit)
 
 
 def _movielens_csv_text(directory: Path) -> dict[str, str]:
@@ -180,8 +181,8 @@ def synthetic_dataset(spec: str = SYNTHETIC, *, limit: int | None = None) -> Dat
         raise DatasetError(f"{spec!r}: expected synthetic:USERS,ITEMS,EVENTS[,SEED]")
     n_users, n_items, n_events, seed = (values + [0])[:4] if values else (2000, 1000, 50_000, 0)
     data = generate(n_users=n_users, n_items=n_items, n_events=n_events, seed=seed)
-    events = _sorted([Event(ts, user, item, kind) for ts, user, item, kind in data.events])
-    return Dataset(name=f"synthetic-{n_users}x{n_items}x{n_events}-s{seed}", events=events[:limit] if limit else events,
+    events = _sorted([Event(ts, user, item, kind) for ts, user, item, kind in data.events], limit)
+    return Dataset(name=f"synthetic-{n_users}x{n_items}x{n_events}-s{seed}", events=events,
                    item_text={item_id: item.text() for item_id, item in data.items.items()})
 
 

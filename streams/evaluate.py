@@ -5,37 +5,19 @@
 
 Modes (docs/design.md §5):
 
-* ``offline``: no broker. The dataset, in time order, is cut into micro-batches of ``--batch`` events
-  (default 1: fresh pairing, docs/design.md §5, a list after every event; larger = coarser, more ``stale``
-  pairings, faster) that go through the worker's :class:`~streams.agents.ingest.IngestProcessor` and, per
-  system, the scorer's :class:`~streams.agents.scorer.ScorerCore`. Systems: tailcast with one arm forced
-  for every user at each re-ranking strength of ``--strengths`` (the knob sweep), MostPop over the window,
-  online item-CF (co-visitation) and co-visitation × (1 + λ·is_tail) at each λ of ``--boosts``, the raw
-  transition counter (CoVisit-raw) and its own × (1 + λ·is_tail) curve, and the Transformer alone when a
-  model is given (``--checkpoint``) or trained here (``--train-transformer``), with tailcast without any
-  batch model beside it (``tailcast[s] online only``). A model trained here is either trained once on the
-  warm-up part and frozen, or, with ``--refresh-every N``, retrained every N events on all events so far
-  and swapped into every system that serves it, as the trainer and scorer do (docs/design.md §5 "as deployed";
-  the first model serves from event N, the events before it are served by the online models). The
-  baselines never recommend an item the user consumed (any earlier event, not only the last 50).
-  ``--workers 2`` (the default) replays the baselines in a second process beside tailcast.
-* ``live``: embedded broker (unless ``TAILCAST_KAFKA`` is set), ``tailcast worker`` and ``tailcast scorer``
-  processes, the dataset replayed at ``--rate`` events/s, ``recommendations`` consumed downstream and paired
-  with the events per A/B arm (``TAILCAST_ARMS``); the offline systems run on the same stream too.
-* ``loo``: leave-one-out full-catalogue ranking with ``models/loo.py`` (MostPop, ItemCF, the Transformer if
-  ``--train-transformer``) and tailcast at each strength (see :mod:`streams.evaluation.loo`).
+* ``offline``: no broker; micro-batches of ``--batch`` events (default 1: a list after every event) through
+  the worker's and the scorer's own logic, for tailcast at each ``--strengths``, the baselines (MostPop,
+  ItemCF and TailBoost at each ``--boosts``, CoVisit-raw and its TailBoost) and, with a batch model
+  (``--checkpoint`` or ``--train-transformer``, frozen or retrained every ``--refresh-every`` N events as
+  deployed), the Transformer and tailcast without it (:mod:`streams.evaluation.systems`).
+* ``live``: the broker, ``tailcast worker`` and ``tailcast scorer`` on the dataset replayed at ``--rate``,
+  the lists paired per A/B arm; the offline systems run on the same stream too.
+* ``loo``: leave-one-out full-catalogue ranking (:mod:`streams.evaluation.loo`).
 
-Every event is paired with the user's latest list that precedes it by ``user_event_count`` (the live
-exposure agent's :class:`~online.prequential.ArmMetrics`, window = the whole stream): ``exact``, ``stale``
-(the user's previous event was coalesced into the same micro-batch) or ``none`` (no list yet: the user's
-first event, or every event of their first micro-batch) - a miss. Output in ``--out``: ``report.json``
-(``{system: {metric: value}}``, ``hr_by_bucket`` nested as in the ``longtail-metrics`` record),
-``report.md`` (table, the command, the docs/design.md §7 checks), ``run.json`` (run details, per-chunk series),
-``tradeoff.png``, ``hr_by_bucket.png``, ``lorenz.png``, ``over_time.png`` and ``recommendations.jsonl``.
-
-Deterministic: the online models are seeded as in the live scorer (fixed seeds); ``--seed`` seeds the
-Transformer's training and the leave-one-out tie-breaks. Nothing is tuned on the reported events: with
-``--warmup F`` the first fraction F of the stream trains every system but is not scored.
+Each event is paired with the user's latest earlier list (:mod:`streams.evaluation.harness`). Output in
+``--out``: ``report.json``, ``report.md`` (with the docs/design.md §7 checks), ``run.json``, PNG plots and
+``recommendations.jsonl``. Deterministic (``--seed``); with ``--warmup F`` the first fraction F of the
+stream trains every system but is not scored.
 """
 
 from __future__ import annotations
@@ -153,11 +135,8 @@ def _text_cache_dir() -> Path:
 
 
 def _text_vectors(settings: Settings, item_text: dict[str, str], log) -> tuple[list[str], np.ndarray] | None:
-    """Item vectors exactly as the scorer's catalogue task makes them from ``replay``'s item records.
-
-    Encoding a catalogue with the Transformer text encoder took 47-162 s for MovieLens on 2 loaded cores,
-    so the vectors are cached (``.npy``, keyed by the encoder and every id and text) and reused by the
-    next run on the same catalogue."""
+    """Item vectors exactly as the scorer's catalogue task makes them from ``replay``'s item records, cached
+    in :func:`_text_cache_dir` (keyed by the encoder and every id and text): encoding takes minutes."""
     import hashlib
 
     if not item_text:
