@@ -6,27 +6,17 @@ No timing thresholds: the machine is shared, so only the shape and the sanity of
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.alone
 @pytest.mark.timeout(240)
-def test_quick_api_bench_writes_latency_figures(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--only", "api", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=230)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+def test_quick_api_bench_writes_latency_figures(quick_bench):
+    results = quick_bench("api")
     assert set(results) == {"api", "targets"}
     api = results["api"]
     assert all(isinstance(v, float) and math.isfinite(v) for v in api.values()), api
