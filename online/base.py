@@ -40,6 +40,7 @@ __all__ = [
     "DecayClock",
     "Event",
     "IdIndex",
+    "ItemIndexed",
     "OnlineModel",
     "group",
     "learn_many",
@@ -264,6 +265,23 @@ class IdIndex:
     def __setstate__(self, names: list[str]) -> None:
         self._names = list(names)
         self._ids = {n: i for i, n in enumerate(self._names)}
+
+
+class ItemIndexed:
+    """A model over an :class:`IdIndex` of its items (``_index``): ``item_index`` (the recommender maps it
+    to its own), ``len`` (the items it knows) and ``in`` (whether it knows an item)."""
+
+    _index: IdIndex
+
+    @property
+    def item_index(self) -> IdIndex:
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.item_index
 
 
 class DecayClock:

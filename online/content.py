@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, IdIndex, must_be_at_least, recent_distinct, tie_floor, top_k_rows
+from online.base import Candidate, IdIndex, ItemIndexed, must_be_at_least, recent_distinct, tie_floor, top_k_rows
 
 __all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
 
@@ -35,7 +35,7 @@ class ShapeMismatchError(ValueError):
     """A content vector does not have the model's dimension (or items and rows disagree)."""
 
 
-class ContentNeighbours:
+class ContentNeighbours(ItemIndexed):
     """Cosine nearest neighbours over item content vectors. ``name = "content"``."""
 
     name = "content"
@@ -46,18 +46,6 @@ class ContentNeighbours:
         self.history_window = int(history_window)
         self._index = IdIndex()
         self._v = np.zeros((0, dim), dtype=np.float32)  # (n_items_cap, D), rows L2-normalised
-
-    @property
-    def item_index(self) -> IdIndex:
-        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
-        return self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, item: object) -> bool:
-        """Whether the model knows ``item`` (has seen it / holds its vector)."""
-        return item in self._index
 
     def _rows(self, items: Sequence[str]) -> np.ndarray:
         rows = np.empty(len(items), dtype=np.int64)

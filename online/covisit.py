@@ -35,12 +35,13 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, IdIndex, group, must_be_at_least, recent_distinct, tie_floor
+from online.base import (Candidate, DecayClock, IdIndex, ItemIndexed, group, must_be_at_least, recent_distinct,
+                         tie_floor)
 
 __all__ = ["CoVisitation"]
 
 
-class CoVisitation:
+class CoVisitation(ItemIndexed):
     """Decayed, bounded, normalised item co-visitation. ``name = "covisit"``."""
 
     name = "covisit"
@@ -79,11 +80,6 @@ class CoVisitation:
         self._count = array("d")  # decayed event count per item (same frame)
         self._acc = self._mark = _EMPTY_J  # serving scratch (see top), grown on first use
         self._banned = np.zeros(0, dtype=bool)
-
-    @property
-    def item_index(self) -> IdIndex:
-        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
-        return self._index
 
     @classmethod
     def transitions(cls, *, max_neighbours: int = 100) -> CoVisitation:
@@ -325,13 +321,6 @@ class CoVisitation:
             hit = uniq[pos] == idx
             out[hit] = acc[pos[hit]]
         return out
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, item: object) -> bool:
-        """Whether the model knows ``item`` (has seen it / holds its vector)."""
-        return item in self._index
 
 
 _EMPTY_J = np.zeros(0, dtype=np.int64)

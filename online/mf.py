@@ -29,14 +29,14 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from online.base import Candidate, IdIndex, must_be_at_least, top_k_rows
+from online.base import Candidate, IdIndex, ItemIndexed, must_be_at_least, top_k_rows
 
 __all__ = ["OnlineMF"]
 
 _RAND_BLOCK = 8192
 
 
-class OnlineMF:
+class OnlineMF(ItemIndexed):
     """BPR matrix factorisation trained online. ``name = "mf"``."""
 
     name = "mf"
@@ -87,8 +87,7 @@ class OnlineMF:
 
     # ---------------------------------------------------------------- rows
     @property
-    def item_index(self) -> IdIndex:
-        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
+    def item_index(self) -> IdIndex:  # ItemIndexed's, under the name that MF pickles
         return self._items
 
     def _item_row(self, item: str) -> int:
@@ -290,10 +289,3 @@ class OnlineMF:
         else:
             out[known] = self._q[q_rows] @ vec + self._b[q_rows]
         return out
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, item: object) -> bool:
-        """Whether the model knows ``item`` (has seen it / holds its vector)."""
-        return item in self._items

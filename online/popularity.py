@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, IdIndex, must_be_at_least, top_k
+from online.base import Candidate, DecayClock, IdIndex, ItemIndexed, must_be_at_least, top_k
 from online.headtail import head_positions
 
 __all__ = ["DecayedPopularity"]
@@ -35,7 +35,7 @@ __all__ = ["DecayedPopularity"]
 _CACHE_TOP = 1000  # size of the cached "most popular now" list used by recommend()
 
 
-class DecayedPopularity:
+class DecayedPopularity(ItemIndexed):
     """Decayed popularity ranking plus the windowed head/tail split. ``name = "popularity"``."""
 
     name = "popularity"
@@ -85,11 +85,6 @@ class DecayedPopularity:
     def head_version(self) -> int:
         """Changes whenever the head set is recomputed (the event count at the last refresh)."""
         return self._refreshed_at
-
-    @property
-    def item_index(self) -> IdIndex:
-        """This model's item index (names <-> its row numbers); the recommender maps it to its own."""
-        return self._index
 
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         idx = self._index.get(item)
@@ -290,10 +285,3 @@ class DecayedPopularity:
         top, scores = self.top_indices(k, self._index.indices([*exclude, *history]))
         names = self._index.names
         return [Candidate(names[i], s, "popularity") for i, s in zip(top.tolist(), scores.tolist())]
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, item: object) -> bool:
-        """Whether the model knows ``item`` (has seen it / holds its vector)."""
-        return item in self._index
