@@ -12,7 +12,7 @@ from models.refresh import RefreshConfig, RefreshResult, fit_refresh
 from models.scoring import BatchScorer
 from models.sequence import ConfigError, SeqEncoder, SeqEncoderConfig, pad_batch
 from models.train import EpochLog, TrainConfig, TrainResult, evaluate_model, train
-from models.vae import MultVAE, MultVAEConfig, fit_vae, load_vae, save_vae, score_users
+from models.vae import MultVAE, MultVAEConfig, fit_vae, save_vae, score_users
 from models.vocab import PAD, ItemVocab, UnknownItemError
 
 __all__ = [
@@ -20,5 +20,5 @@ __all__ = [
     "DeviceUnavailableError", "EpochLog", "ItemTextCache", "ItemVocab", "RefreshConfig", "RefreshResult",
     "SeqEncoder", "SeqEncoderConfig", "TextEncoder", "TextEncoderLoadError", "TrainConfig", "TrainResult",
     "UnknownItemError", "choose_device", "evaluate_model", "fit_refresh", "load_checkpoint", "pad_batch",
-    "save_checkpoint", "train", "MultVAE", "MultVAEConfig", "fit_vae", "load_vae", "save_vae", "score_users",
+    "save_checkpoint", "train", "MultVAE", "MultVAEConfig", "fit_vae", "save_vae", "score_users",
 ]

@@ -54,7 +54,7 @@ from models.train import BestEpoch, cpu_state
 from online.snapshot import write_atomic
 
 __all__ = ["MultVAEConfig", "MultVAE", "VaeEpochLog", "fit_vae", "score_users", "evaluate_vae", "save_vae",
-           "load_vae", "VaeFormatError", "FORMAT"]
+           "VaeFormatError", "FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,17 +285,6 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """``torch.save`` ``path`` atomically (:func:`online.snapshot.write_atomic`; ``save_vae``'s and
     ``models.checkpoint``'s writer)."""
     write_atomic(path, lambda f: torch.save(payload, f))
-
-
-def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu") -> MultVAE:
-    """Read a file written by :func:`save_vae` (``weights_only=True``); the model is in eval mode."""
-    try:
-        raw = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # truncated / garbled / pickled-object files
-        raise VaeFormatError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None
-    return MultVAE.from_state(raw, device=device)
 
 
 def score_users(model: MultVAE, histories: Sequence[Sequence[int]], *, batch_size: int = 256) -> np.ndarray:
