@@ -144,7 +144,6 @@ class BatchScorer:
         self._build()
         self.vae_ann = self._vae_index()
 
-    # ---- state ------------------------------------------------------------------------------------------
     def _build(self) -> None:
         """(Re)build the serving encoder and the cached item matrix after any model change."""
         self.model.to(self.device).eval()
@@ -195,7 +194,6 @@ class BatchScorer:
     def n_items(self) -> int:
         return len(self.vocab)
 
-    # ---- serving ----------------------------------------------------------------------------------------
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> Tensor:
         """(B, T) left-padded item indices on the scorer's device; unknown items are dropped."""
         return pad_batch([self.vocab.encode(h) for h in histories], self.max_len, device=self.device)
@@ -338,7 +336,6 @@ class BatchScorer:
         other.vae = other.vae_ann = None
         return other
 
-    # ---- catalogue changes -----------------------------------------------------------------------------
     def extend_items(self, new_ids: Sequence[str], text_vectors: np.ndarray | Tensor | None = None) -> list[str]:
         """Add items unseen in training; with text vectors ((len(new_ids), C)) they are retrievable at once
         (vector = text projection). Known ids are skipped. Returns the ids actually added."""

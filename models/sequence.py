@@ -141,7 +141,6 @@ class SeqEncoder(nn.Module):
         )
         self.transformer = GPT2Model(gpt)  # pre-LN blocks + learned positions + final LayerNorm
 
-    # ---- item vectors -------------------------------------------------------------------------------
     def _id_drop_mask(self) -> Tensor | None:
         """(N+1,) bool: items whose id embedding is dropped this step (training only, text items only)."""
         p = self.config.id_dropout
@@ -166,7 +165,6 @@ class SeqEncoder(nn.Module):
         """(N+1, D) item vectors; row 0 (padding) is zero."""
         return self._item_vectors(None)
 
-    # ---- encoder ------------------------------------------------------------------------------------
     def hidden(self, seqs: Tensor, drop: Tensor | None = None, *, item_table: Tensor | None = None) -> Tensor:
         """(B, T) left-padded item indices -> (B, T, D) causal hidden states.
 
@@ -238,7 +236,6 @@ class SeqEncoder(nn.Module):
         logits = torch.cat([pos.unsqueeze(1), negl], dim=1)  # (M, 1+K), the positive is class 0
         return F.cross_entropy(logits, torch.zeros_like(t), reduction=reduction)  # () or (M,)
 
-    # ---- catalogue changes --------------------------------------------------------------------------
     @staticmethod
     def _log_q(counts: Tensor, alpha: float = 0.75) -> Tensor:
         q = (counts.double().clamp(min=0) + 1.0) ** alpha

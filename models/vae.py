@@ -68,14 +68,11 @@ class VaeFormatError(ValueError):
 
 @dataclass(frozen=True)
 class MultVAEConfig:
-    # ---- model
     hidden: tuple[int, ...] = (600,)  # encoder hidden sizes, N -> 600 -> 2Z; the decoder mirrors them
     latent: int = 200  # Z
     dropout: float = 0.5  # on the normalised input vector, training only
-    # ---- objective
     beta_max: float = 0.2  # KL weight cap ("anneal_cap" in the paper's code)
     total_anneal_steps: int = 20_000  # optimiser steps over which beta rises 0 -> beta_max; 0 = beta_max at once
-    # ---- training
     epochs: int = 200
     batch_size: int = 500  # users per step
     lr: float = 1e-3
@@ -193,7 +190,6 @@ class MultVAE(nn.Module):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.normal_(layer.bias, 0.0, 0.001)
 
-    # ---- forward pieces ------------------------------------------------------------------------------
     def encode(self, histories: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
         """(mu, logvar), each (B, Z). Input dropout applies in training mode only."""
         device = self.item_in_bias.device
@@ -245,7 +241,6 @@ class MultVAE(nn.Module):
         pad = torch.full((logits.shape[0], 1), float("-inf"), dtype=logits.dtype, device=logits.device)
         return torch.cat([pad, logits], dim=1)
 
-    # ---- storage -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Self-describing plain dict (``torch.save``-able, loadable with ``weights_only=True``)."""
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "n_items": self.n_items,

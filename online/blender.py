@@ -173,7 +173,6 @@ class FeedbackBlender:
     def _params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self._W1, self._b1, self._w2, self._b2
 
-    # ---------------------------------------------------------------- features
     def features(
         self,
         source_scores: Mapping[str, float],
@@ -317,7 +316,6 @@ class FeedbackBlender:
         names = self.feature_names
         return np.array([[x.get(f, 0.0) for f in names] for x in xs], dtype=np.float64).reshape(len(xs), len(names))
 
-    # ---------------------------------------------------------------- prediction
     @property
     def warmed_up(self) -> bool:
         """Whether predictions come from the learned model (``warmup`` examples applied, both labels)."""
@@ -397,7 +395,6 @@ class FeedbackBlender:
         """:meth:`contributions_matrix` of feature dicts (or rows)."""
         return self.contributions_matrix(self._matrix(xs))
 
-    # ---------------------------------------------------------------- learning
     def learn_matrix(self, X: np.ndarray, clicked: np.ndarray | Sequence[bool]) -> None:
         """Learn feature rows ``X`` (m, n_features) with labels ``clicked`` (m,); applied in mini-batches."""
         y = [bool(c) for c in clicked]

@@ -74,7 +74,6 @@ class ContentNeighbours(ItemIndexed):
         idx = self._index.get(item)
         return None if idx < 0 else self._v[idx].copy()
 
-    # ---------------------------------------------------------------- OnlineModel
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         """No-op: content similarity does not learn from events."""
 

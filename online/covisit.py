@@ -99,7 +99,6 @@ class CoVisitation(ItemIndexed):
         model.name = "transitions"
         return model
 
-    # ---------------------------------------------------------------- learning
     def _idx(self, item: str, w: float) -> int:
         idx = self._index.get(item)
         if idx < 0:
@@ -181,7 +180,6 @@ class CoVisitation(ItemIndexed):
         self._count = array("d", (np.frombuffer(self._count) * f).tolist())
         self._nw = [array("d", (np.frombuffer(nw) * f).tolist()) if len(nw) else array("d") for nw in self._nw]
 
-    # ---------------------------------------------------------------- reading
     def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
         """The last ``history_window`` distinct history items, most recent first, as (this model's
         indices, -1 when unknown; their recency ranks ``r``, 1 = the most recent)."""

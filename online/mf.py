@@ -85,7 +85,6 @@ class OnlineMF(ItemIndexed):
         self._buf_i: list[int] = []
         self._buf_pool_n: list[int] = []
 
-    # ---------------------------------------------------------------- rows
     @property
     def item_index(self) -> IdIndex:  # ItemIndexed's, under the name that MF pickles
         return self._items
@@ -137,7 +136,6 @@ class OnlineMF(ItemIndexed):
         self._rand_pos += n
         return out
 
-    # ---------------------------------------------------------------- learning
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         i = self._item_row(item)
         if user not in self._users and len(self._users) >= self.max_users:
@@ -216,7 +214,6 @@ class OnlineMF(ItemIndexed):
         np.add.at(Bias, its, lr * (gs - reg * Bias[its]))
         np.add.at(Bias, negs.ravel(), (-lr * (g + reg * Bias[negs])).ravel())
 
-    # ---------------------------------------------------------------- scoring
     def user_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
         """The (D,) query vector for ``user``, or ``None`` when nothing is known about them."""
         hist = self._items.indices(history[-self.history_window :]) if len(history) else None

@@ -80,7 +80,6 @@ class DecayedPopularity(ItemIndexed):
         self._window_counts = np.zeros(0, dtype=np.int64)
         self._top: np.ndarray = np.zeros(0, dtype=np.int64)
 
-    # ---------------------------------------------------------------- learning
     @property
     def head_version(self) -> int:
         """Changes whenever the head set is recomputed (the event count at the last refresh)."""
@@ -146,7 +145,6 @@ class DecayedPopularity(ItemIndexed):
         self._window = deque(remap[np.fromiter(self._window, dtype=np.int64)].tolist())
         self._refreshed_at = -1
 
-    # ---------------------------------------------------------------- head / tail
     def _refresh(self) -> None:
         if self._refreshed_at >= 0 and self._n_events - self._refreshed_at < self.refresh_every:
             return
@@ -271,7 +269,6 @@ class DecayedPopularity(ItemIndexed):
         """:meth:`top_many` of one ``banned``: :meth:`recommend` as (item indices, decayed counts)."""
         return self.top_many(k, [banned])[0]
 
-    # ---------------------------------------------------------------- OnlineModel
     def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
         idx = self._index.indices(items)
         if not len(self._score):

@@ -153,7 +153,6 @@ class OnlineRecommender:
             **options,
         )
 
-    # ---------------------------------------------------------------- learning
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
         """Label the user's last shown list with this event, then update every model."""
         self.feedback(user, None, item)
@@ -202,7 +201,6 @@ class OnlineRecommender:
         self.blender.learn_matrix(X, [r == hit for r in chosen])
         return len(chosen)
 
-    # ---------------------------------------------------------------- serving
     def is_tail(self, item: str) -> bool:
         return self.popularity.is_tail(item)
 
