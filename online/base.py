@@ -111,10 +111,8 @@ class Candidate:
 
 class CandidateList(Sequence):
     """One source's candidates as parallel ``items`` and ``scores`` lists, best first (what a batch model
-    hands back), seen as a sequence of :class:`Candidate` (no anchor), built only when read.
-
-    :meth:`online.recommender.OnlineRecommender.recommend_many` reads the lists directly: a hundred
-    frozen ``Candidate`` objects per user and source cost more than the rest of the user's request.
+    hands back), seen as a sequence of :class:`Candidate` (no anchor) built only when read: the recommender
+    reads the lists directly (a hundred ``Candidate`` objects per user cost more than the request).
 
     >>> cl = CandidateList(["a", "b"], [0.5, 0.25], "transformer")
     >>> len(cl), cl[1], [c.item for c in cl]
@@ -285,14 +283,10 @@ class ItemIndexed:
 
 
 class DecayClock:
-    """Lazy exponential decay: weights are stored in a moving reference frame.
-
-    An event at time ``ts`` adds ``2 ** ((ts - t0) / half_life)`` instead of decaying every stored
-    weight on every event; the true decayed value at time ``now`` is ``stored * 2 ** (-(now - t0) /
-    half_life)``. Ratios and rankings of stored weights are therefore exact without any decay pass.
-    When the exponent grows past ``max_exponent`` the owner rescales its stored weights by
-    :meth:`rebase`'s factor (rare: every ``max_exponent`` half-lives of stream time). ``rate`` is
-    ``1 / half_life_s`` (halvings per second), for hot loops that inline :meth:`exponent`.
+    """Lazy exponential decay: an event at ``ts`` adds ``2 ** ((ts - t0) / half_life)`` instead of decaying
+    every stored weight; the value at ``now`` is ``stored * 2 ** (-(now - t0) / half_life)``, so ratios and
+    rankings are exact without a decay pass. Past ``max_exponent`` the owner rescales its weights by
+    :meth:`rebase`'s factor. ``rate`` (``1 / half_life_s``) is for hot loops that inline :meth:`exponent`.
 
     >>> clock = DecayClock(half_life_s=10.0)
     >>> clock.weight(0.0), clock.weight(10.0), clock.weight(20.0)
@@ -397,13 +391,10 @@ def _tie_groups(v: np.ndarray, rtol: float) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the ``k`` largest finite scores, best first; tied scores (see :data:`TIE_RTOL`,
-    :data:`TIE_RTOL_F64` by the dtype of ``scores``) by index.
-
-    Ties are grouped from the top: the best score and every score tied with it (:func:`tie_floor`) come
-    first, by index, then the best of the rest and its ties, and so on. The same scores thus give the same
-    list whatever rounding the processor added to them, and a smaller ``k`` gives a prefix of the list of
-    a larger one. ``banned`` is an index array excluded from the result (e.g. history and ``exclude`` items).
+    """Indices of the ``k`` largest finite scores, best first, except the ``banned`` indices; tied scores
+    (:data:`TIE_RTOL`, :data:`TIE_RTOL_F64` by dtype) by index. Ties are grouped from the top: the best score
+    and its ties (:func:`tie_floor`) by index, then the best of the rest and its ties, and so on: the same
+    list whatever the rounding, and a smaller ``k`` gives a prefix of a larger one's list.
 
     >>> top_k(np.array([0.1, 0.9, 0.5, 0.9]), 2, banned=np.array([1]))
     array([3, 2])
@@ -473,11 +464,10 @@ def top_k_rows(
 ) -> list[np.ndarray]:
     """:func:`top_k` of every row of ``scores`` (B, N), same result, one vectorised partition.
 
-    ``banned[b]`` are the indices excluded from row ``b`` (-1 ignored). The ``k + TOP_K_SPARE`` largest
-    of each row are partitioned off and grouped into ties there; a row whose k-th score still has ties
-    outside them, with fewer than ``k`` finite scores (or non-finite ones among its best) or with a run
-    of near-ties wider than a tolerance falls back to :func:`top_k`. ``overwrite``: the banned entries of
-    ``scores`` itself are set to -inf (no copy; the returned indices never point at them).
+    ``banned[b]``: indices excluded from row ``b`` (-1 ignored). The ``k + TOP_K_SPARE`` largest of each row
+    are grouped into ties there; a row whose k-th score has ties beyond them, with non-finite scores among
+    its best or a run of near-ties wider than a tolerance falls back to :func:`top_k`. ``overwrite``: set the
+    banned entries of ``scores`` itself to -inf (no copy).
 
     >>> [r.tolist() for r in top_k_rows(np.array([[0.1, 0.9, 0.5], [3.0, 2.0, 1.0]]), 2, [None, np.array([0])])]
     [[1, 2], [1, 2]]

@@ -68,12 +68,9 @@ class CoVisitation(ItemIndexed):
         self.distance_decay = bool(distance_decay)
         self._clock = DecayClock(half_life_s)
         self._index = IdIndex()
-        # Neighbours of item h, slot by slot in insertion order (a prune keeps the order of its sort):
-        # _nj[h][slot] = j, _nw[h][slot] = weight (DecayClock frame), _key[h][slot] = j & 255, the byte
-        # that ``_key[h].find`` looks for (memchr) before checking _nj. ``array.array`` rows: a scalar
-        # update costs what a list's does (the ingest hot path), and reads view them as numpy arrays
-        # without a copy (np.frombuffer; no view outlives a read, since an array with a live view cannot
-        # grow).
+        # Neighbours of item h, slot by slot (a prune keeps the order of its sort): _nj[h][slot] = j,
+        # _nw[h][slot] = weight (DecayClock frame), _key[h][slot] = j & 255. ``array.array`` rows: a scalar
+        # update costs what a list's does, and reads view them without a copy (no view outlives a read).
         self._key: list[bytearray] = []
         self._nj: list[array] = []
         self._nw: list[array] = []
@@ -187,13 +184,9 @@ class CoVisitation(ItemIndexed):
         return idx, list(range(1, len(idx) + 1))
 
     def _terms(self, recent: Sequence[int], ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every (anchor, neighbour) term of the score sum: (neighbour indices, terms, anchor position of
-        each term, anchors' indices), the terms anchor by anchor, each anchor's row in stored order.
-
-        ``recent``/``ranks``: the recent distinct history items (this model's indices, -1 unknown) and
-        their recency ranks (see :meth:`_anchors`). The score of ``j`` is
-        ``sum_r W[h_r][j] / (r * sqrt(n_h_r * n_j))``; anchors without a count or a row are skipped.
-        """
+        """Every (anchor, neighbour) term ``W[h_r][j] / (r * sqrt(n_h_r * n_j))`` of the score sums of
+        ``recent``/``ranks`` (see :meth:`_anchors`): (neighbour indices, terms, anchor position of each term,
+        anchors' indices), anchor by anchor, each row in stored order; anchors without a row are skipped."""
         count, nj_of = self._count, self._nj
         anchors: list[int] = []
         scales: list[float] = []
@@ -217,13 +210,8 @@ class CoVisitation(ItemIndexed):
         return js, ws / np.sqrt(cj) if self.normalise else ws, which, np.asarray(anchors, dtype=np.int64)
 
     def _aggregate(self, history: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates (sorted indices), their summed scores, the (anchors, candidates) term matrix and
-        the anchors' indices.
-
-        The score of ``j`` is ``sum_r W[h_r][j] / (r * sqrt(n_h_r * n_j))`` over the last
-        ``history_window`` distinct history items ``h_r`` (``r = 1`` the most recent); its anchor is the
-        ``h_r`` with the largest single term (ties: the most recent).
-        """
+        """Candidates (sorted indices), their summed scores, the (anchors, candidates) term matrix and the
+        anchors' indices: the definition of the scores and anchors (the largest term; ties: the most recent)."""
         js, terms, which, anchors = self._terms(*self._anchors(history))
         if not anchors.size or not js.size:
             return _EMPTY_J, _EMPTY_W, np.zeros((0, 0)), _EMPTY_J
@@ -254,14 +242,10 @@ class CoVisitation(ItemIndexed):
     def top(
         self, recent: Sequence[int], ranks: Sequence[int], k: int, banned: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, Sequence[int]]:
-        """:meth:`candidates` from the recent distinct history items (this model's indices, -1 unknown, and
-        their recency ranks, see :meth:`_anchors`); ``banned`` must hold the history's indices too (-1
-        ignored). The anchors come back as a lazy sequence (by rank; each costs one pass over the terms
-        when read): the recommender reads the few it shows.
-
-        The sums run through a dense scratch array (``np.add.at`` adds each candidate's terms in anchor
-        order, the same additions as the term matrix's column sum), so no sort is needed to group them.
-        """
+        """:meth:`candidates` from ``recent``/``ranks`` (see :meth:`_anchors`); ``banned`` must hold the
+        history's indices too (-1 ignored). The anchors come back lazily, by rank (the recommender reads
+        the few it shows); the sums run through a dense scratch array (``np.add.at`` in anchor order: the
+        term matrix's column sums), so no sort is needed to group them."""
         js, terms, which, anchors = self._terms(recent, ranks)
         if not js.size or k <= 0:
             return _EMPTY_J, _EMPTY_W, _EMPTY_J
@@ -326,11 +310,9 @@ _EMPTY_W = np.zeros(0)
 
 
 class _LazyAnchors(Sequence):
-    """The anchor (this model's index) of each of the top candidates, by rank, computed when read: the
-    history item with the largest single term, ties to the most recent (the first anchor), as
-    ``argmax`` over the candidate's column of the (anchors, candidates) term matrix. Terms within
-    :func:`~online.base.tie_floor` of the largest are tied (float64: a relative 1e-12): two anchors whose
-    terms are equal by construction but were added up in another order are not told apart by rounding."""
+    """The anchor (this model's index) of each top candidate, by rank, computed when read: the history item
+    with the largest term, ties (within :func:`~online.base.tie_floor`, so that rounding does not tell
+    equal terms apart) to the most recent, as ``argmax`` over the term matrix's column."""
 
     __slots__ = ("_cand", "_js", "_terms", "_which", "_anchors")
 
