@@ -102,15 +102,12 @@ def _encoder(config: RefreshConfig, vocab: ItemVocab, index: dict[str, int],
 
 def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mapping[str, np.ndarray] | None = None,
                 config: RefreshConfig = RefreshConfig(), callbacks: Sequence[Callback] = ()) -> RefreshResult:
-    """Train a fresh encoder (and Mult-VAE) on ``(user, item, ts)`` events (time order within a user is
-    restored here).
+    """Train a fresh encoder (and Mult-VAE) on ``(user, item, ts)`` events (any order within a user).
 
-    ``config.text``: ``"on"`` uses the text vectors when there are any; ``"off"`` trains on ids only;
-    ``"auto"`` trains both and keeps the one with the better validation NDCG@10 (``RefreshResult.variant``).
-    The ids-only encoder's vocabulary holds only items with interactions (its rows for text-only items
-    would be untrained noise); new items then reach users through the online content neighbours.
-    ``config.augment_cap > 0`` prepends up to that many Mult-VAE-drawn items to each training sequence
-    of a user with <= 5 training events, weighted ``config.augment_weight`` (``models.augment``).
+    ``config.text``: ``"on"`` uses the text vectors when there are any, ``"off"`` ids only, ``"auto"`` both,
+    keeping the better on validation NDCG@10 (``RefreshResult.variant``). The ids-only vocabulary holds
+    only items with interactions (rows for text-only items would be untrained noise). ``config.augment_cap
+    > 0``: short users' training sequences get Mult-VAE-drawn items (``models.augment``).
     """
     events = list(events)
     split = leave_one_out(events)

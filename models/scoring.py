@@ -70,13 +70,10 @@ def conv1d_to_linear(module: nn.Module) -> nn.Module:
 
 
 def _top_k_tied(scores: Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`online.base.top_k` of every row of (B, M) ``scores``, as (indices, scores) per row: the ``k``
-    best finite scores, best first, tied ones (within :func:`online.base.tie_floor`) by index, so that
-    the list does not depend on the rounding of the product (``torch.topk`` itself orders near-equal
-    scores by the kernel's rounding, and equal ones as it pleases).
-
-    ``torch.topk`` takes the ``k + TOP_K_SPARE`` best on the scores' device and only those travel to the
-    CPU, where the ties are ordered; a row whose k-th score still has ties below them sends its whole row.
+    """:func:`online.base.top_k` of every row of (B, M) ``scores``, as (indices, scores) per row (tied scores
+    by index: ``torch.topk`` orders them by the kernel's rounding). ``torch.topk`` takes the ``k +
+    TOP_K_SPARE`` best on the device and only those go to the CPU, where ties are ordered; a row whose k-th
+    score has ties below them sends its whole row.
 
     >>> s = torch.tensor([[0.5, 0.9, 0.5, float("-inf")], [0.2, 0.2, 0.2 + 1e-7, 0.1]])
     >>> [(top.tolist(), [round(float(v), 3) for v in vals]) for top, vals in _top_k_tied(s, 3)]

@@ -212,11 +212,9 @@ def train(
     """Train ``model`` in place on item-index sequences; select the epoch with the best validation NDCG@k.
 
     ``valid`` = (histories, targets): each history is the user's item indices before the target.
-    ``sample_weights``: optional per-item weights parallel to ``train_seqs`` (same number of lists, same
-    lengths); the loss at a position is weighted by the weight of its TARGET item (``models.augment``:
-    synthetic items < 1.0, real ones 1.0), a weighted mean per batch. ``None``: every target weighs the
-    same, and training is the same computation as without the argument.
-    Returns the best state (also loaded into ``model``) and the per-epoch history."""
+    ``sample_weights``: optional per-item weights parallel to ``train_seqs``; the loss at a position is
+    weighted by its TARGET item's weight (``models.augment``), a weighted mean per batch; ``None``: the plain
+    mean. Returns the best state (also loaded into ``model``) and the per-epoch history."""
     device = choose_device(config.device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

@@ -324,12 +324,11 @@ def fit_vae(
 ) -> MultVAE:
     """Train a Mult-VAE on users' training item sets (indices 1..n_items; 0 / padding ignored).
 
-    ``valid`` = (histories, targets) as ``LooSplit.histories("valid", ...)`` gives them: every
-    ``eval_every`` epochs the validation NDCG@k is measured and the best epoch's weights are kept (early stop
-    after ``patience`` evaluations without improvement). Without ``valid`` the last epoch's weights are kept.
-    ``max_seconds`` stops after the epoch that crosses the wall-clock budget. The returned model is in eval
-    mode and carries ``model.history`` (list of :class:`VaeEpochLog`), ``model.best_epoch`` and
-    ``model.best_valid_ndcg``. Deterministic for a given ``seed`` on one thread count and device."""
+    ``valid`` = (histories, targets) as ``LooSplit.histories("valid", ...)`` gives them: the best epoch on
+    validation NDCG@k is kept (early stop after ``patience`` evaluations without a better one), else the
+    last; ``max_seconds`` stops after the epoch that crosses it. The model comes back in eval mode with
+    ``history`` (:class:`VaeEpochLog` list), ``best_epoch`` and ``best_valid_ndcg``. Deterministic for a
+    ``seed`` on one thread count and device."""
     bad = [i for s in sequences for i in s if not 0 <= int(i) <= n_items]
     if bad:
         raise ValueError(f"training sequences hold item indices outside 1..{n_items}, e.g. {bad[:5]}")

@@ -244,8 +244,7 @@ class FeedbackBlender:
     ) -> np.ndarray:
         """:meth:`feature_matrix` (same values) from the proposals as entries: candidate ``rows[e]`` was
         proposed by source ``cols[e]`` (its position in ``sources``) with raw score ``values[e]`` at 0-based
-        rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed (a
-        candidate comes from one or two of the sources: most of the score block is zeros)."""
+        rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed."""
         X = np.zeros((n, self.n_features))
         at, _, x = self._entries(rows, cols, values, ranks)
         X.reshape(-1)[at] = x
@@ -378,11 +377,9 @@ class FeedbackBlender:
         return self.predict_matrix(self._matrix(xs))
 
     def contributions_matrix(self, X: np.ndarray) -> np.ndarray:
-        """(n, S): each source's share of each logit, i.e. which source "proposed" a candidate most, by
-        gradient × input: its score, rank and proposed features (standardised) times the logit's gradient
-        with respect to them at that candidate, summed. The gradient is the input weights of the units
-        active there, so the shares are those of the linear model the candidate's active units make
-        (without the hidden biases). Prior phase: the prior's terms."""
+        """(n, S): each source's share of each logit by gradient × input: its score, rank and proposed
+        features (standardised) times the logit's gradient there, summed (the linear model of the active
+        units, without the hidden biases). Prior phase: the prior's terms."""
         if not self.warmed_up:
             return self._prior_terms(X)
         n_s = len(self.sources)
@@ -487,15 +484,9 @@ class FeedbackBlender:
         return self._auc_n, int(self._auc_y[: self._auc_n].sum())
 
     def auc(self) -> dict[str, float]:
-        """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples.
-
-        A single source ranks the candidates it proposed by its score and every other candidate below
-        them (what that source alone would have shown), whatever the sign of its scores.
-
-        A source whose score was the same for every example in the window (one that never proposed a
-        candidate, e.g. the Transformer before its first checkpoint) gets NaN: it carried no signal, and
-        its 0.5 would otherwise read as a measured chance-level ranking.
-        """
+        """ROC AUC of ``"blend"`` and of each source's score over the last ``auc_window`` examples; a source
+        ranks the candidates it proposed by its score and all others below them. A source with one score
+        for the whole window (one that never proposed) gets NaN, not a chance-level 0.5 it did not measure."""
         self._flush()
         n = self._auc_n
         y, s = self._auc_y[:n], self._auc_s[:n]

@@ -153,10 +153,8 @@ class OnlineMF(ItemIndexed):
             self._flush()
 
     def forget(self, user: str) -> bool:
-        """Erase ``user``'s row (#17): their buffered events are applied first (as for an evicted user), then
-        the row is zeroed and handed to the next new user; the user is scored as unknown from then on.
-        Returns whether the model had a row for them. The item factors keep what the user's events taught
-        them, as they keep every other user's.
+        """Erase ``user``'s row (#17), after applying the buffered events: the row is zeroed and handed to the
+        next new user (the item factors keep what the user taught them). Returns whether there was a row.
 
         >>> mf = OnlineMF(dim=4, seed=0)
         >>> mf.learn_one("u1", "a", 0.0); mf.learn_one("u2", "b", 1.0)
@@ -178,12 +176,9 @@ class OnlineMF(ItemIndexed):
         self._flush()
 
     def _flush(self) -> None:
-        """Apply the buffered events as one vectorised SGD step (sum of the per-event gradients).
-
-        Each event's negatives are drawn from the pool as it was when the event arrived (the
-        pool's size then is buffered; slots overwritten since hold more recent items, which follow
-        the same distribution).
-        """
+        """Apply the buffered events as one vectorised SGD step (sum of the per-event gradients); each
+        event's negatives are drawn from the pool at its size when the event arrived (slots overwritten since
+        hold more recent items, of the same distribution)."""
         if not self._buf_u:
             return
         us = np.asarray(self._buf_u, dtype=np.int64)  # (B,)
