@@ -13,12 +13,12 @@ from models.scoring import BatchScorer
 from models.sequence import ConfigError, SeqEncoder, SeqEncoderConfig, pad_batch
 from models.train import EpochLog, TrainConfig, TrainResult, evaluate_model, train
 from models.vae import MultVAE, MultVAEConfig, fit_vae, save_vae, score_users
-from models.vocab import PAD, ItemVocab, UnknownItemError
+from models.vocab import PAD, ItemVocab
 
 __all__ = [
     "PAD", "AugmentConfig", "augment_sequences", "BatchScorer", "Checkpoint", "CheckpointError", "CheckpointRegistry", "ConfigError",
     "DeviceUnavailableError", "EpochLog", "ItemTextCache", "ItemVocab", "RefreshConfig", "RefreshResult",
     "SeqEncoder", "SeqEncoderConfig", "TextEncoder", "TextEncoderLoadError", "TrainConfig", "TrainResult",
-    "UnknownItemError", "choose_device", "evaluate_model", "fit_refresh", "load_checkpoint", "pad_batch",
+    "choose_device", "evaluate_model", "fit_refresh", "load_checkpoint", "pad_batch",
     "save_checkpoint", "train", "MultVAE", "MultVAEConfig", "fit_vae", "save_vae", "score_users",
 ]

@@ -9,8 +9,6 @@ on the first ``n`` items keeps its embedding rows when items ``n+1, n+2, ...`` a
 (3, 1, 3)
 >>> v.encode(["b", "zzz", "c"])
 [2, 3]
->>> v.decode([3, 1])
-['c', 'a']
 >>> ItemVocab(["a", "b", "c"]).hash() == v.hash()
 True
 """
@@ -21,13 +19,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 
-__all__ = ["PAD", "ItemVocab", "UnknownItemError"]
+__all__ = ["PAD", "ItemVocab"]
 
 PAD = 0  # index of the padding "item"; never a real item
-
-
-class UnknownItemError(KeyError):
-    """An item id that the vocabulary does not hold was asked for strictly."""
 
 
 class ItemVocab:
@@ -60,13 +54,6 @@ class ItemVocab:
                 new.append(it)
         return new
 
-    def index(self, item: str) -> int:
-        """Index of a known item (:class:`UnknownItemError` otherwise)."""
-        try:
-            return self._index[item]
-        except KeyError:
-            raise UnknownItemError(f"item {item!r} is not in the vocabulary ({len(self)} items)") from None
-
     def get(self, item: str) -> int | None:
         return self._index.get(item)
 
@@ -74,16 +61,6 @@ class ItemVocab:
         """Indices of the known items of ``seq``, in order; unknown items are dropped."""
         index = self._index
         return [index[it] for it in seq if it in index]
-
-    def decode(self, indices: Iterable[int]) -> list[str]:
-        ids = self._ids
-        out = []
-        for i in indices:
-            i = int(i)
-            if not 1 <= i <= len(ids):
-                raise IndexError(f"index {i} is outside 1..{len(ids)} (0 is padding)")
-            out.append(ids[i - 1])
-        return out
 
     @property
     def ids(self) -> list[str]:

@@ -63,7 +63,7 @@ def test_text_makes_never_clicked_items_retrievable(encoder):
     seqs = []  # each user listens to one genre only
     for u in range(300):
         g = list(GENRES)[u % 3]
-        seqs.append([vocab.index(f"{g}{int(i)}") for i in rng.integers(0, 8, size=12)])
+        seqs.append([vocab.get(f"{g}{int(i)}") for i in rng.integers(0, 8, size=12)])
     torch.manual_seed(0)
     model = SeqEncoder(SeqEncoderConfig(n_items=len(ids), max_len=10, d_model=32, n_layers=1, n_heads=2,
                                         dropout=0.1, text_dim=384, id_dropout=0.3),
@@ -87,7 +87,7 @@ def test_text_only_item_in_the_training_vocabulary_is_retrievable(encoder):
     text = np.zeros((len(ids) + 1, 384), np.float32)
     text[1:] = encoder.encode([t for g in GENRES for t in GENRES[g]] + list(NEW.values()))
     rng = np.random.default_rng(1)
-    seqs = [[vocab.index(f"{g}{int(i)}") for i in rng.integers(0, 8, size=12)]
+    seqs = [[vocab.get(f"{g}{int(i)}") for i in rng.integers(0, 8, size=12)]
             for g in list(GENRES) * 100]
     torch.manual_seed(0)
     model = SeqEncoder(SeqEncoderConfig(n_items=len(ids), max_len=10, d_model=32, n_layers=1, n_heads=2,

@@ -10,7 +10,8 @@ from models.vocab import ItemVocab
 
 
 def histories(synthetic, n=100):
-    return [synthetic.vocab.decode(h) for h in synthetic.test[0][:n]]
+    ids = synthetic.vocab.ids
+    return [[ids[i - 1] for i in h] for h in synthetic.test[0][:n]]
 
 
 def test_topk_excludes_history_and_extra_items(trained, synthetic):
