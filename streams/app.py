@@ -77,12 +77,9 @@ def _recover_to_fetched_highwaters() -> None:
 
 
 def _seek_uncommitted_to_beginning() -> None:
-    """Make Faust's seek to committed offsets also seek the stream partitions that have none to their beginning.
-
-    aiokafka seeks only to a committed offset above 0, so a worker killed before its first commit left a
-    successor that never re-fetched what was dropped during the rebalance (#20, docs/decisions.md).
-    Changelog partitions keep their positions. faust-streaming 0.15: ``AIOKafkaConsumerThread.seek_to_committed``.
-    """
+    """Make Faust's seek to committed offsets send stream partitions without one to their beginning: aiokafka
+    seeks only to an offset above 0, so a worker killed before its first commit left a successor that never
+    re-fetched what the rebalance dropped (#20). faust-streaming 0.15: ``AIOKafkaConsumerThread.seek_to_committed``."""
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls.seek_to_committed, "__wrapped__", cls.seek_to_committed)
 
@@ -100,12 +97,8 @@ def _seek_uncommitted_to_beginning() -> None:
 
 
 class KeepCurrentGenerationFlowControl(FlowControlEvent):
-    """``app.flow_control`` whose ``resume()`` drops only records of an earlier consumer generation.
-
-    faust-streaming 0.15's ``FlowControlEvent.resume()`` empties every stream queue, records of the current
-    generation fetched during the end of table recovery included, which were then never fetched again (#7,
-    docs/decisions.md). Changelog records and ``clear()`` keep Faust's behaviour.
-    """
+    """``app.flow_control`` whose ``resume()`` drops only records of an earlier consumer generation: Faust's
+    emptied every stream queue, losing records fetched at the end of table recovery (#7, docs/decisions.md)."""
 
     def __init__(self, app: faust.App) -> None:
         super().__init__(loop=None)  # mode's Event finds the running loop when first awaited
@@ -147,10 +140,8 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
 
 
 def faust_app(settings: Settings, app_id: str, *, web_port: int | None = None) -> faust.App:
-    """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents. With
-    ``web_port``, Faust's web server listens on it on every interface (other instances reach it at
-    ``http://<hostname>:<web_port>``), without Faust's own table pages.
-    """
+    """A :class:`faust.App` with tailcast's broker, commit and flow-control settings and no agents; with
+    ``web_port``, Faust's web server on every interface, reached at ``http://<hostname>:<web_port>``."""
     kafka = settings.kafka
     _fetch_max_wait(FETCH_MAX_WAIT_MS)
     _seek_uncommitted_to_beginning()
@@ -261,11 +252,8 @@ def _lag_timer(app: faust.App, gauge) -> None:
 
 def faust_worker(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop, *,
                  shutdown_grace_s: float | None = None) -> faust.Worker:
-    """The :class:`faust.Worker` that runs ``app`` on ``loop``, leaving logging and stdout to tailcast.
-
-    With ``shutdown_grace_s``, a stop on SIGTERM/SIGINT takes at most that long (a graceful stop waits for
-    the broker indefinitely); what was not committed is redelivered and skipped where already applied.
-    """
+    """The :class:`faust.Worker` that runs ``app`` on ``loop``, leaving logging and stdout to tailcast; with
+    ``shutdown_grace_s``, a stop on SIGTERM/SIGINT takes at most that long (Faust's waits for the broker)."""
     base = faust.Worker
     if shutdown_grace_s is not None:
         base = _bounded_shutdown_worker(base, shutdown_grace_s, settings.kafka.servers)

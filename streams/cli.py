@@ -84,11 +84,8 @@ def _torch_threads(settings: Settings) -> None:
 
 def freeze_startup_heap(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     """Exempt every object alive after start-up from the cyclic garbage collector (``gc.freeze``), and
-    collect the young generation every ``young_threshold`` allocations (0 keeps Python's).
-
-    Full collections walking the start-up heap (torch, transformers, Faust) were the scorer's freshness p99,
-    and a micro-batch's short-lived acyclic objects made young collections frequent (docs/results.md).
-    """
+    collect the young generation every ``young_threshold`` allocations (0 keeps Python's): both pauses were
+    the freshness p99 (docs/results.md)."""
     gc.collect()
     gc.freeze()
     if young_threshold:
@@ -190,9 +187,8 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def request_erasure(kafka, user_id: str) -> tuple[int, int]:
-    """Write ``user_id``'s erasure request (the ``events`` control record, keyed by the raw id) and wait for
-    the broker to have it; returns its (partition, offset). :class:`~streams.records.BadEvent` for an id the
-    worker would reject."""
+    """Write ``user_id``'s erasure request to ``events`` and wait for the broker to have it; its (partition,
+    offset). :class:`~streams.records.BadEvent` for an id the worker would reject."""
     from aiokafka import AIOKafkaProducer
 
     from streams.kafka import client_kwargs

@@ -1,8 +1,6 @@
-"""Every tailcast setting, declared once, typed, and validated at start-up.
-
-The only module that reads ``TAILCAST_*`` environment variables. Each room gets a frozen dataclass;
-:func:`load_settings` builds them all and fails fast with a :class:`ConfigError` that names the variable.
-The README's settings table is generated from :data:`SETTINGS` (``tailcast settings`` prints it).
+"""Every tailcast setting, declared once, typed, and validated at start-up: the only module that reads
+``TAILCAST_*`` variables. :func:`load_settings` fails fast with a :class:`ConfigError` naming the variable;
+the README's settings table is generated from :data:`SETTINGS`.
 """
 
 from __future__ import annotations

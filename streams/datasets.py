@@ -1,9 +1,5 @@
-"""Read real interaction datasets into one time-ordered event list plus item texts.
-
-Accepted (docs/design.md §6): a MovieLens directory or file (`ratings.csv` + `movies.csv`/`tags.csv`,
-`u.data` + `u.item`, `ratings.dat` + `movies.dat`), and a plain CSV/TSV with a header naming
-`user_id,item_id,ts[,event]` (`time`/`timestamp` are accepted for `ts`, `userId`/`movieId` too).
-Events are ordered by (ts, user, item) — a deterministic tie-break, since real logs have many ties.
+"""Read real interaction datasets into one time-ordered event list plus item texts (docs/design.md §6):
+MovieLens directories or files, or a CSV/TSV with a header naming ``user_id,item_id,ts[,event]``.
 """
 
 from __future__ import annotations
@@ -187,10 +183,8 @@ def synthetic_dataset(spec: str = SYNTHETIC, *, limit: int | None = None) -> Dat
 
 
 def load_dataset(path: str | Path, *, limit: int | None = None) -> Dataset:
-    """Load a dataset directory or file; ``limit`` keeps the first N events in time order.
-
-    ``synthetic`` (or ``synthetic:USERS,ITEMS,EVENTS[,SEED]``) is the built-in generated stream.
-    """
+    """Load a dataset directory or file, or ``synthetic[:USERS,ITEMS,EVENTS[,SEED]]``; ``limit`` keeps the
+    first N events in time order."""
     if str(path) == SYNTHETIC or str(path).startswith(SYNTHETIC + ":"):
         return synthetic_dataset(str(path), limit=limit)
     path = Path(path)

@@ -1,11 +1,8 @@
 """``tailcast demo``: the whole pipeline on one machine, with live progress.
 
-Starts the embedded broker (unless TAILCAST_KAFKA names one) and the :data:`ROLES` as child processes,
-replays the synthetic stream (or ``--dataset``) at ``--rate``, and prints once a second the throughput,
-latency p50/p99, each arm's tail share and CTR, the serving model, the candidate sources' shares and a few
-fresh lists, then a ``curl`` line for the read API. It plays a client that displays every new list (an
-``impressions`` record), so the replayed events that follow are its clicks. The trainer runs with a short
-budget (:data:`DEMO_TRAINER_ENV`, unless set in the environment) so a checkpoint serves within a minute.
+Starts the embedded broker (unless TAILCAST_KAFKA names one) and the :data:`ROLES`, replays the synthetic
+stream (or ``--dataset``), prints throughput, latency, tail share, CTR, model, sources and a few lists once a
+second, and plays a client that displays every list (``impressions``), so later events are its clicks.
 """
 
 from __future__ import annotations

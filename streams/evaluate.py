@@ -40,14 +40,6 @@ __all__ = ["add_arguments", "run_evaluate", "main", "DEFAULT_STRENGTHS", "DEFAUL
 DEFAULT_STRENGTHS = "0,0.25,0.5,1"
 DEFAULT_BOOSTS = "0.5,1,2,4"
 
-#: Options beyond those ``streams/cli.py`` declares, with their defaults (read with getattr, so that
-#: ``tailcast evaluate`` works whether or not its parser has them).
-_EXTRA = {"batch": None, "workers": 2, "scorers": 1, "strengths": DEFAULT_STRENGTHS, "boosts": DEFAULT_BOOSTS, "checkpoint": None,
-          "train_transformer": 0.0, "train_vae": 0.0, "refresh_every": 0, "refresh_from_scratch": False,
-          "augment_cap": 0, "augment_weight": 0.5, "ablate": False,
-          "warmup": None, "rate": 1000.0, "timeout": 120.0, "chunks": 10,
-          "progress_every": 20_000, "lists": "tailcast", "device": "auto", "workdir": None}
-
 
 def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse.ArgumentParser:
     """Declare ``evaluate``'s options on ``p`` (``base=True`` also adds --dataset/--out/--limit/--mode/--seed)."""
@@ -58,19 +50,19 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
         p.add_argument("--limit", type=int, default=None, help="first N events (time order)")
         p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
         p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=_EXTRA["batch"],
+    p.add_argument("--batch", type=int, default=None,
                    help="micro-batch (events) of the offline replay: default 1 = fresh pairing (docs/design.md §5: each "
                         "event is paired with the list made after the user's previous event), in offline and live "
                         "mode; larger = a coarser stress option (more stale pairings, faster). loo mode: default 256")
-    p.add_argument("--workers", type=int, default=_EXTRA["workers"],
+    p.add_argument("--workers", type=int, default=2,
                    help="offline/live: processes replaying the offline systems (2: the baselines run in a second "
                         "process beside tailcast; results are the same as with 1)")
-    p.add_argument("--scorers", type=int, default=_EXTRA["scorers"],
+    p.add_argument("--scorers", type=int, default=1,
                    help="offline: scorers serving each tailcast system, splitting the partitions as `tailcast "
                         "scorer` instances do (each learns from its own users' events only); 1 to the partitions")
-    p.add_argument("--strengths", default=_EXTRA["strengths"],
+    p.add_argument("--strengths", default=DEFAULT_STRENGTHS,
                    help="tailcast re-ranking strengths to sweep, one forced arm each (comma list)")
-    p.add_argument("--boosts", default=_EXTRA["boosts"], help="TailBoost λ values (comma list; ItemCF = λ 0)")
+    p.add_argument("--boosts", default=DEFAULT_BOOSTS, help="TailBoost λ values (comma list; ItemCF = λ 0)")
     p.add_argument("--checkpoint", default=None, help="Transformer checkpoint file or registry folder")
     p.add_argument("--train-transformer", type=float, default=0.0, metavar="SECONDS",
                    help="train a Transformer here for this many seconds (offline/live: on the warm-up part)")
@@ -94,20 +86,16 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--warmup", type=float, default=None, metavar="FRACTION",
                    help="first fraction of the stream trains but is not scored (default 0.2 with "
                         "--train-transformer, else 0)")
-    p.add_argument("--rate", type=float, default=_EXTRA["rate"], help="live: replay rate, events/s")
-    p.add_argument("--timeout", type=float, default=_EXTRA["timeout"],
+    p.add_argument("--rate", type=float, default=1000.0, help="live: replay rate, events/s")
+    p.add_argument("--timeout", type=float, default=120.0,
                    help="live: seconds to wait after the replay for every user's final list")
-    p.add_argument("--chunks", type=int, default=_EXTRA["chunks"], help="chunks for the metrics-over-time plot")
-    p.add_argument("--progress-every", type=int, default=_EXTRA["progress_every"], help="events between progress lines")
-    p.add_argument("--lists", choices=("tailcast", "all", "none"), default=_EXTRA["lists"],
+    p.add_argument("--chunks", type=int, default=10, help="chunks for the metrics-over-time plot")
+    p.add_argument("--progress-every", type=int, default=20_000, help="events between progress lines")
+    p.add_argument("--lists", choices=("tailcast", "all", "none"), default="tailcast",
                    help="offline: which systems' lists go to recommendations.jsonl")
-    p.add_argument("--device", default=_EXTRA["device"], help="torch device for the Transformer")
+    p.add_argument("--device", default="auto", help="torch device for the Transformer")
     p.add_argument("--workdir", default=None, help="live: folder for broker/worker/scorer logs (default: temp)")
     return p
-
-
-def _opt(args: argparse.Namespace, name: str):
-    return getattr(args, name, _EXTRA[name])
 
 
 def _floats(text: str) -> list[float]:
@@ -230,29 +218,31 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     log(f"evaluate [{mode}] {ds.name}: {n} events, {n_users} users, {ds.n_items} items"
         + (f" (first {args.limit} events)" if args.limit else "")
         + (f"; {sum(stream.rejected.values())} events rejected at the edge: {stream.rejected}" if stream.rejected else ""))
-    batch = _opt(args, "batch")
+    batch = args.batch
     batch = (256 if mode == "loo" else 1) if batch is None else int(batch)  # fresh pairing unless asked
     if batch < 1:
         raise SystemExit(f"tailcast evaluate: --batch must be >= 1, got {batch}")
-    workers = int(_opt(args, "workers"))
+    workers = int(args.workers)
     if workers not in (1, 2):
         raise SystemExit(f"tailcast evaluate: --workers must be 1 or 2, got {workers}")
-    scorers = int(_opt(args, "scorers"))
+    scorers = int(args.scorers)
     if not 1 <= scorers <= settings.kafka.partitions or (scorers > 1 and mode != "offline"):
         raise SystemExit(f"tailcast evaluate: --scorers must be 1 to {settings.kafka.partitions} (the partitions), "
                          f"and only in offline mode; got {scorers} ({mode})")
-    train_s = float(_opt(args, "train_transformer"))
-    refresh_every = int(_opt(args, "refresh_every"))
+    train_s = float(args.train_transformer)
+    refresh_every = int(args.refresh_every)
     if refresh_every < 0:
         raise SystemExit(f"tailcast evaluate: --refresh-every must be >= 0, got {refresh_every}")
     if refresh_every and mode != "offline":
         raise SystemExit("tailcast evaluate: --refresh-every is for --mode offline")
-    if refresh_every and (_opt(args, "checkpoint") or train_s <= 0):
+    if refresh_every and (args.checkpoint or train_s <= 0):
         raise SystemExit("tailcast evaluate: --refresh-every trains its own models: give --train-transformer "
                          "SECONDS (the budget of each refresh) and no --checkpoint")
-    strengths = _floats(_opt(args, "strengths"))
-    boosts = _floats(_opt(args, "boosts"))
-    device = _opt(args, "device")
+    strengths = _floats(args.strengths)
+    boosts = _floats(args.boosts)
+    device = args.device
+    vae_s = float(args.train_vae)
+    augment = {"augment_cap": int(args.augment_cap), "augment_weight": float(args.augment_weight)}
     notes = [f"dataset {args.dataset}: {n} events, {n_users} users, {ds.n_items} items"
              + (f", limited to the first {args.limit} events in time order" if args.limit else ""),
              "pairing: event j of a user is scored against the user's latest list with user_event_count <= j-1 "
@@ -276,9 +266,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         from .evaluation.loo import run_loo
 
         results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, train_seconds=train_s,
-                                     vae_seconds=float(_opt(args, "train_vae")),
-                                     device=device, batch=batch, text_vectors=text_vectors,
-                                     ablate=bool(_opt(args, "ablate")), log=log)
+                                     vae_seconds=vae_s, device=device, batch=batch, text_vectors=text_vectors,
+                                     ablate=bool(args.ablate), log=log)
         (out / "recommendations.jsonl").write_bytes(b"")
         notes += loo_notes + ["recommendations.jsonl is empty in loo mode: no stream of lists is paired"]
         write_report(out, results, command=command, title=f"{ds.name} leave-one-out", notes=notes, meta=meta,
@@ -289,14 +278,12 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     # the Transformer: a given checkpoint, or one trained on the warm-up part, or one refreshed every N events
     model = None
     refresher = None
-    warmup = _opt(args, "warmup")
+    warmup = args.warmup
     if refresh_every:
         from .evaluation.transformer import Refresher
 
-        refresher = Refresher(seconds=train_s, vae_seconds=float(_opt(args, "train_vae")), seed=seed, device=device,
-                              augment_cap=int(_opt(args, "augment_cap")),
-                              augment_weight=float(_opt(args, "augment_weight")),
-                              warm_start=not _opt(args, "refresh_from_scratch"), log_line=log)
+        refresher = Refresher(seconds=train_s, vae_seconds=vae_s, seed=seed, device=device, **augment,
+                              warm_start=not args.refresh_from_scratch, log_line=log)
         if refresher.augment_cap and refresher.vae_seconds <= 0:
             raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
         points, due = [], refresh_every  # the harness's schedule: the first micro-batch start at or after kN
@@ -323,11 +310,11 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                          f"{refresher.augment_weight}")
         meta["batch_models"] = f"refreshed every {refresh_every} events (as deployed)"
         meta["refresh_every"] = refresh_every
-    elif _opt(args, "checkpoint"):
+    elif args.checkpoint:
         from .evaluation.transformer import load_model
 
-        model = load_model(_opt(args, "checkpoint"), device=device, quantize=settings.scorer.quantize)
-        notes.append(f"Transformer: checkpoint {_opt(args, 'checkpoint')} (version {model.version}), frozen for the run")
+        model = load_model(args.checkpoint, device=device, quantize=settings.scorer.quantize)
+        notes.append(f"Transformer: checkpoint {args.checkpoint} (version {model.version}), frozen for the run")
         meta["batch_models"] = "checkpoint (frozen)"
     elif train_s > 0:
         from .evaluation.transformer import train_quick
@@ -335,9 +322,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         warmup = 0.2 if warmup is None else warmup
         head = stream.events[: int(warmup * n)]
         trained = train_quick([(e.user, e.item, e.ts) for e in head], seconds=train_s, seed=seed, device=device,
-                              vae_seconds=float(_opt(args, "train_vae")),
-                              augment_cap=int(_opt(args, "augment_cap")),
-                              augment_weight=float(_opt(args, "augment_weight")), log_line=log)
+                              vae_seconds=vae_s, **augment, log_line=log)
         model = trained.scorer
         notes.append(f"batch models FROZEN: Transformer trained here on the first {len(head)} events (the warm-up, "
                      f"not scored), {trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
@@ -348,10 +333,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             notes.append(f"Mult-VAE: trained on the same warm-up split, {trained.vae_epochs} epochs, best validation "
                          f"NDCG@10 {trained.vae_valid_ndcg}; served as the `vae` candidate source of tailcast "
                          "(the 'no VAE' rows switch it off) and alone as 'Mult-VAE'")
-        if int(_opt(args, "augment_cap")):
+        if augment["augment_cap"]:
             notes.append(f"Transformer trained on sequences augmented from the Mult-VAE: up to "
-                         f"{int(_opt(args, 'augment_cap'))} items per user with <= 5 events, weight "
-                         f"{float(_opt(args, 'augment_weight'))}")
+                         f"{augment['augment_cap']} items per user with <= 5 events, weight "
+                         f"{augment['augment_weight']}")
     else:
         notes.append("Transformer without tail re-ranking: SKIPPED (no --checkpoint, no --train-transformer)")
     warmup = 0.0 if warmup is None else float(warmup)
@@ -374,13 +359,13 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         if mode == "live":
             from .evaluation.live import run_live, score_live
 
-            rate = float(_opt(args, "rate"))
+            rate = float(args.rate)
             log(f"live: worker + scorer, replay at {rate:.0f} events/s")
-            consumed, info = run_live(settings, stream, ds.item_text, rate=rate, timeout=float(_opt(args, "timeout")),
-                                      workdir=_opt(args, "workdir"), log=log)
+            consumed, info = run_live(settings, stream, ds.item_text, rate=rate, timeout=float(args.timeout),
+                                      workdir=args.workdir, log=log)
             for rec in consumed:
                 lists(rec)
-            live_results, live_info = score_live(stream, consumed, settings, n_chunks=int(_opt(args, "chunks")),
+            live_results, live_info = score_live(stream, consumed, settings, n_chunks=int(args.chunks),
                                                  pseudonymize_key=settings.worker.pseudonymize_key)
             results.update(live_results)
             meta["live"] = {**info, **live_info, "rate": rate, "lists": len(consumed)}
@@ -392,10 +377,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                 notes.append("live arms are scored on the whole stream (warm-up applies to the offline systems)")
         log(f"offline: {len(specs)} systems, micro-batches of {batch} events"
             + (" (fresh pairing)" if batch == 1 else ""))
-        sink_kinds = {"tailcast": ("tailcast",), "all": KINDS, "none": ()}[_opt(args, "lists")]
+        sink_kinds = {"tailcast": ("tailcast",), "all": KINDS, "none": ()}[args.lists]
         offline = run_offline(stream, specs, settings, batch=batch, warmup_events=warmup_events,
-                              text_vectors=text_vectors, model=model, n_chunks=int(_opt(args, "chunks")),
-                              progress_every=int(_opt(args, "progress_every")),
+                              text_vectors=text_vectors, model=model, n_chunks=int(args.chunks),
+                              progress_every=int(args.progress_every),
                               lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log,
                               workers=workers, refresh_every=refresh_every if refresher else 0,
                               refresher=refresher, refreshes=refreshes, scorers=scorers)

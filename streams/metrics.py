@@ -227,9 +227,8 @@ def serve_metrics(registry: CollectorRegistry, port: int) -> None:
 
 
 def read_metric(url: str, name: str, labels: str = "", *, timeout: float = 5.0) -> float:
-    """The sum of the series ``name{labels}`` (``labels`` as a /metrics page writes them, e.g.
-    ``'path="served"'``; "" for a series without labels) on the /metrics page at ``url``; 0 when absent.
-    Raises ``OSError`` when the page cannot be read. For the tests and benchmarks that watch a process."""
+    """The sum of the series ``name{labels}`` (e.g. ``'path="served"'``) on the /metrics page at ``url``, 0
+    when absent; ``OSError`` when the page cannot be read. For the tests and benchmarks."""
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=timeout) as response:

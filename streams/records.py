@@ -1,8 +1,7 @@
 """The records that travel on tailcast's topics (docs/design.md §3), and validation of input at the edge.
 
-Everything is JSON (UTF-8) encoded with orjson. Topic values are handled as raw bytes by Faust and
-decoded here once, so a malformed record never crashes a codec inside the stream machinery: it becomes
-a :class:`BadEvent` with a reason, and the worker sends it to ``events.dlq``.
+Values are orjson and decoded here once, so a malformed record becomes a :class:`BadEvent` with a reason
+(for ``events.dlq``), never a crash inside the stream machinery.
 """
 
 from __future__ import annotations
@@ -33,19 +32,8 @@ MS_THRESHOLD = 1e11  # a ts above this (year 5138 in seconds) is read as millise
 _EVENT_FIELDS = frozenset({"user_id", "item_id", "event", "ts", "props", "control"})
 
 #: Every reason a record can be dead-lettered for; the label set of ``tailcast_worker_dlq_records_total``.
-DLQ_REASONS = (
-    "empty_payload",
-    "oversized",
-    "invalid_utf8",
-    "not_json",
-    "not_object",
-    "missing_field",
-    "empty_id",
-    "id_too_long",
-    "wrong_type",
-    "bad_timestamp",
-    "unknown_control",
-)
+DLQ_REASONS = ("empty_payload", "oversized", "invalid_utf8", "not_json", "not_object", "missing_field", "empty_id",
+               "id_too_long", "wrong_type", "bad_timestamp", "unknown_control")
 
 #: The one control record there is (#17, erasure): ``{"user_id": ..., "control": "forget"}`` on ``events``,
 #: and the marker the worker writes on ``score-requests`` for it.

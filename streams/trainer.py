@@ -1,10 +1,8 @@
 """``tailcast trainer``: the periodic batch refresh of the Transformer sequence encoder.
 
-It reads ``score-requests`` (every validated event once) and the item catalogue from the beginning, keeps
-the newest :data:`EVENTS_KEPT` events and, every ``TAILCAST_TRAIN_INTERVAL_S`` or once the log has doubled
-(by at least :data:`streams.config.TRAIN_MIN_EVENTS`), trains a fresh encoder and a Mult-VAE
-(``models.refresh``) off the event loop and publishes a versioned checkpoint for the scorers. An erased
-user's events (#17) are dropped from the log kept, so no later refresh trains on them.
+It follows ``score-requests`` and ``items`` from the beginning, keeps the newest :data:`EVENTS_KEPT` events
+(erased users' dropped, #17) and, every ``TAILCAST_TRAIN_INTERVAL_S`` or once the log has doubled, trains an
+encoder and a Mult-VAE (``models.refresh``) off the event loop and publishes a versioned checkpoint.
 """
 
 from __future__ import annotations

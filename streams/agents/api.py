@@ -1,15 +1,10 @@
 """The read API process (``tailcast api``): each user's latest list in a Faust table, served over HTTP.
 
-* ``latest`` (agent on ``recommendations``): each user's newest list as published, in the ``latest_list``
-  table, partitioned like the topic so that instances split the users; a tombstone deletes it (#17).
-* views on Faust's web server, on ``TAILCAST_API_PORT``: ``GET /recommendations/{user_id}?n=10``,
-  ``DELETE /users/{user_id}`` (erasure, #17), ``GET /healthz`` and ``GET /metrics``.
-* ``items`` (task): follows the ``items`` topic and drops hidden and deleted items from every answer (#17);
-  503 until the topic has been read to where it ended at start-up.
-
-A request for a user another instance owns is forwarded to it at most once, by the pseudonymised key, and
-counted (why not Faust's ``table_route``: docs/decisions.md). :class:`ReadApi` holds the answers, without
-Faust types.
+The ``latest`` agent keeps each user's newest list as published (a tombstone deletes it, #17), partitioned
+like the topic so that instances split the users; ``items`` drops hidden and deleted items (503 until read);
+the views serve ``GET /recommendations/{user_id}?n=10``, ``DELETE /users/{user_id}``, ``/healthz`` and
+``/metrics``. A request for another instance's user is forwarded once, by the pseudonymised key
+(docs/decisions.md). :class:`ReadApi` holds the answers, without Faust types.
 """
 
 from __future__ import annotations
@@ -309,12 +304,9 @@ class MetricsView(_Endpoint):
 
 def register(app, *, topic, partitions: int, pseudonymize_key: str | None, registry: CollectorRegistry,
              kafka: KafkaSettings, max_item_bytes: int, batched_writes: bool = True) -> dict[str, Any]:
-    """Declare the ``latest_list`` table, its agent, the ``items`` task and the views on a Faust app.
-
-    ``batched_writes``: the table is written as the worker's is (:func:`~streams.agents.ingest.write_table`):
-    Faust's per-message buffer filled up ("producer buffer full") when a model swap re-published every
-    active user's list.
-    """
+    """Declare the ``latest_list`` table, its agent, the ``items`` task and the views on a Faust app;
+    ``batched_writes``: :func:`~streams.agents.ingest.write_table`'s (Faust's buffer overflowed when a model swap
+    re-published every active user's list)."""
     metrics = ApiMetrics.create(registry)
     table = app.Table(
         "latest_list", default=None, partitions=partitions,

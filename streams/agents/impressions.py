@@ -1,9 +1,7 @@
 """The scorer's impressions agent (#17): what clients displayed, the clicks that followed, per A/B arm.
 
-``impressions`` is partitioned like ``score-requests``, so the scorer serving a user gets both their
-impressions and their events (:meth:`Impressions.clicks`). Attribution is ``online.ab``'s; here a record is
-validated (a bad one goes to ``events.dlq``), its user pseudonymised and assigned the scorer's arm, and the
-counts exported as ``ABMetrics`` and each arm's ``ab`` object of the ``longtail-metrics`` record.
+``impressions`` is partitioned like ``score-requests``, so a user's scorer sees both; attribution is
+``online.ab``'s. Bad records go to ``events.dlq``; counts go to ``ABMetrics`` and ``longtail-metrics``.
 """
 
 from __future__ import annotations

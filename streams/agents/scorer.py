@@ -1,14 +1,10 @@
 """The scorer's micro-batch logic (:class:`ScorerCore`, no Kafka types).
 
-Per micro-batch: **learn** each event once, in order (a per-user high-water mark makes redelivery
-idempotent); **coalesce** to each user's newest state (never published after a newer one); **encode** all
-users at once with the batch model, when one is loaded (``BATCH_SOURCES``); **blend and re-rank** with the
-online recommender, excluding the user's consumed items and ``banned`` (hidden or deleted items, #17).
-
-A list that comes out empty (no item the user has not touched yet) is scored again with each following
-micro-batch until it has items. An erasure marker (#17) drops the user from this core and the recommender.
-Each list says why it was published (``Recommendation.refresh``) and numbers its user's lists for that count
-(``list_id``).
+Per micro-batch: **learn** each event once, in order; **coalesce** to each user's newest state; **encode**
+all users at once with the batch model, if any; **blend and re-rank** with the online recommender, never
+recommending a consumed or ``banned`` item (#17). An empty list is scored again with each following batch
+until it has items; an erasure marker (#17) forgets the user. ``Recommendation.refresh`` and ``list_id`` say
+why each list was published and which it is.
 """
 
 from __future__ import annotations

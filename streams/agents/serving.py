@@ -1,19 +1,13 @@
 """The scorer process's agents and tasks.
 
-* ``score``: micro-batches of ``score-requests`` through :class:`ScorerCore`, lists to ``recommendations``;
-  an erasure marker also publishes the user's tombstone, before the batch's lists (#17).
-* ``catalog``: follows the whole ``items`` topic, applies hides and deletes between two micro-batches (#17)
-  and queues item texts for ``encode_items`` (the text encoder, in a thread). ``score`` waits until the
-  topic has been read to where it ended at start-up, so no list holds an item hidden before then.
-* ``learn_all``: the other scorers' partitions of ``score-requests``, from the group's committed offsets,
-  into this scorer's online models (learning only), so every item model learns every event (#16).
-* ``watch_model``: loads a newer checkpoint in a thread and swaps it in between micro-batches, then
-  re-scores the active users; a broken checkpoint is counted and the previous model keeps serving.
-* ``snapshot`` / ``restore`` (#16): the online state and the offsets it reflects, written every
-  ``SNAPSHOT_INTERVAL_S``; at start-up the newest valid one is checked against the log, installed and the
-  log replayed up to the committed offsets before anything serves (a refused one means a cold start).
-* ``exposure``: pairs published lists with the applied events into one ``longtail-metrics`` record per arm
-  every interval (and Prometheus gauges); ``impressions`` adds each arm's A/B figures.
+* ``score``: micro-batches of ``score-requests`` through :class:`ScorerCore` to ``recommendations`` (an
+  erased user's tombstone first, #17), once ``catalog`` has read ``items`` to its start-up end;
+* ``catalog`` applies hides and deletes between micro-batches (#17) and queues texts for ``encode_items``;
+* ``learn_all`` learns the other scorers' partitions, so every item model learns every event (#16);
+* ``watch_model`` swaps in a newer checkpoint between micro-batches and re-scores the active users;
+* ``snapshot`` / ``restore`` (#16): the online state and its offsets, every ``SNAPSHOT_INTERVAL_S``; at
+  start-up the newest valid one is checked against the log and the log replayed before anything serves;
+* ``exposure`` and ``impressions``: each arm's ``longtail-metrics`` record, with its A/B figures.
 """
 
 from __future__ import annotations
@@ -47,13 +41,13 @@ from online.recommender import CORE_SOURCES, OnlineRecommender
 from online.snapshot import SnapshotError, SnapshotStore, encode
 from streams.agents import impressions as impressions_agent
 from streams.agents.catalogue import Catalogue, committed_offsets, follow_items, follow_partitions
-from streams.agents.ingest import fetch_log_ends
+from streams.agents.ingest import fetch_log_ends, send_records
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import LIST_DEPTH, WORKER_BATCH, Settings
-from streams.kafka import client_kwargs, send_batched
+from streams.kafka import client_kwargs
 from streams.metrics import ABMetrics, LongTailMetrics, ScorerMetrics
 from streams.records import Recommendation, dumps, read_request
-from streams.topics import IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS, partition_for
+from streams.topics import IMPRESSIONS, ITEMS, LONGTAIL_METRICS, RECOMMENDATIONS, SCORE_REQUESTS
 
 __all__ = ["register", "build_recommender", "TextVectors"]
 
@@ -197,18 +191,11 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     batched_writes = settings.kafka.processing_guarantee == "at_least_once"
 
     async def publish(recs: list[Recommendation], forgotten: Sequence[str] = ()) -> None:
-        """One record batch per partition (at-least-once: Faust's pre-commit flush covers it); with
-        exactly-once, Faust's own send keeps each record inside the transaction. The erased users'
-        tombstones (null values keyed by the user, #17) go before the lists, which are all newer."""
+        """One record batch per partition (at-least-once), or Faust's own sends inside the transaction
+        (exactly-once); the erased users' tombstones (#17) go before the lists."""
         records = [(user.encode(), None) for user in forgotten]
         records += [(rec.user_id.encode(), rec.to_bytes()) for rec in recs]
-        if not batched_writes:
-            for key, value in records:
-                await producer.send(RECOMMENDATIONS, key, value, None, None, None)
-            return
-        aio = producer._ensure_producer()  # faust-streaming 0.15: the app's started aiokafka producer
-        n = len(await aio.partitions_for(RECOMMENDATIONS))
-        await send_batched(aio, RECOMMENDATIONS, [(key, value, partition_for(key, n)) for key, value in records])
+        await send_records(producer, RECOMMENDATIONS, records, batched=batched_writes)
 
     @app.agent(topics[SCORE_REQUESTS], name="score")
     async def score(stream):

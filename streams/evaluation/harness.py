@@ -1,21 +1,12 @@
 """Prequential replay of a dataset through the pipeline's own code, and the pairing every mode shares.
 
-:func:`run_offline` cuts the time-ordered events into micro-batches of ``batch`` events and runs them
-through the worker's :class:`~streams.agents.ingest.IngestProcessor` and, per compared system, the
-scorer's :class:`~streams.agents.scorer.ScorerCore`; a batch's lists predict the following events
-(``batch=1``: a list after every event).
-
-Pairing (:class:`Scoreboard`, the live exposure agent's :class:`~online.prequential.ArmMetrics` over the
-whole stream): event ``j`` of a user meets the user's latest list with ``user_event_count <= j - 1``:
-``exact``, ``stale`` (coalesced in a micro-batch) or ``none`` (no list yet, a miss). Events before
-``warmup_events`` train every system but are not scored. ``consumed_share`` is the share of top-``k`` slots
-holding an item the user consumed before the list.
-
-``refresh_every=N`` with a ``refresher`` (docs/design.md §5, "as deployed"): at the first micro-batch start at
-or after each multiple of N, a batch model trained on all earlier events is swapped into every system of
-:data:`~streams.evaluation.systems.MODEL_KINDS`, which then re-scores its active users (:class:`Refresh`).
-``scorers=N`` serves each tailcast system with N scorers splitting the partitions (:class:`PartitionedCores`);
-``workers=2`` replays part of the systems in a spawned process, with the same results.
+:func:`run_offline` runs micro-batches of ``batch`` events through the worker's
+:class:`~streams.agents.ingest.IngestProcessor` and each system's :class:`~streams.agents.scorer.ScorerCore`.
+:class:`Scoreboard` pairs event ``j`` of a user with their latest list with ``user_event_count <= j - 1``:
+``exact``, ``stale`` (coalesced) or ``none`` (a miss); events before ``warmup_events`` are not scored.
+``refresh_every=N`` swaps a batch model trained on all earlier events into the
+:data:`~streams.evaluation.systems.MODEL_KINDS` systems at each multiple of N, as deployed (:class:`Refresh`);
+``scorers=N`` splits the partitions between N scorers (:class:`PartitionedCores`).
 """
 
 from __future__ import annotations
@@ -137,11 +128,8 @@ class SystemResult:
 
 @dataclass
 class Scoreboard:
-    """One system's pairing and metrics (a single-arm :class:`ArmMetrics`) plus per-chunk series.
-
-    ``observe_event`` / ``observe_list`` take the global position of the event (or of the last event
-    a list reflects); positions before ``warmup`` train nothing here and are not scored.
-    """
+    """One system's pairing and metrics (a single-arm :class:`ArmMetrics`) plus per-chunk series; positions
+    before ``warmup`` (of an event, or of the last event a list reflects) are not scored."""
 
     name: str
     k: int
@@ -321,11 +309,8 @@ def run_offline(
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
-    ``cores`` (system name -> :class:`ScorerCore`) replaces :func:`build_core` for those systems.
-    ``workers=2`` replays the systems that need neither the model nor the sink in a spawned process;
-    results come back in ``specs`` order either way. ``refresher`` (events so far -> a batch model): see the
-    module docstring; each refresh is appended to ``refreshes`` when given.
-    """
+    ``cores`` (name -> :class:`ScorerCore`) replaces :func:`build_core` for those systems; ``workers=2`` replays
+    the systems that need neither model nor sink in a spawned process; ``refreshes`` collects each refresh."""
     if workers not in (1, 2):
         raise ValueError(f"workers must be 1 or 2, got {workers}")
     if refresh_every < 0 or (refresh_every > 0) != (refresher is not None):
@@ -358,10 +343,9 @@ def run_offline(
 
 
 def _followers(specs: Sequence[SystemSpec], given: Mapping[str, ScorerCore]) -> dict[int, list[int]]:
-    """tailcast systems of one kind at several strengths share one replay: position of the first (the
-    primary) -> positions of the others. Models and ranker evolve the same whatever the strength (the
-    ranker learns from candidate pools, not shown lists), so a follower's lists are the primary's
-    candidates re-ranked at its strength: the lists its own replay would publish. Given cores never share."""
+    """tailcast systems of one kind at several strengths share one replay: primary position -> followers'.
+    The ranker learns from candidate pools, not shown lists, so a follower's lists are the primary's
+    candidates re-ranked at its strength, as its own replay would publish. Given cores never share."""
     by_kind: dict[str, list[int]] = {}
     for n, spec in enumerate(specs):
         if spec.kind in TAILCAST_KINDS and spec.name not in given:

@@ -1,10 +1,7 @@
 """``--mode live``: the real pipeline (broker, ``tailcast worker``, ``tailcast scorer``) on a replayed dataset.
 
-:func:`run_live` starts the embedded broker (a configured ``TAILCAST_KAFKA`` needs fresh topics), a worker and
-a scorer, replays the dataset at ``rate`` events/s and consumes ``recommendations`` until every user's final
-state has its list or ``timeout`` seconds pass after the replay. :func:`score_live` pairs the lists with the
-events by ``user_event_count`` (the offline :class:`~streams.evaluation.harness.Scoreboard`), one system per
-A/B arm on its own users, each list fed right after the event it reflects (reproducible head/tail).
+:func:`run_live` runs it (a configured ``TAILCAST_KAFKA`` needs fresh topics) until every user's final state
+has its list; :func:`score_live` pairs the lists with the events, one system per A/B arm on its own users.
 """
 
 from __future__ import annotations

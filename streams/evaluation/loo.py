@@ -1,14 +1,10 @@
 """Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast.
 
-* MostPop and ItemCF through ``models.loo.evaluate_split`` (full catalogue, history excluded, ``--seed``
-  tie-break); the Transformer (``--train-transformer``) and Mult-VAE (``--train-vae``) trained on the train
-  part, early-stopped on the validation item, scored once on the test item;
-* tailcast at each strength: the stream minus every user's test event replayed through the scorer's
-  micro-batches, then one top-``k`` list per user (ranks beyond ``k`` are "not in the list"; a target that
-  repeats a history item is a miss). The trained models are its frozen batch sources, installed after the
-  train part, so the ranker learns their weight on the validation events they were not trained on.
-
-Tail targets, short users and the metric names are those of ``models.loo.evaluate_split``.
+MostPop and ItemCF go through ``models.loo.evaluate_split``; the Transformer and the Mult-VAE are trained
+on the train part and early-stopped on the validation item. tailcast at each strength replays the stream
+minus the test events through the scorer's micro-batches (the trained models as frozen batch sources from
+the validation events on, so the ranker learns their weight out of sample), then ranks one top-``k`` list
+per user: a rank beyond ``k``, or a target repeating a history item, is a miss.
 """
 
 from __future__ import annotations

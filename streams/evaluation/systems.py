@@ -1,17 +1,9 @@
 """The systems ``tailcast evaluate`` compares, each a :class:`~streams.agents.scorer.ScorerCore` around its
-recommender, so all see the same micro-batches, coalescing and pairing (:class:`SystemSpec` names them):
-
-* ``tailcast[s=…]``: the live scorer's recommender (``build_recommender``) with one arm forced, at
-  re-ranking strength s, plus the batch model's candidates when there is one; ``no VAE`` without its
-  Mult-VAE source, ``online only`` without any batch model (do the batch models add accuracy? §7);
-* ``MostPop`` over the last ``TAILCAST_WINDOW_EVENTS`` events; ``ItemCF`` (online co-visitation) and
-  ``TailBoost[λ=…]``, its top 100 re-sorted by score × (1 + λ·is_tail); ``CoVisit-raw``, the plain transition
-  counter of docs/design.md §5, and its own TailBoost curve;
-* ``Transformer`` and ``Mult-VAE``: a batch source's top-k alone.
-
-Every baseline keeps each user's whole consumed set itself, never recommends from it, tops its list up with
-window MostPop, and splits head/tail with :class:`~streams.evaluation.window.WindowPopularity` (the §4
-definition, tailcast's split).
+recommender (same micro-batches, coalescing and pairing), named by :class:`SystemSpec`: tailcast at each
+strength (also ``no VAE`` and ``online only`` with a batch model), ``MostPop``, ``ItemCF`` and its
+``TailBoost`` (score × (1 + λ·is_tail)), ``CoVisit-raw`` (docs/design.md §5) and its TailBoost, and a batch
+source alone. The baselines keep each user's whole consumed set, never recommend from it, top up with
+window MostPop and split head/tail as tailcast does (:class:`~streams.evaluation.window.WindowPopularity`).
 """
 
 from __future__ import annotations
@@ -262,11 +254,8 @@ def batch_model_for(kind: str, model):
 
 def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model=None,
                model_later: bool = False) -> ScorerCore:
-    """A fresh :class:`ScorerCore` for ``spec`` with a single arm named after the system.
-
-    ``text_vectors``: (item ids, (N, D) array) for tailcast's content model; ``model``: a ``SequenceModel``
-    or None. ``model_later``: the Transformer and Mult-VAE systems may start without one (swapped in later).
-    """
+    """A fresh :class:`ScorerCore` for ``spec`` with a single arm named after the system; ``text_vectors``:
+    (item ids, (N, D) array); ``model_later``: a batch model comes later (the model systems start without)."""
     from streams.agents.serving import build_recommender
 
     k = settings.scorer.k

@@ -1,14 +1,9 @@
 """The Transformer for evaluation: load a published checkpoint, or train one quickly with ``models/``.
 
-Quick training (``--train-transformer SECONDS``) uses only the events it is given, ids only, within a
-wall-clock budget, early-stopped on each user's last event; with ``vae_seconds`` a Mult-VAE (the trainer's
-configuration) is trained on the same split and served beside it as the ``vae`` source. Both serve through
-:class:`models.scoring.BatchScorer`, as in the scorer.
-
-:class:`Refresher` (``--refresh-every``) trains again on all events so far at each refresh point. The
-Transformer is warm-started from the previous refresh (its vocabulary is the new one's prefix; new items'
-rows are fresh), without leakage: the previous model never trained on any user's newest event. The Mult-VAE
-cannot add item rows and is trained from scratch; ``warm_start=False`` does so for both, as the trainer does.
+Quick training uses only the events given, ids only, within a budget, early-stopped on each user's last
+event, with an optional Mult-VAE served beside it; both serve through :class:`models.scoring.BatchScorer`.
+:class:`Refresher` retrains on all events so far at each refresh point, warm-starting the Transformer (its
+vocabulary the new one's prefix; no leakage) unless ``warm_start=False``; the Mult-VAE starts from scratch.
 """
 
 from __future__ import annotations
@@ -105,12 +100,10 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
                 vae_seconds: float = 0.0, augment_cap: int = 0, augment_weight: float = 0.5,
                 init: TrainedTransformer | None = None,
                 log_line: Callable[[str], None] = print) -> TrainedTransformer:
-    """Train on ``(user, item, ts)`` events; select on each user's last event (users with >= 3 events).
+    """Train on ``(user, item, ts)`` events, selected on each user's last event (users with >= 3 events).
 
-    ``augment_cap > 0`` (needs ``vae_seconds``): the Transformer trains on sequences of users with <= 5
-    events augmented from the Mult-VAE (``models.augment``), synthetic targets weighted ``augment_weight``.
-    ``init``: warm-start the Transformer from that earlier result when every item of its vocabulary is in
-    ``events`` (its vocabulary becomes the prefix of this one); otherwise train from scratch."""
+    ``augment_cap``: Mult-VAE items prepended to users with <= 5 events (``models.augment``), weighted
+    ``augment_weight``. ``init``: warm-start from that result when its vocabulary is all in ``events``."""
     import time
 
     from models.loo import item_index, leave_one_out
@@ -168,12 +161,8 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
 
 
 class Refresher:
-    """``--refresh-every``: called by the replay with the events so far at each refresh point, returns the
-    new ``BatchScorer`` (version ``refresh-<events>ev``); :attr:`history` keeps each refresh's figures.
-
-    Each call trains the Transformer (``seconds``) and, with ``vae_seconds``, the Mult-VAE on ALL the
-    events it is given, as :func:`train_quick` does; ``warm_start`` continues the Transformer from the
-    previous call's weights (see the module docstring)."""
+    """``--refresh-every``: events so far -> a new ``BatchScorer`` trained as :func:`train_quick` does
+    (``warm_start``: from the previous call's Transformer); :attr:`history` keeps each refresh's figures."""
 
     def __init__(self, *, seconds: float, vae_seconds: float = 0.0, seed: int = 0, device: str = "auto",
                  augment_cap: int = 0, augment_weight: float = 0.5, warm_start: bool = True,
