@@ -20,7 +20,7 @@ head/tail split and popularity shares of the last interactions) and keeps the ex
 
 from __future__ import annotations
 
-from collections.abc import KeysView, Sequence
+from collections.abc import Sequence
 
 from online.headtail import ItemWindow
 from online.metrics import (APLT, Coverage, ExposureGini, Metrics, Novelty, Rolling, Shown, TailShare, gini,
@@ -81,17 +81,6 @@ class ExposureWindow:
             self.rec_window,
         )
 
-    # -- the item window's oracles
-    def is_tail(self, item: str) -> bool:
-        return self.items.is_tail(item)
-
-    def pop_share(self, item: str) -> float:
-        return self.items.pop_share(item)
-
-    def active_items(self) -> KeysView[str]:
-        return self.items.active_items()
-
-    # -- inputs
     def observe_event(self, user: str, item: str) -> ExposureWindow:
         """One interaction (docs/design.md §3 ``events``): updates active items and head/tail."""
         if not self._owns_items:
@@ -110,7 +99,6 @@ class ExposureWindow:
             self.metrics.update(Shown.judge(items[: self.k], window.head_items(), window.pop_share))
         return self
 
-    # -- outputs
     @property
     def n_lists(self) -> int:
         return len(self.metrics)

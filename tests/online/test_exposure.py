@@ -343,8 +343,8 @@ def test_exposure_window_matches_the_definitions_on_a_random_stream():
     for item in rng.choices(catalog, weights, k=800):
         w.observe_event("u", item)
     head = set(w.items.head_items())
-    active = set(w.active_items())
-    shares = {item: w.pop_share(item) for item in catalog}
+    active = set(w.items.active_items())
+    shares = {item: w.items.pop_share(item) for item in catalog}
     lists = [rng.sample(catalog, rng.randint(0, 8)) for _ in range(300)]
     for items in lists:
         w.observe_recommendation(items)
@@ -363,9 +363,9 @@ def test_exposure_window_running_sums_do_not_drift():
     lists = [rng.sample([f"i{n}" for n in range(20)], 3) for _ in range(5000)]
     for items in lists:
         w.observe_recommendation(items)
-    shares = {f"i{n}": w.pop_share(f"i{n}") for n in range(20)}
-    tail = {f"i{n}" for n in range(20) if w.is_tail(f"i{n}")}
-    expected = _reference(lists[-7:], tail, set(w.active_items()), shares)
+    shares = {f"i{n}": w.items.pop_share(f"i{n}") for n in range(20)}
+    tail = {f"i{n}" for n in range(20) if w.items.is_tail(f"i{n}")}
+    expected = _reference(lists[-7:], tail, set(w.items.active_items()), shares)
     assert w.snapshot()["novelty"] == pytest.approx(expected["novelty"], abs=1e-12)
     assert w.snapshot()["aplt"] == pytest.approx(expected["aplt"], abs=1e-12)
 
