@@ -13,16 +13,16 @@ from online.metrics import (APLT, NDCG, Coverage, ExposureGini, HitRate, Metrics
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.prequential import ArmMetrics, Outcome, PrequentialMetrics, PrequentialPairer, hit_rank
-from online.recommender import ArmView, OnlineRecommender, UnknownArmError, UnknownSourceError
-from online.rerank import TailBoost, TailReranker, tail_appetite
+from online.recommender import OnlineRecommender, UnknownArmError, UnknownSourceError
+from online.rerank import TailBoost, TailReranker, appetite_from_counts
 from online.synthetic import SyntheticData, generate
 
 __all__ = [
-    "APLT", "SOURCES", "ArmAssigner", "ArmConfig", "ArmCounts", "ArmMetrics", "ArmSpecError", "ArmView", "Candidate",
+    "APLT", "SOURCES", "ArmAssigner", "ArmConfig", "ArmCounts", "ArmMetrics", "ArmSpecError", "Candidate",
     "CoVisitation", "ContentNeighbours", "Coverage", "DecayedPopularity", "ExposureGini", "ExposureWindow",
     "FeedbackBlender", "HitRate", "Impression", "ImpressionLedger", "ItemWindow", "Metrics", "NDCG", "Novelty", "OnlineMF", "OnlineModel",
     "OnlineRecommender", "Outcome", "PrequentialMetrics", "PrequentialPairer", "Rolling",
     "ShapeMismatchError", "Shown", "SyntheticData", "TagVectoriser", "TailBoost", "TailReranker", "TailShare",
     "UnknownArmError", "UnknownSourceError", "generate", "gini", "head_positions", "head_size", "hit_rank",
-    "learn_many", "lorenz_curve", "parse_arms", "tail_appetite", "wilson",
+    "learn_many", "lorenz_curve", "parse_arms", "appetite_from_counts", "wilson",
 ]

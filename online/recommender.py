@@ -50,7 +50,7 @@ from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.rerank import TailReranker, appetite_from_counts
 
-__all__ = ["CORE_SOURCES", "ArmView", "OnlineRecommender", "UnknownArmError", "UnknownSourceError"]
+__all__ = ["CORE_SOURCES", "OnlineRecommender", "UnknownArmError", "UnknownSourceError"]
 
 #: Sources the recommender itself produces; the blender must know all of them.
 CORE_SOURCES = ("popularity", "covisit", "transitions", "last", "mf", "content", "fresh")
@@ -734,26 +734,3 @@ class _Pool:
                                        self.values[sel], self.ranks[sel].astype(np.float64),
                                        self.tail[chosen], np.full(len(chosen), self.count), self.popularity[chosen],
                                        self.appetite)
-
-
-class ArmView:
-    """:class:`OnlineRecommender` behind the ``OnlineModel`` contract for one arm (evaluation, tests).
-
-    ``recommend(user, history, k, exclude)`` uses ``len(history)`` as the user's event count.
-    """
-
-    def __init__(self, recommender: OnlineRecommender, arm: str) -> None:
-        self.recommender = recommender
-        self.arm = arm
-        self.name = f"recommender[{arm}]"
-
-    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
-        self.recommender.learn_one(user, item, ts, history)
-
-    def recommend(
-        self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()
-    ) -> list[Candidate]:
-        return self.recommender.recommend(user, history, len(history), arm=self.arm, k=k, exclude=exclude)
-
-    def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        return self.recommender.score(user, history, items)

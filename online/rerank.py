@@ -17,7 +17,7 @@ without a finite score are never shown; candidates come back unchanged, in the n
 ['h1', 'h2', 't1']
 >>> [c.item for c in TailReranker(strength=0.5, k=3).rerank(cands, is_tail={"t1"})]   # 0.20 * 2.5 = 0.50
 ['t1', 'h1', 'h2']
->>> round(tail_appetite(["t1", "h1"], {"t1"}), 4)   # (1 + 0.2 * 5) / (2 + 5)
+>>> round(appetite_from_counts(1, 2), 4)   # one tail item of two: (1 + 0.2 * 5) / (2 + 5)
 0.2857
 >>> [c.item for c in TailBoost(strength=0.5, k=3).rerank(cands, is_tail={"t1"})]   # 0.20 * 1.5 = 0.30: ties keep order
 ['h1', 't1', 'h2']
@@ -31,7 +31,7 @@ import numpy as np
 
 from online.base import Candidate, top_k
 
-__all__ = ["TailBoost", "TailReranker", "appetite_from_counts", "tail_appetite"]
+__all__ = ["TailBoost", "TailReranker", "appetite_from_counts"]
 
 _LAMBDA_AT_FULL_STRENGTH = 3.0
 TailTest = Callable[[str], bool] | Collection[str]
@@ -44,23 +44,9 @@ def _as_predicate(is_tail: TailTest) -> Callable[[str], bool]:
     return members.__contains__
 
 
-def tail_appetite(
-    history: Sequence[str], is_tail: TailTest, prior: float = 0.2, prior_weight: float = 5.0
-) -> float:
-    """P(tail | user): ``(n_tail_in_history + prior * prior_weight) / (len(history) + prior_weight)``.
-
-    A user with no history gets ``prior``; each event moves the estimate toward their own share.
-    """
-    if not 0.0 <= prior <= 1.0:
-        raise ValueError(f"prior must be in [0, 1], got {prior}")
-    if prior_weight < 0:
-        raise ValueError(f"prior_weight must be >= 0, got {prior_weight}")
-    pred = _as_predicate(is_tail)
-    return appetite_from_counts(sum(1 for item in history if pred(item)), len(history), prior, prior_weight)
-
-
 def appetite_from_counts(n_tail: int, n: int, prior: float = 0.2, prior_weight: float = 5.0) -> float:
-    """:func:`tail_appetite` from the history's tail count ``n_tail`` and length ``n``."""
+    """P(tail | user) from the history's tail count ``n_tail`` and length ``n``: ``(n_tail + prior *
+    prior_weight) / (n + prior_weight)``; a user with no history gets ``prior``."""
     denom = n + prior_weight
     return (n_tail + prior * prior_weight) / denom if denom > 0 else prior
 

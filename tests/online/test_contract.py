@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from online.content import ContentNeighbours
 from online.covisit import CoVisitation
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
-from online.recommender import ArmView, OnlineRecommender
+from online.recommender import OnlineRecommender
 
 N_ITEMS = 60
 
@@ -45,6 +45,25 @@ def make_content() -> ContentNeighbours:
     model = ContentNeighbours(dim=16)
     model.set_vectors(*_vectors(16))
     return model
+
+
+class ArmView:
+    """:class:`OnlineRecommender` behind the ``OnlineModel`` contract for one arm; ``recommend`` uses
+    ``len(history)`` as the user's event count."""
+
+    def __init__(self, recommender: OnlineRecommender, arm: str) -> None:
+        self.recommender = recommender
+        self.arm = arm
+        self.name = f"recommender[{arm}]"
+
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
+        self.recommender.learn_one(user, item, ts, history)
+
+    def recommend(self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[Candidate]:
+        return self.recommender.recommend(user, history, len(history), arm=self.arm, k=k, exclude=exclude)
+
+    def score(self, user: str, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
+        return self.recommender.score(user, history, items)
 
 
 def make_recommender() -> OnlineModel:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from online.base import Candidate
-from online.rerank import TailBoost, TailReranker, tail_appetite
+from online.rerank import TailBoost, TailReranker, appetite_from_counts
 
 
 def fixture(seed: int = 0, n: int = 40, tail_share: float = 0.6, tail_rel: float = 0.6):
@@ -82,12 +82,10 @@ def test_keeps_candidates_and_accepts_a_predicate() -> None:
 
 
 def test_tail_appetite() -> None:
-    assert tail_appetite([], set()) == pytest.approx(0.2)
-    assert tail_appetite(["t"] * 20, {"t"}) == pytest.approx((20 + 1) / 25)
-    assert tail_appetite(["h"] * 5, {"t"}, prior=0.4, prior_weight=5) == pytest.approx(0.2)
-    assert tail_appetite(["t", "h"], lambda i: i == "t", prior_weight=0.0) == 0.5
-    with pytest.raises(ValueError, match="prior"):
-        tail_appetite([], set(), prior=1.5)
+    assert appetite_from_counts(0, 0) == pytest.approx(0.2)
+    assert appetite_from_counts(20, 20) == pytest.approx((20 + 1) / 25)
+    assert appetite_from_counts(0, 5, prior=0.4, prior_weight=5) == pytest.approx(0.2)
+    assert appetite_from_counts(1, 2, prior_weight=0.0) == 0.5
 
 
 def test_rejects_bad_strength() -> None:
