@@ -180,11 +180,6 @@ class DecayedPopularity(ItemIndexed):
     def window_size(self) -> int:
         return len(self._window)
 
-    def active_items(self) -> list[str]:
-        """Items with at least one event in the window, in first-seen order."""
-        names = self._index.names
-        return [names[i] for i, c in enumerate(self._count) if c > 0]
-
     @property
     def n_active(self) -> int:
         return self._n_active

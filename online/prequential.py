@@ -186,10 +186,6 @@ class PrequentialPairer:
     def n_users(self) -> int:
         return len(self._users)
 
-    def stored_lists(self) -> int:
-        """Recommendation lists currently held (for memory checks)."""
-        return sum(len(st.recs) for st in self._users.values())
-
     # -- pairing
     def _resolve(self, user: str, st: _UserState, j: int, item: str) -> Outcome:
         prior = j - 1

@@ -16,6 +16,11 @@ RECORD_KEYS = {
 }
 
 
+
+def stored_lists(p: PrequentialPairer) -> int:
+    """The recommendation lists ``p`` holds (its memory)."""
+    return sum(len(st.recs) for st in p._users.values())
+
 def brief(outcomes):
     return [(o.user, o.event_index, o.pairing, o.rank, o.rec_count, o.arm) for o in outcomes]
 
@@ -148,15 +153,15 @@ def test_only_needed_lists_are_kept():
     for j in range(1, 200):
         p.observe_event("u", "a", j)
         p.observe_recommendation("u", j, ["a"], "A")
-    assert p.stored_lists() == 1  # only the latest list can still pair with a future event
+    assert stored_lists(p) == 1  # only the latest list can still pair with a future event
     # recommendations ahead of events (the rec topic consumed first) are kept until used
     q = PrequentialPairer()
     for c in range(1, 11):
         q.observe_recommendation("u", c, [f"i{c}"], "A")
-    assert q.stored_lists() == 10
+    assert stored_lists(q) == 10
     for j in range(1, 12):
         q.observe_event("u", f"i{j - 1}", j)
-    assert q.stored_lists() == 1
+    assert stored_lists(q) == 1
     assert q.lost_pairings == 0
 
 
@@ -164,7 +169,7 @@ def test_list_cap_and_lost_pairing_counter():
     p = PrequentialPairer(max_recs_per_user=3)
     for c in range(1, 7):
         p.observe_recommendation("u", c, [f"i{c}"], "A")
-    assert p.stored_lists() == 3  # lists 4, 5, 6
+    assert stored_lists(p) == 3  # lists 4, 5, 6
     (o,) = p.observe_event("u", "i2", 3)  # its list (2) was dropped
     assert (o.pairing, p.lost_pairings) == ("none", 1)
     (o,) = p.observe_event("u", "i4", 5)
@@ -286,7 +291,7 @@ def test_streaming_memory_stays_small_when_topics_are_roughly_in_step():
         else:
             run += 1  # a coalesced (skipped) count: the event waits for the next list
             longest_run = max(longest_run, run)
-        peak_lists = max(peak_lists, p.stored_lists())
+        peak_lists = max(peak_lists, stored_lists(p))
         peak_pending = max(peak_pending, p.pending)
     assert peak_lists <= 2  # the latest list, plus the one a pending event may still need
     assert peak_pending == longest_run - 1  # r skipped lists in a row leave r - 1 events waiting
@@ -440,7 +445,7 @@ def test_forget_resolves_the_users_pending_events_and_drops_everything_held_for_
     p.observe_event("u", "c", 5)  # waits for list 4
     p.observe_recommendation("v", 1, ["x"], "B")
     assert brief(p.forget("u")) == [("u", 5, "stale", None, 2, "A")]  # c is not in list 2: a miss
-    assert (p.n_users, p.pending, p.stored_lists()) == (1, 0, 1) and p.forget("u") == []
+    assert (p.n_users, p.pending, stored_lists(p)) == (1, 0, 1) and p.forget("u") == []
     assert p.observe_event("u", "a", 3) == [] and p.pending == 1  # list 2 (a hit) is gone: it waits for a list
     metrics = ArmMetrics(k=2, window_events=10)
     metrics.observe_recommendation("u", 1, ["a"], "A")
