@@ -16,10 +16,10 @@ RECORD_KEYS = {
 }
 
 
-
 def stored_lists(p: PrequentialPairer) -> int:
     """The recommendation lists ``p`` holds (its memory)."""
     return sum(len(st.recs) for st in p._users.values())
+
 
 def brief(outcomes):
     return [(o.user, o.event_index, o.pairing, o.rank, o.rec_count, o.arm) for o in outcomes]
