@@ -2,21 +2,14 @@
 
 Pure functions over lists and numpy arrays (no torch). Events are plain ``(user, item, ts)`` tuples.
 
-**Split** (per user, by time; equal timestamps keep the order the events were given in, so give them
-sorted by ``(ts, user, item)``): the last event is the test target, the second-to-last the validation
-target, the rest is training history. Users with fewer than 3 events have no validation or test target:
-all their events are training data (they still shape popularity and item-CF, but are not evaluated).
-
-**Ranking** is against ALL items of the catalogue (no sampled candidates), as in the published SASRec /
-eSASRec full-ranking numbers. **Exclusion rule:** items in the user's history (for test: train + the
-validation item; for validation: train) are removed from the ranking, except the target itself if it
-occurs in the history (a repeat), so every target is rankable. The padding column 0 never counts.
-Ties with the target's score are broken uniformly at random (seeded), so a constant scorer is not
-credited with an optimistic rank.
-
-**Groups**: tail targets are items outside the head = the top 20% of the items seen in training, by
-train count (``tail_items``, the docs/design.md §4 split; items never seen in training are tail); short
-users have <= 5 training events.
+**Split** (per user, by time; equal timestamps keep the input order): the last event is the test target,
+the second-to-last the validation target, the rest training history; users with fewer than 3 events are
+training data only. **Ranking** is against ALL items (no sampled candidates, as in the published SASRec /
+eSASRec numbers). **Exclusion rule:** the user's history items (test: train + the validation item;
+validation: train) are removed, except the target itself (a repeat); padding column 0 never counts. Ties
+with the target's score are broken at random (seeded), so a constant scorer gets no optimistic rank.
+**Groups**: tail targets are outside the head of the items seen in training (``tail_items``, docs/design.md
+§4); short users have <= 5 training events.
 
 >>> events = [("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u1", "d", 4),
 ...           ("u2", "a", 1), ("u2", "b", 2), ("u2", "c", 3), ("u3", "a", 5), ("u3", "c", 6)]

@@ -1,11 +1,9 @@
 """Batched serving: histories of item ids -> top-k item ids, one forward and one matrix product per batch.
 
-``BatchScorer`` owns a copy of the model and vocabulary (so ``extend_items`` never changes the caller's),
-caches the (N+1, D) item matrix, and per call: encodes the histories (unknown items dropped, last
-``max_len`` kept), computes the user vectors, multiplies once against all item vectors, masks padding,
-non-retrievable items (zero vector: new items without text) and excluded items, and takes the top k
-(``torch.topk``, then scores within a tolerance of each other ordered by item index, as the online models
-do: see :func:`online.base.top_k`).
+``BatchScorer`` owns a copy of the model and vocabulary (``extend_items`` never changes the caller's),
+caches the (N+1, D) item matrix and per call encodes the histories (unknown items dropped), multiplies the
+user vectors once against all items, masks padding, non-retrievable (zero-vector) and excluded items, and
+takes the top k (tied scores by item index, as :func:`online.base.top_k`).
 
 Precision (``quantize``):
   * ``"none"``: fp32.

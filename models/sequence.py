@@ -3,12 +3,10 @@
 Shapes: B batch, T positions (<= max_len, left-padded), D = d_model, N = n_items (indices 1..N, 0 = padding),
 M = number of non-padding target positions in a batch, K = sampled negatives, C = text_dim.
 
-Item representation (used for the input AND, tied, for scoring):
-    e_i = id_embedding[i] + W_text @ text_vector[i]
-Items without text have a zero text vector, so they use the id embedding alone. Items added after training
-(``extend_items``) get a zero id row, so their vector is the text projection: they are retrievable at once.
-``id_dropout`` (DropoutNet-style) trains that text-only path: each step a random share of the items that
-have text lose their id embedding, so ``W_text`` must carry the signal for rarely clicked items by itself.
+Item representation (the input AND, tied, the output): ``e_i = id_embedding[i] + W_text @ text_vector[i]``
+(zero text vector without text). Items added after training (``extend_items``) get a zero id row: their
+text projection makes them retrievable at once. ``id_dropout`` (DropoutNet-style) trains that path: each
+step a random share of the items with text lose their id embedding.
 
 Training objective (``loss``):
   * ``"ce"``: full softmax cross-entropy over all N items (SASRec-CE / eSASRec): no sampling bias to

@@ -1,13 +1,9 @@
 """A/B arms: which users get which serving settings, decided by a stable hash of the user id.
 
-An arm has a share of the traffic, a re-ranking strength and, optionally, candidate sources switched off
-for its users (``off=vae+transformer``: an arm without the batch models, or without any one source), so
-that two arms can differ in strength, in sources or in model.
-
-``blake2b(salt + ":" + user)`` mapped to [0, 1) and cut by the cumulative arm weights: the same user
-lands in the same arm in every process and every run (Python's ``hash`` is salted per process, so it
-is not used), and changing ``salt`` reshuffles everyone: a new experiment. The arms and the salt are
-declared in one place, ``TAILCAST_ARMS`` (a ``salt=NAME`` element; ``tailcast`` when there is none).
+An arm has a share of the traffic, a re-ranking strength and optionally candidate sources switched off for
+its users (``off=vae+transformer``). A user's draw is ``blake2b(salt + ":" + user)`` mapped to [0, 1), cut by
+the cumulative arm weights: the same arm in every process and run (Python's ``hash`` is salted per
+process); a new ``salt`` reshuffles everyone. Arms and salt are declared in ``TAILCAST_ARMS``.
 
 >>> arms = parse_arms("control:0.5:0.0,tail:0.5:0.3")
 >>> arms[1]

@@ -1,16 +1,10 @@
 """A synthetic interaction stream with a realistic long tail — the project's own data.
 
-What it plants, so that tests and the demo can check that models find it:
-
-* **Zipf-like item popularity** (exponent ``zipf_a``): a few head items, a long tail.
-* **Taste clusters**: every item belongs to one of ``n_clusters`` genres, every user prefers one genre
-  (with probability ``taste`` an event is drawn from the user's genre, else from the whole catalogue).
-* **Sequential patterns**: every item has a successor in its own genre; with probability ``p_next`` the
-  next event of a user is the successor of their previous item (so a sequence model can beat popularity).
-* **Heavy-tailed user activity**: log-normal event rates per user, so many users have ≤5 events.
-* **Item texts**: titles and tags built from the genre's vocabulary, so content encoders see the genres.
-
-Deterministic under ``seed``.
+What it plants, so that tests and the demo can check that models find it (deterministic under ``seed``):
+Zipf-like item popularity (``zipf_a``); taste clusters (each item in one of ``n_clusters`` genres, each user
+preferring one: an event comes from it with probability ``taste``); sequential patterns (each item has a
+successor in its genre, the next event with probability ``p_next``); log-normal user activity (many users
+with <= 5 events); item titles and tags from the genre's vocabulary.
 
 >>> data = generate(n_users=50, n_items=80, n_events=500, seed=1)
 >>> len(data.events), len(data.items)
