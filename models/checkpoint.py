@@ -129,12 +129,7 @@ def save_checkpoint(
     return ckpt
 
 
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    expect_vocab_hash: str | None = None,
-    expect_config: SeqEncoderConfig | dict[str, Any] | None = None,
-) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint (tensors on CPU); :class:`CheckpointError` says what is wrong."""
     path = Path(path)
     if not path.is_file():
@@ -159,22 +154,12 @@ def load_checkpoint(
     if vocab.hash() != raw["vocab_hash"]:
         raise CheckpointError(f"checkpoint {path}: the stored vocabulary does not match its stored hash "
                               f"({vocab.hash()[:12]} vs {str(raw['vocab_hash'])[:12]}); the file was altered — republish it")
-    if expect_vocab_hash is not None and expect_vocab_hash != raw["vocab_hash"]:
-        raise CheckpointError(f"checkpoint {path} was trained on vocabulary {raw['vocab_hash'][:12]} but "
-                              f"{expect_vocab_hash[:12]} was expected; load it with its own vocabulary (Checkpoint.vocab()) "
-                              "or retrain on the current catalogue")
     try:
         config = SeqEncoderConfig.from_dict(dict(raw["config"]))
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} has an invalid config: {e}") from e
     if config.n_items != len(vocab):
         raise CheckpointError(f"checkpoint {path}: config n_items={config.n_items} but the vocabulary has {len(vocab)} items")
-    if expect_config is not None:
-        want = expect_config.to_dict() if isinstance(expect_config, SeqEncoderConfig) else dict(expect_config)
-        have = config.to_dict()
-        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
-        if diff:
-            raise CheckpointError(f"checkpoint {path} config differs from the expected one (field: (file, expected)): {diff}")
     state = raw["state_dict"]
     try:
         SeqEncoder(config).load_state_dict(state)
@@ -222,11 +207,11 @@ class CheckpointRegistry(VersionedFolder):
         self._prune()
         return ckpt
 
-    def latest(self, *, expect_vocab_hash: str | None = None) -> Checkpoint | None:
+    def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads and validates; corrupt ones are skipped with a warning."""
         for path in reversed(self.paths()):
             try:
-                return load_checkpoint(path, expect_vocab_hash=expect_vocab_hash)
+                return load_checkpoint(path)
             except CheckpointError as e:
                 logger.warning("skipping checkpoint %s: %s", path.name, e)
         return None

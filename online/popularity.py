@@ -15,8 +15,8 @@ down to ``max_items // 2`` (window items are kept: the bound is ``max(max_items,
 ['a', 'b', 'd']
 >>> pop.is_tail("a"), pop.is_tail("b"), pop.is_tail("never-seen")
 (False, True, True)
->>> pop.window_count("a"), pop.window_size()
-(4, 8)
+>>> pop.window_count("a"), pop.window_count("b")
+(4, 2)
 """
 
 from __future__ import annotations
@@ -176,13 +176,6 @@ class DecayedPopularity(ItemIndexed):
     def window_count(self, item: str) -> int:
         idx = self._index.get(item)
         return self._count[idx] if idx >= 0 else 0
-
-    def window_size(self) -> int:
-        return len(self._window)
-
-    @property
-    def n_active(self) -> int:
-        return self._n_active
 
     def _now(self) -> float:
         """The latest event's ts (0.0 before any): decayed counts and ages are read then."""

@@ -182,10 +182,6 @@ class PrequentialPairer:
             users.move_to_end(user)
         return st
 
-    @property
-    def n_users(self) -> int:
-        return len(self._users)
-
     # -- pairing
     def _resolve(self, user: str, st: _UserState, j: int, item: str) -> Outcome:
         prior = j - 1
@@ -285,8 +281,8 @@ class PrequentialPairer:
 
         >>> p = PrequentialPairer()
         >>> _ = p.observe_recommendation("u", 1, ["x"], "A"); _ = p.observe_event("u", "y", 3)
-        >>> [(o.event_index, o.pairing) for o in p.forget("u")], p.n_users, p.pending, p.forget("u")
-        ([(3, 'stale')], 0, 0, [])
+        >>> [(o.event_index, o.pairing) for o in p.forget("u")], p.pending, p.forget("u")
+        ([(3, 'stale')], 0, [])
         """
         st = self._users.pop(user, None)
         return [] if st is None else self._drain(user, st, [])

@@ -20,10 +20,10 @@ the first holds the caller's event loop.
 >>> import tempfile
 >>> store = SnapshotStore(tempfile.mkdtemp(), keep=2)
 >>> for n in range(3):
-...     _ = store.save({"n": n}, offsets={"t": {0: 10 * n}}, meta={"k": 10})
+...     _ = store.write(encode({"n": n}), offsets={"t": {0: 10 * n}}, meta={"k": 10})
 >>> [p.name[:7] for p in store.paths()]
 ['s000002', 's000003']
->>> snap = store.load(store.paths()[-1])
+>>> snap = read_snapshot(store.paths()[-1])
 >>> snap.state, snap.offsets, snap.meta
 ({'n': 2}, {'t': {0: 20}}, {'k': 10})
 """
@@ -206,7 +206,7 @@ class VersionedFolder:
 
 
 class SnapshotStore(VersionedFolder):
-    """Versioned snapshots in one folder: :meth:`save` the next one, :meth:`latest` valid one."""
+    """Versioned snapshots in one folder: :meth:`write` the next one, read the :meth:`latest` valid one."""
 
     NAME = re.compile(r"^s(\d+)-[0-9TZ]+-[0-9a-f]+\.snap$")
 
@@ -224,13 +224,6 @@ class SnapshotStore(VersionedFolder):
                               created_at=created_at)
         self._prune()
         return path
-
-    def save(self, state: Any, *, offsets: Offsets, meta: Mapping[str, Any] | None = None) -> Path:
-        """:func:`encode` ``state`` and :meth:`write` it."""
-        return self.write(encode(state), offsets=offsets, meta=meta)
-
-    def load(self, path: str | os.PathLike) -> Snapshot:
-        return read_snapshot(path)
 
     def latest(self, *, accept: Callable[[Snapshot], None] | None = None,
                on_error: Callable[[Path, SnapshotError], None] | None = None) -> Snapshot | None:

@@ -17,7 +17,7 @@ def test_round_trip_gives_identical_scores(tmp_path, model_vocab):
     model, vocab = model_vocab
     path = tmp_path / "m.pt"
     saved = save_checkpoint(path, model=model, vocab=vocab, step=7, metrics={"valid_ndcg": 0.5})
-    ck = load_checkpoint(path, expect_vocab_hash=vocab.hash(), expect_config=model.config)
+    ck = load_checkpoint(path)
     assert ck.version == saved.version and ck.step == 7 and ck.metrics == {"valid_ndcg": 0.5}
     assert ck.vocab().hash() == vocab.hash() and ck.config == model.config
     seqs = torch.tensor([[0, 1, 2, 3], [7, 8, 9, 10]])
@@ -49,10 +49,6 @@ def test_mismatches_raise_actionable_errors(tmp_path, model_vocab):
     model, vocab = model_vocab
     path = tmp_path / "m.pt"
     save_checkpoint(path, model=model, vocab=vocab)
-    with pytest.raises(CheckpointError, match="trained on vocabulary"):
-        load_checkpoint(path, expect_vocab_hash=ItemVocab(["other"]).hash())
-    with pytest.raises(CheckpointError, match="d_model"):
-        load_checkpoint(path, expect_config={**model.config.to_dict(), "d_model": 64})
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_checkpoint(tmp_path / "absent.pt")
     raw = torch.load(path, weights_only=True)

@@ -50,8 +50,8 @@ def test_head_tail_split_on_fixture() -> None:
     assert [pop.is_tail(f"i{n}") for n in range(7)] == [False] + [True] * 6
     assert pop.is_tail("never-seen")
     np.testing.assert_array_equal(pop.tail_mask(["i0", "i1", "zz"]), [False, True, True])
-    assert pop.window_count("i1") == 30 and pop.n_active == 7
-    assert pop.window_count("i0") == 50 and pop.window_size() == 100
+    assert pop.window_count("i1") == 30 and pop._n_active == 7
+    assert pop.window_count("i0") == 50 and len(pop._window) == 100
 
     wider = DecayedPopularity(window_events=1000, head_share=0.3, refresh_every=1)  # floor(2.1) = 2
     feed(wider, counts)
@@ -69,7 +69,7 @@ def test_sliding_window_forgets() -> None:
     pop = DecayedPopularity(window_events=3, head_share=0.4, refresh_every=1)
     for n, item in enumerate("aabcd"):
         pop.learn_one("u", item, float(n), ())
-    assert pop.window_count("a") == 0 and pop.window_size() == 3
+    assert pop.window_count("a") == 0 and len(pop._window) == 3
     assert [i for i in "abcd" if pop.window_count(i)] == ["b", "c", "d"]  # active items
     assert pop.head_items() == frozenset({"b"})  # floor(0.4 * 3) = 1, three-way tie -> smallest id
     assert pop.score("u", (), ["a"])[0] > 0  # the decayed ranking keeps its memory

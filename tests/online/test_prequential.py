@@ -145,7 +145,7 @@ def test_user_cap_evicts_least_recently_touched_user():
     p.observe_event("u1", "b", 3)  # touch u1: u2 is now the least recent
     out = p.observe_event("u3", "a", 1)
     assert brief(out) == [("u2", 2, "none", None, None, None)]
-    assert (p.evicted_users, p.evicted_events, p.n_users) == (1, 1, 2)
+    assert (p.evicted_users, p.evicted_events, len(p._users)) == (1, 1, 2)
 
 
 def test_only_needed_lists_are_kept():
@@ -445,10 +445,10 @@ def test_forget_resolves_the_users_pending_events_and_drops_everything_held_for_
     p.observe_event("u", "c", 5)  # waits for list 4
     p.observe_recommendation("v", 1, ["x"], "B")
     assert brief(p.forget("u")) == [("u", 5, "stale", None, 2, "A")]  # c is not in list 2: a miss
-    assert (p.n_users, p.pending, stored_lists(p)) == (1, 0, 1) and p.forget("u") == []
+    assert (len(p._users), p.pending, stored_lists(p)) == (1, 0, 1) and p.forget("u") == []
     assert p.observe_event("u", "a", 3) == [] and p.pending == 1  # list 2 (a hit) is gone: it waits for a list
     metrics = ArmMetrics(k=2, window_events=10)
     metrics.observe_recommendation("u", 1, ["a"], "A")
     metrics.observe_event("u", "z", 3)
-    assert [o.pairing for o in metrics.forget("u")] == ["stale"] and metrics.pairer.n_users == 0
+    assert [o.pairing for o in metrics.forget("u")] == ["stale"] and len(metrics.pairer._users) == 0
     assert metrics.quality("A").get()["hr"] == 0.0  # the resolved event counts, as a miss

@@ -79,7 +79,7 @@ def test_the_store_keeps_the_newest_and_falls_back_past_a_corrupt_one(tmp_path) 
     store = SnapshotStore(tmp_path / "snaps", keep=2)
     assert store.latest() is None
     for n in range(3):
-        store.save({"n": n}, offsets={"t": {0: n}})
+        store.write(encode({"n": n}), offsets={"t": {0: n}})
     paths = store.paths()
     assert len(paths) == 2 and store.latest().state == {"n": 2}
     paths[-1].write_bytes(paths[-1].read_bytes()[:-3])  # the newest one cut short
