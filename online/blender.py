@@ -388,10 +388,6 @@ class FeedbackBlender:
         part = Z[:, : 3 * n_s] * grad
         return part[:, :n_s] + part[:, n_s : 2 * n_s] + part[:, 2 * n_s :]
 
-    def contributions_many(self, xs: Sequence[Mapping[str, float]] | np.ndarray) -> np.ndarray:
-        """:meth:`contributions_matrix` of feature dicts (or rows)."""
-        return self.contributions_matrix(self._matrix(xs))
-
     def learn_matrix(self, X: np.ndarray, clicked: np.ndarray | Sequence[bool]) -> None:
         """Learn feature rows ``X`` (m, n_features) with labels ``clicked`` (m,); applied in mini-batches."""
         y = [bool(c) for c in clicked]

@@ -33,7 +33,7 @@ from typing import Literal
 
 from online.exposure import ExposureWindow
 from online.headtail import ItemWindow
-from online.metrics import NDCG, HitRate, Metric, Rolling, gain
+from online.metrics import NDCG, HitRate, Metric, Rolling
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -85,10 +85,6 @@ class Outcome:
     def hit(self, k: int) -> bool:
         """Whether the item is within the top ``k`` of the paired list."""
         return self.rank is not None and self.rank < k
-
-    def gain(self, k: int) -> float:
-        """NDCG@k with one relevant item (:func:`online.metrics.gain`)."""
-        return gain(self.rank, k)
 
 
 class _Rec:

@@ -105,7 +105,7 @@ def test_contributions_are_gradient_times_input() -> None:
         down[:, f] -= eps
         want[:, f % n_s] += Z[:, f] * (blender._net(up) - blender._net(down)) / (2 * eps)
     np.testing.assert_allclose(blender.contributions_matrix(X), want, atol=1e-6)
-    assert blender.contributions_many(xs[:5]).shape == (5, n_s)
+    assert blender.contributions_matrix(blender._matrix(xs[:5])).shape == (5, n_s)
 
 
 def test_feature_matrix_equals_the_feature_dicts() -> None:

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from online.metrics import gain
 from online.prequential import ArmMetrics, Outcome, PrequentialMetrics, PrequentialPairer, hit_rank
 
 RECORD_KEYS = {
@@ -101,7 +102,7 @@ def test_miss_in_list_has_rank_none():
     p = PrequentialPairer()
     p.observe_recommendation("u", 1, ["a", "b"], "A")
     (o,) = p.observe_event("u", "zz", 2)
-    assert (o.pairing, o.rank, o.hit(10), o.gain(10)) == ("exact", None, False, 0.0)
+    assert (o.pairing, o.rank, o.hit(10), gain(o.rank, 10)) == ("exact", None, False, 0.0)
 
 
 def test_late_recommendation_is_dropped_and_counted():
@@ -370,7 +371,7 @@ def test_sliding_window_matches_recomputation_over_a_long_stream():
     last = outs[-37:]
     r = m.get()
     assert r["hr"] == pytest.approx(sum(o.hit(5) for o, _ in last) / 37)
-    assert r["ndcg"] == pytest.approx(sum(o.gain(5) for o, _ in last) / 37, abs=1e-12)
+    assert r["ndcg"] == pytest.approx(sum(gain(o.rank, 5) for o, _ in last) / 37, abs=1e-12)
     tail_hits = [o.hit(5) for o, t in last if t]
     assert r["tail_hr"] == pytest.approx(sum(tail_hits) / len(tail_hits))
 
