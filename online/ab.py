@@ -146,11 +146,8 @@ class _User:
 
 
 class ImpressionLedger:
-    """Impressions and clicks in, per-arm :class:`ArmCounts` out (the attribution rule is the module's).
-
-    Per-user memory is bounded: ``max_impressions`` impressions and ``max_early_clicks`` waiting clicks a
-    user, for the ``max_users`` users most recently shown a list (the others' clicks credit nothing).
-    """
+    """Impressions and clicks in, per-arm :class:`ArmCounts` out, with ``max_impressions`` impressions and
+    ``max_early_clicks`` waiting clicks a user, for the ``max_users`` users most recently shown a list."""
 
     def __init__(self, *, is_tail: Callable[[str], bool], window_s: float = ATTRIBUTION_WINDOW_S,
                  max_impressions: int = MAX_IMPRESSIONS, max_early_clicks: int = MAX_EARLY_CLICKS,

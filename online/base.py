@@ -431,11 +431,9 @@ def top_k(scores: np.ndarray, k: int, banned: np.ndarray | None = None) -> np.nd
 
 
 def group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(keys, return_index=True, return_inverse=True)`` for 1-d int keys, via one stable
-    argsort (numpy 2's ``unique`` costs ~10x a sort on the few hundred keys of a request).
-
-    Returns ``(uniq, first, inv)``: sorted distinct keys, the position of each one's first
-    occurrence, and each key's position in ``uniq``.
+    """``np.unique(keys, return_index=True, return_inverse=True)`` for 1-d int keys: (sorted distinct keys,
+    each one's first position, each key's position in ``uniq``), via one stable argsort (numpy 2's
+    ``unique`` costs ~10x a sort on the few hundred keys of a request).
 
     >>> group(np.array([5, 3, 5, 1]))
     (array([1, 3, 5]), array([3, 1, 0]), array([2, 1, 2, 0]))

@@ -285,10 +285,8 @@ class FeedbackBlender:
         appetite: float | np.ndarray = 0.0,
     ) -> np.ndarray:
         """:meth:`logits_blocks` of the :meth:`feature_entries` matrix of the same arguments (same values).
-
-        Learned phase: the standardised matrix is built directly: every zero feature standardises to the
-        same value, so only the proposals' features and the dense ones are standardised one by one, into
-        a buffer kept between calls (a fresh array of a few MB per micro-batch costs page faults)."""
+        Learned phase: the standardised matrix is built directly (a zero feature standardises to one value
+        per column), into a buffer kept between calls (a fresh array of a few MB costs page faults)."""
         if not self.warmed_up:
             return self.logits_blocks(self.feature_entries(n, rows, cols, values, ranks, is_tail, user_event_count,
                                                            popularity, appetite), bounds)
@@ -346,9 +344,8 @@ class FeedbackBlender:
         return self._net(self._z(X))
 
     def logits_blocks(self, X: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
-        """(n,) :meth:`logits` of each block of rows ``X[bounds[i]:bounds[i + 1]]`` (the rows of one user),
-        the same values as one :meth:`logits` call per block (a matrix-vector product's rounding depends
-        on its row count, so the product runs per block; the element-wise parts run once)."""
+        """(n,) :meth:`logits` of each block of rows ``X[bounds[i]:bounds[i + 1]]`` (one user's), one product
+        per block: a product's rounding depends on its row count."""
         if not self.warmed_up:
             return _blocks(lambda rows: self._prior_terms(rows).sum(axis=1), X, bounds)
         return _blocks(self._net, self._z(X), bounds)

@@ -1,8 +1,7 @@
 """Live exposure metrics (docs/design.md §4): who gets recommended, and how evenly, over sliding windows.
 
-:class:`ExposureWindow` judges each published list against an :class:`~online.headtail.ItemWindow` (the
-head/tail split and popularity shares of the last interactions) and keeps the exposure metrics of
-``online.metrics`` over the last lists. The metrics and their conventions are documented there.
+:class:`ExposureWindow` judges each published list against an :class:`~online.headtail.ItemWindow` and keeps
+the exposure metrics of ``online.metrics`` (conventions there) over the last lists.
 
 >>> w = ExposureWindow(window_events=10, head_share=0.2, k=2)
 >>> for item in ["a"] * 5 + ["b", "b", "c", "d", "e"]:    # 5 active items -> head = {"a"}

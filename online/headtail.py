@@ -1,8 +1,7 @@
 """The head/tail split of docs/design.md §4, defined once, and the live window of interactions it reads.
 
-**Head** = the top ``floor(head_share * n_active)`` active items (count > 0) by count, ties broken by item
-id (ascending); **tail** = every other item, never-seen items included (a cold item is the extreme tail).
-``floor`` makes the head "at most ``head_share`` of the active items" (4 active items at 0.2: no head).
+**Head** = the top ``floor(head_share * n_active)`` active items (count > 0) by count, ties by item id
+(ascending): at most ``head_share`` of them; **tail** = every other item, never-seen ones included.
 :func:`head_positions` is the definition every other split calls or is tested against.
 
 >>> head_positions(np.array([0, 5, 1, 9, 0, 2, 2, 0, 3, 3]), 0.5).tolist()   # 7 active: 3 head; 8 beats 9

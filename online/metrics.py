@@ -71,10 +71,8 @@ def gini(counts: Iterable[float]) -> float:
 
 
 def lorenz_curve(counts: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Lorenz curve of counts for plots: ``x`` = share of items (poorest first), ``y`` = share of exposure.
-
-    Both arrays have ``n + 1`` points from (0, 0) to (1, 1); ``gini(counts) == 1 - 2 * trapezoid(y, x)``.
-    All-zero or empty counts give the line of equality.
+    """Lorenz curve of counts for plots: ``x`` = share of items (poorest first), ``y`` = share of exposure,
+    ``n + 1`` points from (0, 0) to (1, 1) (all-zero or no counts: the line of equality).
 
     >>> x, y = lorenz_curve([0, 0, 0, 4])
     >>> x.tolist(), y.tolist()
@@ -359,9 +357,8 @@ class Coverage(_Exposure):
 
 
 class ExposureGini(_Exposure):
-    """Gini of recommendation counts over the active items, those never recommended counting as zeros and
-    recommended items that are not active left out (docs/design.md §4). Without ``active`` only the
-    recommended items are known, so the zeros are missing and the value is a lower bound.
+    """Gini of recommendation counts over the active items (never recommended: zeros; not active: left out).
+    Without ``active`` the zeros are missing and the value is a lower bound.
 
     >>> ExposureGini().update(Shown(("i1", "i1", "i2"), 0, 0.0))                 # [1, 2]: (3 - 2*4/3) / 2
     ExposureGini: 0.1667

@@ -215,8 +215,7 @@ class OnlineMF(ItemIndexed):
         return self._user_vector(user, hist)
 
     def _user_vector(self, user: str, hist: np.ndarray | None) -> np.ndarray | None:
-        """:meth:`user_vector` from the indices (-1 unknown) of the last ``history_window`` history items
-        (None: no history)."""
+        """:meth:`user_vector` from the indices (-1 unknown) of the last history items (None: no history)."""
         if hist is not None:
             hist = hist[hist >= 0]
         row = self._users.get(user)

@@ -411,11 +411,10 @@ class PrequentialMetrics:
 
 class ArmMetrics:
     """Everything the exposure agent and the evaluate harness need, per A/B arm: one
-    :class:`~online.headtail.ItemWindow` of the last ``window_events`` interactions shared by all arms
-    (head/tail is a property of the item stream), per arm an :class:`~online.exposure.ExposureWindow` and a
-    :class:`PrequentialMetrics`, and one :class:`PrequentialPairer` (outcomes carry their list's arm; those
-    with none are counted in ``unattributed``). An event is paired (tested) before it enters the window
-    (trained), the usual prequential order.
+    :class:`~online.headtail.ItemWindow` shared by all arms (head/tail is a property of the item stream),
+    per arm an :class:`~online.exposure.ExposureWindow` and a :class:`PrequentialMetrics`, and one
+    :class:`PrequentialPairer` (outcomes without an arm count in ``unattributed``). An event is paired
+    before it enters the window, the usual prequential order.
 
     >>> am = ArmMetrics(k=2, window_events=100)
     >>> _ = am.observe_event("u1", "a", 1)

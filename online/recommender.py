@@ -494,9 +494,8 @@ class OnlineRecommender:
         alternatives: Sequence[float] = (),
         shown_k: int | None = None,
     ) -> list[list[Candidate]]:
-        """Merge, blend and re-rank every user's candidate lists into ``k`` items (``appetites``: the users'
-        tail appetites); :attr:`last_alternatives` gets the same candidates re-ranked at each of
-        ``alternatives``. The first ``shown_k`` (default ``k``) items are the list kept as pending feedback."""
+        """Merge, blend and re-rank every user's candidate lists into ``k`` items (also at each of
+        ``alternatives``, into :attr:`last_alternatives`); the first ``shown_k`` are kept as pending feedback."""
         n_b = len(users)
         col = self._col
         parts, scs, lens, cols, owner, maps = [], [], [], [], [], []
@@ -647,9 +646,8 @@ class OnlineRecommender:
 
     def _pools(self, items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
                appetites) -> list[_Pool]:
-        """Each user's candidate pool (see :class:`_Pool`): the candidates with a proposal within some
-        source's top ``pool_depth``, and those proposals, in compact dtypes (copies: the batch's arrays
-        are not kept alive)."""
+        """Each user's candidate pool (:class:`_Pool`: the candidates proposed within some source's top
+        ``pool_depth``, and those proposals), in compact dtypes (copies: the batch's arrays are let go)."""
         n_b = bounds.size - 1
         sel = rank_e < self.pool_depth  # (m,) proposals kept
         keep = np.zeros(items.size, dtype=bool)
@@ -709,9 +707,8 @@ class OnlineRecommender:
 
 @dataclass(slots=True)
 class _Pool:
-    """One list's candidate pool, kept until the user's next event labels it: the candidates (our item
-    indices, tail flags) and their proposals as entries (candidate row, source column, raw score, 0-based
-    rank), those within each source's top ``pool_depth`` only; about 8 KB for a user with every source."""
+    """One list's candidate pool, kept until the user's next event labels it: the candidates and their
+    proposals within each source's top ``pool_depth`` as entries; about 8 KB for a user with every source."""
 
     items: np.ndarray  # (P,) int32
     tail: np.ndarray  # (P,) bool
