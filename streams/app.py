@@ -1,5 +1,4 @@
-"""Faust applications, one per role (``worker``, ``scorer``, ``api``), built by :func:`create_app` with the
-topics of docs/design.md §3 and the role's agents (``streams.agents``); :func:`faust_worker` runs one. This
+"""Faust applications, one per role, built by :func:`create_app` and run by :func:`faust_worker`; this
 module and the agents are the only ones that import Faust (``tests/test_imports.py``).
 """
 
@@ -44,9 +43,8 @@ class Role:
 
 
 def _fetch_max_wait(ms: int) -> None:
-    """Make Faust's worker consumers use ``fetch_max_wait_ms=ms``: faust-streaming 0.15 hard-codes 1500 ms
-    (``AIOKafkaConsumerThread._create_worker_consumer``), and Tansu holds an idle fetch that long, which the
-    freshness p99 paid (docs/results.md)."""
+    """Make Faust's worker consumers use ``fetch_max_wait_ms=ms``, not faust-streaming 0.15's hard-coded
+    1500 ms, which Tansu holds an idle fetch for (docs/results.md)."""
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls._create_worker_consumer, "__wrapped__", cls._create_worker_consumer)
 
@@ -60,8 +58,7 @@ def _fetch_max_wait(ms: int) -> None:
 
 
 def _recover_to_fetched_highwaters() -> None:
-    """Make Faust's table recovery read each changelog partition to the end ``ingest.fetch_highwaters`` gives,
-    not to Tansu's short ListOffsets answer (#20), so the worker's and api's tables come back whole.
+    """Make Faust's table recovery read each changelog partition to ``ingest.fetch_highwaters``'s end (#20).
     faust-streaming 0.15: ``AIOKafkaConsumerThread._highwaters``; transactions keep their own ends."""
     cls = faust_aiokafka.AIOKafkaConsumerThread
     original = getattr(cls._highwaters, "__wrapped__", cls._highwaters)

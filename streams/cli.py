@@ -24,11 +24,9 @@ from streams.topics import EVENTS, ensure_topics
 
 __all__ = ["main", "build_parser", "freeze_startup_heap", "request_erasure"]
 
-#: Allocations between young-generation collections in a worker or scorer (Python's default is 700): most of
-#: a micro-batch's allocations are short-lived and acyclic (see :func:`freeze_startup_heap`).
+#: Allocations between young-generation collections in a worker or scorer (Python's: 700; freeze_startup_heap).
 GC_YOUNG_THRESHOLD = 20_000
-#: Longest a worker or scorer spends shutting down after SIGTERM/SIGINT before it exits anyway: a graceful
-#: stop waits for the broker, and what it did not commit is redelivered.
+#: Longest a worker or scorer spends stopping after SIGTERM/SIGINT (what it did not commit is redelivered).
 SHUTDOWN_GRACE_S = 15.0
 
 log = logging.getLogger("tailcast")
@@ -77,8 +75,7 @@ def _torch_threads(settings: Settings) -> None:
     import torch  # lazily: seconds to import, and only the scorer and the trainer need it
 
     torch.set_num_threads(settings.scorer.torch_threads)
-    # numpy's BLAS would otherwise start a thread per core for the online models' small products and
-    # contend with torch and the event loop on a small box
+    # numpy's BLAS: a thread per core would contend with torch and the event loop on a small box
     threadpoolctl.threadpool_limits(settings.scorer.torch_threads, user_api="blas")
 
 

@@ -77,9 +77,8 @@ WORKER_BATCH = 1000
 WORKER_BATCH_WAIT_S = 0.02
 #: The most epochs of each model in a trainer refresh; early stopping on validation and the time budgets end it first.
 TRAIN_EPOCHS = 30
-#: The trainer refreshes before TAILCAST_TRAIN_INTERVAL_S is up once this many new events have come, and at
-#: least as many as it trained on last time (the log has doubled): quick refreshes while the log is young,
-#: then the interval sets the pace.
+#: The trainer refreshes before TAILCAST_TRAIN_INTERVAL_S once this many new events, and at least as many as
+#: it last trained on, have come (the log has doubled): quick refreshes while the log is young.
 TRAIN_MIN_EVENTS = 1000
 
 SETTINGS: tuple[Setting, ...] = (

@@ -1,8 +1,6 @@
-"""``tailcast demo``: the whole pipeline on one machine, with live progress.
-
-Starts the embedded broker (unless TAILCAST_KAFKA names one) and the :data:`ROLES`, replays the synthetic
-stream (or ``--dataset``), prints throughput, latency, tail share, CTR, model, sources and a few lists once a
-second, and plays a client that displays every list (``impressions``), so later events are its clicks.
+"""``tailcast demo``: the broker (unless TAILCAST_KAFKA is set) and the :data:`ROLES` on one machine, the
+synthetic stream (or ``--dataset``) replayed, live figures and lists printed every second, and a client
+that displays every list (``impressions``), so later events are its clicks.
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ __all__ = ["run_demo", "DEMO_TRAINER_ENV", "ROLES"]
 #: The child processes the demo starts, in order.
 ROLES = ("worker", "scorer", "trainer", "api")
 
-#: The trainer's and the model watch's settings in the demo (the defaults are sized for a service): a
-#: checkpoint is hot-swapped every 25 s or so.
+#: The trainer's and the model watch's settings in the demo: a checkpoint hot-swapped every 25 s or so.
 DEMO_TRAINER_ENV = {
     "TAILCAST_TRAIN_INTERVAL_S": "10",  # the pace at low --rate
     "TAILCAST_TRAIN_MAX_SECONDS": "5",  # each encoder's training budget

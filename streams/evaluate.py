@@ -3,21 +3,12 @@
     tailcast evaluate --dataset PATH --out DIR [--mode offline|live|loo] [--limit N] [--seed S]
     python -m streams.evaluate --dataset PATH --out DIR [same options] [the extra options below]
 
-Modes (docs/design.md §5):
-
-* ``offline``: no broker; micro-batches of ``--batch`` events (default 1: a list after every event) through
-  the worker's and the scorer's own logic, for tailcast at each ``--strengths``, the baselines (MostPop,
-  ItemCF and TailBoost at each ``--boosts``, CoVisit-raw and its TailBoost) and, with a batch model
-  (``--checkpoint`` or ``--train-transformer``, frozen or retrained every ``--refresh-every`` N events as
-  deployed), the Transformer and tailcast without it (:mod:`streams.evaluation.systems`).
-* ``live``: the broker, ``tailcast worker`` and ``tailcast scorer`` on the dataset replayed at ``--rate``,
-  the lists paired per A/B arm; the offline systems run on the same stream too.
-* ``loo``: leave-one-out full-catalogue ranking (:mod:`streams.evaluation.loo`).
-
-Each event is paired with the user's latest earlier list (:mod:`streams.evaluation.harness`). Output in
-``--out``: ``report.json``, ``report.md`` (with the docs/design.md §7 checks), ``run.json``, PNG plots and
-``recommendations.jsonl``. Deterministic (``--seed``); with ``--warmup F`` the first fraction F of the
-stream trains every system but is not scored.
+Modes (docs/design.md §5): ``offline``, micro-batches of ``--batch`` events (1: a list after every event)
+through the worker's and the scorer's own logic for tailcast at each ``--strengths`` and the baselines
+(:mod:`streams.evaluation.systems`), with a batch model frozen or retrained every ``--refresh-every`` events;
+``live``, the real worker and scorer on a broker, per A/B arm; ``loo``, leave-one-out ranking. Writes
+``report.json``, ``report.md`` (with the §7 checks), ``run.json``, PNG plots and ``recommendations.jsonl``
+to ``--out``; deterministic (``--seed``); ``--warmup F``: the first fraction F trains but is not scored.
 """
 
 from __future__ import annotations

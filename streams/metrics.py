@@ -1,7 +1,5 @@
-"""Prometheus instruments, one container per subsystem, the registry always passed in.
-
-Names follow ``tailcast_<subsystem>_<name>_<unit>``; latencies are in seconds, as histograms.
-Tests read values with ``registry.get_sample_value(...)``.
+"""Prometheus instruments, one container per subsystem, the registry always passed in: names
+``tailcast_<subsystem>_<name>_<unit>``, latencies in seconds as histograms.
 """
 
 from __future__ import annotations
@@ -171,9 +169,8 @@ class LongTailMetrics(Instruments):
 
 
 class ABMetrics(Instruments):
-    """Impressions and the clicks credited to them, per arm (``online.ab``; in the scorer process). Counters,
-    so that the dashboard sums them over scorers before it divides: CTR = clicks / slots, with segment
-    ``head`` or ``tail`` (the item's status when displayed)."""
+    """Impressions and the clicks credited to them, per arm and head/tail segment (``online.ab``): counters,
+    so that the dashboard sums them over scorers before dividing (CTR = clicks / slots)."""
 
     SPECS = {
         "impressions": (Counter, "tailcast_ab_impressions", "Impressions (lists clients displayed) by arm", ("arm",)),

@@ -1,6 +1,4 @@
-"""Child processes of ``tailcast demo`` and ``tailcast evaluate --mode live`` (and of the tests and benchmarks):
-start a role, stop them all, wait for a condition.
-"""
+"""Child processes of the demo, the live evaluation, the tests and benchmarks: start, stop, wait."""
 
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ from streams.config import Settings
 
 __all__ = ["start_broker", "spawn_role", "stop_processes", "wait_until"]
 
-#: How long the children get to stop after SIGTERM before they are killed (a worker's and a scorer's own
-#: bound, ``streams.cli.SHUTDOWN_GRACE_S``, is 15 s as well).
+#: How long the children get to stop after SIGTERM before they are killed (as ``streams.cli.SHUTDOWN_GRACE_S``).
 STOP_GRACE_S = 15.0
 
 

@@ -1,7 +1,5 @@
-"""The records that travel on tailcast's topics (docs/design.md §3), and validation of input at the edge.
-
-Values are orjson and decoded here once, so a malformed record becomes a :class:`BadEvent` with a reason
-(for ``events.dlq``), never a crash inside the stream machinery.
+"""The records that travel on tailcast's topics (docs/design.md §3), and validation of input at the edge:
+a malformed record becomes a :class:`BadEvent` with a reason (for ``events.dlq``), never a crash.
 """
 
 from __future__ import annotations
@@ -35,15 +33,13 @@ _EVENT_FIELDS = frozenset({"user_id", "item_id", "event", "ts", "props", "contro
 DLQ_REASONS = ("empty_payload", "oversized", "invalid_utf8", "not_json", "not_object", "missing_field", "empty_id",
                "id_too_long", "wrong_type", "bad_timestamp", "unknown_control")
 
-#: The one control record there is (#17, erasure): ``{"user_id": ..., "control": "forget"}`` on ``events``,
-#: and the marker the worker writes on ``score-requests`` for it.
+#: The one control record (#17): erasure, on ``events`` and as the worker's marker on ``score-requests``.
 FORGET = "forget"
 
 #: The most items one impression may display.
 MAX_IMPRESSION_ITEMS = 200
 
-#: What an ``items`` record does to the catalogue (``streams.agents.catalogue``); the label set of
-#: ``tailcast_scorer_catalog_records_total``.
+#: What an ``items`` record does to the catalogue; the labels of ``tailcast_scorer_catalog_records_total``.
 CATALOG_CHANGES = ("upsert", "hide", "restore", "delete", "invalid")
 
 

@@ -1,6 +1,4 @@
-"""Every topic of docs/design.md §3, declared once: names, partition counts, cleanup policy; created by
-:func:`ensure_topics`, which returns the partition counts the topics really have.
-"""
+"""Every topic of docs/design.md §3, declared once, and :func:`ensure_topics`, which creates them."""
 
 from __future__ import annotations
 

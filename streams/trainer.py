@@ -1,8 +1,6 @@
-"""``tailcast trainer``: the periodic batch refresh of the Transformer sequence encoder.
-
-It follows ``score-requests`` and ``items`` from the beginning, keeps the newest :data:`EVENTS_KEPT` events
-(erased users' dropped, #17) and, every ``TAILCAST_TRAIN_INTERVAL_S`` or once the log has doubled, trains an
-encoder and a Mult-VAE (``models.refresh``) off the event loop and publishes a versioned checkpoint.
+"""``tailcast trainer``: follows ``score-requests`` and ``items``, keeps the newest :data:`EVENTS_KEPT`
+events (erased users' dropped, #17) and, every ``TAILCAST_TRAIN_INTERVAL_S`` or once the log has doubled,
+trains an encoder and a Mult-VAE (``models.refresh``) and publishes a versioned checkpoint.
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from yarl import URL
 
-from streams.agents.catalogue import Catalogue, follow_items
+from streams.agents.catalogue import Catalogue, follow_partitions
 from streams.agents.ingest import pseudonymize, write_table
 from streams.config import KafkaSettings
 from streams.metrics import ApiMetrics
 from streams.records import BadEvent, Forget, Recommendation
-from streams.topics import EVENTS, RECOMMENDATIONS, partition_for
+from streams.topics import EVENTS, ITEMS, RECOMMENDATIONS, partition_for
 
 __all__ = ["ReadApi", "BadRequest", "newest_lists", "register", "DEFAULT_N", "FORWARDED_HEADER"]
 
@@ -311,8 +311,7 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     table = app.Table(
         "latest_list", default=None, partitions=partitions,
         key_type=bytes, value_type=bytes,  # the raw codec: the list's bytes as published
-        # the changelog partition comes from the key (murmur2, as the scorer partitions the topic), not from
-        # the "current event": a micro-batch mixes partitions
+        # the changelog partition from the key (murmur2), not the "current event": a batch mixes partitions
         use_partitioner=True,
         help="Each user's latest recommendation list, as published",
     )
@@ -345,7 +344,7 @@ def register(app, *, topic, partitions: int, pseudonymize_key: str | None, regis
     @app.task
     async def items() -> None:
         """Follow the whole ``items`` topic: the hidden and deleted items are dropped from every answer."""
-        await follow_items(kafka, apply_items, caught_up=catalogue_read)
+        await follow_partitions(kafka, ITEMS, apply_items, caught_up=catalogue_read)
 
     shared = {"api": api, "metrics": metrics}
     routed = {"table_name": table.name, "changelog": changelog, "partitions": partitions}

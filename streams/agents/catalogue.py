@@ -31,9 +31,8 @@ from streams.agents.ingest import fetch_log_ends
 from streams.config import KafkaSettings
 from streams.kafka import client_kwargs
 from streams.records import BadEvent, ItemRecord, parse_item, parse_item_key
-from streams.topics import ITEMS
 
-__all__ = ["CatalogueChange", "Catalogue", "follow_items", "follow_partitions"]
+__all__ = ["CatalogueChange", "Catalogue", "committed_offsets", "follow_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +79,6 @@ class Catalogue:
         return [self.apply(r.key, r.value) for r in records]
 
 
-async def follow_items(kafka: KafkaSettings, handle: Callable[[list[Any]], Awaitable[None]], *,
-                       caught_up: asyncio.Event, max_records: int = 1000) -> None:
-    """:func:`follow_partitions` of the whole ``items`` topic, from its beginning."""
-    await follow_partitions(kafka, ITEMS, handle, caught_up=caught_up, max_records=max_records)
-
-
 async def committed_offsets(kafka: KafkaSettings, group_id: str, tps: Sequence[TopicPartition]) -> dict:
     """``group_id``'s committed offset of each of ``tps`` (None where it has none), read with an admin
     client: a consumer given the group's id would be a second group client beside the member's own."""
@@ -101,10 +94,9 @@ async def committed_offsets(kafka: KafkaSettings, group_id: str, tps: Sequence[T
 async def follow_partitions(kafka: KafkaSettings, topic: str, handle: Callable[[list[Any]], Awaitable[None]], *,
                             group_id: str | None = None, caught_up: asyncio.Event | None = None,
                             max_records: int = 1000) -> None:
-    """Read every partition of ``topic`` and follow it without joining a group, handing each fetched batch
-    of records (aiokafka's, in offset order per partition) to ``handle``, until cancelled. Each partition
-    starts at ``group_id``'s committed offset (never committed here), else at its beginning; ``caught_up`` is
-    set once ``handle`` has had every record that was in the topic when this started."""
+    """Follow every partition of ``topic`` without a group, handing each fetched batch of records to
+    ``handle`` until cancelled; from ``group_id``'s committed offsets, else the beginning. ``caught_up`` is set
+    once ``handle`` has had every record the topic held when this started."""
     consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -1,7 +1,5 @@
-"""The scorer's impressions agent (#17): what clients displayed, the clicks that followed, per A/B arm.
-
-``impressions`` is partitioned like ``score-requests``, so a user's scorer sees both; attribution is
-``online.ab``'s. Bad records go to ``events.dlq``; counts go to ``ABMetrics`` and ``longtail-metrics``.
+"""The scorer's impressions agent (#17): what clients displayed and the clicks that followed, per A/B arm
+(``online.ab``'s attribution), into ``ABMetrics`` and ``longtail-metrics``; bad records go to ``events.dlq``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The ingest agent: validate each event once, update the user's state, emit score requests.
 
-:class:`IngestProcessor` is the per-batch logic without Faust or Kafka types; :func:`register` wires it to
-``events``, the ``user_state`` table and the output topics. Delivery is at-least-once and state updates are
-idempotent: a state keeps the last applied offset of each source partition (a forwarded event carries its
-origin in ``props["_origin"]``), so a redelivered event is skipped and counted. One score request goes out
-per user per micro-batch. :func:`fetch_highwaters` makes table recovery read the changelog to its real end,
-and a recovery that stopped short is counted (#20). An erasure record (#17) deletes the user's state after
-the request for their earlier events and puts a :class:`~streams.records.Forget` marker on ``score-requests``.
+:class:`IngestProcessor` is the per-batch logic, without Faust types; :func:`register` wires it to ``events``
+and the ``user_state`` table. Delivery is at-least-once, state updates idempotent (each state keeps the last
+applied offset per source partition), one score request per user per micro-batch. An erasure record (#17)
+deletes the state after the user's earlier requests and puts a :class:`~streams.records.Forget` marker out.
 """
 
 from __future__ import annotations
@@ -315,10 +312,9 @@ class OffsetGaps:
 
 
 async def fetch_highwaters(client, listed: Mapping) -> dict:
-    """The end offset of each partition in ``listed`` (from ListOffsets), raised to the high watermark of a
-    Fetch (one per leader, through aiokafka ``client``) where that is further; a failed Fetch keeps the listed
-    end. The embedded Tansu broker lists one past the first offset of the last record batch, so Faust's table
-    recovery stopped short of the log end and user states came back older (#20, docs/decisions.md)."""
+    """The end offset of each partition in ``listed`` (from ListOffsets), raised to a Fetch's high
+    watermark where further (a failed Fetch keeps it): Tansu lists one past the last batch's first offset, and
+    Faust's table recovery stopped there (#20)."""
     from aiokafka.protocol.fetch import FetchRequest
 
     ends = dict(listed)
@@ -418,8 +414,7 @@ def register(app, *, topics, processor: IngestProcessor, metrics, batch: int, ba
     user_state = app.Table(
         "user_state", default=None, partitions=processor.partitions,
         key_type=bytes, value_type=bytes,  # Faust picks the "raw" codec for bytes, in changelog and recovery
-        # The changelog partition comes from the key (murmur2, like the events topic), not from the
-        # "current event": a micro-batch mixes partitions.
+        # the changelog partition from the key (murmur2), not the "current event": a batch mixes partitions
         use_partitioner=True,
         help="Per-user state: recent items, event count, last ts, last applied offsets, consumed item hashes",
     )

@@ -100,9 +100,8 @@ class ScorerCore:
         self._published.put(user, (event_count, 1))
 
     def snapshot_state(self) -> dict:
-        """What a warm restart (#16) needs of this core beside the recommender: each user's learned event count
-        (in LRU order). Published lists are left out: one recorded as published may not have reached the log
-        before a crash, and its redelivered request must publish it again."""
+        """Each user's learned event count, in LRU order, for a warm restart (#16). Published lists are left
+        out: a redelivered request must publish again a list that may never have reached the log."""
         return {"learned": list(self._learned.items())}
 
     def restore_state(self, state: dict) -> None:
@@ -127,9 +126,8 @@ class ScorerCore:
         user = request.user_id
         first_index = request.event_count - len(request.new) + 1
         done = self._learned.get(user, 0)
-        # ``sequence`` is bounded and ends with the new items; ``new`` is not bounded (a burst can hold
-        # more events than the sequence keeps), so each event's history is what preceded the new
-        # items in the sequence plus the new items before it.
+        # ``new`` may outrun the bounded ``sequence``: an event's history is what preceded the new items in
+        # the sequence plus the new items before it
         new_items = [item for item, _ts, _event in request.new]
         before = request.sequence[:max(0, len(request.sequence) - len(new_items))]
         limit = max(len(request.sequence), 1)
@@ -162,9 +160,8 @@ class ScorerCore:
         return out.events
 
     def process(self, requests: Sequence[ScoreRequest | Forget], *, now: float | None = None) -> BatchOutput:
-        """Learn, coalesce and score a micro-batch. An erasure marker erases its user (:meth:`forget`) in
-        order: the user's requests before it are learned but not scored, and ``out.forgotten`` names the user
-        for a tombstone on ``recommendations``."""
+        """Learn, coalesce and score a micro-batch; an erasure marker forgets its user in order (earlier
+        requests learned, not scored) and names them in ``out.forgotten``."""
         out = BatchOutput()
         newest: dict[str, ScoreRequest] = {}
         for request in requests:
@@ -196,9 +193,8 @@ class ScorerCore:
         return out
 
     def batch_candidates(self, histories: Sequence[Sequence[str]]) -> list[dict[str, Sequence[Candidate]]] | None:
-        """The batch model's candidates per user, as the recommender's ``extras`` (None without a model), each
-        a :class:`~online.base.CandidateList`: a hundred ``Candidate`` objects per user and source cost more
-        than the rest of the request."""
+        """The batch model's candidates per user as the recommender's ``extras`` (None without a model), each
+        a :class:`~online.base.CandidateList` (building ``Candidate`` objects cost more than the rest)."""
         if self.model is None:
             return None
         found = self.model.candidates(list(histories), self.n_candidates, [set(h) for h in histories])

@@ -40,7 +40,7 @@ from online.prequential import ArmMetrics
 from online.recommender import CORE_SOURCES, OnlineRecommender
 from online.snapshot import SnapshotError, SnapshotStore, encode
 from streams.agents import impressions as impressions_agent
-from streams.agents.catalogue import Catalogue, committed_offsets, follow_items, follow_partitions
+from streams.agents.catalogue import Catalogue, committed_offsets, follow_partitions
 from streams.agents.ingest import fetch_log_ends, send_records
 from streams.agents.scorer import BATCH_SOURCES, ScorerCore
 from streams.config import LIST_DEPTH, WORKER_BATCH, Settings
@@ -60,8 +60,7 @@ SCORER_BATCH_WAIT_S = 0.02
 LEARN_BATCH = 500
 #: Item texts encoded per call of the text encoder.
 ENCODE_BATCH = 256
-#: Warm restart (#16): how often the online state is snapshotted (only when it learned something since),
-#: how many snapshots are kept, and the folder under ``TAILCAST_CHECKPOINT_DIR`` that holds them.
+#: Warm restart (#16): snapshot interval (when something was learned), snapshots kept, their folder.
 SNAPSHOT_INTERVAL_S = 30.0
 SNAPSHOT_KEEP = 2
 SNAPSHOT_DIR = "snapshots"
@@ -94,9 +93,8 @@ def snapshot_meta(settings: Settings, *, text_dim: int) -> dict[str, Any]:
 
 
 def encode_state(core: ScorerCore) -> bytes:
-    """A snapshot's payload: the recommender and :meth:`ScorerCore.snapshot_state`. The candidate pools
-    waiting for feedback (``_pending``) are left out, to keep it small: after a restart each user's next
-    event labels no list for the ranker, once."""
+    """A snapshot's payload: the recommender and :meth:`ScorerCore.snapshot_state`, without the candidate
+    pools waiting for feedback (``_pending``, the bulk): after a restart each user's next event labels none."""
     rec = core.recommender
     pending = rec._pending
     rec._pending = collections.OrderedDict()
@@ -177,8 +175,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     arm_metrics = ArmMetrics(k=settings.scorer.k, window_events=lt.window_events, head_share=lt.head_share,
                              max_pending_per_user=max(64, 2 * WORKER_BATCH))
     between_batches = asyncio.Lock()
-    # held from the scoring of lists to their hand-over to the producer, and while catalogue changes are
-    # applied: a list scored before a hide was applied is sent before it is, every other one excludes it
+    # held from scoring lists to handing them to the producer, and while catalogue changes apply (#17)
     publishing = asyncio.Lock()
     catalogue_read = asyncio.Event()  # set once the items topic is read to where it ended at start-up
     producer = app.producer
@@ -378,7 +375,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
     @app.task
     async def catalog() -> None:
         """Read the whole items topic, then follow it; catalogue control is applied as records arrive."""
-        await follow_items(settings.kafka, apply_items, caught_up=catalogue_read)
+        await follow_partitions(settings.kafka, ITEMS, apply_items, caught_up=catalogue_read)
 
     async def learn_others(records) -> None:
         try:

@@ -1,12 +1,10 @@
 """Prequential replay of a dataset through the pipeline's own code, and the pairing every mode shares.
 
-:func:`run_offline` runs micro-batches of ``batch`` events through the worker's
-:class:`~streams.agents.ingest.IngestProcessor` and each system's :class:`~streams.agents.scorer.ScorerCore`.
-:class:`Scoreboard` pairs event ``j`` of a user with their latest list with ``user_event_count <= j - 1``:
-``exact``, ``stale`` (coalesced) or ``none`` (a miss); events before ``warmup_events`` are not scored.
-``refresh_every=N`` swaps a batch model trained on all earlier events into the
-:data:`~streams.evaluation.systems.MODEL_KINDS` systems at each multiple of N, as deployed (:class:`Refresh`);
-``scorers=N`` splits the partitions between N scorers (:class:`PartitionedCores`).
+:func:`run_offline` runs micro-batches through the worker's :class:`~streams.agents.ingest.IngestProcessor`
+and each system's :class:`~streams.agents.scorer.ScorerCore`. :class:`Scoreboard` pairs event ``j`` of a user
+with their latest list with ``user_event_count <= j - 1``: ``exact``, ``stale`` (coalesced) or ``none`` (a
+miss). ``refresh_every=N`` swaps a batch model trained on all earlier events into the
+:data:`~streams.evaluation.systems.MODEL_KINDS` systems at each multiple of N, as deployed (:class:`Refresh`).
 """
 
 from __future__ import annotations
@@ -48,10 +46,7 @@ class PreparedStream:
 
     @property
     def final_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for e, j in zip(self.events, self.index):
-            out[e.user] = j
-        return out
+        return {e.user: j for e, j in zip(self.events, self.index)}
 
 
 def _value(e: Event) -> bytes:
@@ -208,12 +203,11 @@ class Scoreboard:
         self._take(self.metrics.flush())
         arm = arm or self.name
         am = self.metrics
-        if arm in am.arms():
-            rec = am.record(arm, window_end)
-            q = am.quality(arm).get()
-            counts = am.exposure(arm).exposure_counts()
-        else:  # a system that never published a list
+        if arm not in am.arms():  # a system that never published a list
             raise HarnessError(f"{self.name}: no list was ever observed for arm {arm!r}")
+        rec = am.record(arm, window_end)
+        q = am.quality(arm).get()
+        counts = am.exposure(arm).exposure_counts()
         metrics = {
             "hr": rec["hr"], "ndcg": rec["ndcg"], "tail_hr": rec["tail_hr"], "hr_by_bucket": rec["hr_by_bucket"],
             "tail_share": rec["tail_share"], "coverage": rec["coverage"], "gini": rec["gini"], "aplt": rec["aplt"],
@@ -236,9 +230,8 @@ class Scoreboard:
 
 
 class PartitionedCores:
-    """N :class:`ScorerCore` behind one core's interface, as ``tailcast scorer`` instances split the
-    partitions: scorer ``p % N`` serves partition ``p``, and each first learns the other scorers' requests
-    (:meth:`ScorerCore.learn`, as ``learn_all`` does). Lists come out scorer by scorer."""
+    """N :class:`ScorerCore` behind one core's interface, splitting the partitions as ``tailcast scorer``
+    instances do (``p % N``), each first learning the others' requests as ``learn_all`` does."""
 
     def __init__(self, cores: Sequence[ScorerCore], partitions: int) -> None:
         if not 1 <= len(cores) <= partitions:
@@ -278,8 +271,7 @@ class PartitionedCores:
             yield from core.rescore_active(batch=batch, now=now)
 
 
-#: Kinds that run on the batch model or the item text vectors (kept in the calling process: neither is sent
-#: to a worker process, and the refresher trains here).
+#: Kinds kept in the calling process: the batch model and the text vectors are not sent to a worker.
 _PINNED_KINDS = (*MODEL_KINDS, "tailcast-online")
 
 #: Users re-scored per call after a swap (the live scorer's ``rescore_active(batch=256)``).
@@ -394,17 +386,25 @@ def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
     threads = torch.get_num_threads() if torch is not None else None
 
     def train(events: Sequence[Event]):
-        torch_now = sys.modules.get("torch")
-        if torch_now is None or threads is None:
+        with _torch_threads(threads):
             return refresher(events)
-        before = torch_now.get_num_threads()
-        torch_now.set_num_threads(threads)
-        try:
-            return refresher(events)
-        finally:
-            torch_now.set_num_threads(before)
 
     return train
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's thread count set to ``n`` (None, or torch not imported: left alone), then put back."""
+    torch = sys.modules.get("torch")
+    if torch is None or n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
@@ -413,16 +413,8 @@ def _one_thread() -> Iterator[None]:
     cost more than they save, and every process replays alike, so no system's numbers depend on the split."""
     from threadpoolctl import threadpool_limits
 
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        if torch is not None:
-            torch.set_num_threads(before)
+    with _torch_threads(1), threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @_one_thread()

@@ -1,7 +1,5 @@
-"""``--mode live``: the real pipeline (broker, ``tailcast worker``, ``tailcast scorer``) on a replayed dataset.
-
-:func:`run_live` runs it (a configured ``TAILCAST_KAFKA`` needs fresh topics) until every user's final state
-has its list; :func:`score_live` pairs the lists with the events, one system per A/B arm on its own users.
+"""``--mode live``: :func:`run_live` runs the real broker, worker and scorer on a replayed dataset until
+every user's final state has its list; :func:`score_live` pairs the lists with the events per A/B arm.
 """
 
 from __future__ import annotations

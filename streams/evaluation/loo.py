@@ -1,10 +1,7 @@
-"""Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast.
-
-MostPop and ItemCF go through ``models.loo.evaluate_split``; the Transformer and the Mult-VAE are trained
-on the train part and early-stopped on the validation item. tailcast at each strength replays the stream
-minus the test events through the scorer's micro-batches (the trained models as frozen batch sources from
-the validation events on, so the ranker learns their weight out of sample), then ranks one top-``k`` list
-per user: a rank beyond ``k``, or a target repeating a history item, is a miss.
+"""Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast,
+which replays the stream minus the test events through the scorer's micro-batches (the trained models as
+frozen batch sources from the validation events on, so the ranker learns their weight out of sample) and
+ranks one top-``k`` list per user: a rank beyond ``k``, or a target repeating a history item, is a miss.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""``report.json``, ``report.md`` and the PNG plots of ``tailcast evaluate`` (docs/design.md §6).
-
-``report.json`` is ``{system: {metric: value}}`` with the docs/design.md §3/§4 names (``hr_by_bucket`` nested as
-in the ``longtail-metrics`` record) and nothing else; the run's details and verdicts go to ``run.json``.
+"""``report.json`` (``{system: {metric: value}}``, the docs/design.md §3/§4 names), ``run.json`` (the run's
+details and verdicts), ``report.md`` and the PNG plots of ``tailcast evaluate`` (docs/design.md §6).
 """
 
 from __future__ import annotations
@@ -69,16 +67,10 @@ def _against(curve: list[tuple[float, float, float, str]], ndcg: float, val: flo
 
 
 def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
-    """The docs/design.md §7 checks that one run can answer.
-
-    * ``tradeoff``: is each tailcast point (NDCG@10, y) above every TailBoost curve (:data:`TAILBOOST_CURVES`),
-      interpolated at the same NDCG, for y = tail share and tail HR@10? Outside a curve's NDCG range it must
-      beat the nearest end on both; a curve the run lacks is listed as missing.
-    * ``quality``: tailcast at knob 0 vs the best baseline: NDCG@10 ratio >= :data:`QUALITY_RATIO`.
-    * ``consumed``: each tailcast row's share of already-consumed slots, <= :data:`MAX_CONSUMED_SHARE`.
-    * ``long_tail_users``: the ``<=5`` bucket's HR@10 of tailcast vs every baseline.
-    * ``batch_models``: each tailcast row's NDCG@10 above the ``online only`` row of its strength.
-    """
+    """The docs/design.md §7 checks one run can answer: ``tradeoff`` (each tailcast point above every
+    :data:`TAILBOOST_CURVES` curve at the same NDCG@10, for tail share and tail HR@10; outside a curve's range,
+    beating its nearest end on both), ``quality`` (:data:`QUALITY_RATIO`), ``consumed``
+    (:data:`MAX_CONSUMED_SHARE`), ``long_tail_users`` (``<=5`` HR@10 vs every baseline) and ``batch_models``."""
     out: dict = {"tradeoff": {}, "quality": {}, "consumed": {}, "long_tail_users": {}, "batch_models": {}}
     for y in ("tail_share", "tail_hr"):
         tc = _curve(results, ("tailcast",), y)

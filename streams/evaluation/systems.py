@@ -1,9 +1,7 @@
 """The systems ``tailcast evaluate`` compares, each a :class:`~streams.agents.scorer.ScorerCore` around its
-recommender (same micro-batches, coalescing and pairing), named by :class:`SystemSpec`: tailcast at each
-strength (also ``no VAE`` and ``online only`` with a batch model), ``MostPop``, ``ItemCF`` and its
-``TailBoost`` (score × (1 + λ·is_tail)), ``CoVisit-raw`` (docs/design.md §5) and its TailBoost, and a batch
-source alone. The baselines keep each user's whole consumed set, never recommend from it, top up with
-window MostPop and split head/tail as tailcast does (:class:`~streams.evaluation.window.WindowPopularity`).
+recommender, named by :class:`SystemSpec`: tailcast at each strength (``no VAE``, ``online only``), MostPop,
+ItemCF and CoVisit-raw (docs/design.md §5) with their TailBoost curves, and a batch source alone. Baselines
+never recommend a consumed item, top up with window MostPop, and split head/tail as tailcast does.
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ KINDS = ("tailcast", "tailcast-novae", "tailcast-online", "mostpop", "itemcf", "
          "covisit-raw-boost", "transformer", "vae")
 TAILCAST_KINDS = ("tailcast", "tailcast-novae", "tailcast-online")
 BASELINE_KINDS = tuple(k for k in KINDS if k not in TAILCAST_KINDS)
-#: Kinds that serve the batch model (a checkpoint, or the one trained here and refreshed): each is given
-#: :func:`batch_model_for` its kind at start and at every swap.
+#: Kinds that serve the batch model, given :func:`batch_model_for` their kind at start and at every swap.
 MODEL_KINDS = ("tailcast", "tailcast-novae", "transformer", "vae")
 #: The co-visitation TailBoost curves of docs/design.md §7: the λ = 0 kind and the λ > 0 kind of each.
 TAILBOOST_CURVES = {"TailBoost (ItemCF)": ("itemcf", "tailboost"),
@@ -89,8 +86,7 @@ class PerUserRecommender:
                        user_event_counts: Sequence[int], *, arms: Sequence[str],
                        extras: Sequence[Mapping[str, Sequence[Candidate]] | None] | None = None,
                        k: int | None = None, excludes=None, consumed=None) -> list[list[Candidate]]:
-        # ``consumed`` (the requests' hashes of the users' consumed items) is not needed: the baselines keep
-        # each user's consumed items themselves, exactly, from learn_one
+        # ``consumed`` is not needed: the baselines keep each user's consumed items themselves
         extras = extras if extras is not None else [None] * len(users)
         return [self.recommend(u, h, c, arm=a, extra=x)
                 for u, h, c, a, x in zip(users, histories, user_event_counts, arms, extras)]
@@ -157,10 +153,8 @@ class WindowMostPop(_Baseline):
 
 
 class _RankedCoVisitation(CoVisitation):
-    """:class:`CoVisitation` with the read the baselines need: the top ``n`` items and scores (those of
-    :meth:`CoVisitation.top`), anchors only for the few items shown, and each user's consumed items kept as
-    indices (:meth:`consumed_by`), so a long history costs no lookup per request.
-    """
+    """:class:`CoVisitation` with the read the baselines need: the top ``n`` items and scores, anchors only
+    for the items shown, and each user's consumed items as indices (:meth:`consumed_by`)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -186,9 +180,8 @@ class _RankedCoVisitation(CoVisitation):
 
 
 class CoVisitBaseline(_Baseline):
-    """Co-visitation (ItemCF: the decayed, normalised :class:`CoVisitation`; CoVisit-raw: its
-    :meth:`~CoVisitation.transitions` counter) alone, or its top ``n_candidates`` re-sorted by
-    score × (1 + λ·is_tail) (TailBoost, λ = ``boost`` > 0); topped up with window MostPop."""
+    """ItemCF (:class:`CoVisitation`) or CoVisit-raw (its transition counter) alone, or its top
+    ``n_candidates`` re-sorted by score × (1 + λ·is_tail) (TailBoost, λ = ``boost`` > 0)."""
 
     def __init__(self, *, boost: float, k: int, n_candidates: int, window_events: int, head_share: float,
                  raw: bool = False) -> None:

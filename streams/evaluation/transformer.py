@@ -1,9 +1,7 @@
-"""The Transformer for evaluation: load a published checkpoint, or train one quickly with ``models/``.
-
-Quick training uses only the events given, ids only, within a budget, early-stopped on each user's last
-event, with an optional Mult-VAE served beside it; both serve through :class:`models.scoring.BatchScorer`.
-:class:`Refresher` retrains on all events so far at each refresh point, warm-starting the Transformer (its
-vocabulary the new one's prefix; no leakage) unless ``warm_start=False``; the Mult-VAE starts from scratch.
+"""The Transformer for evaluation: a published checkpoint, or one trained quickly with ``models/`` on the
+events given (ids only, a time budget, early-stopped on each user's last event, optionally with a Mult-VAE).
+:class:`Refresher` retrains at each refresh point, warm-starting the Transformer (no leakage: its vocabulary
+is the new one's prefix) unless ``warm_start=False``; the Mult-VAE always starts from scratch.
 """
 
 from __future__ import annotations
