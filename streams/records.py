@@ -14,9 +14,11 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 
+from online.ab import Impression
+
 __all__ = ["BadEvent", "DLQ_REASONS", "CATALOG_CHANGES", "ValidEvent", "Forget", "FORGET", "parse_event",
            "read_request", "ScoreRequest", "RecommendedItem", "Recommendation", "dead_letter", "parse_item",
-           "parse_item_key", "ItemRecord", "ImpressionRecord", "MAX_IMPRESSION_ITEMS", "parse_impression", "dumps",
+           "parse_item_key", "ItemRecord", "MAX_IMPRESSION_ITEMS", "parse_impression", "dumps",
            "loads"]
 
 dumps = orjson.dumps
@@ -423,25 +425,15 @@ def parse_item_key(key: bytes | None) -> str:
     return _id({"item_id": text}, "item_id")
 
 
-@dataclass(frozen=True, slots=True)
-class ImpressionRecord:
-    """One ``impressions`` record (#17): a list a client displayed, ``items[n]`` at ``positions[n]``."""
-
-    user_id: str
-    list_id: str
-    items: tuple[str, ...]
-    positions: tuple[int, ...]
-    ts: float
-
-
-def parse_impression(raw: bytes | None, *, max_bytes: int, default_ts: float) -> ImpressionRecord:
+def parse_impression(raw: bytes | None, *, max_bytes: int, default_ts: float) -> Impression:
     """Validate one ``impressions`` record (``streams/schemas/impressions.schema.json``) or raise
-    :class:`BadEvent`. Ids are read as events' ids are; ``ts`` defaults to the Kafka record time.
+    :class:`BadEvent`: the ledger's :class:`~online.ab.Impression`, its ``arm`` left for the reader to assign.
+    Ids are read as events' ids are; ``ts`` defaults to the Kafka record time.
 
     >>> parse_impression(b'{"user_id": "u1", "list_id": "u1:3:0", "ts": 9,'
     ...                  b' "items": [{"item_id": "i4", "position": 0}, {"item_id": 7, "position": 1}]}',
     ...                  max_bytes=1000, default_ts=5.0)
-    ImpressionRecord(user_id='u1', list_id='u1:3:0', items=('i4', '7'), positions=(0, 1), ts=9.0)
+    Impression(user='u1', list_id='u1:3:0', items=('i4', '7'), positions=(0, 1), ts=9.0, arm='')
     >>> parse_impression(b'{"user_id": "u1", "list_id": "x", "items": [{"item_id": "i4"}]}',
     ...                  max_bytes=1000, default_ts=5.0)
     Traceback (most recent call last):
@@ -469,4 +461,4 @@ def parse_impression(raw: bytes | None, *, max_bytes: int, default_ts: float) ->
         if isinstance(pos, bool) or not isinstance(pos, int) or pos < 0:
             raise BadEvent("wrong_type", f"items[{n}].position must be an integer >= 0, got {pos!r:.40}")
         positions.append(pos)
-    return ImpressionRecord(user_id, list_id, tuple(items), tuple(positions), _timestamp(obj, default_ts))
+    return Impression(user_id, list_id, tuple(items), tuple(positions), _timestamp(obj, default_ts), "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from online.ab import Credit, Impression, ImpressionLedger
@@ -35,9 +36,9 @@ class Impressions:
 
     def read(self, raw: bytes | None, *, default_ts: float) -> Impression:
         """One ``impressions`` value as the ledger takes it; :class:`BadEvent` when it breaks the contract."""
-        rec = parse_impression(raw, max_bytes=self.max_bytes, default_ts=default_ts)
-        user = pseudonymize(rec.user_id, self.pseudonymize_key) if self.pseudonymize_key else rec.user_id
-        return Impression(user, rec.list_id, rec.items, rec.positions, rec.ts, self.arms.assign(user))
+        imp = parse_impression(raw, max_bytes=self.max_bytes, default_ts=default_ts)
+        user = pseudonymize(imp.user, self.pseudonymize_key) if self.pseudonymize_key else imp.user
+        return replace(imp, user=user, arm=self.arms.assign(user))
 
     def add(self, imp: Impression) -> None:
         before = self.ledger.counts.get(imp.arm)
