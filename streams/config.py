@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +58,6 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _text(text: str) -> str:
-    return text
-
-
 def _optional_text(text: str) -> str | None:
     return text or None
 
@@ -98,7 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_KAFKA_SSL_CAFILE", "", _optional_text, "CA bundle for SSL/SASL_SSL."),
     Setting("TAILCAST_PROCESSING_GUARANTEE", "at_least_once", _choice("at_least_once", "exactly_once"),
             "Faust processing guarantee. exactly_once needs Kafka transactions (real Kafka only)."),
-    Setting("TAILCAST_STATE_DIR", "var/state", _text, "Faust data directory (local table state)."),
+    Setting("TAILCAST_STATE_DIR", "var/state", Path, "Faust data directory (local table state)."),
     Setting("TAILCAST_METRICS_PORT", "", _optional_text,
             "Prometheus /metrics port; default 9101 worker, 9102 scorer, 9103 trainer (the api serves /metrics on "
             "TAILCAST_API_PORT); 0 disables."),
@@ -129,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
             "How often a longtail-metrics record is published per arm (seconds); 0 runs no exposure "
             "(long-tail metrics) agent in the scorer."),
     Setting("TAILCAST_DEVICE", "auto", _choice("auto", "cpu", "cuda"), "Torch device for the scorer/trainer."),
-    Setting("TAILCAST_CHECKPOINT_DIR", "var/checkpoints", _text, "Where the trainer publishes checkpoints."),
+    Setting("TAILCAST_CHECKPOINT_DIR", "var/checkpoints", Path, "Where the trainer publishes checkpoints."),
     Setting("TAILCAST_MODEL_POLL_S", "10", _positive_float, "How often the scorer looks for a new checkpoint."),
     Setting("TAILCAST_TORCH_THREADS", "1", _positive_int,
             "Torch intra-op and numpy BLAS threads in the scorer and trainer (1 keeps a small box responsive)."),
@@ -261,17 +257,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ValueError
     except ValueError:
         raise ConfigError(f"TAILCAST_METRICS_PORT={port_text!r}: must be a port number 0-65535") from None
-    kafka = KafkaSettings(
-        bootstrap=r("TAILCAST_KAFKA"),
-        partitions=r("TAILCAST_PARTITIONS"),
-        replication=r("TAILCAST_REPLICATION"),
-        security_protocol=r("TAILCAST_KAFKA_SECURITY_PROTOCOL"),
-        sasl_mechanism=r("TAILCAST_KAFKA_SASL_MECHANISM"),
-        sasl_username=r("TAILCAST_KAFKA_SASL_USERNAME"),
-        sasl_password=r("TAILCAST_KAFKA_SASL_PASSWORD"),
-        ssl_cafile=r("TAILCAST_KAFKA_SSL_CAFILE"),
-        processing_guarantee=r("TAILCAST_PROCESSING_GUARANTEE"),
-    )
+    def room(cls, prefix: str = "", **names: str):
+        """``cls`` with each field read from ``TAILCAST_<prefix><FIELD>``, or from the variable ``names`` gives."""
+        return cls(**{f.name: r(names.get(f.name, f"TAILCAST_{prefix}{f.name.upper()}")) for f in fields(cls)})
+
+    kafka = room(KafkaSettings, "KAFKA_", bootstrap="TAILCAST_KAFKA", partitions="TAILCAST_PARTITIONS",
+                 replication="TAILCAST_REPLICATION", processing_guarantee="TAILCAST_PROCESSING_GUARANTEE")
     if kafka.security_protocol.startswith("SASL") and not (kafka.sasl_username and kafka.sasl_password):
         raise ConfigError("TAILCAST_KAFKA_SECURITY_PROTOCOL=SASL_* needs TAILCAST_KAFKA_SASL_USERNAME and "
                           "TAILCAST_KAFKA_SASL_PASSWORD")
@@ -280,34 +271,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                           "the embedded broker has no transactions")
     return Settings(
         kafka=kafka,
-        worker=WorkerSettings(
-            history_len=r("TAILCAST_HISTORY_LEN"),
-            max_event_bytes=r("TAILCAST_MAX_EVENT_BYTES"),
-            pseudonymize_key=r("TAILCAST_PSEUDONYMIZE_KEY"),
-            consumed_max=r("TAILCAST_CONSUMED_MAX"),
-            exclude_consumed=r("TAILCAST_EXCLUDE_CONSUMED"),
-        ),
-        scorer=ScorerSettings(
-            k=r("TAILCAST_K"),
-            arms=r("TAILCAST_ARMS"),
-            device=r("TAILCAST_DEVICE"),
-            checkpoint_dir=Path(r("TAILCAST_CHECKPOINT_DIR")),
-            model_poll_s=r("TAILCAST_MODEL_POLL_S"),
-            torch_threads=r("TAILCAST_TORCH_THREADS"),
-            quantize=r("TAILCAST_QUANTIZE"),
-            text_encoder=r("TAILCAST_TEXT_ENCODER"),
-        ),
-        longtail=LongTailSettings(
-            window_events=r("TAILCAST_WINDOW_EVENTS"),
-            head_share=r("TAILCAST_HEAD_SHARE"),
-            interval_s=r("TAILCAST_METRICS_INTERVAL_S"),
-        ),
-        trainer=TrainerSettings(
-            interval_s=r("TAILCAST_TRAIN_INTERVAL_S"),
-            max_seconds=r("TAILCAST_TRAIN_MAX_SECONDS"),
-            vae_max_seconds=r("TAILCAST_TRAIN_VAE_MAX_SECONDS"),
-        ),
-        state_dir=Path(r("TAILCAST_STATE_DIR")),
+        worker=room(WorkerSettings),
+        scorer=room(ScorerSettings),
+        longtail=room(LongTailSettings, interval_s="TAILCAST_METRICS_INTERVAL_S"),
+        trainer=room(TrainerSettings, "TRAIN_"),
+        state_dir=r("TAILCAST_STATE_DIR"),
         metrics_port=metrics_port,
         log_level=r("TAILCAST_LOG_LEVEL"),
         api_port=r("TAILCAST_API_PORT"),

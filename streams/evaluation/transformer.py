@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from dataclasses import replace as _dc_replace
 from pathlib import Path
 from typing import Any
@@ -158,25 +158,25 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
                               warm=warm)
 
 
+@dataclass(kw_only=True, eq=False)
 class Refresher:
     """``--refresh-every``: events so far -> a new ``BatchScorer`` trained as :func:`train_quick` does
     (``warm_start``: from the previous call's Transformer); :attr:`history` keeps each refresh's figures."""
 
-    def __init__(self, *, seconds: float, vae_seconds: float = 0.0, seed: int = 0, device: str = "auto",
-                 augment_cap: int = 0, augment_weight: float = 0.5, warm_start: bool = True,
-                 log_line: Callable[[str], None] = print) -> None:
-        if seconds <= 0:
+    seconds: float
+    vae_seconds: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    augment_cap: int = 0
+    augment_weight: float = 0.5
+    warm_start: bool = True
+    log_line: Callable[[str], None] = print
+    last: TrainedTransformer | None = field(default=None, init=False)
+    history: list[dict] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0:
             raise ValueError("a refresh needs a Transformer training budget: seconds > 0 (--train-transformer)")
-        self.seconds = seconds
-        self.vae_seconds = vae_seconds
-        self.seed = seed
-        self.device = device
-        self.augment_cap = augment_cap
-        self.augment_weight = augment_weight
-        self.warm_start = warm_start
-        self.log_line = log_line
-        self.last: TrainedTransformer | None = None
-        self.history: list[dict] = []
 
     def __call__(self, events: Sequence) -> object:
         rows = [(e.user, e.item, e.ts) for e in events]
