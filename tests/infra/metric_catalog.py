@@ -32,58 +32,66 @@ class Metric:
     optional_labels: tuple[str, ...] = ()
 
 
-METRICS: tuple[Metric, ...] = (
-    # worker (TAILCAST_METRICS_PORT default 9101)
-    Metric("tailcast_worker_events_consumed_total", "counter"),
-    Metric("tailcast_worker_events_valid_total", "counter"),
-    Metric("tailcast_worker_dlq_records_total", "counter", ("reason",)),
-    Metric("tailcast_worker_duplicates_skipped_total", "counter"),
-    Metric("tailcast_worker_offsets_skipped_total", "counter"),
-    Metric("tailcast_worker_recovery_checks_total", "counter", ("outcome",)),
-    Metric("tailcast_worker_user_states", "gauge"),
-    Metric("tailcast_worker_score_requests_total", "counter"),
-    Metric("tailcast_worker_batch_size_events", "histogram"),
-    Metric("tailcast_worker_consumer_lag_messages", "gauge", ("topic",)),
-    # scorer (default 9102)
-    Metric("tailcast_scorer_requests_consumed_total", "counter"),
-    Metric("tailcast_scorer_requests_coalesced_total", "counter"),
-    Metric("tailcast_scorer_recommendations_published_total", "counter", ("arm",)),
-    Metric("tailcast_scorer_event_to_recommendation_latency_seconds", "histogram", ("arm",)),
-    Metric("tailcast_scorer_batch_size_users", "histogram"),
-    Metric("tailcast_scorer_batch_latency_seconds", "histogram"),
-    Metric("tailcast_scorer_model_info", "gauge", ("version", "device")),
-    Metric("tailcast_scorer_model_loaded_timestamp_seconds", "gauge"),
-    Metric("tailcast_scorer_model_load_failures_total", "counter"),
-    Metric("tailcast_scorer_pending_requests", "gauge"),
-    Metric("tailcast_scorer_consumer_lag_messages", "gauge", ("topic",)),
-    Metric("tailcast_blender_auc_ratio", "gauge", ("arm", "source"), optional_labels=("arm",)),
-    Metric("tailcast_scorer_catalog_records_total", "counter", ("change",)),
-    Metric("tailcast_scorer_events_learned_total", "counter", ("path",)),
-    Metric("tailcast_scorer_snapshot_timestamp_seconds", "gauge"),
-    Metric("tailcast_scorer_restore_seconds", "gauge"),
-    Metric("tailcast_scorer_first_list_seconds", "gauge"),
-    Metric("tailcast_scorer_snapshot_failures_total", "counter", ("stage",)),
-    # long-tail exposure agent (in the scorer process)
-    Metric("tailcast_longtail_tail_share_ratio", "gauge", ("arm",)),
-    Metric("tailcast_longtail_coverage_ratio", "gauge", ("arm",)),
-    Metric("tailcast_longtail_gini_ratio", "gauge", ("arm",)),
-    Metric("tailcast_longtail_aplt_ratio", "gauge", ("arm",)),
-    Metric("tailcast_longtail_novelty_bits", "gauge", ("arm",)),
-    Metric("tailcast_longtail_ndcg_ratio", "gauge", ("arm",)),
-    Metric("tailcast_longtail_hit_rate_ratio", "gauge", ("arm", "target", "bucket")),
-    Metric("tailcast_longtail_window_events", "gauge", ("arm",)),
-    Metric("tailcast_longtail_paired_events_total", "counter", ("arm", "pairing")),
-    # impressions agent (in the scorer process, #17)
-    Metric("tailcast_ab_impressions_total", "counter", ("arm",)),
-    Metric("tailcast_ab_slots_total", "counter", ("arm", "segment")),
-    Metric("tailcast_ab_clicks_total", "counter", ("arm", "segment")),
-    Metric("tailcast_ab_impressions_rejected_total", "counter", ("reason",)),
-    # trainer (default 9103)
-    Metric("tailcast_trainer_refresh_total", "counter"),
-    Metric("tailcast_trainer_last_refresh_timestamp_seconds", "gauge"),
-    Metric("tailcast_trainer_refresh_duration_seconds", "histogram"),
-    Metric("tailcast_trainer_valid_ndcg_ratio", "gauge", ("model",)),
-)
+def _table(text: str) -> tuple[Metric, ...]:
+    """The catalog from one line a metric: its name, kind and labels (``label?``: optional); ``#``: a comment."""
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return tuple(Metric(name, kind, tuple(label.rstrip("?") for label in labels),
+                        tuple(label[:-1] for label in labels if label.endswith("?")))
+                 for name, kind, *labels in rows)
+
+
+METRICS: tuple[Metric, ...] = _table("""
+# worker (TAILCAST_METRICS_PORT default 9101)
+tailcast_worker_events_consumed_total                      counter
+tailcast_worker_events_valid_total                         counter
+tailcast_worker_dlq_records_total                          counter   reason
+tailcast_worker_duplicates_skipped_total                   counter
+tailcast_worker_offsets_skipped_total                      counter
+tailcast_worker_recovery_checks_total                      counter   outcome
+tailcast_worker_user_states                                gauge
+tailcast_worker_score_requests_total                       counter
+tailcast_worker_batch_size_events                          histogram
+tailcast_worker_consumer_lag_messages                      gauge     topic
+# scorer (default 9102)
+tailcast_scorer_requests_consumed_total                    counter
+tailcast_scorer_requests_coalesced_total                   counter
+tailcast_scorer_recommendations_published_total            counter   arm
+tailcast_scorer_event_to_recommendation_latency_seconds    histogram arm
+tailcast_scorer_batch_size_users                           histogram
+tailcast_scorer_batch_latency_seconds                      histogram
+tailcast_scorer_model_info                                 gauge     version device
+tailcast_scorer_model_loaded_timestamp_seconds             gauge
+tailcast_scorer_model_load_failures_total                  counter
+tailcast_scorer_pending_requests                           gauge
+tailcast_scorer_consumer_lag_messages                      gauge     topic
+tailcast_blender_auc_ratio                                 gauge     arm? source
+tailcast_scorer_catalog_records_total                      counter   change
+tailcast_scorer_events_learned_total                       counter   path
+tailcast_scorer_snapshot_timestamp_seconds                 gauge
+tailcast_scorer_restore_seconds                            gauge
+tailcast_scorer_first_list_seconds                         gauge
+tailcast_scorer_snapshot_failures_total                    counter   stage
+# long-tail exposure agent (in the scorer process)
+tailcast_longtail_tail_share_ratio                         gauge     arm
+tailcast_longtail_coverage_ratio                           gauge     arm
+tailcast_longtail_gini_ratio                               gauge     arm
+tailcast_longtail_aplt_ratio                               gauge     arm
+tailcast_longtail_novelty_bits                             gauge     arm
+tailcast_longtail_ndcg_ratio                               gauge     arm
+tailcast_longtail_hit_rate_ratio                           gauge     arm target bucket
+tailcast_longtail_window_events                            gauge     arm
+tailcast_longtail_paired_events_total                      counter   arm pairing
+# impressions agent (in the scorer process, #17)
+tailcast_ab_impressions_total                              counter   arm
+tailcast_ab_slots_total                                    counter   arm segment
+tailcast_ab_clicks_total                                   counter   arm segment
+tailcast_ab_impressions_rejected_total                     counter   reason
+# trainer (default 9103)
+tailcast_trainer_refresh_total                             counter
+tailcast_trainer_last_refresh_timestamp_seconds            gauge
+tailcast_trainer_refresh_duration_seconds                  histogram
+tailcast_trainer_valid_ndcg_ratio                          gauge     model
+""")
 
 # Series Prometheus itself adds to every target.
 BUILTIN_SERIES = frozenset({"up"})
