@@ -92,6 +92,11 @@ class BestEpoch:
     epoch: int = 0
     state: dict[str, torch.Tensor] | None = None
     evals_since: int = 0
+    start: float = field(default_factory=time.perf_counter)  # training's start, for the time budget
+    history: list = field(default_factory=list)  # one log per epoch
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
 
     def update(self, model: torch.nn.Module, epoch: int, ndcg: float) -> bool:
         """Record one validation run; True, and the weights kept, when it beats every earlier one."""
@@ -102,8 +107,8 @@ class BestEpoch:
             self.evals_since += 1
         return improved
 
-    def end_epoch(self, model: torch.nn.Module, log, config, max_seconds: float | None, start: float,
-                  evaluate: Callable[[], dict[str, float]] | None, history: list, callbacks: Sequence) -> bool:
+    def end_epoch(self, model: torch.nn.Module, log, config, max_seconds: float | None,
+                  evaluate: Callable[[], dict[str, float]] | None, callbacks: Sequence) -> bool:
         """After epoch ``log.epoch``: validate when due (every ``config.eval_every`` epochs, the last one, or
         past ``max_seconds`` since ``start``; ``evaluate`` None: no validation data), append the log with
         the validation figures to ``history``, call the callbacks; True when training should stop
@@ -112,9 +117,9 @@ class BestEpoch:
         if evaluate is not None and (log.epoch % config.eval_every == 0 or log.epoch == config.epochs or out_of_time):
             m = evaluate()
             improved = self.update(model, log.epoch, m["ndcg"])
-            log = replace(log, seconds=time.perf_counter() - start, valid_hr=m["hr"], valid_ndcg=m["ndcg"],
+            log = replace(log, seconds=self.seconds(), valid_hr=m["hr"], valid_ndcg=m["ndcg"],
                           improved=improved)
-        history.append(log)
+        self.history.append(log)
         for cb in callbacks:
             cb(log)
         return self.evals_since >= config.patience or out_of_time
@@ -237,11 +242,9 @@ def train(
     L = windows.shape[1]
     lengths = (windows != 0).sum(1).numpy()
     opt = _optimizer(model, config)
-    start = time.perf_counter()
-    best, step = BestEpoch(), 0
-    history: list[EpochLog] = []
     evaluate = None if valid is None else (
         lambda: evaluate_model(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size))
+    best, step = BestEpoch(), 0
     for epoch in range(1, config.epochs + 1):
         model.train()
         total, n_batches = 0.0, 0
@@ -266,12 +269,12 @@ def train(
         train_loss = total / max(n_batches, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss became {train_loss} at epoch {epoch}; lower lr")
-        log = EpochLog(epoch=epoch, step=step, train_loss=train_loss, seconds=time.perf_counter() - start)
-        if best.end_epoch(model, log, config, config.max_seconds, start, evaluate, history, callbacks):
+        log = EpochLog(epoch=epoch, step=step, train_loss=train_loss, seconds=best.seconds())
+        if best.end_epoch(model, log, config, config.max_seconds, evaluate, callbacks):
             break
     if best.state is None:  # no validation data: keep the last state
-        best.state, best.epoch = cpu_state(model), history[-1].epoch
+        best.state, best.epoch = cpu_state(model), best.history[-1].epoch
     model.load_state_dict(best.state)
     model.eval()
     return TrainResult(best_state=best.state, best_valid_ndcg=best.ndcg, best_epoch=best.epoch, steps=step,
-                       history=history)
+                       history=best.history)

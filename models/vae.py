@@ -37,7 +37,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from torch import Tensor, nn
 
 from models.loo import evaluate_ranking, metrics_from_ranks
 from models.sequence import config_from_dict
-from models.train import BestEpoch, cpu_state
+from models.train import BestEpoch, EpochLog, cpu_state
 from online.snapshot import write_atomic
 
 __all__ = ["MultVAEConfig", "MultVAE", "VaeEpochLog", "fit_vae", "score_users", "evaluate_vae", "save_vae",
@@ -297,18 +296,13 @@ def evaluate_vae(model: MultVAE, histories: Sequence[Sequence[int]], targets: Se
     return metrics_from_ranks(ranks, k=k)
 
 
-@dataclass(frozen=True)
-class VaeEpochLog:
-    epoch: int
-    step: int
+@dataclass(frozen=True, kw_only=True)
+class VaeEpochLog(EpochLog):
+    """An epoch's log with the ELBO's parts; ``train_loss`` is the mean of nll + beta * KL over its batches."""
+
     beta: float  # at the end of the epoch
-    train_loss: float  # mean of nll + beta * KL over the epoch's batches
     nll: float
     kl: float
-    seconds: float  # since training started
-    valid_hr: float | None = None
-    valid_ndcg: float | None = None
-    improved: bool = False
 
 
 def fit_vae(
@@ -340,11 +334,9 @@ def fit_vae(
     rng = np.random.default_rng(seed)
     model = MultVAE(n_items, config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start = time.perf_counter()
-    best, step = BestEpoch(), 0
-    history: list[VaeEpochLog] = []
     evaluate = None if valid is None else (
         lambda: evaluate_vae(model, valid[0], valid[1], k=config.k, batch_size=config.eval_batch_size))
+    best, step = BestEpoch(), 0
     for epoch in range(1, config.epochs + 1):
         model.train()
         totals = np.zeros(3)
@@ -364,15 +356,15 @@ def fit_vae(
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"Mult-VAE training loss became {train_loss} at epoch {epoch}; lower lr")
         log = VaeEpochLog(epoch=epoch, step=step, beta=config.beta(step), train_loss=train_loss, nll=nll_mean,
-                          kl=kl_mean, seconds=time.perf_counter() - start)
-        if best.end_epoch(model, log, config, max_seconds, start, evaluate, history, callbacks):
+                          kl=kl_mean, seconds=best.seconds())
+        if best.end_epoch(model, log, config, max_seconds, evaluate, callbacks):
             break
     if best.state is None:  # no validation data: keep the last state
-        best.epoch = history[-1].epoch
+        best.epoch = best.history[-1].epoch
     else:
         model.load_state_dict(best.state)
     model.eval()
-    model.history = history
+    model.history = best.history
     model.best_epoch = best.epoch
     model.best_valid_ndcg = best.ndcg
     return model

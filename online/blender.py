@@ -230,18 +230,9 @@ class FeedbackBlender:
         self._put_dense(X, is_tail, user_event_count, popularity, appetite)
         return X
 
-    def feature_entries(
-        self,
-        n: int,
-        rows: np.ndarray,
-        cols: np.ndarray,
-        values: np.ndarray,
-        ranks: np.ndarray,
-        is_tail: np.ndarray,
-        user_event_count: np.ndarray,
-        popularity: float | np.ndarray = 0.0,
-        appetite: float | np.ndarray = 0.0,
-    ) -> np.ndarray:
+    def feature_entries(self, n: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, ranks: np.ndarray,
+                        is_tail: np.ndarray, user_event_count: np.ndarray, popularity: float | np.ndarray = 0.0,
+                        appetite: float | np.ndarray = 0.0) -> np.ndarray:
         """:meth:`feature_matrix` (same values) from the proposals as entries: candidate ``rows[e]`` was
         proposed by source ``cols[e]`` (its position in ``sources``) with raw score ``values[e]`` at 0-based
         rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed."""
