@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.alone
 @pytest.mark.timeout(240)
 def test_quick_api_bench_writes_latency_figures(quick_bench):
-    results = quick_bench("api")
+    results, stdout = quick_bench("api")
     assert set(results) == {"api", "targets"}
     api = results["api"]
     assert all(isinstance(v, float) and math.isfinite(v) for v in api.values()), api
@@ -30,4 +30,4 @@ def test_quick_api_bench_writes_latency_figures(quick_bench):
     # the same load at equal CPU priority first, then with the stream's roles at nice 10 (the headline)
     assert api["stream_nice"] == 10 and 0 < api["equal_priority_p50_ms"] <= api["equal_priority_p99_ms"]
     assert results["targets"]["api_10ms_vs_p99_at_1k_rps"] == pytest.approx(10.0 / api["p99_ms"])
-    assert "api_10ms_vs_p99_at_1k_rps" in proc.stdout
+    assert "api_10ms_vs_p99_at_1k_rps" in stdout

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.alone
 @pytest.mark.timeout(240)
 def test_quick_bench_writes_positive_figures(quick_bench):
-    results = quick_bench("ingest,memory")
+    results, stdout = quick_bench("ingest,memory")
     assert {"ingest", "memory"} <= set(results)
     assert set(results) <= {"ingest", "memory", "targets"}
     for benchmark, figures in results.items():
@@ -29,4 +29,4 @@ def test_quick_bench_writes_positive_figures(quick_bench):
                    "recommender_bytes_per_item"):
         assert figure in results["memory"], figure
     assert "ingest_worker_vs_0.75_bare_faust" in results["targets"]
-    assert "== docs/design.md §7 targets" in proc.stdout
+    assert "== docs/design.md §7 targets" in stdout
