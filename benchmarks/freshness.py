@@ -248,7 +248,7 @@ def run(*, quick: bool = False, rates: list[float] | None = None, duration: floa
                 procs[role] = subprocess.Popen(
                     [python(), "-m", "streams.cli", role], env={**env, "TAILCAST_METRICS_PORT": str(ports[role])},
                     stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
-            wait_until(lambda: _metric(ports["scorer"], "tailcast_scorer_catalog_items") >= len(items)
+            wait_until(lambda: _metric(ports["scorer"], "tailcast_scorer_catalog_items") >= len(source.items)
                        or _exited(procs), timeout=120, message="the scorer to load the item catalogue")
             if _exited(procs):
                 raise RuntimeError(f"{_exited(procs)} exited early; see {work}")

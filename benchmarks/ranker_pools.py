@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with args.pools.open("rb") as f:
         pools = pickle.load(f)
-    print(f"| ranker | seed | NDCG@10 (pools kept whole) | second half | seconds |\n|---|---:|---:|---:|---:|")
+    print("| ranker | seed | NDCG@10 (pools kept whole) | second half | seconds |\n|---|---:|---:|---:|---:|")
     for ranker in args.rankers.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             m = replay(pools, ranker, seed=seed)

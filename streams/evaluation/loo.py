@@ -154,7 +154,6 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                 core = build_core(first, settings, text_vectors=text_vectors)
                 core.recommender.off = frozenset({source})
                 rows.append((f"{first.name} no {source}", first, core))
-        cores = {name: core for name, _s, core in rows}
         seconds = {name: 0.0 for name, _s, _c in rows}
         for phase, reqs in enumerate(phases):
             for name, s, core in rows:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.augment import AugmentConfig, augment_sequences
 from models.sequence import SeqEncoder

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.config import SETTINGS, ConfigError, load_settings, settings_table, with_settings_table
+from streams.config import SETTINGS, ConfigError, load_settings, with_settings_table
 
 
 def test_defaults_are_valid():

@@ -3,8 +3,6 @@ exact consumed sets, the share of slots holding consumed items, two workers. Sma
 
 from __future__ import annotations
 
-import pytest
-
 from online.base import CandidateList
 from online.synthetic import generate
 from streams.config import load_settings

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from online.arms import ArmAssigner, parse_arms
+from online.arms import ArmAssigner
 from online.base import item_hashes
 from online.metrics import gain
 from online.snapshot import SnapshotStore, read_snapshot
