@@ -41,7 +41,7 @@ from itertools import islice
 
 import numpy as np
 
-from online.arms import ArmAssigner, ArmConfig
+from online.arms import ArmAssigner, ArmConfig, parse_arms
 from online.base import TIE_RTOL, Candidate, CandidateList, IdIndex, item_hash, tie_floor
 from online.blender import FeedbackBlender, sigmoid
 from online.content import ContentNeighbours

@@ -27,7 +27,7 @@ from streams.agents.catalogue import Catalogue, follow_partitions
 from streams.agents.ingest import pseudonymize, write_table
 from streams.config import KafkaSettings
 from streams.metrics import ApiMetrics
-from streams.records import BadEvent, Forget
+from streams.records import BadEvent, Forget, Recommendation
 from streams.topics import EVENTS, ITEMS, RECOMMENDATIONS, partition_for
 
 __all__ = ["ReadApi", "BadRequest", "newest_lists", "register", "DEFAULT_N", "FORWARDED_HEADER"]
