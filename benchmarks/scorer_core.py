@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{res['ms_per_request_best']:.3f} ms/request best, {res['ms_per_request_median']:.3f} median "
           f"({res['us_per_event_best']:.0f} us/event best) over {args.runs} runs", flush=True)
     if args.dump:
-        lists = [[(r.user_id, r.user_event_count, r.arm, [(i.item_id, i.score, i.source, i.reason) for i in r.items])
+        lists = [[(r.user_id, r.user_event_count, r.arm,
+                   [(i.item_id, i.score, i.source, i.reason) for i in r.items + getattr(r, "more", [])])
                   for r in recs] for recs in published]
         args.dump.write_bytes(pickle.dumps(lists))
     if args.profile:
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
 def compare(args) -> dict:
     """Alternate fresh processes of the baseline checkout and this one; best/median of each side."""
     workload = ["--items", str(args.items), "--serve-events", str(args.serve_events), "--chunk", str(args.chunk),
-                *(["--extras"] if args.extras else [])]
+                *(["--extras"] if args.extras else []), *(["--depth", str(args.depth)] if args.depth else [])]
     sides = {"baseline": args.compare_with.resolve(), "current": Path(__file__).resolve().parents[1]}
     times: dict[str, list[float]] = {name: [] for name in sides}
     same = None

@@ -331,6 +331,8 @@ class _LazyAnchors(Sequence):
         """The anchors of the candidates at ``ranks``."""
         if not len(ranks):
             return []
+        if self._anchors.size == 1:  # one anchor (the `last` source): every candidate's
+            return [int(self._anchors[0])] * len(ranks)
         targets = self._cand[np.asarray(ranks)]  # (s,)
         # (s, terms): each candidate's terms in anchor order, -1 elsewhere (terms are >= 0)
         t = np.where(targets[:, None] == self._js, self._terms, -1.0)

@@ -133,7 +133,6 @@ class OnlineRecommender:
         self._pop = np.zeros(0)  # (n_items,) window counts over our index, at the last head refresh
         self._col = {s: n for n, s in enumerate(blender.sources)}
         self._invs: dict[str, tuple[IdIndex, int, np.ndarray]] = {}  # model -> (its index, mapped, ours -> its)
-        self._rerankers: dict[tuple[float, int], TailReranker] = {}
         self.last_alternatives: list[list[list[Candidate]]] = []  # see recommend_many(alternatives=)
 
     @classmethod
@@ -580,13 +579,7 @@ class OnlineRecommender:
             probs = sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
         def lists_for(strengths: Sequence[float]) -> list[list[Candidate]]:
             """Each user's list re-ranked at ``strengths[b]``, with source attribution and anchors."""
-            shown_parts = []
-            for b in range(n_b):
-                a, e = bnd[b], bnd[b + 1]
-                if e == a:
-                    shown_parts.append(_EMPTY)
-                    continue
-                shown_parts.append(a + self._reranker(strengths[b], k).order(probs[a:e], tail[a:e]))
+            shown_parts = [a + o for a, o in zip(bnd, TailReranker.order_blocks(probs, tail, bnd, strengths, k))]
             shown = np.concatenate(shown_parts)  # (s,) candidate rows, user by user
             if X is None:  # the shown rows' features, from their entries
                 where = np.full(n_c, -1, dtype=np.int64)
@@ -663,13 +656,6 @@ class OnlineRecommender:
                       e_cols[eb[b] : eb[b + 1]].copy(), e_vals[eb[b] : eb[b + 1]].copy(),
                       e_ranks[eb[b] : eb[b + 1]].copy(), int(count), float(appetite))
                 for b, count, appetite in zip(range(n_b), user_event_counts, appetites)]
-
-    def _reranker(self, strength: float, k: int) -> TailReranker:
-        key = (strength, k)
-        reranker = self._rerankers.get(key)
-        if reranker is None:
-            reranker = self._rerankers[key] = TailReranker(strength=strength, k=k)
-        return reranker
 
     def __contains__(self, item: object) -> bool:
         return item in self.popularity or item in self.content or item in self.mf

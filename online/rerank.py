@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
-from online.base import Candidate, top_k
+from online.base import Candidate, top_k, top_k_rows
 
 __all__ = ["TailBoost", "TailReranker", "appetite_from_counts"]
 
@@ -88,6 +88,27 @@ class TailReranker(_BoostedTopK):
         """
         # the probabilities carry the float32 rounding of the MF and content scores: float32 tolerance
         return _top_boosted(scores, tail, _LAMBDA_AT_FULL_STRENGTH * self.strength, self.k, np.float32)
+
+    @staticmethod
+    def order_blocks(scores: np.ndarray, tail: np.ndarray, bounds: Sequence[int], strengths: Sequence[float],
+                     k: int) -> list[np.ndarray]:
+        """:meth:`order` of every block ``bounds[b]:bounds[b + 1]`` at ``strengths[b]`` (positions within the
+        block): the same lists, from one :func:`~online.base.top_k_rows` over the blocks padded with -inf.
+
+        >>> s, t = np.array([0.3, 0.2, 0.9, 0.1, 0.5]), np.array([False, True, False, True, False])
+        >>> [o.tolist() for o in TailReranker.order_blocks(s, t, [0, 3, 3, 5], [1.0, 0.0, 0.0], 2)]
+        [[2, 1], [], [1, 0]]
+        """
+        lens = np.diff(np.asarray(bounds, dtype=np.int64))
+        n_b, width = lens.size, int(lens.max(initial=0))
+        if not width:
+            return [np.zeros(0, dtype=np.int64) for _ in range(n_b)]
+        lam = np.repeat([_LAMBDA_AT_FULL_STRENGTH * float(s) for s in strengths], lens)  # as order's float
+        boosted = np.full((n_b, width), -np.inf, dtype=np.float32)
+        rows = np.repeat(np.arange(n_b), lens)
+        boosted[rows, np.arange(rows.size) - np.repeat(np.asarray(bounds[:-1], dtype=np.int64), lens)] = (
+            scores * (1.0 + lam * tail)).astype(np.float32)
+        return top_k_rows(boosted, k, overwrite=True)
 
 
 def _top_boosted(scores: np.ndarray, tail: np.ndarray, lam: float, k: int, dtype: type) -> np.ndarray:
