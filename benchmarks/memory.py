@@ -191,7 +191,7 @@ def scorer_users(stages: list[int], *, n_items: int = 10_000, fit_over_s: float 
             rec.recommend(f"u{u}", [f"i{j}" for j in _zipf_items(rng, n_items, 10).tolist()], 10,
                           arm=rec.assign_arm(f"u{u}"))
         figures["pending_list_bytes_per_served_user"] = (_traced() - before) / users_served
-        figures["pending_lists_max_users"] = float(rec.max_pending)
+        figures["pending_lists_max_users"] = float(rec.pools.max_pending)
         del rec
         from streams.agents.scorer import ScorerCore
 

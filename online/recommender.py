@@ -14,9 +14,8 @@
 4. each :class:`~online.base.Candidate` carries the probability, the source that contributed most to it
    (ties: the better rank) and that source's anchor.
 
-The ranker learns from the candidate pool, not from what was shown (docs/decisions.md, issue #15): the
-candidates within some source's top ``pool_depth`` are kept (:class:`_Pool`) until the user's next event,
-whose item, when in the pool, is a positive against ``pool_negatives`` random candidates of the pool.
+The ranker learns from the candidate pool, not from what was shown: each list's pool waits in the
+:class:`~online.feedback.FeedbackStore` (``pools``) until the user's next event labels it.
 Items are dense indices of one recommender-wide :class:`~online.base.IdIndex`, mapped to each model's own
 by append-only arrays; :meth:`OnlineRecommender.recommend_many` serves a micro-batch with one history
 lookup, one matrix product per embedding source, one merge and one feature build.
@@ -33,10 +32,7 @@ lookup, one matrix product per embedding source, one merge and one feature build
 
 from __future__ import annotations
 
-import random
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
@@ -46,6 +42,7 @@ from online.base import TIE_RTOL, Candidate, CandidateList, IdIndex, item_hash, 
 from online.blender import FeedbackBlender, sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
+from online.feedback import FeedbackStore
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.rerank import TailReranker, appetite_from_counts
@@ -118,12 +115,9 @@ class OnlineRecommender:
         self.n_candidates = int(n_candidates)
         self.seed = int(seed)
         self.n_fresh = int(n_fresh)
-        self.pool_depth = int(pool_depth)
-        self.pool_negatives = int(pool_negatives)
-        self.max_pending = int(max_pending)
-        self._rng = random.Random(seed)
-        # user -> (shown items, the candidate pool of that list: see _Pool), LRU order
-        self._pending: OrderedDict[str, tuple[tuple[str, ...], _Pool]] = OrderedDict()
+        # each user's latest list and its candidate pool, until their next event labels it
+        self.pools = FeedbackStore(pool_depth=pool_depth, negatives=pool_negatives, max_pending=max_pending,
+                                   seed=seed)
         self._hash_idx: dict[int, int] = {}  # item_hash -> our index, for the consumed sets
         self._n_hashed = 0
         self._items = IdIndex()  # recommender-wide item index
@@ -152,6 +146,14 @@ class OnlineRecommender:
             **options,
         )
 
+    def __setstate__(self, state: dict) -> None:
+        if "pools" not in state:  # pickled before the feedback store had a class (a snapshot: no pools held)
+            state["pools"] = FeedbackStore(pool_depth=state.pop("pool_depth"), negatives=state.pop("pool_negatives"),
+                                           max_pending=state.pop("max_pending"), rng=state.pop("_rng"))
+            state.pop("_pending")
+        state.pop("_rerankers", None)  # the re-rankers of one strength each, before TailReranker.order_blocks
+        self.__dict__.update(state)
+
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
         """Label the user's last shown list with this event, then update every model."""
         self.feedback(user, None, item)
@@ -163,14 +165,14 @@ class OnlineRecommender:
     def forget(self, user: str) -> None:
         """Erase ``user``'s per-user state (#17): the candidate pool of their last list and their MF row.
         What their events taught the item models and the ranker stays, as every user's does."""
-        self._pending.pop(user, None)
+        self.pools.pop(user)
         self.mf.forget(user)
 
     def feedback(self, user: str, shown: Sequence[Candidate] | None, clicked_item: str) -> int:
         """Train the ranker on the candidate pool of the user's latest list (see the module doc); return the
         examples learned. Nothing is learned when the clicked item is not in the pool, when no list is held
         for the user, or when ``shown`` (if given) differs from it. The list is consumed."""
-        entry = self._pending.pop(user, None)
+        entry = self.pools.pop(user)
         if entry is None:
             return 0
         items, pool = entry
@@ -184,18 +186,7 @@ class OnlineRecommender:
         if not hit.size:
             return 0
         hit = int(hit[0])
-        n_rows = pool.items.size
-        chosen = [hit]
-        if n_rows > 1:
-            rand = self._rng.random
-            want = min(self.pool_negatives, n_rows - 1)
-            picked: set[int] = {hit}
-            while len(chosen) < want + 1:  # distinct negatives, drawn without a full permutation
-                r = int(rand() * n_rows)
-                if r not in picked:
-                    picked.add(r)
-                    chosen.append(r)
-        chosen.sort()
+        chosen = self.pools.examples(pool, hit)
         X = pool.features(self.blender, chosen)
         self.blender.learn_matrix(X, [r == hit for r in chosen])
         return len(chosen)
@@ -626,36 +617,14 @@ class OnlineRecommender:
         names = self._items.names
         sources = self.blender.sources
         out = lists_for([c.rerank_strength for c in configs])
-        pools = self._pools(items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
-                            appetites)
-        for user, result, pool in zip(users, out, pools):
-            if result:
-                self._pending[user] = (tuple(c.item for c in result[:shown_k]), pool)
-                self._pending.move_to_end(user)
-                while len(self._pending) > self.max_pending:
-                    self._pending.popitem(last=False)
+        pools = self.pools.pools_from_batch(items=items, tail=tail, popularity=popularity, rows=rows, cols=col_e,
+                                            values=values, ranks=rank_e, owners=user_e, bounds=bounds,
+                                            counts=user_event_counts, appetites=appetites)
+        held = [b for b in range(n_b) if out[b]]
+        self.pools.keep([users[b] for b in held], [tuple(c.item for c in out[b][:shown_k]) for b in held],
+                        [pools[b] for b in held])
         self.last_alternatives = [lists_for([strength] * n_b) for strength in alternatives]
         return out
-
-    def _pools(self, items, tail, popularity, rows, col_e, values, rank_e, user_e, bounds, user_event_counts,
-               appetites) -> list[_Pool]:
-        """Each user's candidate pool (:class:`_Pool`: the candidates proposed within some source's top
-        ``pool_depth``, and those proposals), in compact dtypes (copies: the batch's arrays are let go)."""
-        n_b = bounds.size - 1
-        sel = rank_e < self.pool_depth  # (m,) proposals kept
-        keep = np.zeros(items.size, dtype=bool)
-        keep[rows[sel]] = True
-        new_row = np.cumsum(keep) - 1  # (n,) kept candidates renumbered, user after user
-        kb = np.concatenate([[0], np.cumsum(keep)])[bounds].tolist()  # user b's kept rows: kb[b]:kb[b + 1]
-        eb = np.searchsorted(user_e[sel], np.arange(n_b + 1)).tolist()  # user b's kept proposals (sorted by user)
-        p_items, p_tail, p_pop = items[keep].astype(np.int32), tail[keep], popularity[keep].astype(np.float32)
-        e_rows = new_row[rows[sel]].astype(np.int32)
-        e_cols, e_vals, e_ranks = col_e[sel].astype(np.int16), values[sel], rank_e[sel].astype(np.int32)
-        return [_Pool(p_items[kb[b] : kb[b + 1]].copy(), p_tail[kb[b] : kb[b + 1]].copy(),
-                      p_pop[kb[b] : kb[b + 1]].copy(), e_rows[eb[b] : eb[b + 1]] - kb[b],
-                      e_cols[eb[b] : eb[b + 1]].copy(), e_vals[eb[b] : eb[b + 1]].copy(),
-                      e_ranks[eb[b] : eb[b + 1]].copy(), int(count), float(appetite))
-                for b, count, appetite in zip(range(n_b), user_event_counts, appetites)]
 
     def __contains__(self, item: object) -> bool:
         return item in self.popularity or item in self.content or item in self.mf
@@ -689,31 +658,3 @@ class OnlineRecommender:
         ]
         known = np.fromiter((it in self for it in items), dtype=bool, count=len(items))
         return np.where(known, self.blender.predict_many(xs), 0.0)
-
-
-@dataclass(slots=True)
-class _Pool:
-    """One list's candidate pool, kept until the user's next event labels it: the candidates and their
-    proposals within each source's top ``pool_depth`` as entries; about 8 KB for a user with every source."""
-
-    items: np.ndarray  # (P,) int32
-    tail: np.ndarray  # (P,) bool
-    popularity: np.ndarray  # (P,) float32 window counts
-    rows: np.ndarray  # (E,) int32, into items
-    cols: np.ndarray  # (E,) int16, the source's position in the blender's sources
-    values: np.ndarray  # (E,) float64 (decayed counts overflow float32)
-    ranks: np.ndarray  # (E,) int32
-    count: int  # the user's event count when the list was made
-    appetite: float  # the user's tail appetite then
-
-    def features(self, blender: FeedbackBlender, chosen: Sequence[int]) -> np.ndarray:
-        """The blender's feature rows of candidates ``chosen`` (rows of ``items``), in that order."""
-        where = np.full(self.items.size, -1, dtype=np.int64)
-        chosen = np.asarray(chosen, dtype=np.int64)
-        where[chosen] = np.arange(chosen.size)
-        local = where[self.rows]
-        sel = local >= 0
-        return blender.feature_entries(len(chosen), local[sel], self.cols[sel].astype(np.int64),
-                                       self.values[sel], self.ranks[sel].astype(np.float64),
-                                       self.tail[chosen], np.full(len(chosen), self.count), self.popularity[chosen],
-                                       self.appetite)

@@ -94,14 +94,9 @@ def snapshot_meta(settings: Settings, *, text_dim: int) -> dict[str, Any]:
 
 def encode_state(core: ScorerCore) -> bytes:
     """A snapshot's payload: the recommender and :meth:`ScorerCore.snapshot_state`, without the candidate
-    pools waiting for feedback (``_pending``, the bulk): after a restart each user's next event labels none."""
-    rec = core.recommender
-    pending = rec._pending
-    rec._pending = collections.OrderedDict()
-    try:
-        return encode({"recommender": rec, "core": core.snapshot_state()})
-    finally:
-        rec._pending = pending
+    pools waiting for feedback (:meth:`~online.feedback.FeedbackStore.set_aside`)."""
+    with core.recommender.pools.set_aside():
+        return encode({"recommender": core.recommender, "core": core.snapshot_state()})
 
 
 def install_state(core: ScorerCore, state: dict[str, Any]) -> None:

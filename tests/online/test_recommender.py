@@ -76,26 +76,26 @@ def test_feedback_is_exact_and_consumed_once() -> None:
     before = rec.blender.n_learned
     assert rec.feedback("u1", [shown[1], shown[0]], shown[0].item) == 0  # not the list shown: no learning
     shown = rec.recommend("u1", ["i2", "i3"], 2, arm="control")
-    assert rec.feedback("u1", shown, shown[3].item) == 1 + rec.pool_negatives
-    assert rec.blender.n_learned == before + 1 + rec.pool_negatives and rec.blender.n_clicked == 1
+    assert rec.feedback("u1", shown, shown[3].item) == 1 + rec.pools.negatives
+    assert rec.blender.n_learned == before + 1 + rec.pools.negatives and rec.blender.n_clicked == 1
     assert rec.feedback("u1", shown, shown[3].item) == 0  # consumed
     # learn_one labels the latest list's pool itself
     after_first = rec.blender.n_learned
     rec.recommend("u2", ["i2"], 1, arm="tail")
     rec.learn_one("u2", "i9", 9999.0, ("i2",))
-    assert rec.blender.n_learned == after_first + 1 + rec.pool_negatives
+    assert rec.blender.n_learned == after_first + 1 + rec.pools.negatives
 
 
 def test_the_ranker_learns_from_candidates_it_did_not_show() -> None:
     rec = make()
     warm(rec)
     shown = rec.recommend("u3", ["i2", "i3"], 2, arm="control")
-    _, pool = rec._pending["u3"]
+    _, pool = rec.pools["u3"]
     names = rec._items.names
     unshown = [names[i] for i in pool.items.tolist() if names[i] not in {c.item for c in shown}]
     assert len(unshown) > 50  # the pool is far deeper than the list
     clicks = rec.blender.n_clicked
-    assert rec.feedback("u3", None, unshown[-1]) == 1 + rec.pool_negatives
+    assert rec.feedback("u3", None, unshown[-1]) == 1 + rec.pools.negatives
     assert rec.blender.n_clicked == clicks + 1
     rec.recommend("u3", ["i2", "i3"], 2, arm="control")
     assert rec.feedback("u3", None, "never-proposed") == 0  # not in the pool: nothing to rank it against
@@ -160,7 +160,7 @@ def test_pending_lists_are_lru_capped() -> None:
     warm(rec, n_events=300)
     for n in range(5):
         rec.recommend(f"p{n}", ["i1"], 1, arm="control")
-    assert list(rec._pending) == ["p2", "p3", "p4"]
+    assert list(rec.pools) == ["p2", "p3", "p4"]
 
 
 def test_tail_arm_shows_more_tail_to_tail_lovers() -> None:
@@ -225,7 +225,7 @@ def test_recommend_many_equals_one_call_per_user() -> None:
     ]
     for a, b in zip(batch, one_by_one):
         np.testing.assert_allclose([c.score for c in a], [c.score for c in b], rtol=1e-5)
-    assert list(rec._pending)[-len(users):] == users  # every list is pending feedback
+    assert list(rec.pools)[-len(users):] == users  # every list is pending feedback
     with pytest.raises(ValueError, match="differ in length"):
         rec.recommend_many(users, histories[:-1], counts, arms=arms)
 
@@ -242,7 +242,7 @@ def test_forget_drops_the_users_pending_pool_and_mf_row_only() -> None:
     assert rec.mf.user_vector(user, []) is None and rec.mf.user_vector(other, []) is not None
     rec.learn_one(user, "i1", 1e6, tuple(hist[user]))  # the pool of the user's last list is gone: no example
     assert rec.blender.n_learned == before and rec.mf.user_vector(user, []) is not None  # a new row
-    assert rec.feedback(other, shown, shown[0].item) == 1 + rec.pool_negatives  # the others' pools stay
+    assert rec.feedback(other, shown, shown[0].item) == 1 + rec.pools.negatives  # the others' pools stay
 
 
 def test_an_arm_without_some_sources_never_gets_their_candidates() -> None:
@@ -259,3 +259,35 @@ def test_an_arm_without_some_sources_never_gets_their_candidates() -> None:
         assert {c.source for c in full} - {"popularity", "fresh"}
         assert [c.item for c in full] == [c.item for c in same.recommend(user, hists_same[user][-50:],
                                                                          len(h), arm="full", extra=extra)]
+
+
+def test_a_recommender_pickled_before_the_feedback_store_had_a_class_restores_and_learns_alike() -> None:
+    """A snapshot of the layout before ``online.feedback`` (pool settings, RNG and an emptied ``_pending`` on the
+    recommender) restores to a recommender that serves and learns as one pickled without its pools does."""
+    import pickle
+    import random
+    from collections import OrderedDict
+
+    rec = make(max_pending=7)
+    hist = warm(rec, n_events=800)
+    for user in list(hist)[:10]:
+        rec.recommend(user, hist[user][-50:], len(hist[user]), arm="tail")
+    with rec.pools.set_aside():  # what a snapshot holds
+        now = pickle.loads(pickle.dumps(rec))
+        state = dict(pickle.loads(pickle.dumps(rec)).__dict__)
+    assert len(rec.pools) == 7 and not len(now.pools)
+    store = state.pop("pools")
+    rng = random.Random()
+    rng.setstate(store._rng.getstate())
+    state.update(pool_depth=store.pool_depth, pool_negatives=store.negatives, max_pending=store.max_pending,
+                 _rng=rng, _pending=OrderedDict(), _rerankers={})
+    old = object.__new__(OnlineRecommender)
+    old.__setstate__(state)
+    assert old.pools.max_pending == 7 and old.pools.negatives == now.pools.negatives and not len(old.pools)
+    users = [u for u, h in hist.items() if len(h) > 3][:6]
+    runs = []
+    for twin in (now, old):
+        got = [twin.recommend(u, hist[u][-50:], len(hist[u]), arm="control") for u in users]
+        learned = [twin.feedback(u, None, got[n][-1].item) for n, u in enumerate(users)]
+        runs.append(([[c.item for c in g] for g in got], learned, twin.blender.n_learned))
+    assert runs[0] == runs[1] and sum(runs[0][1]) > 0

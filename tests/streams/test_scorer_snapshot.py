@@ -69,11 +69,11 @@ def test_a_restored_snapshot_recommends_what_the_original_does(tmp_path) -> None
     store = SnapshotStore(tmp_path)
     path = store.write(encode_state(core), offsets={"score-requests": {0: 40}},
                        meta=snapshot_meta(SETTINGS, text_dim=64))
-    pending = len(core.recommender._pending)
+    pending = len(core.recommender.pools)
     assert pending > 0  # left out of the snapshot, and put back in the original
     twin = fresh_core()
     install_state(twin, read_snapshot(path).state)
-    assert twin._learned == core._learned and not twin.recommender._pending
+    assert twin._learned == core._learned and not len(twin.recommender.pools)
     users = [r.user_id for b in batches[40:45] for r in b]
     requests = {r.user_id: r for b in batches[:40] for r in b}
     users = [u for u in dict.fromkeys(users) if u in requests][:60]
@@ -83,7 +83,7 @@ def test_a_restored_snapshot_recommends_what_the_original_does(tmp_path) -> None
     want = core.recommender.recommend_many(users, *args, arms=arms)
     assert [[(c.item, c.source, round(c.score, 9)) for c in x] for x in got] == \
         [[(c.item, c.source, round(c.score, 9)) for c in x] for x in want]
-    assert len(core.recommender._pending) >= pending
+    assert len(core.recommender.pools) >= pending
     # an event already in the snapshot is not learned again: the replayed or redelivered request learns nothing
     assert twin.learn(batches[39]) == []
 
