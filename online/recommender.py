@@ -3,11 +3,8 @@
 ``learn_one`` labels the candidate pool of the user's previous list, then updates every model
 (popularity, co-visitation, transitions, MF; content is catalogue-driven). ``recommend``:
 
-1. candidates, never an item of the history, of ``exclude`` or of ``consumed`` (the hashes of every item
-   the user consumed): with no history, the most popular items mixed with the fresh tail (first seen
-   recently, still rare); with history, ``n_candidates`` each from co-visitation (of the recent history,
-   and of the latest item alone: ``"last"``), the transition counter, content and MF, plus a few popular
-   and fresh items; ``extra``: lists from outside (``"transformer"``, ``"vae"``);
+1. candidates from every source (:class:`~online.retrieval.Retrieval`, ``retrieval``: never an item of the
+   history, of ``exclude`` or of ``consumed``), one recommender-wide item index;
 2. rank: the :class:`~online.blender.FeedbackBlender` turns each candidate's per-source scores and ranks,
    popularity, tail flag, the user's tail appetite and event count into a click probability;
 3. re-rank with the arm's strength (:class:`~online.rerank.TailReranker`);
@@ -16,9 +13,8 @@
 
 The ranker learns from the candidate pool, not from what was shown: each list's pool waits in the
 :class:`~online.feedback.FeedbackStore` (``pools``) until the user's next event labels it.
-Items are dense indices of one recommender-wide :class:`~online.base.IdIndex`, mapped to each model's own
-by append-only arrays; :meth:`OnlineRecommender.recommend_many` serves a micro-batch with one history
-lookup, one matrix product per embedding source, one merge and one feature build.
+:meth:`OnlineRecommender.recommend_many` serves a micro-batch with one retrieval, one merge and one feature
+build.
 
 >>> rec = OnlineRecommender.create(arms=parse_arms("control:1:0.0"), content_dim=8)
 >>> for n, item in enumerate(["a", "b", "a", "c", "a", "b"]):
@@ -33,12 +29,11 @@ lookup, one matrix product per embedding source, one merge and one feature build
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from itertools import islice
 
 import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig, parse_arms
-from online.base import TIE_RTOL, Candidate, CandidateList, IdIndex, item_hash, tie_floor
+from online.base import TIE_RTOL, Candidate, tie_floor
 from online.blender import FeedbackBlender, sigmoid
 from online.content import ContentNeighbours
 from online.covisit import CoVisitation
@@ -46,6 +41,7 @@ from online.feedback import FeedbackStore
 from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.rerank import TailReranker, appetite_from_counts
+from online.retrieval import Retrieval
 
 __all__ = ["CORE_SOURCES", "OnlineRecommender", "UnknownArmError", "UnknownSourceError"]
 
@@ -101,32 +97,19 @@ class OnlineRecommender:
             raise ValueError("at least one arm is needed")
         if k < 1 or n_candidates < k:
             raise ValueError(f"need 1 <= k <= n_candidates, got k={k}, n_candidates={n_candidates}")
-        self.popularity = popularity
-        self.covisit = covisit
-        self.transitions = transitions
-        self.mf = mf
-        self.content = content
+        self.retrieval = Retrieval(popularity=popularity, covisit=covisit, transitions=transitions, mf=mf,
+                                   content=content, n_candidates=n_candidates, n_fresh=n_fresh)
         self.blender = blender
         self.arms = {a.name: a for a in arms}
         if len(self.arms) != len(arms):
             raise ValueError(f"duplicate arm names in {[a.name for a in arms]}")
         self.assigner = ArmAssigner.from_configs(arms, salt=salt)
         self.k = int(k)
-        self.n_candidates = int(n_candidates)
         self.seed = int(seed)
-        self.n_fresh = int(n_fresh)
         # each user's latest list and its candidate pool, until their next event labels it
         self.pools = FeedbackStore(pool_depth=pool_depth, negatives=pool_negatives, max_pending=max_pending,
                                    seed=seed)
-        self._hash_idx: dict[int, int] = {}  # item_hash -> our index, for the consumed sets
-        self._n_hashed = 0
-        self._items = IdIndex()  # recommender-wide item index
-        self._maps: dict[str, tuple[IdIndex, np.ndarray]] = {}  # model -> (its index, its idx -> ours)
-        self._tail_key: tuple | None = None
-        self._tail = np.zeros(0, dtype=bool)  # (n_items,) over our index, at the last head refresh
-        self._pop = np.zeros(0)  # (n_items,) window counts over our index, at the last head refresh
         self._col = {s: n for n, s in enumerate(blender.sources)}
-        self._invs: dict[str, tuple[IdIndex, int, np.ndarray]] = {}  # model -> (its index, mapped, ours -> its)
         self.last_alternatives: list[list[list[Candidate]]] = []  # see recommend_many(alternatives=)
 
     @classmethod
@@ -146,12 +129,25 @@ class OnlineRecommender:
             **options,
         )
 
+    popularity = property(lambda self: self.retrieval.popularity)
+    covisit = property(lambda self: self.retrieval.covisit)
+    transitions = property(lambda self: self.retrieval.transitions)
+    mf = property(lambda self: self.retrieval.mf)
+    content = property(lambda self: self.retrieval.content)
+    n_candidates = property(lambda self: self.retrieval.n_candidates)
+
     def __setstate__(self, state: dict) -> None:
         if "pools" not in state:  # pickled before the feedback store had a class (a snapshot: no pools held)
             state["pools"] = FeedbackStore(pool_depth=state.pop("pool_depth"), negatives=state.pop("pool_negatives"),
                                            max_pending=state.pop("max_pending"), rng=state.pop("_rng"))
             state.pop("_pending")
         state.pop("_rerankers", None)  # the re-rankers of one strength each, before TailReranker.order_blocks
+        if "retrieval" not in state:  # pickled before retrieval had a class: its fields were the recommender's
+            retrieval = state["retrieval"] = object.__new__(Retrieval)
+            fields = {"popularity", "covisit", "transitions", "mf", "content", "n_candidates", "n_fresh", "_hash_idx",
+                      "_n_hashed", "_maps", "_invs", "_tail_key", "_tail"}
+            retrieval.__dict__.update({f: state.pop(f) for f in fields},
+                                      items=state.pop("_items"), popularity_counts=state.pop("_pop"))
         self.__dict__.update(state)
 
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
@@ -178,7 +174,7 @@ class OnlineRecommender:
         items, pool = entry
         if shown is not None and tuple(c.item for c in shown) != items:
             return 0
-        ours = self._items.get(clicked_item)
+        ours = self.retrieval.items.get(clicked_item)
         hit = np.flatnonzero(pool.items == ours) if ours >= 0 else _EMPTY
         if self.pool_observer is not None:
             self.pool_observer(pool.features(self.blender, range(pool.items.size)) if hit.size else None,
@@ -196,42 +192,6 @@ class OnlineRecommender:
 
     def assign_arm(self, user: str) -> str:
         return self.assigner.assign(user)
-
-    def _map(self, key: str, index: IdIndex) -> np.ndarray:
-        """``model index -> our index`` for one model's :class:`IdIndex` (kept in step, append-only)."""
-        entry = self._maps.get(key)
-        m = entry[1] if entry is not None and entry[0] is index else np.zeros(0, dtype=np.int64)
-        n = len(index)
-        if n > m.size:
-            add = self._items.add
-            new = np.fromiter((add(name) for name in index.names[m.size : n]), dtype=np.int64, count=n - m.size)
-            m = np.concatenate([m, new])
-        if entry is None or entry[1] is not m:
-            self._maps[key] = (index, m)
-        return m
-
-    def _tail_mask(self) -> np.ndarray:
-        """(n_items,) bool over our index: tail at popularity's last head refresh (unknown = tail)."""
-        pop = self.popularity
-        head = pop.head_mask()  # refreshes the head set when due
-        pmap = self._map("popularity", pop.item_index)
-        key = (pop.head_version, id(pop.item_index), len(self._items))
-        if key != self._tail_key:
-            tail = np.ones(len(self._items), dtype=bool)
-            tail[pmap[np.flatnonzero(head)]] = False
-            counts = pop.window_counts()
-            self._pop = np.zeros(len(self._items))
-            self._pop[pmap[: counts.size]] = counts[: pmap.size]
-            self._tail, self._tail_key = tail, key
-        return self._tail
-
-    @staticmethod
-    def _lookup(mask: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """``mask[idx]``, True where ``idx`` is -1 or beyond the mask (items it does not know are tail)."""
-        ok = (idx >= 0) & (idx < mask.size)
-        out = np.ones(idx.size, dtype=bool)
-        out[ok] = mask[idx[ok]]
-        return out
 
     def recommend(
         self,
@@ -301,176 +261,10 @@ class OnlineRecommender:
             return []
         k = self.k if k is None else int(k)
         depth = k if depth is None else max(k, int(depth))
-        n = self.n_candidates
-        cv, tr, ct, mf, pop = self.covisit, self.transitions, self.content, self.mf, self.popularity
-        cv_map = self._map("covisit", cv.item_index)
-        tr_map = self._map("transitions", tr.item_index)
-        ct_map = self._map("content", ct.item_index)
-        mf_map = self._map("mf", mf.item_index)
-        tail_mask = self._tail_mask()
-        pmap = self._maps["popularity"][1]
-        # every history (and exclude) item's index, looked up once: ours, then each model's through the
-        # inverse maps (index -1, an item we do not know, reads the spare -1 at the end of each)
-        cv_inv, tr_inv, ct_inv, mf_inv, pop_inv = (
-            self._inverse(key) for key in ("covisit", "transitions", "content", "mf", "popularity"))
-        lookup = self._items.indices
-        window = max(cv.history_window, tr.history_window, ct.history_window)
-        h_len = [len(h) for h in histories]
-        h_end = np.cumsum(h_len).tolist()
-        h_all = lookup([item for h in histories for item in h])  # every history, user after user
-        if (excludes is not None and any(excludes)) or (consumed is not None and any(c.size for c in consumed)):
-            h_ends = [0, *h_end]
-            bans = [h_all[h_ends[b] : h_ends[b + 1]] for b in range(n_b)]
-            if excludes is not None:
-                looked: dict[int, np.ndarray] = {}  # id(exclude) -> its indices: one set shared by a batch, once
-                for e in excludes:
-                    if e and id(e) not in looked:
-                        looked[id(e)] = lookup(list(e))
-                bans = [np.concatenate([ban, looked[id(e)]]) if e else ban for ban, e in zip(bans, excludes)]
-            if consumed is not None:
-                bans = [np.concatenate([ban, self._consumed_indices(c)]) if c.size else ban
-                        for ban, c in zip(bans, consumed)]
-            ban_all = np.concatenate(bans)
-            ban_end = np.cumsum([ban.size for ban in bans]).tolist()
-        else:
-            ban_all, ban_end = h_all, h_end  # history + exclude + consumed, user after user
-        # the last `window` distinct history items of each user, most recent first
-        recents = [list(islice(dict.fromkeys(reversed(h)), window)) if len(h) else [] for h in histories]
-        r_end = np.cumsum([len(r) for r in recents]).tolist()
-        r_all = lookup([item for r in recents for item in r])
-        h_start, ban_start, r_start = [0, *h_end[:-1]], [0, *ban_end[:-1]], [0, *r_end[:-1]]
-        warm = [b for b in range(n_b) if h_len[b]]
-        cold = [b for b in range(n_b) if not h_len[b]]
-        ct_rec, ct_ban = ct_inv[r_all], ct_inv[ban_all]
-        cw = ct.history_window
-        content = ct.top_many([ct_rec[r_start[b] : min(r_end[b], r_start[b] + cw)] for b in warm], n,
-                              [ct_ban[ban_start[b] : ban_end[b]] for b in warm]) if warm else []
-        mf_hist, mf_ban = mf_inv[h_all], mf_inv[ban_all]
-        mw = mf.history_window
-        mfs = mf.top_many([users[b] for b in warm], [mf_hist[max(h_start[b], h_end[b] - mw) : h_end[b]] for b in warm],
-                          n, [mf_ban[ban_start[b] : ban_end[b]] for b in warm]) if warm else []
-        pop_ban_all = pop_inv[ban_all]
-        pop_ban = [pop_ban_all[ban_start[b] : ban_end[b]] for b in range(n_b)]
-        fresh = dict(zip(warm, pop.fresh_many(self.n_fresh, [pop_ban[b] for b in warm]))) if warm else {}
-        if cold:
-            fresh.update(zip(cold, pop.fresh_many(max(self.n_fresh, k), [pop_ban[b] for b in cold])))
-        batch = dict(zip(warm, zip(content, mfs)))
-        n_pop = max(k, n // 10)
-        popular = dict(zip(warm, pop.top_many(n_pop, [pop_ban[b] for b in warm]))) if warm else {}
-        if cold:
-            popular.update(zip(cold, pop.top_many(n, [pop_ban[b] for b in cold])))
-        cv_rec, cv_ban = cv_inv[r_all].tolist(), cv_inv[ban_all]
-        tr_rec, tr_ban = tr_inv[r_all].tolist(), tr_inv[ban_all]
-        vw, tw = cv.history_window, tr.history_window
-        ranks = range(1, vw + 1)
-        cv_names, tr_names, ct_names = cv.item_index.names, tr.item_index.names, ct.item_index.names
-        all_lists = []
-        for b in range(n_b):
-            # (source, indices, scores, anchors, anchor names (None: anchors are names already), the map from
-            # the indices to ours (None: ours already))
-            if h_len[b]:
-                (c_idx, c_s, c_a), (m_idx, m_s) = batch[b]
-                j, sc, an = cv.top(cv_rec[r_start[b] : min(r_end[b], r_start[b] + vw)], ranks, n,
-                                   cv_ban[ban_start[b] : ban_end[b]])
-                t_j, t_sc, t_an = tr.top(tr_rec[r_start[b] : min(r_end[b], r_start[b] + tw)], ranks, n,
-                                         tr_ban[ban_start[b] : ban_end[b]])
-                # "last": the co-visitation neighbours of the latest item alone (its own ranks and scores: the
-                # ranker can weigh "what goes with what you just had" apart from the whole recent history)
-                l_j, l_sc, l_an = cv.top(cv_rec[r_start[b] : min(r_end[b], r_start[b] + 1)], ranks, n,
-                                         cv_ban[ban_start[b] : ban_end[b]])
-                p_j, p_sc = popular[b]
-                lists = [("covisit", j, sc, an, cv_names, cv_map), ("transitions", t_j, t_sc, t_an, tr_names, tr_map),
-                         ("last", l_j, l_sc, l_an, cv_names, cv_map),
-                         ("content", c_idx, c_s, c_a, ct_names, ct_map),
-                         ("mf", m_idx, m_s, None, None, mf_map), ("popularity", p_j, p_sc, None, None, pmap)]
-            else:
-                p_j, p_sc = popular[b]
-                lists = [("popularity", p_j, p_sc, None, None, pmap)]
-            j, sc = fresh[b]
-            lists.append(("fresh", j, sc, None, None, pmap))
-            extra = extras[b] if extras is not None else None
-            if extra:
-                ban = {*histories[b], *(excludes[b] if excludes is not None else ())}
-                ban_idx = ban_all[ban_start[b] : ban_end[b]] if consumed is not None else _EMPTY
-                for source, cands in extra.items():
-                    lists.append(self._extra_list(source, cands, ban, ban_idx))
-            all_lists.append(lists)
-        hist_tail = self._lookup(tail_mask, h_all)
-        n_tail = np.bincount(np.repeat(np.arange(n_b), h_len), weights=hist_tail, minlength=n_b)
-        appetites = [appetite_from_counts(int(t), n) for t, n in zip(n_tail.tolist(), h_len)]
+        all_lists, appetites, tail_mask = self.retrieval.candidates(users, histories, k=k, extras=extras,
+                                                                    excludes=excludes, consumed=consumed)
         return self._blend_many(users, appetites, user_event_counts, configs, all_lists, tail_mask, depth,
                                 alternatives, shown_k=k)
-
-    def _inverse(self, key: str) -> np.ndarray:
-        """``our index -> model index`` for a model mapped by :meth:`_map` (-1: the model does not know
-        the item), with a spare last entry that stays -1, so that index -1 (an item we do not know)
-        reads -1. Extended as the map grows, rebuilt when the model's index is replaced."""
-        index, m = self._maps[key]
-        entry = self._invs.get(key)
-        n_ours = len(self._items)
-        if entry is None or entry[0] is not index:
-            inv, done = np.full(max(1024, 2 * n_ours) + 1, -1, dtype=np.int64), 0
-        else:
-            _, done, inv = entry
-        if inv.size <= n_ours:
-            grown = np.full(2 * n_ours + 1, -1, dtype=np.int64)
-            grown[: inv.size - 1] = inv[:-1]
-            inv = grown
-        if m.size > done:
-            inv[m[done:]] = np.arange(done, m.size)
-            done = m.size
-        self._invs[key] = (index, done, inv)
-        return inv
-
-    def _consumed_indices(self, hashes: np.ndarray) -> np.ndarray:
-        """Our indices of the items with these :func:`~online.base.item_hash` values (-1: not known here).
-        Two ids with one hash (about one pair in 10^4 among 10k items) ban only the first one indexed."""
-        names = self._items.names
-        if self._n_hashed < len(names):
-            setdefault = self._hash_idx.setdefault
-            for n in range(self._n_hashed, len(names)):
-                setdefault(item_hash(names[n]), n)
-            self._n_hashed = len(names)
-        get = self._hash_idx.get
-        return np.fromiter((get(h, -1) for h in hashes.tolist()), dtype=np.int64, count=hashes.size)
-
-    def _extra_list(self, source: str, cands: Sequence[Candidate], banned: Collection[str],
-                    banned_idx: np.ndarray = _EMPTY):
-        """One ``extra`` source's list as a merge entry: its candidates minus the banned items (names, and
-        our indices ``banned_idx``; an item listed twice: the first one's score and anchor, at the later
-        one's place)."""
-        entry = self._extra_entry(source, cands, banned)
-        if banned_idx.size and entry[1].size:
-            keep = ~np.isin(entry[1], banned_idx)
-            if not keep.all():
-                anchors = entry[3] if entry[3] is None else [a for a, k in zip(entry[3], keep.tolist()) if k]
-                entry = (source, entry[1][keep], entry[2][keep], anchors, None, None)
-        return entry
-
-    def _extra_entry(self, source: str, cands: Sequence[Candidate], banned: Collection[str]):
-        add = self._items.add
-        if isinstance(cands, CandidateList):
-            items = cands.items
-            if len(set(items)) == len(items):
-                keep = [n for n, item in enumerate(items) if item not in banned]
-                scores = np.asarray(cands.scores, dtype=np.float64)
-                if len(keep) < len(items):
-                    scores = scores[keep]
-                    items = [items[n] for n in keep]
-                idx = self._items.indices(items)
-                new = (idx < 0).nonzero()[0].tolist()
-                for n in new:  # items we do not know yet, indexed in list order (as add() one by one would)
-                    idx[n] = add(items[n])
-                return (source, idx, scores, None, None, None)
-        kept = list({c.item: c for c in reversed(cands) if c.item not in banned}.values())[::-1]
-        return (
-            source,
-            np.fromiter((add(c.item) for c in kept), dtype=np.int64, count=len(kept)),
-            np.fromiter((c.score for c in kept), dtype=np.float64, count=len(kept)),
-            [c.anchor for c in kept],
-            None,
-            None,
-        )
 
     def _blend_many(
         self,
@@ -533,7 +327,7 @@ class OnlineRecommender:
         # merge without a stable sort: the first entry of each (user, item), from one sort of unique keys
         # (user, item, position) packed in an int64
         shift = int(m).bit_length()
-        packed = np.sort(((user_e * len(self._items) + entries) << shift) | pos)
+        packed = np.sort(((user_e * len(self.retrieval.items) + entries) << shift) | pos)
         at = packed & ((1 << shift) - 1)  # positions, grouped by (user, item), each group ascending
         group = packed >> shift
         starts = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
@@ -548,8 +342,8 @@ class OnlineRecommender:
         np.cumsum(np.bincount(user_e[is_first], minlength=n_b), out=bounds[1:])
         bnd = bounds.tolist()
         row_counts = np.repeat(np.asarray(user_event_counts, dtype=np.int64), np.diff(bounds))
-        tail = self._lookup(tail_mask, items)
-        pop_c = self._pop
+        tail = Retrieval.flag(tail_mask, items)
+        pop_c = self.retrieval.popularity_counts
         popularity = np.where(items < pop_c.size, pop_c[np.minimum(items, pop_c.size - 1)], 0.0) if pop_c.size \
             else np.zeros(n_c)  # (n,) window counts
         appetite = np.repeat(np.asarray(appetites, dtype=np.float64), np.diff(bounds))  # (n,)
@@ -614,7 +408,7 @@ class OnlineRecommender:
                 at = end
             return out
 
-        names = self._items.names
+        names = self.retrieval.items.names
         sources = self.blender.sources
         out = lists_for([c.rerank_strength for c in configs])
         pools = self.pools.pools_from_batch(items=items, tail=tail, popularity=popularity, rows=rows, cols=col_e,

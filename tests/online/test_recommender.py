@@ -91,7 +91,7 @@ def test_the_ranker_learns_from_candidates_it_did_not_show() -> None:
     warm(rec)
     shown = rec.recommend("u3", ["i2", "i3"], 2, arm="control")
     _, pool = rec.pools["u3"]
-    names = rec._items.names
+    names = rec.retrieval.items.names
     unshown = [names[i] for i in pool.items.tolist() if names[i] not in {c.item for c in shown}]
     assert len(unshown) > 50  # the pool is far deeper than the list
     clicks = rec.blender.n_clicked
@@ -261,9 +261,10 @@ def test_an_arm_without_some_sources_never_gets_their_candidates() -> None:
                                                                          len(h), arm="full", extra=extra)]
 
 
-def test_a_recommender_pickled_before_the_feedback_store_had_a_class_restores_and_learns_alike() -> None:
-    """A snapshot of the layout before ``online.feedback`` (pool settings, RNG and an emptied ``_pending`` on the
-    recommender) restores to a recommender that serves and learns as one pickled without its pools does."""
+def test_a_recommender_pickled_before_the_feedback_store_and_retrieval_had_classes_restores_and_learns_alike() -> None:
+    """A snapshot of the layout before ``online.feedback`` and ``online.retrieval`` (pool settings, RNG, an emptied
+    ``_pending`` and the retrieval's fields on the recommender) restores to a recommender that serves and learns
+    as one pickled without its pools does."""
     import pickle
     import random
     from collections import OrderedDict
@@ -281,6 +282,8 @@ def test_a_recommender_pickled_before_the_feedback_store_had_a_class_restores_an
     rng.setstate(store._rng.getstate())
     state.update(pool_depth=store.pool_depth, pool_negatives=store.negatives, max_pending=store.max_pending,
                  _rng=rng, _pending=OrderedDict(), _rerankers={})
+    retrieval = dict(state.pop("retrieval").__dict__)  # its fields were the recommender's, two named otherwise
+    state.update(retrieval, _items=retrieval.pop("items"), _pop=retrieval.pop("popularity_counts"))
     old = object.__new__(OnlineRecommender)
     old.__setstate__(state)
     assert old.pools.max_pending == 7 and old.pools.negatives == now.pools.negatives and not len(old.pools)
