@@ -13,8 +13,8 @@ held, the least recently served dropped first.
 ...     bounds=np.array([0, 3]), counts=[4], appetites=[0.5])
 >>> pools[0].items.tolist()   # the proposal at rank 2 is beyond pool_depth 2
 [7, 8]
->>> store.keep(["u1"], [("i7",)], pools); len(store), "u1" in store
-(1, True)
+>>> store.keep(["u1"], [("i7",)], pools); len(store), store.users()
+(1, ['u1'])
 >>> store.pop("u1")[0], store.pop("u1")
 (('i7',), None)
 """
@@ -76,15 +76,13 @@ class FeedbackStore:
     def __len__(self) -> int:
         return len(self._lists)
 
-    def __contains__(self, user: object) -> bool:
-        return user in self._lists
+    def users(self) -> list[str]:
+        """The users with a list held, least recently served first."""
+        return list(self._lists)
 
-    def __iter__(self) -> Iterator[str]:
-        """The users with a pool, least recently served first."""
-        return iter(self._lists)
-
-    def __getitem__(self, user: str) -> tuple[tuple[str, ...], Pool]:
-        return self._lists[user]
+    def get(self, user: str) -> tuple[tuple[str, ...], Pool] | None:
+        """The user's held list (None without one), left held."""
+        return self._lists.get(user)
 
     def keep(self, users: Sequence[str], shown: Sequence[tuple[str, ...]], pools: Sequence[Pool]) -> None:
         """Hold each user's newest list (its shown items and pool), dropping the least recently served beyond

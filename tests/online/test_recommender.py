@@ -90,7 +90,7 @@ def test_the_ranker_learns_from_candidates_it_did_not_show() -> None:
     rec = make()
     warm(rec)
     shown = rec.recommend("u3", ["i2", "i3"], 2, arm="control")
-    _, pool = rec.pools["u3"]
+    _, pool = rec.pools.get("u3")
     names = rec.retrieval.items.names
     unshown = [names[i] for i in pool.items.tolist() if names[i] not in {c.item for c in shown}]
     assert len(unshown) > 50  # the pool is far deeper than the list
@@ -160,7 +160,7 @@ def test_pending_lists_are_lru_capped() -> None:
     warm(rec, n_events=300)
     for n in range(5):
         rec.recommend(f"p{n}", ["i1"], 1, arm="control")
-    assert list(rec.pools) == ["p2", "p3", "p4"]
+    assert rec.pools.users() == ["p2", "p3", "p4"]
 
 
 def test_tail_arm_shows_more_tail_to_tail_lovers() -> None:
@@ -225,7 +225,7 @@ def test_recommend_many_equals_one_call_per_user() -> None:
     ]
     for a, b in zip(batch, one_by_one):
         np.testing.assert_allclose([c.score for c in a], [c.score for c in b], rtol=1e-5)
-    assert list(rec.pools)[-len(users):] == users  # every list is pending feedback
+    assert rec.pools.users()[-len(users):] == users  # every list is pending feedback
     with pytest.raises(ValueError, match="differ in length"):
         rec.recommend_many(users, histories[:-1], counts, arms=arms)
 

@@ -249,7 +249,7 @@ def test_a_forget_marker_erases_the_user_and_a_later_request_starts_afresh():
     again = c.process([Forget("u1", 6.0)])
     assert again.forgotten == ["u1"] and again.recommendations == []
     assert all("u1" not in per_user for per_user in (c._learned, c._published, c._active, c._empty))
-    assert "u1" not in c.recommender.mf._users and "u1" not in c.recommender.pools
+    assert "u1" not in c.recommender.mf._users and c.recommender.pools.get("u1") is None
     assert [r.user_id for batch in c.rescore_active() for r in batch] == ["u2"]
 
 
