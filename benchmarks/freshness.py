@@ -14,8 +14,9 @@ fixed rate (500, 1000, 2000 events/s, ~20 s each), with a drain pause between ra
   is at most the lag at one third of it plus a margin of half a second of events (each lag the median of
   the samples around that point, see ``_sustained``).
 
-Also reported per rate: CPU share of the worker and scorer processes (1.0 = one full core), so a miss
-names its bottleneck.
+Also reported per rate: CPU share (1.0 = one full core) and CPU per event of the worker, the scorer, the broker
+and this process (``load``: the replay's producer and the consumer of the lists), so a miss names its bottleneck
+on a machine whose cores they share.
 """
 
 from __future__ import annotations
@@ -204,8 +205,9 @@ async def _phases(settings, events: list[dict], rates: list[float], duration: fl
             for name, share in cpu.items():
                 figures[f"rate_{key}_{name}_cpu_share"] = share
                 figures[f"rate_{key}_{name}_cpu_us_per_event"] = 1e6 * cpu_used[name] / sent
-            # the rate each process could take with a whole core to itself
-            figures[f"rate_{key}_cpu_bound_events_per_s"] = sent / max(cpu_used.values())
+            # the rate each role could take with a whole core to itself (the load generator is not a role)
+            figures[f"rate_{key}_cpu_bound_events_per_s"] = sent / max(c for name, c in cpu_used.items()
+                                                                       if name != "load")
             log(f"  {rate:>6g}/s for {elapsed:.0f}s: p50 {figures[f'rate_{key}_p50_ms']:.0f} ms, "
                 f"p99 {figures[f'rate_{key}_p99_ms']:.0f} ms over {len(lat)} lists (worker stage p50/p99 "
                 f"{figures[f'rate_{key}_worker_stage_p50_ms']:.0f}/{figures[f'rate_{key}_worker_stage_p99_ms']:.0f} ms, "
@@ -252,8 +254,10 @@ def run(*, quick: bool = False, rates: list[float] | None = None, duration: floa
                        or _exited(procs), timeout=120, message="the scorer to load the item catalogue")
             if _exited(procs):
                 raise RuntimeError(f"{_exited(procs)} exited early; see {work}")
-            figures = asyncio.run(_phases(settings, source.events, rates, duration,
-                                          {role: p.pid for role, p in procs.items()}, log))
+            # the broker's CPU too (on 2 cores it competes with the scorer), and this process's: the replay's
+            # producer and the recommendations' consumer ("load")
+            pids = {**{role: p.pid for role, p in procs.items()}, "broker": broker.pid, "load": os.getpid()}
+            figures = asyncio.run(_phases(settings, source.events, rates, duration, pids, log))
             count = _metric(ports["scorer"], "tailcast_scorer_batch_latency_seconds_count")
             if count:
                 figures["scorer_batch_ms_mean"] = 1000 * _metric(
