@@ -98,7 +98,14 @@ class TailReranker(_BoostedTopK):
         >>> s, t = np.array([0.3, 0.2, 0.9, 0.1, 0.5]), np.array([False, True, False, True, False])
         >>> [o.tolist() for o in TailReranker.order_blocks(s, t, [0, 3, 3, 5], [1.0, 0.0, 0.0], 2)]
         [[2, 1], [], [1, 0]]
+        >>> TailReranker.order_blocks(s, t, [0, 5], [1.5], 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: strengths must be in [0, 1], got [1.5]
         """
+        bad = [s for s in strengths if not 0.0 <= s <= 1.0]
+        if bad:
+            raise ValueError(f"strengths must be in [0, 1], got {bad}")
         lens = np.diff(np.asarray(bounds, dtype=np.int64))
         n_b, width = lens.size, int(lens.max(initial=0))
         if not width:
