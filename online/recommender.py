@@ -134,7 +134,6 @@ class OnlineRecommender:
     transitions = property(lambda self: self.retrieval.transitions)
     mf = property(lambda self: self.retrieval.mf)
     content = property(lambda self: self.retrieval.content)
-    n_candidates = property(lambda self: self.retrieval.n_candidates)
 
     def __setstate__(self, state: dict) -> None:
         if "pools" not in state:  # pickled before the feedback store had a class (a snapshot: no pools held)

@@ -77,8 +77,7 @@ class TailReranker(_BoostedTopK):
     """The top ``k`` by ``score × (1 + λ·is_tail)``, ``λ = 3·strength`` (see the module doc)."""
 
     def __init__(self, *, strength: float, k: int = 10) -> None:
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        _check_strength(strength)
         super().__init__(strength=strength, k=k)
 
     def order(self, scores: np.ndarray, tail: np.ndarray) -> np.ndarray:
@@ -101,11 +100,10 @@ class TailReranker(_BoostedTopK):
         >>> TailReranker.order_blocks(s, t, [0, 5], [1.5], 2)
         Traceback (most recent call last):
         ...
-        ValueError: strengths must be in [0, 1], got [1.5]
+        ValueError: strength must be in [0, 1], got 1.5
         """
-        bad = [s for s in strengths if not 0.0 <= s <= 1.0]
-        if bad:
-            raise ValueError(f"strengths must be in [0, 1], got {bad}")
+        for strength in strengths:
+            _check_strength(strength)
         lens = np.diff(np.asarray(bounds, dtype=np.int64))
         n_b, width = lens.size, int(lens.max(initial=0))
         if not width:
@@ -113,9 +111,19 @@ class TailReranker(_BoostedTopK):
         lam = np.repeat([_LAMBDA_AT_FULL_STRENGTH * float(s) for s in strengths], lens)  # as order's float
         boosted = np.full((n_b, width), -np.inf, dtype=np.float32)
         rows = np.repeat(np.arange(n_b), lens)
-        boosted[rows, np.arange(rows.size) - np.repeat(np.asarray(bounds[:-1], dtype=np.int64), lens)] = (
-            scores * (1.0 + lam * tail)).astype(np.float32)
+        boosted[rows, np.arange(rows.size) - np.repeat(np.asarray(bounds[:-1], dtype=np.int64), lens)] = _boosted(
+            scores, tail, lam, np.float32)
         return top_k_rows(boosted, k, overwrite=True)
+
+
+def _check_strength(strength: float) -> None:
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+
+
+def _boosted(scores: np.ndarray, tail: np.ndarray, lam: float | np.ndarray, dtype: type) -> np.ndarray:
+    """``score × (1 + lam·tail)`` in ``dtype`` (``lam`` one value, or one per score)."""
+    return (scores * (1.0 + lam * tail)).astype(dtype)
 
 
 def _top_boosted(scores: np.ndarray, tail: np.ndarray, lam: float, k: int, dtype: type) -> np.ndarray:
@@ -123,7 +131,7 @@ def _top_boosted(scores: np.ndarray, tail: np.ndarray, lam: float, k: int, dtype
     ``dtype``, see :func:`online.base.top_k`) in input order."""
     if not scores.size:
         return np.zeros(0, dtype=np.int64)
-    return top_k((scores * (1.0 + lam * tail)).astype(dtype), k)
+    return top_k(_boosted(scores, tail, lam, dtype), k)
 
 
 class TailBoost(_BoostedTopK):
