@@ -40,7 +40,7 @@ __all__ = ["FeedbackBlender", "sigmoid"]
 #: Adam's step size (its other constants are torch's defaults: betas .9 / .999, eps 1e-8).
 _DEFAULT_LR = 0.003
 #: Hidden ReLU units.
-_DEFAULT_HIDDEN = 16
+_DEFAULT_HIDDEN = 48
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 #: Prior weight of the sources that are not personal (the others weigh 1).
