@@ -192,7 +192,9 @@ def test_a_hidden_item_is_in_no_list_scored_after_the_hide_and_a_restore_brings_
     for batch in batches[:16]:
         before += c.process(batch).recommendations
     shown = _items(before)
-    hidden = [item for item, _n in shown.most_common(3)]  # the items lists held most
+    # the stream's items that lists held most (the first is restored below: an item the stream clicks, which
+    # the ranker keeps proposing; the fake model's t0 / v0 are never clicked, so it may learn to rank them out)
+    hidden = [item for item, _n in shown.most_common() if item.startswith("i")][:3]
     assert "t0" in shown or "v0" in shown
     hidden += [s for s in ("t0", "v0") if s in shown]
     for item in hidden:
