@@ -8,10 +8,11 @@ prequentially, each evaluation pool is ranked first (NDCG@10 of the clicked row,
 and then every pool is learned, the clicked row against ``--negatives`` others, as the recommender does.
 
 Rankers: ``blender`` (the product's :class:`~online.blender.FeedbackBlender`, a one-hidden-layer
-perceptron since #15; ``--seeds`` draws its initial weights, ``--hidden`` its widths, default the product's) and ``gbdt`` (scikit-learn's gradient boosting
-fit on the first half's training rows, scored on the second half: a bound on what another non-linear
-ranker could gain with these features, not an online learner). The linear ranker the perceptron replaced,
-and the ``mlp`` ranker that measured it here first, are in git history (before #15's perceptron commit).
+perceptron since #15; ``--seeds`` draws its initial weights, ``--hidden`` its widths, default the product's)
+and ``gbdt`` (scikit-learn's gradient boosting fit on the first half's training rows, scored on the second
+half: a bound on what another non-linear ranker could gain with these features, not an online learner). The
+linear ranker the perceptron replaced, and the ``mlp`` ranker that measured it here first, are in git history
+(before #15's perceptron commit).
 
     .venv/bin/python -m benchmarks.ranker_pools record --dataset synthetic --pools out/pools-synthetic.pkl
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender,gbdt --seeds 0,1,2
@@ -87,7 +88,8 @@ def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0
         return {"ndcg_second_half": float(np.mean(late)), "seconds": time.perf_counter() - started}
     if ranker != "blender":
         raise SystemExit(f"unknown ranker {ranker!r} (blender, gbdt)")
-    model = FeedbackBlender(sources=sources, seed=seed, **({} if hidden is None else {"hidden": hidden}))
+    width = {} if hidden is None else {"hidden": hidden}  # None: the product's width
+    model = FeedbackBlender(sources=sources, seed=seed, **width)
     scores: dict[int, float] = {}
     for n, (train, kept, hit) in enumerate(pools):
         if train is None:
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("pools", type=Path)
     p_replay.add_argument("--rankers", default="blender,gbdt")
     p_replay.add_argument("--seeds", default="0")
-    p_replay.add_argument("--hidden", default="", help="blender: hidden widths to replay (comma list; default the product's)")
+    p_replay.add_argument("--hidden", default="",
+                          help="blender: hidden widths to replay (comma list; default the product's)")
     args, rest = p.parse_known_args(argv)
     if args.command == "record":
         record(rest, args.pools)
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     with args.pools.open("rb") as f:
         pools = pickle.load(f)
     widths = [int(h) for h in args.hidden.split(",")] if args.hidden else [None]
-    print("| ranker | hidden | seed | NDCG@10 (pools kept whole) | second half | seconds |\n|---|---:|---:|---:|---:|---:|")
+    print("| ranker | hidden | seed | NDCG@10 (pools kept whole) | second half | seconds |\n"
+          "|---|---:|---:|---:|---:|---:|")
     for ranker in args.rankers.split(","):
         for hidden in widths if ranker == "blender" else [None]:
             for seed in [int(s) for s in args.seeds.split(",")]:
