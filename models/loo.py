@@ -178,14 +178,8 @@ def metrics_from_ranks(ranks: np.ndarray, *, k: int = 10) -> dict[str, float]:
     return {**metrics.get(), "users": len(ranks)}
 
 
-def evaluate_ranking(
-    score_fn: ScoreFn,
-    histories: Sequence[Sequence[int]],
-    targets: Sequence[int],
-    *,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> np.ndarray:
+def evaluate_ranking(score_fn: ScoreFn, histories: Sequence[Sequence[int]], targets: Sequence[int], *,
+                     batch_size: int = 256, seed: int = 0) -> np.ndarray:
     """Ranks of ``targets`` under ``score_fn``, batched, with the module's exclusion rule."""
     rng = np.random.default_rng(seed)
     out = []

@@ -157,14 +157,8 @@ def make_weight_windows(weights: Sequence[Sequence[float]], max_len: int) -> tor
 
 
 @torch.inference_mode()
-def evaluate_model(
-    model: SeqEncoder,
-    histories: Sequence[Sequence[int]],
-    targets: Sequence[int],
-    *,
-    k: int = 10,
-    batch_size: int = 256,
-) -> dict[str, float]:
+def evaluate_model(model: SeqEncoder, histories: Sequence[Sequence[int]], targets: Sequence[int], *, k: int = 10,
+                   batch_size: int = 256) -> dict[str, float]:
     """HR@k / NDCG@k of ``model`` on (history, target) pairs, full-catalogue ranking (``models.loo``)."""
     was_training = model.training
     model.eval()

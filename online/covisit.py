@@ -46,17 +46,9 @@ class CoVisitation(ItemIndexed):
 
     name = "covisit"
 
-    def __init__(
-        self,
-        *,
-        lookback: int = 5,
-        half_life_s: float = 7 * 86400.0,
-        max_neighbours: int = 100,
-        backward_weight: float = 0.5,
-        history_window: int = 10,
-        normalise: bool = True,
-        distance_decay: bool = True,
-    ) -> None:
+    def __init__(self, *, lookback: int = 5, half_life_s: float = 7 * 86400.0, max_neighbours: int = 100,
+                 backward_weight: float = 0.5, history_window: int = 10, normalise: bool = True,
+                 distance_decay: bool = True) -> None:
         must_be_at_least(1, lookback=lookback, max_neighbours=max_neighbours)
         must_be_at_least(0, backward_weight=backward_weight)
         self.lookback = int(lookback)

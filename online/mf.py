@@ -41,21 +41,9 @@ class OnlineMF(ItemIndexed):
 
     name = "mf"
 
-    def __init__(
-        self,
-        *,
-        dim: int = 32,
-        lr: float = 0.05,
-        reg: float = 0.01,
-        n_negatives: int = 4,
-        seed: int = 0,
-        max_users: int = 1_000_000,
-        init_scale: float = 0.1,
-        negative_pool: int = 10_000,
-        history_window: int = 20,
-        history_weight: float = 1.0,
-        batch_size: int = 64,
-    ) -> None:
+    def __init__(self, *, dim: int = 32, lr: float = 0.05, reg: float = 0.01, n_negatives: int = 4, seed: int = 0,
+                 max_users: int = 1_000_000, init_scale: float = 0.1, negative_pool: int = 10_000,
+                 history_window: int = 20, history_weight: float = 1.0, batch_size: int = 64) -> None:
         must_be_at_least(1, dim=dim, n_negatives=n_negatives, max_users=max_users, batch_size=batch_size,
                          negative_pool=negative_pool)
         self.dim = int(dim)

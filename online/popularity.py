@@ -40,16 +40,8 @@ class DecayedPopularity(ItemIndexed):
 
     name = "popularity"
 
-    def __init__(
-        self,
-        *,
-        half_life_s: float = 86400.0,
-        window_events: int = 100_000,
-        head_share: float = 0.2,
-        max_items: int = 1_000_000,
-        refresh_every: int = 1000,
-        fresh_max_count: int = 3,
-    ) -> None:
+    def __init__(self, *, half_life_s: float = 86400.0, window_events: int = 100_000, head_share: float = 0.2,
+                 max_items: int = 1_000_000, refresh_every: int = 1000, fresh_max_count: int = 3) -> None:
         must_be_at_least(1, window_events=window_events)
         if not 0.0 <= head_share <= 1.0:
             raise ValueError(f"head_share must be in [0, 1], got {head_share}")

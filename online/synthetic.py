@@ -55,19 +55,9 @@ class SyntheticData:
     successor: dict[str, str]
 
 
-def generate(
-    *,
-    n_users: int = 2_000,
-    n_items: int = 1_000,
-    n_events: int = 50_000,
-    n_clusters: int = 8,
-    zipf_a: float = 1.1,
-    taste: float = 0.8,
-    p_next: float = 0.5,
-    start_ts: float = 1_700_000_000.0,
-    events_per_second: float = 10.0,
-    seed: int = 0,
-) -> SyntheticData:
+def generate(*, n_users: int = 2_000, n_items: int = 1_000, n_events: int = 50_000, n_clusters: int = 8,
+             zipf_a: float = 1.1, taste: float = 0.8, p_next: float = 0.5, start_ts: float = 1_700_000_000.0,
+             events_per_second: float = 10.0, seed: int = 0) -> SyntheticData:
     """Generate ``n_events`` events over ``n_users`` users and ``n_items`` items (see module doc)."""
     if n_clusters > len(GENRES):
         raise ValueError(f"n_clusters={n_clusters} exceeds the {len(GENRES)} genres with a vocabulary")
