@@ -1,6 +1,7 @@
 """Is the ranker the limit? Replay the candidate pools of a real offline evaluation through other rankers.
 
-``record`` runs ``tailcast evaluate --mode offline`` (tailcast s=0 only, fresh pairing) and keeps every
+``record`` runs ``tailcast evaluate --mode offline`` (tailcast s=0 only, fresh pairing; its other options, such
+as ``--train-transformer 60 --refresh-every 25000``, passed on) and keeps, per tailcast system, every
 labelled list's candidate pool as the ranker saw it (``OnlineRecommender.pool_observer``): for each, the
 clicked row and 16 random other rows (training), and every third pool whole (evaluation). The pools do not
 depend on the ranker (the sources propose them), so ``replay`` can run any ranker over the same stream:
@@ -17,6 +18,9 @@ linear ranker the perceptron replaced, and the ``mlp`` ranker that measured it h
     .venv/bin/python -m benchmarks.ranker_pools record --dataset synthetic --pools out/pools-synthetic.pkl
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender,gbdt --seeds 0,1,2
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender --hidden 16,32,48
+    .venv/bin/python -m benchmarks.ranker_pools record --dataset ../shared/data/ml-latest-small \
+        --train-transformer 60 --train-vae 30 --refresh-every 25000 --pools out/pools-ml-refresh.pkl
+    .venv/bin/python -m benchmarks.ranker_pools replay out/pools-ml-refresh.pkl --system "tailcast[s=0.00] no VAE"
 
 The figures and what they decided are in docs/decisions.md ("#15 ranker headroom").
 """
@@ -37,32 +41,54 @@ from online.recommender import CORE_SOURCES, OnlineRecommender
 
 TRAIN_NEGATIVES = 16
 EVAL_EVERY = 3
+#: Where a batch model was swapped in, in a system's pools (``--refresh-every``).
+REFRESH = ("refresh", None, -1)
 _DISCOUNT = 1.0 / np.log2(np.arange(2, 12))
 
 
 def record(argv: list[str], path: Path) -> None:
-    """Run ``tailcast evaluate`` with ``argv`` and pickle the pools to ``path``."""
+    """Run ``tailcast evaluate`` with ``argv`` and pickle the pools to ``path``: ``{system: pools}``, one list per
+    tailcast system (with ``--train-transformer`` the "no VAE" and "online only" rows are systems too), a
+    :data:`REFRESH` marker where ``--refresh-every`` swapped a new batch model in."""
     from streams.evaluate import main
+    from streams.evaluation.transformer import Refresher
 
-    rng = random.Random(0)
-    pools: list[tuple] = []  # (training rows, clicked first | None, whole pool | None, clicked row)
+    rngs: dict[str, random.Random] = {}
+    by_system: dict[str, list[tuple]] = {}  # (training rows, whole pool | None, clicked row), or a marker
 
-    def observe(X: np.ndarray | None, hit: int) -> None:
+    def observe(rec: OnlineRecommender, X: np.ndarray | None, hit: int) -> None:
+        system = next(iter(rec.arms))  # the harness names each system's one arm after it
+        pools = by_system.setdefault(system, [])
         if X is None:
             pools.append((None, None, -1))
             return
+        rng = rngs.setdefault(system, random.Random(0))
         others = rng.sample([r for r in range(X.shape[0]) if r != hit], min(TRAIN_NEGATIVES, X.shape[0] - 1))
         whole = X.astype(np.float32) if len(pools) % EVAL_EVERY == 0 else None
         pools.append((X[[hit, *others]].astype(np.float32), whole, hit))
 
-    OnlineRecommender.pool_observer = staticmethod(observe)
+    refresh = Refresher.__call__
+
+    def marked(self: Refresher, events):
+        for pools in by_system.values():
+            pools.append(REFRESH)
+        return refresh(self, events)
+
+    OnlineRecommender.pool_observer = observe  # a plain function: called as a method, it sees the recommender
+    Refresher.__call__ = marked
     main([*argv, "--mode", "offline", "--strengths", "0", "--boosts", "0", "--workers", "1",
           "--lists", "none"])
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
-        pickle.dump(pools, f, protocol=5)
-    print(f"{len(pools)} labelled lists, {sum(p[0] is not None for p in pools)} with the click in the pool, "
-          f"{sum(p[1] is not None for p in pools)} kept whole -> {path}")
+        pickle.dump(by_system, f, protocol=5)
+    for system, pools in by_system.items():
+        lists = [p for p in pools if not _is_marker(p)]
+        print(f"{system}: {len(lists)} labelled lists, {sum(p[0] is not None for p in lists)} with the click in the "
+              f"pool, {sum(p[1] is not None for p in lists)} kept whole, {len(pools) - len(lists)} refreshes -> {path}")
+
+
+def _is_marker(pool: tuple) -> bool:
+    return isinstance(pool[0], str)
 
 
 def _ndcg(scores: np.ndarray, hit: int) -> float:
@@ -73,6 +99,7 @@ def _ndcg(scores: np.ndarray, hit: int) -> float:
 def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0,
            hidden: int | None = None) -> dict[str, float]:
     """Prequential NDCG@10 over the pools kept whole (all, and the second half's), for one ranker."""
+    pools = [p for p in pools if not _is_marker(p)]
     sources = (*CORE_SOURCES, "transformer", "vae")
     half = len(pools) // 2
     whole = [n for n, p in enumerate(pools) if p[1] is not None]
@@ -111,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--pools", type=Path, required=True)
     p_replay = sub.add_parser("replay", help="replay recorded pools through rankers")
     p_replay.add_argument("pools", type=Path)
+    p_replay.add_argument("--system", default="tailcast[s=0.00]", help="whose pools to replay")
     p_replay.add_argument("--rankers", default="blender,gbdt")
     p_replay.add_argument("--seeds", default="0")
     p_replay.add_argument("--hidden", default="",
@@ -120,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         record(rest, args.pools)
         return 0
     with args.pools.open("rb") as f:
-        pools = pickle.load(f)
+        pools = pickle.load(f)[args.system]
     widths = [int(h) for h in args.hidden.split(",")] if args.hidden else [None]
     print("| ranker | hidden | seed | NDCG@10 (pools kept whole) | second half | seconds |\n"
           "|---|---:|---:|---:|---:|---:|")
