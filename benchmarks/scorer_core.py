@@ -87,6 +87,7 @@ class FakeBatchModel:
     def __init__(self, item_ids: list[str]) -> None:
         self.item_ids = item_ids
         self.pos = {item: n for n, item in enumerate(item_ids)}
+        self.vocab = self.pos
         self._lists: dict[tuple[int, int], dict[str, list[tuple[str, float]]]] = {}
 
     def _for(self, j: int, k: int) -> dict[str, list[tuple[str, float]]]:

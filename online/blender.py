@@ -48,7 +48,7 @@ _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
 
 
 #: Feature columns after the per-source ones (see :meth:`FeedbackBlender._put_dense`).
-N_DENSE = 5
+N_DENSE = 6
 _ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
 
 
@@ -119,6 +119,7 @@ class FeedbackBlender:
             "tail_x_log_user_events",
             "log_popularity",
             "tail_x_appetite",
+            "batch_unknown",
         )
         n_f = len(self.feature_names)
         self._rr_name = {s: f"{s}_rr" for s in self.sources}
@@ -129,10 +130,11 @@ class FeedbackBlender:
         self._proposing = np.zeros(len(self.sources), dtype=bool)  # sources seen proposing in a learned batch
         self._mean = np.zeros(n_f)
         self._var = np.zeros(n_f)
-        # the perceptron: logit = relu(z @ W1 + b1) @ w2 + b2, initial weights as torch's nn.Linear draws them
+        # the perceptron: logit = relu(z @ W1 + b1) @ w2 + b2, initial weights as torch's nn.Linear draws them,
+        # but for batch_unknown's row: it starts at 0 (it is constant until a batch model is served)
         init = np.random.default_rng(self.seed)
-        a1, a2 = 1.0 / math.sqrt(n_f), 1.0 / math.sqrt(self.hidden)
-        self._W1 = init.uniform(-a1, a1, (n_f, self.hidden))
+        a1, a2 = 1.0 / math.sqrt(n_f - 1), 1.0 / math.sqrt(self.hidden)
+        self._W1 = np.vstack([init.uniform(-a1, a1, (n_f - 1, self.hidden)), np.zeros((1, self.hidden))])
         self._b1 = init.uniform(-a1, a1, self.hidden)
         self._w2 = init.uniform(-a2, a2, self.hidden)
         self._b2 = np.array(init.uniform(-a2, a2))
@@ -164,6 +166,15 @@ class FeedbackBlender:
         if "_W1" not in state:  # a snapshot (online.snapshot) taken before #15: it does not load, it is not served
             raise ValueError("this FeedbackBlender was pickled with the linear ranker; its weights do not carry "
                              "over to the perceptron")
+        if "batch_unknown" not in state["feature_names"]:  # pickled before the feature: it starts as a new one
+            state["feature_names"] = (*state["feature_names"], "batch_unknown")
+            for key in ("_mean", "_var"):
+                state[key] = np.append(state[key], 0.0)
+            state["_W1"] = np.vstack([state["_W1"], np.zeros((1, state["_W1"].shape[1]))])
+            state["_adam_m"][0] = np.vstack([state["_adam_m"][0], np.zeros((1, state["_W1"].shape[1]))])
+            state["_adam_v"][0] = np.vstack([state["_adam_v"][0], np.zeros((1, state["_W1"].shape[1]))])
+            state["_buf_x"] = [(np.hstack([x, np.zeros((x.shape[0], 1))]), None) for x, _ in state["_buf_x"]]
+            state["_eff"] = None
         self.__dict__.update(state)
 
     @property
@@ -182,6 +193,7 @@ class FeedbackBlender:
         source_ranks: Mapping[str, int] | None = None,
         popularity: float = 0.0,
         appetite: float = 0.0,
+        batch_unknown: bool = False,
     ) -> dict[str, float]:
         """The feature dict of one (user, candidate); sources not in ``self.sources`` are ignored."""
         x = dict.fromkeys(self.feature_names, 0.0)
@@ -205,6 +217,7 @@ class FeedbackBlender:
             x["is_tail"] = 1.0
             x["tail_x_log_user_events"] = log_events
             x["tail_x_appetite"] = float(appetite)
+        x["batch_unknown"] = float(bool(batch_unknown))
         return x
 
     def feature_matrix(
@@ -215,6 +228,7 @@ class FeedbackBlender:
         user_event_count: int | np.ndarray,
         popularity: float | np.ndarray = 0.0,
         appetite: float | np.ndarray = 0.0,
+        batch_unknown: bool | np.ndarray = False,
     ) -> np.ndarray:
         """(n, n_features) float64 feature rows, the vectorised :meth:`features`.
 
@@ -227,19 +241,19 @@ class FeedbackBlender:
         X[:, :n_s] = _squash(scores)
         X[:, n_s : 2 * n_s] = 1.0 / (1.0 + ranks)
         X[:, 2 * n_s : 3 * n_s] = np.isfinite(ranks) | (X[:, :n_s] != 0)
-        self._put_dense(X, is_tail, user_event_count, popularity, appetite)
+        self._put_dense(X, is_tail, user_event_count, popularity, appetite, batch_unknown)
         return X
 
     def feature_entries(self, n: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, ranks: np.ndarray,
                         is_tail: np.ndarray, user_event_count: np.ndarray, popularity: float | np.ndarray = 0.0,
-                        appetite: float | np.ndarray = 0.0) -> np.ndarray:
+                        appetite: float | np.ndarray = 0.0, batch_unknown: bool | np.ndarray = False) -> np.ndarray:
         """:meth:`feature_matrix` (same values) from the proposals as entries: candidate ``rows[e]`` was
         proposed by source ``cols[e]`` (its position in ``sources``) with raw score ``values[e]`` at 0-based
         rank ``ranks[e]``; each (row, source) pair at most once. Only the proposals are transformed."""
         X = np.zeros((n, self.n_features))
         at, _, x = self._entries(rows, cols, values, ranks)
         X.reshape(-1)[at] = x
-        self._put_dense(X, is_tail, user_event_count, popularity, appetite)
+        self._put_dense(X, is_tail, user_event_count, popularity, appetite, batch_unknown)
         return X
 
     def _entries(self, rows, cols, values, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -251,14 +265,17 @@ class FeedbackBlender:
                 np.concatenate([_squash(values), 1.0 / (1.0 + ranks), np.ones(values.size)]))
 
     @staticmethod
-    def _put_dense(X: np.ndarray, is_tail: np.ndarray, user_event_count, popularity, appetite) -> None:
+    def _put_dense(X: np.ndarray, is_tail: np.ndarray, user_event_count, popularity, appetite,
+                   batch_unknown) -> None:
         """Write the last :data:`N_DENSE` feature columns of ``X``: ``is_tail``, ``log_user_events``, their
-        product, ``log_popularity`` (``log1p`` of the item's window count) and ``tail_x_appetite`` (the
-        user's tail appetite, on tail items)."""
+        product, ``log_popularity`` (``log1p`` of the item's window count), ``tail_x_appetite`` (the user's
+        tail appetite, on tail items) and ``batch_unknown`` (1: a batch model is served and the item is not
+        in its vocabulary, so its batch features are missing, not low)."""
         log_events = np.log1p(np.maximum(0, np.asarray(user_event_count, dtype=np.float64)))
         tail = np.asarray(is_tail, dtype=np.float64)
         log_pop = np.log1p(np.maximum(0.0, np.asarray(popularity, dtype=np.float64)))
-        dense = (tail, log_events, tail * log_events, log_pop, tail * np.asarray(appetite, dtype=np.float64))
+        dense = (tail, log_events, tail * log_events, log_pop, tail * np.asarray(appetite, dtype=np.float64),
+                 np.asarray(batch_unknown, dtype=np.float64))
         for j, column in enumerate(dense, start=X.shape[1] - N_DENSE):
             X[:, j] = column
 
@@ -274,13 +291,14 @@ class FeedbackBlender:
         bounds: Sequence[int],
         popularity: float | np.ndarray = 0.0,
         appetite: float | np.ndarray = 0.0,
+        batch_unknown: bool | np.ndarray = False,
     ) -> np.ndarray:
         """:meth:`logits_blocks` of the :meth:`feature_entries` matrix of the same arguments (same values).
         Learned phase: the standardised matrix is built directly (a zero feature standardises to one value
         per column), into a buffer kept between calls (a fresh array of a few MB costs page faults)."""
         if not self.warmed_up:
             return self.logits_blocks(self.feature_entries(n, rows, cols, values, ranks, is_tail, user_event_count,
-                                                           popularity, appetite), bounds)
+                                                           popularity, appetite, batch_unknown), bounds)
         n_f = self.n_features
         mean, inv_std = self._scaling()
         clip = self.z_clip
@@ -293,7 +311,7 @@ class FeedbackBlender:
         Z[:] = np.clip((0.0 - mean) * inv_std, -clip, clip)  # a zero feature, standardised
         at, f, x = self._entries(rows, cols, values, ranks)
         Z.reshape(-1)[at] = np.clip((x - mean[f]) * inv_std[f], -clip, clip)
-        self._put_dense(Z, is_tail, user_event_count, popularity, appetite)
+        self._put_dense(Z, is_tail, user_event_count, popularity, appetite, batch_unknown)
         d = slice(n_f - N_DENSE, None)
         Z[:, d] = np.clip((Z[:, d] - mean[d]) * inv_std[d], -clip, clip)
         return _blocks(self._net, Z, bounds)

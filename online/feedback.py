@@ -8,7 +8,7 @@ held, the least recently served dropped first.
 
 >>> store = FeedbackStore(pool_depth=2, negatives=1, max_pending=1, seed=0)
 >>> pools = store.pools_from_batch(items=np.array([7, 8, 9]), tail=np.array([False, True, True]),
-...     popularity=np.array([5.0, 1.0, 0.0]), rows=np.array([0, 1, 2]), cols=np.array([0, 0, 0]),
+...     popularity=np.array([5.0, 1.0, 0.0]), unknown=np.zeros(3, dtype=bool), rows=np.array([0, 1, 2]), cols=np.array([0, 0, 0]),
 ...     values=np.array([3.0, 2.0, 1.0]), ranks=np.array([0, 1, 2]), owners=np.array([0, 0, 0]),
 ...     bounds=np.array([0, 3]), counts=[4], appetites=[0.5])
 >>> pools[0].items.tolist()   # the proposal at rank 2 is beyond pool_depth 2
@@ -42,6 +42,7 @@ class Pool:
     items: np.ndarray  # (P,) int32, the recommender's item indices
     tail: np.ndarray  # (P,) bool
     popularity: np.ndarray  # (P,) float32 window counts
+    unknown: np.ndarray  # (P,) bool: not in the served batch model's vocabulary
     rows: np.ndarray  # (E,) int32, into items
     cols: np.ndarray  # (E,) int16, the source's position in the blender's sources
     values: np.ndarray  # (E,) float64 (decayed counts overflow float32)
@@ -59,7 +60,7 @@ class Pool:
         return blender.feature_entries(len(chosen), local[sel], self.cols[sel].astype(np.int64),
                                        self.values[sel], self.ranks[sel].astype(np.float64),
                                        self.tail[chosen], np.full(len(chosen), self.count), self.popularity[chosen],
-                                       self.appetite)
+                                       self.appetite, self.unknown[chosen])
 
 
 class FeedbackStore:
@@ -125,11 +126,12 @@ class FeedbackStore:
         chosen.sort()
         return chosen
 
-    def pools_from_batch(self, *, items: np.ndarray, tail: np.ndarray, popularity: np.ndarray, rows: np.ndarray,
-                         cols: np.ndarray, values: np.ndarray, ranks: np.ndarray, owners: np.ndarray,
-                         bounds: np.ndarray, counts: Sequence[int], appetites: Sequence[float]) -> list[Pool]:
-        """Each user's :class:`Pool` from a micro-batch's merged candidates (``items``/``tail``/``popularity``,
-        user b's rows ``bounds[b]:bounds[b + 1]``) and their proposals (``rows``, ``cols``, ``values``, ``ranks``
+    def pools_from_batch(self, *, items: np.ndarray, tail: np.ndarray, popularity: np.ndarray,
+                         unknown: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                         ranks: np.ndarray, owners: np.ndarray, bounds: np.ndarray, counts: Sequence[int],
+                         appetites: Sequence[float]) -> list[Pool]:
+        """Each user's :class:`Pool` from a micro-batch's merged candidates (``items``/``tail``/``popularity``/
+        ``unknown``, user b's rows ``bounds[b]:bounds[b + 1]``) and their proposals (``rows``, ``cols``, ``values``, ``ranks``
         and the user ``owners`` of each, sorted by user): the candidates proposed within some source's top
         ``pool_depth``, in compact dtypes (copies: the batch's arrays are let go)."""
         n_b = bounds.size - 1
@@ -140,10 +142,11 @@ class FeedbackStore:
         kb = np.concatenate([[0], np.cumsum(keep)])[bounds].tolist()  # user b's kept rows: kb[b]:kb[b + 1]
         eb = np.searchsorted(owners[sel], np.arange(n_b + 1)).tolist()  # user b's kept proposals
         p_items, p_tail, p_pop = items[keep].astype(np.int32), tail[keep], popularity[keep].astype(np.float32)
+        p_unknown = unknown[keep]
         e_rows = new_row[rows[sel]].astype(np.int32)
         e_cols, e_vals, e_ranks = cols[sel].astype(np.int16), values[sel], ranks[sel].astype(np.int32)
         return [Pool(p_items[kb[b] : kb[b + 1]].copy(), p_tail[kb[b] : kb[b + 1]].copy(),
-                     p_pop[kb[b] : kb[b + 1]].copy(), e_rows[eb[b] : eb[b + 1]] - kb[b],
+                     p_pop[kb[b] : kb[b + 1]].copy(), p_unknown[kb[b] : kb[b + 1]].copy(), e_rows[eb[b] : eb[b + 1]] - kb[b],
                      e_cols[eb[b] : eb[b + 1]].copy(), e_vals[eb[b] : eb[b + 1]].copy(),
                      e_ranks[eb[b] : eb[b + 1]].copy(), int(count), float(appetite))
                 for b, count, appetite in zip(range(n_b), counts, appetites)]

@@ -28,7 +28,7 @@ build.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Mapping, Sequence
 
 import numpy as np
 
@@ -111,6 +111,8 @@ class OnlineRecommender:
                                    seed=seed)
         self._col = {s: n for n, s in enumerate(blender.sources)}
         self.last_alternatives: list[list[list[Candidate]]] = []  # see recommend_many(alternatives=)
+        self._batch_vocab: Container[str] | None = None  # the served batch model's items (None: no model)
+        self._unknown = np.zeros(0, dtype=bool)  # over our item index: not in _batch_vocab (see batch_unknown)
 
     @classmethod
     def create(cls, *, arms: Sequence[ArmConfig], content_dim: int = 256, seed: int = 0,
@@ -135,7 +137,14 @@ class OnlineRecommender:
     mf = property(lambda self: self.retrieval.mf)
     content = property(lambda self: self.retrieval.content)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_batch_vocab"], state["_unknown"] = None, np.zeros(0, dtype=bool)  # the model's: set when it is
+        return state
+
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("_batch_vocab", None)  # pickled before the ranker's batch_unknown feature
+        state.setdefault("_unknown", np.zeros(0, dtype=bool))
         if "pools" not in state:  # pickled before the feedback store had a class (a snapshot: no pools held)
             state["pools"] = FeedbackStore(pool_depth=state.pop("pool_depth"), negatives=state.pop("pool_negatives"),
                                            max_pending=state.pop("max_pending"), rng=state.pop("_rng"))
@@ -148,6 +157,25 @@ class OnlineRecommender:
             retrieval.__dict__.update({f: state.pop(f) for f in fields},
                                       items=state.pop("_items"), popularity_counts=state.pop("_pop"))
         self.__dict__.update(state)
+
+    def set_batch_vocabulary(self, vocab: Container[str] | None) -> None:
+        """The items of the batch model now served (None: none is): a candidate outside it gets the ranker's
+        ``batch_unknown`` feature, so that its missing batch scores do not read as low ones."""
+        self._batch_vocab = vocab
+        self._unknown = np.zeros(0, dtype=bool)
+
+    def batch_unknown(self, items: np.ndarray) -> np.ndarray:
+        """(n,) bool over our item indices ``items``: a batch model is served and does not know the item."""
+        vocab = self._batch_vocab
+        if vocab is None:
+            return np.zeros(items.size, dtype=bool)
+        n = len(self.retrieval.items)
+        if self._unknown.size < n:  # our index grew (append-only): look up the new names once
+            names = self.retrieval.items.names
+            start = self._unknown.size
+            new = np.fromiter((name not in vocab for name in names[start:n]), dtype=bool, count=n - start)
+            self._unknown = np.concatenate([self._unknown, new])
+        return self._unknown[items]
 
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
         """Label the user's last shown list with this event, then update every model."""
@@ -346,11 +374,12 @@ class OnlineRecommender:
         popularity = np.where(items < pop_c.size, pop_c[np.minimum(items, pop_c.size - 1)], 0.0) if pop_c.size \
             else np.zeros(n_c)  # (n,) window counts
         appetite = np.repeat(np.asarray(appetites, dtype=np.float64), np.diff(bounds))  # (n,)
+        unknown = self.batch_unknown(items)  # (n,)
         ranks = np.full((n_c, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
         if not repeated:
             ranks[rows, col_e] = rank_e
             probs = sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd,
-                                                         popularity, appetite))
+                                                         popularity, appetite, unknown))
             X = None  # the shown rows' features are built below
         else:  # a source listed twice for a user: its later list overwrites the earlier one, list by list
             scores = np.zeros((n_c, n_s))  # (n, S) raw source scores, 0 = not proposed
@@ -359,7 +388,7 @@ class OnlineRecommender:
                 r, c = rows[a:e], col_e[a:e]
                 scores[r, c] = values[a:e]
                 ranks[r, c] = rank_e[a:e]
-            X = self.blender.feature_matrix(scores, ranks, tail, row_counts, popularity, appetite)  # (n, F)
+            X = self.blender.feature_matrix(scores, ranks, tail, row_counts, popularity, appetite, unknown)  # (n, F)
             probs = sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
         def lists_for(strengths: Sequence[float]) -> list[list[Candidate]]:
             """Each user's list re-ranked at ``strengths[b]``, with source attribution and anchors."""
@@ -372,7 +401,7 @@ class OnlineRecommender:
                 sel = local >= 0
                 X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
                                                        tail[shown], row_counts[shown], popularity[shown],
-                                                       appetite[shown])
+                                                       appetite[shown], unknown[shown])
             else:
                 X_shown = X[shown]
             # the proposing source with the largest logit share (gradient × input); ties: the better rank
@@ -410,7 +439,8 @@ class OnlineRecommender:
         names = self.retrieval.items.names
         sources = self.blender.sources
         out = lists_for([c.rerank_strength for c in configs])
-        pools = self.pools.pools_from_batch(items=items, tail=tail, popularity=popularity, rows=rows, cols=col_e,
+        pools = self.pools.pools_from_batch(items=items, tail=tail, popularity=popularity, unknown=unknown,
+                                            rows=rows, cols=col_e,
                                             values=values, ranks=rank_e, owners=user_e, bounds=bounds,
                                             counts=user_event_counts, appetites=appetites)
         held = [b for b in range(n_b) if out[b]]
@@ -446,6 +476,7 @@ class OnlineRecommender:
                 user_event_count=len(history),
                 popularity=float(window_count(item)),
                 appetite=appetite,
+                batch_unknown=self._batch_vocab is not None and item not in self._batch_vocab,
             )
             for n, item in enumerate(items)
         ]

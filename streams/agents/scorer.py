@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +29,7 @@ class SequenceModel(Protocol):
     """What the scorer needs of a batch model (models.scoring.BatchScorer fits)."""
 
     version: str
+    vocab: Container[str]  # the items it can propose
 
     def candidates(self, histories: list[list[str]], k: int,
                    exclude: list[set[str]]) -> dict[str, list[list[tuple[str, float]]]]:
@@ -110,8 +111,10 @@ class ScorerCore:
             self._learned.put(user, int(count))
 
     def swap_model(self, model: SequenceModel | None) -> None:
-        """Install a new batch model; called between micro-batches only."""
+        """Install a new batch model (its vocabulary goes to the ranker's ``batch_unknown`` feature); called
+        between micro-batches only."""
         self.model = model
+        self.recommender.set_batch_vocabulary(model.vocab if model is not None else None)
 
     @property
     def model_version(self) -> str:

@@ -102,6 +102,7 @@ def encode_state(core: ScorerCore) -> bytes:
 def install_state(core: ScorerCore, state: dict[str, Any]) -> None:
     """Put a snapshot's state into a core that has learned nothing yet."""
     core.recommender = state["recommender"]
+    core.swap_model(core.model)  # the served model's vocabulary, to the restored ranker
     core.restore_state(state["core"])
 
 

@@ -91,6 +91,9 @@ class PerUserRecommender:
         return [self.recommend(u, h, c, arm=a, extra=x)
                 for u, h, c, a, x in zip(users, histories, user_event_counts, arms, extras)]
 
+    def set_batch_vocabulary(self, vocab) -> None:
+        """A baseline has no ranker: the batch model's vocabulary is not a feature of anything here."""
+
 
 class _Baseline(PerUserRecommender):
     """What every baseline shares: each user's consumed items and the window's popularity, both fed by

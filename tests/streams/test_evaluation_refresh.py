@@ -31,6 +31,7 @@ class FakeModel:
     def __init__(self, version: str, items: list[str], *, vae: bool = True) -> None:
         self.version = version
         self.items = items
+        self.vocab = set(items)
         self.vae = object() if vae else None
 
     def candidates(self, histories, k, exclude):
@@ -267,9 +268,12 @@ def test_warm_start_keeps_the_previous_vocabulary_as_prefix():
     assert [h["warm_start"] for h in scratch.history] == [False, False]
 
 
-def test_strengths_of_one_kind_share_one_replay_and_publish_what_separate_replays_would(stream):
+def test_strengths_of_one_kind_share_one_replay_and_publish_what_separate_replays_would():
     """tailcast at several strengths is replayed once (the followers' lists are the primary's candidates
-    re-ranked): every list and every metric equals that of a replay per system, refreshes included."""
+    re-ranked): every list and every metric equals that of a replay per system, refreshes included. The
+    stream is long enough for a head refresh (every 1,000 events), so that the strengths really re-rank."""
+    data = generate(n_users=40, n_items=60, n_events=1200, seed=7)
+    stream = prepare_events([Event(ts, u, i, e) for ts, u, i, e in data.events])
     specs = [SystemSpec("tailcast", s) for s in (0.0, 0.5, 1.0)] + \
         [SystemSpec("tailcast-online", s) for s in (0.0, 1.0)]
     items = sorted({e.item for e in stream.events})[:30]
@@ -277,7 +281,7 @@ def test_strengths_of_one_kind_share_one_replay_and_publish_what_separate_replay
     def replay(chosen):
         lists: list = []
         res = run_offline(stream, chosen, SETTINGS, batch=1, progress_every=0, lists_sink=lists.append,
-                          sink_kinds=ALL_KINDS, refresh_every=150, refresher=RecordingRefresher(items, []),
+                          sink_kinds=ALL_KINDS, refresh_every=400, refresher=RecordingRefresher(items, []),
                           log=lambda line: None)
         return res, lists
 

@@ -80,6 +80,7 @@ class FakeSeqModel:
 
     def __init__(self, sources=("transformer", "vae")):
         self.sources = sources
+        self.vocab = {f"{s[0]}{n}" for s in sources for n in range(100)}
 
     def candidates(self, histories, k, exclude):
         return {s: [[(f"{s[0]}{n}", 1.0 - n / 10) for n in range(k) if f"{s[0]}{n}" not in ex] for ex in exclude]

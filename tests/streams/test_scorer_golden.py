@@ -62,6 +62,7 @@ class StandInBatchModel:
     def __init__(self, item_ids: list[str]) -> None:
         self.item_ids = item_ids
         self.pos = {item: n for n, item in enumerate(item_ids)}
+        self.vocab = self.pos
 
     def candidates(self, histories, k, exclude):
         out = {"transformer": [], "vae": []}
