@@ -92,6 +92,26 @@ def test_a_pickle_of_the_linear_ranker_does_not_load() -> None:
         pickle.loads(pickle.dumps(old))
 
 
+def test_batch_unknown_starts_at_zero_weight_and_a_blender_pickled_before_it_loads_and_predicts_alike() -> None:
+    import pickle
+
+    a, xs = _learned(seed=0)
+    at = a.feature_names.index("batch_unknown")
+    assert not a._W1[at].any()  # constant 0 so far (no batch model): its weights never moved from 0
+    # what a blender pickled before the feature held: its column dropped everywhere
+    old = pickle.loads(pickle.dumps(a))
+    keep = [n for n in range(a.n_features) if n != at]
+    old.feature_names = tuple(old.feature_names[n] for n in keep)
+    old._mean, old._var, old._W1 = old._mean[keep], old._var[keep], old._W1[keep]
+    old._adam_m[0], old._adam_v[0] = old._adam_m[0][keep], old._adam_v[0][keep]
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.feature_names == a.feature_names and restored._W1.shape == a._W1.shape
+    np.testing.assert_allclose(restored.predict_many(xs[:40]), a.predict_many(xs[:40]), rtol=1e-12)
+    flagged = [{**x, "batch_unknown": 1.0} for x in xs[:64]]
+    restored.learn_many((x, n % 3 == 0) for n, x in enumerate(flagged))  # and it learns the new column
+    assert restored._W1[at].any()
+
+
 def test_contributions_are_gradient_times_input() -> None:
     blender, xs = _learned()
     X = blender._matrix(xs[:30])

@@ -191,6 +191,32 @@ def test_extra_sources() -> None:
         rec.recommend("u", ["i1"], 1, arm="control", extra={"gpt": []})
 
 
+def test_candidates_outside_the_batch_models_vocabulary_are_flagged_for_the_ranker() -> None:
+    rec = make()
+    warm(rec, n_events=500)
+    extra = {"transformer": [Candidate("i1", 2.0, "transformer"), Candidate("i2", 1.0, "transformer")]}
+
+    def flags() -> dict[str, bool]:
+        rec.recommend("u", ["i5"], 1, arm="control", extra=extra)
+        _, pool = rec.pools.get("u")
+        names = rec.retrieval.items.names
+        return {names[i]: bool(u) for i, u in zip(pool.items.tolist(), pool.unknown.tolist())}
+
+    assert not any(flags().values())  # no batch model served: nothing is unknown to one
+    rec.set_batch_vocabulary({"i1", "i2", "i3"})
+    got = flags()
+    assert not got["i1"] and not got["i2"] and len(got) > 3
+    assert all(unknown == (item not in {"i1", "i2", "i3"}) for item, unknown in got.items())
+    x = rec.pools.get("u")[1].features(rec.blender, [0])
+    assert x[0, rec.blender.feature_names.index("batch_unknown")] == float(got[rec.retrieval.items.names[
+        int(rec.pools.get("u")[1].items[0])]])
+    rec.learn_one("u", "new-item", 1e6, ("i5",))  # our index grows after the vocabulary was set
+    rec.recommend("v", [], 0, arm="control")
+    assert rec.batch_unknown(np.array([rec.retrieval.items.get("new-item")])).tolist() == [True]
+    rec.set_batch_vocabulary(None)
+    assert not any(flags().values())
+
+
 def test_unknown_arm_and_bad_wiring() -> None:
     rec = make()
     with pytest.raises(UnknownArmError, match="nope"):
