@@ -170,9 +170,10 @@ class FeedbackBlender:
             state["feature_names"] = (*state["feature_names"], "batch_unknown")
             for key in ("_mean", "_var"):
                 state[key] = np.append(state[key], 0.0)
-            state["_W1"] = np.vstack([state["_W1"], np.zeros((1, state["_W1"].shape[1]))])
-            state["_adam_m"][0] = np.vstack([state["_adam_m"][0], np.zeros((1, state["_W1"].shape[1]))])
-            state["_adam_v"][0] = np.vstack([state["_adam_v"][0], np.zeros((1, state["_W1"].shape[1]))])
+            zero_row = np.zeros((1, state["_W1"].shape[1]))
+            state["_W1"] = np.vstack([state["_W1"], zero_row])
+            for key in ("_adam_m", "_adam_v"):  # W1's moments come first
+                state[key][0] = np.vstack([state[key][0], zero_row])
             state["_buf_x"] = [(np.hstack([x, np.zeros((x.shape[0], 1))]), None) for x, _ in state["_buf_x"]]
             state["_eff"] = None
         self.__dict__.update(state)

@@ -8,9 +8,9 @@ held, the least recently served dropped first.
 
 >>> store = FeedbackStore(pool_depth=2, negatives=1, max_pending=1, seed=0)
 >>> pools = store.pools_from_batch(items=np.array([7, 8, 9]), tail=np.array([False, True, True]),
-...     popularity=np.array([5.0, 1.0, 0.0]), unknown=np.zeros(3, dtype=bool), rows=np.array([0, 1, 2]), cols=np.array([0, 0, 0]),
-...     values=np.array([3.0, 2.0, 1.0]), ranks=np.array([0, 1, 2]), owners=np.array([0, 0, 0]),
-...     bounds=np.array([0, 3]), counts=[4], appetites=[0.5])
+...     popularity=np.array([5.0, 1.0, 0.0]), unknown=np.zeros(3, dtype=bool), rows=np.array([0, 1, 2]),
+...     cols=np.array([0, 0, 0]), values=np.array([3.0, 2.0, 1.0]), ranks=np.array([0, 1, 2]),
+...     owners=np.array([0, 0, 0]), bounds=np.array([0, 3]), counts=[4], appetites=[0.5])
 >>> pools[0].items.tolist()   # the proposal at rank 2 is beyond pool_depth 2
 [7, 8]
 >>> store.keep(["u1"], [("i7",)], pools); len(store), store.users()
@@ -131,9 +131,9 @@ class FeedbackStore:
                          ranks: np.ndarray, owners: np.ndarray, bounds: np.ndarray, counts: Sequence[int],
                          appetites: Sequence[float]) -> list[Pool]:
         """Each user's :class:`Pool` from a micro-batch's merged candidates (``items``/``tail``/``popularity``/
-        ``unknown``, user b's rows ``bounds[b]:bounds[b + 1]``) and their proposals (``rows``, ``cols``, ``values``, ``ranks``
-        and the user ``owners`` of each, sorted by user): the candidates proposed within some source's top
-        ``pool_depth``, in compact dtypes (copies: the batch's arrays are let go)."""
+        ``unknown``, user b's rows ``bounds[b]:bounds[b + 1]``) and their proposals (``rows``, ``cols``,
+        ``values``, ``ranks`` and the user ``owners`` of each, sorted by user): the candidates proposed within
+        some source's top ``pool_depth``, in compact dtypes (copies: the batch's arrays are let go)."""
         n_b = bounds.size - 1
         sel = ranks < self.pool_depth  # (m,) proposals kept
         keep = np.zeros(items.size, dtype=bool)
@@ -146,7 +146,8 @@ class FeedbackStore:
         e_rows = new_row[rows[sel]].astype(np.int32)
         e_cols, e_vals, e_ranks = cols[sel].astype(np.int16), values[sel], ranks[sel].astype(np.int32)
         return [Pool(p_items[kb[b] : kb[b + 1]].copy(), p_tail[kb[b] : kb[b + 1]].copy(),
-                     p_pop[kb[b] : kb[b + 1]].copy(), p_unknown[kb[b] : kb[b + 1]].copy(), e_rows[eb[b] : eb[b + 1]] - kb[b],
+                     p_pop[kb[b] : kb[b + 1]].copy(), p_unknown[kb[b] : kb[b + 1]].copy(),
+                     e_rows[eb[b] : eb[b + 1]] - kb[b],
                      e_cols[eb[b] : eb[b + 1]].copy(), e_vals[eb[b] : eb[b + 1]].copy(),
                      e_ranks[eb[b] : eb[b + 1]].copy(), int(count), float(appetite))
                 for b, count, appetite in zip(range(n_b), counts, appetites)]
