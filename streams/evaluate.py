@@ -62,12 +62,10 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
                         "vae source; adds 'tailcast[s] no VAE' and 'Mult-VAE' rows (loo: a Mult-VAE row)")
     p.add_argument("--refresh-every", type=int, default=0, metavar="N",
                    help="offline, with --train-transformer: retrain the Transformer (and the Mult-VAE with "
-                        "--train-vae) every N events on all events so far, each with those budgets, and swap it "
-                        "into every system that serves it (as deployed: docs/design.md §5); 0 = train once on the warm-up "
-                        "part and freeze it. Warm-up defaults to 0 here")
-    p.add_argument("--refresh-from-scratch", action="store_true",
-                   help="with --refresh-every: train each refresh's Transformer from scratch, as the trainer does "
-                        "(default: warm-start it from the previous refresh)")
+                        "--train-vae) every N events on all events so far as the trainer does (from scratch; with "
+                        "item texts, ids-only and text encoders, the better kept), each with those budgets, and "
+                        "swap it into every system that serves it (as deployed: docs/design.md §5); 0 = train once "
+                        "on the warm-up part and freeze it. Warm-up defaults to 0 here")
     p.add_argument("--ablate", action="store_true",
                    help="loo: add a tailcast row with each candidate source off in turn (at the first strength)")
     p.add_argument("--augment-cap", type=int, default=0, metavar="N",
@@ -273,28 +271,26 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if refresh_every:
         from .evaluation.transformer import Refresher
 
+        catalogue = dict(zip(text_vectors[0], text_vectors[1])) if text_vectors is not None else {}
         refresher = Refresher(seconds=train_s, vae_seconds=vae_s, seed=seed, device=device, **augment,
-                              warm_start=not args.refresh_from_scratch, log_line=log)
-        if refresher.augment_cap and refresher.vae_seconds <= 0:
-            raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
+                              text_vectors=catalogue, log_line=log)
         points, due = [], refresh_every  # the harness's schedule: the first micro-batch start at or after kN
         while (at := -(-due // batch) * batch) < n:
             points.append(at)
             due = (at // refresh_every + 1) * refresh_every
         notes.append(f"batch models AS DEPLOYED (--refresh-every {refresh_every}): the Transformer"
                      + (" and the Mult-VAE are" if refresher.vae_seconds > 0 else " is")
-                     + f" retrained at events {', '.join(map(str, points)) or '(none: the stream is shorter)'} "
+                     + f" retrained from scratch, as the trainer does (models.refresh.fit_refresh"
+                     + (", item text 'auto': an ids-only and a text encoder, the better on validation kept; the "
+                        "text one names every catalogue item through its text" if catalogue else ", ids only: no "
+                        "item texts") + f") at events {', '.join(map(str, points)) or '(none: the stream is shorter)'} "
                      f"on ALL events before that point (budget {train_s:g}s"
                      + (f" + {refresher.vae_seconds:g}s Mult-VAE" if refresher.vae_seconds > 0 else "")
-                     + " each; same configuration as the frozen mode) and swapped into tailcast, 'no VAE', "
+                     + " an encoder) and swapped into tailcast, 'no VAE', "
                      "Transformer and Mult-VAE between micro-batches, then every active user is re-scored "
                      "(ScorerCore.swap_model + rescore_active, as the live scorer); a model never trains on an "
                      "event at or after the point where it starts serving. Before the first refresh these "
-                     "systems serve without a batch model (the Transformer and Mult-VAE rows: the MostPop top-up). "
-                     + ("Each Transformer is trained from scratch, as the trainer does" if not refresher.warm_start
-                        else "The Transformer is warm-started from the previous refresh (the previous vocabulary "
-                        "is the new one's prefix; new items' rows fresh); the Mult-VAE is trained from scratch each "
-                        "time; the live trainer trains both from scratch"))
+                     "systems serve without a batch model (the Transformer and Mult-VAE rows: the MostPop top-up)")
         if refresher.augment_cap:
             notes.append(f"each refresh's Transformer trained on sequences augmented from that refresh's Mult-VAE: "
                          f"up to {refresher.augment_cap} items per user with <= 5 events, weight "
@@ -383,8 +379,9 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                              for h, r in zip(refresher.history, refreshes)]
         for h, r in zip(refresher.history, refreshes):
             notes.append(f"refresh at event {r.at}: {h['version']} on {h['events']} events, {h['items']} items, "
-                         f"Transformer {'warm-started' if h['warm_start'] else 'from scratch'}, "
-                         f"{h['epochs']} epochs, best validation NDCG@10 {_ndcg(h['valid_ndcg'])}"
+                         f"the {h['variant']} encoder kept (validation NDCG@10 "
+                         + ", ".join(f"{k} {_ndcg(v)}" for k, v in h["variants_valid_ndcg"].items())
+                         + f"), {h['epochs']} epochs"
                          + (f"; Mult-VAE {h['vae_epochs']} epochs, best validation NDCG@10 "
                             f"{_ndcg(h['vae_valid_ndcg'])}"
                             if h["vae_epochs"] else "")

@@ -1,15 +1,13 @@
 """The Transformer for evaluation: a published checkpoint, or one trained quickly with ``models/`` on the
 events given (ids only, a time budget, early-stopped on each user's last event, optionally with a Mult-VAE).
-:class:`Refresher` retrains at each refresh point, warm-starting the Transformer (no leakage: its vocabulary
-is the new one's prefix) unless ``warm_start=False``; the Mult-VAE always starts from scratch.
+:class:`Refresher` retrains at each refresh point as the live trainer does (``models.refresh.fit_refresh``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from dataclasses import replace as _dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,7 @@ def load_model(path: str | Path, *, device: str = "auto", quantize: str = "none"
 
 @dataclass(eq=False)
 class TrainedTransformer:
-    """A model trained here, with the figures the report needs (``encoder`` and ``vocab``: what a warm
-    start continues from; ``warm``: whether this one was warm-started)."""
+    """A model trained here, with the figures the report needs."""
 
     scorer: Any
     _: KW_ONLY
@@ -47,17 +44,11 @@ class TrainedTransformer:
     events: int
     vae_valid_ndcg: float | None = None
     vae_epochs: int = 0
-    encoder: Any = None
-    vocab: Any = None
-    warm: bool = False
 
 
 def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]] | None, n_items: int, *,
-           seconds: float, seed: int, device: str, max_len: int = 50, sample_weights=None, init=None):
-    """Train a SeqEncoder; ``init`` (a SeqEncoder over the first ``init.config.n_items`` of these items): start
-    from a copy of its weights, the rows of the items beyond it drawn as a fresh model draws them."""
-    import copy
-
+           seconds: float, seed: int, device: str, max_len: int = 50, sample_weights=None):
+    """Train a SeqEncoder on ids only within ``seconds``, early-stopped on ``valid``."""
     import torch
 
     from models.sequence import SeqEncoder, SeqEncoderConfig
@@ -66,16 +57,7 @@ def _train(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[int]]
     cfg = SeqEncoderConfig(n_items=n_items, max_len=max_len, d_model=64, n_layers=2, n_heads=2, dropout=0.2,
                            text_dim=0, loss="auto")
     torch.manual_seed(seed)
-    if init is None:
-        model = SeqEncoder(cfg)
-    else:
-        model = copy.deepcopy(init).cpu()
-        old = model.config.n_items
-        if old > n_items or model.config != _dc_replace(cfg, n_items=old):
-            raise ValueError(f"cannot warm-start: the previous model ({model.config}) does not fit {cfg}")
-        model.extend_items(n_items - old)
-        with torch.no_grad():
-            model.item_emb.weight[old + 1:].normal_(std=0.02)  # as SeqEncoder.__init__ draws its rows
+    model = SeqEncoder(cfg)
     tcfg = TrainConfig(epochs=200, batch_size=128, lr=1e-3, patience=3, eval_every=1, seed=seed, device=device,
                        max_seconds=seconds)
     res = train(model, train_seqs, valid, config=tcfg, sample_weights=sample_weights)
@@ -96,12 +78,11 @@ def train_vae(train_seqs: list[list[int]], valid: tuple[list[list[int]], list[in
 
 def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, seed: int = 0, device: str = "auto",
                 vae_seconds: float = 0.0, augment_cap: int = 0, augment_weight: float = 0.5,
-                init: TrainedTransformer | None = None,
                 log_line: Callable[[str], None] = print) -> TrainedTransformer:
     """Train on ``(user, item, ts)`` events, selected on each user's last event (users with >= 3 events).
 
     ``augment_cap``: Mult-VAE items prepended to users with <= 5 events (``models.augment``), weighted
-    ``augment_weight``. ``init``: warm-start from that result when its vocabulary is all in ``events``."""
+    ``augment_weight``."""
     import time
 
     from models.loo import item_index, leave_one_out
@@ -113,19 +94,12 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     # validation = each evaluated user's last event; train on everything before it (valid item included)
     train_split = {u: seq + ([split.valid[u]] if u in split.valid else []) for u, seq in split.train.items()}
     index = item_index(split)
-    warm = init is not None and init.encoder is not None and all(i in index for i in init.vocab.ids)
-    if warm:  # the previous vocabulary first, in its order; the new items after it
-        known = init.vocab.ids
-        seen = set(known)
-        order = known + [i for i in sorted(index, key=index.__getitem__) if i not in seen]
-        index = {item: n + 1 for n, item in enumerate(order)}
     vocab = ItemVocab.from_ids([str(i) for i in sorted(index, key=index.__getitem__)])
     train_seqs = [[index[i] for i in seq] for seq in train_split.values()]
     users = list(split.test)
     valid = ([[index[i] for i in train_split[u]] for u in users], [index[split.test[u]] for u in users])
     log_line(f"  training the Transformer on {len(events)} events, {len(vocab)} items, {len(users)} validation "
-             f"users, budget {seconds:.0f}s"
-             + (f", warm-started from {len(init.vocab)} items" if warm else "") + " ...")
+             f"users, budget {seconds:.0f}s ...")
     if augment_cap > 0 and vae_seconds <= 0:
         raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
     vae = None
@@ -145,7 +119,7 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
                  f"weight {augment_weight})")
     t2 = time.perf_counter()
     model, res = _train(train_seqs, valid if users else None, len(vocab), seconds=seconds, seed=seed, device=device,
-                        sample_weights=weights, init=init.encoder if warm else None)
+                        sample_weights=weights)
     log_line(f"  Transformer: {len(res.history)} epochs, best validation NDCG@10 {res.best_valid_ndcg}, "
              f"{time.perf_counter() - t2:.0f}s")
     scorer = BatchScorer(model=model, vocab=vocab, device=device, vae=vae)
@@ -154,14 +128,15 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     return TrainedTransformer(scorer, valid_ndcg=res.best_valid_ndcg, epochs=len(res.history), seconds=dt,
                               items=len(vocab), events=len(events),
                               vae_valid_ndcg=None if vae is None else vae.best_valid_ndcg,
-                              vae_epochs=0 if vae is None else len(vae.history), encoder=model.cpu(), vocab=vocab,
-                              warm=warm)
+                              vae_epochs=0 if vae is None else len(vae.history))
 
 
 @dataclass(kw_only=True, eq=False)
 class Refresher:
-    """``--refresh-every``: events so far -> a new ``BatchScorer`` trained as :func:`train_quick` does
-    (``warm_start``: from the previous call's Transformer); :attr:`history` keeps each refresh's figures."""
+    """``--refresh-every``: events so far -> a new ``BatchScorer`` trained as the live trainer trains one
+    (``models.refresh.fit_refresh`` from scratch, the trainer's configuration with these budgets: with item
+    texts, an encoder on ids only and one with the text projection, the better on validation kept; the text
+    one also names the catalogue's items without events yet). :attr:`history` keeps each refresh's figures."""
 
     seconds: float
     vae_seconds: float = 0.0
@@ -169,25 +144,43 @@ class Refresher:
     device: str = "auto"
     augment_cap: int = 0
     augment_weight: float = 0.5
-    warm_start: bool = True
+    text_vectors: Mapping[str, Any] = field(default_factory=dict)  # the catalogue's item -> text vector
     log_line: Callable[[str], None] = print
-    last: TrainedTransformer | None = field(default=None, init=False)
     history: list[dict] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
             raise ValueError("a refresh needs a Transformer training budget: seconds > 0 (--train-transformer)")
+        if self.augment_cap and self.vae_seconds <= 0:
+            raise ValueError("augmentation draws from the Mult-VAE: give vae_seconds (--train-vae) too")
 
     def __call__(self, events: Sequence) -> object:
+        import time
+
+        from models.refresh import RefreshConfig, fit_refresh
+        from models.scoring import BatchScorer
+
+        from ..config import TRAIN_EPOCHS
+
         rows = [(e.user, e.item, e.ts) for e in events]
-        trained = train_quick(rows, seconds=self.seconds, seed=self.seed, device=self.device,
-                              vae_seconds=self.vae_seconds, augment_cap=self.augment_cap,
-                              augment_weight=self.augment_weight, init=self.last if self.warm_start else None,
-                              log_line=self.log_line)
-        trained.scorer.version = f"refresh-{len(rows)}ev"
-        self.last = trained
-        self.history.append({"events": len(rows), "version": trained.scorer.version, "items": trained.items,
-                             "warm_start": trained.warm, "epochs": trained.epochs, "valid_ndcg": trained.valid_ndcg,
-                             "vae_epochs": trained.vae_epochs, "vae_valid_ndcg": trained.vae_valid_ndcg,
-                             "seconds": round(trained.seconds, 1)})
-        return trained.scorer
+        config = RefreshConfig(device=self.device, epochs=TRAIN_EPOCHS, seed=self.seed, max_seconds=self.seconds,
+                               vae=self.vae_seconds > 0, vae_max_seconds=self.vae_seconds,
+                               augment_cap=self.augment_cap, augment_weight=self.augment_weight)
+        self.log_line(f"  refreshing on {len(rows)} events (as the trainer: item text {config.text if self.text_vectors else 'none'}, "
+                      f"budget {self.seconds:g}s an encoder" + (f" + {self.vae_seconds:g}s Mult-VAE" if config.vae else "")
+                      + ") ...")
+        t = time.perf_counter()
+        res = fit_refresh(rows, text_vectors=self.text_vectors, config=config)
+        seconds = time.perf_counter() - t
+        scorer = BatchScorer(model=res.model, vocab=res.vocab, device=self.device, vae=res.vae)
+        scorer.version = f"refresh-{len(rows)}ev"
+        tried = ", ".join(f"{k} {v:.4f}" for k, v in res.variants_valid_ndcg.items())
+        self.log_line(f"  kept the {res.variant} encoder (validation NDCG@10: {tried}), {len(res.train.history)} "
+                      f"epochs, {len(res.vocab)} items, {seconds:.0f}s")
+        self.history.append({"events": len(rows), "version": scorer.version, "items": len(res.vocab),
+                             "variant": res.variant, "variants_valid_ndcg": res.variants_valid_ndcg,
+                             "epochs": len(res.train.history), "valid_ndcg": res.train.best_valid_ndcg,
+                             "vae_epochs": 0 if res.vae is None else len(res.vae.history),
+                             "vae_valid_ndcg": None if res.vae is None else res.vae.best_valid_ndcg,
+                             "seconds": round(seconds, 1)})
+        return scorer

@@ -11,6 +11,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from online.synthetic import generate
@@ -229,13 +230,12 @@ def test_evaluate_refresh_every_end_to_end(tmp_path):
     assert report["Transformer"]["model_refreshes"] == 2
     run = json.loads((out / "run.json").read_text())
     assert run["batch_models"] == "refreshed every 250 events (as deployed)"
-    assert [(r["at"], r["events"], r["warm_start"]) for r in run["refreshes"]] == [(256, 256, False),
-                                                                                  (512, 512, True)]
+    assert [(r["at"], r["events"], r["variant"]) for r in run["refreshes"]] == [(256, 256, "ids"), (512, 512, "ids")]
     assert "batch_models" in run["verdicts"]
     md = (out / "report.md").read_text()
     assert "batch models AS DEPLOYED (--refresh-every 250)" in md
     assert "- the batch models add accuracy (batch models refreshed every 250 events (as deployed)): " in md
-    assert "refresh at event 512: refresh-512ev on 512 events" in md and "warm-started" in md
+    assert "refresh at event 512: refresh-512ev on 512 events" in md and "the ids encoder kept" in md
 
 
 def test_refresh_every_needs_a_training_budget_and_offline_mode(tmp_path):
@@ -248,24 +248,29 @@ def test_refresh_every_needs_a_training_budget_and_offline_mode(tmp_path):
         run_evaluate(SETTINGS, args)
 
 
-def test_warm_start_keeps_the_previous_vocabulary_as_prefix():
+def test_a_refresh_trains_as_the_trainer_and_names_catalogue_items_through_their_text():
+    """With item texts, each refresh trains an ids-only and a text encoder from scratch (``fit_refresh``, the
+    trainer's function) and keeps the better; a text encoder's vocabulary holds catalogue items that have no
+    event yet. Without texts: ids only."""
     from streams.evaluation.transformer import Refresher
 
     data = generate(n_users=30, n_items=50, n_events=400, seed=2)
     events = [Event(ts, u, i, e) for ts, u, i, e in data.events]
+    rng = np.random.default_rng(0)
+    catalogue = {f"i{i}": rng.normal(size=8).astype(np.float32) for i in range(50)}
+    seen = {e.item for e in events[:150]}
     lines: list[str] = []
-    warm = Refresher(seconds=0.2, seed=0, device="cpu", log_line=lines.append)
-    first = warm(events[:150])
-    second = warm(events)
-    n_first = len(first.vocab)
-    assert second.vocab.ids[:n_first] == first.vocab.ids and len(second.vocab) >= n_first
-    assert [h["warm_start"] for h in warm.history] == [False, True]
-    assert [h["events"] for h in warm.history] == [150, 400] and second.version == "refresh-400ev"
-    assert any("warm-started from" in line for line in lines)
-    scratch = Refresher(seconds=0.2, seed=0, device="cpu", warm_start=False, log_line=lines.append)
-    scratch(events[:150])
-    scratch(events)
-    assert [h["warm_start"] for h in scratch.history] == [False, False]
+    with_text = Refresher(seconds=0.2, seed=0, device="cpu", text_vectors=catalogue, log_line=lines.append)
+    first = with_text(events[:150])
+    assert set(with_text.history[0]["variants_valid_ndcg"]) == {"ids", "text"}
+    kept = with_text.history[0]["variant"]
+    assert set(first.vocab.ids) == (set(catalogue) | seen if kept == "text" else seen)
+    assert first.version == "refresh-150ev" and any(f"kept the {kept} encoder" in line for line in lines)
+    ids_only = Refresher(seconds=0.2, seed=0, device="cpu", log_line=lines.append)
+    model = ids_only(events)
+    assert [h["variant"] for h in ids_only.history] == ["ids"] and set(model.vocab.ids) == {e.item for e in events}
+    with pytest.raises(ValueError, match="vae_seconds"):
+        Refresher(seconds=1, augment_cap=2)
 
 
 def test_strengths_of_one_kind_share_one_replay_and_publish_what_separate_replays_would():
