@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import orjson
 
+from online.metrics import gain
 from online.prequential import ArmMetrics, Outcome
 from streams.agents.ingest import IngestProcessor, RawRecord
 from streams.agents.scorer import BatchOutput, ScorerCore
@@ -119,6 +121,7 @@ class SystemResult:
     chunks: list[dict]
     exposure: list[int]  # recommendation count per active item (zeros included), for Lorenz curves
     seconds: float = 0.0
+    gains: np.ndarray | None = None  # NDCG@k gain per stream position (NaN: not scored), for paired differences
 
 
 @dataclass
@@ -146,6 +149,7 @@ class Scoreboard:
         self.chunk_hits = [0] * n
         self.chunk_slots = [0] * n
         self.chunk_tail_slots = [0] * n
+        self.gains = np.full(self.n_events, np.nan)
         self.none_first = 0
         self.none_later = 0
         self.lists = 0
@@ -158,7 +162,9 @@ class Scoreboard:
 
     def _take(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:
-            c = self.chunk(self.pos_of[(o.user, o.event_index)])
+            pos = self.pos_of[(o.user, o.event_index)]
+            self.gains[pos] = gain(o.rank, self.k)
+            c = self.chunk(pos)
             self.chunk_n[c] += 1
             self.chunk_hits[c] += o.hit(self.k)
             if o.pairing == "none":
@@ -226,7 +232,7 @@ class Scoreboard:
                   for c, (n, h, s, t) in enumerate(zip(self.chunk_n, self.chunk_hits, self.chunk_slots,
                                                        self.chunk_tail_slots))]
         exposure = [counts.get(i, 0) for i in am.items.active_items()]
-        return SystemResult(self.name, kind, param, metrics, chunks, exposure, seconds)
+        return SystemResult(self.name, kind, param, metrics, chunks, exposure, seconds, self.gains)
 
 
 class PartitionedCores:

@@ -66,6 +66,20 @@ def _against(curve: list[tuple[float, float, float, str]], ndcg: float, val: flo
     return end[1], val > end[1] and ndcg > end[0], f"outside the curve's NDCG range; nearest end {end[3]}"
 
 
+def paired_difference(a: np.ndarray | None, b: np.ndarray | None) -> dict:
+    """The mean per-event NDCG@10 difference ``a - b`` over the events both scored, with its standard error:
+    two systems replayed on one stream share each event's difficulty, so this judges a small gap against its
+    own noise (``{}`` without per-event gains)."""
+    if a is None or b is None or len(a) != len(b):
+        return {}
+    both = ~(np.isnan(a) | np.isnan(b))
+    d = a[both] - b[both]
+    if d.size < 2:
+        return {}
+    return {"paired_diff": float(d.mean()), "paired_se": float(d.std(ddof=1) / math.sqrt(d.size)),
+            "paired_events": int(d.size)}
+
+
 def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
     """The docs/design.md §7 checks one run can answer: ``tradeoff`` (each tailcast point above every
     :data:`TAILBOOST_CURVES` curve at the same NDCG@10, for tail share and tail HR@10; outside a curve's range,
@@ -114,7 +128,8 @@ def tradeoff_verdicts(results: dict[str, SystemResult]) -> dict:
             other, o = online[r.param]
             ndcg, base = r.metrics["ndcg"], o.metrics["ndcg"]
             out["batch_models"][name] = {"ndcg": ndcg, "online_only": other, "online_only_ndcg": base,
-                                         "ratio": ndcg / base if base > 0 else math.inf, "meets": ndcg > base}
+                                         "ratio": ndcg / base if base > 0 else math.inf, "meets": ndcg > base,
+                                         **paired_difference(r.gains, o.gains)}
     return out
 
 
@@ -244,8 +259,10 @@ def write_report(out: Path, results: dict[str, SystemResult], *, command: str, t
         how = (meta or {}).get("batch_models", "mode not recorded")
         for name, v in verdicts["batch_models"].items():
             md.append(f"- the batch models add accuracy (batch models {how}): {name} NDCG@10 {v['ndcg']:.4f} > "
-                      f"{v['online_only']} {v['online_only_ndcg']:.4f} (ratio {v['ratio']:.3f}): "
-                      f"**{'yes' if v['meets'] else 'no'}**")
+                      f"{v['online_only']} {v['online_only_ndcg']:.4f} (ratio {v['ratio']:.3f}"
+                      + (f"; paired per-event difference {v['paired_diff']:+.4f} ± {1.96 * v['paired_se']:.4f}, "
+                         f"95%, {v['paired_events']} events" if "paired_diff" in v else "")
+                      + f"): **{'yes' if v['meets'] else 'no'}**")
         md.append("")
     if files:
         md += ["## Plots", ""] + [f"- `{f}`" for f in files] + [""]

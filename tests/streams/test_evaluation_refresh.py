@@ -19,7 +19,7 @@ from streams.config import load_settings
 from streams.datasets import Event
 from streams.evaluate import add_arguments, run_evaluate
 from streams.evaluation.harness import SystemResult, micro_batches, prepare_events, run_offline
-from streams.evaluation.report import tradeoff_verdicts, write_report
+from streams.evaluation.report import paired_difference, tradeoff_verdicts, write_report
 from streams.evaluation.systems import MODEL_KINDS, SystemSpec, default_systems
 
 SETTINGS = load_settings({"TAILCAST_TEXT_ENCODER": "hashing"})
@@ -163,6 +163,21 @@ def test_online_only_rows_differ_from_the_batch_model_rows_after_the_first_refre
     assert res["tailcast[s=0.00] online only"].kind == "tailcast-online"
     # the same recommender before the first refresh, and only the batch model differs after it
     assert res["tailcast[s=0.00]"].metrics["ndcg"] != res["tailcast[s=0.00] online only"].metrics["ndcg"]
+    for r in res.values():  # the per-event gains are the reported NDCG@10, event by event
+        assert np.nanmean(r.gains) == pytest.approx(r.metrics["ndcg"], rel=1e-9)
+        assert np.count_nonzero(~np.isnan(r.gains)) == r.metrics["evaluated"]
+    v = tradeoff_verdicts(res)["batch_models"]["tailcast[s=0.00]"]
+    both, online = res["tailcast[s=0.00]"].gains, res["tailcast[s=0.00] online only"].gains
+    assert v["paired_diff"] == pytest.approx(np.nanmean(both - online)) and v["paired_se"] > 0
+    assert v["paired_events"] == len(stream.events)
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_event_differences():
+    a, b = np.array([1.0, 0.5, np.nan, 0.0, 1.0]), np.array([0.0, 0.5, 1.0, 0.0, np.nan])
+    d = paired_difference(a, b)  # events 0, 1, 3: differences 1, 0, 0
+    assert d["paired_events"] == 3 and d["paired_diff"] == pytest.approx(1 / 3)
+    assert d["paired_se"] == pytest.approx(np.std([1.0, 0.0, 0.0], ddof=1) / np.sqrt(3))
+    assert paired_difference(a, None) == {} and paired_difference(a[:1], b[:1]) == {}
 
 
 def test_harness_rejects_a_half_given_refresh(stream):
@@ -235,6 +250,7 @@ def test_evaluate_refresh_every_end_to_end(tmp_path):
     md = (out / "report.md").read_text()
     assert "batch models AS DEPLOYED (--refresh-every 250)" in md
     assert "- the batch models add accuracy (batch models refreshed every 250 events (as deployed)): " in md
+    assert "paired per-event difference" in md and "600 events" in md
     assert "refresh at event 512: refresh-512ev on 512 events" in md and "the ids encoder kept" in md
 
 
