@@ -1,8 +1,9 @@
 """One periodic batch refresh: recent events in, a trained sequence encoder and its vocabulary out.
 
 No Kafka and no files: ``streams/trainer.py`` feeds it the event log and publishes the result
-(:class:`models.checkpoint.CheckpointRegistry`). Model selection uses each user's second-to-last event
-(leave-one-out, ``models.loo``), never a test set. With item texts, an encoder with the text projection and
+(:class:`models.checkpoint.CheckpointRegistry`). Model selection uses each user's last event, and everything
+before it is trained on (``models.loo.LooSplit.to_serve``): the model serves after these events, so there is
+no test set to keep. With item texts, an encoder with the text projection and
 one on ids only are trained (``RefreshConfig.text="auto"``) and the better on validation is kept (see the
 README); the text encoder's vocabulary also holds items with a text but no interaction yet, retrievable
 through their text projection at once. With ``RefreshConfig.vae`` (the default) a Mult-VAE is trained on
@@ -114,7 +115,7 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
     > 0``: short users' training sequences get Mult-VAE-drawn items (``models.augment``).
     """
     events = list(events)
-    split = leave_one_out(events)
+    split = leave_one_out(events).to_serve()
     base_index = item_index(split)
     text_vectors = dict(text_vectors or {})
     variants = {"on": ["text"], "off": ["ids"], "auto": ["ids", "text"]}[config.text]

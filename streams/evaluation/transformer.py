@@ -90,14 +90,12 @@ def train_quick(events: Sequence[tuple[str, str, float]], *, seconds: float, see
     from models.vocab import ItemVocab
 
     t0 = time.perf_counter()
-    split = leave_one_out(events)
-    # validation = each evaluated user's last event; train on everything before it (valid item included)
-    train_split = {u: seq + ([split.valid[u]] if u in split.valid else []) for u, seq in split.train.items()}
+    split = leave_one_out(events).to_serve()
     index = item_index(split)
     vocab = ItemVocab.from_ids([str(i) for i in sorted(index, key=index.__getitem__)])
-    train_seqs = [[index[i] for i in seq] for seq in train_split.values()]
+    train_seqs = split.train_sequences(index)
     users = list(split.test)
-    valid = ([[index[i] for i in train_split[u]] for u in users], [index[split.test[u]] for u in users])
+    valid = split.histories("valid", index)
     log_line(f"  training the Transformer on {len(events)} events, {len(vocab)} items, {len(users)} validation "
              f"users, budget {seconds:.0f}s ...")
     if augment_cap > 0 and vae_seconds <= 0:
