@@ -176,6 +176,14 @@ def _ndcg(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _trained(h: dict) -> str:
+    """One training's figures (a ``Refresher.history`` entry), for the report's notes."""
+    return (f"{h['events']} events, {h['items']} items, the {h['variant']} encoder kept (validation NDCG@10 "
+            + ", ".join(f"{k} {_ndcg(v)}" for k, v in h["variants_valid_ndcg"].items()) + f"), {h['epochs']} epochs"
+            + (f"; Mult-VAE {h['vae_epochs']} epochs, best validation NDCG@10 {_ndcg(h['vae_valid_ndcg'])}"
+               if h["vae_epochs"] else ""))
+
+
 def _pairing_line(name: str, m: dict) -> str:
     return (f"  {name}: evaluated {m['evaluated']} events: exact {m['exact']}, stale {m['stale']} (coalesced: the "
             f"user's previous event fell in the same micro-batch), none {m['none']} ({m['none_first_event']} first "
@@ -250,13 +258,22 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
             "limit": args.limit, "seed": seed, "k": settings.scorer.k, "rejected": stream.rejected, "code": code}
     text_vectors = _text_vectors(settings, ds.item_text, log) if ds.item_text else None
+    trainer = None  # the batch models trained here, as the trainer trains them
+    if train_s > 0 and not args.checkpoint:
+        from .evaluation.transformer import Refresher
+
+        catalogue = dict(zip(text_vectors[0], text_vectors[1])) if text_vectors is not None else {}
+        trainer = Refresher(seconds=train_s, vae_seconds=vae_s, seed=seed, device=device, **augment,
+                            max_len=settings.worker.history_len, text_vectors=catalogue, log_line=log)
+        if trainer.augment_cap:
+            notes.append(f"each Transformer trained on sequences augmented from the Mult-VAE trained with it: up to "
+                         f"{trainer.augment_cap} items per user with <= 5 events, weight {trainer.augment_weight}")
 
     if mode == "loo":
         from .evaluation.loo import run_loo
 
-        results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, train_seconds=train_s,
-                                     vae_seconds=vae_s, device=device, batch=batch, text_vectors=text_vectors,
-                                     ablate=bool(args.ablate), log=log)
+        results, loo_notes = run_loo(stream, settings, strengths=strengths, seed=seed, trainer=trainer, batch=batch,
+                                     text_vectors=text_vectors, ablate=bool(args.ablate), log=log)
         (out / "recommendations.jsonl").write_bytes(b"")
         notes += loo_notes + ["recommendations.jsonl is empty in loo mode: no stream of lists is paired"]
         write_report(out, results, command=command, title=f"{ds.name} leave-one-out", notes=notes, meta=meta,
@@ -269,11 +286,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     refresher = None
     warmup = args.warmup
     if refresh_every:
-        from .evaluation.transformer import Refresher
-
-        catalogue = dict(zip(text_vectors[0], text_vectors[1])) if text_vectors is not None else {}
-        refresher = Refresher(seconds=train_s, vae_seconds=vae_s, seed=seed, device=device, **augment,
-                              text_vectors=catalogue, log_line=log)
+        refresher = trainer
         points, due = [], refresh_every  # the harness's schedule: the first micro-batch start at or after kN
         while (at := -(-due // batch) * batch) < n:
             points.append(at)
@@ -282,8 +295,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                      + (" and the Mult-VAE are" if refresher.vae_seconds > 0 else " is")
                      + f" retrained from scratch, as the trainer does (models.refresh.fit_refresh"
                      + (", item text 'auto': an ids-only and a text encoder, the better on validation kept; the "
-                        "text one names every catalogue item through its text" if catalogue else ", ids only: no "
-                        "item texts") + f") at events {', '.join(map(str, points)) or '(none: the stream is shorter)'} "
+                        "text one names every catalogue item through its text" if trainer.text_vectors else ", ids "
+                        "only: no item texts") + f") at events {', '.join(map(str, points)) or '(none: the stream is shorter)'} "
                      f"on ALL events before that point (budget {train_s:g}s"
                      + (f" + {refresher.vae_seconds:g}s Mult-VAE" if refresher.vae_seconds > 0 else "")
                      + " an encoder) and swapped into tailcast, 'no VAE', "
@@ -291,10 +304,6 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                      "(ScorerCore.swap_model + rescore_active, as the live scorer); a model never trains on an "
                      "event at or after the point where it starts serving. Before the first refresh these "
                      "systems serve without a batch model (the Transformer and Mult-VAE rows: the MostPop top-up)")
-        if refresher.augment_cap:
-            notes.append(f"each refresh's Transformer trained on sequences augmented from that refresh's Mult-VAE: "
-                         f"up to {refresher.augment_cap} items per user with <= 5 events, weight "
-                         f"{refresher.augment_weight}")
         meta["batch_models"] = f"refreshed every {refresh_every} events (as deployed)"
         meta["refresh_every"] = refresh_every
     elif args.checkpoint:
@@ -303,27 +312,14 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, device=device, quantize=settings.scorer.quantize)
         notes.append(f"Transformer: checkpoint {args.checkpoint} (version {model.version}), frozen for the run")
         meta["batch_models"] = "checkpoint (frozen)"
-    elif train_s > 0:
-        from .evaluation.transformer import train_quick
-
+    elif trainer is not None:
         warmup = 0.2 if warmup is None else warmup
         head = stream.events[: int(warmup * n)]
-        trained = train_quick([(e.user, e.item, e.ts) for e in head], seconds=train_s, seed=seed, device=device,
-                              vae_seconds=vae_s, **augment, log_line=log)
-        model = trained.scorer
-        notes.append(f"batch models FROZEN: Transformer trained here on the first {len(head)} events (the warm-up, "
-                     f"not scored), {trained.items} items, {trained.epochs} epochs, best validation NDCG@10 "
-                     f"{trained.valid_ndcg}, {trained.seconds:.0f}s; frozen afterwards (items first seen later are "
-                     "unknown to it; --refresh-every N evaluates them as deployed)")
+        model = trainer(head)
+        notes.append(f"batch models FROZEN: trained here as the trainer does on the first {len(head)} events (the "
+                     f"warm-up, not scored): {_trained(trainer.history[-1])}; frozen afterwards (items first seen "
+                     "later are unknown to an ids-only Transformer; --refresh-every N evaluates them as deployed)")
         meta["batch_models"] = "trained on the warm-up (frozen)"
-        if trained.vae_epochs:
-            notes.append(f"Mult-VAE: trained on the same warm-up split, {trained.vae_epochs} epochs, best validation "
-                         f"NDCG@10 {trained.vae_valid_ndcg}; served as the `vae` candidate source of tailcast "
-                         "(the 'no VAE' rows switch it off) and alone as 'Mult-VAE'")
-        if augment["augment_cap"]:
-            notes.append(f"Transformer trained on sequences augmented from the Mult-VAE: up to "
-                         f"{augment['augment_cap']} items per user with <= 5 events, weight "
-                         f"{augment['augment_weight']}")
     else:
         notes.append("Transformer without tail re-ranking: SKIPPED (no --checkpoint, no --train-transformer)")
     warmup = 0.0 if warmup is None else float(warmup)
@@ -378,14 +374,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         meta["refreshes"] = [{**h, "at": r.at, "train_seconds": r.train_seconds, "rescored": r.rescored}
                              for h, r in zip(refresher.history, refreshes)]
         for h, r in zip(refresher.history, refreshes):
-            notes.append(f"refresh at event {r.at}: {h['version']} on {h['events']} events, {h['items']} items, "
-                         f"the {h['variant']} encoder kept (validation NDCG@10 "
-                         + ", ".join(f"{k} {_ndcg(v)}" for k, v in h["variants_valid_ndcg"].items())
-                         + f"), {h['epochs']} epochs"
-                         + (f"; Mult-VAE {h['vae_epochs']} epochs, best validation NDCG@10 "
-                            f"{_ndcg(h['vae_valid_ndcg'])}"
-                            if h["vae_epochs"] else "")
-                         + f"; {r.train_seconds:.0f}s; {sum(r.rescored.values())} lists re-scored after the swap")
+            notes.append(f"refresh at event {r.at}: {h['version']} on {_trained(h)}; {r.train_seconds:.0f}s; "
+                         f"{sum(r.rescored.values())} lists re-scored after the swap")
     first = next(iter(offline.values()))
     learned = first.metrics["learned_events"]
     if learned < n:

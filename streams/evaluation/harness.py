@@ -10,7 +10,6 @@ miss). ``refresh_every=N`` swaps a batch model trained on all earlier events int
 from __future__ import annotations
 
 import multiprocessing
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -388,8 +387,9 @@ def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
     is the large-batch work threads help), as a model trained before the replay is."""
     if refresher is None:
         return None
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
+    import torch
+
+    threads = torch.get_num_threads()
 
     def train(events: Sequence[Event]):
         with _torch_threads(threads):
@@ -399,12 +399,11 @@ def _with_threads(refresher: Callable[[Sequence[Event]], object] | None):
 
 
 @contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """torch's thread count set to ``n`` (None, or torch not imported: left alone), then put back."""
-    torch = sys.modules.get("torch")
-    if torch is None or n is None:
-        yield
-        return
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's thread count set to ``n``, then put back. torch is imported here, not left to whatever
+    imports it first: a later first import would start at torch's default, every core."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

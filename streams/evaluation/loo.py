@@ -7,15 +7,18 @@ ranks one top-``k`` list per user: a rank beyond ``k``, or a target repeating a 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from models.scoring import BatchScorer
+from models.sequence import pad_batch
 from streams.agents.scorer import BATCH_SOURCES
 from streams.config import Settings
 
 from .harness import PreparedStream, SystemResult, micro_batches
 from .systems import SystemSpec, batch_model_for, build_core
+from .transformer import Refresher
 
 __all__ = ["run_loo"]
 
@@ -38,6 +41,29 @@ def _metrics(ranks: np.ndarray, is_tail: np.ndarray, is_short: np.ndarray, k: in
             "short_users": short_m["users"]}
 
 
+def _in_index(scorer: BatchScorer, index: Mapping[Hashable, int], *, vae: bool = False):
+    """``scorer``'s Transformer (or Mult-VAE) as a ``models.loo`` score function over ``index``'s item indices:
+    histories mapped to its vocabulary, scores mapped back; items outside its vocabulary score -inf."""
+    from models.vae import score_users
+
+    ids = [None] * (len(index) + 1)
+    for item, i in index.items():
+        ids[i] = item
+    cols = np.array([0] + [scorer.vocab.get(str(ids[i])) or 0 for i in range(1, len(ids))], dtype=np.int64)
+
+    def score(histories: list[list[int]]) -> np.ndarray:
+        encoded = [scorer.vocab.encode([str(ids[i]) for i in h]) for h in histories]
+        if vae:
+            s = score_users(scorer.vae, encoded)
+        else:
+            s = scorer.score_encoded(pad_batch(encoded, scorer.max_len, device=scorer.device)).float().cpu().numpy()
+        out = s[:, cols]
+        out[:, cols == 0] = -np.inf
+        return out
+
+    return score
+
+
 def paired_gain(ranks: np.ndarray, base: np.ndarray, k: int) -> tuple[float, float]:
     """Mean and standard error of the per-user NDCG@k difference ``ranks`` minus ``base`` (0-based ranks
     of the same users' targets; k or more is a miss).
@@ -53,9 +79,10 @@ def paired_gain(ranks: np.ndarray, base: np.ndarray, k: int) -> tuple[float, flo
 
 
 def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[float], seed: int = 0,
-            train_seconds: float = 0.0, vae_seconds: float = 0.0, device: str = "auto", batch: int = 256, text_vectors=None,
-            ablate: bool = False,
+            trainer: Refresher | None = None, batch: int = 256, text_vectors=None, ablate: bool = False,
             log: Callable[[str], None] = print) -> tuple[dict[str, SystemResult], list[str]]:
+    """``trainer``: the batch models, trained once on every event but the test events (validated on each
+    user's validation event, as the trainer does) and served frozen; None = online models only."""
     from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out
 
     k = settings.scorer.k
@@ -82,55 +109,32 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                            seed=seed)
         add(name, name.lower(), None, m, time.perf_counter() - t)
 
-    if train_seconds > 0:
-        import torch
-
-        from models.sequence import pad_batch
-
-        from .transformer import _train
-
+    per_user_last = {}
+    for n, (u, _i, _ts) in enumerate(events):
+        per_user_last[u] = n
+    test_pos = {n for u, n in per_user_last.items() if u in split.test}
+    kept = [e for n, e in enumerate(stream.events) if n not in test_pos]
+    batch_model = None
+    if trainer is not None:
         t = time.perf_counter()
-        model, res = _train(train_seqs, split.histories("valid", index), n_items, seconds=train_seconds, seed=seed,
-                            device=device, max_len=200 if np.median([len(s) for s in train_seqs]) > 50 else 50)
-        dev = next(model.parameters()).device
-
-        @torch.inference_mode()
-        def score(histories: list[list[int]]) -> np.ndarray:
-            return model.score(pad_batch(histories, model.config.max_len, device=dev)).float().cpu().numpy()
-
-        m = evaluate_split(score, split, index, stage="test", k=k, head_share=head_share, seed=seed)
-        m.update(valid_ndcg=res.best_valid_ndcg, epochs=len(res.history))
-        add("Transformer", "transformer", None, m, time.perf_counter() - t)
-        encoder = model
+        batch_model = trainer(kept)  # trained on train, early-stopped on valid: test never seen
+        batch_model.version = "loo-trained"
+        seconds = time.perf_counter() - t
+        h = trainer.history[-1]
+        for name, kind, score, valid in (("Transformer", "transformer", _in_index(batch_model, index), h["valid_ndcg"]),
+                                         ("Mult-VAE", "vae", _in_index(batch_model, index, vae=True), h["vae_valid_ndcg"])):
+            if kind == "vae" and batch_model.vae is None:
+                continue
+            t = time.perf_counter()
+            m = evaluate_split(score, split, index, stage="test", k=k, head_share=head_share, seed=seed)
+            m.update(valid_ndcg=valid, epochs=h["epochs" if kind == "transformer" else "vae_epochs"])
+            add(name, kind, None, m, time.perf_counter() - t + (seconds if kind == "transformer" else 0.0))
+        notes.append(f"batch models trained here as the trainer does: the {h['variant']} encoder kept (validation "
+                     "NDCG@10 " + ", ".join(f"{v} {x:.4f}" for v, x in h["variants_valid_ndcg"].items()) + ")")
     else:
         notes.append("Transformer not trained (give --train-transformer SECONDS to include it)")
-    if vae_seconds > 0:
-        from models.vae import score_users
-
-        from .transformer import train_vae
-
-        t = time.perf_counter()
-        vae = train_vae(train_seqs, split.histories("valid", index), n_items, seconds=vae_seconds, seed=seed)
-        m = evaluate_split(lambda h: score_users(vae, h), split, index, stage="test", k=k, head_share=head_share,
-                           seed=seed)
-        m.update(valid_ndcg=vae.best_valid_ndcg, epochs=len(vae.history))
-        add("Mult-VAE", "vae", None, m, time.perf_counter() - t)
-    batch_model = None
-    if train_seconds > 0:
-        # tailcast serves the same frozen models through the scorer's path (BatchScorer.candidates)
-        from models.scoring import BatchScorer
-        from models.vocab import ItemVocab
-
-        vocab = ItemVocab.from_ids(sorted(index, key=index.__getitem__))
-        batch_model = BatchScorer(model=encoder, vocab=vocab, device=device, vae=vae if vae_seconds > 0 else None)
-        batch_model.version = "loo-trained"
 
     if strengths:
-        per_user_last = {}
-        for n, (u, _i, _ts) in enumerate(events):
-            per_user_last[u] = n
-        test_pos = {n for u, n in per_user_last.items() if u in split.test}
-        kept = [e for n, e in enumerate(stream.events) if n not in test_pos]
         histories, targets = split.histories("test", index)
         is_tail, is_short = _groups(split, index, targets, head_share=head_share)
         users = split.users()

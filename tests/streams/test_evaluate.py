@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -342,7 +343,8 @@ def test_offline_with_a_mult_vae_compares_tailcast_with_and_without_it(tmp_path)
         sources[rec["arm"]].update(i["source"] for i in rec["items"])
     assert sources["Mult-VAE"] <= {"vae", "popularity"} and "vae" in sources["Mult-VAE"]
     assert "vae" not in sources["tailcast[s=0.00] no VAE"]
-    assert "Mult-VAE: trained on the same warm-up split" in (out / "report.md").read_text()
+    assert "trained here as the trainer does on the first 120 events" in (out / "report.md").read_text()
+    assert "; Mult-VAE " in (out / "report.md").read_text()
 
 
 def test_loo_mode_reports_mult_vae_rows(tmp_path):
@@ -419,7 +421,7 @@ def test_offline_transformer_trained_on_augmented_sequences(tmp_path):
                  augment_cap=2)
     assert run_evaluate(SETTINGS, args) == 0
     assert "Transformer" in json.loads((out / "report.json").read_text())
-    assert "augmented from the Mult-VAE: up to 2 items" in (out / "report.md").read_text()
+    assert "augmented from the Mult-VAE trained with it: up to 2 items" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match="--train-vae"):
         run_evaluate(SETTINGS, _args(tmp_path / "d.csv", tmp_path / "x", train_transformer=2, augment_cap=2))
 
@@ -482,3 +484,27 @@ def test_offline_run_with_several_scorers_learns_and_scores_every_event_once(syn
     n = len(synthetic_stream.events)
     for r in res.values():
         assert r.metrics["evaluated"] == n and r.metrics["learned_events"] == n and r.metrics["unattributed"] == 0
+
+
+def test_loo_scores_a_batch_model_through_its_own_vocabulary():
+    """The leave-one-out rows score a trained model whose vocabulary orders (and lacks) items differently
+    from the split's index: histories go through its vocabulary, scores come back by item; an item it does
+    not know scores -inf."""
+    import torch
+
+    from models.vocab import ItemVocab
+    from streams.evaluation.loo import _in_index
+
+    class Model:  # scores each vocabulary row by its index, and records the histories it was given
+        vocab = ItemVocab.from_ids(["c", "a", "b"])
+        max_len, device, vae, seen = 50, "cpu", None, []
+
+        def score_encoded(self, seqs):
+            self.seen.append(seqs.tolist())
+            return torch.arange(4, dtype=torch.float32).repeat(len(seqs), 1)
+
+    index = {"a": 1, "b": 2, "d": 3, "c": 4}
+    model = Model()
+    out = _in_index(model, index)([[1, 3], [4]])
+    assert out.shape == (2, 5) and model.seen == [[[2], [1]]]   # "d" is unknown: dropped from the history
+    assert out[0].tolist() == [-np.inf, 2.0, 3.0, -np.inf, 1.0]  # by index: a, b, d (unknown), c
