@@ -17,6 +17,7 @@ from streams.agents.scorer import BATCH_SOURCES
 from streams.config import Settings
 
 from .harness import PreparedStream, SystemResult, micro_batches
+from .report import paired_difference
 from .systems import SystemSpec, batch_model_for, build_core
 from .transformer import Refresher
 
@@ -73,9 +74,11 @@ def paired_gain(ranks: np.ndarray, base: np.ndarray, k: int) -> tuple[float, flo
     """
     from online.metrics import gain
 
-    d = np.array([gain(a, k) - gain(b, k) for a, b in zip(np.asarray(ranks).tolist(), np.asarray(base).tolist())])
-    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-    return round(float(d.mean()), 4), round(se, 4)
+    def gains(r: np.ndarray) -> np.ndarray:
+        return np.array([gain(x, k) for x in np.asarray(r).tolist()], dtype=float)
+
+    d = paired_difference(gains(ranks), gains(base))
+    return round(d["paired_diff"], 4), round(d["paired_se"], 4)
 
 
 def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[float], seed: int = 0,
