@@ -81,17 +81,6 @@ class LooSplit:
             hs.append(h)
         return hs, ts
 
-    def to_serve(self) -> LooSplit:
-        """The split of a model that serves after these events: each evaluated user's last item is the
-        validation target and everything before it is trained on (only the newest event is held out).
-
-        >>> s = leave_one_out([("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("v", "a", 1)]).to_serve()
-        >>> s.train, s.valid
-        ({'u': ['a', 'b'], 'v': ['a']}, {'u': 'c'})
-        """
-        train = {u: seq + [self.valid[u]] if u in self.valid else seq for u, seq in self.train.items()}
-        return LooSplit(train=train, valid=dict(self.test), test=dict(self.test))
-
     def train_sequences(self, index: Mapping[Hashable, int]) -> list[list[int]]:
         """Every user's training items as indices (users with < 3 events included)."""
         return [[index[i] for i in seq] for seq in self.train.values()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.refresh import RefreshConfig, _vae_prefix, fit_refresh
+from models.refresh import RefreshConfig, _vae_prefix, fit_refresh, serve_split
 from models.vae import score_users
 
 
@@ -64,3 +64,27 @@ def test_augmentation_and_no_vae(texts):
         RefreshConfig(text="maybe")
     with pytest.raises(ValueError):
         RefreshConfig(augment_weight=0.0)
+
+
+def test_the_newest_events_validate_with_every_item_before_them():
+    """serve_split: the newest share of events (capped) are validation pairs, each with its user's items
+    before it (older validation events included); a first event has nothing to score with; a model's
+    validation counts a target outside its vocabulary as a miss (the covered share)."""
+    events = [("u", "a", 1), ("v", "b", 2), ("u", "b", 3), ("w", "a", 4), ("u", "c", 5), ("v", "d", 6)]
+    split = serve_split(list(reversed(events)), holdout=0.5)  # input order does not matter: time does
+    assert split.train == {"u": ["a", "b"], "v": ["b"]}
+    assert split.valid == [(["a", "b"], "c"), (["b"], "d")]  # w's first event is not a pair
+    pairs, covered = split.validation({"a": 1, "b": 2, "c": 3})
+    assert pairs == ([[1, 2]], [3]) and covered == 0.5
+    assert len(serve_split(events, holdout=0.5, max_valid=1).valid) == 1
+    with pytest.raises(ValueError):
+        RefreshConfig(holdout=1.0)
+
+
+def test_the_kept_encoder_is_refit_on_every_event():
+    """Selected on the newest events, then trained again on all of them: an item first seen in the newest
+    events is in the served ids vocabulary, and the figure reported is the selection's."""
+    events = _events() + [(f"u{u}", "i-new", 100.0) for u in range(5)]
+    res = fit_refresh(events, config=RefreshConfig(text="off", **TINY))
+    assert "i-new" in res.vocab and len(res.vocab) == 31
+    assert res.metrics["valid_ndcg"] == pytest.approx(res.variants_valid_ndcg["ids"]) and res.n_users == 60
