@@ -111,7 +111,7 @@ def _text_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tailcast" / "text-vectors"
 
 
-def _text_vectors(settings: Settings, item_text: dict[str, str], log) -> tuple[list[str], np.ndarray] | None:
+def item_text_vectors(settings: Settings, item_text: dict[str, str], log) -> tuple[list[str], np.ndarray] | None:
     """Item vectors exactly as the scorer's catalogue task makes them from ``replay``'s item records, cached
     in :func:`_text_cache_dir` (keyed by the encoder and every id and text): encoding takes minutes."""
     import hashlib
@@ -257,7 +257,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     code = _code_version()
     meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
             "limit": args.limit, "seed": seed, "k": settings.scorer.k, "rejected": stream.rejected, "code": code}
-    text_vectors = _text_vectors(settings, ds.item_text, log) if ds.item_text else None
+    text_vectors = item_text_vectors(settings, ds.item_text, log) if ds.item_text else None
     trainer = None  # the batch models trained here, as the trainer trains them
     if train_s > 0 and not args.checkpoint:
         from .evaluation.transformer import Refresher

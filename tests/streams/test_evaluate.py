@@ -433,12 +433,12 @@ def test_item_text_vectors_are_cached_between_runs_and_keyed_by_the_texts(tmp_pa
     settings = load_settings({"TAILCAST_TEXT_ENCODER": "hashing"})
     lines: list[str] = []
     texts = {"i1": "Golden jazz. jazz, piano", "i2": "Red metal. metal, riff"}
-    ids, first = ev._text_vectors(settings, texts, lines.append)
+    ids, first = ev.item_text_vectors(settings, texts, lines.append)
     assert ids == ["i1", "i2"] and "encoded 2 item texts" in lines[-1]
     assert len(list((tmp_path / "tailcast" / "text-vectors").glob("*.npy"))) == 1
-    ids, again = ev._text_vectors(settings, texts, lines.append)
+    ids, again = ev.item_text_vectors(settings, texts, lines.append)
     assert "read from" in lines[-1] and (again == first).all()
-    ev._text_vectors(settings, {**texts, "i2": "Red doom. metal, doom"}, lines.append)  # a changed text
+    ev.item_text_vectors(settings, {**texts, "i2": "Red doom. metal, doom"}, lines.append)  # a changed text
     assert "encoded 2 item texts" in lines[-1]
     assert len(list((tmp_path / "tailcast" / "text-vectors").glob("*.npy"))) == 2
 
