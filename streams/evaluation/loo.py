@@ -84,8 +84,8 @@ def paired_gain(ranks: np.ndarray, base: np.ndarray, k: int) -> tuple[float, flo
 def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[float], seed: int = 0,
             trainer: Refresher | None = None, batch: int = 256, text_vectors=None, ablate: bool = False,
             log: Callable[[str], None] = print) -> tuple[dict[str, SystemResult], list[str]]:
-    """``trainer``: the batch models, trained once on every event but the test events (validated on each
-    user's validation event, as the trainer does) and served frozen; None = online models only."""
+    """``trainer``: the batch models, trained once on every event but the test events (selected on the newest
+    of them and refit on all, as the trainer does) and served frozen; None = online models only."""
     from models.loo import ItemCF, MostPop, evaluate_split, item_index, leave_one_out
 
     k = settings.scorer.k
@@ -120,7 +120,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
     batch_model = None
     if trainer is not None:
         t = time.perf_counter()
-        batch_model = trainer(kept)  # trained on train, early-stopped on valid: test never seen
+        batch_model = trainer(kept)  # the test events never seen
         batch_model.version = "loo-trained"
         seconds = time.perf_counter() - t
         h = trainer.history[-1]
