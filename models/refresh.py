@@ -3,11 +3,12 @@
 No Kafka and no files: ``streams/trainer.py`` feeds it the event log and publishes the result
 (:class:`models.checkpoint.CheckpointRegistry`). The model serves the events after these, so it is selected
 on the newest events of the log (:func:`serve_split`: new users and new items included, each event with its
-user's items before it) trained on everything older, then refit on every event. With item texts, an encoder with the text projection and
-one on ids only are trained (``RefreshConfig.text="auto"``) and the better on validation is kept (see the
-README); the text encoder's vocabulary also holds items with a text but no interaction yet, retrievable
-through their text projection at once. With ``RefreshConfig.vae`` (the default) a Mult-VAE is trained on
-the same split and vocabulary and published in the same checkpoint: the scorer's ``"vae"`` source.
+user's items before it) trained on everything older, then refit on every event. With item texts, an encoder
+with the text projection and one on ids only are trained (``RefreshConfig.text="auto"``) and the better on
+the newest events is kept (docs/decisions.md); the text encoder's vocabulary also holds items with a text but
+no interaction yet, retrievable through their text projection at once. With ``RefreshConfig.vae`` (the
+default) a Mult-VAE is trained the same way on the same vocabulary and published in the same checkpoint: the
+scorer's ``"vae"`` source.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RefreshConfig:
     vae_hidden: tuple[int, ...] = (600,)
     vae_latent: int = 200
     vae_max_seconds: float = 120.0
-    # ---- item text in the encoder: "auto" trains ids-only and text and keeps the better on validation
+    # ---- item text in the encoder: "auto" trains ids-only and text and keeps the better on the newest events
     text: str = "auto"
     # ---- augmentation of short users' training sequences from the Mult-VAE (models.augment); 0 = off
     augment_cap: int = 0
@@ -185,11 +186,15 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
     split = serve_split(events, holdout=config.holdout, max_valid=config.max_valid)
     tried: dict[str, float] = {}
     epochs = {"vae": config.epochs}
+    vae_valid = None
     if split.valid:
         # the Mult-VAE is trained on the text vocabulary when there is one, so that one VAE fits either
         # encoder (text-only items have no interactions: it learns to rank them low); cut to ids when kept
-        vae = _fit_vae(split, _index(split, variants, text_vectors), config, config.epochs, True) if with_vae else None
-        epochs["vae"] = int(getattr(vae, "best_epoch", 0) or config.epochs)
+        full = _index(split, variants, text_vectors)
+        vae = _fit_vae(split, full, config, config.epochs, True) if with_vae else None
+        if vae is not None:
+            epochs["vae"] = int(vae.best_epoch or config.epochs)
+            vae_valid = float(vae.best_valid_ndcg or 0.0) * split.validation(full)[1]
         for variant in variants:
             index = _index(split, [variant], text_vectors)
             valid, covered = split.validation(index)
@@ -200,6 +205,8 @@ def fit_refresh(events: Iterable[tuple[str, str, float]], *, text_vectors: Mappi
     everything = serve_split(events, holdout=0.0)
     vae = _fit_vae(everything, _index(everything, variants, text_vectors), config, epochs["vae"], False) \
         if with_vae else None
+    if vae is not None and vae_valid is not None:
+        vae.best_valid_ndcg = vae_valid  # the selection's figure: the refit has no validation
     index = _index(everything, [variant], text_vectors)
     model, result = _fit_encoder(everything, variant, index, text_vectors, config, epochs.get(variant, config.epochs),
                                  None, vae, callbacks)
@@ -228,7 +235,8 @@ def _fit_vae(split: ServeSplit, index: dict[str, int], config: RefreshConfig, ep
     cfg = MultVAEConfig.for_users(sum(1 for seq in seqs if seq), hidden=config.vae_hidden, latent=config.vae_latent,
                                   epochs=epochs)
     valid = split.validation(index)[0] if validate else None
-    return fit_vae(seqs, len(index), cfg, valid=valid, max_seconds=config.vae_max_seconds, seed=config.seed).cpu().eval()
+    vae = fit_vae(seqs, len(index), cfg, valid=valid, max_seconds=config.vae_max_seconds, seed=config.seed)
+    return vae.cpu().eval()
 
 
 def _fit_encoder(split: ServeSplit, variant: str, index: dict[str, int], text_vectors: Mapping[str, np.ndarray],

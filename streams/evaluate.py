@@ -294,8 +294,9 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         notes.append(f"batch models AS DEPLOYED (--refresh-every {refresh_every}): the Transformer"
                      + (" and the Mult-VAE are" if refresher.vae_seconds > 0 else " is")
                      + " retrained from scratch, as the trainer does (models.refresh.fit_refresh"
-                     + (", item text 'auto': an ids-only and a text encoder, the better on validation kept; the "
-                        "text one names every catalogue item through its text" if trainer.text_vectors else ", ids "
+                     + (", item text 'auto': an ids-only and a text encoder, the better on the newest events kept and "
+                        "refit on all; the text one names every catalogue item through its text" if trainer.text_vectors
+                        else ", ids "
                         "only: no item texts") + f") at events {', '.join(map(str, points)) or '(none: the stream is shorter)'} "
                      f"on ALL events before that point (budget {train_s:g}s"
                      + (f" + {refresher.vae_seconds:g}s Mult-VAE" if refresher.vae_seconds > 0 else "")

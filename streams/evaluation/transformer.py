@@ -35,8 +35,9 @@ def load_model(path: str | Path, *, device: str = "auto", quantize: str = "none"
 class Refresher:
     """Events so far -> a new ``BatchScorer`` trained as the live trainer trains one
     (``models.refresh.fit_refresh`` from scratch, the trainer's configuration with these budgets: with item
-    texts, an encoder on ids only and one with the text projection, the better on validation kept; the text
-    one also names the catalogue's items without events yet). :attr:`history` keeps each refresh's figures."""
+    texts, an encoder on ids only and one with the text projection, the better on the newest events kept and
+    refit on all; the text one also names the catalogue's items without events yet). :attr:`history` keeps each
+    refresh's figures."""
 
     seconds: float
     vae_seconds: float = 0.0

@@ -88,3 +88,4 @@ def test_the_kept_encoder_is_refit_on_every_event():
     res = fit_refresh(events, config=RefreshConfig(text="off", **TINY))
     assert "i-new" in res.vocab and len(res.vocab) == 31
     assert res.metrics["valid_ndcg"] == pytest.approx(res.variants_valid_ndcg["ids"]) and res.n_users == 60
+    assert res.vae is not None and res.vae.best_valid_ndcg is not None  # the selection's figure, kept
