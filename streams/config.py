@@ -133,10 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TAILCAST_TEXT_ENCODER", "minilm", _choice("minilm", "hashing"),
             "Item text encoder: the pretrained all-MiniLM-L6-v2, or a token-hashing fallback."),
     Setting("TAILCAST_TRAIN_INTERVAL_S", "600", _positive_float, "Trainer refresh interval (seconds)."),
-    Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float, "Wall-clock budget of each encoder's training in a refresh."),
+    Setting("TAILCAST_TRAIN_MAX_SECONDS", "300", _positive_float,
+            "Wall-clock budget of each encoder training in a refresh (each candidate to select, the kept one refit)."),
     Setting("TAILCAST_TRAIN_VAE_MAX_SECONDS", "120", _non_negative_float,
-            "Wall-clock budget of one refresh's Mult-VAE training, served as the `vae` candidate source; "
-            "0 trains no Mult-VAE."),
+            "Wall-clock budget of each Mult-VAE training in a refresh (one to select, one refit), served as the "
+            "`vae` candidate source; 0 trains no Mult-VAE."),
 )
 
 _BY_ENV = {s.env: s for s in SETTINGS}
