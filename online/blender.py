@@ -7,7 +7,9 @@ mini-batch's mean log loss, prequentially (each example is predicted, for the ru
 its initial weights are drawn from ``seed`` (torch's ``nn.Linear`` rule). The scaler is river's
 ``StandardScaler`` (running mean and population variance, updated before the batch is scaled);
 standardised features are clipped to ``[-z_clip, z_clip]``, so that a feature nearly constant so far
-cannot lock the ranker in. A source proposing for the first time starts with the others' mean input weights.
+cannot lock the ranker in. A feature constant so far (a source not proposing yet) starts its running statistics
+when it first varies, and a source proposing for the first time starts with input weights 0: it earns its
+weight from the pools instead of being averaged in (docs/decisions.md, "A late source starts at weight 0").
 
 Features per (user, candidate), for each source ``s``: ``s`` (the raw score squashed by
 ``sign(v)·log1p(|v|)``), ``s_rr`` (``1 / (1 + rank)`` in its list) and ``s_in`` (1 when it proposed the
@@ -126,7 +128,7 @@ class FeedbackBlender:
         self._in_name = {s: f"{s}_in" for s in self.sources}
         self._prior_weights = np.array([_PRIOR_WEIGHTS.get(s, 1.0) for s in self.sources])
         # scaler (running mean / population variance)
-        self._n_seen = 0
+        self._n_seen = np.zeros(len(self.feature_names))  # rows in each column's statistics
         self._proposing = np.zeros(len(self.sources), dtype=bool)  # sources seen proposing in a learned batch
         self._mean = np.zeros(n_f)
         self._var = np.zeros(n_f)
@@ -176,6 +178,8 @@ class FeedbackBlender:
                 state[key][0] = np.vstack([state[key][0], zero_row])
             state["_buf_x"] = [(np.hstack([x, np.zeros((x.shape[0], 1))]), None) for x, _ in state["_buf_x"]]
             state["_eff"] = None
+        if np.ndim(state["_n_seen"]) == 0:  # pickled before per-column counts: every column saw every row
+            state["_n_seen"] = np.full(len(state["feature_names"]), float(state["_n_seen"]))
         self.__dict__.update(state)
 
     @property
@@ -440,11 +444,13 @@ class FeedbackBlender:
         self._auc_s[slots, 1:] = np.where(proposed, X[:, :n_s], -np.inf)
         self._auc_pos = int(slots[-1] + 1) % self.auc_window
         self._auc_n = min(self.auc_window, self._auc_n + m)
-        # scaler: merge the batch's mean and variance into the running ones (Chan et al.)
-        n0 = self._n_seen
-        n1 = n0 + m
+        # scaler: merge the batch's mean and variance into the running ones (Chan et al.); a column constant
+        # so far that varies now (a source proposing for the first time) starts afresh from this batch: the
+        # rows from before it existed would shrink its variance and blow its standardised values up
         b_mean = X.mean(axis=0)
         b_var = X.var(axis=0)
+        n0 = np.where((self._var == 0.0) & (b_var > 0.0), 0.0, self._n_seen)
+        n1 = n0 + m
         delta = b_mean - self._mean
         self._var = (self._var * n0 + b_var * m + delta * delta * (n0 * m / n1)) / n1
         self._mean = self._mean + delta * (m / n1)
@@ -471,14 +477,14 @@ class FeedbackBlender:
         self._n_applied_clicked += int(y.sum())
 
     def _adopt_new_sources(self, proposing: np.ndarray) -> None:
-        """A source proposing for the first time (a batch model swapped in after warm-up) starts with the
-        mean input weights of the sources already seen, not with its untrained random ones: otherwise its
-        candidates are scored by noise until Adam moves them, and a source rarely shown is rarely learned."""
+        """A source proposing for the first time (a batch model swapped in after warm-up) starts with input
+        weights 0, not its untrained random ones: its candidates are scored by the other features until the
+        pools, where they are labelled whether shown or not, have taught the ranker what it is worth."""
         new = proposing & ~self._proposing
         if new.any() and self._proposing.any():
             n_s = len(self.sources)
             W = self._W1[: 3 * n_s].reshape(3, n_s, self.hidden)  # (score, rank, proposed) x sources x units
-            W[:, new] = W[:, self._proposing].mean(axis=1, keepdims=True)
+            W[:, new] = 0.0
         self._proposing |= proposing
 
     def auc_counts(self) -> tuple[int, int]:

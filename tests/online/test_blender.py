@@ -196,8 +196,9 @@ def test_single_source_auc_ranks_unproposed_candidates_last_whatever_the_score_s
     assert blender.auc()["vae"] > 0.9
 
 
-def test_a_source_that_appears_late_starts_with_the_mean_weights_of_the_others() -> None:
-    """A batch model swapped in after warm-up is not stuck at weight 0 (it would be credited nothing)."""
+def test_a_source_that_appears_late_starts_at_weight_0_with_its_own_statistics() -> None:
+    """A batch model swapped in after warm-up is neither scored by untrained random weights nor averaged in
+    with the others: it starts at input weight 0, standardised by the rows since it proposes, and learns."""
     blender = FeedbackBlender(sources=["covisit", "mf", "transformer"], warmup=10)
     rng = np.random.default_rng(0)
     X = np.zeros((256, blender.n_features))
@@ -209,11 +210,18 @@ def test_a_source_that_appears_late_starts_with_the_mean_weights_of_the_others()
     blender.learn_matrix(X, y)
     W = blender._W1[:9].reshape(3, 3, -1)  # (score, rank, proposed) x sources x hidden units
     assert np.array_equal(W[:, 2], initial)  # untrained: its features were constant (standardised to 0)
-    before = W[:, :2].mean(axis=1)
-    late = X[:1].copy()
-    late[0, [2, 5, 8]] = (0.9, 0.5, 1.0)  # the transformer proposes
-    blender.learn_matrix(late, [False])
+    late = X[:32].copy()
+    late[::2, [2, 5, 8]] = (0.9, 0.5, 1.0)  # the transformer proposes every other candidate, the clicked ones
+    blender.learn_matrix(late, [r % 2 == 0 for r in range(32)])
     blender.flush()
+    # its statistics are those of these 32 rows alone, not diluted by the 256 from before it proposed
+    np.testing.assert_allclose(blender._mean[[2, 5, 8]], [0.45, 0.25, 0.5])
+    np.testing.assert_array_equal(blender._n_seen[[2, 8]], [32, 32])
+    assert blender._n_seen[0] == 288
     W = blender._W1[:9].reshape(3, 3, -1)
-    np.testing.assert_allclose(W[:, 2], before, atol=0.01)  # the others' mean, moved by one Adam step (lr .003)
-    assert not np.allclose(W[:, 2], initial, atol=0.01)
+    assert np.abs(W[:, 2]).max() <= 0.0031  # from 0, one Adam step (lr .003)
+    assert np.abs(W[:, 2]).sum() > 0
+    for _ in range(40):
+        blender.learn_matrix(late, [r % 2 == 0 for r in range(32)])
+    logits = blender.logits(late)
+    assert logits[::2].min() > logits[1::2].max()  # it has learned that its proposals are clicked
