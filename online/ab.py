@@ -97,11 +97,11 @@ class Credit(NamedTuple):
 class ArmCounts:
     """One arm's counts since the process started."""
 
-    impressions: int = 0
-    slots: int = 0
-    tail_slots: int = 0
-    clicks: int = 0
-    tail_clicks: int = 0
+    impressions: int = 0  # lists displayed
+    slots: int = 0  # items displayed in them (an item shown twice in a list is one slot)
+    tail_slots: int = 0  # of those, tail items
+    clicks: int = 0  # displayed slots clicked afterwards
+    tail_clicks: int = 0  # of those, tail items
 
     def ctr(self) -> tuple[float, float, float]:
         return wilson(self.clicks, self.slots)

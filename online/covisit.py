@@ -56,8 +56,8 @@ class CoVisitation(ItemIndexed):
         self.max_neighbours = int(max_neighbours)
         self.backward_weight = float(backward_weight)
         self.history_window = int(history_window)
-        self.normalise = bool(normalise)
-        self.distance_decay = bool(distance_decay)
+        self.normalise = bool(normalise)  # W[h][j] / sqrt(n_h * n_j); off: raw counts (transitions)
+        self.distance_decay = bool(distance_decay)  # h at distance d gains w / d; off: w
         self._clock = DecayClock(half_life_s)
         self._index = IdIndex()
         # Neighbours of item h, slot by slot (a prune keeps the order of its sort): _nj[h][slot] = j,

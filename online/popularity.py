@@ -49,10 +49,10 @@ class DecayedPopularity(ItemIndexed):
         must_be_at_least(1, refresh_every=refresh_every)
         self.half_life_s = float(half_life_s)
         self.window_events = int(window_events)
-        self.head_share = float(head_share)
+        self.head_share = float(head_share)  # share of the window's active items that are head
         self.max_items = int(max_items)
         self.refresh_every = int(refresh_every)
-        self.fresh_max_count = int(fresh_max_count)
+        self.fresh_max_count = int(fresh_max_count)  # "fresh": a non-head item with at most this many events
 
         self._clock = DecayClock(half_life_s)
         self._index = IdIndex()
