@@ -112,6 +112,20 @@ def test_batch_unknown_starts_at_zero_weight_and_a_blender_pickled_before_it_loa
     assert restored._W1[at].any()
 
 
+def test_a_blender_pickled_with_one_row_count_loads_with_that_count_for_every_column() -> None:
+    import pickle
+
+    a, xs = _learned(seed=0)
+    old = pickle.loads(pickle.dumps(a))
+    old._n_seen = 480  # what a blender pickled before per-column counts held: one count for every column
+    restored = pickle.loads(pickle.dumps(old))
+    np.testing.assert_array_equal(restored._n_seen, np.full(a.n_features, 480.0))
+    np.testing.assert_allclose(restored.predict_many(xs[:40]), a.predict_many(xs[:40]), rtol=1e-12)
+    restored.learn_many((x, n % 3 == 0) for n, x in enumerate(xs[:64]))
+    restored.flush()
+    np.testing.assert_array_equal(restored._n_seen, np.full(a.n_features, 544.0))
+
+
 def test_contributions_are_gradient_times_input() -> None:
     blender, xs = _learned()
     X = blender._matrix(xs[:30])
