@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from online.base import must_be_at_least
+from online.base import TIE_RTOL, must_be_at_least
 
 __all__ = ["FeedbackBlender", "sigmoid"]
 
@@ -51,6 +51,10 @@ _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
 
 #: Feature columns after the per-source ones (see :meth:`FeedbackBlender._put_dense`).
 N_DENSE = 6
+#: The source gate's user segments: the event count at which each starts (new, regular, heavy users).
+GATE_SEGMENTS = (0, 4, 32)
+#: Labelled pools a source's gain is averaged over, per segment (exponential weights: their mean age).
+_GAIN_POOLS = 4096
 _ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
 
 
@@ -130,6 +134,9 @@ class FeedbackBlender:
         # scaler (running mean / population variance)
         self._n_seen = np.zeros(len(self.feature_names))  # rows in each column's statistics
         self._proposing = np.zeros(len(self.sources), dtype=bool)  # sources seen proposing in a learned batch
+        # the source gate: per user segment and source, the running NDCG@k gain of serving it (see judge)
+        self._gain = np.zeros((len(GATE_SEGMENTS), len(self.sources)))
+        self._n_judged = np.zeros(len(GATE_SEGMENTS), dtype=np.int64)
         self._mean = np.zeros(n_f)
         self._var = np.zeros(n_f)
         # the perceptron: logit = relu(z @ W1 + b1) @ w2 + b2, initial weights as torch's nn.Linear draws them,
@@ -154,6 +161,7 @@ class FeedbackBlender:
         self._auc_n = 0
         self._rng = random.Random(seed)
         self._zbuf = np.zeros(0)  # serving scratch of logits_entries, not pickled
+        self._jbuf = np.zeros(0)  # the gate's scratch (judge), not pickled
         self.n_learned = 0  # examples received (applied or buffered)
         self.n_clicked = 0
         self._n_applied = 0
@@ -161,7 +169,7 @@ class FeedbackBlender:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_zbuf"] = np.zeros(0)
+        state["_zbuf"] = state["_jbuf"] = np.zeros(0)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -178,6 +186,10 @@ class FeedbackBlender:
                 state[key][0] = np.vstack([state[key][0], zero_row])
             state["_buf_x"] = [(np.hstack([x, np.zeros((x.shape[0], 1))]), None) for x, _ in state["_buf_x"]]
             state["_eff"] = None
+        state.setdefault("_jbuf", np.zeros(0))
+        if "_gain" not in state:  # pickled before the source gate: every source serves until judged
+            state["_gain"] = np.zeros((len(GATE_SEGMENTS), len(state["sources"])))
+            state["_n_judged"] = np.zeros(len(GATE_SEGMENTS), dtype=np.int64)
         if np.ndim(state["_n_seen"]) == 0:  # pickled before per-column counts: every column saw every row
             state["_n_seen"] = np.full(len(state["feature_names"]), float(state["_n_seen"]))
         self.__dict__.update(state)
@@ -486,6 +498,78 @@ class FeedbackBlender:
             W = self._W1[: 3 * n_s].reshape(3, n_s, self.hidden)  # (score, rank, proposed) x sources x units
             W[:, new] = 0.0
         self._proposing |= proposing
+
+    @staticmethod
+    def segment(user_event_counts: np.ndarray | int) -> np.ndarray:
+        """The gate's user segment (index into :data:`GATE_SEGMENTS`) of each event count."""
+        return np.searchsorted(GATE_SEGMENTS, np.asarray(user_event_counts), side="right") - 1
+
+    def served(self, user_event_counts: np.ndarray | int) -> np.ndarray:
+        """(..., S) bool: whether each source serves users with these event counts (its gain is not negative)."""
+        return self._gain[self.segment(user_event_counts)] >= 0.0
+
+    def judge(self, X: np.ndarray, hit: int, user_event_count: int, k: int) -> np.ndarray:
+        """Update the source gate with one labelled pool; return each source's gain on it (S,).
+
+        ``X``: the pool's feature rows, ``hit``: the clicked row. A source's gain is the NDCG@``k`` of the
+        clicked row among the pool ranked with the source minus that without it (its features at "not
+        proposed", the rows only it proposed left out), the other sources as the user's segment serves them
+        now, at re-ranking strength 0. A source serves a segment while its gain there, averaged over the last
+        ~:data:`_GAIN_POOLS` pools, is not negative: a source that does not help is left out, not averaged in.
+        Nothing is judged before warm-up (the prior weighs the sources)."""
+        n_s = len(self.sources)
+        if not self.warmed_up or X.shape[0] == 0:
+            return np.zeros(n_s)
+        seg = int(self.segment(user_event_count))
+        on = self._gain[seg] >= 0.0  # (S,)
+        sign = np.where(on, 1.0, -1.0)  # a served source is toggled off, a left-out one on
+        mean, inv_std = self._scaling()
+        Z = self._z(X)  # (n, F)
+        proposed = X[:, 2 * n_s : 3 * n_s] > 0.0  # (n, S)
+        s, r = np.nonzero(proposed.T)  # (E,) each proposal's source and row, source by source
+        n_e = r.size
+        if self._jbuf.size < 2 * n_e * self.hidden:  # scratch: a fresh array this size costs page faults
+            self._jbuf = np.empty(2 * max(n_e * self.hidden, self._jbuf.size))
+        D = self._jbuf[: n_e * self.hidden].reshape(n_e, self.hidden)
+        # (E, H): the change in a proposal row's hidden pre-activations when its source goes to "not proposed"
+        c = np.arange(3)[:, None] * n_s + s  # (3, E) its score, rank and proposed columns
+        dz = (np.clip((0.0 - mean[c]) * inv_std[c], -self.z_clip, self.z_clip) - Z[r, c]).T  # (E, 3)
+        bounds = np.searchsorted(s, np.arange(n_s + 1)).tolist()
+        for src in range(n_s):
+            a, e = bounds[src], bounds[src + 1]
+            if e > a:
+                np.matmul(dz[a:e], self._W1[src : 3 * n_s : n_s], out=D[a:e])
+        pre = self._hidden(Z)  # (n, H)
+        left_out = ~on[s]
+        if left_out.any():
+            np.add.at(pre, r[left_out], D[left_out])  # the segment's served sources
+        D *= sign[s, None]
+        D += np.take(pre, r, axis=0, out=self._jbuf[n_e * self.hidden : 2 * n_e * self.hidden].reshape(n_e, -1))
+        toggled = np.maximum(D, 0.0, out=D) @ self._w2  # (E,) each proposal's row with its source toggled
+        base = np.maximum(pre, 0.0, out=pre) @ self._w2  # (n,) logits of the served list, less the output bias
+        n_on = proposed[:, on].sum(axis=1)
+        ranked = n_on > 0  # (n,) in the served list
+        ranked_e = n_on[r] - sign[s] > 0  # (E,) in the list with the source toggled
+        hit_logit = np.full(n_s + 1, base[hit])  # in the served list, then with each source toggled
+        hit_ranked = np.full(n_s + 1, ranked[hit])
+        at_hit = np.flatnonzero(r == hit)
+        hit_logit[1 + s[at_hit]], hit_ranked[1 + s[at_hit]] = toggled[at_hit], ranked_e[at_hit]
+        floor = hit_logit + TIE_RTOL * np.maximum(1.0, np.abs(hit_logit))  # (1 + S,) above it: ranked above
+        rank = np.empty(n_s + 1, dtype=np.int64)
+        rank[0] = (ranked & (base > floor[0])).sum()
+        rank[1:] = (ranked & (base > floor[1:, None]) & ~proposed.T).sum(axis=1)  # rows the source did not touch
+        rank[1:] += np.bincount(s, weights=ranked_e & (toggled > floor[1 + s]), minlength=n_s).astype(np.int64)
+        ndcg = np.where(hit_ranked & (rank < k), 1.0 / np.log2(rank + 2.0), 0.0)  # (1 + S,)
+        gain = sign * (ndcg[0] - ndcg[1:])  # with minus without
+        self._gain[seg] += (gain - self._gain[seg]) / _GAIN_POOLS
+        self._n_judged[seg] += 1
+        return gain
+
+    def gate(self) -> dict[str, dict[str, float]]:
+        """Per segment (``"new"``, ``"regular"``, ``"heavy"``), each source's running gain (see :meth:`judge`);
+        a source serves the segment where it is not negative."""
+        names = ("new", "regular", "heavy")
+        return {names[g]: dict(zip(self.sources, self._gain[g].tolist())) for g in range(len(GATE_SEGMENTS))}
 
     def auc_counts(self) -> tuple[int, int]:
         """(examples, clicks) in the window that :meth:`auc` reads: how much its figures can be trusted."""

@@ -203,15 +203,17 @@ class OnlineRecommender:
             return 0
         ours = self.retrieval.items.get(clicked_item)
         hit = np.flatnonzero(pool.items == ours) if ours >= 0 else _EMPTY
-        if self.pool_observer is not None:
-            self.pool_observer(pool.features(self.blender, range(pool.items.size)) if hit.size else None,
-                               int(hit[0]) if hit.size else -1)
         if not hit.size:
+            if self.pool_observer is not None:
+                self.pool_observer(None, -1)
             return 0
         hit = int(hit[0])
+        X_pool = pool.features(self.blender, range(pool.items.size))
+        if self.pool_observer is not None:
+            self.pool_observer(X_pool, hit)
+        self.blender.judge(X_pool, hit, pool.count, self.k)  # the source gate, before the ranker learns the pool
         chosen = self.pools.examples(pool, hit)
-        X = pool.features(self.blender, chosen)
-        self.blender.learn_matrix(X, [r == hit for r in chosen])
+        self.blender.learn_matrix(X_pool[chosen], [r == hit for r in chosen])
         return len(chosen)
 
     def is_tail(self, item: str) -> bool:
@@ -313,19 +315,14 @@ class OnlineRecommender:
         map_ids: dict[int, int] = {}  # id(map array) -> its number
         by_id: dict[int, np.ndarray] = {}
         by_source: list[dict] = []
-        repeated = False  # a source with two lists for one user (see below)
         for b, lists in enumerate(all_lists):
-            seen = {}
             off = self.off | configs[b].off if configs[b].off else self.off  # the arm's own switched-off sources
-            for entry in lists:
-                idx = entry[1]
-                if not idx.size or entry[0] in off:
-                    continue
-                repeated = repeated or entry[0] in seen
-                seen[entry[0]] = entry
-                parts.append(idx)
+            # a source listed twice for a user (an extra list of a core source): the later list replaces the other
+            seen = {entry[0]: entry for entry in lists if entry[1].size and entry[0] not in off}
+            for entry in seen.values():
+                parts.append(entry[1])
                 scs.append(entry[2])
-                lens.append(idx.size)
+                lens.append(entry[1].size)
                 cols.append(col[entry[0]])
                 owner.append(b)
                 if entry[5] is None:
@@ -334,7 +331,7 @@ class OnlineRecommender:
                     i = map_ids.setdefault(id(entry[5]), len(map_ids))
                     by_id[i] = entry[5]
                     maps.append(i)
-            by_source.append(seen)  # the last non-empty list of each source
+            by_source.append(seen)
         if not parts:
             self.last_alternatives = [[[] for _ in range(n_b)] for _ in alternatives]
             return [[] for _ in range(n_b)]
@@ -369,6 +366,13 @@ class OnlineRecommender:
         np.cumsum(np.bincount(user_e[is_first], minlength=n_b), out=bounds[1:])
         bnd = bounds.tolist()
         row_counts = np.repeat(np.asarray(user_event_counts, dtype=np.int64), np.diff(bounds))
+        # the proposals that serve: the sources the gate leaves out for a user's segment still fill the pool (the
+        # gate judges them there), but do not score (FeedbackBlender.judge)
+        served_e = self.blender.served(np.asarray(user_event_counts, dtype=np.int64))[user_e, col_e]  # (m,)
+        gated = not served_e.all()
+        pooled = rows, col_e, values, rank_e
+        if gated:
+            rows, col_e, values, rank_e = rows[served_e], col_e[served_e], values[served_e], rank_e[served_e]
         tail = Retrieval.flag(tail_mask, items)
         pop_c = self.retrieval.popularity_counts
         popularity = np.where(items < pop_c.size, pop_c[np.minimum(items, pop_c.size - 1)], 0.0) if pop_c.size \
@@ -376,34 +380,23 @@ class OnlineRecommender:
         appetite = np.repeat(np.asarray(appetites, dtype=np.float64), np.diff(bounds))  # (n,)
         unknown = self.batch_unknown(items)  # (n,)
         ranks = np.full((n_c, n_s), np.inf)  # (n, S) 0-based ranks, inf = not proposed
-        if not repeated:
-            ranks[rows, col_e] = rank_e
-            probs = sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd,
-                                                         popularity, appetite, unknown))
-            X = None  # the shown rows' features are built below
-        else:  # a source listed twice for a user: its later list overwrites the earlier one, list by list
-            scores = np.zeros((n_c, n_s))  # (n, S) raw source scores, 0 = not proposed
-            ends = np.cumsum(n_lists)
-            for a, e in zip(ends - n_lists, ends):
-                r, c = rows[a:e], col_e[a:e]
-                scores[r, c] = values[a:e]
-                ranks[r, c] = rank_e[a:e]
-            X = self.blender.feature_matrix(scores, ranks, tail, row_counts, popularity, appetite, unknown)  # (n, F)
-            probs = sigmoid(self.blender.logits_blocks(X, bnd))  # (n,)
+        ranks[rows, col_e] = rank_e
+        probs = sigmoid(self.blender.logits_entries(n_c, rows, col_e, values, rank_e, tail, row_counts, bnd,
+                                                     popularity, appetite, unknown))
+        if gated:  # a candidate that only left-out sources proposed is not in the list
+            probs[~np.isfinite(ranks).any(axis=1)] = -np.inf
+
         def lists_for(strengths: Sequence[float]) -> list[list[Candidate]]:
             """Each user's list re-ranked at ``strengths[b]``, with source attribution and anchors."""
             shown_parts = [a + o for a, o in zip(bnd, TailReranker.order_blocks(probs, tail, bnd, strengths, k))]
             shown = np.concatenate(shown_parts)  # (s,) candidate rows, user by user
-            if X is None:  # the shown rows' features, from their entries
-                where = np.full(n_c, -1, dtype=np.int64)
-                where[shown] = np.arange(shown.size)
-                local = where[rows]
-                sel = local >= 0
-                X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
-                                                       tail[shown], row_counts[shown], popularity[shown],
-                                                       appetite[shown], unknown[shown])
-            else:
-                X_shown = X[shown]
+            where = np.full(n_c, -1, dtype=np.int64)  # the shown rows' features, from their entries
+            where[shown] = np.arange(shown.size)
+            local = where[rows]
+            sel = local >= 0
+            X_shown = self.blender.feature_entries(shown.size, local[sel], col_e[sel], values[sel], rank_e[sel],
+                                                   tail[shown], row_counts[shown], popularity[shown],
+                                                   appetite[shown], unknown[shown])
             # the proposing source with the largest logit share (gradient × input); ties: the better rank
             contrib = self.blender.contributions_matrix(X_shown)  # (s, S)
             r_shown = ranks[shown]
@@ -440,8 +433,8 @@ class OnlineRecommender:
         sources = self.blender.sources
         out = lists_for([c.rerank_strength for c in configs])
         pools = self.pools.pools_from_batch(items=items, tail=tail, popularity=popularity, unknown=unknown,
-                                            rows=rows, cols=col_e,
-                                            values=values, ranks=rank_e, owners=user_e, bounds=bounds,
+                                            rows=pooled[0], cols=pooled[1], values=pooled[2], ranks=pooled[3],
+                                            owners=user_e, bounds=bounds,
                                             counts=user_event_counts, appetites=appetites)
         held = [b for b in range(n_b) if out[b]]
         self.pools.keep([users[b] for b in held], [tuple(c.item for c in out[b][:shown_k]) for b in held],

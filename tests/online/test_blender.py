@@ -239,3 +239,79 @@ def test_a_source_that_appears_late_starts_at_weight_0_with_its_own_statistics()
         blender.learn_matrix(late, [r % 2 == 0 for r in range(32)])
     logits = blender.logits(late)
     assert logits[::2].min() > logits[1::2].max()  # it has learned that its proposals are clicked
+
+
+def _trusting_the_transformer() -> FeedbackBlender:
+    """A ranker that has learned to rank the transformer's proposals first (clicks follow them)."""
+    blender = FeedbackBlender(sources=["covisit", "mf", "transformer"], warmup=10)
+    rng = np.random.default_rng(0)
+    X = np.zeros((256, blender.n_features))
+    X[:, 0], X[:, 3], X[:, 6] = rng.random(256), 1.0 / (1.0 + rng.integers(0, 50, 256)), 1.0  # covisit: noise
+    by_t = np.arange(256) % 2 == 0
+    X[by_t, 2], X[by_t, 5], X[by_t, 8] = rng.random(by_t.sum()) + 0.5, 0.5, 1.0
+    for _ in range(30):
+        blender.learn_matrix(X, by_t & (rng.random(256) < 0.5))
+    blender.flush()
+    return blender
+
+
+def _ndcg_without(blender: FeedbackBlender, X: np.ndarray, hit: int, left_out: list[int], k: int) -> float:
+    """The clicked row's NDCG@k with the sources ``left_out`` set to "not proposed", recomputed from scratch."""
+    n_s = len(blender.sources)
+    X = X.copy()
+    for s in left_out:
+        X[:, [s, n_s + s, 2 * n_s + s]] = 0.0
+    ranked = X[:, 2 * n_s : 3 * n_s].any(axis=1)
+    if not ranked[hit]:
+        return 0.0
+    logits = blender.logits(X)
+    rank = int((ranked & (logits > logits[hit] + 1e-5 * max(1.0, abs(logits[hit])))).sum())
+    return 1.0 / np.log2(rank + 2.0) if rank < k else 0.0
+
+
+def test_the_gate_leaves_out_a_source_that_pushes_the_click_down_in_that_segment_only() -> None:
+    blender = _trusting_the_transformer()
+    X = np.zeros((13, blender.n_features))  # row 0, clicked, proposed by covisit alone; 12 transformer-only rows
+    X[0, [0, 3, 6]] = (0.5, 1.0, 1.0)
+    X[1:, 2], X[1:, 5], X[1:, 8] = 1.0, 1.0 / np.arange(1, 13), 1.0
+    assert FeedbackBlender(sources=["covisit"]).judge(X[:, [0, 3, 6]], 0, 10, 10).tolist() == [0.0]  # no warm-up
+    served = [_ndcg_without(blender, X, 0, [], 10), _ndcg_without(blender, X, 0, [2], 10)]
+    assert served == [0.0, 1.0]  # the transformer's 12 rank above the click: without them it is first
+    gain = blender.judge(X, 0, user_event_count=10, k=10)
+    np.testing.assert_allclose(gain, [0.0, 0.0, -1.0])  # covisit's click is out of the top 10 either way
+    assert blender.served(10).tolist() == [True, True, False]  # the regular segment (4 to 31 events) only
+    assert blender.served([0, 3, 32, 500]).all()
+    gain = blender.judge(X, 0, user_event_count=10, k=10)  # now ranked without the transformer
+    np.testing.assert_allclose(gain, [1.0, 0.0, -1.0])  # covisit alone proposed the click, first
+    assert blender.gate()["regular"]["transformer"] < 0 < blender.gate()["regular"]["covisit"]
+    assert set(blender.gate()) == {"new", "regular", "heavy"}
+
+
+def test_the_gates_gains_are_those_of_the_pool_ranked_again_without_each_source() -> None:
+    blender = _trusting_the_transformer()
+    rng = np.random.default_rng(1)
+    n_s, moved = 3, 0
+    for trial in range(20):
+        n = 40
+        X = np.zeros((n, blender.n_features))
+        proposed = rng.random((n, n_s)) < 0.4
+        proposed[rng.integers(0, n), rng.integers(0, n_s)] = True
+        X[:, :n_s] = np.where(proposed, rng.random((n, n_s)) * 2, 0.0)
+        X[:, n_s : 2 * n_s] = np.where(proposed, 1.0 / (1.0 + rng.integers(0, 50, (n, n_s))), 0.0)
+        X[:, 2 * n_s : 3 * n_s] = proposed
+        X[:, -3] = rng.random(n) * 3  # log_popularity
+        hit = int(np.flatnonzero(proposed.any(axis=1))[0])
+        if trial == 10:  # from here on the transformer is left out of the segment, and toggled back on
+            blender._gain[blender.segment(5), 2] = -1.0
+        left_out = [s for s in range(n_s) if not blender.served(5)[s]]
+        base = _ndcg_without(blender, X, hit, left_out, 10)
+        expected = []
+        for s in range(n_s):
+            if s in left_out:
+                expected.append(_ndcg_without(blender, X, hit, [o for o in left_out if o != s], 10) - base)
+            else:
+                expected.append(base - _ndcg_without(blender, X, hit, [*left_out, s], 10))
+        np.testing.assert_allclose(blender.judge(X, hit, user_event_count=5, k=10), expected, atol=1e-12,
+                                   err_msg=f"trial {trial}")
+        moved += any(expected)
+    assert moved >= 10 and not blender.served(5)[2]

@@ -191,6 +191,24 @@ def test_extra_sources() -> None:
         rec.recommend("u", ["i1"], 1, arm="control", extra={"gpt": []})
 
 
+def test_a_source_the_gate_leaves_out_of_a_segment_serves_nothing_there_but_still_fills_the_pool() -> None:
+    rec = make()
+    warm(rec, n_events=500)
+    extra = {"transformer": [Candidate("seq-only", 3.0, "transformer"), Candidate("i2", 2.0, "transformer")]}
+    col = rec.blender.sources.index("transformer")
+    rec.blender._gain[rec.blender.segment(1), col] = -0.01  # as judge leaves it after the pools said it hurts
+    users = ["new", "heavy"]
+    lists = rec.recommend_many(users, [["i1"], ["i1"]], [1, 40], arms=["control"] * 2, extras=[extra] * 2)
+    assert "seq-only" not in {c.item for c in lists[0]} and "transformer" not in {c.source for c in lists[0]}
+    assert "seq-only" in {c.item for c in lists[1]}  # the heavy users' segment still serves it
+    for user in users:  # both pools hold its proposals, so that the gate keeps judging it
+        _, pool = rec.pools.get(user)
+        assert col in pool.cols.tolist()
+    extra["covisit"] = [Candidate("i3", 1.0, "covisit")]  # covisit listed twice: the other merge, same rule
+    assert "seq-only" not in {c.item for c in rec.recommend("new", ["i1"], 1, arm="control", extra=extra)}
+    assert "seq-only" in {c.item for c in rec.recommend("heavy", ["i1"], 40, arm="control", extra=extra)}
+
+
 def test_candidates_outside_the_batch_models_vocabulary_are_flagged_for_the_ranker() -> None:
     rec = make()
     warm(rec, n_events=500)
