@@ -126,6 +126,18 @@ def test_a_blender_pickled_with_one_row_count_loads_with_that_count_for_every_co
     np.testing.assert_array_equal(restored._n_seen, np.full(a.n_features, 544.0))
 
 
+def test_a_blender_pickled_before_the_source_gate_loads_with_every_source_served() -> None:
+    import pickle
+
+    a, xs = _learned(seed=0)
+    old = pickle.loads(pickle.dumps(a))
+    for name in ("_gain", "_n_judged", "_jbuf"):
+        delattr(old, name)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.served([0, 10, 100]).all() and restored.gate()["heavy"] == dict.fromkeys(SOURCES, 0.0)
+    np.testing.assert_allclose(restored.predict_many(xs[:40]), a.predict_many(xs[:40]), rtol=1e-12)
+
+
 def test_contributions_are_gradient_times_input() -> None:
     blender, xs = _learned()
     X = blender._matrix(xs[:30])
