@@ -53,8 +53,11 @@ _PRIOR_WEIGHTS = {"popularity": 0.5, "fresh": 0.5}
 N_DENSE = 6
 #: The source gate's user segments: the event count at which each starts (new, regular, heavy users).
 GATE_SEGMENTS = (0, 4, 32)
-#: Labelled pools a source's gain is averaged over, per segment (exponential weights: their mean age).
+#: Labelled pools a source's gain is averaged over, per segment: a plain mean up to this many, then exponential
+#: weights (their mean age).
 _GAIN_POOLS = 4096
+#: A source is left out of a segment only when its mean gain is below zero by more than this many standard errors.
+GATE_Z = 2.0
 _ZBUF_MAX = 1 << 21  # largest standardised matrix (elements) whose buffer is kept between calls: 16 MB
 
 
@@ -135,8 +138,9 @@ class FeedbackBlender:
         self._n_seen = np.zeros(len(self.feature_names))  # rows in each column's statistics
         self._proposing = np.zeros(len(self.sources), dtype=bool)  # sources seen proposing in a learned batch
         # the source gate: per user segment and source, the running NDCG@k gain of serving it (see judge)
-        self._gain = np.zeros((len(GATE_SEGMENTS), len(self.sources)))
-        self._n_judged = np.zeros(len(GATE_SEGMENTS), dtype=np.int64)
+        self._gain = np.zeros((len(GATE_SEGMENTS), len(self.sources)))  # running mean
+        self._gain_sq = np.zeros_like(self._gain)  # running mean of its square
+        self._n_judged = np.zeros(len(GATE_SEGMENTS), dtype=np.int64)  # pools judged
         self._mean = np.zeros(n_f)
         self._var = np.zeros(n_f)
         # the perceptron: logit = relu(z @ W1 + b1) @ w2 + b2, initial weights as torch's nn.Linear draws them,
@@ -190,6 +194,8 @@ class FeedbackBlender:
         if "_gain" not in state:  # pickled before the source gate: every source serves until judged
             state["_gain"] = np.zeros((len(GATE_SEGMENTS), len(state["sources"])))
             state["_n_judged"] = np.zeros(len(GATE_SEGMENTS), dtype=np.int64)
+        if "_gain_sq" not in state:  # pickled before the standard error: each gate serves as it did
+            state["_gain_sq"] = np.square(state["_gain"])
         if np.ndim(state["_n_seen"]) == 0:  # pickled before per-column counts: every column saw every row
             state["_n_seen"] = np.full(len(state["feature_names"]), float(state["_n_seen"]))
         self.__dict__.update(state)
@@ -504,9 +510,21 @@ class FeedbackBlender:
         """The gate's user segment (index into :data:`GATE_SEGMENTS`) of each event count."""
         return np.searchsorted(GATE_SEGMENTS, np.asarray(user_event_counts), side="right") - 1
 
+    def gain_se(self) -> np.ndarray:
+        """(segments, S): the standard error of each running gain (infinite before two pools are judged)."""
+        n = np.minimum(self._n_judged, _GAIN_POOLS)[:, None].astype(float)
+        var = np.maximum(self._gain_sq - np.square(self._gain), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(n >= 2, np.sqrt(var / np.maximum(n - 1.0, 1.0)), np.inf)
+
+    def _serving(self) -> np.ndarray:
+        """(segments, S) bool: a source serves a segment unless its gain is negative beyond :data:`GATE_Z`
+        standard errors."""
+        return self._gain + GATE_Z * self.gain_se() >= 0.0
+
     def served(self, user_event_counts: np.ndarray | int) -> np.ndarray:
-        """(..., S) bool: whether each source serves users with these event counts (its gain is not negative)."""
-        return self._gain[self.segment(user_event_counts)] >= 0.0
+        """(..., S) bool: whether each source serves users with these event counts (see :meth:`_serving`)."""
+        return self._serving()[self.segment(user_event_counts)]
 
     def judge(self, X: np.ndarray, hit: int, user_event_count: int, k: int) -> np.ndarray:
         """Update the source gate with one labelled pool; return each source's gain on it (S,).
@@ -514,14 +532,14 @@ class FeedbackBlender:
         ``X``: the pool's feature rows, ``hit``: the clicked row. A source's gain is the NDCG@``k`` of the
         clicked row among the pool ranked with the source minus that without it (its features at "not
         proposed", the rows only it proposed left out), the other sources as the user's segment serves them
-        now, at re-ranking strength 0. A source serves a segment while its gain there, averaged over the last
-        ~:data:`_GAIN_POOLS` pools, is not negative: a source that does not help is left out, not averaged in.
-        Nothing is judged before warm-up (the prior weighs the sources)."""
+        now, at re-ranking strength 0. A source serves a segment unless its gain there, averaged over the last
+        ~:data:`_GAIN_POOLS` pools, is negative beyond :data:`GATE_Z` standard errors: a source that does not
+        help is left out, not averaged in, and noise leaves nothing out. Nothing is judged before warm-up (the prior weighs the sources)."""
         n_s = len(self.sources)
         if not self.warmed_up or X.shape[0] == 0:
             return np.zeros(n_s)
         seg = int(self.segment(user_event_count))
-        on = self._gain[seg] >= 0.0  # (S,)
+        on = self._serving()[seg]  # (S,)
         sign = np.where(on, 1.0, -1.0)  # a served source is toggled off, a left-out one on
         mean, inv_std = self._scaling()
         Z = self._z(X)  # (n, F)
@@ -561,15 +579,19 @@ class FeedbackBlender:
         rank[1:] += np.bincount(s, weights=ranked_e & (toggled > floor[1 + s]), minlength=n_s).astype(np.int64)
         ndcg = np.where(hit_ranked & (rank < k), 1.0 / np.log2(rank + 2.0), 0.0)  # (1 + S,)
         gain = sign * (ndcg[0] - ndcg[1:])  # with minus without
-        self._gain[seg] += (gain - self._gain[seg]) / _GAIN_POOLS
         self._n_judged[seg] += 1
+        rate = 1.0 / min(int(self._n_judged[seg]), _GAIN_POOLS)
+        self._gain[seg] += (gain - self._gain[seg]) * rate
+        self._gain_sq[seg] += (np.square(gain) - self._gain_sq[seg]) * rate
         return gain
 
-    def gate(self) -> dict[str, dict[str, float]]:
-        """Per segment (``"new"``, ``"regular"``, ``"heavy"``), each source's running gain (see :meth:`judge`);
-        a source serves the segment where it is not negative."""
-        names = ("new", "regular", "heavy")
-        return {names[g]: dict(zip(self.sources, self._gain[g].tolist())) for g in range(len(GATE_SEGMENTS))}
+    def gate(self) -> dict[str, dict[str, dict[str, float | bool]]]:
+        """Per segment (``"new"``, ``"regular"``, ``"heavy"``) and source: its running ``gain`` (see
+        :meth:`judge`), the gain's standard error ``se`` and whether it ``served`` the segment."""
+        se, on = self.gain_se(), self._serving()
+        return {name: {src: {"gain": float(self._gain[g, c]), "se": float(se[g, c]), "served": bool(on[g, c])}
+                       for c, src in enumerate(self.sources)}
+                for g, name in enumerate(("new", "regular", "heavy"))}
 
     def auc_counts(self) -> tuple[int, int]:
         """(examples, clicks) in the window that :meth:`auc` reads: how much its figures can be trusted."""

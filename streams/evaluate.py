@@ -391,6 +391,10 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                          f"{best:.4f}; " + ", ".join(f"{key} {v:.4f}" for key, v in aucs.items() if key != "blend")
                          + f"; over {r.metrics.get('blender_window_examples', 0):,} labelled examples, "
                          f"{r.metrics.get('blender_window_clicks', 0):,} of them clicked)")
+        left_out = [key[len("served_"):] for key, v in r.metrics.items() if key.startswith("served_") and not v]
+        if any(key.startswith("served_") for key in r.metrics):
+            notes.append(f"{name}: source gate at the end of the replay, left out (segment_source): "
+                         + (", ".join(left_out) or "none"))
     for name, r in results.items():
         if r.kind == "live" or name == first.name:
             log(_pairing_line(name, r.metrics))

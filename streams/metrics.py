@@ -111,8 +111,10 @@ class ScorerMetrics(Instruments):
                         "Online ROC AUC on click feedback: the blender and each single source", ("source",)),
         "source_gain": (Gauge, "tailcast_blender_source_gain_ratio",
                         "The source gate: each source's running NDCG@k gain from serving it, per user segment "
-                        "(new, regular, heavy); a source serves a segment while it is not negative",
-                        ("segment", "source")),
+                        "(new, regular, heavy)", ("segment", "source")),
+        "source_served": (Gauge, "tailcast_blender_source_served",
+                          "The source gate: 1 while a source serves a user segment, 0 while its gain there is "
+                          "negative beyond two standard errors", ("segment", "source")),
         "catalog_items": (Gauge, "tailcast_scorer_catalog_items", "Items with a content vector"),
         "catalog_records": (Counter, "tailcast_scorer_catalog_records",
                             "Records read from the items topic, by what they did: upsert, hide, restore (a visible "

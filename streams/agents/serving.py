@@ -338,9 +338,10 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             for source, value in core.recommender.blender.auc().items():
                 if value == value:  # NaN: the source carried no signal in the window (no series)
                     metrics.blender_auc.labels(source=source).set(value)
-            for segment, gains in core.recommender.blender.gate().items():
-                for source, value in gains.items():
-                    metrics.source_gain.labels(segment=segment, source=source).set(value)
+            for segment, sources in core.recommender.blender.gate().items():
+                for source, judged in sources.items():
+                    metrics.source_gain.labels(segment=segment, source=source).set(judged["gain"])
+                    metrics.source_served.labels(segment=segment, source=source).set(judged["served"])
 
         impressions_agent.register(app, topic=topics[IMPRESSIONS], impressions=impressions, producer=producer)
 

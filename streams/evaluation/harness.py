@@ -547,8 +547,10 @@ def _replay(
             extra.update({f"blender_auc_{name}": round(v, 4) for name, v in blender.auc().items()
                           if v == v})  # NaN: a source never scored an item with feedback
             extra["blender_window_examples"], extra["blender_window_clicks"] = blender.auc_counts()
-            extra.update({f"gain_{segment}_{name}": round(v, 5) for segment, gains in blender.gate().items()
-                          for name, v in gains.items()})  # the source gate at the end of the replay
+            for segment, sources in blender.gate().items():  # the source gate at the end of the replay
+                for name, judged in sources.items():
+                    extra[f"gain_{segment}_{name}"] = round(judged["gain"], 5)
+                    extra[f"served_{segment}_{name}"] = judged["served"]
         results[spec.name] = boards[s].finish(kind=spec.kind, param=spec.param, seconds=seconds[s],
                                               window_end=window_end, extra=extra)
     if refreshes is not None:

@@ -66,6 +66,7 @@ tailcast_scorer_pending_requests                           gauge
 tailcast_scorer_consumer_lag_messages                      gauge     topic
 tailcast_blender_auc_ratio                                 gauge     arm? source
 tailcast_blender_source_gain_ratio                         gauge     segment source
+tailcast_blender_source_served                             gauge     segment source
 tailcast_scorer_catalog_records_total                      counter   change
 tailcast_scorer_events_learned_total                       counter   path
 tailcast_scorer_snapshot_timestamp_seconds                 gauge

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from online.blender import FeedbackBlender
+from online.blender import GATE_Z, FeedbackBlender
 
 SOURCES = ["covisit", "mf", "popularity"]
 
@@ -131,11 +133,25 @@ def test_a_blender_pickled_before_the_source_gate_loads_with_every_source_served
 
     a, xs = _learned(seed=0)
     old = pickle.loads(pickle.dumps(a))
-    for name in ("_gain", "_n_judged", "_jbuf"):
+    for name in ("_gain", "_gain_sq", "_n_judged", "_jbuf"):
         delattr(old, name)
     restored = pickle.loads(pickle.dumps(old))
-    assert restored.served([0, 10, 100]).all() and restored.gate()["heavy"] == dict.fromkeys(SOURCES, 0.0)
+    assert restored.served([0, 10, 100]).all()
+    assert {judged["gain"] for judged in restored.gate()["heavy"].values()} == {0.0}
     np.testing.assert_allclose(restored.predict_many(xs[:40]), a.predict_many(xs[:40]), rtol=1e-12)
+
+
+def test_a_blender_pickled_before_the_gates_standard_error_keeps_its_gate() -> None:
+    import pickle
+
+    a, _ = _learned(seed=0)
+    old = pickle.loads(pickle.dumps(a))
+    old._gain[1] = [-0.001 * (c % 2) for c in range(len(SOURCES))]  # what the mean-only gate left out: odd columns
+    old._n_judged[:] = 5000
+    del old._gain_sq
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.served(10).tolist() == [c % 2 == 0 for c in range(len(SOURCES))]
+    assert restored.served([0, 100]).all()
 
 
 def test_contributions_are_gradient_times_input() -> None:
@@ -281,22 +297,55 @@ def _ndcg_without(blender: FeedbackBlender, X: np.ndarray, hit: int, left_out: l
     return 1.0 / np.log2(rank + 2.0) if rank < k else 0.0
 
 
-def test_the_gate_leaves_out_a_source_that_pushes_the_click_down_in_that_segment_only() -> None:
-    blender = _trusting_the_transformer()
-    X = np.zeros((13, blender.n_features))  # row 0, clicked, proposed by covisit alone; 12 transformer-only rows
+def _pushing_the_click_down(blender: FeedbackBlender) -> np.ndarray:
+    """A pool whose clicked row 0 covisit alone proposed, below 12 rows the transformer alone proposed."""
+    X = np.zeros((13, blender.n_features))
     X[0, [0, 3, 6]] = (0.5, 1.0, 1.0)
     X[1:, 2], X[1:, 5], X[1:, 8] = 1.0, 1.0 / np.arange(1, 13), 1.0
+    return X
+
+
+def test_the_gate_leaves_out_a_source_that_pushes_the_click_down_in_that_segment_only() -> None:
+    blender = _trusting_the_transformer()
+    X = _pushing_the_click_down(blender)
     assert FeedbackBlender(sources=["covisit"]).judge(X[:, [0, 3, 6]], 0, 10, 10).tolist() == [0.0]  # no warm-up
     served = [_ndcg_without(blender, X, 0, [], 10), _ndcg_without(blender, X, 0, [2], 10)]
     assert served == [0.0, 1.0]  # the transformer's 12 rank above the click: without them it is first
     gain = blender.judge(X, 0, user_event_count=10, k=10)
     np.testing.assert_allclose(gain, [0.0, 0.0, -1.0])  # covisit's click is out of the top 10 either way
+    assert blender.served(10).all()  # one pool is no evidence: its standard error is not known
+    blender.judge(X, 0, user_event_count=10, k=10)
     assert blender.served(10).tolist() == [True, True, False]  # the regular segment (4 to 31 events) only
     assert blender.served([0, 3, 32, 500]).all()
     gain = blender.judge(X, 0, user_event_count=10, k=10)  # now ranked without the transformer
     np.testing.assert_allclose(gain, [1.0, 0.0, -1.0])  # covisit alone proposed the click, first
-    assert blender.gate()["regular"]["transformer"] < 0 < blender.gate()["regular"]["covisit"]
+    regular = blender.gate()["regular"]
+    assert regular["transformer"]["gain"] == -1.0 and regular["transformer"]["se"] == 0.0
+    assert not regular["transformer"]["served"] and regular["covisit"]["served"] and regular["mf"]["served"]
     assert set(blender.gate()) == {"new", "regular", "heavy"}
+
+
+def test_the_gate_leaves_a_source_out_only_when_its_gain_is_negative_beyond_two_standard_errors() -> None:
+    blender = _trusting_the_transformer()
+    hurts = _pushing_the_click_down(blender)
+    helps = hurts.copy()  # the click is the transformer's, ranked first; without it, not in the list at all
+    helps[0, [0, 3, 6]], helps[0, [2, 5, 8]] = 0.0, (1.5, 1.0, 1.0)
+    helps[1:, [2, 5, 8]], helps[1:, [0, 3, 6]] = 0.0, hurts[1:, [2, 5, 8]]
+    gains = []
+    for n in range(40):  # the transformer costs the click in three pools of four and wins it in the fourth
+        gains.append(blender.judge(helps if n % 4 == 3 else hurts, 0, user_event_count=10, k=10)[2])
+        mean, se = np.mean(gains), np.std(gains, ddof=1) / np.sqrt(len(gains)) if n else np.inf
+        judged = blender.gate()["regular"]["transformer"]
+        assert math.isclose(judged["gain"], mean, abs_tol=1e-12) and math.isclose(judged["se"], se, rel_tol=1e-9)
+        assert judged["served"] == (mean + GATE_Z * se >= 0.0)
+        if n == 7:
+            assert judged["served"]  # mean -.5, but within two standard errors of 0 after 8 pools
+    assert sorted(set(gains)) == [-1.0, 1.0] and not blender.served(10)[2]
+
+
+def _leave_out(blender: FeedbackBlender, segment: int, col: int) -> None:
+    """The gate's state after many pools in which the source lost the click every time."""
+    blender._gain[segment, col], blender._gain_sq[segment, col], blender._n_judged[segment] = -1.0, 1.0, 10**6
 
 
 def test_the_gates_gains_are_those_of_the_pool_ranked_again_without_each_source() -> None:
@@ -314,7 +363,7 @@ def test_the_gates_gains_are_those_of_the_pool_ranked_again_without_each_source(
         X[:, -3] = rng.random(n) * 3  # log_popularity
         hit = int(np.flatnonzero(proposed.any(axis=1))[0])
         if trial == 10:  # from here on the transformer is left out of the segment, and toggled back on
-            blender._gain[blender.segment(5), 2] = -1.0
+            _leave_out(blender, blender.segment(5), 2)
         left_out = [s for s in range(n_s) if not blender.served(5)[s]]
         base = _ndcg_without(blender, X, hit, left_out, 10)
         expected = []

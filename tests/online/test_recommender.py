@@ -196,7 +196,8 @@ def test_a_source_the_gate_leaves_out_of_a_segment_serves_nothing_there_but_stil
     warm(rec, n_events=500)
     extra = {"transformer": [Candidate("seq-only", 3.0, "transformer"), Candidate("i2", 2.0, "transformer")]}
     col = rec.blender.sources.index("transformer")
-    rec.blender._gain[rec.blender.segment(1), col] = -0.01  # as judge leaves it after the pools said it hurts
+    seg = rec.blender.segment(1)  # the gate as judge leaves it after many pools said it hurts
+    rec.blender._gain[seg, col], rec.blender._gain_sq[seg, col], rec.blender._n_judged[seg] = -0.01, 1e-4, 4096
     users = ["new", "heavy"]
     lists = rec.recommend_many(users, [["i1"], ["i1"]], [1, 40], arms=["control"] * 2, extras=[extra] * 2)
     assert "seq-only" not in {c.item for c in lists[0]} and "transformer" not in {c.source for c in lists[0]}
