@@ -514,8 +514,7 @@ class FeedbackBlender:
         """(segments, S): the standard error of each running gain (infinite before two pools are judged)."""
         n = np.minimum(self._n_judged, _GAIN_POOLS)[:, None].astype(float)
         var = np.maximum(self._gain_sq - np.square(self._gain), 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(n >= 2, np.sqrt(var / np.maximum(n - 1.0, 1.0)), np.inf)
+        return np.where(n >= 2, np.sqrt(var / np.maximum(n - 1.0, 1.0)), np.inf)
 
     def _serving(self) -> np.ndarray:
         """(segments, S) bool: a source serves a segment unless its gain is negative beyond :data:`GATE_Z`
