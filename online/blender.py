@@ -533,7 +533,8 @@ class FeedbackBlender:
         proposed", the rows only it proposed left out), the other sources as the user's segment serves them
         now, at re-ranking strength 0. A source serves a segment unless its gain there, averaged over the last
         ~:data:`_GAIN_POOLS` pools, is negative beyond :data:`GATE_Z` standard errors: a source that does not
-        help is left out, not averaged in, and noise leaves nothing out. Nothing is judged before warm-up (the prior weighs the sources)."""
+        help is left out, not averaged in, and noise leaves nothing out. Nothing is judged before warm-up (the
+        prior weighs the sources)."""
         n_s = len(self.sources)
         if not self.warmed_up or X.shape[0] == 0:
             return np.zeros(n_s)
