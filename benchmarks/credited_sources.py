@@ -1,6 +1,6 @@
 """Which source the served lists credit, and how often those slots are the user's next item.
 
-    python benchmarks/credited_sources.py --run out/refresh-ml --dataset ../shared/data/ml-latest-small [--limit N]
+    python benchmarks/credited_sources.py --run out/refresh-ml --dataset $DATA/ml-latest-small [--limit N]
 
 Reads the ``recommendations.jsonl`` of a ``tailcast evaluate --mode offline`` run and the dataset it ran on,
 pairs each event with the user's latest list made before it (``user_event_count`` at most the user's events

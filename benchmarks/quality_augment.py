@@ -1,6 +1,6 @@
 """Does Mult-VAE augmentation of sparse users help the Transformer encoder? Leave-one-out, validation and test.
 
-    python benchmarks/quality_augment.py --dataset /work/shared/data/amazon-grocery \\
+    python benchmarks/quality_augment.py --dataset $DATA/amazon-grocery \\
         [--variant ids|text] [--caps 3] [--weights 0.5] [--max-events 5] [--max-seconds 180] [--out FILE.json]
 
 Same protocol as ``benchmarks/quality_loo.py`` (``models/loo.py``): per-user time split (last event = test,

@@ -1,6 +1,6 @@
 """Leave-one-out quality of the Transformer encoder vs MostPop and item-CF on a real dataset.
 
-    python benchmarks/quality_loo.py --dataset /work/shared/data/ml-latest-small [--epochs N] [--out FILE.json]
+    python benchmarks/quality_loo.py --dataset $DATA/ml-latest-small [--epochs N] [--out FILE.json]
 
 Split, metrics and the exclusion rule: ``models/loo.py`` (full-catalogue ranking, history items excluded,
 random tie-break; tail = bottom 80% of items by train popularity; short users = <= 5 train events).

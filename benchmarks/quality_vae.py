@@ -1,6 +1,6 @@
 """Leave-one-out quality of Mult-VAE (``models/vae.py``) vs MostPop and item-CF on a real dataset.
 
-    python benchmarks/quality_vae.py --dataset /work/shared/data/ml-latest-small [--max-seconds 240] [--out FILE.json]
+    python benchmarks/quality_vae.py --dataset $DATA/ml-latest-small [--max-seconds 240] [--out FILE.json]
 
 Same protocol as ``benchmarks/quality_loo.py`` (``models/loo.py``): per-user time split (last event = test,
 second-to-last = validation), full-catalogue ranking, history items excluded, random tie-break; tail = bottom

@@ -18,7 +18,7 @@ linear ranker the perceptron replaced, and the ``mlp`` ranker that measured it h
     .venv/bin/python -m benchmarks.ranker_pools record --dataset synthetic --pools out/pools-synthetic.pkl
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender,gbdt --seeds 0,1,2
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender --hidden 16,32,48
-    .venv/bin/python -m benchmarks.ranker_pools record --dataset ../shared/data/ml-latest-small \
+    .venv/bin/python -m benchmarks.ranker_pools record --dataset $DATA/ml-latest-small \
         --train-transformer 60 --train-vae 30 --refresh-every 25000 --pools out/pools-ml-refresh.pkl
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-ml-refresh.pkl --system "tailcast[s=0.00] no VAE"
 

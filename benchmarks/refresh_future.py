@@ -1,7 +1,7 @@
 """What one refresh serves: ``models.refresh.fit_refresh`` trained on a dataset's first events, scored on
 the events that follow, as the scorer would use it until the next refresh.
 
-    python benchmarks/refresh_future.py --dataset ../shared/data/ml-latest-small --train 50000 --serve 25000 \
+    python benchmarks/refresh_future.py --dataset $DATA/ml-latest-small --train 50000 --serve 25000 \
         [--limit N] [--set loss=sampled --set dropout=0.3 ...] [--threads 2] [--out FILE.json]
 
 Every served event of a user with an earlier event is one target: the history is all of the user's items
