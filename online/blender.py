@@ -111,13 +111,8 @@ class FeedbackBlender:
         if len(set(sources)) != len(sources):
             raise ValueError(f"sources must be distinct, got {list(sources)}")
         must_be_at_least(1, hidden=hidden, batch_size=batch_size, auc_window=auc_window)
-        self.sources = tuple(sources)
-        self.seed = int(seed)
-        self.hidden = int(hidden)
-        self.lr = float(lr)
-        self.warmup = int(warmup)
-        self.auc_window = int(auc_window)
-        self.batch_size = int(batch_size)
+        self.sources, self.seed, self.hidden, self.lr = tuple(sources), int(seed), int(hidden), float(lr)
+        self.warmup, self.auc_window, self.batch_size = int(warmup), int(auc_window), int(batch_size)
         self.z_clip = float(z_clip)
         self.feature_names: tuple[str, ...] = (
             *self.sources,
