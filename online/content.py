@@ -1,7 +1,8 @@
 """Content neighbours: items similar in content to what the user just consumed.
 
 The only model that can recommend an item nobody has clicked yet: an item is recommendable once it has a
-content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised (float32);
+content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised and scalar-quantised
+(int8 codes and a float32 scale a row, ``D + 4`` bytes an item: docs/decisions.md, "Content vectors in 8 bits");
 ``recommend`` ranks the cosine of the recency-weighted mean of the last ``history_window`` history vectors
 against every item (one matrix product per batch: :meth:`ContentNeighbours.candidates_many`); a candidate's
 ``anchor`` is the history item most similar to it. Cosines within :data:`online.base.TIE_RTOL` are tied:
@@ -45,7 +46,28 @@ class ContentNeighbours(ItemIndexed):
         self.dim = int(dim)
         self.history_window = int(history_window)
         self._index = IdIndex()
-        self._v = np.zeros((0, dim), dtype=np.float32)  # (n_items_cap, D), rows L2-normalised
+        self._v = np.zeros((0, dim), dtype=np.int8)  # (n_items_cap, D) codes: row ~ codes * scale
+        self._s = np.zeros(0, dtype=np.float32)  # (n_items_cap,) scale of each row (max |x| / 127)
+        self._buf = np.zeros((0, dim), dtype=np.float32)  # scan scratch, not state
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The (L2-normalised, dequantised) float32 vectors of item indices ``rows``."""
+        return self._v[rows].astype(np.float32) * self._s[rows, None]
+
+    def _scan(self, queries: np.ndarray, n: int) -> np.ndarray:
+        """``queries @ V[:n].T`` (B, n) float32, the codes turned to float32 :data:`_SCAN_ROWS` rows at a time
+        (no float32 copy of the whole matrix) and scaled per item."""
+        out = np.empty((queries.shape[0], n), dtype=np.float32)
+        step = min(n, _SCAN_ROWS)
+        if self._buf.shape[0] < step:
+            self._buf = np.empty((step, self.dim), dtype=np.float32)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            block = self._buf[: hi - lo]
+            np.copyto(block, self._v[lo:hi], casting="unsafe")
+            out[:, lo:hi] = queries @ block.T
+        out *= self._s[:n]
+        return out
 
     def _rows(self, items: Sequence[str]) -> np.ndarray:
         rows = np.empty(len(items), dtype=np.int64)
@@ -53,9 +75,12 @@ class ContentNeighbours(ItemIndexed):
             rows[n] = self._index.add(item)
         need = int(rows.max()) + 1 if rows.size else 0
         if need > self._v.shape[0]:
-            v = np.zeros((max(need, 2 * self._v.shape[0], 1024), self.dim), dtype=np.float32)
+            cap = max(need, 2 * self._v.shape[0], 1024)
+            v = np.zeros((cap, self.dim), dtype=np.int8)
             v[: self._v.shape[0]] = self._v
-            self._v = v
+            scale = np.zeros(cap, dtype=np.float32)
+            scale[: self._s.size] = self._s
+            self._v, self._s = v, scale
         return rows
 
     def set_vectors(self, items: Sequence[str], matrix: np.ndarray) -> None:
@@ -65,14 +90,13 @@ class ContentNeighbours(ItemIndexed):
             raise ShapeMismatchError(
                 f"expected a ({len(items)}, {self.dim}) matrix for {len(items)} items, got {m.shape}"
             )
-        norms = np.linalg.norm(m, axis=1, keepdims=True)
-        m = np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
+        codes, scale = _quantise(m)
         rows = self._rows(items)  # may grow self._v: index it only afterwards
-        self._v[rows] = m
+        self._v[rows], self._s[rows] = codes, scale
 
     def vector(self, item: str) -> np.ndarray | None:
         idx = self._index.get(item)
-        return None if idx < 0 else self._v[idx].copy()
+        return None if idx < 0 else self.rows(np.array([idx]))[0]
 
     def learn_one(self, user: str, item: str, ts: float, history: Sequence[str] = ()) -> None:
         """No-op: content similarity does not learn from events."""
@@ -85,7 +109,7 @@ class ContentNeighbours(ItemIndexed):
         rows = recent[known]
         if not known.size:
             return None, rows
-        q = (1.0 / (known + 1)).astype(np.float32) @ self._v[rows]  # (D,)
+        q = (1.0 / (known + 1)).astype(np.float32) @ self.rows(rows)  # (D,)
         norm = float(np.sqrt(q.dot(q)))  # np.linalg.norm of a vector, without its checks
         return (q / norm if norm > 0 else None), rows
 
@@ -131,12 +155,11 @@ class ContentNeighbours(ItemIndexed):
             bans.append(banned[b])
         if not queries:
             return out
-        V = self._v[:n]  # (N, D)
-        sims = np.stack(queries) @ V.T  # (B', N) float32
+        sims = self._scan(np.stack(queries), n)  # (B', N) float32
         for r, (b, rows, best) in enumerate(zip(at, rows_of, top_k_rows(sims, k, bans, overwrite=True))):
             if not best.size:
                 continue
-            out[b] = (best, sims[r, best].astype(np.float64), _LazyAnchors(self._v, rows, best))
+            out[b] = (best, sims[r, best].astype(np.float64), _LazyAnchors(self, rows, best))
         return out
 
     def recommend(
@@ -155,8 +178,32 @@ class ContentNeighbours(ItemIndexed):
         q, _ = self._query(self.recent(history))
         known = idx >= 0
         if q is not None and known.any():
-            out[known] = self._v[idx[known]] @ q
+            out[known] = self.rows(idx[known]) @ q
         return out
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_buf"] = np.zeros((0, self.dim), dtype=np.float32)  # scratch, regrown on first use
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state["_v"].dtype != np.int8:  # pickled by the float32 layout before: quantise its rows
+            state["_v"], state["_s"] = _quantise(state["_v"])
+        state.setdefault("_buf", np.zeros((0, state["dim"]), dtype=np.float32))
+        self.__dict__.update(state)
+
+
+_SCAN_ROWS = 8192  # rows turned to float32 at a time by ContentNeighbours._scan (12 MB at D = 384)
+
+
+def _quantise(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, float32 scales) of the rows of ``m`` L2-normalised: each row's largest component maps to
+    +-127 (all-zero rows: codes 0, scale 0)."""
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    m = np.divide(m, norms, out=np.zeros_like(m, dtype=np.float32), where=norms > 0)
+    scale = (np.abs(m).max(axis=1) / 127.0 if m.shape[1] else np.zeros(len(m))).astype(np.float32)
+    codes = np.divide(m, scale[:, None], out=np.zeros_like(m), where=scale[:, None] > 0)
+    return np.rint(codes).astype(np.int8), scale
 
 
 class _LazyAnchors(Sequence):
@@ -168,14 +215,14 @@ class _LazyAnchors(Sequence):
     items are often exactly as similar to a candidate, and the float32 product's rounding, which depends on
     its shape, the BLAS kernel and the processor, would otherwise pick one of them."""
 
-    __slots__ = ("_v", "_rows", "_best", "_all")
+    __slots__ = ("_model", "_rows", "_best", "_all")
 
-    def __init__(self, v: np.ndarray, rows: np.ndarray, best: np.ndarray) -> None:
-        self._v, self._rows, self._best = v, rows, best  # all item vectors, history rows, candidates
+    def __init__(self, model: ContentNeighbours, rows: np.ndarray, best: np.ndarray) -> None:
+        self._model, self._rows, self._best = model, rows, best  # the item vectors, history rows, candidates
         self._all: np.ndarray | None = None
 
     def _of(self, cands: np.ndarray) -> np.ndarray:
-        sims = self._v[self._rows] @ self._v[cands].T  # (A, s) float32
+        sims = self._model.rows(self._rows) @ self._model.rows(cands).T  # (A, s) float32
         return self._rows[(sims >= tie_floor(sims.max(axis=0))).argmax(axis=0)]  # (s,) the first tied
 
     def take(self, ranks: Sequence[int]) -> list[int]:
