@@ -5,8 +5,9 @@ most recent, up to ``lookback``), ``h -> j`` gains ``w / d`` and ``j -> h`` gain
 that, ``w`` the event's decay weight (half-life ``half_life_s``, kept lazily: :class:`online.base.DecayClock`).
 An item keeps at most ``max_neighbours`` neighbours: a row grows to twice that, then the strongest are kept
 (amortised O(1) per update). A row is three flat columns, neighbour index (``array('i')``), weight
-(``array('d')``) and key byte (the index's low byte, a ``bytearray`` searched with ``find``, a C ``memchr``,
-then checked against the index): 13 bytes a neighbour (docs/decisions.md, "Co-visitation rows").
+(``array('f')``, float32: the decay frame is rebased every :data:`MAX_EXPONENT` half-lives so that it cannot
+overflow) and key byte (the index's low byte, a ``bytearray`` searched with ``find``, a C ``memchr``, then
+checked against the index): 9 bytes a neighbour (docs/decisions.md, "Co-visitation rows").
 
 The similarity of ``j`` to an anchor ``h`` is ``W[h][j] / sqrt(n_h * n_j)``, ``n`` the decayed event counts:
 dividing by ``sqrt(n_j)`` keeps a blockbuster that co-occurs with everything from topping every list, and
@@ -58,7 +59,7 @@ class CoVisitation(ItemIndexed):
         self.history_window = int(history_window)
         self.normalise = bool(normalise)  # W[h][j] / sqrt(n_h * n_j); off: raw counts (transitions)
         self.distance_decay = bool(distance_decay)  # h at distance d gains w / d; off: w
-        self._clock = DecayClock(half_life_s)
+        self._clock = DecayClock(half_life_s, MAX_EXPONENT)
         self._index = IdIndex()
         # Neighbours of item h, slot by slot (a prune keeps the order of its sort): _nj[h][slot] = j,
         # _nw[h][slot] = weight (DecayClock frame), _key[h][slot] = j & 255. ``array.array`` rows: a scalar
@@ -94,7 +95,7 @@ class CoVisitation(ItemIndexed):
             idx = self._index.add(item)
             self._key.append(bytearray())
             self._nj.append(array("i"))
-            self._nw.append(array("d"))
+            self._nw.append(array("f"))
             self._count.append(w)  # seen only in a history so far: count it once, now
         return idx
 
@@ -161,13 +162,13 @@ class CoVisitation(ItemIndexed):
         nj = np.array(self._nj[h], dtype=np.intc)[keep]  # the C int of array("i")
         # fresh rows of exactly the kept size (no slack); the key bytes follow their neighbours
         self._nj[h] = array("i", nj.tobytes())
-        self._nw[h] = array("d", nw[keep].tobytes())
+        self._nw[h] = array("f", nw[keep].tobytes())
         self._key[h] = bytearray((nj & 255).astype(np.uint8).tobytes())
 
     def _rebase(self, ts: float) -> None:
         f = self._clock.rebase(ts)
         self._count = array("d", (np.frombuffer(self._count) * f).tolist())
-        self._nw = [array("d", (np.frombuffer(nw) * f).tolist()) if len(nw) else array("d") for nw in self._nw]
+        self._nw = [_rows_f(np.array(nw, dtype=np.float64) * f) for nw in self._nw]  # (either typecode)
 
     def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
         """The last ``history_window`` distinct history items, most recent first, as (this model's
@@ -193,7 +194,7 @@ class CoVisitation(ItemIndexed):
         lens = [len(nj_of[h]) for h in anchors]
         # the rows joined as bytes (a copy: no view of a row outlives the call)
         js = np.frombuffer(b"".join([nj_of[h] for h in anchors]), dtype=np.intc).astype(np.int64)
-        ws = np.frombuffer(b"".join([nw_of[h] for h in anchors])) * np.array(scales).repeat(lens)
+        ws = np.frombuffer(b"".join([nw_of[h] for h in anchors]), dtype=np.float32) * np.array(scales).repeat(lens)
         which = np.arange(len(anchors)).repeat(lens)  # anchor position of each term
         cj = np.frombuffer(count)[js]
         ok = cj > 0
@@ -224,6 +225,18 @@ class CoVisitation(ItemIndexed):
             state["_nj"] = [array("i", nj.tolist()) for nj in state["_nj"]]
             state["_key"] = [bytearray(j & 255 for j in nj) for nj in state["_nj"]]
         self.__dict__.update(state)
+        if self._clock.max_exponent != MAX_EXPONENT:
+            self._to_float32()
+
+    def _to_float32(self) -> None:
+        """A model pickled with float64 weights (and a frame up to 2^200): rebased so that its largest stored
+        weight is at most 1 where the frame is past :data:`MAX_EXPONENT`, then stored as float32."""
+        clock = self._clock
+        clock.max_exponent = MAX_EXPONENT
+        top = max((max(nw) for nw in self._nw if len(nw)), default=0.0)
+        if top > 2.0**MAX_EXPONENT and clock.t0 is not None and math.isfinite(clock.half_life_s):
+            self._rebase(clock.t0 + math.floor(math.log2(top)) * clock.half_life_s)
+        self._nw = [_rows_f(np.array(nw, dtype=np.float64)) for nw in self._nw]
 
     def _grow_scratch(self) -> None:
         n = max(1024, 2 * len(self._index))
@@ -299,6 +312,12 @@ class CoVisitation(ItemIndexed):
 
 _EMPTY_J = np.zeros(0, dtype=np.int64)
 _EMPTY_W = np.zeros(0)
+MAX_EXPONENT = 64.0  # the decay frame's largest exponent: 2^64 times any event count stays inside float32
+
+
+def _rows_f(weights: np.ndarray) -> array:
+    """A float32 weight row (``array('f')``) of ``weights``."""
+    return array("f", weights.astype(np.float32).tobytes())
 
 
 class _LazyAnchors(Sequence):

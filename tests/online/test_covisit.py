@@ -192,3 +192,28 @@ def test_unpickles_the_layout_before() -> None:
     cv.learn_one("z", "i1", 801.0, h)
     again.learn_one("z", "i1", 801.0, h)
     assert [list(r) for r in again._nj] == [list(r) for r in cv._nj]
+
+
+def test_unpickles_float64_weights() -> None:
+    """A snapshot with float64 weight rows and the frame up to 2^200 loads as float32 rows, the lists the same;
+    weights past 2^64 are rebased first, so that they fit float32."""
+    import pickle
+    from array import array
+
+    from online.covisit import MAX_EXPONENT
+
+    cv, hist = _stream_model(n_events=800)
+    state = pickle.loads(pickle.dumps(cv)).__getstate__()
+    for factor in (1.0, 2.0**150):
+        old = dict(state, _nw=[array("d", (np.array(nw, dtype=np.float64) * factor).tolist()) for nw in state["_nw"]],
+                   _count=array("d", (np.array(state["_count"]) * factor).tolist()))
+        old["_clock"] = pickle.loads(pickle.dumps(state["_clock"]))
+        old["_clock"].max_exponent = 200.0
+        again = CoVisitation.__new__(CoVisitation)
+        again.__setstate__(old)
+        assert again._clock.max_exponent == MAX_EXPONENT and {nw.typecode for nw in again._nw} == {"f"}
+        assert max(max(nw) for nw in again._nw if len(nw)) <= 2.0**MAX_EXPONENT
+        for h in list(hist.values())[:20]:
+            (a_i, a_s, _), (b_i, b_s, _) = cv.candidates(h, 10), again.candidates(h, 10)
+            np.testing.assert_allclose(b_s, a_s, rtol=1e-5)
+            assert a_i.tolist() == b_i.tolist()  # the factors are powers of two: the same float32 weights
