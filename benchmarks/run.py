@@ -14,6 +14,7 @@ reported, not fatal). ``api`` is the read API's latency at 1,000 requests/s besi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -48,7 +49,9 @@ def _api(quick: bool) -> dict[str, float]:
     return api.run(quick=quick)
 
 
+@functools.cache
 def _memory(quick: bool) -> dict[str, float]:
+    """(cached: ``scale`` reads the same figures)"""
     from benchmarks import memory
 
     return memory.run(quick=quick)
@@ -147,13 +150,23 @@ def _scorer_core(quick: bool) -> dict[str, float]:
 def _scale(quick: bool) -> dict[str, float]:
     """Retrieval over 1,000,000 items (100,000 with ``--quick``): ``models.ann.MipsIndex``, the index the
     batch models serve with above ``ANN_MIN_ITEMS``, against exact search, one thread
-    (``benchmarks/ann.py``, in its own process: it runs on one OpenMP/BLAS thread)."""
+    (``benchmarks/ann.py``, in its own process: it runs on one OpenMP/BLAS thread). Bytes per item and per
+    user are the scorer's online models' (``memory``'s figures: items 10k -> 200k, users 10k -> 100k), and
+    ``scorer_gib_at_scale`` / ``worker_gib_at_scale`` what they, the index and the user states come to at
+    this many items and users (a projection from the measured unit costs, not a run at that size)."""
     n = 100_000 if quick else 1_000_000
     row = _script("ann", ["--items", "0", "--scale-items", str(n)], timeout=900)["scale"]["served"]
-    return {"items": float(n), "ann_recall_at_10": row["recall_at_10"], "ann_recall_at_50": row["recall_at_50"],
-            "ann_recall_at_100": row["recall_at_100"], "ann_speedup": row["speedup"],
-            "ann_query_ms_per_user": row["query_ms_per_user"], "exact_query_ms_per_user": row["exact_ms_per_user"],
-            "ann_build_s": row["build_s"], "ann_index_bytes_per_item": row["index_bytes_per_item"]}
+    mem = _memory(quick)
+    per_item, per_user = mem["recommender_bytes_per_item"], \
+        mem["recommender_bytes_per_user"] + mem["scorer_core_bytes_per_user"]
+    return {"items": float(n), "users": float(n), "ann_recall_at_10": row["recall_at_10"],
+            "ann_recall_at_50": row["recall_at_50"], "ann_recall_at_100": row["recall_at_100"],
+            "ann_speedup": row["speedup"], "ann_query_ms_per_user": row["query_ms_per_user"],
+            "exact_query_ms_per_user": row["exact_ms_per_user"], "ann_build_s": row["build_s"],
+            "ann_index_bytes_per_item": row["index_bytes_per_item"], "bytes_per_item": per_item,
+            "bytes_per_user": per_user,
+            "scorer_gib_at_scale": n * (per_item + per_user + row["index_bytes_per_item"]) / 2**30,
+            "worker_gib_at_scale": n * mem["user_state_table_entry_bytes"] / 2**30}
 
 
 class SkipBenchmark(RuntimeError):
@@ -201,6 +214,13 @@ def targets(results: dict[str, dict[str, float]]) -> dict[str, tuple[float, str]
             10.0 / v, f"read API p99 at {rps:,.0f} requests/s beside a running stream (at nice "
                       f"{api.get('stream_nice', 0):g}; equal priority: {api.get('equal_priority_p99_ms', float('nan')):.1f} ms) "
                       f"{v:.1f} ms < 10 ms")
+    scale = results.get("scale", {})
+    if "bytes_per_item" in scale:
+        v = scale["bytes_per_item"]
+        out["scale_bytes_per_item_vs_2048"] = (2048.0 / v, f"scorer's online models {v:,.0f} bytes an item <= 2,048")
+    if "ann_recall_at_10" in scale:
+        v = scale["ann_recall_at_10"]
+        out["scale_ann_recall_at_10_vs_0.95"] = (v / 0.95, f"ANN recall@10 over {scale['items']:,.0f} items {v:.3f} >= 0.95")
     sc = results.get("scorer", {})
     if "cpu_none_ratio_to_flop_bound" in sc:
         v = sc["cpu_none_ratio_to_flop_bound"]

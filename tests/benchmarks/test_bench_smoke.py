@@ -44,3 +44,22 @@ def test_quick_freshness_bench_writes_latency_and_cpu_figures(quick_bench):
         assert fr[f"rate_500_{role}_cpu_share"] > 0 and fr[f"rate_500_{role}_cpu_us_per_event"] > 0, role
     assert all(math.isfinite(v) for k, v in fr.items() if not k.endswith("drain_s")), fr
     assert "500/s for" in stdout and "broker" in stdout
+
+
+def test_scale_entry_has_the_issue_16_figures_and_targets(monkeypatch):
+    """The ``scale`` entry joins the ANN run and the memory figures (both stubbed here: their own tests and
+    ``make bench`` run them) into the figures #16 names, and its targets are judged."""
+    from benchmarks import run
+
+    ann = {"recall_at_10": 0.96, "recall_at_50": 0.95, "recall_at_100": 0.94, "speedup": 8.0, "query_ms_per_user": 0.8,
+           "exact_ms_per_user": 6.4, "build_s": 24.0, "index_bytes_per_item": 270.0}
+    mem = {"recommender_bytes_per_item": 2500.0, "recommender_bytes_per_user": 300.0, "scorer_core_bytes_per_user": 100.0,
+           "user_state_table_entry_bytes": 1000.0}
+    monkeypatch.setattr(run, "_script", lambda name, args, timeout: {"scale": {"served": ann}})
+    monkeypatch.setattr(run, "_memory", lambda quick: mem)
+    scale = run._scale(False)
+    assert scale["items"] == scale["users"] == 1_000_000 and scale["bytes_per_user"] == 400.0
+    assert scale["ann_recall_at_10"] == 0.96 and scale["bytes_per_item"] == 2500.0
+    assert math.isclose(scale["scorer_gib_at_scale"], 1e6 * (2500 + 400 + 270) / 2**30)
+    checks = run.targets({"scale": scale})
+    assert checks["scale_bytes_per_item_vs_2048"][0] == 2048 / 2500 < 1 <= checks["scale_ann_recall_at_10_vs_0.95"][0]
