@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
         p.add_argument("--out", default="out/evaluate", help="output folder")
         p.add_argument("--limit", type=int, default=None, help="first N events (time order)")
         p.add_argument("--mode", choices=("live", "offline", "loo"), default="live")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0,
+                       help="training draws: the online models' (0 = the live scorer's), the Transformer's and the "
+                            "Mult-VAE's, and leave-one-out tie-breaks; repeat a run with other seeds to see the spread")
     p.add_argument("--batch", type=int, default=None,
                    help="micro-batch (events) of the offline replay: default 1 = fresh pairing (docs/design.md §5: each "
                         "event is paired with the list made after the user's previous event), in offline and live "
@@ -251,8 +253,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
              "distinct items of W[h_r][j]/r); the baselines never recommend an item the user consumed (their own "
              "exact per-user sets, all history) and are topped up with window MostPop when short of k",
              "consumed_share: share of recommended top-k slots holding an item the user had consumed before the list",
-             "online models seeded as in the live scorer (build_recommender); --seed seeds Transformer training and "
-             "leave-one-out tie-breaks"]
+             f"--seed {seed}: the online models' training draws (build_recommender; 0 = the live scorer's), "
+             "Transformer and Mult-VAE training, leave-one-out tie-breaks"]
     # the code this process runs: read at the start (a commit made during a long run is not in it)
     code = _code_version()
     meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
@@ -367,7 +369,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                               progress_every=int(args.progress_every),
                               lists_sink=lists if mode == "offline" else None, sink_kinds=sink_kinds, log=log,
                               workers=workers, refresh_every=refresh_every if refresher else 0,
-                              refresher=refresher, refreshes=refreshes, scorers=scorers)
+                              refresher=refresher, refreshes=refreshes, scorers=scorers, seed=seed)
         results.update(offline)
     finally:
         lists.close()

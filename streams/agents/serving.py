@@ -106,18 +106,20 @@ def install_state(core: ScorerCore, state: dict[str, Any]) -> None:
     core.restore_state(state["core"])
 
 
-def build_recommender(settings: Settings, *, text_dim: int):
-    """The online recommender of ``online/`` configured from settings."""
+def build_recommender(settings: Settings, *, text_dim: int, seed: int = 0):
+    """The online recommender of ``online/`` configured from settings; ``seed`` seeds its training draws (the
+    MF's and the ranker's initial weights, the negatives drawn from the pools): the live scorer's is 0."""
     lt = settings.longtail
     return OnlineRecommender(
         popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
         covisit=CoVisitation(),
         transitions=CoVisitation.transitions(),
-        mf=OnlineMF(seed=0),
+        mf=OnlineMF(seed=seed),
         content=ContentNeighbours(dim=text_dim),
-        blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES)),
+        blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES), seed=seed),
         arms=list(settings.scorer.arms),
         k=settings.scorer.k,
+        seed=seed,
     )
 
 

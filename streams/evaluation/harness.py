@@ -303,6 +303,7 @@ def run_offline(
     refresher: Callable[[Sequence[Event]], object] | None = None,
     refreshes: list[Refresh] | None = None,
     scorers: int = 1,
+    seed: int = 0,
 ) -> dict[str, SystemResult]:
     """Replay ``stream`` through every system in lockstep, micro-batch by micro-batch; score them all.
 
@@ -322,7 +323,7 @@ def run_offline(
             pinned, free = free[: len(free) // 2], free[len(free) // 2:]
         here, there = pinned, free
     common = {"batch": batch, "warmup_events": warmup_events, "n_chunks": n_chunks,
-              "progress_every": progress_every, "scorers": scorers}
+              "progress_every": progress_every, "scorers": scorers, "seed": seed}
     local = {"text_vectors": text_vectors, "model": model, "lists_sink": lists_sink, "sink_kinds": sink_kinds,
              "log": log, "cores": given, "refresh_every": refresh_every, "refresher": _with_threads(refresher),
              "refreshes": refreshes}
@@ -442,6 +443,7 @@ def _replay(
     refresher: Callable[[Sequence[Event]], object] | None = None,
     refreshes: list[Refresh] | None = None,
     scorers: int = 1,
+    seed: int = 0,
 ) -> dict[str, SystemResult]:
     """:func:`run_offline` of ``specs`` in this process."""
     events, index = stream.events, stream.index
@@ -456,7 +458,7 @@ def _replay(
 
     def core_of(s: SystemSpec) -> ScorerCore | PartitionedCores:
         def one() -> ScorerCore:
-            return build_core(s, settings, text_vectors=text_vectors, model=model, model_later=later)
+            return build_core(s, settings, text_vectors=text_vectors, model=model, model_later=later, seed=seed)
 
         if scorers == 1 or s.kind not in TAILCAST_KINDS:
             return one()

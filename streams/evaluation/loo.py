@@ -150,7 +150,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
                   [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
-        rows = [(s.name, s, build_core(s, settings, text_vectors=text_vectors)) for s in specs]
+        rows = [(s.name, s, build_core(s, settings, text_vectors=text_vectors, seed=seed)) for s in specs]
         if ablate:  # tailcast at the first strength with each source off in turn (the models still learn it)
             first = SystemSpec("tailcast", float(strengths[0]))
             served = [src for src in rows[0][2].recommender.blender.sources
@@ -158,7 +158,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
             for source in served:
                 if source == "vae" and any(s.kind == "tailcast-novae" for s in specs):
                     continue  # the "no VAE" rows
-                core = build_core(first, settings, text_vectors=text_vectors)
+                core = build_core(first, settings, text_vectors=text_vectors, seed=seed)
                 core.recommender.off = frozenset({source})
                 rows.append((f"{first.name} no {source}", first, core))
         seconds = {name: 0.0 for name, _s, _c in rows}

@@ -249,9 +249,10 @@ def batch_model_for(kind: str, model):
 
 
 def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model=None,
-               model_later: bool = False) -> ScorerCore:
+               model_later: bool = False, seed: int = 0) -> ScorerCore:
     """A fresh :class:`ScorerCore` for ``spec`` with a single arm named after the system; ``text_vectors``:
-    (item ids, (N, D) array); ``model_later``: a batch model comes later (the model systems start without)."""
+    (item ids, (N, D) array); ``model_later``: a batch model comes later (the model systems start without);
+    ``seed``: the online models' (:func:`~streams.agents.serving.build_recommender`)."""
     from streams.agents.serving import build_recommender
 
     k = settings.scorer.k
@@ -263,7 +264,7 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
     if tailcast:
         forced = replace(settings, scorer=replace(settings.scorer, arms=(arm,)))
         dim = text_vectors[1].shape[1] if text_vectors is not None else 8
-        recommender = build_recommender(forced, text_dim=dim)
+        recommender = build_recommender(forced, text_dim=dim, seed=seed)
         if text_vectors is not None and len(text_vectors[0]):
             recommender.content.set_vectors(list(text_vectors[0]), text_vectors[1])
         version = "online"

@@ -309,6 +309,13 @@ def test_report_files_are_written(tmp_path):
     strip = lambda r: {s: {k: v for k, v in m.items() if k != "scorer_seconds"} for s, m in r.items()}  # noqa: E731
     assert strip(report) == strip(again)
     assert (out / "recommendations.jsonl").read_bytes() == (out2 / "recommendations.jsonl").read_bytes()
+    # --seed 1: other training draws for the online models; tailcast's lists change, the baselines' do not
+    out3 = tmp_path / "out3"
+    run_evaluate(SETTINGS, _args(tmp_path / "d.csv", out3, seed=1))
+    other = strip(json.loads((out3 / "report.json").read_text()))
+    assert all(other[name] == strip(report)[name] for name in SYSTEMS if not name.startswith("tailcast"))
+    assert (out3 / "recommendations.jsonl").read_bytes() != (out / "recommendations.jsonl").read_bytes()
+    assert "--seed 1: the online models' training draws" in (out3 / "report.md").read_text()
 
 
 def test_loo_mode_reports_baselines_and_tailcast(tmp_path):
