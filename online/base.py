@@ -20,6 +20,7 @@ are float Unix seconds. ``recommend`` never returns an item of ``exclude`` nor o
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -214,8 +215,34 @@ def positive_int(name: str, value: int) -> int:
     return value
 
 
+class KeyTable:
+    """Dense, append-only ``str -> int`` ids, one string object a key: what the :class:`IdIndex` es of one
+    recommender share (each keeps 4 bytes an id and its names, not a dict of its own)."""
+
+    __slots__ = ("ids", "keys")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.keys: list[str] = []
+
+    def id(self, key: str) -> int:
+        g = self.ids.get(key)
+        if g is None:
+            g = self.ids[key] = len(self.keys)
+            self.keys.append(key)
+        return g
+
+    def __getstate__(self) -> list[str]:
+        return self.keys
+
+    def __setstate__(self, keys: list[str]) -> None:
+        self.keys = list(keys)
+        self.ids = {k: g for g, k in enumerate(self.keys)}
+
+
 class IdIndex:
-    """Dense, append-only ``str -> int`` mapping (index = order of first appearance).
+    """Dense, append-only ``str -> int`` mapping (index = order of first appearance), over a
+    :class:`KeyTable` (its own unless given one: :meth:`share`).
 
     >>> ix = IdIndex()
     >>> ix.add("a"), ix.add("b"), ix.add("a"), ix.get("zz")
@@ -224,22 +251,39 @@ class IdIndex:
     (2, 'b')
     """
 
-    __slots__ = ("_ids", "_names")
+    __slots__ = ("_table", "_local", "_names")
 
-    def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
+    def __init__(self, table: KeyTable | None = None) -> None:
+        self._table = KeyTable() if table is None else table
+        self._local = array("i")  # table id -> index here, -1: not here
         self._names: list[str] = []
 
+    @property
+    def table(self) -> KeyTable:
+        return self._table
+
     def add(self, key: str) -> int:
-        idx = self._ids.get(key)
-        if idx is None:
-            idx = len(self._names)
-            self._ids[key] = idx
-            self._names.append(key)
+        t = self._table
+        g = t.ids.get(key)
+        if g is None:
+            g = t.id(key)
+        local = self._local
+        if g < len(local):
+            idx = local[g]
+            if idx >= 0:
+                return idx
+        else:
+            local.frombytes(_MINUS_ONE * (g + 1 - len(local)))
+        idx = local[g] = len(self._names)
+        self._names.append(t.keys[g])
         return idx
 
     def get(self, key: str, default: int = -1) -> int:
-        return self._ids.get(key, default)
+        g = self._table.ids.get(key)
+        if g is None or g >= len(self._local):
+            return default
+        idx = self._local[g]
+        return default if idx < 0 else idx
 
     @property
     def names(self) -> list[str]:
@@ -247,23 +291,41 @@ class IdIndex:
 
     def indices(self, keys: Iterable[str]) -> np.ndarray:
         """int64 indices of ``keys``, -1 for unknown ones."""
-        found = map(self._ids.get, keys, repeat(-1))
-        if hasattr(keys, "__len__"):
-            return np.fromiter(found, dtype=np.int64, count=len(keys))
-        return np.fromiter(found, dtype=np.int64)
+        found = map(self._table.ids.get, keys, repeat(-1))
+        g = np.fromiter(found, dtype=np.int64, count=len(keys)) if hasattr(keys, "__len__") else \
+            np.fromiter(found, dtype=np.int64)
+        out = np.full(g.size, -1, dtype=np.int64)
+        local = np.frombuffer(self._local, dtype=np.int32) if len(self._local) else np.zeros(0, dtype=np.int32)
+        ok = (g >= 0) & (g < local.size)
+        out[ok] = local[g[ok]]
+        return out
+
+    def share(self, table: KeyTable) -> None:
+        """Move onto ``table`` (the same indices; the names become the table's strings)."""
+        if table is self._table:
+            return
+        names = self._names
+        self._table, self._local, self._names = table, array("i"), []
+        for name in names:
+            self.add(name)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._ids
+        return self.get(key) >= 0  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._names)
 
-    def __getstate__(self) -> list[str]:
-        return self._names
+    def __getstate__(self) -> tuple[KeyTable, list[str]]:
+        return self._table, self._names
 
-    def __setstate__(self, names: list[str]) -> None:
-        self._names = list(names)
-        self._ids = {n: i for i, n in enumerate(self._names)}
+    def __setstate__(self, state: tuple[KeyTable, list[str]] | list[str]) -> None:
+        table, names = state if isinstance(state, tuple) else (KeyTable(), state)  # a list: pickled before tables
+        self._table, self._local, self._names = table, array("i"), []
+        for name in names:
+            self.add(name)
+
+
+_MINUS_ONE = array("i", [-1]).tobytes()
 
 
 class ItemIndexed:

@@ -127,7 +127,7 @@ class DecayedPopularity(ItemIndexed):
         remap = np.full(count.size, -1, dtype=np.int64)
         remap[kept] = np.arange(kept.size)
         names = self._index.names
-        index = IdIndex()
+        index = IdIndex(self._index.table)
         for i in kept.tolist():
             index.add(names[i])
         self._index = index

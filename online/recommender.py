@@ -157,6 +157,7 @@ class OnlineRecommender:
             retrieval.__dict__.update({f: state.pop(f) for f in fields},
                                       items=state.pop("_items"), popularity_counts=state.pop("_pop"))
         self.__dict__.update(state)
+        self.retrieval.share_keys()  # pickled before the key table: each index loaded with its own
 
     def set_batch_vocabulary(self, vocab: Container[str] | None) -> None:
         """The items of the batch model now served (None: none is): a candidate outside it gets the ranker's

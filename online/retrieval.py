@@ -52,6 +52,14 @@ class Retrieval:
         self._tail_key: tuple | None = None
         self._tail = np.zeros(0, dtype=bool)  # (n_items,) over our index, at the last head refresh
         self.popularity_counts = np.zeros(0)  # (n_items,) window counts over our index, at the last head refresh
+        self.share_keys()
+
+    def share_keys(self) -> None:
+        """Every model's item index onto the key table of ours: one string and one dict entry an item
+        (docs/decisions.md, "One key table for the item indices")."""
+        table = self.items.table
+        for model in (self.popularity, self.covisit, self.transitions, self.mf, self.content):
+            model.item_index.share(table)
 
     def candidates(
         self,

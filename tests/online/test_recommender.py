@@ -339,3 +339,33 @@ def test_a_recommender_pickled_before_the_feedback_store_and_retrieval_had_class
         learned = [twin.feedback(u, None, got[n][-1].item) for n, u in enumerate(users)]
         runs.append(([[c.item for c in g] for g in got], learned, twin.blender.n_learned))
     assert runs[0] == runs[1] and sum(runs[0][1]) > 0
+
+
+def test_the_item_indices_share_one_key_table_and_keep_their_indices() -> None:
+    """Every model's item index reads one key table (one string an item); sharing keeps each model's indices,
+    a pickle keeps the sharing, an index pickled before tables (a list of names) loads onto its own, and
+    ``indices`` says -1 for a key of the table this index does not hold."""
+    import pickle
+
+    from online.base import IdIndex, KeyTable
+
+    rec = OnlineRecommender.create(arms=parse_arms("control:1:0.0"), content_dim=8, seed=0)
+    for n in range(60):
+        rec.learn_one(f"u{n % 7}", "i" + str(n % 13), float(n), ["i" + str((n + 1) % 13)])  # fresh strings
+    rec.content.set_vectors(["c1", "i3"], np.eye(2, 8, dtype=np.float32))
+    models = (rec.popularity, rec.covisit, rec.transitions, rec.mf, rec.content)
+    table = rec.retrieval.items.table
+    assert all(m.item_index.table is table for m in models)
+    assert all(a is table.keys[table.ids[a]] for m in models for a in m.item_index.names)  # one string an item
+    assert rec.covisit.item_index.indices(["c1", "i3", "nope"]).tolist() == [-1, rec.covisit.item_index.get("i3"), -1]
+    again = pickle.loads(pickle.dumps(rec))
+    assert all(m.item_index.table is again.retrieval.items.table for m in
+               (again.popularity, again.covisit, again.transitions, again.mf, again.content))
+    assert [m.item_index.names for m in models] == [m.item_index.names for m in
+                                                      (again.popularity, again.covisit, again.transitions, again.mf,
+                                                       again.content)]
+    own = IdIndex()
+    own.__setstate__(["b", "a"])  # the layout before
+    before = own.indices(["a", "b", "c"]).tolist()
+    own.share(KeyTable())
+    assert before == own.indices(["a", "b", "c"]).tolist() == [1, 0, -1]
