@@ -1,8 +1,8 @@
 """Content neighbours: items similar in content to what the user just consumed.
 
 The only model that can recommend an item nobody has clicked yet: an item is recommendable once it has a
-content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised and scalar-quantised
-(int8 codes and a float32 scale a row, ``D + 4`` bytes an item: docs/decisions.md, "Content vectors in 8 bits");
+content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised in float16 (``2 D`` bytes
+an item; products in float32: docs/decisions.md, "Content vectors in 16 bits");
 ``recommend`` ranks the cosine of the recency-weighted mean of the last ``history_window`` history vectors
 against every item (one matrix product per batch: :meth:`ContentNeighbours.candidates_many`); a candidate's
 ``anchor`` is the history item most similar to it. Cosines within :data:`online.base.TIE_RTOL` are tied:
@@ -46,17 +46,16 @@ class ContentNeighbours(ItemIndexed):
         self.dim = int(dim)
         self.history_window = int(history_window)
         self._index = IdIndex()
-        self._v = np.zeros((0, dim), dtype=np.int8)  # (n_items_cap, D) codes: row ~ codes * scale
-        self._s = np.zeros(0, dtype=np.float32)  # (n_items_cap,) scale of each row (max |x| / 127)
+        self._v = np.zeros((0, dim), dtype=np.float16)  # (n_items_cap, D), rows L2-normalised
         self._buf = np.zeros((0, dim), dtype=np.float32)  # scan scratch, not state
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        """The (L2-normalised, dequantised) float32 vectors of item indices ``rows``."""
-        return self._v[rows].astype(np.float32) * self._s[rows, None]
+        """The (L2-normalised) vectors of item indices ``rows``, in float32."""
+        return self._v[rows].astype(np.float32)
 
     def _scan(self, queries: np.ndarray, n: int) -> np.ndarray:
-        """``queries @ V[:n].T`` (B, n) float32, the codes turned to float32 :data:`_SCAN_ROWS` rows at a time
-        (no float32 copy of the whole matrix) and scaled per item."""
+        """``queries @ V[:n].T`` (B, n) float32, the rows turned to float32 :data:`_SCAN_ROWS` at a time (no
+        float32 copy of the whole matrix)."""
         out = np.empty((queries.shape[0], n), dtype=np.float32)
         step = min(n, _SCAN_ROWS)
         if self._buf.shape[0] < step:
@@ -66,7 +65,6 @@ class ContentNeighbours(ItemIndexed):
             block = self._buf[: hi - lo]
             np.copyto(block, self._v[lo:hi], casting="unsafe")
             out[:, lo:hi] = queries @ block.T
-        out *= self._s[:n]
         return out
 
     def _rows(self, items: Sequence[str]) -> np.ndarray:
@@ -76,23 +74,24 @@ class ContentNeighbours(ItemIndexed):
         need = int(rows.max()) + 1 if rows.size else 0
         if need > self._v.shape[0]:
             cap = max(need, 2 * self._v.shape[0], 1024)
-            v = np.zeros((cap, self.dim), dtype=np.int8)
+            v = np.zeros((cap, self.dim), dtype=np.float16)
             v[: self._v.shape[0]] = self._v
-            scale = np.zeros(cap, dtype=np.float32)
-            scale[: self._s.size] = self._s
-            self._v, self._s = v, scale
+            self._v = v
         return rows
 
     def set_vectors(self, items: Sequence[str], matrix: np.ndarray) -> None:
         """Set (or replace) the vectors of ``items``; ``matrix`` is (len(items), dim), any scale."""
-        m = np.asarray(matrix, dtype=np.float32)
+        m = np.asarray(matrix, dtype=np.float64)
         if m.ndim != 2 or m.shape != (len(items), self.dim):
             raise ShapeMismatchError(
                 f"expected a ({len(items)}, {self.dim}) matrix for {len(items)} items, got {m.shape}"
             )
-        codes, scale = _quantise(m)
+        # normalised in float64, so that a summation order (a CPU's) cannot move a float16 rounding: vectors
+        # pointing the same way get the same row, exactly tied
+        norms = np.sqrt((m * m).sum(axis=1, keepdims=True))
+        m = np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
         rows = self._rows(items)  # may grow self._v: index it only afterwards
-        self._v[rows], self._s[rows] = codes, scale
+        self._v[rows] = m
 
     def vector(self, item: str) -> np.ndarray | None:
         idx = self._index.get(item)
@@ -187,23 +186,12 @@ class ContentNeighbours(ItemIndexed):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if state["_v"].dtype != np.int8:  # pickled by the float32 layout before: quantise its rows
-            state["_v"], state["_s"] = _quantise(state["_v"])
+        state["_v"] = state["_v"].astype(np.float16, copy=False)  # pickled with float32 rows before
         state.setdefault("_buf", np.zeros((0, state["dim"]), dtype=np.float32))
         self.__dict__.update(state)
 
 
 _SCAN_ROWS = 8192  # rows turned to float32 at a time by ContentNeighbours._scan (12 MB at D = 384)
-
-
-def _quantise(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes, float32 scales) of the rows of ``m`` L2-normalised: each row's largest component maps to
-    +-127 (all-zero rows: codes 0, scale 0)."""
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    m = np.divide(m, norms, out=np.zeros_like(m, dtype=np.float32), where=norms > 0)
-    scale = (np.abs(m).max(axis=1) / 127.0 if m.shape[1] else np.zeros(len(m))).astype(np.float32)
-    codes = np.divide(m, scale[:, None], out=np.zeros_like(m), where=scale[:, None] > 0)
-    return np.rint(codes).astype(np.int8), scale
 
 
 class _LazyAnchors(Sequence):

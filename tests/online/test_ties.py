@@ -79,9 +79,9 @@ def test_top_k_follows_the_reference_definition(dtype) -> None:
 
 
 def test_content_candidates_and_anchors_tied_up_to_rounding() -> None:
-    """Items pointing the same way (vectors scaled differently: their unit vectors, hence their cosines,
-    differ by rounding only) come out by index, and two history items pointing the same way anchor a
-    candidate as the more recent one, whatever the scales."""
+    """Items pointing the same way (vectors scaled differently: their float32 unit vectors differ by rounding
+    only) come out by index, and two history items pointing the same way anchor a candidate as the more recent
+    one, whatever the scales: normalised in float64, they are stored as the same float16 row."""
     rng = np.random.default_rng(3)
     dim = 24
     u = rng.normal(size=dim)
@@ -91,11 +91,14 @@ def test_content_candidates_and_anchors_tied_up_to_rounding() -> None:
         others = rng.normal(size=(30, dim))
         others -= np.outer(others @ u, u) / (u @ u) * 1.2  # every other item points further away from u
         cn.set_vectors([f"o{j}" for j in range(30)], others)
-        cn.set_vectors([f"t{j}" for j in range(6)], np.outer(rng.uniform(0.3, 3.0, 6), u))  # tied with each other
+        tied = np.outer(rng.uniform(0.3, 3.0, 6), u).astype(np.float32)
+        cn.set_vectors([f"t{j}" for j in range(6)], tied)  # tied with each other
         cn.set_vectors(["h-old", "h-new"], np.outer(rng.uniform(0.3, 3.0, 2), u + 0.3 * rng.normal(size=dim)))
         history = ["h-old", "h-new"]
         best, sims, anchors = cn.candidates_many([history, history[::-1]], 8)[0]
-        rounding_differed += len(set(sims[:6].tolist())) > 1
+        unit32 = tied / np.linalg.norm(tied, axis=1, keepdims=True)
+        rounding_differed += len({r.tobytes() for r in unit32}) > 1
+        assert len({r.tobytes() for r in cn.rows(np.arange(30, 36))}) == 1
         assert [cn._index.names[j] for j in best[:6].tolist()] == [f"t{j}" for j in range(6)]
         assert [cn._index.names[a] for a in anchors.tolist()] == ["h-new"] * 8
         recs = cn.recommend("u", history, 3)
