@@ -7,7 +7,9 @@ An item keeps at most ``max_neighbours`` neighbours: a row grows to twice that, 
 (amortised O(1) per update). A row is three flat columns, neighbour index (``array('i')``), weight
 (``array('f')``, float32: the decay frame is rebased every :data:`MAX_EXPONENT` half-lives so that it cannot
 overflow) and key byte (the index's low byte, a ``bytearray`` searched with ``find``, a C ``memchr``, then
-checked against the index): 9 bytes a neighbour (docs/decisions.md, "Co-visitation rows").
+checked against the index): 9 bytes a neighbour (docs/decisions.md, "Co-visitation rows"). The recommender
+pairs this model with the transition counter (:meth:`CoVisitation.pair`): both see the same pairs, so the
+rows hold one neighbour column and two weight columns, interleaved (13 bytes a neighbour for both models).
 
 The similarity of ``j`` to an anchor ``h`` is ``W[h][j] / sqrt(n_h * n_j)``, ``n`` the decayed event counts:
 dividing by ``sqrt(n_j)`` keeps a blockbuster that co-occurs with everything from topping every list, and
@@ -68,6 +70,11 @@ class CoVisitation(ItemIndexed):
         self._nj: list[array] = []
         self._nw: list[array] = []
         self._count = array("d")  # decayed event count per item (same frame)
+        # weight columns a row holds (2: paired, see pair) and this model's; the model whose learn_one writes
+        # this model's column (None: this one) and the model this one writes a second column for (None: none)
+        self._cols, self._col = 1, 0
+        self._owner: CoVisitation | None = None
+        self._mate: CoVisitation | None = None
         self._acc = self._mark = _EMPTY_J  # serving scratch (see top), grown on first use
         self._banned = np.zeros(0, dtype=bool)
 
@@ -89,7 +96,39 @@ class CoVisitation(ItemIndexed):
         model.name = "transitions"
         return model
 
-    def _idx(self, item: str, w: float) -> int:
+    @classmethod
+    def paired(cls) -> tuple[CoVisitation, CoVisitation]:
+        """The default co-visitation model and :meth:`transitions`, paired (:meth:`pair`): the recommender's."""
+        covisit, transitions = cls(), cls.transitions()
+        covisit.pair(transitions)
+        return covisit, transitions
+
+    def pair(self, mate: CoVisitation) -> None:
+        """Keep ``mate``'s weights as a second column of this model's rows: both models see the same pairs
+        (same ``lookback``, ``backward_weight`` and ``max_neighbours``), so one neighbour column and one slot
+        lookup serve both, and this model's ``learn_one`` teaches ``mate`` too (``mate.learn_one`` does
+        nothing). A full row keeps the union of each column's ``max_neighbours`` strongest (at most 1.5 times
+        that; docs/decisions.md, "One neighbour column for both co-visitation models"). Both must be empty.
+
+        >>> cv, tr = CoVisitation(), CoVisitation.transitions()
+        >>> cv.pair(tr)
+        >>> for user in ("u1", "u2"):
+        ...     cv.learn_one(user, "A", 0.0, [])
+        ...     tr.learn_one(user, "A", 0.0, [])   # taught by cv.learn_one: nothing more happens
+        ...     cv.learn_one(user, "B", 1.0, ["A"])
+        >>> [(c.item, c.score) for c in tr.recommend("u9", ["A"], 1)]
+        [('B', 2.0)]
+        """
+        if len(self._index) or len(mate._index) or self._cols != 1 or mate._cols != 1:
+            raise ValueError("pair co-visitation models before either learns, and each once")
+        same = ("lookback", "backward_weight", "max_neighbours")
+        if any(getattr(self, a) != getattr(mate, a) for a in same):
+            raise ValueError(f"paired co-visitation models need the same {', '.join(same)}")
+        mate._index, mate._key, mate._nj, mate._nw = self._index, self._key, self._nj, self._nw
+        self._cols = mate._cols = 2
+        mate._col, mate._owner, self._mate = 1, self, mate
+
+    def _idx(self, item: str, w: float, w2: float) -> int:
         idx = self._index.get(item)
         if idx < 0:
             idx = self._index.add(item)
@@ -97,9 +136,12 @@ class CoVisitation(ItemIndexed):
             self._nj.append(array("i"))
             self._nw.append(array("f"))
             self._count.append(w)  # seen only in a history so far: count it once, now
+            if self._mate is not None:
+                self._mate._count.append(w2)
         return idx
 
-    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
+    def _weight(self, ts: float) -> float:
+        """The decay weight of an event at ``ts`` in this model's frame (rebasing the frame when it is due)."""
         clock = self._clock
         if clock.t0 is None:
             clock.t0 = float(ts)
@@ -107,40 +149,56 @@ class CoVisitation(ItemIndexed):
         if e > clock.max_exponent:
             self._rebase(ts)
             e = 0.0
-        w = 2.0**e
-        j = self._idx(item, 0.0)
+        return 2.0**e
+
+    def learn_one(self, user: str, item: str, ts: float, history: Sequence[str]) -> None:
+        if self._owner is not None:  # paired: the owner's learn_one wrote this model's column
+            return
+        w = self._weight(ts)
+        mate = self._mate
+        w2 = mate._weight(ts) if mate is not None else 0.0
+        j = self._idx(item, 0.0, 0.0)
         self._count[j] += w
+        if mate is not None:
+            mate._count[j] += w2
         n = len(history)
         if not n:
             return
         cap = 2 * self.max_neighbours
-        bw = w * self.backward_weight
         key_of, nj_of, nw_of = self._key, self._nj, self._nw
         decay = self.distance_decay
+        decay2 = mate is not None and mate.distance_decay
+        bw, bw2 = w * self.backward_weight, w2 * self.backward_weight
         kj = j & 255
-        keys_j, js_j = key_of[j], nj_of[j]
+        keys_j, js_j, nw_j = key_of[j], nj_of[j], nw_of[j]
         for d in range(1, min(self.lookback, n) + 1):
             h_item = history[n - d]
             if h_item == item:
                 continue
-            h = self._idx(h_item, w)
-            if not decay:
-                d = 1
+            h = self._idx(h_item, w, w2)
+            # this model's gains (h -> j, j -> h) and the mate's (paired)
+            a, ab = (w / d, bw / d) if decay else (w, bw)
+            b, bb = (w2 / d, bw2 / d) if decay2 else (w2, bw2)
             # W[h][j] here and W[j][h] below written out, not a shared method: a call per update costs
             # about a fifth of learn_one, which is on the ingest hot path. The slot of j in row h: the
             # first slot whose key byte is j's and whose index is j (-1: none)
-            keys, js = key_of[h], nj_of[h]
+            keys, js, nw = key_of[h], nj_of[h], nw_of[h]
             slot = keys.find(kj)
             while slot >= 0 and js[slot] != j:
                 slot = keys.find(kj, slot + 1)
             if slot < 0:
                 keys.append(kj)
                 js.append(j)
-                nw_of[h].append(w / d)
+                nw.append(a)
+                if mate is not None:
+                    nw.append(b)
                 if len(js) > cap:
                     self._prune(h)
+            elif mate is None:
+                nw[slot] += a
             else:
-                nw_of[h][slot] += w / d
+                nw[2 * slot] += a
+                nw[2 * slot + 1] += b
             if bw:
                 kh = h & 255
                 slot = keys_j.find(kh)
@@ -149,16 +207,33 @@ class CoVisitation(ItemIndexed):
                 if slot < 0:
                     keys_j.append(kh)
                     js_j.append(h)
-                    nw_of[j].append(bw / d)
+                    nw_j.append(ab)
+                    if mate is not None:
+                        nw_j.append(bb)
+                elif mate is None:
+                    nw_j[slot] += ab
                 else:
-                    nw_of[j][slot] += bw / d
+                    nw_j[2 * slot] += ab
+                    nw_j[2 * slot + 1] += bb
         if len(js_j) > cap:
             self._prune(j)
 
     def _prune(self, h: int) -> None:
-        """Keep the ``max_neighbours`` strongest neighbours of ``h`` (ties: the earlier entry)."""
-        nw = np.array(self._nw[h])
-        keep = np.argsort(-nw, kind="stable")[: self.max_neighbours]
+        """Keep the ``max_neighbours`` strongest neighbours of ``h`` (ties: the earlier entry); paired, the
+        union of each column's ``max_neighbours`` strongest, by best rank (ties: the earlier entry), at most
+        1.5 times ``max_neighbours``."""
+        cols, m = self._cols, self.max_neighbours
+        nw = np.array(self._nw[h]).reshape(-1, cols)
+        if cols == 1:
+            keep = np.argsort(-nw[:, 0], kind="stable")[:m]
+        else:
+            slots = np.arange(nw.shape[0])
+            best = np.full(nw.shape[0], nw.shape[0])
+            for c in range(cols):
+                rank = np.empty_like(slots)
+                rank[np.argsort(-nw[:, c], kind="stable")] = slots
+                best = np.minimum(best, rank)
+            keep = np.lexsort((slots, best))[: min(int((best < m).sum()), m + m // 2)]
         nj = np.array(self._nj[h], dtype=np.intc)[keep]  # the C int of array("i")
         # fresh rows of exactly the kept size (no slack); the key bytes follow their neighbours
         self._nj[h] = array("i", nj.tobytes())
@@ -166,9 +241,16 @@ class CoVisitation(ItemIndexed):
         self._key[h] = bytearray((nj & 255).astype(np.uint8).tobytes())
 
     def _rebase(self, ts: float) -> None:
+        """Rescale this model's counts and weight column to a frame starting at ``ts``."""
         f = self._clock.rebase(ts)
         self._count = array("d", (np.frombuffer(self._count) * f).tolist())
-        self._nw = [_rows_f(np.array(nw, dtype=np.float64) * f) for nw in self._nw]  # (either typecode)
+        cols, col = self._cols, self._col
+        rows = []
+        for nw in self._nw:
+            w = np.array(nw, dtype=np.float64)  # (either typecode)
+            w[col::cols] *= f
+            rows.append(_rows_f(w))
+        self._nw[:] = rows  # in place: a paired model reads the same list
 
     def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
         """The last ``history_window`` distinct history items, most recent first, as (this model's
@@ -194,7 +276,8 @@ class CoVisitation(ItemIndexed):
         lens = [len(nj_of[h]) for h in anchors]
         # the rows joined as bytes (a copy: no view of a row outlives the call)
         js = np.frombuffer(b"".join([nj_of[h] for h in anchors]), dtype=np.intc).astype(np.int64)
-        ws = np.frombuffer(b"".join([nw_of[h] for h in anchors]), dtype=np.float32) * np.array(scales).repeat(lens)
+        ws = np.frombuffer(b"".join([nw_of[h] for h in anchors]), dtype=np.float32)[self._col::self._cols]
+        ws = ws * np.array(scales).repeat(lens)
         which = np.arange(len(anchors)).repeat(lens)  # anchor position of each term
         cj = np.frombuffer(count)[js]
         ok = cj > 0
@@ -224,6 +307,10 @@ class CoVisitation(ItemIndexed):
             del state["_slot"]
             state["_nj"] = [array("i", nj.tolist()) for nj in state["_nj"]]
             state["_key"] = [bytearray(j & 255 for j in nj) for nj in state["_nj"]]
+        state.setdefault("_cols", 1)  # pickled before paired rows
+        state.setdefault("_col", 0)
+        state.setdefault("_owner", None)
+        state.setdefault("_mate", None)
         self.__dict__.update(state)
         if self._clock.max_exponent != MAX_EXPONENT:
             self._to_float32()
@@ -236,7 +323,7 @@ class CoVisitation(ItemIndexed):
         top = max((max(nw) for nw in self._nw if len(nw)), default=0.0)
         if top > 2.0**MAX_EXPONENT and clock.t0 is not None and math.isfinite(clock.half_life_s):
             self._rebase(clock.t0 + math.floor(math.log2(top)) * clock.half_life_s)
-        self._nw = [_rows_f(np.array(nw, dtype=np.float64)) for nw in self._nw]
+        self._nw[:] = [_rows_f(np.array(nw, dtype=np.float64)) for nw in self._nw]
 
     def _grow_scratch(self) -> None:
         n = max(1024, 2 * len(self._index))

@@ -119,10 +119,11 @@ class OnlineRecommender:
                extra_sources: Sequence[str] = ("transformer", "vae"), **options) -> OnlineRecommender:
         """A recommender over default-configured models (the blender also knows ``extra_sources``);
         ``options``: the constructor's other arguments (``k``, ``n_candidates``, ``n_fresh``, ...)."""
+        covisit, transitions = CoVisitation.paired()
         return cls(
             popularity=DecayedPopularity(),
-            covisit=CoVisitation(),
-            transitions=CoVisitation.transitions(),
+            covisit=covisit,
+            transitions=transitions,
             mf=OnlineMF(seed=seed),
             content=ContentNeighbours(dim=content_dim),
             blender=FeedbackBlender(sources=[*CORE_SOURCES, *extra_sources], seed=seed),

@@ -110,10 +110,11 @@ def build_recommender(settings: Settings, *, text_dim: int, seed: int = 0):
     """The online recommender of ``online/`` configured from settings; ``seed`` seeds its training draws (the
     MF's and the ranker's initial weights, the negatives drawn from the pools): the live scorer's is 0."""
     lt = settings.longtail
+    covisit, transitions = CoVisitation.paired()
     return OnlineRecommender(
         popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
-        covisit=CoVisitation(),
-        transitions=CoVisitation.transitions(),
+        covisit=covisit,
+        transitions=transitions,
         mf=OnlineMF(seed=seed),
         content=ContentNeighbours(dim=text_dim),
         blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES), seed=seed),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -217,3 +219,60 @@ def test_unpickles_float64_weights() -> None:
             (a_i, a_s, _), (b_i, b_s, _) = cv.candidates(h, 10), again.candidates(h, 10)
             np.testing.assert_allclose(b_s, a_s, rtol=1e-5)
             assert a_i.tolist() == b_i.tolist()  # the factors are powers of two: the same float32 weights
+
+
+def _stream(n_events: int, n_items: int, seed: int):
+    """(user, item, ts, last 5 items) over Zipf-like items, a day of events."""
+    rng = np.random.default_rng(seed)
+    items = (rng.zipf(1.3, size=n_events) % n_items).tolist()
+    users = rng.integers(0, 60, size=n_events).tolist()
+    hist: dict[int, list[str]] = {}
+    for n, (u, i) in enumerate(zip(users, items)):
+        h = hist.setdefault(u, [])
+        yield f"u{u}", f"i{i}", n * 60.0, h[-5:]
+        h.append(f"i{i}")
+
+
+def test_paired_models_give_the_lists_of_two_models() -> None:
+    """Paired (one neighbour column, two weight columns), each model's lists and scores are the lists of the
+    model alone while no row is full; the transitions model's own learn_one adds nothing."""
+    kw = {"half_life_s": 3600.0, "max_neighbours": 1000}
+    alone = (CoVisitation(**kw), CoVisitation.transitions(max_neighbours=1000))
+    cv, tr = CoVisitation(**kw), CoVisitation.transitions(max_neighbours=1000)
+    cv.pair(tr)
+    for user, item, ts, hist in _stream(3000, 400, seed=1):
+        for model in (*alone, cv, tr):
+            model.learn_one(user, item, ts, hist)
+    assert cv._nj is tr._nj and tr.item_index is cv.item_index
+    assert 100 < max(len(r) for r in cv._nj) < 2 * cv.max_neighbours  # no prune yet
+    for hist in (["i1"], ["i3", "i0", "i7"], ["i250", "i2"]):
+        for model, ref in zip((cv, tr), alone):
+            got, want = model.recommend("u", hist, 20), ref.recommend("u", hist, 20)
+            assert [(c.item, c.anchor) for c in got] == [(c.item, c.anchor) for c in want]
+            np.testing.assert_allclose([c.score for c in got], [c.score for c in want], rtol=1e-6)
+            np.testing.assert_allclose(model.score("u", hist, ["i5", "i9"]), ref.score("u", hist, ["i5", "i9"]),
+                                       rtol=1e-6)
+
+
+def test_paired_rows_keep_each_columns_strongest() -> None:
+    """A full paired row keeps the union of each column's strongest: a neighbour strong only in the
+    transition counts (old, so decayed away for the co-visitation model) stays for the transitions model."""
+    cv, tr = CoVisitation(lookback=1, max_neighbours=10, half_life_s=10.0), CoVisitation.transitions(max_neighbours=10)
+    with pytest.raises(ValueError, match="same"):
+        cv.pair(tr)  # lookback 1 against 5
+    cv = CoVisitation(lookback=5, max_neighbours=10, half_life_s=10.0)
+    cv.pair(tr)
+    for n in range(30):
+        cv.learn_one(f"o{n}", "old", 0.0, ("A",))  # 30 transitions, long ago
+    for n in range(100):  # a hundred half-lives later
+        cv.learn_one(f"u{n}", f"i{n}", 1000.0 + n, ("A",))
+    row = cv._nj[cv.item_index.get("A")]
+    assert len(row) <= 20 and len(cv._nw[cv.item_index.get("A")]) == 2 * len(row)
+    assert neighbours(tr, "A", 1)[0][0] == "old" and [n for n, _ in neighbours(cv, "A", 1)] == ["i99"]
+    with pytest.raises(ValueError, match="before"):
+        cv.pair(CoVisitation.transitions())
+    # a snapshot keeps the pairing: the two models still read one set of rows
+    again_cv, again_tr = pickle.loads(pickle.dumps((cv, tr)))
+    assert again_cv._nw is again_tr._nw and again_tr._owner is again_cv
+    again_cv.learn_one("z", "B", 2000.0, ("A",))
+    assert "B" in [n for n, _ in neighbours(again_tr, "A", 20)]
