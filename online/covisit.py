@@ -4,12 +4,13 @@ When a user touches item ``j`` and item ``h`` sits ``d`` positions back in their
 most recent, up to ``lookback``), ``h -> j`` gains ``w / d`` and ``j -> h`` gains ``backward_weight`` times
 that, ``w`` the event's decay weight (half-life ``half_life_s``, kept lazily: :class:`online.base.DecayClock`).
 An item keeps at most ``max_neighbours`` neighbours: a row grows to twice that, then the strongest are kept
-(amortised O(1) per update). A row is three flat columns, neighbour index (``array('i')``), weight
-(``array('f')``, float32: the decay frame is rebased every :data:`MAX_EXPONENT` half-lives so that it cannot
-overflow) and key byte (the index's low byte, a ``bytearray`` searched with ``find``, a C ``memchr``, then
-checked against the index): 9 bytes a neighbour (docs/decisions.md, "Co-visitation rows"). The recommender
-pairs this model with the transition counter (:meth:`CoVisitation.pair`): both see the same pairs, so the
-rows hold one neighbour column and two weight columns, interleaved (13 bytes a neighbour for both models).
+(amortised O(1) per update). A row is three columns, neighbour index (``array('i')``), weight (``array('f')``,
+float32: the decay frame is rebased every :data:`MAX_EXPONENT` half-lives so that it cannot overflow) and key
+byte (the index's low byte, a ``bytearray`` searched with ``find``, a C ``memchr``, then checked against the
+index): 9 bytes a neighbour. The rows live in size classes of flat columns (:class:`_Rows`), not in Python
+objects of their own. The recommender pairs this model with the transition counter (:meth:`CoVisitation.pair`):
+both see the same pairs, so the rows hold one neighbour column and two weight columns, interleaved (13 bytes a
+neighbour for both models; docs/decisions.md, "Co-visitation rows").
 
 The similarity of ``j`` to an anchor ``h`` is ``W[h][j] / sqrt(n_h * n_j)``, ``n`` the decayed event counts:
 dividing by ``sqrt(n_j)`` keeps a blockbuster that co-occurs with everything from topping every list, and
@@ -32,6 +33,7 @@ in anchor order) and computes the anchors of the candidates read only.
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from collections.abc import Collection, Sequence
@@ -63,12 +65,10 @@ class CoVisitation(ItemIndexed):
         self.distance_decay = bool(distance_decay)  # h at distance d gains w / d; off: w
         self._clock = DecayClock(half_life_s, MAX_EXPONENT)
         self._index = IdIndex()
-        # Neighbours of item h, slot by slot (a prune keeps the order of its sort): _nj[h][slot] = j,
-        # _nw[h][slot] = weight (DecayClock frame), _key[h][slot] = j & 255. ``array.array`` rows: a scalar
+        # Neighbours of item h, slot by slot (a prune keeps the order of its sort): neighbour j, its weight
+        # (DecayClock frame) and key byte j & 255, in size-classed flat columns (_Rows). ``array.array``: a scalar
         # update costs what a list's does, and reads view them without a copy (no view outlives a read).
-        self._key: list[bytearray] = []
-        self._nj: list[array] = []
-        self._nw: list[array] = []
+        self._rows = _Rows(1, self._longest())
         self._count = array("d")  # decayed event count per item (same frame)
         # weight columns a row holds (2: paired, see pair) and this model's; the model whose learn_one writes
         # this model's column (None: this one) and the model this one writes a second column for (None: none)
@@ -124,7 +124,8 @@ class CoVisitation(ItemIndexed):
         same = ("lookback", "backward_weight", "max_neighbours")
         if any(getattr(self, a) != getattr(mate, a) for a in same):
             raise ValueError(f"paired co-visitation models need the same {', '.join(same)}")
-        mate._index, mate._key, mate._nj, mate._nw = self._index, self._key, self._nj, self._nw
+        mate._index, self._rows = self._index, _Rows(2, self._longest())
+        mate._rows = self._rows
         self._cols = mate._cols = 2
         mate._col, mate._owner, self._mate = 1, self, mate
 
@@ -132,13 +133,16 @@ class CoVisitation(ItemIndexed):
         idx = self._index.get(item)
         if idx < 0:
             idx = self._index.add(item)
-            self._key.append(bytearray())
-            self._nj.append(array("i"))
-            self._nw.append(array("f"))
+            self._rows.add()
             self._count.append(w)  # seen only in a history so far: count it once, now
             if self._mate is not None:
                 self._mate._count.append(w2)
         return idx
+
+    def _longest(self) -> int:
+        """The most neighbours a row holds: a row is pruned past twice ``max_neighbours``, the clicked item's
+        row once its event is learned (up to ``lookback`` more)."""
+        return 2 * self.max_neighbours + self.lookback
 
     def _weight(self, ts: float) -> float:
         """The decay weight of an event at ``ts`` in this model's frame (rebasing the frame when it is due)."""
@@ -165,12 +169,13 @@ class CoVisitation(ItemIndexed):
         if not n:
             return
         cap = 2 * self.max_neighbours
-        key_of, nj_of, nw_of = self._key, self._nj, self._nw
+        rows = self._rows
+        caps, cls, at, ln, key_of, nj_of, nw_of, cols = (rows.caps, rows.cls, rows.at, rows.n, rows.keys, rows.js,
+                                                         rows.ws, rows.cols)
         decay = self.distance_decay
         decay2 = mate is not None and mate.distance_decay
         bw, bw2 = w * self.backward_weight, w2 * self.backward_weight
         kj = j & 255
-        keys_j, js_j, nw_j = key_of[j], nj_of[j], nw_of[j]
         for d in range(1, min(self.lookback, n) + 1):
             h_item = history[n - d]
             if h_item == item:
@@ -181,41 +186,64 @@ class CoVisitation(ItemIndexed):
             b, bb = (w2 / d, bw2 / d) if decay2 else (w2, bw2)
             # W[h][j] here and W[j][h] below written out, not a shared method: a call per update costs
             # about a fifth of learn_one, which is on the ingest hot path. The slot of j in row h: the
-            # first slot whose key byte is j's and whose index is j (-1: none)
-            keys, js, nw = key_of[h], nj_of[h], nw_of[h]
-            slot = keys.find(kj)
-            while slot >= 0 and js[slot] != j:
-                slot = keys.find(kj, slot + 1)
+            # first slot whose key byte is j's and whose index is j (-1: none); a full row moves up a class
+            k, m, slot = cls[h], ln[h], -1
+            if k != NO_ROW:
+                base = at[h] * caps[k]
+                keys, js, end = key_of[k], nj_of[k], base + m
+                slot = keys.find(kj, base, end)
+                while slot >= 0 and js[slot] != j:
+                    slot = keys.find(kj, slot + 1, end)
             if slot < 0:
-                keys.append(kj)
-                js.append(j)
-                nw.append(a)
-                if mate is not None:
-                    nw.append(b)
-                if len(js) > cap:
+                if k == NO_ROW or m == caps[k]:
+                    k = 0 if k == NO_ROW else k + 1
+                    base = rows.move(h, k)
+                p = base + m
+                key_of[k][p], nj_of[k][p] = kj, j
+                if cols == 1:
+                    nw_of[k][p] = a
+                else:
+                    nw = nw_of[k]
+                    nw[2 * p], nw[2 * p + 1] = a, b
+                ln[h] = m + 1
+                if m >= cap:
                     self._prune(h)
-            elif mate is None:
-                nw[slot] += a
+            elif cols == 1:
+                nw_of[k][slot] += a
             else:
+                nw = nw_of[k]
                 nw[2 * slot] += a
                 nw[2 * slot + 1] += b
-            if bw:
-                kh = h & 255
-                slot = keys_j.find(kh)
-                while slot >= 0 and js_j[slot] != h:
-                    slot = keys_j.find(kh, slot + 1)
-                if slot < 0:
-                    keys_j.append(kh)
-                    js_j.append(h)
-                    nw_j.append(ab)
-                    if mate is not None:
-                        nw_j.append(bb)
-                elif mate is None:
-                    nw_j[slot] += ab
+            if not bw:
+                continue
+            # W[j][h]: j's row is pruned once the event is learned (at most `lookback` more slots)
+            kh = h & 255
+            k, m, slot = cls[j], ln[j], -1
+            if k != NO_ROW:
+                base = at[j] * caps[k]
+                keys, js, end = key_of[k], nj_of[k], base + m
+                slot = keys.find(kh, base, end)
+                while slot >= 0 and js[slot] != h:
+                    slot = keys.find(kh, slot + 1, end)
+            if slot < 0:
+                if k == NO_ROW or m == caps[k]:
+                    k = 0 if k == NO_ROW else k + 1
+                    base = rows.move(j, k)
+                p = base + m
+                key_of[k][p], nj_of[k][p] = kh, h
+                if cols == 1:
+                    nw_of[k][p] = ab
                 else:
-                    nw_j[2 * slot] += ab
-                    nw_j[2 * slot + 1] += bb
-        if len(js_j) > cap:
+                    nw = nw_of[k]
+                    nw[2 * p], nw[2 * p + 1] = ab, bb
+                ln[j] = m + 1
+            elif cols == 1:
+                nw_of[k][slot] += ab
+            else:
+                nw = nw_of[k]
+                nw[2 * slot] += ab
+                nw[2 * slot + 1] += bb
+        if ln[j] > cap:
             self._prune(j)
 
     def _prune(self, h: int) -> None:
@@ -223,7 +251,8 @@ class CoVisitation(ItemIndexed):
         union of each column's ``max_neighbours`` strongest, by best rank (ties: the earlier entry), at most
         1.5 times ``max_neighbours``."""
         cols, m = self._cols, self.max_neighbours
-        nw = np.array(self._nw[h]).reshape(-1, cols)
+        _, js, ws = self._rows.row(h)
+        nw = np.array(ws).reshape(-1, cols)
         if cols == 1:
             keep = np.argsort(-nw[:, 0], kind="stable")[:m]
         else:
@@ -234,23 +263,13 @@ class CoVisitation(ItemIndexed):
                 rank[np.argsort(-nw[:, c], kind="stable")] = slots
                 best = np.minimum(best, rank)
             keep = np.lexsort((slots, best))[: min(int((best < m).sum()), m + m // 2)]
-        nj = np.array(self._nj[h], dtype=np.intc)[keep]  # the C int of array("i")
-        # fresh rows of exactly the kept size (no slack); the key bytes follow their neighbours
-        self._nj[h] = array("i", nj.tobytes())
-        self._nw[h] = array("f", nw[keep].tobytes())
-        self._key[h] = bytearray((nj & 255).astype(np.uint8).tobytes())
+        self._rows.put(h, np.array(js, dtype=np.intc)[keep], nw[keep])  # (the key bytes follow)
 
     def _rebase(self, ts: float) -> None:
         """Rescale this model's counts and weight column to a frame starting at ``ts``."""
         f = self._clock.rebase(ts)
         self._count = array("d", (np.frombuffer(self._count) * f).tolist())
-        cols, col = self._cols, self._col
-        rows = []
-        for nw in self._nw:
-            w = np.array(nw, dtype=np.float64)  # (either typecode)
-            w[col::cols] *= f
-            rows.append(_rows_f(w))
-        self._nw[:] = rows  # in place: a paired model reads the same list
+        self._rows.scale(self._col, f)  # (a paired model reads the same rows)
 
     def _anchors(self, history: Sequence[str]) -> tuple[list[int], list[int]]:
         """The last ``history_window`` distinct history items, most recent first, as (this model's
@@ -262,21 +281,25 @@ class CoVisitation(ItemIndexed):
         """Every (anchor, neighbour) term ``W[h_r][j] / (r * sqrt(n_h_r * n_j))`` of the score sums of
         ``recent``/``ranks`` (see :meth:`_anchors`): (neighbour indices, terms, anchor position of each term,
         anchors' indices), anchor by anchor, each row in stored order; anchors without a row are skipped."""
-        count, nj_of = self._count, self._nj
+        count, rows = self._count, self._rows
+        ln = rows.n
         anchors: list[int] = []
         scales: list[float] = []
         for h, r in zip(recent, ranks):
-            if h < 0 or count[h] <= 0 or not nj_of[h]:
+            if h < 0 or count[h] <= 0 or not ln[h]:
                 continue
             anchors.append(h)
             scales.append(1.0 / (r * math.sqrt(count[h])) if self.normalise else 1.0 / r)
         if not anchors:
             return _EMPTY_J, _EMPTY_W, _EMPTY_J, _EMPTY_J
-        nw_of = self._nw
-        lens = [len(nj_of[h]) for h in anchors]
-        # the rows joined as bytes (a copy: no view of a row outlives the call)
-        js = np.frombuffer(b"".join([nj_of[h] for h in anchors]), dtype=np.intc).astype(np.int64)
-        ws = np.frombuffer(b"".join([nw_of[h] for h in anchors]), dtype=np.float32)[self._col::self._cols]
+        caps, cls, at, nj_of, nw_of, cols = rows.caps, rows.cls, rows.at, rows.js, rows.ws, rows.cols
+        lens = [ln[h] for h in anchors]
+        starts = [at[h] * caps[cls[h]] for h in anchors]
+        # the rows joined as bytes (slices are copies: no view of a row outlives the call)
+        js = np.frombuffer(b"".join([nj_of[cls[h]][b:b + n] for h, b, n in zip(anchors, starts, lens)]),
+                           dtype=np.intc).astype(np.int64)
+        ws = np.frombuffer(b"".join([nw_of[cls[h]][cols * b:cols * (b + n)] for h, b, n in zip(anchors, starts, lens)]),
+                           dtype=np.float32)[self._col::cols]
         ws = ws * np.array(scales).repeat(lens)
         which = np.arange(len(anchors)).repeat(lens)  # anchor position of each term
         cj = np.frombuffer(count)[js]
@@ -303,27 +326,13 @@ class CoVisitation(ItemIndexed):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if "_slot" in state:  # pickled by the layout before (a {neighbour: slot} dict a row, int64 indices)
-            del state["_slot"]
-            state["_nj"] = [array("i", nj.tolist()) for nj in state["_nj"]]
-            state["_key"] = [bytearray(j & 255 for j in nj) for nj in state["_nj"]]
         state.setdefault("_cols", 1)  # pickled before paired rows
         state.setdefault("_col", 0)
         state.setdefault("_owner", None)
         state.setdefault("_mate", None)
+        if "_rows" not in state:  # pickled with a row of Python objects an item (one model's weights)
+            _from_lists(state, 2 * state["max_neighbours"] + state["lookback"])
         self.__dict__.update(state)
-        if self._clock.max_exponent != MAX_EXPONENT:
-            self._to_float32()
-
-    def _to_float32(self) -> None:
-        """A model pickled with float64 weights (and a frame up to 2^200): rebased so that its largest stored
-        weight is at most 1 where the frame is past :data:`MAX_EXPONENT`, then stored as float32."""
-        clock = self._clock
-        clock.max_exponent = MAX_EXPONENT
-        top = max((max(nw) for nw in self._nw if len(nw)), default=0.0)
-        if top > 2.0**MAX_EXPONENT and clock.t0 is not None and math.isfinite(clock.half_life_s):
-            self._rebase(clock.t0 + math.floor(math.log2(top)) * clock.half_life_s)
-        self._nw[:] = [_rows_f(np.array(nw, dtype=np.float64)) for nw in self._nw]
 
     def _grow_scratch(self) -> None:
         n = max(1024, 2 * len(self._index))
@@ -402,9 +411,145 @@ _EMPTY_W = np.zeros(0)
 MAX_EXPONENT = 64.0  # the decay frame's largest exponent: 2^64 times any event count stays inside float32
 
 
-def _rows_f(weights: np.ndarray) -> array:
-    """A float32 weight row (``array('f')``) of ``weights``."""
-    return array("f", weights.astype(np.float32).tobytes())
+NO_ROW = 255  # _Rows.cls of an item without a row yet
+GROWTH = 1.125  # _Rows: each size class holds this many times the slots of the one before
+
+
+def _from_lists(state: dict, longest: int) -> None:
+    """A pickled state with a row of Python objects an item (``_nj``, ``_nw``, ``_key``; before that a
+    ``{neighbour: slot}`` dict a row, int64 indices; float64 weights in a frame up to 2^200, rebased so that
+    its largest weight is at most 1 where the frame is past :data:`MAX_EXPONENT`) into :class:`_Rows`."""
+    state.pop("_slot", None)
+    state.pop("_key", None)
+    nj, nw = state.pop("_nj"), [np.array(w, dtype=np.float64) for w in state.pop("_nw")]
+    clock = state["_clock"]
+    if clock.max_exponent != MAX_EXPONENT:
+        clock.max_exponent = MAX_EXPONENT
+        top = max((w.max() for w in nw if w.size), default=0.0)
+        if top > 2.0**MAX_EXPONENT and clock.t0 is not None and math.isfinite(clock.half_life_s):
+            f = clock.rebase(clock.t0 + math.floor(math.log2(top)) * clock.half_life_s)
+            state["_count"] = array("d", (np.frombuffer(state["_count"]) * f).tolist())
+            nw = [w * f for w in nw]
+    state["_rows"] = _Rows.of([(np.asarray(j, dtype=np.int64), w) for j, w in zip(nj, nw)], 1, longest)
+
+
+class _Rows:
+    """Every item's neighbour row, in size classes: class ``k`` holds rows of up to ``caps[k]`` slots
+    (4, then :data:`GROWTH` times more a class, up to ``longest``) in three flat columns, key bytes (``bytearray``),
+    neighbour indices (``array('i')``) and ``cols`` float32 weights a slot (``array('f')``, interleaved),
+    slot ``s`` of class row ``r`` at position ``r * caps[k] + s``. ``cls``/``at``/``n`` give an item's class
+    (255: no row yet), class row and length; ``owner[k][r]`` the item of class row ``r``. A row that outgrows
+    its class moves to the next; a freed class row takes the class's last row, so that every class stays
+    dense (no holes, no free lists). About 12 bytes an item and a tenth of a row's slots of slack, instead of
+    three Python objects a row (~190 bytes; docs/decisions.md, "Co-visitation rows")."""
+
+    def __init__(self, cols: int, longest: int) -> None:
+        caps = [4]
+        while caps[-1] < longest:
+            caps.append(min(longest, math.ceil(caps[-1] * GROWTH)))
+        if len(caps) >= 255:
+            raise ValueError(f"too many size classes for rows of {longest}")
+        self.cols, self.caps = int(cols), caps
+        self.keys = [bytearray() for _ in caps]
+        self.js = [array("i") for _ in caps]
+        self.ws = [array("f") for _ in caps]
+        self.owner = [array("i") for _ in caps]
+        self.peak = [0] * len(caps)  # the most class rows each class held since its columns were last copied
+        self.cls = bytearray()
+        self.at = array("i")
+        self.n = array("i")
+
+    def add(self) -> None:
+        """A row for the next item (empty: it takes a class row on its first neighbour)."""
+        self.cls.append(NO_ROW)
+        self.at.append(-1)
+        self.n.append(0)
+
+    def move(self, h: int, k: int) -> int:
+        """Move item ``h``'s row to class ``k`` (its neighbours must fit); return its first position there."""
+        caps, cols = self.caps, self.cols
+        cap, n = caps[k], self.n[h]
+        r = len(self.owner[k])
+        self.owner[k].append(h)
+        self.peak[k] = max(self.peak[k], r + 1)
+        self.keys[k].extend(bytes(cap))
+        self.js[k].frombytes(bytes(4 * cap))
+        self.ws[k].frombytes(bytes(4 * cap * cols))
+        base = r * cap
+        k0 = self.cls[h]
+        if k0 != NO_ROW:
+            old = self.at[h] * caps[k0]
+            self.keys[k][base:base + n] = self.keys[k0][old:old + n]
+            self.js[k][base:base + n] = self.js[k0][old:old + n]
+            self.ws[k][cols * base:cols * (base + n)] = self.ws[k0][cols * old:cols * (old + n)]
+            self._free(k0, self.at[h])
+        self.cls[h], self.at[h] = k, r
+        return base
+
+    def _free(self, k: int, r: int) -> None:
+        """Give up class row ``r`` of class ``k``: the class's last row moves into it."""
+        cap, cols, owner = self.caps[k], self.cols, self.owner[k]
+        last = len(owner) - 1
+        if r != last:
+            g = owner[last]
+            n, dst, src = self.n[g], r * cap, last * cap
+            self.keys[k][dst:dst + n] = self.keys[k][src:src + n]
+            self.js[k][dst:dst + n] = self.js[k][src:src + n]
+            self.ws[k][cols * dst:cols * (dst + n)] = self.ws[k][cols * src:cols * (src + n)]
+            owner[r] = g
+            self.at[g] = r
+        del owner[last:]
+        del self.keys[k][last * cap:]
+        del self.js[k][last * cap:]
+        del self.ws[k][cols * last * cap:]
+        if 2 * last < self.peak[k]:  # copied to their size: a shrinking array keeps what it held (CPython)
+            self.keys[k], self.js[k] = bytearray(self.keys[k]), array("i", self.js[k])
+            self.ws[k], self.owner[k] = array("f", self.ws[k]), array("i", owner)
+            self.peak[k] = last
+
+    def fit(self, n: int) -> int:
+        """The smallest class that holds ``n`` slots."""
+        return bisect.bisect_left(self.caps, n)
+
+    def row(self, h: int) -> tuple[bytes, array, array]:
+        """Item ``h``'s (key bytes, neighbour indices, weights), copies."""
+        k, n = self.cls[h], self.n[h]
+        if k == NO_ROW:
+            return b"", array("i"), array("f")
+        base, cols = self.at[h] * self.caps[k], self.cols
+        return bytes(self.keys[k][base:base + n]), self.js[k][base:base + n], self.ws[k][cols * base:cols * (base + n)]
+
+    def put(self, h: int, js: np.ndarray, ws: np.ndarray) -> None:
+        """Replace item ``h``'s row by neighbours ``js`` (int) and weights ``ws`` ((len(js), cols), float32),
+        in the smallest class that holds them."""
+        n = len(js)
+        k = self.fit(max(n, 1))
+        if self.cls[h] != k:
+            self.n[h] = 0  # nothing to carry over
+            self.move(h, k)
+        base, cols = self.at[h] * self.caps[k], self.cols
+        js = np.asarray(js, dtype=np.intc)
+        self.keys[k][base:base + n] = (js & 255).astype(np.uint8).tobytes()
+        self.js[k][base:base + n] = array("i", js.tobytes())
+        self.ws[k][cols * base:cols * (base + n)] = array("f", np.asarray(ws, dtype=np.float32).tobytes())
+        self.n[h] = n
+
+    def scale(self, col: int, f: float) -> None:
+        """Multiply weight column ``col`` of every row by ``f``."""
+        for k, ws in enumerate(self.ws):
+            w = np.array(ws, dtype=np.float64)
+            w[col::self.cols] *= f
+            self.ws[k] = array("f", w.astype(np.float32).tobytes())
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[Sequence[int], np.ndarray]], cols: int, longest: int) -> _Rows:
+        """Rows from (neighbour indices, weights) per item (the layout before size classes)."""
+        out = cls(cols, longest)
+        for h, (js, ws) in enumerate(rows):
+            out.add()
+            if len(js):
+                out.put(h, np.asarray(js), np.asarray(ws).reshape(len(js), cols))
+        return out
 
 
 class _LazyAnchors(Sequence):

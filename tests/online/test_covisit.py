@@ -1,11 +1,30 @@
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
 import pytest
 
 from online.covisit import CoVisitation
+
+
+def row(cv: CoVisitation, item: str):
+    """``item``'s row: (key bytes, neighbour indices, weights)."""
+    return cv._rows.row(cv.item_index.get(item))
+
+
+def list_layout(cv: CoVisitation) -> dict:
+    """``cv``'s pickled state in the layout before size classes: three Python objects a row."""
+    state = dict(cv.__getstate__())
+    rows = state.pop("_rows")
+    state.update(_key=[], _nj=[], _nw=[])
+    for h in range(len(cv.item_index)):
+        keys, js, ws = rows.row(h)
+        state["_key"].append(bytearray(keys))
+        state["_nj"].append(js)
+        state["_nw"].append(ws)
+    return state
 
 
 def neighbours(cv: CoVisitation, item: str, k: int) -> list[tuple[str, float]]:
@@ -81,7 +100,8 @@ def test_neighbour_lists_are_bounded() -> None:
     cv = CoVisitation(lookback=1, max_neighbours=10)
     for n in range(500):
         cv.learn_one(f"u{n}", f"i{n}", float(n), ("A",))
-    assert len(cv._nj[cv._index.get("A")]) <= 20 and len(cv._nw[cv._index.get("A")]) <= 20
+    _, js, ws = row(cv, "A")
+    assert len(js) <= 20 and len(ws) <= 20
     assert len(neighbours(cv, "A", 100)) <= 20
     # the strongest neighbour survives pruning
     for n in range(5):
@@ -167,9 +187,9 @@ def test_rows_find_neighbours_whose_key_bytes_collide() -> None:
     assert neighbours(cv, a, 5) == [("i257", 3.0), ("i513", 2.0), ("i769", 1.0)]
     for rep, item in enumerate(["i2", "i258", "i3", "i4"]):  # the row reaches 7 > 2 x 3: pruned to 3
         cv.learn_one(f"w{rep}", item, 0.0, (a,))
-    h = cv._index.get(a)
-    assert [cv._index.names[j] for j in cv._nj[h]] == ["i257", "i513", "i769"]
-    assert cv._key[h] == bytearray(j & 255 for j in cv._nj[h])
+    keys, js, _ = row(cv, a)
+    assert [cv._index.names[j] for j in js] == ["i257", "i513", "i769"]
+    assert keys == bytes(j & 255 for j in js)
     cv.learn_one("x", "i769", 0.0, (a,))
     cv.learn_one("x", "i2", 0.0, (a,))  # pruned away before: a new entry
     assert neighbours(cv, a, 5) == [("i257", 3.0), ("i513", 2.0), ("i769", 2.0), ("i2", 1.0)]
@@ -181,19 +201,20 @@ def test_unpickles_the_layout_before() -> None:
     from array import array
 
     cv, hist = _stream_model(n_events=800)
-    state = pickle.loads(pickle.dumps(cv)).__getstate__()  # a copy: no row shared with cv
+    state = list_layout(cv)
     old = dict(state, _slot=[{j: s for s, j in enumerate(nj)} for nj in state["_nj"]],
-               _nj=[array("q", nj) for nj in state["_nj"]])
+               _nj=[array("q", nj) for nj in state["_nj"]], _nw=[array("d", nw) for nw in state["_nw"]])
     del old["_key"]
     again = CoVisitation.__new__(CoVisitation)
     again.__setstate__(old)
-    assert not hasattr(again, "_slot") and all(k == cv_k for k, cv_k in zip(again._key, cv._key))
+    n = len(cv.item_index)
+    assert not hasattr(again, "_slot") and [again._rows.row(h) for h in range(n)] == [cv._rows.row(h) for h in range(n)]
     for h in list(hist.values())[:20]:
         assert all(np.array_equal(a, b) for a, b in zip(cv.candidates(h, 10), again.candidates(h, 10)))
     h = next(iter(hist.values()))
     cv.learn_one("z", "i1", 801.0, h)
     again.learn_one("z", "i1", 801.0, h)
-    assert [list(r) for r in again._nj] == [list(r) for r in cv._nj]
+    assert [again._rows.row(h) for h in range(n)] == [cv._rows.row(h) for h in range(n)]
 
 
 def test_unpickles_float64_weights() -> None:
@@ -205,7 +226,7 @@ def test_unpickles_float64_weights() -> None:
     from online.covisit import MAX_EXPONENT
 
     cv, hist = _stream_model(n_events=800)
-    state = pickle.loads(pickle.dumps(cv)).__getstate__()
+    state = list_layout(cv)
     for factor in (1.0, 2.0**150):
         old = dict(state, _nw=[array("d", (np.array(nw, dtype=np.float64) * factor).tolist()) for nw in state["_nw"]],
                    _count=array("d", (np.array(state["_count"]) * factor).tolist()))
@@ -213,8 +234,8 @@ def test_unpickles_float64_weights() -> None:
         old["_clock"].max_exponent = 200.0
         again = CoVisitation.__new__(CoVisitation)
         again.__setstate__(old)
-        assert again._clock.max_exponent == MAX_EXPONENT and {nw.typecode for nw in again._nw} == {"f"}
-        assert max(max(nw) for nw in again._nw if len(nw)) <= 2.0**MAX_EXPONENT
+        assert again._clock.max_exponent == MAX_EXPONENT and {nw.typecode for nw in again._rows.ws} == {"f"}
+        assert max(max(nw) for nw in again._rows.ws if len(nw)) <= 2.0**MAX_EXPONENT
         for h in list(hist.values())[:20]:
             (a_i, a_s, _), (b_i, b_s, _) = cv.candidates(h, 10), again.candidates(h, 10)
             np.testing.assert_allclose(b_s, a_s, rtol=1e-5)
@@ -243,8 +264,8 @@ def test_paired_models_give_the_lists_of_two_models() -> None:
     for user, item, ts, hist in _stream(3000, 400, seed=1):
         for model in (*alone, cv, tr):
             model.learn_one(user, item, ts, hist)
-    assert cv._nj is tr._nj and tr.item_index is cv.item_index
-    assert 100 < max(len(r) for r in cv._nj) < 2 * cv.max_neighbours  # no prune yet
+    assert cv._rows is tr._rows and tr.item_index is cv.item_index
+    assert 100 < max(cv._rows.n) < 2 * cv.max_neighbours  # no prune yet
     for hist in (["i1"], ["i3", "i0", "i7"], ["i250", "i2"]):
         for model, ref in zip((cv, tr), alone):
             got, want = model.recommend("u", hist, 20), ref.recommend("u", hist, 20)
@@ -266,13 +287,42 @@ def test_paired_rows_keep_each_columns_strongest() -> None:
         cv.learn_one(f"o{n}", "old", 0.0, ("A",))  # 30 transitions, long ago
     for n in range(100):  # a hundred half-lives later
         cv.learn_one(f"u{n}", f"i{n}", 1000.0 + n, ("A",))
-    row = cv._nj[cv.item_index.get("A")]
-    assert len(row) <= 20 and len(cv._nw[cv.item_index.get("A")]) == 2 * len(row)
+    _, js, ws = row(cv, "A")
+    assert len(js) <= 20 and len(ws) == 2 * len(js)
     assert neighbours(tr, "A", 1)[0][0] == "old" and [n for n, _ in neighbours(cv, "A", 1)] == ["i99"]
     with pytest.raises(ValueError, match="before"):
         cv.pair(CoVisitation.transitions())
     # a snapshot keeps the pairing: the two models still read one set of rows
     again_cv, again_tr = pickle.loads(pickle.dumps((cv, tr)))
-    assert again_cv._nw is again_tr._nw and again_tr._owner is again_cv
+    assert again_cv._rows is again_tr._rows and again_tr._owner is again_cv
     again_cv.learn_one("z", "B", 2000.0, ("A",))
     assert "B" in [n for n, _ in neighbours(again_tr, "A", 20)]
+
+
+def test_rows_hold_every_pair_through_class_moves() -> None:
+    """Rows move up size classes and freed class rows take the class's last row: every item's row still
+    holds exactly its pairs, with their weights (a dict of dicts computed apart, no decay, no prune)."""
+    cv = CoVisitation(half_life_s=math.inf, max_neighbours=1000, distance_decay=True)
+    want: dict[str, dict[str, float]] = {}
+    for user, item, ts, hist in _stream(4000, 300, seed=3):
+        cv.learn_one(user, item, ts, hist)
+        for d in range(1, min(cv.lookback, len(hist)) + 1):
+            h = hist[-d]
+            if h != item:
+                want.setdefault(h, {}).setdefault(item, 0.0)
+                want[h][item] += 1.0 / d
+                want.setdefault(item, {}).setdefault(h, 0.0)
+                want[item][h] += 0.5 / d
+    rows = cv._rows
+    assert len({rows.cls[h] for h in range(len(cv.item_index))}) > 5  # rows in many classes
+    names = cv.item_index.names
+    for h, name in enumerate(names):
+        keys, js, ws = rows.row(h)
+        assert keys == bytes(j & 255 for j in js)
+        got = {names[j]: w for j, w in zip(js, ws)}
+        assert got.keys() == want.get(name, {}).keys()
+        np.testing.assert_allclose([got[n] for n in got], [want[name][n] for n in got], rtol=1e-5)
+    for k, owner in enumerate(rows.owner):  # dense classes, each class row owned by the item that points at it
+        assert len(rows.js[k]) == len(owner) * rows.caps[k] and all(rows.at[g] == r for r, g in enumerate(owner))
+        assert rows.peak[k] <= 2 * len(owner)  # a class that shrank to half its rows was copied to its size
+    assert rows.peak[0] == len(rows.owner[0]) == 0  # every row outgrew the smallest class
