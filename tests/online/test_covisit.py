@@ -163,7 +163,6 @@ def test_top_equals_the_term_matrix_definition() -> None:
 
 
 def test_serving_scratch_is_not_pickled() -> None:
-    import pickle
 
     cv, hist = _stream_model(n_events=800)
     h = next(h for h in hist.values() if len(h) > 5)
@@ -197,7 +196,6 @@ def test_rows_find_neighbours_whose_key_bytes_collide() -> None:
 
 def test_unpickles_the_layout_before() -> None:
     """A snapshot of the layout before (a {neighbour: slot} dict a row, int64 indices) loads as this one."""
-    import pickle
     from array import array
 
     cv, hist = _stream_model(n_events=800)
@@ -220,7 +218,6 @@ def test_unpickles_the_layout_before() -> None:
 def test_unpickles_float64_weights() -> None:
     """A snapshot with float64 weight rows and the frame up to 2^200 loads as float32 rows, the lists the same;
     weights past 2^64 are rebased first, so that they fit float32."""
-    import pickle
     from array import array
 
     from online.covisit import MAX_EXPONENT
