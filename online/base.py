@@ -302,9 +302,11 @@ class IdIndex:
 
     def share(self, table: KeyTable) -> None:
         """Move onto ``table`` (the same indices; the names become the table's strings)."""
-        if table is self._table:
-            return
-        names = self._names
+        if table is not self._table:
+            self._load(table, self._names)
+
+    def _load(self, table: KeyTable, names: list[str]) -> None:
+        """Hold ``names`` (index order) over ``table``."""
         self._table, self._local, self._names = table, array("i"), []
         for name in names:
             self.add(name)
@@ -320,9 +322,7 @@ class IdIndex:
 
     def __setstate__(self, state: tuple[KeyTable, list[str]] | list[str]) -> None:
         table, names = state if isinstance(state, tuple) else (KeyTable(), state)  # a list: pickled before tables
-        self._table, self._local, self._names = table, array("i"), []
-        for name in names:
-            self.add(name)
+        self._load(table, names)
 
 
 _MINUS_ONE = array("i", [-1]).tobytes()
