@@ -67,7 +67,7 @@ class CoVisitation(ItemIndexed):
         self._index = IdIndex()
         # Neighbours of item h, slot by slot (a prune keeps the order of its sort): neighbour j, its weight
         # (DecayClock frame) and key byte j & 255, in size-classed flat columns (_Rows). ``array.array``: a scalar
-        # update costs what a list's does, and reads view them without a copy (no view outlives a read).
+        # update costs what a list's does; a read copies the slices of the rows it needs.
         self._rows = _Rows(1, self._longest())
         self._count = array("d")  # decayed event count per item (same frame)
         # weight columns a row holds (2: paired, see pair) and this model's; the model whose learn_one writes
