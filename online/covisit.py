@@ -70,9 +70,9 @@ class CoVisitation(ItemIndexed):
         # update costs what a list's does; a read copies the slices of the rows it needs.
         self._rows = _Rows(1, self._longest())
         self._count = array("d")  # decayed event count per item (same frame)
-        # weight columns a row holds (2: paired, see pair) and this model's; the model whose learn_one writes
-        # this model's column (None: this one) and the model this one writes a second column for (None: none)
-        self._cols, self._col = 1, 0
+        # this model's weight column in the rows (1: paired as the second, see pair); the model whose learn_one
+        # writes it (None: this one) and the model this one writes a second column for (None: none)
+        self._col = 0
         self._owner: CoVisitation | None = None
         self._mate: CoVisitation | None = None
         self._acc = self._mark = _EMPTY_J  # serving scratch (see top), grown on first use
@@ -119,14 +119,13 @@ class CoVisitation(ItemIndexed):
         >>> [(c.item, c.score) for c in tr.recommend("u9", ["A"], 1)]
         [('B', 2.0)]
         """
-        if len(self._index) or len(mate._index) or self._cols != 1 or mate._cols != 1:
+        if len(self._index) or len(mate._index) or self._rows.cols != 1 or mate._rows.cols != 1:
             raise ValueError("pair co-visitation models before either learns, and each once")
         same = ("lookback", "backward_weight", "max_neighbours")
         if any(getattr(self, a) != getattr(mate, a) for a in same):
             raise ValueError(f"paired co-visitation models need the same {', '.join(same)}")
         mate._index, self._rows = self._index, _Rows(2, self._longest())
         mate._rows = self._rows
-        self._cols = mate._cols = 2
         mate._col, mate._owner, self._mate = 1, self, mate
 
     def _idx(self, item: str, w: float, w2: float) -> int:
@@ -250,7 +249,7 @@ class CoVisitation(ItemIndexed):
         """Keep the ``max_neighbours`` strongest neighbours of ``h`` (ties: the earlier entry); paired, the
         union of each column's ``max_neighbours`` strongest, by best rank (ties: the earlier entry), at most
         1.5 times ``max_neighbours``."""
-        cols, m = self._cols, self.max_neighbours
+        cols, m = self._rows.cols, self.max_neighbours
         _, js, ws = self._rows.row(h)
         nw = np.array(ws).reshape(-1, cols)
         if cols == 1:
@@ -326,13 +325,12 @@ class CoVisitation(ItemIndexed):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_cols", 1)  # pickled before paired rows
-        state.setdefault("_col", 0)
+        state.setdefault("_col", 0)  # pickled before paired rows
         state.setdefault("_owner", None)
         state.setdefault("_mate", None)
-        if "_rows" not in state:  # pickled with a row of Python objects an item (one model's weights)
-            _from_lists(state, 2 * state["max_neighbours"] + state["lookback"])
         self.__dict__.update(state)
+        if "_rows" not in state:  # pickled with a row of Python objects an item (one model's weights)
+            _from_lists(self.__dict__, self._longest())
 
     def _grow_scratch(self) -> None:
         n = max(1024, 2 * len(self._index))
@@ -440,8 +438,8 @@ class _Rows:
     slot ``s`` of class row ``r`` at position ``r * caps[k] + s``. ``cls``/``at``/``n`` give an item's class
     (255: no row yet), class row and length; ``owner[k][r]`` the item of class row ``r``. A row that outgrows
     its class moves to the next; a freed class row takes the class's last row, so that every class stays
-    dense (no holes, no free lists). About 12 bytes an item and a tenth of a row's slots of slack, instead of
-    three Python objects a row (~190 bytes; docs/decisions.md, "Co-visitation rows")."""
+    dense (no holes, no free lists). 9 bytes an item and at most an eighth of a row's slots of slack (:data:`GROWTH`),
+    instead of three Python objects a row (~190 bytes; docs/decisions.md, "Co-visitation rows")."""
 
     def __init__(self, cols: int, longest: int) -> None:
         caps = [4]
