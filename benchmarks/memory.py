@@ -285,7 +285,7 @@ def scorer_items(stages: list[int], *, n_users: int = 10_000, log=print) -> dict
     s1, s2 = stages[0], stages[-1]
     figures["recommender_bytes_per_item"] = (mem[s2] - mem[s1]) / (s2 - s1)
     figures["recommender_items_growth_last_vs_first"] = mem[s2] / mem[s1]
-    figures["content_vector_bytes_per_item"] = float(CONTENT_DIM * 2)  # float16 rows
+    figures["content_vector_bytes_per_item"] = float(CONTENT_DIM * 2)  # 16-bit rows
     return figures
 
 

@@ -1,8 +1,9 @@
 """Content neighbours: items similar in content to what the user just consumed.
 
 The only model that can recommend an item nobody has clicked yet: an item is recommendable once it has a
-content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised in float16 (``2 D`` bytes
-an item; products in float32: docs/decisions.md, "Content vectors in 16 bits");
+content vector (text encoder, or :class:`TagVectoriser`). Vectors are stored L2-normalised in 16-bit fixed point
+(``2 D`` bytes an item, components times :data:`FIXED_SCALE`; products in float32: docs/decisions.md, "Content
+vectors in 16 bits");
 ``recommend`` ranks the cosine of the recency-weighted mean of the last ``history_window`` history vectors
 against every item (one matrix product per batch: :meth:`ContentNeighbours.candidates_many`); a candidate's
 ``anchor`` is the history item most similar to it. Cosines within :data:`online.base.TIE_RTOL` are tied:
@@ -46,17 +47,18 @@ class ContentNeighbours(ItemIndexed):
         self.dim = int(dim)
         self.history_window = int(history_window)
         self._index = IdIndex()
-        self._v = np.zeros((0, dim), dtype=np.float16)  # (n_items_cap, D), rows L2-normalised
+        self._v = np.zeros((0, dim), dtype=np.int16)  # (n_items_cap, D), L2-normalised rows times FIXED_SCALE
         self._buf = np.zeros((0, dim), dtype=np.float32)  # scan scratch, not state
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The (L2-normalised) vectors of item indices ``rows``, in float32."""
-        return self._v[rows].astype(np.float32)
+        return np.multiply(self._v[rows], _UNIT, dtype=np.float32)
 
     def _scan(self, queries: np.ndarray, n: int) -> np.ndarray:
         """``queries @ V[:n].T`` (B, n) float32, the rows turned to float32 :data:`_SCAN_ROWS` at a time (no
-        float32 copy of the whole matrix)."""
+        float32 copy of the whole matrix; the fixed-point scale goes on the queries)."""
         out = np.empty((queries.shape[0], n), dtype=np.float32)
+        queries = queries * _UNIT
         step = min(n, _SCAN_ROWS)
         if self._buf.shape[0] < step:
             self._buf = np.empty((step, self.dim), dtype=np.float32)
@@ -74,7 +76,7 @@ class ContentNeighbours(ItemIndexed):
         need = int(rows.max()) + 1 if rows.size else 0
         if need > self._v.shape[0]:
             cap = max(need, 2 * self._v.shape[0], 1024)
-            v = np.zeros((cap, self.dim), dtype=np.float16)
+            v = np.zeros((cap, self.dim), dtype=np.int16)
             v[: self._v.shape[0]] = self._v
             self._v = v
         return rows
@@ -86,12 +88,12 @@ class ContentNeighbours(ItemIndexed):
             raise ShapeMismatchError(
                 f"expected a ({len(items)}, {self.dim}) matrix for {len(items)} items, got {m.shape}"
             )
-        # normalised in float64, so that a summation order (a CPU's) cannot move a float16 rounding: vectors
+        # normalised in float64, so that a summation order (a CPU's) cannot move a 16-bit rounding: vectors
         # pointing the same way get the same row, exactly tied
         norms = np.sqrt((m * m).sum(axis=1, keepdims=True))
         m = np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
         rows = self._rows(items)  # may grow self._v: index it only afterwards
-        self._v[rows] = m
+        self._v[rows] = _fixed(m)
 
     def vector(self, item: str) -> np.ndarray | None:
         idx = self._index.get(item)
@@ -186,12 +188,21 @@ class ContentNeighbours(ItemIndexed):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state["_v"] = state["_v"].astype(np.float16, copy=False)  # pickled with float32 rows before
+        if state["_v"].dtype != np.int16:  # pickled with float16 rows (stop 32), float32 before
+            state["_v"] = _fixed(state["_v"])
         state.setdefault("_buf", np.zeros((0, state["dim"]), dtype=np.float32))
         self.__dict__.update(state)
 
 
 _SCAN_ROWS = 8192  # rows turned to float32 at a time by ContentNeighbours._scan (12 MB at D = 384)
+#: A stored component is ``round(x * FIXED_SCALE)`` in int16: unit rows' components lie in [-1, 1].
+FIXED_SCALE = 32767.0
+_UNIT = np.float32(1.0 / FIXED_SCALE)
+
+
+def _fixed(m: np.ndarray) -> np.ndarray:
+    """Unit rows (any float dtype) as :data:`FIXED_SCALE` fixed point, int16."""
+    return np.rint(np.clip(np.asarray(m, dtype=np.float64), -1.0, 1.0) * FIXED_SCALE).astype(np.int16)
 
 
 class _LazyAnchors(Sequence):

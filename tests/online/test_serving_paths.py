@@ -95,8 +95,8 @@ def test_content_anchors_and_candidates_are_those_of_the_full_product() -> None:
 
 
 def test_content_vectors_in_16_bits_rank_as_the_float32_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """float16 rows keep the float32 vectors' cosines to 1e-6 and nearly all of their top 10; the scan in
-    blocks of rows is the whole product; a model pickled with float32 rows loads in float16."""
+    """16-bit fixed-point rows keep the float32 vectors' cosines to 1e-6 and nearly all of their top 10; the
+    scan in blocks of rows is the whole product; models pickled with float32 or float16 rows load in 16 bits."""
     import pickle
 
     from online import content
@@ -106,7 +106,7 @@ def test_content_vectors_in_16_bits_rank_as_the_float32_vectors(monkeypatch: pyt
     items = [f"i{j}" for j in range(3000)]
     cn = ContentNeighbours(dim=384)
     cn.set_vectors(items, vecs)
-    assert cn._v.dtype == np.float16 and cn._v.nbytes == 768 * cn._v.shape[0]
+    assert cn._v.dtype == np.int16 and cn._v.nbytes == 768 * cn._v.shape[0]
     unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     rows = cn.rows(np.arange(3000))
     assert ((unit * rows).sum(axis=1) / np.linalg.norm(rows, axis=1)).min() > 1 - 1e-6
@@ -120,13 +120,14 @@ def test_content_vectors_in_16_bits_rank_as_the_float32_vectors(monkeypatch: pyt
     monkeypatch.setattr(content, "_SCAN_ROWS", 7)
     blocks = cn.candidates_many(histories, 10)
     assert all(np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], rtol=1e-5) for a, b in zip(got, blocks))
-    old = pickle.loads(pickle.dumps(cn)).__getstate__()
-    old["_v"] = unit  # the layout before: float32 rows
-    del old["_buf"]
-    again = ContentNeighbours.__new__(ContentNeighbours)
-    again.__setstate__(old)
-    assert again._v.dtype == np.float16  # the float32 rows rounded: a float16 rounding apart at most
-    np.testing.assert_allclose(again.rows(np.arange(3000)), rows, rtol=2.0**-10, atol=2.0**-24)
+    for before in (unit, unit.astype(np.float16)):  # the layouts before: float32 rows, then float16 (stop 32)
+        old = pickle.loads(pickle.dumps(cn)).__getstate__()
+        old["_v"] = before
+        del old["_buf"]
+        again = ContentNeighbours.__new__(ContentNeighbours)
+        again.__setstate__(old)
+        assert again._v.dtype == np.int16  # each component rounded to the 16-bit grid, half a step at most
+        np.testing.assert_allclose(again.rows(np.arange(3000)), rows, rtol=2.0**-11, atol=2.0**-15)  # + a float16 rounding
 
 
 def test_candidate_list_reads_as_candidates() -> None:

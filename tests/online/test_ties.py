@@ -81,7 +81,7 @@ def test_top_k_follows_the_reference_definition(dtype) -> None:
 def test_content_candidates_and_anchors_tied_up_to_rounding() -> None:
     """Items pointing the same way (vectors scaled differently: their float32 unit vectors differ by rounding
     only) come out by index, and two history items pointing the same way anchor a candidate as the more recent
-    one, whatever the scales: normalised in float64, they are stored as the same float16 row."""
+    one, whatever the scales: normalised in float64, they are stored as the same 16-bit row."""
     rng = np.random.default_rng(3)
     dim = 24
     u = rng.normal(size=dim)
