@@ -63,7 +63,7 @@ def _pick(header: list[str], names: tuple[str, ...], path: Path) -> int:
 
 
 def _read_table(path: Path, *, limit: int | None) -> list[Event]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (spreadsheet exports) is dropped
         sample = fh.readline()
         delimiter = "\t" if "\t" in sample else ","
         fh.seek(0)
@@ -91,10 +91,16 @@ def _read_sep(path: Path, sep: str, encoding: str, *, limit: int | None) -> list
     events = []
     with path.open(encoding=encoding) as fh:
         for n, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").split(sep)
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split(sep)
             if len(parts) < 4:
                 raise DatasetError(f"{path}:{n}: expected user{sep}item{sep}rating{sep}ts")
-            events.append(Event(float(parts[3]), parts[0], parts[1], "rating"))
+            try:
+                ts = float(parts[3])
+            except ValueError:
+                raise DatasetError(f"{path}:{n}: bad timestamp {parts[3]!r}") from None
+            events.append(Event(ts, parts[0], parts[1], "rating"))
     return _sorted(events, limit)
 
 

@@ -1,0 +1,71 @@
+"""streams/datasets.py: the dataset formats `tailcast replay` and `evaluate` accept (docs/design.md §6), read into
+time-ordered events and item texts, with a clear error for what they cannot read."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.datasets import DatasetError, Event, load_dataset
+
+
+def test_movielens_100k_u_data_with_u_item_genres(tmp_path):
+    (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n\n")
+    flags = ["0"] * 19
+    flags[5] = flags[8] = "1"  # Comedy, Drama
+    (tmp_path / "u.item").write_bytes(("242|Kolya (1996)|24-Jan-1997||http://x|" + "|".join(flags) + "\n").encode("latin-1")
+                                      + "377|Caf\xe9 (1995)|01-Jan-1995||http://y|".encode("latin-1")
+                                      + "|".join(["0"] * 18 + ["1"]).encode("latin-1") + b"\n")
+    ds = load_dataset(tmp_path)
+    assert ds.name == tmp_path.name
+    assert [(e.ts, e.user, e.item, e.event) for e in ds.events] == [
+        (878887116.0, "22", "377", "rating"), (881250949.0, "196", "242", "rating"), (891717742.0, "186", "302", "rating")]
+    assert ds.item_text == {"242": "Kolya (1996). Comedy, Drama", "377": "Caf\xe9 (1995). Western"}
+    assert [e.item for e in load_dataset(tmp_path / "u.data", limit=2).events] == ["377", "242"]  # the first 2 in time
+
+
+def test_movielens_1m_dat_files(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\r\n1::661::3::978302109\r\n2::1193::4::978300760\r\n")
+    (tmp_path / "movies.dat").write_bytes("1193::One Flew (1975)::Drama\n661::James (1996)::Animation|Children's\n"
+                                          .encode("latin-1"))
+    ds = load_dataset(tmp_path)
+    assert [(e.ts, e.user, e.item) for e in ds.events] == [  # ties in time: by user, then item
+        (978300760.0, "1", "1193"), (978300760.0, "2", "1193"), (978302109.0, "1", "661")]
+    assert ds.item_text == {"1193": "One Flew (1975). Drama", "661": "James (1996). Animation, Children's"}
+
+
+def test_movielens_latest_csv_with_titles_genres_and_tags(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,20\n1,11,3.5,10\n")
+    (tmp_path / "movies.csv").write_text('movieId,title,genres\n10,"Heat, The (1995)",Action|Crime\n'
+                                         "11,Untitled (2001),(no genres listed)\n")
+    (tmp_path / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,10,heist,1\n2,10,heist,2\n2,10, noir ,3\n")
+    ds = load_dataset(tmp_path)
+    assert [e.item for e in ds.events] == ["11", "10"]
+    assert ds.item_text == {"10": "Heat, The (1995). Action, Crime. tags: heist, noir", "11": "Untitled (2001)"}
+
+
+def test_plain_csv_and_tsv_with_an_event_column_and_a_byte_order_mark(tmp_path):
+    csv = tmp_path / "clicks.csv"
+    csv.write_bytes("\ufeffuser_id,item_id,ts,event\nu1,a,2,purchase\nu2,b,1,\nu1,c,3,view\n".encode())
+    ds = load_dataset(csv)
+    assert ds.name == "clicks" and ds.item_text == {}
+    assert ds.events == [Event(1.0, "u2", "b", "click"), Event(2.0, "u1", "a", "purchase"), Event(3.0, "u1", "c", "view")]
+    tsv = tmp_path / "events.tsv"
+    tsv.write_text("User\tItem\tTime\nu1\ta\t5\n")
+    assert load_dataset(tsv).events == [Event(5.0, "u1", "a", "click")]
+
+
+@pytest.mark.parametrize("files, message", [
+    ({}, "no ratings.csv, u.data"),
+    ({"events.csv": "user_id,item_id\nu,a\n"}, "no column among"),
+    ({"events.csv": "user_id,item_id,ts\nu,a,yesterday\n"}, ":2: bad timestamp"),
+    ({"events.csv": "user_id,item_id,ts\n"}, "no events"),
+    ({"u.data": "1\t2\t3\n"}, ":1: expected user"),
+    ({"u.data": "1\t2\t3\tnoon\n"}, ":1: bad timestamp"),
+])
+def test_what_cannot_be_read_is_a_dataset_error_naming_the_place(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(tmp_path / "missing")
