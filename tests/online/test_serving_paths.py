@@ -117,7 +117,7 @@ def test_content_vectors_in_16_bits_rank_as_the_float32_vectors(monkeypatch: pyt
         sims = unit @ q
         sims[[int(i[1:]) for i in history]] = -np.inf
         assert len(set(best.tolist()) & set(np.argsort(-sims)[:10].tolist())) >= 9
-    monkeypatch.setattr(content, "_SCAN_ROWS", 7)
+    monkeypatch.setattr(content, "_SCAN_BYTES", 7 * 4 * 384)  # blocks of 7 rows
     blocks = cn.candidates_many(histories, 10)
     assert all(np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], rtol=1e-5) for a, b in zip(got, blocks))
     for before in (unit, unit.astype(np.float16)):  # the layouts before: float32 rows, then float16 (stop 32)
