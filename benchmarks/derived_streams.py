@@ -8,9 +8,10 @@
 events. ``sessions`` cuts each user's events into sessions at gaps longer than ``--gap`` seconds and makes each
 session a user of its own: many short users with sequential structure, like a session dataset.
 
-The events file of the dataset directory (``ratings.csv`` or ``train.csv``, comma- or tab-separated, with a header)
-is rewritten row by row in its own format, so the user column keeps its name and the other columns their values;
-every other file of the directory (the item texts) is linked beside it. The output is a derived copy of the
+The events file of the dataset directory (``ratings.csv`` or ``train.csv``, comma- or tab-separated, with a header;
+its delimiter and columns found as ``streams.datasets`` finds them) is rewritten row by row in its own format, so the
+user column keeps its name and the other columns their values; every other file of the directory (the item texts)
+is linked beside it. The output is a derived copy of the
 data: keep it out of the repository, as the data's terms ask.
 """
 
@@ -23,17 +24,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-USER_COLUMNS = ("user_id", "userid", "user")
-TIME_COLUMNS = ("ts", "timestamp", "time")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streams.datasets import TIME_COLUMNS, USER_COLUMNS, column_index, delimiter_of  # noqa: E402
+
 EVENT_FILES = ("ratings.csv", "train.csv")
-
-
-def _column(header: Sequence[str], names: Sequence[str], path: Path) -> int:
-    lowered = [h.strip().lower() for h in header]
-    for name in names:
-        if name in lowered:
-            return lowered.index(name)
-    raise ValueError(f"{path}: no column named any of {', '.join(names)} in {header}")
 
 
 def thin(rows: Sequence[list[str]], *, keep: float, seed: int) -> Iterator[list[str]]:
@@ -76,20 +71,20 @@ def derive(dataset: Path, out: Path, how: str, *, keep: float = 0.35, gap: float
     if source is None:
         raise ValueError(f"{dataset}: no {' or '.join(EVENT_FILES)} inside")
     with source.open(newline="", encoding="utf-8") as f:
-        dialect = csv.Sniffer().sniff(f.readline(), delimiters=",\t")
+        delimiter = delimiter_of(f.readline())
         f.seek(0)
-        reader = csv.reader(f, dialect)
+        reader = csv.reader(f, delimiter=delimiter)
         header = next(reader)
         rows = [row for row in reader if row]
     if how == "thin":
         derived = thin(rows, keep=keep, seed=seed)
     else:
-        derived = sessions(rows, user=_column(header, USER_COLUMNS, source), ts=_column(header, TIME_COLUMNS, source),
-                           gap=gap)
+        derived = sessions(rows, user=column_index(header, USER_COLUMNS, source),
+                           ts=column_index(header, TIME_COLUMNS, source), gap=gap)
     out.mkdir(parents=True, exist_ok=True)
     target = out / source.name
     with target.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter=dialect.delimiter, lineterminator="\n")
+        writer = csv.writer(f, delimiter=delimiter, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(derived)
     for other in dataset.iterdir():

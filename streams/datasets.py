@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from online.synthetic import generate
 
-__all__ = ["Event", "Dataset", "DatasetError", "load_dataset"]
+__all__ = ["Event", "Dataset", "DatasetError", "column_index", "delimiter_of", "load_dataset"]
 
 
 class DatasetError(ValueError):
@@ -43,9 +44,10 @@ class Event:
     event: str = "click"
 
 
-_USER = ("user_id", "userid", "user")
-_ITEM = ("item_id", "itemid", "movieid", "item")
-_TS = ("ts", "timestamp", "time")
+#: Header names (any case) of the user, item and time columns of a plain CSV/TSV.
+USER_COLUMNS = ("user_id", "userid", "user")
+ITEM_COLUMNS = ("item_id", "itemid", "movieid", "item")
+TIME_COLUMNS = ("ts", "timestamp", "time")
 
 
 def _sorted(events: list[Event], limit: int | None) -> list[Event]:
@@ -54,7 +56,8 @@ def _sorted(events: list[Event], limit: int | None) -> list[Event]:
     return events[:limit] if limit else events
 
 
-def _pick(header: list[str], names: tuple[str, ...], path: Path) -> int:
+def column_index(header: Sequence[str], names: tuple[str, ...], path: Path) -> int:
+    """The index of the first of ``names`` among ``header`` (any case); a DatasetError naming ``path`` if none."""
     lowered = [h.strip().lower() for h in header]
     for name in names:
         if name in lowered:
@@ -62,16 +65,21 @@ def _pick(header: list[str], names: tuple[str, ...], path: Path) -> int:
     raise DatasetError(f"{path}: header {header} has no column among {names}")
 
 
+def delimiter_of(header_line: str) -> str:
+    """A plain events file's delimiter, read from its header line: a tab if it has one, else a comma."""
+    return "\t" if "\t" in header_line else ","
+
+
 def _read_table(path: Path, *, limit: int | None) -> list[Event]:
     with path.open(newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (spreadsheet exports) is dropped
         sample = fh.readline()
-        delimiter = "\t" if "\t" in sample else ","
+        delimiter = delimiter_of(sample)
         fh.seek(0)
         reader = csv.reader(fh, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
             raise DatasetError(f"{path}: empty file")
-        iu, ii, it = _pick(header, _USER, path), _pick(header, _ITEM, path), _pick(header, _TS, path)
+        iu, ii, it = (column_index(header, names, path) for names in (USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS))
         lowered = [h.strip().lower() for h in header]
         ie = lowered.index("event") if "event" in lowered else None
         events = []
