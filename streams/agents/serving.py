@@ -27,9 +27,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
+from models.ann import ContentIndex
 from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
 from models.content import TextEncoder
-from models.scoring import BatchScorer
+from models.scoring import ANN_MIN_ITEMS, BatchScorer
 from online.arms import ArmAssigner
 from online.blender import FeedbackBlender
 from online.content import ContentNeighbours, TagVectoriser
@@ -116,7 +117,7 @@ def build_recommender(settings: Settings, *, text_dim: int, seed: int = 0):
         covisit=covisit,
         transitions=transitions,
         mf=OnlineMF(seed=seed),
-        content=ContentNeighbours(dim=text_dim),
+        content=ContentNeighbours(dim=text_dim, index_factory=ContentIndex, ann_min_items=ANN_MIN_ITEMS),
         blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES), seed=seed),
         arms=list(settings.scorer.arms),
         k=settings.scorer.k,
