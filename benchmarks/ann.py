@@ -1,14 +1,16 @@
 """Approximate nearest-neighbour retrieval for the batch models (issue #16): which library, and what it buys.
 
     python benchmarks/ann.py [--items 100000] [--libs hnswlib,hnswlib-l2aug,usearch,voyager,faiss-hnsw,faiss-ivf,served]
-                             [--scale-items 1000000] [--vae-items 0] [--ef 128] [--nprobe 16]
+                             [--scale-items 1000000] [--vae-items 0] [--content-items 0] [--ef 128] [--nprobe 16]
                              [--queries 1000] [--out FILE.json]
 
 Both batch models retrieve by maximum inner product: the Transformer scores ``u @ e_i`` (``d_model`` = 64 by
 default, ``models.sequence.SeqEncoderConfig``/``models.refresh.RefreshConfig``), the Mult-VAE's last decoder
 layer ``tanh(h) @ W_i + b_i`` (600 hidden units: ``[tanh(h), 1] @ [W_i, b_i]``, 601 dimensions). Each library
 is asked for the scorer's candidate depth, 100 (``ScorerCore(n_candidates=100)``), and the fetched items are
-re-ranked by their exact inner products, as ``BatchScorer`` does.
+re-ranked by their exact inner products, as ``BatchScorer`` does. ``--content-items``: the content model's
+index (``models.ann.ContentIndex``) on unit 384-dimensional vectors (cosines), fetching 400 for the best 100,
+as ``online.content.ContentNeighbours`` does.
 
 Item vectors (:func:`clustered_items`): trained item embeddings are clustered and popular items have larger
 norms, so an i.i.d. Gaussian catalogue would flatter or misjudge an index. Here: ``2 * sqrt(n)`` cluster
@@ -53,6 +55,7 @@ __all__ = ["LIBRARIES", "clustered_items", "clustered_users", "exact_topk", "mea
 
 D_TRANSFORMER = 64  # models.sequence.SeqEncoderConfig.d_model
 D_VAE = 601  # Mult-VAE decoder input (600 hidden units) + its bias
+D_CONTENT = 384  # all-MiniLM-L6-v2: the content model's vectors
 FETCH = 100  # the scorer's candidate depth (streams.agents.scorer.ScorerCore n_candidates)
 BATCH = 64  # users per query batch
 M, EF_CONSTRUCTION = 16, 64
@@ -240,6 +243,23 @@ class _Augmented:
         return self.inner.nbytes()
 
 
+class _Content:
+    """``models.ann.ContentIndex``: the content model's index (unit vectors, fetches ``ANN_FETCH`` x 100)."""
+
+    fetch = 4 * FETCH  # online.content.ANN_FETCH candidates wanted
+
+    def build(self, x: np.ndarray) -> None:
+        from models.ann import ContentIndex
+
+        self.index = ContentIndex(lambda rows: x[rows], len(x), x.shape[1])
+
+    def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        return self.index.search(q, k)
+
+    def nbytes(self) -> int:
+        return self.index.nbytes()
+
+
 class _Served:
     """``models.ann.MipsIndex``: the index ``BatchScorer`` serves with."""
 
@@ -263,6 +283,7 @@ LIBRARIES = {
     "faiss-hnsw": _FaissHnsw,
     "faiss-ivf": _FaissIvf,
     "served": _Served,
+    "content": _Content,
 }
 
 
@@ -276,15 +297,16 @@ def measure(name: str, items: np.ndarray, users: np.ndarray, truth: np.ndarray, 
     """Build ``name``'s index on ``items``, query ``users`` (fetch :data:`FETCH`, exact re-rank) and compare
     with ``truth`` (exact top-100 rows)."""
     lib = LIBRARIES[name]()
+    fetch = getattr(lib, "fetch", FETCH)
     rss = _rss()
     t = time.perf_counter()
     lib.build(items)
     build_s = time.perf_counter() - t
     rss_delta = _rss() - rss
-    fetched = np.empty((len(users), FETCH), dtype=np.int64)
+    fetched = np.empty((len(users), fetch), dtype=np.int64)
     t = time.perf_counter()
     for lo in range(0, len(users), BATCH):
-        fetched[lo:lo + BATCH] = lib.search(users[lo:lo + BATCH], FETCH)
+        fetched[lo:lo + BATCH] = lib.search(users[lo:lo + BATCH], fetch)
     query_s = (time.perf_counter() - t) / len(users)
     row = {"items": float(len(items)), "dim": float(items.shape[1]), "build_s": build_s,
            "query_ms_per_user": query_s * 1e3, "exact_ms_per_user": exact_s * 1e3, "speedup": exact_s / query_s,
@@ -300,13 +322,17 @@ def measure(name: str, items: np.ndarray, users: np.ndarray, truth: np.ndarray, 
     return row
 
 
-def _case(n: int, d: int, names: list[str], n_queries: int, log) -> dict[str, dict[str, float]]:
+def _case(n: int, d: int, names: list[str], n_queries: int, log, unit: bool = False) -> dict[str, dict[str, float]]:
     items, centres, p = clustered_items(n, d, seed=0)
+    if unit:  # content vectors: cosines
+        items /= np.linalg.norm(items, axis=1, keepdims=True)
     if d == D_VAE:  # [W_i, b_i] with a bias column like a trained decoder's (small, item-specific)
         items[:, -1] = np.random.default_rng(2).normal(0.0, 0.05, size=n).astype(np.float32)
     users = clustered_users(n_queries, centres, p, seed=1)
     if d == D_VAE:
         users[:, -1] = 1.0  # the query's bias coordinate
+    if unit:
+        users /= np.linalg.norm(users, axis=1, keepdims=True)
     truth, exact_s = exact_topk(items, users, FETCH)
     out = {}
     for name in names:
@@ -325,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--libs", default="hnswlib,hnswlib-l2aug,usearch,voyager,faiss-hnsw,faiss-ivf")
     ap.add_argument("--scale-items", type=int, default=0, help="also the served index at this size (0: no)")
     ap.add_argument("--vae-items", type=int, default=0, help="also the served index on 601-d Mult-VAE vectors")
+    ap.add_argument("--content-items", type=int, default=0,
+                    help="also the content model's index (models.ann.ContentIndex) on 384-d unit vectors")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--ef", type=int, default=EF_SEARCH, help="HNSW ef_search")
     ap.add_argument("--nprobe", type=int, default=NPROBE, help="faiss IVF lists probed")
@@ -336,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown libraries {unknown}; choose from {sorted(LIBRARIES)}")
     started = time.perf_counter()
-    report: dict[str, dict] = {"transformer": {}, "scale": {}, "vae": {}}
+    report: dict[str, dict] = {"transformer": {}, "scale": {}, "vae": {}, "content": {}}
 
     def log(s: str) -> None:
         print(s, flush=True)
@@ -347,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         report["scale"] = _case(args.scale_items, D_TRANSFORMER, ["served"], args.queries, log)
     if args.vae_items:
         report["vae"] = _case(args.vae_items, D_VAE, ["served"], args.queries, log)
+    if args.content_items:
+        report["content"] = _case(args.content_items, D_CONTENT, ["content"], args.queries, log, unit=True)
     log(f"(total {time.perf_counter() - started:.0f} s)")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -153,9 +153,14 @@ def _scale(quick: bool) -> dict[str, float]:
     (``benchmarks/ann.py``, in its own process: it runs on one OpenMP/BLAS thread). Bytes per item and per
     user are the scorer's online models' (``memory``'s figures: items 10k -> 200k, users 10k -> 100k), and
     ``scorer_gib_at_scale`` / ``worker_gib_at_scale`` what they, the index and the user states come to at
-    this many items and users (a projection from the measured unit costs, not a run at that size)."""
+    this many items and users (a projection from the measured unit costs, not a run at that size).
+    ``p99_ms_at_1k`` and the ``scorer_*`` figures: the scorer's core over that catalogue and as many users, fed
+    1,000 events/s for 30 s in process (``benchmarks/scale_scorer.py``: no broker, no Faust; its peak RSS is
+    the scorer's memory at that size, measured)."""
     n = 100_000 if quick else 1_000_000
     row = _script("ann", ["--items", "0", "--scale-items", str(n)], timeout=900)["scale"]["served"]
+    live = _script("scale_scorer", ["--items", str(n), "--users", str(n), "--rate", "1000",
+                                    "--duration", "10" if quick else "30"], timeout=1800)
     mem = _memory(quick)
     per_item, per_user = mem["recommender_bytes_per_item"], \
         mem["recommender_bytes_per_user"] + mem["scorer_core_bytes_per_user"]
@@ -166,7 +171,10 @@ def _scale(quick: bool) -> dict[str, float]:
             "ann_index_bytes_per_item": row["index_bytes_per_item"], "bytes_per_item": per_item,
             "bytes_per_user": per_user,
             "scorer_gib_at_scale": n * (per_item + per_user + row["index_bytes_per_item"]) / 2**30,
-            "worker_gib_at_scale": n * mem["user_state_table_entry_bytes"] / 2**30}
+            "worker_gib_at_scale": n * mem["user_state_table_entry_bytes"] / 2**30,
+            "p99_ms_at_1k": live["p99_ms"], "p50_ms_at_1k": live["p50_ms"], "sustained_at_1k": live["sustained"],
+            "scorer_cpu_us_per_event_at_1k": live["cpu_us_per_event"], "scorer_peak_rss_gib": live["peak_rss_gib"],
+            "content_index_build_s": live["index_build_s"]}
 
 
 class SkipBenchmark(RuntimeError):
@@ -221,6 +229,10 @@ def targets(results: dict[str, dict[str, float]]) -> dict[str, tuple[float, str]
     if "ann_recall_at_10" in scale:
         v = scale["ann_recall_at_10"]
         out["scale_ann_recall_at_10_vs_0.95"] = (v / 0.95, f"ANN recall@10 over {scale['items']:,.0f} items {v:.3f} >= 0.95")
+    if "p99_ms_at_1k" in scale:
+        v = scale["p99_ms_at_1k"]
+        out["scale_scorer_p99_at_1k_vs_250ms"] = (
+            250.0 / v, f"scorer (in process) p99 {v:,.0f} ms at 1,000 events/s over {scale['items']:,.0f} items < 250")
     sc = results.get("scorer", {})
     if "cpu_none_ratio_to_flop_bound" in sc:
         v = sc["cpu_none_ratio_to_flop_bound"]

@@ -7,8 +7,8 @@ vectors in 16 bits");
 ``recommend`` ranks the cosine of the recency-weighted mean of the last ``history_window`` history vectors
 against every item (one matrix product per batch: :meth:`ContentNeighbours.candidates_many`); a candidate's
 ``anchor`` is the history item most similar to it. With an ``index_factory`` (the scorer's: faiss IVF-PQ,
-``models.ann.ContentIndex``), catalogues from ``ann_min_items`` items on are not scanned: the index fetches
-``ANN_FETCH * k`` rows a user, re-scored exactly with the stored vectors. Cosines within :data:`online.base.TIE_RTOL` are tied:
+``models.ann.ContentIndex``), catalogues from ``ann_min_items`` items on are not scanned
+(:class:`~online.rowindex.RowIndex`). Cosines within :data:`online.base.TIE_RTOL` are tied:
 candidates by index, anchors to the most recent item, so float32 rounding does not decide. ``learn_one``
 is a no-op: this model learns from the catalogue, not from events.
 
@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any
+from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-from online.base import (Candidate, IdIndex, ItemIndexed, must_be_at_least, recent_distinct, tie_floor, top_k,
-                         top_k_rows)
+from online.base import Candidate, IdIndex, ItemIndexed, must_be_at_least, recent_distinct, tie_floor, top_k_rows
+from online.rowindex import IndexFactory, RowIndex
 
 __all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
 
@@ -47,21 +46,15 @@ class ContentNeighbours(ItemIndexed):
     name = "content"
 
     def __init__(self, *, dim: int, history_window: int = 10, index_factory: IndexFactory | None = None,
-                 ann_min_items: int = 50_000) -> None:
+                 ann_min_items: int = 50_000, background: bool = False) -> None:
         must_be_at_least(1, dim=dim, ann_min_items=ann_min_items)
         self.dim = int(dim)
         self.history_window = int(history_window)
         self._index = IdIndex()
         self._v = np.zeros((0, dim), dtype=np.int16)  # (n_items_cap, D), L2-normalised rows times FIXED_SCALE
         self._buf = np.zeros((0, dim), dtype=np.float32)  # scan scratch, not state
-        #: ``(vectors_of, n, dim) -> index`` with ``search(queries, k) -> (B, k)`` rows (-1 padded), e.g.
-        #: ``models.ann.ContentIndex``: from ``ann_min_items`` items on, candidates are what it fetches (plus the
-        #: rows it does not hold), re-scored exactly. None: every catalogue is scanned.
-        self.index_factory = index_factory
-        self.ann_min_items = int(ann_min_items)
-        self._ann = None  # the index over rows [0, _ann_n), not state (rebuilt after a load)
-        self._ann_n = 0
-        self._ann_stale: set[int] = set()  # rows below _ann_n whose vector was set again since the build
+        #: from ``ann_min_items`` items on, candidates through an index (e.g. ``models.ann.ContentIndex``)
+        self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The (L2-normalised) vectors of item indices ``rows``, in float32."""
@@ -93,35 +86,6 @@ class ContentNeighbours(ItemIndexed):
             out[:, lo : lo + block.shape[0]] = queries @ block.T
         return out
 
-    def _ann_index(self, n: int):
-        """The index over the first ``n`` rows' vectors, (re)built when there is none or more than
-        :data:`ANN_REBUILD_SHARE` of the rows are missing from it or stale in it."""
-        if self._ann is None or (n - self._ann_n + len(self._ann_stale)) > ANN_REBUILD_SHARE * self._ann_n:
-            self._ann = self.index_factory(self.rows, n, self.dim)
-            self._ann_n = n
-            self._ann_stale = set()
-        return self._ann
-
-    def _ann_top(self, queries: np.ndarray, n: int, k: int, bans: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """:func:`~online.base.top_k_rows` of ``queries`` against the first ``n`` rows without scanning them:
-        the index's best :data:`ANN_FETCH` ``* k`` per query, plus each query's top ``k`` of the rows the index
-        does not hold right (added or set again since its build, scanned exactly), re-scored exactly in float32
-        and ranked with the same tie rule (candidates in index order)."""
-        index = self._ann_index(n)
-        fetched = index.search(queries, ANN_FETCH * k)
-        extra = np.union1d(np.fromiter(self._ann_stale, dtype=np.int64, count=len(self._ann_stale)),
-                           np.arange(self._ann_n, n, dtype=np.int64))
-        extra_best = [np.zeros(0, dtype=np.int64)] * len(queries)
-        if extra.size:
-            extra_best = [extra[best] for best in top_k_rows(
-                self._scan_rows(queries, extra), k, [_positions(extra, ban) for ban in bans], overwrite=True)]
-        out = []
-        for q, got, more, ban in zip(queries, fetched, extra_best, bans):
-            cand = np.union1d(got[got >= 0], more)  # ascending: ties go by index, as in a full scan
-            sims = self.rows(cand) @ q
-            out.append((cand, sims, top_k(sims, k, np.flatnonzero(np.isin(cand, ban)))))
-        return out
-
     def _rows(self, items: Sequence[str]) -> np.ndarray:
         rows = np.empty(len(items), dtype=np.int64)
         for n, item in enumerate(items):
@@ -147,8 +111,7 @@ class ContentNeighbours(ItemIndexed):
         m = np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
         rows = self._rows(items)  # may grow self._v: index it only afterwards
         self._v[rows] = _fixed(m)
-        if self._ann is not None:
-            self._ann_stale.update(rows[rows < self._ann_n].tolist())
+        self.ann.mark(rows)
 
     def vector(self, item: str) -> np.ndarray | None:
         idx = self._index.get(item)
@@ -211,8 +174,10 @@ class ContentNeighbours(ItemIndexed):
             bans.append(banned[b])
         if not queries:
             return out
-        if self.index_factory is not None and n >= self.ann_min_items:
-            for b, rows, (cand, sims, top) in zip(at, rows_of, self._ann_top(np.stack(queries), n, k, bans)):
+        if self.ann.ready(n, self.rows, self.dim):
+            q = np.stack(queries)
+            found = self.ann.top(q, n, k, bans, self._scan_rows, lambda cand, r: self.rows(cand) @ q[r])
+            for b, rows, (cand, sims, top) in zip(at, rows_of, found):
                 if top.size:
                     best = cand[top]
                     out[b] = (best, sims[top].astype(np.float64), _LazyAnchors(self, rows, best))
@@ -246,35 +211,20 @@ class ContentNeighbours(ItemIndexed):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_buf"] = np.zeros((0, self.dim), dtype=np.float32)  # scratch, regrown on first use
-        state.update(_ann=None, _ann_n=0, _ann_stale=set())  # an index is rebuilt from the rows, not stored
         return state
 
     def __setstate__(self, state: dict) -> None:
         if state["_v"].dtype != np.int16:  # pickled with float16 rows (stop 32), float32 before
             state["_v"] = _fixed(state["_v"])
         state.setdefault("_buf", np.zeros((0, state["dim"]), dtype=np.float32))
-        for key, value in (("index_factory", None), ("ann_min_items", 50_000), ("_ann", None), ("_ann_n", 0),
-                           ("_ann_stale", set())):
-            state.setdefault(key, value)  # pickled before the index existed
+        state.setdefault("ann", RowIndex(None, min_rows=50_000))  # pickled before the index existed
         self.__dict__.update(state)
 
 
-#: ``(vectors_of(rows) -> float32 unit rows, n, dim) -> index`` with ``search(queries, k) -> (B, k)`` rows.
-IndexFactory = Callable[[Callable[[np.ndarray], np.ndarray], int, int], Any]
-ANN_FETCH = 4  # rows fetched from the index per candidate wanted, re-scored exactly
-ANN_REBUILD_SHARE = 0.125  # rebuild the index when this share of its rows are missing from it or stale
 _SCAN_BYTES = 512 * 1024  # float32 rows turned at a time by ContentNeighbours._scan (341 rows at D = 384)
 #: A stored component is ``round(x * FIXED_SCALE)`` in int16: unit rows' components lie in [-1, 1].
 FIXED_SCALE = 32767.0
 _UNIT = np.float32(1.0 / FIXED_SCALE)
-
-
-def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """The positions in ``rows`` (ascending) of those ``wanted`` it holds."""
-    pos = np.searchsorted(rows, wanted)
-    hit = pos < rows.size
-    hit[hit] = rows[pos[hit]] == wanted[hit]
-    return pos[hit]
 
 
 def _fixed(m: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@ flush: it must not change what the original recommends).
 A known user is ``p_u + history_weight * mean(q_h for h in the last history_window items)``; a user not
 seen (or evicted: at most ``max_users`` rows, least recently active first) is that mean alone; a user with
 neither gets the item biases. :meth:`OnlineMF.candidates_many` scores a batch with one (B, D) x (D, n_items)
-product; scores within a tolerance are tied and ranked by item index (:func:`online.base.top_k`), so that
-BLAS rounding does not decide the order.
+product (from ``ann_min_items`` items on, with an ``index_factory``: through an index, see
+:class:`~online.rowindex.RowIndex`); scores within a tolerance are tied and ranked by item index
+(:func:`online.base.top_k`), so that BLAS rounding does not decide the order.
 
 >>> mf = OnlineMF(dim=8, seed=1)
 >>> for n in range(200):
@@ -30,6 +31,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from online.base import Candidate, IdIndex, ItemIndexed, must_be_at_least, top_k_rows
+from online.rowindex import IndexFactory, RowIndex
 
 __all__ = ["OnlineMF"]
 
@@ -43,7 +45,8 @@ class OnlineMF(ItemIndexed):
 
     def __init__(self, *, dim: int = 32, lr: float = 0.05, reg: float = 0.01, n_negatives: int = 4, seed: int = 0,
                  max_users: int = 1_000_000, init_scale: float = 0.1, negative_pool: int = 10_000,
-                 history_window: int = 20, history_weight: float = 1.0, batch_size: int = 64) -> None:
+                 history_window: int = 20, history_weight: float = 1.0, batch_size: int = 64,
+                 index_factory: IndexFactory | None = None, ann_min_items: int = 50_000, background: bool = False) -> None:
         must_be_at_least(1, dim=dim, n_negatives=n_negatives, max_users=max_users, batch_size=batch_size,
                          negative_pool=negative_pool)
         self.dim = int(dim)
@@ -72,6 +75,9 @@ class OnlineMF(ItemIndexed):
         self._buf_u: list[int] = []  # events waiting for the next vectorised SGD step
         self._buf_i: list[int] = []
         self._buf_pool_n: list[int] = []
+        #: from ``ann_min_items`` items on, candidates through a maximum-inner-product index over ``[q_i, b_i]``
+        #: (e.g. ``models.ann.MipsIndex.over``), rebuilt as the SGD steps move the factors
+        self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background)
 
     @property
     def item_index(self) -> IdIndex:  # ItemIndexed's, under the name that MF pickles
@@ -179,6 +185,7 @@ class OnlineMF(ItemIndexed):
             if not us.size:
                 return
         n_b, n_n = us.size, self.n_negatives
+        self.ann.count(n_b)
         slots = (self._uniform(n_b * n_n).reshape(n_b, n_n) * pool_n[:, None]).astype(np.int64)
         negs = self._pool[slots]  # (B, N)
         mask = (negs != its[:, None]).astype(np.float32)  # (B, N) the positive is no negative
@@ -244,9 +251,22 @@ class OnlineMF(ItemIndexed):
         for user, hist in zip(users, recent):
             vec = self._user_vector(user, hist)
             vecs.append(zero if vec is None else vec)  # unknown user, no history: item biases only
+        if self.ann.ready(n, self._biased, self.dim + 1):
+            q = np.hstack([np.stack(vecs), np.ones((len(vecs), 1), dtype=np.float32)])  # [p_u, 1] . [q_i, b_i]
+            found = self.ann.top(q, n, k, banned, lambda qs, rows: qs @ self._biased(rows).T,
+                                 lambda cand, r: self._biased(cand) @ q[r])
+            return [(cand[top], scores[top].astype(np.float64)) for cand, scores, top in found]
         scores = np.stack(vecs) @ self._q[:n].T + self._b[:n]  # (B, N) float32
         tops = top_k_rows(scores, k, banned, overwrite=True)  # banned entries -> -inf: never read below
         return [(top, scores[r, top].astype(np.float64)) for r, top in enumerate(tops)]
+
+    def _biased(self, rows: np.ndarray) -> np.ndarray:
+        """``[q_i, b_i]`` (len(rows), D + 1) float32: an item's score is its inner product with ``[p_u, 1]``."""
+        return np.hstack([self._q[rows], self._b[rows, None]])
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("ann", RowIndex(None, min_rows=50_000))  # pickled before the index existed
+        self.__dict__.update(state)
 
     def recommend(
         self, user: str, history: Sequence[str], k: int, exclude: Collection[str] = ()

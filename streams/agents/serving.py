@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
-from models.ann import ContentIndex
+from models.ann import ContentIndex, MipsIndex
 from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
 from models.content import TextEncoder
 from models.scoring import ANN_MIN_ITEMS, BatchScorer
@@ -107,17 +107,20 @@ def install_state(core: ScorerCore, state: dict[str, Any]) -> None:
     core.restore_state(state["core"])
 
 
-def build_recommender(settings: Settings, *, text_dim: int, seed: int = 0):
+def build_recommender(settings: Settings, *, text_dim: int, seed: int = 0, background: bool = True):
     """The online recommender of ``online/`` configured from settings; ``seed`` seeds its training draws (the
-    MF's and the ranker's initial weights, the negatives drawn from the pools): the live scorer's is 0."""
+    MF's and the ranker's initial weights, the negatives drawn from the pools): the live scorer's is 0. From
+    ``ANN_MIN_ITEMS`` items on, MF and content retrieve through faiss indexes (``models.ann``), built in a
+    thread with ``background`` (the live scorer), in the call without (an evaluation: the same lists each run)."""
     lt = settings.longtail
     covisit, transitions = CoVisitation.paired()
     return OnlineRecommender(
         popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
         covisit=covisit,
         transitions=transitions,
-        mf=OnlineMF(seed=seed),
-        content=ContentNeighbours(dim=text_dim, index_factory=ContentIndex, ann_min_items=ANN_MIN_ITEMS),
+        mf=OnlineMF(seed=seed, index_factory=MipsIndex.over, ann_min_items=ANN_MIN_ITEMS, background=background),
+        content=ContentNeighbours(dim=text_dim, index_factory=ContentIndex, ann_min_items=ANN_MIN_ITEMS,
+                                  background=background),
         blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES), seed=seed),
         arms=list(settings.scorer.arms),
         k=settings.scorer.k,

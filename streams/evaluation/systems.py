@@ -264,7 +264,7 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
     if tailcast:
         forced = replace(settings, scorer=replace(settings.scorer, arms=(arm,)))
         dim = text_vectors[1].shape[1] if text_vectors is not None else 8
-        recommender = build_recommender(forced, text_dim=dim, seed=seed)
+        recommender = build_recommender(forced, text_dim=dim, seed=seed, background=False)
         if text_vectors is not None and len(text_vectors[0]):
             recommender.content.set_vectors(list(text_vectors[0]), text_vectors[1])
         version = "online"

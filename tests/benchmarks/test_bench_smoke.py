@@ -55,7 +55,9 @@ def test_scale_entry_has_the_issue_16_figures_and_targets(monkeypatch):
            "exact_ms_per_user": 6.4, "build_s": 24.0, "index_bytes_per_item": 270.0}
     mem = {"recommender_bytes_per_item": 2500.0, "recommender_bytes_per_user": 300.0, "scorer_core_bytes_per_user": 100.0,
            "user_state_table_entry_bytes": 1000.0}
-    monkeypatch.setattr(run, "_script", lambda name, args, timeout: {"scale": {"served": ann}})
+    live = {"p99_ms": 180.0, "p50_ms": 40.0, "sustained": 1.0, "cpu_us_per_event": 600.0, "peak_rss_gib": 5.0,
+            "index_build_s": 70.0}
+    monkeypatch.setattr(run, "_script", lambda name, args, timeout: {"scale": {"served": ann}} if name == "ann" else live)
     monkeypatch.setattr(run, "_memory", lambda quick: mem)
     scale = run._scale(False)
     assert scale["items"] == scale["users"] == 1_000_000 and scale["bytes_per_user"] == 400.0
@@ -63,3 +65,18 @@ def test_scale_entry_has_the_issue_16_figures_and_targets(monkeypatch):
     assert math.isclose(scale["scorer_gib_at_scale"], 1e6 * (2500 + 400 + 270) / 2**30)
     checks = run.targets({"scale": scale})
     assert checks["scale_bytes_per_item_vs_2048"][0] == 2048 / 2500 < 1 <= checks["scale_ann_recall_at_10_vs_0.95"][0]
+    assert scale["p99_ms_at_1k"] == 180.0 and checks["scale_scorer_p99_at_1k_vs_250ms"][0] == 250 / 180
+
+
+def test_scale_scorer_serves_a_paced_stream_through_the_indexes():
+    """``benchmarks/scale_scorer.py`` end to end at a small size, the content and MF indexes forced on: every event
+    served, its figures finite (no latency is asserted: this machine may be busy)."""
+    from benchmarks import scale_scorer
+
+    users, items = scale_scorer.events(5000, *scale_scorer.catalogue(3000, 500)[:3])
+    assert users.min() >= 0 and users.max() < 500 and items.min() >= 0 and items.max() < 3000
+    out = scale_scorer.run(n_items=3000, n_users=500, warm_events=3000, rate=200, duration=1.0, ann_min_items=1000,
+                           log=lambda _: None)
+    assert out["content_index"] == out["mf_index"] == 1.0 and out["batch_max"] >= 1 and out["users_with_history"] > 100
+    assert 0 < out["p50_ms"] <= out["p99_ms"] <= out["max_ms"] and out["cpu_us_per_event"] > 0
+    assert all(math.isfinite(v) for v in out.values()), out

@@ -1,0 +1,147 @@
+"""Approximate top-k rows of a model's item matrix, through an index built outside ``online/``.
+
+Content and MF retrieve by scanning every item for every user (one matrix product and a top k per row): at a
+million items that is most of the scorer's time (docs/results.md, "A million items"). A model given an index
+factory (``models.ann``: ``online/`` does not import faiss) keeps a :class:`RowIndex` over its first rows; from
+``min_rows`` rows on, a user's candidates are the ``fetch`` (a multiple of k) rows the index returns plus the
+rows it does not hold right (added, or set again, since its build: scanned exactly), re-scored exactly with the
+model's own vectors and ranked with :func:`online.base.top_k`'s tie rule. The index is rebuilt once
+``rebuild_share`` of its rows are missing, stale or (MF: ``count``) updated; with ``background`` the build runs
+in a thread (faiss works without the GIL) and the model scans exactly until the first one is ready, so that a
+build never stalls the scorer; without, it is built in the call (evaluations: the same lists on every run).
+The index is never pickled: a loaded model builds its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from online.base import top_k, top_k_rows
+
+__all__ = ["FETCH", "IndexFactory", "REBUILD_SHARE", "RowIndex"]
+
+#: ``(vectors_of(rows) -> (len(rows), dim) float32, n, dim) -> index`` with ``search(queries, k) -> (B, k)`` rows
+#: (-1 padded), e.g. ``models.ann.ContentIndex``.
+IndexFactory = Callable[[Callable[[np.ndarray], np.ndarray], int, int], Any]
+FETCH = 4  # rows fetched from the index per candidate wanted, re-scored exactly
+REBUILD_SHARE = 0.125  # rebuild once this share of the indexed rows are missing, stale or updated
+
+
+class RowIndex:
+    """The index of one model's rows and what it does not hold (see the module docstring)."""
+
+    def __init__(self, factory: IndexFactory | None, *, min_rows: int, background: bool = False,
+                 fetch: int = FETCH, rebuild_share: float = REBUILD_SHARE) -> None:
+        self.factory = factory
+        self.min_rows = int(min_rows)
+        self.background = bool(background)
+        self.fetch = int(fetch)
+        self.rebuild_share = float(rebuild_share)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index = None  # over rows [0, n)
+        self.n = 0
+        self._stale: set[int] = set()  # rows below n set again since the build began
+        self._updates = 0  # updates counted since the build began
+        self._build: tuple[threading.Thread, dict, int] | None = None  # a background build: thread, result, n
+        self._stale_next: set[int] = set()  # rows set again since the running build began
+        self._updates_at_start = 0
+        self.error: BaseException | None = None  # a failed build's: the model scans exactly from then on
+
+    def active(self, n: int) -> bool:
+        """Whether ``n`` rows are served through an index (once one is ready)."""
+        return self.factory is not None and n >= self.min_rows
+
+    def mark(self, rows: np.ndarray) -> None:
+        """Rows whose vectors were set again (content): scanned exactly until the next build."""
+        if self.index is not None:
+            self._stale.update(rows[rows < self.n].tolist())
+        if self._build is not None:
+            self._stale_next.update(rows.tolist())
+
+    def count(self, updates: int) -> None:
+        """``updates`` row updates that are not worth tracking one by one (MF's SGD steps)."""
+        self._updates += int(updates)
+
+    def ready(self, n: int, vectors_of: Callable[[np.ndarray], np.ndarray], dim: int) -> bool:
+        """Whether an index serves ``n`` rows now; starts (or, not in the background, runs) a build when due."""
+        self._swap()
+        if not self.active(n):
+            return False
+        due = self.index is None or (n - self.n + len(self._stale) + self._updates) > self.rebuild_share * self.n
+        if due and self._build is None:
+            if self.background:
+                result: dict = {}
+                thread = threading.Thread(target=self._run, args=(vectors_of, n, dim, result), daemon=True,
+                                          name="row-index-build")
+                self._build, self._stale_next, self._updates_at_start = (thread, result, n), set(), self._updates
+                thread.start()
+            else:
+                self.index, self.n, self._stale, self._updates = self.factory(vectors_of, n, dim), n, set(), 0
+        return self.index is not None
+
+    def _run(self, vectors_of, n: int, dim: int, result: dict) -> None:
+        try:
+            result["index"] = self.factory(vectors_of, n, dim)
+        except Exception as exc:  # noqa: BLE001 - handed to the serving thread, which turns the index off
+            result["error"] = exc
+
+    def _swap(self) -> None:
+        """Put a finished background build in place; after a failed one the model scans exactly (``error``)."""
+        if self._build is None or self._build[0].is_alive():
+            return
+        _thread, result, n = self._build
+        if "index" in result:
+            self.index, self.n = result["index"], n
+            self._stale = {r for r in self._stale_next if r < n}
+            self._updates -= self._updates_at_start
+        else:
+            self.error, self.factory, self.index = result.get("error"), None, None
+        self._build, self._stale_next = None, set()
+
+    def wait(self) -> None:
+        """Block until a running background build is done and in place (tests, benchmarks)."""
+        if self._build is not None:
+            self._build[0].join()
+        self._swap()
+
+    def top(self, queries: np.ndarray, n: int, k: int, bans: Sequence[np.ndarray],
+            scan_rows: Callable[[np.ndarray, np.ndarray], np.ndarray],
+            score_rows: Callable[[np.ndarray, int], np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per query (after :meth:`ready`): (candidate rows ascending, their exact float32 scores, the positions
+        of the best ``k`` of them, best first, none of ``bans``). ``scan_rows(queries, rows)`` scores rows
+        exactly for every query (B, len(rows)); ``score_rows(rows, b)`` for query ``b`` alone."""
+        fetched = self.index.search(queries, self.fetch * k)
+        extra = np.union1d(np.fromiter(self._stale, dtype=np.int64, count=len(self._stale)),
+                           np.arange(self.n, n, dtype=np.int64))
+        more = [extra[:0]] * len(queries)
+        if extra.size:
+            more = [extra[best] for best in top_k_rows(scan_rows(queries, extra), k,
+                                                       [_positions(extra, ban) for ban in bans], overwrite=True)]
+        out = []
+        for b, (got, add, ban) in enumerate(zip(fetched, more, bans)):
+            cand = np.union1d(got[got >= 0], add)  # ascending: ties go by row, as in a full scan
+            scores = score_rows(cand, b)
+            out.append((cand, scores, top_k(scores, k, np.flatnonzero(np.isin(cand, ban)))))
+        return out
+
+    def __getstate__(self) -> dict:
+        return {"factory": self.factory, "min_rows": self.min_rows, "background": self.background,
+                "fetch": self.fetch, "rebuild_share": self.rebuild_share}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["factory"], min_rows=state["min_rows"], background=state["background"],
+                      fetch=state["fetch"], rebuild_share=state["rebuild_share"])
+
+
+def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The positions in ``rows`` (ascending) of those ``wanted`` it holds."""
+    pos = np.searchsorted(rows, wanted)
+    hit = pos < rows.size
+    hit[hit] = rows[pos[hit]] == wanted[hit]
+    return pos[hit]
