@@ -9,7 +9,7 @@ default, ``models.sequence.SeqEncoderConfig``/``models.refresh.RefreshConfig``),
 layer ``tanh(h) @ W_i + b_i`` (600 hidden units: ``[tanh(h), 1] @ [W_i, b_i]``, 601 dimensions). Each library
 is asked for the scorer's candidate depth, 100 (``ScorerCore(n_candidates=100)``), and the fetched items are
 re-ranked by their exact inner products, as ``BatchScorer`` does. ``--content-items``: the content model's
-index (``models.ann.ContentIndex``) on unit 384-dimensional vectors (cosines), fetching 400 for the best 100,
+index (``models.ann.ContentIndex``) on unit 384-dimensional vectors (cosines), fetching 1,000 for the best 100,
 as ``online.content.ContentNeighbours`` does.
 
 Item vectors (:func:`clustered_items`): trained item embeddings are clustered and popular items have larger
@@ -244,9 +244,12 @@ class _Augmented:
 
 
 class _Content:
-    """``models.ann.ContentIndex``: the content model's index (unit vectors, fetches ``ANN_FETCH`` x 100)."""
+    """``models.ann.ContentIndex``: the content model's index (unit vectors, fetching ``CONTENT_FETCH`` x 100)."""
 
-    fetch = 4 * FETCH  # online.content.ANN_FETCH candidates wanted
+    def __init__(self) -> None:
+        from online.content import CONTENT_FETCH
+
+        self.fetch = CONTENT_FETCH * FETCH
 
     def build(self, x: np.ndarray) -> None:
         from models.ann import ContentIndex

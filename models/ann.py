@@ -90,16 +90,17 @@ class MipsIndex:
         return int(faiss.serialize_index(self._index).nbytes)
 
 
+CODE_DIMS = 2  # ContentIndex: dimensions per 4-bit code (d / 2 codes a vector)
 ADD_BLOCK = 65_536  # rows encoded and added at a time (no float32 copy of a whole million-row catalogue)
 
 
 class ContentIndex:
     """Approximate top-k rows by cosine over unit content vectors: what ``online.content.ContentNeighbours``
     retrieves with from its ``ann_min_items`` on (handed to it as ``index_factory``; ``online/`` does not import
-    faiss). faiss IVF-PQ fast scan: ``nlist`` and ``nprobe`` as :class:`MipsIndex`, each vector ``d / 4``
-    sub-vector codes of 4 bits (scanned with SIMD), ~65 bytes an item at 384 dimensions where IVF-Flat takes
-    1,540. The codes only choose what to fetch; the caller re-scores what it fetched with the exact vectors
-    (why this index: docs/decisions.md, "Content retrieval from 50,000 items").
+    faiss). faiss IVF-PQ fast scan: ``nlist`` and ``nprobe`` as :class:`MipsIndex`, each vector ``d / 2``
+    sub-vector codes of 4 bits (scanned with SIMD), ~116 bytes an item at 384 dimensions where IVF-Flat takes
+    1,564. The codes only choose what to fetch; the caller re-scores what it fetched with the exact vectors
+    (why this index: docs/decisions.md, "#16 MF and content from 50,000 items").
 
     ``vectors_of(rows)`` gives the float32 unit vectors of row indices ``rows``; rows ``0..n-1`` are indexed,
     read :data:`ADD_BLOCK` at a time. Deterministic: a fixed sample and seeds, one OpenMP thread.
@@ -121,7 +122,7 @@ class ContentIndex:
         self.nprobe = min(self.nlist, max(math.ceil(self.nlist / PROBE_SHARE), math.ceil(self.nlist * MIN_SCAN / n)))
         sample = min(n, TRAIN_PER_LIST * self.nlist)
         rows = np.arange(n) if sample >= n else np.sort(np.random.default_rng(SEED).choice(n, size=sample, replace=False))
-        m = max(s for s in range(1, max(1, dim // 4) + 1) if dim % s == 0)  # d/4 sub-vectors (a divisor of d)
+        m = max(s for s in range(1, max(1, dim // CODE_DIMS) + 1) if dim % s == 0)  # a divisor of d
         faiss.omp_set_num_threads(1)
         self._index = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(dim), dim, self.nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
         self._index.cp.seed = SEED
