@@ -244,12 +244,12 @@ class _Augmented:
 
 
 class _Content:
-    """``models.ann.ContentIndex``: the content model's index (unit vectors, fetching ``CONTENT_FETCH`` x 100)."""
+    """``models.ann.ContentIndex``: the content model's index (unit vectors, fetching ``rowindex.FETCH`` x 100)."""
 
     def __init__(self) -> None:
-        from online.content import CONTENT_FETCH
+        from online.rowindex import FETCH as PER_CANDIDATE
 
-        self.fetch = CONTENT_FETCH * FETCH
+        self.fetch = PER_CANDIDATE * FETCH
 
     def build(self, x: np.ndarray) -> None:
         from models.ann import ContentIndex

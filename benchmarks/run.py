@@ -154,7 +154,9 @@ def _scale(quick: bool) -> dict[str, float]:
     user are the scorer's online models' (``memory``'s figures: items 10k -> 200k, users 10k -> 100k), and
     ``scorer_gib_at_scale`` / ``worker_gib_at_scale`` what they, the index and the user states come to at
     this many items and users (a projection from the measured unit costs, not a run at that size).
-    ``p99_ms_at_1k`` and the ``scorer_*`` figures: the scorer's core over that catalogue and as many users, fed
+    ``p99_ms_at_1k``, ``online_index_bytes_per_item`` (online MF's and content's faiss indexes, not in
+    ``bytes_per_item``, as the batch models' index is not) and the ``scorer_*`` figures: the scorer's core over
+    that catalogue and as many users, fed
     1,000 events/s for 30 s in process (``benchmarks/scale_scorer.py``: no broker, no Faust; its peak RSS is
     the scorer's memory at that size, measured)."""
     n = 100_000 if quick else 1_000_000
@@ -170,7 +172,9 @@ def _scale(quick: bool) -> dict[str, float]:
             "exact_query_ms_per_user": row["exact_ms_per_user"], "ann_build_s": row["build_s"],
             "ann_index_bytes_per_item": row["index_bytes_per_item"], "bytes_per_item": per_item,
             "bytes_per_user": per_user,
-            "scorer_gib_at_scale": n * (per_item + per_user + row["index_bytes_per_item"]) / 2**30,
+            "online_index_bytes_per_item": live["online_index_bytes_per_item"],
+            "scorer_gib_at_scale": n * (per_item + per_user + row["index_bytes_per_item"]
+                                        + live["online_index_bytes_per_item"]) / 2**30,
             "worker_gib_at_scale": n * mem["user_state_table_entry_bytes"] / 2**30,
             "p99_ms_at_1k": live["p99_ms"], "p50_ms_at_1k": live["p50_ms"], "sustained_at_1k": live["sustained"],
             "scorer_cpu_us_per_event_at_1k": live["cpu_us_per_event"], "scorer_peak_rss_gib": live["peak_rss_gib"],

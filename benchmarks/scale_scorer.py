@@ -195,6 +195,9 @@ def run(*, n_items: int, n_users: int, warm_events: int, rate: float, duration: 
         "content_index": float(recommender.content.ann.index is not None),
         "mf_index": float(recommender.mf.ann.index is not None), "mf_items": float(len(recommender.mf.item_index)),
         "mf_index_rebuilds": float(mf_builds),
+        # the indexes' serialized bytes over the catalogue's items: what they add to the scorer's bytes an item
+        "online_index_bytes_per_item": sum(m.ann.index.nbytes() for m in (recommender.content, recommender.mf)
+                                           if m.ann.index is not None) / n_items,
     }
     log(json.dumps(out))
     return out

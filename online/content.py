@@ -54,7 +54,7 @@ class ContentNeighbours(ItemIndexed):
         self._v = np.zeros((0, dim), dtype=np.int16)  # (n_items_cap, D), L2-normalised rows times FIXED_SCALE
         self._buf = np.zeros((0, dim), dtype=np.float32)  # scan scratch, not state
         #: from ``ann_min_items`` items on, candidates through an index (e.g. ``models.ann.ContentIndex``)
-        self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background, fetch=CONTENT_FETCH)
+        self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The (L2-normalised) vectors of item indices ``rows``, in float32."""
@@ -221,8 +221,6 @@ class ContentNeighbours(ItemIndexed):
         self.__dict__.update(state)
 
 
-#: rows fetched from the content index per candidate wanted: its 4-bit codes rank coarsely (docs/decisions.md)
-CONTENT_FETCH = 10
 _SCAN_BYTES = 512 * 1024  # float32 rows turned at a time by ContentNeighbours._scan (341 rows at D = 384)
 #: A stored component is ``round(x * FIXED_SCALE)`` in int16: unit rows' components lie in [-1, 1].
 FIXED_SCALE = 32767.0

@@ -76,7 +76,7 @@ class OnlineMF(ItemIndexed):
         self._buf_i: list[int] = []
         self._buf_pool_n: list[int] = []
         #: from ``ann_min_items`` items on, candidates through a maximum-inner-product index over ``[q_i, b_i]``
-        #: (e.g. ``models.ann.MipsIndex.over``), rebuilt as the SGD steps move the factors
+        #: (e.g. ``models.ann.MipsIndex.over``); rows the SGD steps moved since its build are scanned exactly
         self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background)
 
     @property
@@ -185,7 +185,6 @@ class OnlineMF(ItemIndexed):
             if not us.size:
                 return
         n_b, n_n = us.size, self.n_negatives
-        self.ann.count(n_b)
         slots = (self._uniform(n_b * n_n).reshape(n_b, n_n) * pool_n[:, None]).astype(np.int64)
         negs = self._pool[slots]  # (B, N)
         mask = (negs != its[:, None]).astype(np.float32)  # (B, N) the positive is no negative
@@ -203,6 +202,8 @@ class OnlineMF(ItemIndexed):
         np.add.at(Q, negs.ravel(), (-lr * (g[:, :, None] * pu[:, None, :] + reg * qj)).reshape(-1, self.dim))
         np.add.at(Bias, its, lr * (gs - reg * Bias[its]))
         np.add.at(Bias, negs.ravel(), (-lr * (g + reg * Bias[negs])).ravel())
+        self.ann.mark(its)  # rows the step moved: scanned exactly until the index is rebuilt
+        self.ann.mark(negs.ravel())
 
     def user_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
         """The (D,) query vector for ``user``, or ``None`` when nothing is known about them."""

@@ -4,12 +4,12 @@ Content and MF retrieve by scanning every item for every user (one matrix produc
 million items that is most of the scorer's time (docs/results.md, "A million items"). A model given an index
 factory (``models.ann``: ``online/`` does not import faiss) keeps a :class:`RowIndex` over its first rows; from
 ``min_rows`` rows on, a user's candidates are the ``fetch`` (a multiple of k) rows the index returns plus the
-rows it does not hold right (added, or set again, since its build: scanned exactly), re-scored exactly with the
+rows it does not hold right (added, or changed, since its build: scanned exactly), re-scored exactly with the
 model's own vectors and ranked with :func:`online.base.top_k`'s tie rule. The index is rebuilt once
-``rebuild_share`` of its rows are missing, stale or (MF: ``count``) updated; with ``background`` the build runs
-in a thread (faiss works without the GIL) and the model scans exactly until the first one is ready, so that a
-build never stalls the scorer; without, it is built in the call (evaluations: the same lists on every run).
-The index is never pickled: a loaded model builds its own.
+``rebuild_share`` of its rows are missing or stale; with ``background`` the build runs in a thread (faiss works
+without the GIL) and the model scans exactly until the first one is ready, so that a build never stalls the
+scorer; without, it is built in the call (evaluations: the same lists on every run). The index is never
+pickled: a loaded model builds its own.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ __all__ = ["FETCH", "IndexFactory", "REBUILD_SHARE", "RowIndex"]
 #: ``(vectors_of(rows) -> (len(rows), dim) float32, n, dim) -> index`` with ``search(queries, k) -> (B, k)`` rows
 #: (-1 padded), e.g. ``models.ann.ContentIndex``.
 IndexFactory = Callable[[Callable[[np.ndarray], np.ndarray], int, int], Any]
-FETCH = 4  # rows fetched from the index per candidate wanted, re-scored exactly
-REBUILD_SHARE = 0.125  # rebuild once this share of the indexed rows are missing, stale or updated
+FETCH = 10  # rows fetched from the index per candidate wanted, re-scored exactly (docs/decisions.md)
+REBUILD_SHARE = 0.125  # rebuild once this share of the indexed rows are missing or stale
 
 
 class RowIndex:
@@ -41,16 +41,11 @@ class RowIndex:
         self.background = bool(background)
         self.fetch = int(fetch)
         self.rebuild_share = float(rebuild_share)
-        self._reset()
-
-    def _reset(self) -> None:
         self.index = None  # over rows [0, n)
         self.n = 0
-        self._stale: set[int] = set()  # rows below n set again since the build began
-        self._updates = 0  # updates counted since the build began
+        self._stale = _Rows()  # rows below n that changed since the build began
         self._build: tuple[threading.Thread, dict, int] | None = None  # a background build: thread, result, n
-        self._stale_next: set[int] = set()  # rows set again since the running build began
-        self._updates_at_start = 0
+        self._stale_next = _Rows()  # rows that changed since the running build began
         self.error: BaseException | None = None  # a failed build's: the model scans exactly from then on
 
     def active(self, n: int) -> bool:
@@ -58,31 +53,27 @@ class RowIndex:
         return self.factory is not None and n >= self.min_rows
 
     def mark(self, rows: np.ndarray) -> None:
-        """Rows whose vectors were set again (content): scanned exactly until the next build."""
+        """Rows whose vectors changed (content set again, MF's SGD steps): scanned exactly until the next build."""
         if self.index is not None:
-            self._stale.update(rows[rows < self.n].tolist())
+            self._stale.add(rows[rows < self.n])
         if self._build is not None:
-            self._stale_next.update(rows.tolist())
-
-    def count(self, updates: int) -> None:
-        """``updates`` row updates that are not worth tracking one by one (MF's SGD steps)."""
-        self._updates += int(updates)
+            self._stale_next.add(rows)
 
     def ready(self, n: int, vectors_of: Callable[[np.ndarray], np.ndarray], dim: int) -> bool:
         """Whether an index serves ``n`` rows now; starts (or, not in the background, runs) a build when due."""
         self._swap()
         if not self.active(n):
             return False
-        due = self.index is None or (n - self.n + len(self._stale) + self._updates) > self.rebuild_share * self.n
+        due = self.index is None or (n - self.n + self._stale.count) > self.rebuild_share * self.n
         if due and self._build is None:
             if self.background:
                 result: dict = {}
                 thread = threading.Thread(target=self._run, args=(vectors_of, n, dim, result), daemon=True,
                                           name="row-index-build")
-                self._build, self._stale_next, self._updates_at_start = (thread, result, n), set(), self._updates
+                self._build, self._stale_next = (thread, result, n), _Rows()
                 thread.start()
             else:
-                self.index, self.n, self._stale, self._updates = self.factory(vectors_of, n, dim), n, set(), 0
+                self.index, self.n, self._stale = self.factory(vectors_of, n, dim), n, _Rows()
         return self.index is not None
 
     def _run(self, vectors_of, n: int, dim: int, result: dict) -> None:
@@ -97,12 +88,10 @@ class RowIndex:
             return
         _thread, result, n = self._build
         if "index" in result:
-            self.index, self.n = result["index"], n
-            self._stale = {r for r in self._stale_next if r < n}
-            self._updates -= self._updates_at_start
+            self.index, self.n, self._stale = result["index"], n, self._stale_next.below(n)
         else:
             self.error, self.factory, self.index = result.get("error"), None, None
-        self._build, self._stale_next = None, set()
+        self._build, self._stale_next = None, _Rows()
 
     def wait(self) -> None:
         """Block until a running background build is done and in place (tests, benchmarks)."""
@@ -117,8 +106,7 @@ class RowIndex:
         of the best ``k`` of them, best first, none of ``bans``). ``scan_rows(queries, rows)`` scores rows
         exactly for every query (B, len(rows)); ``score_rows(rows, b)`` for query ``b`` alone."""
         fetched = self.index.search(queries, self.fetch * k)
-        extra = np.union1d(np.fromiter(self._stale, dtype=np.int64, count=len(self._stale)),
-                           np.arange(self.n, n, dtype=np.int64))
+        extra = np.concatenate([self._stale.rows(), np.arange(self.n, n, dtype=np.int64)])  # ascending
         more = [extra[:0]] * len(queries)
         if extra.size:
             more = [extra[best] for best in top_k_rows(scan_rows(queries, extra), k,
@@ -137,6 +125,38 @@ class RowIndex:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["factory"], min_rows=state["min_rows"], background=state["background"],
                       fetch=state["fetch"], rebuild_share=state["rebuild_share"])
+
+
+class _Rows:
+    """A set of row indices as a growable boolean mask (an MF step marks hundreds of rows)."""
+
+    __slots__ = ("mask", "count")
+
+    def __init__(self) -> None:
+        self.mask = np.zeros(0, dtype=bool)
+        self.count = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        if not rows.size:
+            return
+        top = int(rows.max()) + 1
+        if top > self.mask.size:
+            grown = np.zeros(max(top, 2 * self.mask.size), dtype=bool)
+            grown[: self.mask.size] = self.mask
+            self.mask = grown
+        new = np.unique(rows[~self.mask[rows]])
+        self.mask[new] = True
+        self.count += new.size
+
+    def rows(self) -> np.ndarray:
+        """The rows, ascending."""
+        return np.flatnonzero(self.mask)
+
+    def below(self, n: int) -> _Rows:
+        out = _Rows()
+        rows = self.rows()
+        out.add(rows[rows < n])
+        return out
 
 
 def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -116,6 +116,10 @@ class ScorerMetrics(Instruments):
                           "The source gate: 1 while a source serves a user segment, 0 while its gain there is "
                           "negative beyond two standard errors", ("segment", "source")),
         "catalog_items": (Gauge, "tailcast_scorer_catalog_items", "Items with a content vector"),
+        "online_index_rows": (Gauge, "tailcast_scorer_online_index_rows",
+                              "Items the faiss index of an online model holds, by model (content, mf); 0 while "
+                              "the model scans every item (under 50,000 items, or before its first build)",
+                              ("model",)),
         "catalog_records": (Counter, "tailcast_scorer_catalog_records",
                             "Records read from the items topic, by what they did: upsert, hide, restore (a visible "
                             "record of a hidden or deleted item), delete (a tombstone) or invalid (skipped)",

@@ -235,6 +235,8 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
             log.info("scorer: forgot user %s (erasure): per-user rows dropped, a tombstone on %s", user,
                      RECOMMENDATIONS)
         metrics.events_learned.labels(path="served").inc(len(out.events))
+        for model in (core.recommender.content, core.recommender.mf):
+            metrics.online_index_rows.labels(model=model.name).set(model.ann.n if model.ann.index is not None else 0)
         now = time.time()
         for rec in out.recommendations:
             metrics.recommendations.labels(arm=rec.arm).inc()

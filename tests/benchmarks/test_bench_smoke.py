@@ -56,13 +56,13 @@ def test_scale_entry_has_the_issue_16_figures_and_targets(monkeypatch):
     mem = {"recommender_bytes_per_item": 2500.0, "recommender_bytes_per_user": 300.0, "scorer_core_bytes_per_user": 100.0,
            "user_state_table_entry_bytes": 1000.0}
     live = {"p99_ms": 180.0, "p50_ms": 40.0, "sustained": 1.0, "cpu_us_per_event": 600.0, "peak_rss_gib": 5.0,
-            "index_build_s": 70.0}
+            "index_build_s": 70.0, "online_index_bytes_per_item": 250.0}
     monkeypatch.setattr(run, "_script", lambda name, args, timeout: {"scale": {"served": ann}} if name == "ann" else live)
     monkeypatch.setattr(run, "_memory", lambda quick: mem)
     scale = run._scale(False)
     assert scale["items"] == scale["users"] == 1_000_000 and scale["bytes_per_user"] == 400.0
     assert scale["ann_recall_at_10"] == 0.96 and scale["bytes_per_item"] == 2500.0
-    assert math.isclose(scale["scorer_gib_at_scale"], 1e6 * (2500 + 400 + 270) / 2**30)
+    assert math.isclose(scale["scorer_gib_at_scale"], 1e6 * (2500 + 400 + 270 + 250) / 2**30)
     checks = run.targets({"scale": scale})
     assert checks["scale_bytes_per_item_vs_2048"][0] == 2048 / 2500 < 1 <= checks["scale_ann_recall_at_10_vs_0.95"][0]
     assert scale["p99_ms_at_1k"] == 180.0 and checks["scale_scorer_p99_at_1k_vs_250ms"][0] == 250 / 180
@@ -79,4 +79,5 @@ def test_scale_scorer_serves_a_paced_stream_through_the_indexes():
                            log=lambda _: None)
     assert out["content_index"] == out["mf_index"] == 1.0 and out["batch_max"] >= 1 and out["users_with_history"] > 100
     assert 0 < out["p50_ms"] <= out["p99_ms"] <= out["max_ms"] and out["cpu_us_per_event"] > 0
+    assert 0 < out["online_index_bytes_per_item"] < 2 * 4 * 384  # codes, not float32 copies
     assert all(math.isfinite(v) for v in out.values()), out

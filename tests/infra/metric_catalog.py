@@ -68,6 +68,7 @@ tailcast_blender_auc_ratio                                 gauge     arm? source
 tailcast_blender_source_gain_ratio                         gauge     segment source
 tailcast_blender_source_served                             gauge     segment source
 tailcast_scorer_catalog_records_total                      counter   change
+tailcast_scorer_online_index_rows                          gauge     model
 tailcast_scorer_events_learned_total                       counter   path
 tailcast_scorer_snapshot_timestamp_seconds                 gauge
 tailcast_scorer_restore_seconds                            gauge

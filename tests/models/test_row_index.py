@@ -89,7 +89,7 @@ def test_items_added_or_moved_after_the_build_are_found(vectors):
     for m in (exact, ann):
         m.set_vectors(fresh, vectors[latest] + 1e-3)
         m.set_vectors(moved, vectors[latest] - 1e-3)
-    assert ann.ann.index is built and len(ann.ann._stale) == 10  # 20 changed rows of 4,000: no rebuild yet
+    assert ann.ann.index is built and ann.ann._stale.count == 10  # 20 changed rows of 4,000: no rebuild yet
     bans = [np.setdiff1d(ban, np.arange(N - 10, N)) for ban in bans]
     want, got = exact.top_many(recent, K, bans), ann.top_many(recent, K, bans)
     for b, (items, _, _) in enumerate(got):
@@ -109,7 +109,7 @@ def test_rebuilt_when_an_eighth_of_the_rows_are_new(vectors):
     assert ann.ann.n == n0  # exactly an eighth: the index holds on, the new rows are scanned
     ann.set_vectors([f"i{n0 + grow}"], vectors[n0 + grow:n0 + grow + 1])
     ann.top_many(recent, K, bans)
-    assert ann.ann.n == n0 + grow + 1 and not ann.ann._stale
+    assert ann.ann.n == n0 + grow + 1 and ann.ann._stale.count == 0
 
 
 def test_the_index_is_not_pickled_and_comes_back(vectors):
@@ -160,11 +160,22 @@ def test_mf_through_its_index_gives_the_exact_candidates():
         assert not np.isin(items, ban).any()
         common, gi, wi = np.intersect1d(items, w_items, return_indices=True)
         np.testing.assert_allclose(scores[gi], w_scores[wi], rtol=1e-4, atol=1e-5)  # exact p.q + b
-    # SGD steps move the factors: the index is rebuilt after an eighth of the indexed rows' worth of updates
-    ann.ann.count(int(REBUILD_SHARE * 3000) + 1)
+    # SGD steps move the factors: the rows they moved are scanned exactly, and once they are more than an
+    # eighth of the indexed rows the index is rebuilt
     before = ann.ann.index
+    for m in (exact, ann):
+        for n in range(64):
+            m.learn_one("u1", f"i{n}", 1e4 + n, [])
+        m.flush()
+    assert 64 <= ann.ann._stale.count <= 64 * 5 and ann.ann.index is before
+    want, got = exact.top_many(users, recent, K, bans), ann.top_many(users, recent, K, bans)
+    assert recall(got, want) >= 0.95
+    while ann.ann._stale.count <= REBUILD_SHARE * 3000:
+        for n in range(64):
+            ann.learn_one("u2", f"i{(n * 37) % 3000}", 2e4 + n, [])
+        ann.flush()
     ann.top_many(users[:2], recent[:2], K, bans[:2])
-    assert ann.ann.index is not before and ann.ann._updates == 0
+    assert ann.ann.index is not before and ann.ann._stale.count == 0
 
 
 def test_a_background_build_serves_exact_lists_until_it_is_ready(vectors):
