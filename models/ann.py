@@ -91,14 +91,15 @@ class MipsIndex:
 
 
 CODE_DIMS = 2  # ContentIndex: dimensions per 4-bit code (d / 2 codes a vector)
+CONTENT_PROBE_SHARE = 4  # ContentIndex: a quarter of the lists probed (history means lie between clusters)
 ADD_BLOCK = 65_536  # rows encoded and added at a time (no float32 copy of a whole million-row catalogue)
 
 
 class ContentIndex:
     """Approximate top-k rows by cosine over unit content vectors: what ``online.content.ContentNeighbours``
     retrieves with from its ``ann_min_items`` on (handed to it as ``index_factory``; ``online/`` does not import
-    faiss). faiss IVF-PQ fast scan: ``nlist`` and ``nprobe`` as :class:`MipsIndex`, each vector ``d / 2``
-    sub-vector codes of 4 bits (scanned with SIMD), ~116 bytes an item at 384 dimensions where IVF-Flat takes
+    faiss). faiss IVF-PQ fast scan: ``nlist`` as :class:`MipsIndex`, a quarter of the lists probed, each vector
+    ``d / 2`` sub-vector codes of 4 bits (scanned with SIMD), ~116 bytes an item at 384 dimensions where IVF-Flat takes
     1,564. The codes only choose what to fetch; the caller re-scores what it fetched with the exact vectors
     (why this index: docs/decisions.md, "#16 MF and content from 50,000 items").
 
@@ -119,7 +120,8 @@ class ContentIndex:
             raise ValueError(f"ContentIndex needs rows and dimensions, got {n} x {dim}")
         self.n, self.dim = int(n), int(dim)
         self.nlist = max(1, min(n, round(LISTS_PER_SQRT_N * math.sqrt(n))))
-        self.nprobe = min(self.nlist, max(math.ceil(self.nlist / PROBE_SHARE), math.ceil(self.nlist * MIN_SCAN / n)))
+        self.nprobe = min(self.nlist, max(math.ceil(self.nlist / CONTENT_PROBE_SHARE),
+                                          math.ceil(self.nlist * MIN_SCAN / n)))
         sample = min(n, TRAIN_PER_LIST * self.nlist)
         rows = np.arange(n) if sample >= n else np.sort(np.random.default_rng(SEED).choice(n, size=sample, replace=False))
         m = max(s for s in range(1, max(1, dim // CODE_DIMS) + 1) if dim % s == 0)  # a divisor of d
