@@ -385,6 +385,12 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         notes.append(f"{n - learned} events were never learned by the online models (expected 0: a score "
                      "request carries every new event of its micro-batch and the scorer learns each once). "
                      "They are still scored as targets")
+    from models.scoring import ANN_MIN_ITEMS
+
+    if ds.n_items >= ANN_MIN_ITEMS:
+        notes.append(f"{ds.n_items:,} items >= ANN_MIN_ITEMS ({ANN_MIN_ITEMS:,}): online MF and content retrieve "
+                     "through faiss indexes built in the call, as the live scorer does in a thread "
+                     "(docs/decisions.md, '#16 MF and content from 50,000 items')")
     for name, r in results.items():
         aucs = {key[len("blender_auc_"):]: v for key, v in r.metrics.items() if key.startswith("blender_auc_")}
         if "blend" in aucs:
