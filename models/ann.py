@@ -38,7 +38,40 @@ TRAIN_PER_LIST = 40  # k-means sample: 40 points per list (faiss warns below 39)
 SEED = 0
 
 
-class MipsIndex:
+class _Ivf:
+    """What both indexes share: their lists (``nlist`` = 4 sqrt(n), ``nprobe`` = ``nlist / probe_share`` and
+    enough for :data:`MIN_SCAN` items), the k-means sample, the query check and the serialized size."""
+
+    def _lists(self, n: int, dim: int, probe_share: int) -> np.ndarray:
+        """Sets the sizes; returns the sorted rows of the training sample (:data:`TRAIN_PER_LIST` a list)."""
+        self.n, self.dim = int(n), int(dim)
+        self.nlist = max(1, min(n, round(LISTS_PER_SQRT_N * math.sqrt(n))))
+        self.nprobe = min(self.nlist, max(math.ceil(self.nlist / probe_share), math.ceil(self.nlist * MIN_SCAN / n)))
+        sample = min(n, TRAIN_PER_LIST * self.nlist)
+        return np.arange(n) if sample >= n else np.sort(np.random.default_rng(SEED).choice(n, size=sample, replace=False))
+
+    def _clustering(self, index) -> None:
+        """k-means with a fixed seed on our sample (faiss samples no further), quietly on small catalogues."""
+        index.cp.seed = SEED
+        index.cp.max_points_per_centroid = TRAIN_PER_LIST
+        index.cp.min_points_per_centroid = 1
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be (B, {self.dim}), got {q.shape}")
+        faiss.omp_set_num_threads(1)
+        return q
+
+    def __len__(self) -> int:
+        return self.n
+
+    def nbytes(self) -> int:
+        """The index's serialized size (what it stores of the vectors, ids, centroids, code books)."""
+        return int(faiss.serialize_index(self._index).nbytes)
+
+
+class MipsIndex(_Ivf):
     """Approximate top-k rows of ``vectors`` (n, d) by inner product with a query; ``labels`` (n,) name the
     rows in the results (default 0..n-1)."""
 
@@ -50,20 +83,13 @@ class MipsIndex:
         labels = np.arange(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         if labels.shape != (n,):
             raise ValueError(f"{labels.shape[0] if labels.ndim else 0} labels for {n} vectors")
-        self.dim = d
-        self.n = n
-        self.nlist = max(1, min(n, round(LISTS_PER_SQRT_N * math.sqrt(n))))
-        self.nprobe = min(self.nlist, max(math.ceil(self.nlist / PROBE_SHARE), math.ceil(self.nlist * MIN_SCAN / n)))
+        rows = self._lists(n, d, PROBE_SHARE)
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
         extra = np.sqrt(np.maximum(sq.max() - sq, 0.0)).astype(np.float32)
         xa = np.hstack([x, extra[:, None]])  # (n, d + 1)
         faiss.omp_set_num_threads(1)
         self._index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d + 1), d + 1, self.nlist, faiss.METRIC_L2)
-        self._index.cp.seed = SEED
-        self._index.cp.max_points_per_centroid = TRAIN_PER_LIST  # faiss samples no further: ours is the sample
-        sample = min(n, TRAIN_PER_LIST * self.nlist)
-        rows = np.sort(np.random.default_rng(SEED).choice(n, size=sample, replace=False)) if sample < n else slice(None)
-        self._index.cp.min_points_per_centroid = 1  # small catalogues (tests) train on what there is, quietly
+        self._clustering(self._index)
         self._index.train(xa[rows])
         self._index.add_with_ids(xa, labels)
         self._index.nprobe = self.nprobe
@@ -73,21 +99,11 @@ class MipsIndex:
         """The index of rows ``0..n-1`` of ``vectors_of``: an ``online.rowindex.IndexFactory`` (online MF's)."""
         return cls(vectors_of(np.arange(n)))
 
-    def __len__(self) -> int:
-        return self.n
-
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(B, k) labels of each query's approximate best ``k`` rows, best first; -1 where fewer were found."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must be (B, {self.dim}), got {q.shape}")
-        faiss.omp_set_num_threads(1)
+        q = self._queries(queries)
         qa = np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)])
         return self._index.search(qa, min(k, self.n))[1]
-
-    def nbytes(self) -> int:
-        """The index's serialized size (vectors, ids and centroids)."""
-        return int(faiss.serialize_index(self._index).nbytes)
 
 
 CODE_DIMS = 2  # ContentIndex: dimensions per 4-bit code (d / 2 codes a vector)
@@ -95,7 +111,7 @@ CONTENT_PROBE_SHARE = 4  # ContentIndex: a quarter of the lists probed (history 
 ADD_BLOCK = 65_536  # rows encoded and added at a time (no float32 copy of a whole million-row catalogue)
 
 
-class ContentIndex:
+class ContentIndex(_Ivf):
     """Approximate top-k rows by cosine over unit content vectors: what ``online.content.ContentNeighbours``
     retrieves with from its ``ann_min_items`` on (handed to it as ``index_factory``; ``online/`` does not import
     faiss). faiss IVF-PQ fast scan: ``nlist`` as :class:`MipsIndex`, a quarter of the lists probed, each vector
@@ -118,18 +134,11 @@ class ContentIndex:
     def __init__(self, vectors_of: Callable[[np.ndarray], np.ndarray], n: int, dim: int) -> None:
         if n <= 0 or dim <= 0:
             raise ValueError(f"ContentIndex needs rows and dimensions, got {n} x {dim}")
-        self.n, self.dim = int(n), int(dim)
-        self.nlist = max(1, min(n, round(LISTS_PER_SQRT_N * math.sqrt(n))))
-        self.nprobe = min(self.nlist, max(math.ceil(self.nlist / CONTENT_PROBE_SHARE),
-                                          math.ceil(self.nlist * MIN_SCAN / n)))
-        sample = min(n, TRAIN_PER_LIST * self.nlist)
-        rows = np.arange(n) if sample >= n else np.sort(np.random.default_rng(SEED).choice(n, size=sample, replace=False))
+        rows = self._lists(n, dim, CONTENT_PROBE_SHARE)
         m = max(s for s in range(1, max(1, dim // CODE_DIMS) + 1) if dim % s == 0)  # a divisor of d
         faiss.omp_set_num_threads(1)
         self._index = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(dim), dim, self.nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
-        self._index.cp.seed = SEED
-        self._index.cp.max_points_per_centroid = TRAIN_PER_LIST
-        self._index.cp.min_points_per_centroid = 1
+        self._clustering(self._index)
         self._index.pq.cp.seed = SEED
         self._index.train(np.ascontiguousarray(vectors_of(rows), dtype=np.float32))
         for lo in range(0, n, ADD_BLOCK):
@@ -137,17 +146,6 @@ class ContentIndex:
             self._index.add_with_ids(np.ascontiguousarray(vectors_of(ids), dtype=np.float32), ids)
         self._index.nprobe = self.nprobe
 
-    def __len__(self) -> int:
-        return self.n
-
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(B, k) rows of each query's approximate best ``k`` by inner product, best first; -1 where fewer."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must be (B, {self.dim}), got {q.shape}")
-        faiss.omp_set_num_threads(1)
-        return self._index.search(q, min(k, self.n))[1]
-
-    def nbytes(self) -> int:
-        """The index's serialized size (codes, ids, centroids and code books)."""
-        return int(faiss.serialize_index(self._index).nbytes)
+        return self._index.search(self._queries(queries), min(k, self.n))[1]
