@@ -103,7 +103,7 @@ def events(n: int, cluster: np.ndarray, popularity: np.ndarray, user_cluster: np
 
 def run(*, n_items: int, n_users: int, warm_events: int, rate: float, duration: float, exact: bool = False,
         ann_min_items: int | None = None, log=print) -> dict[str, float]:
-    """The benchmark (module docstring); ``ann_min_items``: the content index's threshold (the scorer's)."""
+    """The benchmark (module docstring); ``ann_min_items``: both indexes' threshold (default the scorer's)."""
     t0 = time.perf_counter()
     cluster, popularity, user_cluster, centres = catalogue(n_items, n_users)
     settings = load_settings({})
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--exact", action="store_true", help="scan the content vectors instead of the index")
-    ap.add_argument("--ann-min-items", type=int, help="the content index's threshold (default: the scorer's)")
+    ap.add_argument("--ann-min-items", type=int, help="the content and MF indexes' threshold (default: the scorer's)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     out = run(n_items=args.items, n_users=args.users, warm_events=args.warm_events, rate=args.rate,

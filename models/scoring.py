@@ -42,14 +42,11 @@ from models.sequence import SeqEncoder, pad_batch
 from models.vae import MultVAE
 from models.vocab import ItemVocab
 from online.base import TOP_K_SPARE, tie_floor, top_k, top_k_rows
+from online.rowindex import ANN_MIN_ITEMS  # the online models' threshold too: one figure for every index
 
 __all__ = ["ANN_MIN_ITEMS", "BatchScorer", "QUANTIZE_MODES", "conv1d_to_linear"]
 
 QUANTIZE_MODES = ("none", "int8", "bf16")
-#: Above this many items a model retrieves through its ANN index (models.ann). Below it exact search is
-#: exact and under ~0.5 ms per user on one core; at 50k items the index measured 7.8x faster at recall@10
-#: 0.989 (docs/results.md, "ANN retrieval").
-ANN_MIN_ITEMS = 50_000
 
 
 def conv1d_to_linear(module: nn.Module) -> nn.Module:

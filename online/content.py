@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Sequence
 import numpy as np
 
 from online.base import Candidate, IdIndex, ItemIndexed, must_be_at_least, recent_distinct, tie_floor, top_k_rows
-from online.rowindex import IndexFactory, RowIndex
+from online.rowindex import ANN_MIN_ITEMS, IndexFactory, RowIndex
 
 __all__ = ["ContentNeighbours", "ShapeMismatchError", "TagVectoriser"]
 
@@ -46,7 +46,7 @@ class ContentNeighbours(ItemIndexed):
     name = "content"
 
     def __init__(self, *, dim: int, history_window: int = 10, index_factory: IndexFactory | None = None,
-                 ann_min_items: int = 50_000, background: bool = False) -> None:
+                 ann_min_items: int = ANN_MIN_ITEMS, background: bool = False) -> None:
         must_be_at_least(1, dim=dim, ann_min_items=ann_min_items)
         self.dim = int(dim)
         self.history_window = int(history_window)
@@ -217,7 +217,7 @@ class ContentNeighbours(ItemIndexed):
         if state["_v"].dtype != np.int16:  # pickled with float16 rows (stop 32), float32 before
             state["_v"] = _fixed(state["_v"])
         state.setdefault("_buf", np.zeros((0, state["dim"]), dtype=np.float32))
-        state.setdefault("ann", RowIndex(None, min_rows=50_000))  # pickled before the index existed
+        state.setdefault("ann", RowIndex(None))  # pickled before the index existed
         self.__dict__.update(state)
 
 

@@ -31,7 +31,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from online.base import Candidate, IdIndex, ItemIndexed, must_be_at_least, top_k_rows
-from online.rowindex import IndexFactory, RowIndex
+from online.rowindex import ANN_MIN_ITEMS, IndexFactory, RowIndex
 
 __all__ = ["OnlineMF"]
 
@@ -46,7 +46,8 @@ class OnlineMF(ItemIndexed):
     def __init__(self, *, dim: int = 32, lr: float = 0.05, reg: float = 0.01, n_negatives: int = 4, seed: int = 0,
                  max_users: int = 1_000_000, init_scale: float = 0.1, negative_pool: int = 10_000,
                  history_window: int = 20, history_weight: float = 1.0, batch_size: int = 64,
-                 index_factory: IndexFactory | None = None, ann_min_items: int = 50_000, background: bool = False) -> None:
+                 index_factory: IndexFactory | None = None, ann_min_items: int = ANN_MIN_ITEMS,
+                 background: bool = False) -> None:
         must_be_at_least(1, dim=dim, n_negatives=n_negatives, max_users=max_users, batch_size=batch_size,
                          negative_pool=negative_pool)
         self.dim = int(dim)
@@ -266,7 +267,7 @@ class OnlineMF(ItemIndexed):
         return np.hstack([self._q[rows], self._b[rows, None]])
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("ann", RowIndex(None, min_rows=50_000))  # pickled before the index existed
+        state.setdefault("ann", RowIndex(None))  # pickled before the index existed
         self.__dict__.update(state)
 
     def recommend(

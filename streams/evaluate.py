@@ -385,7 +385,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         notes.append(f"{n - learned} events were never learned by the online models (expected 0: a score "
                      "request carries every new event of its micro-batch and the scorer learns each once). "
                      "They are still scored as targets")
-    from models.scoring import ANN_MIN_ITEMS
+    from online.rowindex import ANN_MIN_ITEMS
 
     if ds.n_items >= ANN_MIN_ITEMS:
         notes.append(f"{ds.n_items:,} items >= ANN_MIN_ITEMS ({ANN_MIN_ITEMS:,}): online MF and content retrieve "

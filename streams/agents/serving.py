@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from models.ann import ContentIndex, MipsIndex
 from models.checkpoint import CheckpointError, CheckpointRegistry, load_checkpoint
 from models.content import TextEncoder
-from models.scoring import ANN_MIN_ITEMS, BatchScorer
+from models.scoring import BatchScorer
 from online.arms import ArmAssigner
 from online.blender import FeedbackBlender
 from online.content import ContentNeighbours, TagVectoriser
@@ -118,9 +118,8 @@ def build_recommender(settings: Settings, *, text_dim: int, seed: int = 0, backg
         popularity=DecayedPopularity(window_events=lt.window_events, head_share=lt.head_share),
         covisit=covisit,
         transitions=transitions,
-        mf=OnlineMF(seed=seed, index_factory=MipsIndex.over, ann_min_items=ANN_MIN_ITEMS, background=background),
-        content=ContentNeighbours(dim=text_dim, index_factory=ContentIndex, ann_min_items=ANN_MIN_ITEMS,
-                                  background=background),
+        mf=OnlineMF(seed=seed, index_factory=MipsIndex.over, background=background),
+        content=ContentNeighbours(dim=text_dim, index_factory=ContentIndex, background=background),
         blender=FeedbackBlender(sources=(*CORE_SOURCES, *BATCH_SOURCES), seed=seed),
         arms=list(settings.scorer.arms),
         k=settings.scorer.k,
