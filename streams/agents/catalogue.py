@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +93,15 @@ async def committed_offsets(kafka: KafkaSettings, group_id: str, tps: Sequence[T
 
 async def follow_partitions(kafka: KafkaSettings, topic: str, handle: Callable[[list[Any]], Awaitable[None]], *,
                             group_id: str | None = None, caught_up: asyncio.Event | None = None,
-                            max_records: int = 1000) -> None:
+                            max_records: int = 1000, skip: Callable[[], Collection[int]] | None = None,
+                            resume_at: Callable[[int], int | None] | None = None) -> None:
     """Follow every partition of ``topic`` without a group, handing each fetched batch of records to
     ``handle`` until cancelled; from ``group_id``'s committed offsets, else the beginning. ``caught_up`` is set
-    once ``handle`` has had every record the topic held when this started."""
+    once ``handle`` has had every record the topic held when this started.
+
+    ``skip()``, asked before each fetch (at least once a second), names partitions not to fetch now: they are
+    paused, and when one leaves the set it is fetched again from ``resume_at(partition)`` (None: where it was
+    paused). A scorer skips the partitions it serves, which its score agent reads (#16)."""
     consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -116,10 +121,23 @@ async def follow_partitions(kafka: KafkaSettings, topic: str, handle: Callable[[
             except Exception as exc:  # noqa: BLE001 - the listed ends stand, at worst short of the last batch
                 log.warning("could not fetch the log ends of %s (%r); reading to the listed ends", topic, exc)
                 ends = dict(listed)
+        paused: set[TopicPartition] = set()
         while True:
+            if skip is not None:
+                now = set(skip())
+                for tp in tps:
+                    if tp.partition in now and tp not in paused:
+                        consumer.pause(tp)
+                        paused.add(tp)
+                    elif tp.partition not in now and tp in paused:
+                        at = resume_at(tp.partition) if resume_at is not None else None
+                        if at is not None:
+                            consumer.seek(tp, at)
+                        consumer.resume(tp)
+                        paused.discard(tp)
             if caught_up is not None and not caught_up.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
-                if all(positions[tp] >= ends[tp] for tp in tps):
+                if all(positions[tp] >= ends[tp] for tp in tps if tp not in paused):
                     log.info("%s read to its end (offsets %s)", topic, {tp.partition: end for tp, end in ends.items()})
                     caught_up.set()
             batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)

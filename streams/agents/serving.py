@@ -385,13 +385,23 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         """Read the whole items topic, then follow it; catalogue control is applied as records arrive."""
         await follow_partitions(settings.kafka, ITEMS, apply_items, caught_up=catalogue_read)
 
-    async def learn_others(records) -> None:
+    def served() -> set[int]:
+        """The score-requests partitions this scorer serves now: its score agent learns them."""
         try:
-            served = {tp.partition for tp in app.consumer.assignment() if tp.topic == SCORE_REQUESTS}
+            return {tp.partition for tp in app.consumer.assignment() if tp.topic == SCORE_REQUESTS}
         except ConsumerNotStarted:
-            served = set()
+            return set()
+
+    def learned_to(partition: int) -> int | None:
+        """The next offset of ``partition`` this scorer's models have not learned (None: none learned)."""
+        done = applied.get(partition)
+        return done[0] if done is not None else None
+
+    async def learn_others(records) -> None:
         # the served partitions are the score agent's: it learns them and reports their events for pairing
-        others = [record for record in records if record.partition not in served]
+        # (paused in learn_all's consumer; records fetched before a pause are dropped here)
+        mine = served()
+        others = [record for record in records if record.partition not in mine]
         metrics.events_learned.labels(path="others").inc(len(core.learn(_read_requests(others))))
         for record in others:  # in the same step as the learning: a snapshot sees both or neither
             applied[record.partition] = (record.offset + 1, record.value)
@@ -402,7 +412,7 @@ def register(app, *, topics: dict[str, Any], settings: Settings, registry: Colle
         """Every user's events into this scorer's online models (see the module doc)."""
         await restored.wait()  # from the committed offsets, after the replay up to them
         await follow_partitions(settings.kafka, SCORE_REQUESTS, learn_others, group_id=app.conf.id,
-                                max_records=LEARN_BATCH)
+                                max_records=LEARN_BATCH, skip=served, resume_at=learned_to)
 
     @app.task
     async def encode_items() -> None:

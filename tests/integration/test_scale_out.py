@@ -98,3 +98,60 @@ def test_two_workers_two_scorers_match_one_of_each(pipeline_env, kio, wait, brok
         pipeline_env.stop_all()
     assert final_two == final_one  # same per-user state: counts and sequences
     assert latest_two == latest_one  # every user's newest list reflects the same number of events
+
+
+def test_learn_all_skips_the_served_partitions_and_resumes_where_its_models_stopped(broker):
+    """``follow_partitions(skip=, resume_at=)``, as a scorer's ``learn_all`` uses it: a partition it serves is not
+    fetched at all, and once it no longer serves it, reading goes on from the offset its models learned to."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.agents.catalogue import follow_partitions
+    from streams.config import load_settings
+
+    kafka = load_settings({"TAILCAST_KAFKA": broker.address}).kafka
+    got: list[tuple[int, int]] = []
+    serving = {0}
+
+    async def handle(records) -> None:
+        got.extend((r.partition, r.offset) for r in records)
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+        await admin.start()
+        await admin.create_topics([NewTopic("t", 2, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.address)
+        await producer.start()
+
+        async def send(partition: int, n: int) -> None:
+            for _ in range(n):
+                await producer.send_and_wait("t", b"v", partition=partition)
+
+        async def until(condition, what: str) -> None:
+            for _ in range(300):
+                if condition():
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"timed out waiting for {what}: {got}")
+
+        await send(0, 5)
+        await send(1, 5)
+        follow = asyncio.create_task(follow_partitions(kafka, "t", handle, skip=lambda: set(serving),
+                                                       resume_at=lambda p: 6 if p == 0 else None))
+        try:
+            await until(lambda: len(got) >= 5, "partition 1's records")
+            await send(0, 3)  # offsets 5, 6, 7: served, so never fetched here
+            await send(1, 2)
+            await until(lambda: len(got) >= 7, "partition 1's new records")
+            assert all(p == 1 for p, _ in got), got
+            serving.clear()  # revoked: read on from offset 6, where this scorer's models stopped
+            await send(0, 1)  # offset 8: once it is here, everything before it that will come has come
+            await until(lambda: (0, 8) in got, "partition 0 from offset 6")
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+            await producer.stop()
+        assert sorted(got) == [(0, 6), (0, 7), (0, 8), *((1, o) for o in range(7))], got
+
+    asyncio.run(go())
