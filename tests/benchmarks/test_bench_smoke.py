@@ -82,3 +82,16 @@ def test_scale_scorer_serves_a_paced_stream_through_the_indexes():
     assert 0 < out["p50_ms"] <= out["p99_ms"] <= out["max_ms"] and out["cpu_us_per_event"] > 0
     assert 0 < out["online_index_bytes_per_item"] < 2 * 4 * 384  # codes, not float32 copies
     assert all(math.isfinite(v) for v in out.values()), out
+
+
+def test_broker_cost_measures_requests_and_bulk_records(tmp_path):
+    """benchmarks/broker_cost.py on a tiny load: every figure it reports is a positive, finite CPU figure, and
+    a record sent alone in its request costs the broker more than one sent in a batch (what it shows)."""
+    from benchmarks.broker_cost import run
+
+    out = run(records=2000, size=200, rate=200.0, seconds=1.0, root=tmp_path)
+    assert set(out) == {"produce_bulk_us_per_record", "consume_bulk_us_per_record", "produce_request_us",
+                        "idle_fetch_share", "tailing_us_per_record", "tailing_records_per_s"}
+    assert all(math.isfinite(v) and v >= 0 for v in out.values()), out
+    assert out["tailing_records_per_s"] > 0
+    assert out["produce_request_us"] > out["produce_bulk_us_per_record"], out
