@@ -16,7 +16,8 @@ fixed rate (500, 1000, 2000 events/s, ~20 s each), with a drain pause between ra
 
 Also reported per rate: CPU share (1.0 = one full core) and CPU per event of the worker, the scorer, the broker
 and this process (``load``: the replay's producer and the consumer of the lists), so a miss names its bottleneck
-on a machine whose cores they share.
+on a machine whose cores they share. ``--env TAILCAST_NAME=VALUE`` (repeatable) gives the worker and the scorer a
+setting, e.g. ``TAILCAST_METRICS_INTERVAL_S=0`` to run the scorer without its exposure and impressions agents.
 """
 
 from __future__ import annotations
@@ -230,7 +231,8 @@ async def _phases(settings, events: list[dict], rates: list[float], duration: fl
 
 
 def run(*, quick: bool = False, rates: list[float] | None = None, duration: float | None = None,
-        log=print) -> dict[str, float]:
+        extra_env: dict[str, str] | None = None, log=print) -> dict[str, float]:
+    """The figures of the module doc; ``extra_env``: settings given to the worker and the scorer (``--env``)."""
     from streams.tools import synthetic_source
 
     rates = rates or ([500.0] if quick else [500.0, 1000.0, 2000.0])
@@ -241,6 +243,7 @@ def run(*, quick: bool = False, rates: list[float] | None = None, duration: floa
         f"{', '.join(f'{r:g}' for r in rates)} events/s, {duration:g}s each; logs in {work}")
     with fresh_broker(work) as broker:
         env, settings = pipeline_setup(broker, work, source.items)
+        env.update(extra_env or {})
         procs: dict[str, subprocess.Popen] = {}
         ports: dict[str, int] = {}
         try:
@@ -299,9 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rates", default=None, help="comma-separated events/s (default 500,1000,2000)")
     p.add_argument("--duration", type=float, default=None, help="seconds per rate (default 20)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the worker and the scorer, e.g. TAILCAST_METRICS_INTERVAL_S=0 (repeatable)")
     args = p.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")] if args.rates else None
-    print(json.dumps(run(quick=args.quick, rates=rates, duration=args.duration), indent=2))
+    extra = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("TAILCAST_"):
+            p.error(f"--env takes TAILCAST_NAME=VALUE, got {item!r}")
+        extra[name] = value
+    print(json.dumps(run(quick=args.quick, rates=rates, duration=args.duration, extra_env=extra), indent=2))
     return 0
 
 
