@@ -104,12 +104,12 @@ def test_learn_all_skips_the_served_partitions_and_resumes_where_its_models_stop
     """``follow_partitions(skip=, resume_at=)``, as a scorer's ``learn_all`` uses it: a partition it serves is not
     fetched at all, and once it no longer serves it, reading goes on from the offset its models learned to."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from streams.agents.catalogue import follow_partitions
     from streams.config import load_settings
+    from streams.topics import SCORE_REQUESTS
 
-    kafka = load_settings({"TAILCAST_KAFKA": broker.address}).kafka
+    kafka = load_settings({"TAILCAST_KAFKA": broker.address, "TAILCAST_PARTITIONS": "2"}).kafka
     got: list[tuple[int, int]] = []
     serving = {0}
 
@@ -117,16 +117,13 @@ def test_learn_all_skips_the_served_partitions_and_resumes_where_its_models_stop
         got.extend((r.partition, r.offset) for r in records)
 
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
-        await admin.start()
-        await admin.create_topics([NewTopic("t", 2, 1)])
-        await admin.close()
+        await ensure_topics(kafka)
         producer = AIOKafkaProducer(bootstrap_servers=broker.address)
         await producer.start()
 
         async def send(partition: int, n: int) -> None:
             for _ in range(n):
-                await producer.send_and_wait("t", b"v", partition=partition)
+                await producer.send_and_wait(SCORE_REQUESTS, b"v", partition=partition)
 
         async def until(condition, what: str) -> None:
             for _ in range(300):
@@ -137,7 +134,7 @@ def test_learn_all_skips_the_served_partitions_and_resumes_where_its_models_stop
 
         await send(0, 5)
         await send(1, 5)
-        follow = asyncio.create_task(follow_partitions(kafka, "t", handle, skip=lambda: set(serving),
+        follow = asyncio.create_task(follow_partitions(kafka, SCORE_REQUESTS, handle, skip=lambda: set(serving),
                                                        resume_at=lambda p: 6 if p == 0 else None))
         try:
             await until(lambda: len(got) >= 5, "partition 1's records")
