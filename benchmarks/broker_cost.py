@@ -67,7 +67,7 @@ def _followers(address: str, n: int) -> Iterator[None]:
     from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
     stop = threading.Event()
-    ready = threading.Barrier(n + 1)
+    ready = threading.Barrier(n + 1, timeout=60)  # a follower that fails to start breaks it: no hang
 
     def follow(j: int) -> None:
         consumer = Consumer({"bootstrap.servers": address, "group.id": f"follower{j}",
