@@ -1,7 +1,8 @@
 """Time-decayed popularity, and the head/tail split over a sliding window of events (docs/design.md §4).
 
 * **ranking**: a decayed count per item, ``sum over its events of 2 ** (-(now - ts) / half_life_s)``, kept
-  lazily (:class:`online.base.DecayClock`): an event costs one add, not a decay pass;
+  lazily (:class:`online.base.DecayClock`): an event costs one add, not a decay pass; read as of now, not as of
+  the last refresh (:meth:`DecayedPopularity._ranking`);
 * **head/tail**: counts over the last ``window_events`` events, split by ``online.headtail.head_positions``;
   the head set is recomputed at most once every ``refresh_every`` events and read from a cached set.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
+from itertools import islice
 
 import numpy as np
 
@@ -32,13 +34,14 @@ from online.headtail import head_positions
 
 __all__ = ["DecayedPopularity"]
 
-_CACHE_TOP = 1000  # size of the cached "most popular now" list used by recommend()
+_CACHE_TOP = 1000  # the most popular items ranked at each refresh (the ranking now starts from them)
 
 
 class DecayedPopularity(ItemIndexed):
     """Decayed popularity ranking plus the windowed head/tail split. ``name = "popularity"``."""
 
     name = "popularity"
+    _ranked: tuple[int, list[int]] = (-1, [])  # (event count, the ranking then): _ranking's last (older pickles)
 
     def __init__(self, *, half_life_s: float = 86400.0, window_events: int = 100_000, head_share: float = 0.2,
                  max_items: int = 1_000_000, refresh_every: int = 1000, fresh_max_count: int = 3) -> None:
@@ -71,6 +74,7 @@ class DecayedPopularity(ItemIndexed):
         self._head_mask = np.zeros(0, dtype=bool)
         self._window_counts = np.zeros(0, dtype=np.int64)
         self._top: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._ranked = (-1, [])
 
     @property
     def head_version(self) -> int:
@@ -189,10 +193,7 @@ class DecayedPopularity(ItemIndexed):
             skip.discard(-1)
             skips.append(skip)
         need = k + max((len(s) for s in skips), default=0)
-        top = self._top
-        if need > top.size and top.size < len(self._index):
-            top = top_k(np.asarray(self._score), need)  # the same prefix as any shorter top_k
-        ranked = top[:need].tolist()
+        ranked = self._ranking(need)
         f = self._clock.now_factor(self._now())
         score = self._score
         out = []
@@ -205,6 +206,32 @@ class DecayedPopularity(ItemIndexed):
                         break
             out.append((np.asarray(idx, dtype=np.int64), np.array([score[i] * f for i in idx], dtype=np.float64)))
         return out
+
+    def _ranking(self, need: int) -> list[int]:
+        """The ``need`` most popular item indices now, best first (:func:`~online.base.top_k`'s order).
+
+        Decay is one factor for every item, so the items without an event since the last refresh keep their order
+        of then, and the first ``need`` of them lie within the first ``need`` + (items seen since) of the refresh's
+        top :data:`_CACHE_TOP`: those and the items seen since (the window's newest entries), re-scored, give the
+        ranking now. Otherwise (a larger ``need``) the whole catalogue is ranked. The last ranking is kept until the
+        next event (a smaller ``need`` reads its prefix)."""
+        if self._ranked[0] == self._n_events and len(self._ranked[1]) >= need:
+            return self._ranked[1][:need]
+        top = self._top
+        since = self._n_events - self._refreshed_at
+        ranked = None
+        if since == 0 and need <= top.size:
+            ranked = top[:need].tolist()
+        elif since <= len(self._window):
+            seen = np.unique(np.fromiter(islice(reversed(self._window), since), dtype=np.int64, count=since))
+            if need + seen.size <= top.size or top.size < _CACHE_TOP:  # (or the cache held every item)
+                rows = np.union1d(top[: need + seen.size], seen)  # ascending, as the catalogue: ties by index
+                score = self._score
+                ranked = rows[top_k(np.array([score[i] for i in rows.tolist()]), need)].tolist()
+        if ranked is None:
+            ranked = top_k(np.asarray(self._score), need).tolist()
+        self._ranked = (self._n_events, ranked)
+        return ranked
 
     def fresh_many(self, k: int, banned: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`fresh_indices` ``(k, banned[b])`` for every ``b``, with one vectorised scan of the

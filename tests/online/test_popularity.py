@@ -156,3 +156,25 @@ def test_top_many_equals_top_indices_per_user(k: int) -> None:
     for ban, (idx, scores) in zip(bans, pop.top_many(k, bans)):
         one_idx, one_scores = pop.top_indices(k, ban)
         assert idx.tolist() == one_idx.tolist() and scores.tolist() == one_scores.tolist()
+
+
+def test_ranking_is_current_between_head_refreshes() -> None:
+    """The popular items are ranked by their decayed counts now, not as of the last head refresh (every
+    ``refresh_every`` events): a newly trending item is proposed at once. Short half-lives rebase the clock."""
+    from online.base import top_k
+
+    for half_life in (5.0, 500.0):
+        rng = np.random.default_rng(7)
+        pop = DecayedPopularity(half_life_s=half_life, refresh_every=1000, window_events=5000)
+        ts = 0.0
+        for n in range(6000):
+            ts += float(rng.exponential(1.0))
+            trending = n > 3000 and n % 3 == 0  # items 1500+ trend late, while the head is cached
+            item = f"i{1500 + int(rng.integers(0, 40))}" if trending else f"i{min(int(rng.zipf(1.2)), 1400)}"
+            pop.learn_one("u", item, ts, ())
+            if n % 97 == 0 or n == 5999:
+                names = list(pop.item_index.names)
+                stored = np.asarray(pop._score)  # the counts in the clock's frame, as the model ranks them
+                for k in (1, 10, 100):
+                    want = [names[i] for i in top_k(stored, k).tolist()]
+                    assert [c.item for c in pop.recommend("u", (), k)] == want
