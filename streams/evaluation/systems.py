@@ -15,6 +15,7 @@ import numpy as np
 from online.arms import ArmAssigner, ArmConfig
 from online.base import Candidate
 from online.covisit import CoVisitation
+from online.popularity import DecayedPopularity
 from online.rerank import TailBoost
 from streams.agents.scorer import ScorerCore
 from streams.config import Settings
@@ -22,7 +23,7 @@ from streams.config import Settings
 from .window import WindowPopularity
 
 __all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
-           "PerUserRecommender", "WindowMostPop", "CoVisitBaseline", "TransformerOnly", "build_core", "batch_model_for",
+           "PerUserRecommender", "WindowMostPop", "RecentPop", "CoVisitBaseline", "TransformerOnly", "build_core", "batch_model_for",
            "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
@@ -43,12 +44,13 @@ class SystemSpec:
 
 _NAMES = {"tailcast": "tailcast[s={:.2f}]", "tailcast-novae": "tailcast[s={:.2f}] no VAE",
           "tailcast-online": "tailcast[s={:.2f}] online only", "tailboost": "TailBoost[λ={:g}]",
-          "covisit-raw-boost": "CoVisit-raw+TailBoost[λ={:g}]", "mostpop": "MostPop", "itemcf": "ItemCF",
+          "covisit-raw-boost": "CoVisit-raw+TailBoost[λ={:g}]", "mostpop": "MostPop", "recentpop": "RecentPop",
+          "itemcf": "ItemCF",
           "covisit-raw": "CoVisit-raw", "transformer": "Transformer", "vae": "Mult-VAE"}
 
 
 #: Every system kind; the baselines are all but the tailcast ones.
-KINDS = ("tailcast", "tailcast-novae", "tailcast-online", "mostpop", "itemcf", "tailboost", "covisit-raw",
+KINDS = ("tailcast", "tailcast-novae", "tailcast-online", "mostpop", "recentpop", "itemcf", "tailboost", "covisit-raw",
          "covisit-raw-boost", "transformer", "vae")
 TAILCAST_KINDS = ("tailcast", "tailcast-novae", "tailcast-online")
 BASELINE_KINDS = tuple(k for k in KINDS if k not in TAILCAST_KINDS)
@@ -68,7 +70,7 @@ def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, tran
         specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
     if transformer:
         specs += [SystemSpec("tailcast-online", float(s)) for s in strengths]
-    specs += [SystemSpec("mostpop"), SystemSpec("itemcf")]
+    specs += [SystemSpec("mostpop"), SystemSpec("recentpop"), SystemSpec("itemcf")]
     specs += [SystemSpec("tailboost", float(b)) for b in boosts if b > 0]
     specs.append(SystemSpec("covisit-raw"))
     specs += [SystemSpec("covisit-raw-boost", float(b)) for b in boosts if b > 0]
@@ -153,6 +155,36 @@ class WindowMostPop(_Baseline):
     def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
                   extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
         return self._top_up([], self.consumed(user, history))
+
+
+class RecentPop(_Baseline):
+    """RecentPop: the most popular items now by time-decayed counts (the product's own
+    :class:`~online.popularity.DecayedPopularity`, its default half-life), none the user consumed: what the
+    popularity source proposes, alone. Where popularity moves (new products, seasons), far above MostPop's window
+    counts.
+
+    >>> pop = RecentPop(window_events=100, head_share=0.2, k=2)
+    >>> for n, item in enumerate("aaab"):
+    ...     pop.learn_one("u", item, float(n), [])
+    >>> for n, item in enumerate("ccdd"):                   # two days later, c and d are what is popular now
+    ...     pop.learn_one("v", item, 172800.0 + n, [])
+    >>> [c.item for c in pop.recommend("w", [], 0, arm="x")], [c.item for c in pop.recommend("v", [], 4, arm="x")]
+    (['d', 'c'], ['a', 'b'])
+    """
+
+    name = "recentpop"
+
+    def __init__(self, *, k: int, window_events: int, head_share: float) -> None:
+        super().__init__(k=k, window_events=window_events, head_share=head_share)
+        self.model = DecayedPopularity(window_events=window_events, head_share=head_share)
+
+    def _learn(self, user: str, item: str, ts: float, history: Sequence[str], first: bool) -> None:
+        self.model.learn_one(user, item, ts, history)
+
+    def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
+                  extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
+        banned = self.consumed(user, history)
+        return self._top_up(self.model.recommend(user, (), self.k, exclude=banned), banned)
 
 
 class _RankedCoVisitation(CoVisitation):
@@ -270,6 +302,8 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
         version = "online"
     elif spec.kind == "mostpop":
         recommender, version = WindowMostPop(**common), "baseline-mostpop"
+    elif spec.kind == "recentpop":
+        recommender, version = RecentPop(**common), "baseline-recentpop"
     elif spec.kind in ("itemcf", "tailboost", "covisit-raw", "covisit-raw-boost"):
         boost = float(spec.param or 0.0) if spec.kind in ("tailboost", "covisit-raw-boost") else 0.0
         raw = spec.kind.startswith("covisit-raw")
