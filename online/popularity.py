@@ -29,7 +29,7 @@ from itertools import islice
 
 import numpy as np
 
-from online.base import Candidate, DecayClock, IdIndex, ItemIndexed, must_be_at_least, top_k
+from online.base import Candidate, DecayClock, IdIndex, ItemIndexed, must_be_at_least, tie_floor, top_k
 from online.headtail import head_positions
 
 __all__ = ["DecayedPopularity"]
@@ -208,13 +208,15 @@ class DecayedPopularity(ItemIndexed):
         return out
 
     def _ranking(self, need: int) -> list[int]:
-        """The ``need`` most popular item indices now, best first (:func:`~online.base.top_k`'s order).
+        """The ``need`` most popular item indices now, best first: ``top_k`` of every item's decayed count.
 
         Decay is one factor for every item, so the items without an event since the last refresh keep their order
-        of then, and the first ``need`` of them lie within the first ``need`` + (items seen since) of the refresh's
-        top :data:`_CACHE_TOP`: those and the items seen since (the window's newest entries), re-scored, give the
-        ranking now. Otherwise (a larger ``need``) the whole catalogue is ranked. The last ranking is kept until the
-        next event (a smaller ``need`` reads its prefix)."""
+        of then: the first ``need`` of them lie within the first ``need`` + (items seen since) of the refresh's top
+        :data:`_CACHE_TOP`, and no item beyond scores above the last of those. So those and the items seen since
+        (the window's newest entries), re-scored, rank as the whole catalogue does, unless the last one ranked is
+        tied with that bound (counts decayed to nothing after a quiet spell): then, or for a larger ``need``, the
+        whole catalogue is ranked. The last ranking is kept until the next event (a smaller ``need`` reads its
+        prefix)."""
         if self._ranked[0] == self._n_events and len(self._ranked[1]) >= need:
             return self._ranked[1][:need]
         top = self._top
@@ -224,10 +226,18 @@ class DecayedPopularity(ItemIndexed):
             ranked = top[:need].tolist()
         elif since <= len(self._window):
             seen = np.unique(np.fromiter(islice(reversed(self._window), since), dtype=np.int64, count=since))
-            if need + seen.size <= top.size or top.size < _CACHE_TOP:  # (or the cache held every item)
-                rows = np.union1d(top[: need + seen.size], seen)  # ascending, as the catalogue: ties by index
-                score = self._score
-                ranked = rows[top_k(np.array([score[i] for i in rows.tolist()]), need)].tolist()
+            whole = top.size < _CACHE_TOP  # the cache held every item, and the items since are all seen
+            cached = top if whole else top[: need + seen.size]
+            rows = np.union1d(cached, seen)  # ascending, as the catalogue: ties by index
+            score = self._score
+            values = np.array([score[i] for i in rows.tolist()])
+            order = top_k(values, need)
+            if whole:
+                ranked = rows[order].tolist()
+            elif order.size == need:
+                untouched = cached[~np.isin(cached, seen)]  # in the refresh's order, so the last is the least
+                if untouched.size and tie_floor(values[order[-1]]) > score[int(untouched[-1])]:
+                    ranked = rows[order].tolist()
         if ranked is None:
             ranked = top_k(np.asarray(self._score), need).tolist()
         self._ranked = (self._n_events, ranked)
