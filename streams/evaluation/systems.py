@@ -23,8 +23,8 @@ from streams.config import Settings
 from .window import WindowPopularity
 
 __all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
-           "PerUserRecommender", "WindowMostPop", "RecentPop", "CoVisitBaseline", "TransformerOnly", "build_core", "batch_model_for",
-           "default_systems"]
+           "PerUserRecommender", "WindowMostPop", "RecentPop", "CoVisitBaseline", "TransformerOnly", "build_core",
+           "batch_model_for", "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -45,8 +45,7 @@ class SystemSpec:
 _NAMES = {"tailcast": "tailcast[s={:.2f}]", "tailcast-novae": "tailcast[s={:.2f}] no VAE",
           "tailcast-online": "tailcast[s={:.2f}] online only", "tailboost": "TailBoost[λ={:g}]",
           "covisit-raw-boost": "CoVisit-raw+TailBoost[λ={:g}]", "mostpop": "MostPop", "recentpop": "RecentPop",
-          "itemcf": "ItemCF",
-          "covisit-raw": "CoVisit-raw", "transformer": "Transformer", "vae": "Mult-VAE"}
+          "itemcf": "ItemCF", "covisit-raw": "CoVisit-raw", "transformer": "Transformer", "vae": "Mult-VAE"}
 
 
 #: Every system kind; the baselines are all but the tailcast ones.
