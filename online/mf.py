@@ -2,8 +2,9 @@
 
 For an event (user ``u``, item ``i``), ``n_negatives`` items ``j`` are drawn from a ring buffer of the last
 ``negative_pool`` event items (negatives follow the seen-item distribution, which keeps the factors from
-encoding popularity) for one SGD step on ``-log sigmoid(x_ui - x_uj)``, ``x_ui = p_u . q_i + b_i``, L2
-``reg``. Events are buffered and applied ``batch_size`` at a time as one vectorised step (numpy's per-call
+encoding popularity) for one SGD step on ``-log sigmoid(x_ui - x_uj)``, ``x_ui = u . q_i + b_i``, L2
+``reg``, ``u`` the user's vector as served (below): the step moves ``p_u``, ``q_i``, ``q_j`` and the history
+items' ``q_h`` (an item's vector also stands for the users who had it: SVD++/FISM's user model). Events are buffered and applied ``batch_size`` at a time as one vectorised step (numpy's per-call
 overhead makes a step per event cost several times more); reads see the factors up to ``batch_size - 1``
 events behind, :meth:`OnlineMF.flush` forces the step. A pickle holds the buffer too (pickling does not
 flush: it must not change what the original recommends).
@@ -36,6 +37,7 @@ from online.rowindex import ANN_MIN_ITEMS, IndexFactory, RowIndex
 __all__ = ["OnlineMF"]
 
 _RAND_BLOCK = 8192
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 class OnlineMF(ItemIndexed):
@@ -76,6 +78,7 @@ class OnlineMF(ItemIndexed):
         self._buf_u: list[int] = []  # events waiting for the next vectorised SGD step
         self._buf_i: list[int] = []
         self._buf_pool_n: list[int] = []
+        self._buf_h: list[np.ndarray] = []  # each buffered event's history rows (the last history_window known)
         #: from ``ann_min_items`` items on, candidates through a maximum-inner-product index over ``[q_i, b_i]``
         #: (e.g. ``models.ann.MipsIndex.over``); rows the SGD steps moved since its build are scanned exactly
         self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background)
@@ -136,6 +139,8 @@ class OnlineMF(ItemIndexed):
         if user not in self._users and len(self._users) >= self.max_users:
             self._flush()  # the evicted user's row may still be waiting in the buffer
         u = self._user_row(user)
+        hist = self._items.indices(history[-self.history_window :]) if len(history) else _NO_ROWS
+        self._buf_h.append(hist[hist >= 0])
         self._buf_u.append(u)
         self._buf_i.append(i)
         self._buf_pool_n.append(self._pool_n)
@@ -179,10 +184,12 @@ class OnlineMF(ItemIndexed):
         us = np.asarray(self._buf_u, dtype=np.int64)  # (B,)
         its = np.asarray(self._buf_i, dtype=np.int64)  # (B,)
         pool_n = np.asarray(self._buf_pool_n, dtype=np.int64)  # (B,)
-        self._buf_u, self._buf_i, self._buf_pool_n = [], [], []
+        hists = self._buf_h
+        self._buf_u, self._buf_i, self._buf_pool_n, self._buf_h = [], [], [], []
         ok = pool_n > 0
         if not ok.all():
             us, its, pool_n = us[ok], its[ok], pool_n[ok]
+            hists = [h for h, keep in zip(hists, ok.tolist()) if keep]
             if not us.size:
                 return
         n_b, n_n = us.size, self.n_negatives
@@ -191,20 +198,31 @@ class OnlineMF(ItemIndexed):
         mask = (negs != its[:, None]).astype(np.float32)  # (B, N) the positive is no negative
         P, Q, Bias = self._p, self._q, self._b
         lr, reg = np.float32(self.lr), np.float32(self.reg)
-        pu = P[us]  # (B, D)
+        # the served user vector u = p_u + w * mean(q_h), the history rows flattened with their event's row
+        h_len = np.fromiter((h.size for h in hists), dtype=np.int64, count=n_b)
+        h_rows = np.concatenate(hists) if h_len.any() else _NO_ROWS
+        h_of = np.repeat(np.arange(n_b), h_len)
+        h_w = np.zeros(n_b, dtype=np.float32)  # w / |history| per event
+        np.divide(np.float32(self.history_weight), h_len, out=h_w, where=h_len > 0, casting="unsafe")
+        p_rows = P[us]  # (B, D)
+        pu = p_rows.copy()
+        np.add.at(pu, h_of, Q[h_rows] * h_w[h_of, None])
         qi = Q[its]  # (B, D)
         qj = Q[negs]  # (B, N, D)
         diff = qi[:, None, :] - qj  # (B, N, D)
         x = np.einsum("bnd,bd->bn", diff, pu) + (Bias[its][:, None] - Bias[negs])  # (B, N)
         g = mask / (1.0 + np.exp(np.clip(x, -30.0, 30.0)))  # sigmoid(-x): grad of -log sigmoid(x)
         gs = g.sum(axis=1)  # (B,)
-        np.add.at(P, us, lr * (np.einsum("bn,bnd->bd", g, diff) - reg * pu))
+        gu = np.einsum("bn,bnd->bd", g, diff)  # (B, D) the gradient of the log-likelihood in u
+        np.add.at(P, us, lr * (gu - reg * p_rows))
+        np.add.at(Q, h_rows, lr * gu[h_of] * h_w[h_of, None])
         np.add.at(Q, its, lr * (gs[:, None] * pu - reg * qi))
         np.add.at(Q, negs.ravel(), (-lr * (g[:, :, None] * pu[:, None, :] + reg * qj)).reshape(-1, self.dim))
         np.add.at(Bias, its, lr * (gs - reg * Bias[its]))
         np.add.at(Bias, negs.ravel(), (-lr * (g + reg * Bias[negs])).ravel())
         self.ann.mark(its)  # rows the step moved: scanned exactly until the index is rebuilt
         self.ann.mark(negs.ravel())
+        self.ann.mark(h_rows)
 
     def user_vector(self, user: str, history: Sequence[str]) -> np.ndarray | None:
         """The (D,) query vector for ``user``, or ``None`` when nothing is known about them."""
@@ -268,6 +286,7 @@ class OnlineMF(ItemIndexed):
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("ann", RowIndex(None))  # pickled before the index existed
+        state.setdefault("_buf_h", [_NO_ROWS] * len(state["_buf_u"]))  # before the step used the history
         self.__dict__.update(state)
 
     def recommend(

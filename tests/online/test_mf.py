@@ -116,3 +116,35 @@ def test_forget_frees_the_users_row_for_the_next_new_user_and_keeps_the_others()
     mf.flush()
     assert sorted(mf._users) == ["u1", "u4", "u5"] and sorted(mf._users.values()) == [0, 1, 2]
     assert np.array_equal(mf.user_vector("u1", []), u1)  # a user row moves only with its own events
+
+
+def test_the_step_is_the_gradient_of_the_served_score() -> None:
+    """The SGD step ascends ``log sigmoid(x_ui - x_uj)`` (L2 on every row but the history's) for the user
+    vector as served, ``p_u + w * mean(q_h)``: the history items' vectors are trained too."""
+    torch = pytest.importorskip("torch")
+
+    def model() -> OnlineMF:  # h1, h2 and j known; the 2-slot negative pool holds j and, once learned, i
+        mf = OnlineMF(dim=4, seed=1, batch_size=1, n_negatives=1, negative_pool=2, lr=0.1, reg=0.01,
+                      history_weight=0.5)
+        for n, item in enumerate(("h1", "h2", "j")):
+            mf.learn_one("u0", item, float(n), ["h1", "h2"][:n])
+        mf._b[:3] = np.array([0.3, -0.2, 0.1], dtype=np.float32)
+        return mf
+
+    mf = model()
+    mf.learn_one("u1", "i", 3.0, ["h1", "h2"])  # a new user and item: their rows' initial draws are needed
+    after_p, after_q, after_b = mf._p[mf._users["u1"]].copy(), mf._q[:4].copy(), mf._b[:4].copy()
+    replay = model()
+    replay.batch_size = 2  # buffer u1's event: its rows exist, the step has not run
+    replay.learn_one("u1", "i", 3.0, ["h1", "h2"])
+    assert replay._pool[int(replay._uniform(1)[0] * 2)] == 2  # the step's negative is j (seed 1), not i
+    p = torch.tensor(replay._p[replay._users["u1"]], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor(replay._q[:4], dtype=torch.float64, requires_grad=True)  # rows h1, h2, j, i
+    b = torch.tensor(replay._b[:4], dtype=torch.float64, requires_grad=True)
+    u = p + 0.5 * q[:2].mean(dim=0)
+    x = (u @ q[3] + b[3]) - (u @ q[2] + b[2])
+    objective = torch.nn.functional.logsigmoid(x) - 0.01 / 2 * (p @ p + q[3] @ q[3] + q[2] @ q[2] + b[3] ** 2
+                                                                + b[2] ** 2)
+    objective.backward()
+    for got, param in ((after_p, p), (after_q, q), (after_b, b)):
+        np.testing.assert_allclose(got, (param + 0.1 * param.grad).detach().numpy(), rtol=1e-5, atol=1e-6)

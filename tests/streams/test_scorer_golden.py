@@ -9,7 +9,8 @@ decimals, and a float32 product's last bits depend on the BLAS kernel). The same
 OpenBLAS kernels and thread counts, in a subprocess, must give the same lists. The fixture
 ``scorer_golden.json.gz`` was re-recorded when ties got their stable rule (issue #18), then for the
 candidate-pool ranker, the transitions source and the consumed-items ban (issue #15), for the
-source gate, and for its standard error (no source is left out in this run since: none loses beyond noise); when a change *means* to alter the lists (a new feature, another default, another tie rule),
+source gate, for its standard error (no source is left out in this run since: none loses beyond noise), and for MF
+trained on the user vector it serves (stop 42); when a change *means* to alter the lists (a new feature, another default, another tie rule),
 re-record it with ``.venv/bin/python tests/streams/test_scorer_golden.py --write`` and say why in the commit.
 
 The run covers: the blender's prior phase and its learned phase, three arms (strength 0, 0.5, 1),
@@ -48,7 +49,7 @@ from streams.agents.scorer import BATCH_SOURCES, ScorerCore  # noqa: E402
 from streams.records import ScoreRequest  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("scorer_golden.json.gz")
-SCORE_ABS_TOL = 2e-6  # one step of the published scores' 6-decimal rounding, and some
+SCORE_ABS_TOL = 3e-6  # two steps of the published scores' 6-decimal rounding (seen under Prescott kernels), and some
 SCORE_REL_TOL = 1e-6
 ARMS = "control:0.4:0.0,tail:0.3:0.5,full:0.3:1.0"
 HIST = 50
