@@ -253,8 +253,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
              "distinct items of W[h_r][j]/r); the baselines never recommend an item the user consumed (their own "
              "exact per-user sets, all history) and are topped up with window MostPop when short of k",
              "consumed_share: share of recommended top-k slots holding an item the user had consumed before the list",
-             f"--seed {seed}: the online models' training draws (build_recommender; 0 = the live scorer's), "
-             "Transformer and Mult-VAE training, leave-one-out tie-breaks"]
+             f"--seed {seed}: the online models' training draws (build_recommender; 0 = the live scorer's; MF "
+             "alone's too), Transformer and Mult-VAE training, leave-one-out tie-breaks"]
     # the code this process runs: read at the start (a commit made during a long run is not in it)
     code = _code_version()
     meta = {"dataset": str(args.dataset), "mode": mode, "events": n, "users": n_users, "items": ds.n_items,
@@ -336,7 +336,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     meta["scorers"] = scorers
     specs = default_systems(strengths, boosts, transformer=model is not None or refresher is not None,
                             vae=getattr(model, "vae", None) is not None
-                            or (refresher is not None and refresher.vae_seconds > 0))
+                            or (refresher is not None and refresher.vae_seconds > 0), text=text_vectors is not None)
 
     results = {}
     refreshes = []

@@ -162,7 +162,7 @@ def _plots(results: dict[str, SystemResult], out: Path, title: str) -> list[str]
             for p in pts:
                 ax.annotate(f"{p[2]:g}", (p[0], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         for name, r in results.items():
-            if r.kind in ("mostpop", "recentpop", "transformer", "vae", "live", "tailcast-online"):
+            if r.kind in ("mostpop", "recentpop", "mf", "content", "transformer", "vae", "live", "tailcast-online"):
                 ax.plot([r.metrics["ndcg"]], [r.metrics[y]], "^", label=name)
         ax.set_xlabel("NDCG@10 (prequential)")
         ax.tick_params(axis="x", labelrotation=30)

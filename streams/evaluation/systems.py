@@ -1,6 +1,7 @@
 """The systems ``tailcast evaluate`` compares, each a :class:`~streams.agents.scorer.ScorerCore` around its
 recommender, named by :class:`SystemSpec`: tailcast at each strength (``no VAE``, ``online only``), MostPop,
-ItemCF and CoVisit-raw (docs/design.md §5) with their TailBoost curves, and a batch source alone. Baselines
+ItemCF and CoVisit-raw (docs/design.md §5) with their TailBoost curves, MF and Content (the online sources not
+already a baseline, each alone), and a batch source alone. Baselines
 never recommend a consumed item, top up with window MostPop, and split head/tail as tailcast does.
 """
 
@@ -14,7 +15,9 @@ import numpy as np
 
 from online.arms import ArmAssigner, ArmConfig
 from online.base import Candidate
+from online.content import ContentNeighbours
 from online.covisit import CoVisitation
+from online.mf import OnlineMF
 from online.popularity import DecayedPopularity
 from online.rerank import TailBoost
 from streams.agents.scorer import ScorerCore
@@ -23,7 +26,7 @@ from streams.config import Settings
 from .window import WindowPopularity
 
 __all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
-           "PerUserRecommender", "WindowMostPop", "RecentPop", "CoVisitBaseline", "TransformerOnly", "build_core",
+           "PerUserRecommender", "WindowMostPop", "RecentPop", "SourceAlone", "CoVisitBaseline", "TransformerOnly", "build_core",
            "batch_model_for", "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
@@ -45,12 +48,13 @@ class SystemSpec:
 _NAMES = {"tailcast": "tailcast[s={:.2f}]", "tailcast-novae": "tailcast[s={:.2f}] no VAE",
           "tailcast-online": "tailcast[s={:.2f}] online only", "tailboost": "TailBoost[λ={:g}]",
           "covisit-raw-boost": "CoVisit-raw+TailBoost[λ={:g}]", "mostpop": "MostPop", "recentpop": "RecentPop",
-          "itemcf": "ItemCF", "covisit-raw": "CoVisit-raw", "transformer": "Transformer", "vae": "Mult-VAE"}
+          "itemcf": "ItemCF", "covisit-raw": "CoVisit-raw", "mf": "MF", "content": "Content",
+          "transformer": "Transformer", "vae": "Mult-VAE"}
 
 
 #: Every system kind; the baselines are all but the tailcast ones.
 KINDS = ("tailcast", "tailcast-novae", "tailcast-online", "mostpop", "recentpop", "itemcf", "tailboost", "covisit-raw",
-         "covisit-raw-boost", "transformer", "vae")
+         "covisit-raw-boost", "mf", "content", "transformer", "vae")
 TAILCAST_KINDS = ("tailcast", "tailcast-novae", "tailcast-online")
 BASELINE_KINDS = tuple(k for k in KINDS if k not in TAILCAST_KINDS)
 #: Kinds that serve the batch model, given :func:`batch_model_for` their kind at start and at every swap.
@@ -61,9 +65,9 @@ TAILBOOST_CURVES = {"TailBoost (ItemCF)": ("itemcf", "tailboost"),
 
 
 def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, transformer: bool,
-                    vae: bool = False) -> list[SystemSpec]:
+                    vae: bool = False, text: bool = False) -> list[SystemSpec]:
     """The compared systems; with a batch model (``transformer``), tailcast also without its Mult-VAE
-    (``vae``) and without any batch model (``online only``), at each strength."""
+    (``vae``) and without any batch model (``online only``), at each strength; Content with item ``text``."""
     specs = [SystemSpec("tailcast", float(s)) for s in strengths]
     if transformer and vae:
         specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
@@ -73,6 +77,7 @@ def default_systems(strengths: Sequence[float], boosts: Sequence[float], *, tran
     specs += [SystemSpec("tailboost", float(b)) for b in boosts if b > 0]
     specs.append(SystemSpec("covisit-raw"))
     specs += [SystemSpec("covisit-raw-boost", float(b)) for b in boosts if b > 0]
+    specs += [SystemSpec("mf")] + ([SystemSpec("content")] if text else [])
     if transformer:
         specs.append(SystemSpec("transformer"))
         if vae:
@@ -184,6 +189,33 @@ class RecentPop(_Baseline):
                   extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
         banned = self.consumed(user, history)
         return self._top_up(self.model.recommend(user, (), self.k, exclude=banned), banned)
+
+
+class SourceAlone(_Baseline):
+    """One online source of tailcast alone, as the recommender builds it (``mf``: :class:`OnlineMF`; ``content``:
+    :class:`ContentNeighbours` over the item text vectors, exact search), its top k of the items the user never
+    consumed; MF's cold users get its item biases, Content's get MostPop (the top-up)."""
+
+    def __init__(self, *, source: str, k: int, window_events: int, head_share: float, seed: int = 0,
+                 text_vectors=None) -> None:
+        super().__init__(k=k, window_events=window_events, head_share=head_share)
+        if source == "mf":
+            self.model = OnlineMF(seed=seed)
+        elif source == "content":
+            if text_vectors is None or not len(text_vectors[0]):
+                raise ValueError("the Content system needs item text vectors")
+            self.model = ContentNeighbours(dim=text_vectors[1].shape[1])
+            self.model.set_vectors(list(text_vectors[0]), text_vectors[1])
+        else:
+            raise ValueError(f"no online source {source!r} to serve alone")
+
+    def _learn(self, user: str, item: str, ts: float, history: Sequence[str], first: bool) -> None:
+        self.model.learn_one(user, item, ts, history)
+
+    def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
+                  extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
+        banned = self.consumed(user, history)
+        return self._top_up(self.model.recommend(user, history, self.k, exclude=banned), banned)
 
 
 class _RankedCoVisitation(CoVisitation):
@@ -309,6 +341,9 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
         recommender = CoVisitBaseline(boost=boost, n_candidates=100, raw=raw, **common)
         version = ("baseline-covisit-raw" if raw else "baseline-itemcf") if not boost else \
             f"baseline-{'covisit-raw-' if raw else ''}tailboost-{boost:g}"
+    elif spec.kind in ("mf", "content"):
+        recommender = SourceAlone(source=spec.kind, seed=seed, text_vectors=text_vectors, **common)
+        version = f"baseline-{spec.kind}"
     elif spec.kind in ("transformer", "vae"):
         if model is None and not model_later:
             raise ValueError(f"the {spec.name} system needs a model (--checkpoint or --train-transformer)")

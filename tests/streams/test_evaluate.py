@@ -132,7 +132,7 @@ def offline_results(synthetic_stream):
     return run_offline(synthetic_stream, specs, SETTINGS, batch=32, progress_every=0)
 
 
-SYSTEMS = {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "RecentPop", "ItemCF", "TailBoost[λ=1]", "CoVisit-raw",
+SYSTEMS = {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "RecentPop", "ItemCF", "TailBoost[λ=1]", "CoVisit-raw", "MF",
            "CoVisit-raw+TailBoost[λ=1]"}
 
 
@@ -309,11 +309,13 @@ def test_report_files_are_written(tmp_path):
     strip = lambda r: {s: {k: v for k, v in m.items() if k != "scorer_seconds"} for s, m in r.items()}  # noqa: E731
     assert strip(report) == strip(again)
     assert (out / "recommendations.jsonl").read_bytes() == (out2 / "recommendations.jsonl").read_bytes()
-    # --seed 1: other training draws for the online models; tailcast's lists change, the baselines' do not
+    # --seed 1: other training draws for the online models; tailcast's and MF's lists change, the other baselines'
+    # do not
     out3 = tmp_path / "out3"
     run_evaluate(SETTINGS, _args(tmp_path / "d.csv", out3, seed=1))
     other = strip(json.loads((out3 / "report.json").read_text()))
-    assert all(other[name] == strip(report)[name] for name in SYSTEMS if not name.startswith("tailcast"))
+    assert all(other[name] == strip(report)[name] for name in SYSTEMS if not name.startswith(("tailcast", "MF")))
+    assert other["MF"] != strip(report)["MF"]
     assert (out3 / "recommendations.jsonl").read_bytes() != (out / "recommendations.jsonl").read_bytes()
     assert "--seed 1: the online models' training draws" in (out3 / "report.md").read_text()
 

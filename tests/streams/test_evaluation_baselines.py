@@ -3,6 +3,9 @@ exact consumed sets, the share of slots holding consumed items, two workers. Sma
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from online.base import CandidateList
 from online.synthetic import generate
 from streams.config import load_settings
@@ -12,7 +15,7 @@ from streams.evaluation.systems import SystemSpec, TransformerOnly, build_core, 
 
 SETTINGS = load_settings({"TAILCAST_TEXT_ENCODER": "hashing"})
 BASELINES = [SystemSpec("mostpop"), SystemSpec("itemcf"), SystemSpec("tailboost", 2.0), SystemSpec("covisit-raw"),
-             SystemSpec("covisit-raw-boost", 2.0)]
+             SystemSpec("covisit-raw-boost", 2.0), SystemSpec("mf")]
 
 
 def _stream(rows: list[tuple[str, str]]):
@@ -108,6 +111,22 @@ def test_baselines_never_recommend_an_item_consumed_before_the_last_50():
     last50 = [x for v, x in rows if v == "heavy"][-50:]
     assert "i9" in core.recommender.covisit.ranked("someone else", last50, 10)[0]
     assert "i9" not in core.recommender.covisit.ranked("heavy", last50, 10)[0]
+
+
+def test_content_alone_proposes_the_text_neighbours_of_the_history():
+    # A, B, C share a topic and D, E another; u1 had A then D; u2 had B
+    ids = ["A", "B", "C", "D", "E"]
+    vectors = np.array([[1, 0, 0], [0.9, 0.1, 0], [0.8, 0, 0.2], [0, 1, 0], [0, 0.9, 0.1]], dtype=np.float32)
+    rows = [("u1", "A"), ("u2", "B"), ("u1", "D"), ("u2", "E"), ("u3", "C")]
+    recs = []
+    run_offline(_stream(rows), [SystemSpec("content")], SETTINGS, batch=1, progress_every=0, lists_sink=recs.append,
+                sink_kinds=("content",), text_vectors=(ids, vectors))
+    by = {(r.user_id, r.user_event_count): [i.item_id for i in r.items] for r in recs}
+    assert by["u1", 1][:2] == ["B", "C"]          # the neighbours of A, nearest first
+    assert by["u1", 2][0] == "E" and "A" not in by["u1", 2] and "D" not in by["u1", 2]
+    assert by["u3", 1][:2] == ["A", "B"]
+    with pytest.raises(ValueError, match="text vectors"):
+        build_core(SystemSpec("content"), SETTINGS)
 
 
 def test_transformer_only_drops_consumed_items_and_tops_up():
