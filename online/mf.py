@@ -37,7 +37,6 @@ from online.rowindex import ANN_MIN_ITEMS, IndexFactory, RowIndex
 __all__ = ["OnlineMF"]
 
 _RAND_BLOCK = 8192
-_NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
 class OnlineMF(ItemIndexed):
@@ -78,7 +77,7 @@ class OnlineMF(ItemIndexed):
         self._buf_u: list[int] = []  # events waiting for the next vectorised SGD step
         self._buf_i: list[int] = []
         self._buf_pool_n: list[int] = []
-        self._buf_h: list[np.ndarray] = []  # each buffered event's history rows (the last history_window known)
+        self._buf_h: list[Sequence[str]] = []  # each buffered event's last history_window history items
         #: from ``ann_min_items`` items on, candidates through a maximum-inner-product index over ``[q_i, b_i]``
         #: (e.g. ``models.ann.MipsIndex.over``); rows the SGD steps moved since its build are scanned exactly
         self.ann = RowIndex(index_factory, min_rows=ann_min_items, background=background)
@@ -139,8 +138,7 @@ class OnlineMF(ItemIndexed):
         if user not in self._users and len(self._users) >= self.max_users:
             self._flush()  # the evicted user's row may still be waiting in the buffer
         u = self._user_row(user)
-        hist = self._items.indices(history[-self.history_window :]) if len(history) else _NO_ROWS
-        self._buf_h.append(hist[hist >= 0])
+        self._buf_h.append(history[-self.history_window :])
         self._buf_u.append(u)
         self._buf_i.append(i)
         self._buf_pool_n.append(self._pool_n)
@@ -198,15 +196,20 @@ class OnlineMF(ItemIndexed):
         mask = (negs != its[:, None]).astype(np.float32)  # (B, N) the positive is no negative
         P, Q, Bias = self._p, self._q, self._b
         lr, reg = np.float32(self.lr), np.float32(self.reg)
-        # the served user vector u = p_u + w * mean(q_h), the history rows flattened with their event's row
-        h_len = np.fromiter((h.size for h in hists), dtype=np.int64, count=n_b)
-        h_rows = np.concatenate(hists) if h_len.any() else _NO_ROWS
-        h_of = np.repeat(np.arange(n_b), h_len)
+        # the served user vector u = p_u + w * mean(q_h), the known history rows flattened with their event's row
+        h_rows = self._items.indices([item for h in hists for item in h])
+        h_of = np.repeat(np.arange(n_b), [len(h) for h in hists])
+        known = h_rows >= 0
+        if not known.all():
+            h_rows, h_of = h_rows[known], h_of[known]
+        h_len = np.bincount(h_of, minlength=n_b)
         h_w = np.zeros(n_b, dtype=np.float32)  # w / |history| per event
-        np.divide(np.float32(self.history_weight), h_len, out=h_w, where=h_len > 0, casting="unsafe")
+        has = h_len > 0
+        np.divide(np.float32(self.history_weight), h_len, out=h_w, where=has, casting="unsafe")
         p_rows = P[us]  # (B, D)
         pu = p_rows.copy()
-        np.add.at(pu, h_of, Q[h_rows] * h_w[h_of, None])
+        if h_rows.size:  # segment sums (reduceat), not np.add.at: several times cheaper
+            pu[has] += np.add.reduceat(Q[h_rows], (np.cumsum(h_len) - h_len)[has], axis=0) * h_w[has, None]
         qi = Q[its]  # (B, D)
         qj = Q[negs]  # (B, N, D)
         diff = qi[:, None, :] - qj  # (B, N, D)
@@ -215,7 +218,11 @@ class OnlineMF(ItemIndexed):
         gs = g.sum(axis=1)  # (B,)
         gu = np.einsum("bn,bnd->bd", g, diff)  # (B, D) the gradient of the log-likelihood in u
         np.add.at(P, us, lr * (gu - reg * p_rows))
-        np.add.at(Q, h_rows, lr * gu[h_of] * h_w[h_of, None])
+        if h_rows.size:  # the history rows' gradients summed per row (sorted, segment sums), then added once
+            order = np.argsort(h_rows, kind="stable")
+            rows = h_rows[order]
+            first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+            Q[rows[first]] += np.add.reduceat((gu[h_of] * (lr * h_w)[h_of, None])[order], first, axis=0)
         np.add.at(Q, its, lr * (gs[:, None] * pu - reg * qi))
         np.add.at(Q, negs.ravel(), (-lr * (g[:, :, None] * pu[:, None, :] + reg * qj)).reshape(-1, self.dim))
         np.add.at(Bias, its, lr * (gs - reg * Bias[its]))
@@ -286,7 +293,7 @@ class OnlineMF(ItemIndexed):
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("ann", RowIndex(None))  # pickled before the index existed
-        state.setdefault("_buf_h", [_NO_ROWS] * len(state["_buf_u"]))  # before the step used the history
+        state.setdefault("_buf_h", [()] * len(state["_buf_u"]))  # before the step used the history
         self.__dict__.update(state)
 
     def recommend(
