@@ -4,9 +4,10 @@ For an event (user ``u``, item ``i``), ``n_negatives`` items ``j`` are drawn fro
 ``negative_pool`` event items (negatives follow the seen-item distribution, which keeps the factors from
 encoding popularity) for one SGD step on ``-log sigmoid(x_ui - x_uj)``, ``x_ui = u . q_i + b_i``, L2
 ``reg``, ``u`` the user's vector as served (below): the step moves ``p_u``, ``q_i``, ``q_j`` and the history
-items' ``q_h`` (an item's vector also stands for the users who had it: SVD++/FISM's user model). Events are buffered and applied ``batch_size`` at a time as one vectorised step (numpy's per-call
-overhead makes a step per event cost several times more); reads see the factors up to ``batch_size - 1``
-events behind, :meth:`OnlineMF.flush` forces the step. A pickle holds the buffer too (pickling does not
+items' ``q_h`` (an item's vector also stands for the users who had it: SVD++/FISM's user model). Events are
+buffered and applied ``batch_size`` at a time as one vectorised step (numpy's per-call overhead makes a step per
+event cost several times more); reads see the factors up to ``batch_size - 1`` events behind,
+:meth:`OnlineMF.flush` forces the step. A pickle holds the buffer too (pickling does not
 flush: it must not change what the original recommends).
 
 A known user is ``p_u + history_weight * mean(q_h for h in the last history_window items)``; a user not

@@ -1,8 +1,8 @@
 """The systems ``tailcast evaluate`` compares, each a :class:`~streams.agents.scorer.ScorerCore` around its
 recommender, named by :class:`SystemSpec`: tailcast at each strength (``no VAE``, ``online only``), MostPop,
 ItemCF and CoVisit-raw (docs/design.md §5) with their TailBoost curves, MF and Content (the online sources not
-already a baseline, each alone), and a batch source alone. Baselines
-never recommend a consumed item, top up with window MostPop, and split head/tail as tailcast does.
+already a baseline, each alone), and a batch source alone. Baselines never recommend a consumed item, top up with
+window MostPop, and split head/tail as tailcast does.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from streams.config import Settings
 from .window import WindowPopularity
 
 __all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
-           "PerUserRecommender", "WindowMostPop", "RecentPop", "SourceAlone", "CoVisitBaseline", "TransformerOnly", "build_core",
-           "batch_model_for", "default_systems"]
+           "PerUserRecommender", "WindowMostPop", "RecentPop", "SourceAlone", "CoVisitBaseline", "TransformerOnly",
+           "build_core", "batch_model_for", "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
 

@@ -132,8 +132,8 @@ def offline_results(synthetic_stream):
     return run_offline(synthetic_stream, specs, SETTINGS, batch=32, progress_every=0)
 
 
-SYSTEMS = {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "RecentPop", "ItemCF", "TailBoost[λ=1]", "CoVisit-raw", "MF",
-           "CoVisit-raw+TailBoost[λ=1]"}
+SYSTEMS = {"tailcast[s=0.00]", "tailcast[s=0.50]", "MostPop", "RecentPop", "ItemCF", "TailBoost[λ=1]", "CoVisit-raw",
+           "CoVisit-raw+TailBoost[λ=1]", "MF"}
 
 
 def test_every_event_evaluated_exactly_once(synthetic_stream, offline_results):
