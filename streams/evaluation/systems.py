@@ -26,7 +26,7 @@ from streams.config import Settings
 from .window import WindowPopularity
 
 __all__ = ["SystemSpec", "KINDS", "TAILCAST_KINDS", "BASELINE_KINDS", "MODEL_KINDS", "TAILBOOST_CURVES",
-           "PerUserRecommender", "WindowMostPop", "RecentPop", "SourceAlone", "CoVisitBaseline", "TransformerOnly",
+           "PerUserRecommender", "WindowMostPop", "SourceAlone", "CoVisitBaseline", "TransformerOnly",
            "build_core", "batch_model_for", "default_systems"]
 
 _NOTHING: frozenset[str] = frozenset()
@@ -161,13 +161,14 @@ class WindowMostPop(_Baseline):
         return self._top_up([], self.consumed(user, history))
 
 
-class RecentPop(_Baseline):
-    """RecentPop: the most popular items now by time-decayed counts (the product's own
-    :class:`~online.popularity.DecayedPopularity`, its default half-life), none the user consumed: what the
-    popularity source proposes, alone. Where popularity moves (new products, seasons), far above MostPop's window
-    counts.
+class SourceAlone(_Baseline):
+    """One online source of tailcast alone, as the recommender builds it, its top k of the items the user never
+    consumed: ``popularity`` (RecentPop: :class:`DecayedPopularity`, the most popular items now by time-decayed
+    counts, its default half-life; where popularity moves, far above MostPop's window counts), ``mf``
+    (:class:`OnlineMF`; its cold users get its item biases) or ``content`` (:class:`ContentNeighbours` over the item
+    text vectors, exact search; its cold users get MostPop, the top-up).
 
-    >>> pop = RecentPop(window_events=100, head_share=0.2, k=2)
+    >>> pop = SourceAlone(source="popularity", window_events=100, head_share=0.2, k=2)
     >>> for n, item in enumerate("aaab"):
     ...     pop.learn_one("u", item, float(n), [])
     >>> for n, item in enumerate("ccdd"):                   # two days later, c and d are what is popular now
@@ -176,30 +177,12 @@ class RecentPop(_Baseline):
     (['d', 'c'], ['a', 'b'])
     """
 
-    name = "recentpop"
-
-    def __init__(self, *, k: int, window_events: int, head_share: float) -> None:
-        super().__init__(k=k, window_events=window_events, head_share=head_share)
-        self.model = DecayedPopularity(window_events=window_events, head_share=head_share)
-
-    def _learn(self, user: str, item: str, ts: float, history: Sequence[str], first: bool) -> None:
-        self.model.learn_one(user, item, ts, history)
-
-    def recommend(self, user: str, history: Sequence[str], user_event_count: int, *, arm: str,
-                  extra: Mapping[str, Sequence[Candidate]] | None = None) -> list[Candidate]:
-        banned = self.consumed(user, history)
-        return self._top_up(self.model.recommend(user, (), self.k, exclude=banned), banned)
-
-
-class SourceAlone(_Baseline):
-    """One online source of tailcast alone, as the recommender builds it (``mf``: :class:`OnlineMF`; ``content``:
-    :class:`ContentNeighbours` over the item text vectors, exact search), its top k of the items the user never
-    consumed; MF's cold users get its item biases, Content's get MostPop (the top-up)."""
-
     def __init__(self, *, source: str, k: int, window_events: int, head_share: float, seed: int = 0,
                  text_vectors=None) -> None:
         super().__init__(k=k, window_events=window_events, head_share=head_share)
-        if source == "mf":
+        if source == "popularity":
+            self.model = DecayedPopularity(window_events=window_events, head_share=head_share)
+        elif source == "mf":
             self.model = OnlineMF(seed=seed)
         elif source == "content":
             if text_vectors is None or not len(text_vectors[0]):
@@ -333,16 +316,15 @@ def build_core(spec: SystemSpec, settings: Settings, *, text_vectors=None, model
         version = "online"
     elif spec.kind == "mostpop":
         recommender, version = WindowMostPop(**common), "baseline-mostpop"
-    elif spec.kind == "recentpop":
-        recommender, version = RecentPop(**common), "baseline-recentpop"
     elif spec.kind in ("itemcf", "tailboost", "covisit-raw", "covisit-raw-boost"):
         boost = float(spec.param or 0.0) if spec.kind in ("tailboost", "covisit-raw-boost") else 0.0
         raw = spec.kind.startswith("covisit-raw")
         recommender = CoVisitBaseline(boost=boost, n_candidates=100, raw=raw, **common)
         version = ("baseline-covisit-raw" if raw else "baseline-itemcf") if not boost else \
             f"baseline-{'covisit-raw-' if raw else ''}tailboost-{boost:g}"
-    elif spec.kind in ("mf", "content"):
-        recommender = SourceAlone(source=spec.kind, seed=seed, text_vectors=text_vectors, **common)
+    elif spec.kind in ("recentpop", "mf", "content"):
+        source = "popularity" if spec.kind == "recentpop" else spec.kind
+        recommender = SourceAlone(source=source, seed=seed, text_vectors=text_vectors, **common)
         version = f"baseline-{spec.kind}"
     elif spec.kind in ("transformer", "vae"):
         if model is None and not model_later:
