@@ -277,7 +277,7 @@ class PartitionedCores:
 
 
 #: Kinds kept in the calling process: the batch model and the text vectors are not sent to a worker.
-_PINNED_KINDS = (*MODEL_KINDS, "tailcast-online")
+_PINNED_KINDS = (*MODEL_KINDS, "tailcast-online", "content")
 
 #: Users re-scored per call after a swap (the live scorer's ``rescore_active(batch=256)``).
 _RESCORE_BATCH = 256

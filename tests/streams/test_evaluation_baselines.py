@@ -139,11 +139,16 @@ def test_transformer_only_drops_consumed_items_and_tops_up():
 
 
 def test_two_workers_give_the_same_results():
+    """Every system, Content included (the text vectors stay in the calling process), as with one worker."""
     data = generate(n_users=40, n_items=60, n_events=300, seed=11)
     stream = prepare_events([Event(ts, u, i, e) for ts, u, i, e in data.events])
-    specs = default_systems([0.0], [1.0], transformer=False)
-    one = run_offline(stream, specs, SETTINGS, batch=4, progress_every=0, workers=1)
-    two = run_offline(stream, specs, SETTINGS, batch=4, progress_every=0, workers=2, log=lambda line: None)
+    ids = sorted(data.items)
+    text = (ids, np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32))
+    specs = default_systems([0.0], [1.0], transformer=False, text=True)
+    assert "Content" in [s.name for s in specs]
+    one = run_offline(stream, specs, SETTINGS, batch=4, progress_every=0, workers=1, text_vectors=text)
+    two = run_offline(stream, specs, SETTINGS, batch=4, progress_every=0, workers=2, log=lambda line: None,
+                      text_vectors=text)
     assert list(one) == list(two) == [s.name for s in specs]
     drop = {"scorer_seconds"}
     for name, r in one.items():
