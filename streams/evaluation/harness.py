@@ -12,8 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import orjson
@@ -334,10 +336,17 @@ def run_offline(
     log(f"  workers: {', '.join(s.name for s in here)} here; {', '.join(s.name for s in there)} in a second process")
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         future = pool.submit(_replay, stream, there, settings, **common)
-        mine = _replay(stream, here, settings, **common, **local)
+        mine = _replay(stream, here, settings, **common, **local, stop=partial(_raise_if_failed, future))
         theirs = future.result()
     both = {**mine, **theirs}
     return {s.name: both[s.name] for s in specs}
+
+
+def _raise_if_failed(future: Future) -> None:
+    """Raise the second process's error once it has failed: the calling process stops its replay between
+    micro-batches instead of replaying the whole stream for results that will be thrown away."""
+    if future.done() and future.exception() is not None:
+        raise future.exception()
 
 
 def _followers(specs: Sequence[SystemSpec], given: Mapping[str, ScorerCore]) -> dict[int, list[int]]:
@@ -444,8 +453,10 @@ def _replay(
     refreshes: list[Refresh] | None = None,
     scorers: int = 1,
     seed: int = 0,
+    stop: Callable[[], None] | None = None,
 ) -> dict[str, SystemResult]:
-    """:func:`run_offline` of ``specs`` in this process."""
+    """:func:`run_offline` of ``specs`` in this process; ``stop`` is called before each micro-batch and ends the
+    replay by raising."""
     events, index = stream.events, stream.index
     n = len(events)
     k = settings.scorer.k
@@ -494,6 +505,8 @@ def _replay(
                 publish(boards[f], sinks[f], f_recs)
 
     for start, end, requests in micro_batches(events, settings, batch):
+        if stop is not None:
+            stop()
         if start >= next_refresh:  # between micro-batches: train on events[:start], swap, re-score
             next_refresh = (start // refresh_every + 1) * refresh_every
             t = time.perf_counter()

@@ -155,3 +155,32 @@ def test_two_workers_give_the_same_results():
         assert {k: v for k, v in r.metrics.items() if k not in drop} == \
             {k: v for k, v in two[name].metrics.items() if k not in drop}, name
         assert r.chunks == two[name].chunks and r.exposure == two[name].exposure
+
+
+def test_the_calling_process_stops_its_replay_when_the_second_process_has_failed():
+    """run_offline asks between micro-batches (``_replay``'s ``stop``) whether the second process failed."""
+    from concurrent.futures import Future
+
+    from streams.evaluation.harness import _raise_if_failed, _replay
+
+    pending, ok, failed = Future(), Future(), Future()
+    ok.set_result({})
+    failed.set_exception(ValueError("no text vectors in the second process"))
+    _raise_if_failed(pending)
+    _raise_if_failed(ok)
+    with pytest.raises(ValueError, match="no text vectors"):
+        _raise_if_failed(failed)
+
+    asked = []
+
+    def stop() -> None:
+        asked.append(len(asked))
+        if len(asked) == 3:
+            _raise_if_failed(failed)
+
+    data = generate(n_users=20, n_items=30, n_events=200, seed=3)
+    stream = prepare_events([Event(ts, u, i, e) for ts, u, i, e in data.events])
+    with pytest.raises(ValueError, match="no text vectors"):
+        _replay(stream, [SystemSpec("mostpop")], SETTINGS, batch=4, warmup_events=0, n_chunks=10, progress_every=0,
+                stop=stop)
+    assert asked == [0, 1, 2]  # the fourth of 50 micro-batches was never replayed
