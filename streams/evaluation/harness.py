@@ -342,6 +342,18 @@ def run_offline(
     return {s.name: both[s.name] for s in specs}
 
 
+def gate_fields(blender) -> dict:
+    """The source gate at the end of a replay as result fields: ``gain_{segment}_{source}`` (its running NDCG@k
+    gain), ``gain_se_{segment}_{source}`` (its standard error) and ``served_{segment}_{source}``."""
+    out = {}
+    for segment, sources in blender.gate().items():
+        for name, judged in sources.items():
+            out[f"gain_{segment}_{name}"] = round(judged["gain"], 5)
+            out[f"gain_se_{segment}_{name}"] = round(judged["se"], 5)
+            out[f"served_{segment}_{name}"] = judged["served"]
+    return out
+
+
 def _raise_if_failed(future: Future) -> None:
     """Raise the second process's error once it has failed: the calling process stops its replay between
     micro-batches instead of replaying the whole stream for results that will be thrown away."""
@@ -562,10 +574,7 @@ def _replay(
             extra.update({f"blender_auc_{name}": round(v, 4) for name, v in blender.auc().items()
                           if v == v})  # NaN: a source never scored an item with feedback
             extra["blender_window_examples"], extra["blender_window_clicks"] = blender.auc_counts()
-            for segment, sources in blender.gate().items():  # the source gate at the end of the replay
-                for name, judged in sources.items():
-                    extra[f"gain_{segment}_{name}"] = round(judged["gain"], 5)
-                    extra[f"served_{segment}_{name}"] = judged["served"]
+            extra.update(gate_fields(blender))
         results[spec.name] = boards[s].finish(kind=spec.kind, param=spec.param, seconds=seconds[s],
                                               window_end=window_end, extra=extra)
     if refreshes is not None:

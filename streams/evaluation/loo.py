@@ -16,7 +16,7 @@ from models.sequence import pad_batch
 from streams.agents.scorer import BATCH_SOURCES
 from streams.config import Settings
 
-from .harness import PreparedStream, SystemResult, micro_batches
+from .harness import PreparedStream, SystemResult, gate_fields, micro_batches
 from .report import paired_difference
 from .systems import SystemSpec, batch_model_for, build_core
 from .transformer import Refresher
@@ -191,8 +191,13 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                     if split.test[chunk[b]] in items:
                         ranks[lo + b] = items.index(split.test[chunk[b]])
             seconds[name] += time.perf_counter() - t
-            add(name, s.kind, s.param, _metrics(ranks, is_tail, is_short, k), seconds[name])
+            add(name, s.kind, s.param, {**_metrics(ranks, is_tail, is_short, k),
+                                        **gate_fields(core.recommender.blender)}, seconds[name])
         served_name = rows[0][0]
+        left_out = {seg: sorted(n for n, j in srcs.items() if not j["served"])
+                    for seg, srcs in rows[0][2].recommender.blender.gate().items()}
+        notes.append(f"{served_name}'s source gate at the end of the replay, sources left out per user segment: "
+                     + "; ".join(f"{seg}: {', '.join(names) or 'none'}" for seg, names in left_out.items()))
         ablations = {n: results[n].metrics["ndcg"] for n, _s, _c in rows if n.startswith(served_name + " no ")}
         if ablations:
             full = results[served_name].metrics["ndcg"]

@@ -328,6 +328,12 @@ def test_loo_mode_reports_baselines_and_tailcast(tmp_path):
     for m in report.values():
         assert 0.0 <= m["ndcg"] <= m["hr"] <= 1.0 and m["users"] > 0
     assert report["MostPop"]["users"] == report["tailcast[s=0.00]"]["users"]
+    served = {k: v for k, v in report["tailcast[s=0.00]"].items() if k.startswith("served_")}  # the source gate
+    assert {f"served_{seg}_{src}" for seg in ("new", "regular", "heavy")
+            for src in ("popularity", "covisit", "transitions", "last", "mf", "content", "fresh")} <= set(served)
+    assert all(isinstance(v, bool) for v in served.values())
+    assert "source gate at the end of the replay, sources left out per user segment: new: " in \
+        (out / "report.md").read_text()
 
 
 def test_harness_rejects_events_the_edge_would_dead_letter():
