@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -331,8 +331,6 @@ def run_offline(
              "refreshes": refreshes}
     if not there:
         return _replay(stream, here, settings, **common, **local)
-    from concurrent.futures import ProcessPoolExecutor
-
     log(f"  workers: {', '.join(s.name for s in here)} here; {', '.join(s.name for s in there)} in a second process")
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         future = pool.submit(_replay, stream, there, settings, **common)
