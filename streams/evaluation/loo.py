@@ -1,6 +1,7 @@
 """Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast,
 which replays the stream minus the test events through the scorer's micro-batches (the trained models as
-frozen batch sources from the validation events on, so the ranker learns their weight out of sample) and
+frozen batch sources from the validation events on, so the ranker learns their weight out of sample; every
+user re-scored before them, so that each validation event labels a list made as the test list is) and
 ranks one top-``k`` list per user: a rank beyond ``k``, or a target repeating a history item, is a miss.
 """
 
@@ -145,7 +146,10 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         if batch_model is not None and batch_model.vae is not None:
             specs += [SystemSpec("tailcast-novae", float(s)) for s in strengths]
         # on the train part the batch models' candidates are in-sample, and a ranker learning there would trust
-        # them too much: the online models alone replay it, the batch models come in for the validation events
+        # them too much: the online models alone replay it, the batch models come in for the validation events.
+        # Every user is re-scored then, with or without them: a validation event labels the list made with the
+        # models of the whole train part, as its user's test list is, not the one made after their previous
+        # event (on MovieLens the median user's in 2007, the train part ending in 2018)
         valid_count = {u: len(split.train[u]) + 1 for u in split.valid}
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
@@ -165,8 +169,9 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         for phase, reqs in enumerate(phases):
             for name, s, core in rows:
                 t = time.perf_counter()
-                if phase == 1 and batch_model is not None:
-                    core.swap_model(batch_model_for(s.kind, batch_model))
+                if phase == 1:
+                    if batch_model is not None:
+                        core.swap_model(batch_model_for(s.kind, batch_model))
                     for _lists in core.rescore_active(batch=batch, now=reqs[0].event_ts if reqs else None):
                         pass
                 for lo in range(0, len(reqs), batch):

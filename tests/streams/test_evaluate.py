@@ -400,6 +400,42 @@ def test_loo_batch_models_meet_the_ranker_only_on_events_they_were_not_trained_o
     assert after_valid <= set(seen)  # the test lists used them
 
 
+def test_loo_validation_events_label_lists_made_after_the_train_part(tmp_path, monkeypatch):
+    """The ranker learns on each user's validation event from a list made as that user's test list is: with the
+    models of the whole train part (not the list made years earlier, after the user's previous event), online
+    models only as with the batch models."""
+    from models.loo import leave_one_out
+    from online.recommender import OnlineRecommender
+
+    learned: dict[int, int] = collections.Counter()  # per recommender: events learned so far
+    per_user: dict[tuple[int, str], int] = collections.Counter()  # (recommender, user) -> their events learned
+    listed: dict[tuple[int, str], int] = {}  # (recommender, user) -> events learned when their newest list was made
+    at_validation: list[int] = []
+    recommend_many, learn_one = OnlineRecommender.recommend_many, OnlineRecommender.learn_one
+
+    def spy_recommend(self, users, *args, **kwargs):
+        for user in users:
+            listed[id(self), user] = learned[id(self)]
+        return recommend_many(self, users, *args, **kwargs)
+
+    def spy_learn(self, user, item, ts, history):
+        per_user[id(self), user] += 1
+        if user in split.valid and per_user[id(self), user] == len(split.train[user]) + 1:
+            at_validation.append(listed.get((id(self), user), -1))
+        learned[id(self)] += 1
+        return learn_one(self, user, item, ts, history)
+
+    data = _csv(tmp_path / "d.csv", 600)
+    rows = [line.split(",") for line in data.read_text().splitlines()[1:]]
+    split = leave_one_out([(u, i, float(ts)) for u, i, ts in rows])
+    n_train = len(rows) - len(split.test) - len(split.valid)
+    monkeypatch.setattr(OnlineRecommender, "recommend_many", spy_recommend)
+    monkeypatch.setattr(OnlineRecommender, "learn_one", spy_learn)
+    assert run_evaluate(SETTINGS, _args(data, tmp_path / "loo", mode="loo", strengths="0")) == 0
+    assert len(at_validation) == len(split.valid) > 0
+    assert set(at_validation) == {n_train}
+
+
 def test_loo_ablation_rows_switch_one_source_off_each(tmp_path, monkeypatch):
     from online.recommender import OnlineRecommender
 
