@@ -235,8 +235,9 @@ def write_report(out: Path, results: dict[str, SystemResult], *, command: str, t
     if verdicts:
         md += ["## docs/design.md §7 checks", ""]
         for name, v in verdicts["quality"].items():
+            rel = ">=" if v["meets"] else "<"
             md.append(f"- {name} NDCG@10 {v['ndcg']:.4f} vs the best single system, {v['best_single']} "
-                      f"{v['best_single_ndcg']:.4f}: ratio {v['ratio']:.3f} >= {QUALITY_RATIO}: "
+                      f"{v['best_single_ndcg']:.4f}: ratio {v['ratio']:.3f} {rel} {QUALITY_RATIO}: "
                       f"**{'yes' if v['meets'] else 'no'}**")
         for y, v in verdicts["tradeoff"].items():
             names = " and ".join(v["curves"]) or "no TailBoost curve"
@@ -258,8 +259,9 @@ def write_report(out: Path, results: dict[str, SystemResult], *, command: str, t
                       + (f" (not above: {', '.join(losers)})" if losers else ""))
         how = (meta or {}).get("batch_models", "mode not recorded")
         for name, v in verdicts["batch_models"].items():
-            md.append(f"- the batch models add accuracy (batch models {how}): {name} NDCG@10 {v['ndcg']:.4f} > "
-                      f"{v['online_only']} {v['online_only_ndcg']:.4f} (ratio {v['ratio']:.3f}"
+            rel = ">" if v["meets"] else "<="
+            md.append(f"- the batch models add accuracy (batch models {how}): {name} NDCG@10 {v['ndcg']:.4f} "
+                      f"{rel} {v['online_only']} {v['online_only_ndcg']:.4f} (ratio {v['ratio']:.3f}"
                       + (f"; paired per-event difference {v['paired_diff']:+.4f} ± {1.96 * v['paired_se']:.4f}, "
                          f"95%, {v['paired_events']} events" if "paired_diff" in v else "")
                       + f"): **{'yes' if v['meets'] else 'no'}**")

@@ -243,7 +243,7 @@ def test_report_checks_name_both_tailboost_curves(tmp_path):
         assert (f"- tailcast's curve above TailBoost (ItemCF) and TailBoost (CoVisit-raw) ({y} at equal NDCG@10) "
                 "at every setting: **yes**") in md
     assert "vs TailBoost (ItemCF) 0.4000 -> above" in md and "vs TailBoost (CoVisit-raw) 0.1000 -> above" in md
-    assert "vs the best single system, ItemCF 0.2000: ratio 0.750 >= 1.05: **no**" in md
+    assert "vs the best single system, ItemCF 0.2000: ratio 0.750 < 1.05: **no**" in md
     assert "0.00% of recommended slots are items the user already consumed, <= 0.5%: **yes**" in md
     run = json.loads((tmp_path / "run.json").read_text())
     assert set(run["verdicts"]["tradeoff"]["tail_hr"]["curves"]) == {"TailBoost (ItemCF)", "TailBoost (CoVisit-raw)"}

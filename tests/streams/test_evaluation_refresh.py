@@ -216,6 +216,7 @@ def test_report_checks_that_the_batch_models_add_accuracy(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert ("- the batch models add accuracy (batch models refreshed every 100 events (as deployed)): "
             "tailcast[s=0.00] NDCG@10 0.1200 > tailcast[s=0.00] online only 0.1000 (ratio 1.200): **yes**") in md
+    assert ("tailcast[s=0.50] NDCG@10 0.0900 <= tailcast[s=0.50] online only 0.1000 (ratio 0.900): **no**") in md
 
 
 def _csv(path: Path, n_events: int = 600) -> Path:
