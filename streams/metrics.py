@@ -201,6 +201,8 @@ class TrainerMetrics(Instruments):
         "valid_ndcg": (Gauge, "tailcast_trainer_valid_ndcg_ratio",
                        "Validation NDCG@10 of the published models (model: transformer, vae)", ("model",)),
         "events_buffered": (Gauge, "tailcast_trainer_events_buffered", "Events held for the next refresh"),
+        "refresh_interval": (Gauge, "tailcast_trainer_refresh_interval_seconds",
+                             "The refresh interval the trainer runs with (TAILCAST_TRAIN_INTERVAL_S)"),
     }
 
 

@@ -224,6 +224,7 @@ async def _run(settings: Settings, metrics: TrainerMetrics, *, once: bool) -> No
 def run_trainer(settings: Settings, *, once: bool = False, dataset: str | None = None) -> int:
     registry = CollectorRegistry()
     metrics = TrainerMetrics.create(registry)
+    metrics.refresh_interval.set(settings.trainer.interval_s)  # the stale-model alerts are twice it
     serve_metrics(registry, settings.metrics_port_for("trainer"))
     if dataset:
         ds = load_dataset(dataset)

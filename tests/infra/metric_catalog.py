@@ -94,6 +94,7 @@ tailcast_trainer_refresh_total                             counter
 tailcast_trainer_last_refresh_timestamp_seconds            gauge
 tailcast_trainer_refresh_duration_seconds                  histogram
 tailcast_trainer_valid_ndcg_ratio                          gauge     model
+tailcast_trainer_refresh_interval_seconds                  gauge
 """)
 
 # Series Prometheus itself adds to every target.
@@ -102,7 +103,7 @@ BUILTIN_SERIES = frozenset({"up"})
 # Label values the contracts fix (docs/design.md §3 and §4) or that are typical, for fakes and tests.
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "arm": ("control", "tail"),
-    "reason": ("invalid_json", "missing_field"),
+    "reason": ("not_json", "missing_field"),
     "topic": ("events", "score-requests"),
     "version": ("v1",),
     "device": ("cpu",),

@@ -3,6 +3,8 @@ order it."""
 
 from __future__ import annotations
 
+import streams.trainer as trainer
+from streams.config import load_settings
 from streams.records import Forget, ScoreRequest, read_request
 from streams.trainer import EventLog
 
@@ -41,3 +43,16 @@ def test_a_replay_of_the_log_from_its_beginning_drops_the_users_events_again():
     for start in range(0, len(stream), 2):  # batches cut elsewhere
         feed(replayed, stream[start:start + 2])
     assert list(first.events) == list(replayed.events) == [("u2", "x", 1.0), ("u2", "y", 2.0)]
+
+
+def test_trainer_exports_the_refresh_interval_its_stale_alerts_compare_with(monkeypatch):
+    """infra/prometheus/alerts.yml fires when a model is older than twice this gauge (alerts.test.yml)."""
+    seen = {}
+
+    async def no_loop(settings, metrics, *, once):
+        seen["interval"] = metrics.refresh_interval._value.get()
+
+    monkeypatch.setattr(trainer, "serve_metrics", lambda registry, port: None)
+    monkeypatch.setattr(trainer, "_run", no_loop)
+    assert trainer.run_trainer(load_settings({"TAILCAST_TRAIN_INTERVAL_S": "900"})) == 0
+    assert seen == {"interval": 900.0}
