@@ -82,7 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Kafka bootstrap servers (host:port[,host:port]). Unset: the embedded Tansu broker (memory only) "
             f"on 127.0.0.1:{EMBEDDED_PORT}; `tailcast broker` listens on the address it names."),
     Setting("TAILCAST_PARTITIONS", "4", _positive_int,
-            "Partitions of the user-keyed topics (events, score-requests, recommendations)."),
+            "Partitions of the user-keyed topics (events, score-requests, recommendations, impressions)."),
     Setting("TAILCAST_REPLICATION", "1", _positive_int,
             "Replication factor of the topics tailcast creates (use 3 on a production cluster)."),
     Setting("TAILCAST_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
