@@ -21,6 +21,12 @@ linear ranker the perceptron replaced, and the ``mlp`` ranker that measured it h
     .venv/bin/python -m benchmarks.ranker_pools record --dataset $DATA/ml-latest-small \
         --train-transformer 60 --train-vae 30 --refresh-every 25000 --pools out/pools-ml-refresh.pkl
     .venv/bin/python -m benchmarks.ranker_pools replay out/pools-ml-refresh.pkl --system "tailcast[s=0.00] no VAE"
+    .venv/bin/python -m benchmarks.ranker_pools replay out/pools-synthetic.pkl --rankers blender --ablate --seeds 0,1
+
+``--ablate`` replays the ranker once more without each source that proposed in the pools, as leave-one-out's
+``--ablate`` retrains tailcast without it: the source's features at "not proposed" and the rows only it proposed
+left out (a pool whose click only it proposed is not learned, and scores 0), each variant paired over the pools
+kept whole with the ranker that has every source (the source gate is not applied: every source scores).
 
 The figures and what they decided are in docs/decisions.md ("#15 ranker headroom").
 """
@@ -96,14 +102,46 @@ def _ndcg(scores: np.ndarray, hit: int) -> float:
     return float(_DISCOUNT[better]) if better < 10 else 0.0
 
 
+SOURCES = (*CORE_SOURCES, "transformer", "vae")  # the pools' feature columns, as the recorded recommender had them
+
+
+def without(X: np.ndarray, hit: int, left_out: tuple[str, ...]) -> tuple[np.ndarray, int]:
+    """A pool's rows (``X``, the clicked row ``hit``) as a recommender without the ``left_out`` sources had seen
+    them: their score, rank and proposed columns at "not proposed" (0), the rows only they proposed dropped.
+    Returns the rows and the clicked row's new index (-1: only the left-out sources proposed it)."""
+    if not left_out:
+        return X, hit
+    n_s = len(SOURCES)
+    idx = [SOURCES.index(s) for s in left_out]
+    proposed = X[:, 2 * n_s : 3 * n_s] > 0
+    proposed[:, idx] = False
+    keep = proposed.any(axis=1)
+    out = X[keep]
+    for i in idx:
+        out[:, [i, n_s + i, 2 * n_s + i]] = 0.0
+    return out, int(np.cumsum(keep)[hit] - 1) if keep[hit] else -1
+
+
+def proposing(pools: list[tuple]) -> list[str]:
+    """The sources that proposed a row in at least one training pool, in :data:`SOURCES` order."""
+    n_s = len(SOURCES)
+    seen = np.zeros(n_s, dtype=bool)
+    for pool in pools:
+        if not _is_marker(pool) and pool[0] is not None:
+            seen |= (pool[0][:, 2 * n_s : 3 * n_s] > 0).any(axis=0)
+    return [s for s, on in zip(SOURCES, seen) if on]
+
+
 def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0,
-           hidden: int | None = None) -> dict[str, float]:
-    """Prequential NDCG@10 over the pools kept whole (all, and the second half's), for one ranker."""
+           hidden: int | None = None, left_out: tuple[str, ...] = ()) -> dict[str, object]:
+    """Prequential NDCG@10 over the pools kept whole (all, and the second half's), for one ranker; ``per_pool``:
+    each whole pool's NDCG@10 (0 where its click is not in the pool), for paired comparisons."""
     pools = [p for p in pools if not _is_marker(p)]
-    sources = (*CORE_SOURCES, "transformer", "vae")
     half = len(pools) // 2
     whole = [n for n, p in enumerate(pools) if p[1] is not None]
     started = time.perf_counter()
+    if left_out and ranker != "blender":
+        raise SystemExit("--ablate replays the blender only")
     if ranker == "gbdt":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -116,19 +154,21 @@ def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0
     if ranker != "blender":
         raise SystemExit(f"unknown ranker {ranker!r} (blender, gbdt)")
     width = {} if hidden is None else {"hidden": hidden}  # None: the product's width
-    model = FeedbackBlender(sources=sources, seed=seed, **width)
+    model = FeedbackBlender(sources=SOURCES, seed=seed, **width)
     scores: dict[int, float] = {}
     for n, (train, kept, hit) in enumerate(pools):
         if train is None:
             continue
         if kept is not None:
-            scores[n] = _ndcg(model.logits(kept.astype(np.float64)), hit)
-        X = train[: 1 + negatives].astype(np.float64)
-        model.learn_matrix(X, np.arange(X.shape[0]) == 0)
+            rows, at = without(kept.astype(np.float64), hit, left_out)
+            scores[n] = _ndcg(model.logits(rows), at) if at >= 0 else 0.0
+        X, at = without(train[: 1 + negatives].astype(np.float64), 0, left_out)
+        if at == 0:  # the click (row 0) is in the pool
+            model.learn_matrix(X, np.arange(X.shape[0]) == 0)
     every = [scores.get(n, 0.0) for n in whole]
     late = [scores.get(n, 0.0) for n in whole if n >= half]
     return {"ndcg": float(np.mean(every)), "ndcg_second_half": float(np.mean(late)),
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "per_pool": np.array(every)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("--seeds", default="0")
     p_replay.add_argument("--hidden", default="",
                           help="blender: hidden widths to replay (comma list; default the product's)")
+    p_replay.add_argument("--ablate", action="store_true",
+                          help="blender: also replay it without each proposing source in turn (see the module doc)")
     args, rest = p.parse_known_args(argv)
     if args.command == "record":
         record(rest, args.pools)
@@ -150,14 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     with args.pools.open("rb") as f:
         pools = pickle.load(f)[args.system]
     widths = [int(h) for h in args.hidden.split(",")] if args.hidden else [None]
-    print("| ranker | hidden | seed | NDCG@10 (pools kept whole) | second half | seconds |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    print("| ranker | hidden | seed | without | NDCG@10 (pools kept whole) | paired difference ± s.e. | second half "
+          "| seconds |\n|---|---:|---:|---|---:|---:|---:|---:|")
+    variants = [()] + ([(s,) for s in proposing(pools)] if args.ablate else [])
     for ranker in args.rankers.split(","):
         for hidden in widths if ranker == "blender" else [None]:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                m = replay(pools, ranker, seed=seed, hidden=hidden)
-                print(f"| {ranker} | {'' if hidden is None else hidden} | {seed} | {m.get('ndcg', float('nan')):.4f} "
-                      f"| {m['ndcg_second_half']:.4f} | {m['seconds']:.0f} |", flush=True)
+                base = None
+                for left_out in variants if ranker == "blender" else [()]:
+                    m = replay(pools, ranker, seed=seed, hidden=hidden, left_out=left_out)
+                    paired = ""
+                    if left_out and base is not None:
+                        d = m["per_pool"] - base
+                        paired = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f}"
+                    elif "per_pool" in m:
+                        base = m["per_pool"]
+                    print(f"| {ranker} | {'' if hidden is None else hidden} | {seed} | {','.join(left_out)} "
+                          f"| {m.get('ndcg', float('nan')):.4f} | {paired} | {m['ndcg_second_half']:.4f} "
+                          f"| {m['seconds']:.0f} |", flush=True)
     return 0
 
 
