@@ -26,7 +26,8 @@ linear ranker the perceptron replaced, and the ``mlp`` ranker that measured it h
 ``--ablate`` replays the ranker once more without each source that proposed in the pools, as leave-one-out's
 ``--ablate`` retrains tailcast without it: the source's features at "not proposed" and the rows only it proposed
 left out (a pool whose click only it proposed is not learned, and scores 0), each variant paired over the pools
-kept whole with the ranker that has every source (the source gate is not applied: every source scores).
+kept whole with the ranker that has every source (the source gate is not applied: every source scores). Its last
+row, ``select``, is what serving the better of them would have given, chosen online (:func:`select`).
 
 The figures and what they decided are in docs/decisions.md ("#15 ranker headroom").
 """
@@ -132,6 +133,28 @@ def proposing(pools: list[tuple]) -> list[str]:
     return [s for s, on in zip(SOURCES, seen) if on]
 
 
+def select(full: np.ndarray, variants: dict[str, np.ndarray], window: int = 1365, z: float = 2.0) -> np.ndarray:
+    """Per pool kept whole, the NDCG@10 of the ranker that a selector would have served there: the variant whose
+    mean paired gain over the full ranker across the previous ``window`` pools is the largest and above 0 by
+    more than ``z`` standard errors, else the full ranker (4,096 labelled pools, a third of them kept whole:
+    the source gate's window)."""
+    names = list(variants)
+    D = np.stack([variants[v] - full for v in names]) if names else np.zeros((0, full.size))
+    out = full.copy()
+    c1 = np.concatenate([np.zeros((len(names), 1)), np.cumsum(D, axis=1)], axis=1)
+    c2 = np.concatenate([np.zeros((len(names), 1)), np.cumsum(D * D, axis=1)], axis=1)
+    for t in range(2, full.size):
+        a = max(0, t - window)
+        n = t - a
+        mean = (c1[:, t] - c1[:, a]) / n
+        se = np.sqrt(np.maximum((c2[:, t] - c2[:, a]) / n - mean * mean, 0.0) / (n - 1))
+        ok = mean - z * se > 0
+        if ok.any():
+            best = int(np.argmax(np.where(ok, mean, -np.inf)))
+            out[t] = variants[names[best]][t]
+    return out
+
+
 def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0,
            hidden: int | None = None, left_out: tuple[str, ...] = ()) -> dict[str, object]:
     """Prequential NDCG@10 over the pools kept whole (all, and the second half's), for one ranker; ``per_pool``:
@@ -171,6 +194,10 @@ def replay(pools: list[tuple], ranker: str, *, negatives: int = 8, seed: int = 0
             "seconds": time.perf_counter() - started, "per_pool": np.array(every)}
 
 
+def _paired(d: np.ndarray) -> str:
+    return f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -198,18 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     for ranker in args.rankers.split(","):
         for hidden in widths if ranker == "blender" else [None]:
             for seed in [int(s) for s in args.seeds.split(",")]:
-                base = None
+                base, ablated = None, {}
                 for left_out in variants if ranker == "blender" else [()]:
                     m = replay(pools, ranker, seed=seed, hidden=hidden, left_out=left_out)
                     paired = ""
                     if left_out and base is not None:
-                        d = m["per_pool"] - base
-                        paired = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f}"
+                        ablated[",".join(left_out)] = m["per_pool"]
+                        paired = _paired(m["per_pool"] - base)
                     elif "per_pool" in m:
                         base = m["per_pool"]
                     print(f"| {ranker} | {'' if hidden is None else hidden} | {seed} | {','.join(left_out)} "
                           f"| {m.get('ndcg', float('nan')):.4f} | {paired} | {m['ndcg_second_half']:.4f} "
                           f"| {m['seconds']:.0f} |", flush=True)
+                if ablated:
+                    chosen = select(base, ablated)
+                    print(f"| {ranker} | {'' if hidden is None else hidden} | {seed} | select | {chosen.mean():.4f} "
+                          f"| {_paired(chosen - base)} | {chosen[chosen.size // 2:].mean():.4f} | |", flush=True)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.ranker_pools import SOURCES, proposing, replay, without
+from benchmarks.ranker_pools import SOURCES, proposing, replay, select, without
 
 
 def _pool(proposals: list[list[str]]) -> np.ndarray:
@@ -42,3 +42,13 @@ def test_replay_without_a_source_loses_the_clicks_only_it_proposed():
     assert full["per_pool"].shape == no_last["per_pool"].shape == (20,)
     assert full["ndcg"] > 0.5 and no_last["ndcg"] == 0.0       # every click was `last`'s alone
     assert replay(pools, "blender", left_out=("covisit",))["ndcg"] == 1.0   # the click is all that is left
+
+
+def test_select_serves_a_variant_only_once_it_is_ahead_beyond_noise():
+    full = np.tile([0.5, 0.0], 200)            # the full ranker alternates hits and misses
+    better = full + 0.25                       # this variant is always .25 ahead
+    noisy = full + np.tile([0.3, -0.3], 200)   # this one is even on average
+    chosen = select(full, {"better": better, "noisy": noisy}, window=50)
+    assert chosen[0] == full[0] and chosen[1] == full[1]       # nothing to go by yet
+    assert np.array_equal(chosen[3:], better[3:])              # ahead with no spread: chosen from the third pool
+    assert np.array_equal(select(full, {"noisy": noisy}, window=50), full)
