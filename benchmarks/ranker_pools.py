@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"| {m.get('ndcg', float('nan')):.4f} | {paired} | {m['ndcg_second_half']:.4f} "
                           f"| {m['seconds']:.0f} |", flush=True)
                 if ablated:
-                    chosen = select(base, ablated)
+                    chosen, h = select(base, ablated), base.size // 2
                     print(f"| {ranker} | {'' if hidden is None else hidden} | {seed} | select | {chosen.mean():.4f} "
-                          f"| {_paired(chosen - base)} | {chosen[chosen.size // 2:].mean():.4f} | |", flush=True)
+                          f"| {_paired(chosen - base)} (second half {_paired(chosen[h:] - base[h:])}) | | |", flush=True)
     return 0
 
 
