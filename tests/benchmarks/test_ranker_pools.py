@@ -50,5 +50,5 @@ def test_select_serves_a_variant_only_once_it_is_ahead_beyond_noise():
     noisy = full + np.tile([0.3, -0.3], 200)   # this one is even on average
     chosen = select(full, {"better": better, "noisy": noisy}, window=50)
     assert chosen[0] == full[0] and chosen[1] == full[1]       # nothing to go by yet
-    assert np.array_equal(chosen[3:], better[3:])              # ahead with no spread: chosen from the third pool
+    assert np.array_equal(chosen[2:], better[2:])              # ahead with no spread: chosen from the third pool
     assert np.array_equal(select(full, {"noisy": noisy}, window=50), full)
