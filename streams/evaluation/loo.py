@@ -181,20 +181,25 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         # the state before each test event: last history_len items of train + valid, as the worker keeps it
         full = {u: split.train[u] + [split.valid[u]] for u in users}
         hl = settings.worker.history_len
-        ranks_of = {}
-        for name, s, core in rows:
-            t = time.perf_counter()
-            ranks = ranks_of[name] = np.full(len(users), n_items, dtype=np.int64)
+
+        def test_ranks(core, arm: str) -> np.ndarray:
+            """(users,) each user's test item's rank in their top-k list, ``n_items`` when not in it."""
+            ranks = np.full(len(users), n_items, dtype=np.int64)
             for lo in range(0, len(users), batch):
                 chunk = users[lo:lo + batch]
                 hs = [full[u][-hl:] for u in chunk]
                 lists = core.recommender.recommend_many(chunk, hs, [len(full[u]) for u in chunk],
-                                                        arms=[s.name] * len(chunk),
-                                                        extras=core.batch_candidates(hs))
+                                                        arms=[arm] * len(chunk), extras=core.batch_candidates(hs))
                 for b, shown in enumerate(lists):
                     items = [c.item for c in shown][:k]
                     if split.test[chunk[b]] in items:
                         ranks[lo + b] = items.index(split.test[chunk[b]])
+            return ranks
+
+        ranks_of = {}
+        for name, s, core in rows:
+            t = time.perf_counter()
+            ranks_of[name] = ranks = test_ranks(core, s.name)
             seconds[name] += time.perf_counter() - t
             add(name, s.kind, s.param, {**_metrics(ranks, is_tail, is_short, k),
                                         **gate_fields(core.recommender.blender)}, seconds[name])
@@ -205,9 +210,9 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                      + "; ".join(f"{seg}: {', '.join(names) or 'none'}" for seg, names in left_out.items()))
         ablations = {n: results[n].metrics["ndcg"] for n, _s, _c in rows if n.startswith(served_name + " no ")}
         if ablations:
-            full = results[served_name].metrics["ndcg"]
-            above = sorted(n for n, v in ablations.items() if v > full)
-            notes.append(f"{served_name} NDCG@{k} {full:.4f} >= tailcast without any one source "
+            served_ndcg = results[served_name].metrics["ndcg"]
+            above = sorted(n for n, v in ablations.items() if v > served_ndcg)
+            notes.append(f"{served_name} NDCG@{k} {served_ndcg:.4f} >= tailcast without any one source "
                          f"({len(ablations)} measured, best {max(ablations.values()):.4f}): "
                          f"**{'no' if above else 'yes'}**" + (f" (above it: {', '.join(above)})" if above else ""))
             # the same users, so the paired difference says how much of a gap is noise
@@ -216,6 +221,18 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                          "error; above 2 standard errors = the source costs accuracy): "
                          + "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
                                      + (" **above**" if m > 2 * se else "") for n, (m, se) in gains.items()))
+            # the same sources switched off in the served ranker, trained with them: what the source gate can do
+            served_core = rows[0][2]
+            masked = {}
+            for n in ablations:
+                source = n.removeprefix(served_name + " no ")
+                served_core.recommender.off = frozenset({"vae" if source == "VAE" else source})
+                masked[n] = paired_gain(test_ranks(served_core, rows[0][1].name), ranks_of[served_name], k)
+            served_core.recommender.off = frozenset()
+            notes.append(f"the same sources masked in {served_name}'s ranker (trained with every source; the source "
+                         "off in its lists, as the source gate leaves one out), paired difference: "
+                         + "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
+                                     + (" **above**" if m > 2 * se else "") for n, (m, se) in masked.items()))
         notes.append("tailcast in leave-one-out: the stream minus each user's test event is replayed through the "
                      "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
                      "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"

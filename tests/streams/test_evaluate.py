@@ -464,6 +464,10 @@ def test_loo_ablation_rows_switch_one_source_off_each(tmp_path, monkeypatch):
     assert any(not off and "covisit" in credited for off, _, credited in offs)  # which the served lists credit
     md = (out / "report.md").read_text()
     assert "tailcast without any one source (9 measured" in md and "no covisit " in md.split("paired per-user")[1]
+    # then each masked in the served ranker: its lists re-made with the source off, the ranker not retrained
+    masked = md.split("masked in tailcast[s=0.00]'s ranker")[1].split("\n")[0]
+    assert all(f"no {source} " in masked for source in ablated)
+    assert {frozenset({s}) for s in ablated - {"VAE"}} | {frozenset({"vae"})} <= {off for off, _, _ in offs}
 
 
 def test_offline_transformer_trained_on_augmented_sequences(tmp_path):
