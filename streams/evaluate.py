@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
                         "swap it into every system that serves it (as deployed: docs/design.md §5); 0 = train once "
                         "on the warm-up part and freeze it. Warm-up defaults to 0 here")
     p.add_argument("--ablate", action="store_true",
-                   help="loo: add a tailcast row with each candidate source off in turn (at the first strength)")
+                   help="loo: add a tailcast row with each candidate source off in turn (at the first strength), "
+                        "retrained without it; the report also masks each in the served ranker (not retrained)")
     p.add_argument("--augment-cap", type=int, default=0, metavar="N",
                    help="offline/live with --train-vae: train the Transformer with up to N Mult-VAE items prepended "
                         "to each user with <= 5 events (models.augment); 0 = off")
