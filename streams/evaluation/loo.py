@@ -1,12 +1,14 @@
 """Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast,
 which replays the stream minus the test events through the scorer's micro-batches (the trained models as
 frozen batch sources from the validation events on, so the ranker learns their weight out of sample; every
-user re-scored before them, so that each validation event labels a list made as the test list is) and
+user re-scored before them, so that each validation event labels a list made as the test list is, and
+the validation events learned in a seeded shuffle) and
 ranks one top-``k`` list per user: a rank beyond ``k``, or a target repeating a history item, is a miss.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
@@ -154,6 +156,10 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
                   [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
+        # those lists are all made at one model time, so the validation events' stream order carries nothing; kept,
+        # it would give the ranker (a constant-rate learner, fit most to its last lessons) the users who left last
+        # as its final lessons, and the test lists are every user's: every row learns them in one seeded shuffle
+        random.Random(seed).shuffle(phases[1])
         rows = [(s.name, s, build_core(s, settings, text_vectors=text_vectors, seed=seed)) for s in specs]
         if ablate:  # tailcast at the first strength with each source off in turn (the models still learn it)
             first = SystemSpec("tailcast", float(strengths[0]))
@@ -172,7 +178,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                 if phase == 1:
                     if batch_model is not None:
                         core.swap_model(batch_model_for(s.kind, batch_model))
-                    for _lists in core.rescore_active(batch=batch, now=reqs[0].event_ts if reqs else None):
+                    for _lists in core.rescore_active(batch=batch, now=max((r.event_ts for r in reqs), default=None)):
                         pass
                 for lo in range(0, len(reqs), batch):
                     chunk = reqs[lo:lo + batch]
@@ -216,11 +222,13 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                          f"({len(ablations)} measured, best {max(ablations.values()):.4f}): "
                          f"**{'no' if above else 'yes'}**" + (f" (above it: {', '.join(above)})" if above else ""))
             # the same users, so the paired difference says how much of a gap is noise
+            def listed(gains: Mapping[str, tuple[float, float]]) -> str:
+                return "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
+                                 + (" **above**" if m > 2 * se else "") for n, (m, se) in gains.items())
+
             gains = {n: paired_gain(ranks_of[n], ranks_of[served_name], k) for n in ablations}
             notes.append(f"paired per-user NDCG@{k} difference, ablation minus {served_name} (mean ± standard "
-                         "error; above 2 standard errors = the source costs accuracy): "
-                         + "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
-                                     + (" **above**" if m > 2 * se else "") for n, (m, se) in gains.items()))
+                         "error; above 2 standard errors = the source costs accuracy): " + listed(gains))
             # the same sources switched off in the served ranker, trained with them: what the source gate can do
             served_core = rows[0][2]
             masked = {}
@@ -230,9 +238,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                 masked[n] = paired_gain(test_ranks(served_core, rows[0][1].name), ranks_of[served_name], k)
             served_core.recommender.off = frozenset()
             notes.append(f"the same sources masked in {served_name}'s ranker (trained with every source; the source "
-                         "off in its lists, as the source gate leaves one out), paired difference: "
-                         + "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
-                                     + (" **above**" if m > 2 * se else "") for n, (m, se) in masked.items()))
+                         "off in its lists, as the source gate leaves one out), paired difference: " + listed(masked))
         notes.append("tailcast in leave-one-out: the stream minus each user's test event is replayed through the "
                      "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
                      "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"

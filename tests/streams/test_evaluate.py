@@ -436,6 +436,45 @@ def test_loo_validation_events_label_lists_made_after_the_train_part(tmp_path, m
     assert set(at_validation) == {n_train}
 
 
+def test_loo_validation_events_are_learned_in_one_seeded_shuffle(tmp_path, monkeypatch):
+    """The validation lists are all made at one model time, so their events are learned in a shuffle of the
+    stream's order, the same one in every row (the ablations learn what the served row learns) and at every run
+    of a seed."""
+    from models.loo import leave_one_out
+    from online.recommender import OnlineRecommender
+
+    per_user: dict[tuple[int, str], int] = collections.Counter()
+    order: dict[int, list[str]] = collections.defaultdict(list)  # per recommender: validation users, as learned
+    learn_one = OnlineRecommender.learn_one
+
+    def spy_learn(self, user, item, ts, history):
+        per_user[id(self), user] += 1
+        if user in split.valid and per_user[id(self), user] == len(split.train[user]) + 1:
+            order[id(self)].append(user)
+        return learn_one(self, user, item, ts, history)
+
+    data = _csv(tmp_path / "d.csv", 600)
+    rows = [line.split(",") for line in data.read_text().splitlines()[1:]]
+    split = leave_one_out([(u, i, float(ts)) for u, i, ts in rows])
+    at = {}
+    for n, (u, _i, _ts) in enumerate(rows):
+        if u in split.valid and sum(1 for r in rows[: n + 1] if r[0] == u) == len(split.train[u]) + 1:
+            at[u] = n
+    in_stream_order = sorted(split.valid, key=at.__getitem__)
+    monkeypatch.setattr(OnlineRecommender, "learn_one", spy_learn)
+    runs = []
+    for out in ("a", "b"):
+        order.clear()
+        per_user.clear()
+        args = _args(data, tmp_path / out, mode="loo", strengths="0")
+        args.ablate = True
+        assert run_evaluate(SETTINGS, args) == 0
+        assert len(order) > 1 and all(sorted(o) == sorted(in_stream_order) for o in order.values())
+        assert len({tuple(o) for o in order.values()}) == 1  # every row learns them in one order
+        runs.append(next(iter(order.values())))
+    assert runs[0] == runs[1] != in_stream_order
+
+
 def test_loo_ablation_rows_switch_one_source_off_each(tmp_path, monkeypatch):
     from online.recommender import OnlineRecommender
 
