@@ -221,11 +221,11 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
             notes.append(f"{served_name} NDCG@{k} {served_ndcg:.4f} >= tailcast without any one source "
                          f"({len(ablations)} measured, best {max(ablations.values()):.4f}): "
                          f"**{'no' if above else 'yes'}**" + (f" (above it: {', '.join(above)})" if above else ""))
-            # the same users, so the paired difference says how much of a gap is noise
             def listed(gains: Mapping[str, tuple[float, float]]) -> str:
                 return "; ".join(f"{n.removeprefix(served_name + ' ')} {m:+.4f} ± {se:.4f}"
                                  + (" **above**" if m > 2 * se else "") for n, (m, se) in gains.items())
 
+            # the same users, so the paired difference says how much of a gap is noise
             gains = {n: paired_gain(ranks_of[n], ranks_of[served_name], k) for n in ablations}
             notes.append(f"paired per-user NDCG@{k} difference, ablation minus {served_name} (mean ± standard "
                          "error; above 2 standard errors = the source costs accuracy): " + listed(gains))
