@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -120,10 +121,11 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         per_user_last[u] = n
     test_pos = {n for u, n in per_user_last.items() if u in split.test}
     kept = [e for n, e in enumerate(stream.events) if n not in test_pos]
+    valid_count = {u: len(split.train[u]) + 1 for u in split.valid}  # a validation event's count in its user's stream
     batch_model = None
     if trainer is not None:
         t = time.perf_counter()
-        batch_model = trainer(kept)  # the test events never seen
+        batch_model = trainer(kept)  # the test events never seen: the model the test lists are made with
         batch_model.version = "loo-trained"
         seconds = time.perf_counter() - t
         h = trainer.history[-1]
@@ -151,8 +153,19 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         # them too much: the online models alone replay it, the batch models come in for the validation events.
         # Every user is re-scored then, with or without them: a validation event labels the list made with the
         # models of the whole train part, as its user's test list is, not the one made after their previous
-        # event (on MovieLens the median user's in 2007, the train part ending in 2018)
-        valid_count = {u: len(split.train[u]) + 1 for u in split.valid}
+        # event (on MovieLens the median user's in 2007, the train part ending in 2018). Those batch models are
+        # trained on the train part only, so that they are out of sample on the validation events as a live
+        # checkpoint is on the events after it; the test lists are made after a second refresh, with the models
+        # above (trained on the validation events too)
+        valid_model = None
+        if trainer is not None:
+            seen: Counter = Counter()
+            train_part = []
+            for e in kept:
+                seen[e.user] += 1
+                if seen[e.user] != valid_count.get(e.user):
+                    train_part.append(e)
+            valid_model = trainer(train_part)
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
                   [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
@@ -176,8 +189,8 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
             for name, s, core in rows:
                 t = time.perf_counter()
                 if phase == 1:
-                    if batch_model is not None:
-                        core.swap_model(batch_model_for(s.kind, batch_model))
+                    if valid_model is not None:
+                        core.swap_model(batch_model_for(s.kind, valid_model))
                     for _lists in core.rescore_active(batch=batch, now=max((r.event_ts for r in reqs), default=None)):
                         pass
                 for lo in range(0, len(reqs), batch):
@@ -205,6 +218,8 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         ranks_of = {}
         for name, s, core in rows:
             t = time.perf_counter()
+            if batch_model is not None:
+                core.swap_model(batch_model_for(s.kind, batch_model))
             ranks_of[name] = ranks = test_ranks(core, s.name)
             seconds[name] += time.perf_counter() - t
             add(name, s.kind, s.param, {**_metrics(ranks, is_tail, is_short, k),
@@ -243,7 +258,8 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                      "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
                      "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"
                      + ("; tailcast serves the Transformer trained here (and the Mult-VAE, off in the 'no VAE' rows) "
-                        "as its batch candidate sources, frozen, installed after the train part (the ranker learns their "
-                        "weight on the validation events, which they were not trained on)" if batch_model is not None
+                        "as its batch candidate sources, installed after the train part (trained on it: the ranker learns their "
+                        "weight on the validation events, which they were not trained on) and refreshed before the "
+                        "test lists (trained on the validation events too)" if batch_model is not None
                         else ""))
     return results, notes

@@ -373,31 +373,48 @@ def test_loo_mode_reports_mult_vae_rows(tmp_path):
 
 
 def test_loo_batch_models_meet_the_ranker_only_on_events_they_were_not_trained_on(tmp_path, monkeypatch):
-    """In leave-one-out the Transformer and Mult-VAE are trained on every user's train part: tailcast's
-    replay asks them for candidates only once that part is over (the states before the validation and the
-    test events), never for a state inside it, where their candidates would be in-sample."""
+    """In leave-one-out tailcast's replay asks the batch models for candidates only once the train part is over
+    (the states before the validation and the test events), never for a state inside it, where their candidates
+    would be in-sample; the validation lists, which teach the ranker their weight, come from models trained
+    without the validation events, and the test lists from models refreshed with them."""
     from models.loo import leave_one_out
     from models.scoring import BatchScorer
+    from streams.evaluation.transformer import Refresher
 
-    seen: list[tuple[str, ...]] = []
-    candidates = BatchScorer.candidates
+    seen: list[tuple[int, tuple[str, ...]]] = []  # (the encoder asked, a history it was asked for)
+    trained: dict[int, set[tuple[str, str, float]]] = {}  # an encoder -> the events it was trained on
+    candidates, refresh = BatchScorer.candidates, Refresher.__call__
 
-    def spy(self, histories, *args, **kwargs):
-        seen.extend(tuple(h) for h in histories)
+    def spy_candidates(self, histories, *args, **kwargs):
+        seen.extend((id(self.model), tuple(h)) for h in histories)
         return candidates(self, histories, *args, **kwargs)
 
-    monkeypatch.setattr(BatchScorer, "candidates", spy)
+    def spy_refresh(self, events):
+        scorer = refresh(self, events)
+        trained[id(scorer.model)] = {(e.user, e.item, e.ts) for e in events}
+        return scorer
+
+    monkeypatch.setattr(BatchScorer, "candidates", spy_candidates)
+    monkeypatch.setattr(Refresher, "__call__", spy_refresh)
     data = _csv(tmp_path / "d.csv", 600)
     args = _args(data, tmp_path / "loo", mode="loo", strengths="0", train_transformer=2, train_vae=2)
     assert run_evaluate(SETTINGS, args) == 0
-    rows = [line.split(",") for line in data.read_text().splitlines()[1:]]
-    split = leave_one_out([(u, i, float(ts)) for u, i, ts in rows])
+    rows = [(u, i, float(ts)) for u, i, ts in (line.split(",") for line in data.read_text().splitlines()[1:])]
+    split = leave_one_out(rows)
+    per_user = collections.defaultdict(list)
+    for u, i, ts in rows:
+        per_user[u].append((u, i, ts))
+    valid_events = {evs[-2] for evs in per_user.values() if len(evs) >= 3}
     hl = SETTINGS.worker.history_len
     after_train = {tuple(split.train[u][-hl:]) for u in split.train}
     after_valid = {tuple((split.train[u] + [split.valid[u]])[-hl:]) for u in split.valid}
-    inside = [h for h in seen if h not in after_train | after_valid]
+    inside = [h for _m, h in seen if h not in after_train | after_valid]
     assert seen and not inside, f"{len(inside)} of {len(seen)} candidate requests for states inside the train part"
-    assert after_valid <= set(seen)  # the test lists used them
+    assert after_valid <= {h for _m, h in seen}  # the test lists used them
+    assert len(trained) == 2 and len(valid_events) == len(split.valid) > 0
+    validation_lists = {m for m, h in seen if h in after_train and h not in after_valid}
+    assert len(validation_lists) == 1 and not trained[validation_lists.pop()] & valid_events  # out of sample
+    assert valid_events <= trained[seen[-1][0]]  # the test lists, made last, after a refresh that saw them
 
 
 def test_loo_validation_events_label_lists_made_after_the_train_part(tmp_path, monkeypatch):
