@@ -166,6 +166,8 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
                 if seen[e.user] != valid_count.get(e.user):
                     train_part.append(e)
             valid_model = trainer(train_part)
+            notes.append(f"the validation lists' batch models: trained on the train part ({len(train_part)} events), "
+                         "the {variant} encoder kept, {epochs} epochs".format(**trainer.history[-1]))
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
         phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
                   [r for r in requests if valid_count.get(r.user_id) == r.event_count]]

@@ -369,7 +369,8 @@ def test_loo_mode_reports_mult_vae_rows(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert {"MostPop", "ItemCF", "Transformer", "Mult-VAE", "tailcast[s=0.00]", "tailcast[s=0.00] no VAE"} <= set(report)
     assert len({m["users"] for m in report.values()}) == 1 and report["Mult-VAE"]["epochs"] >= 1
-    assert "as its batch candidate sources" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "as its batch candidate sources" in md and "the validation lists' batch models: trained on the train part" in md
 
 
 def test_loo_batch_models_meet_the_ranker_only_on_events_they_were_not_trained_on(tmp_path, monkeypatch):
