@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser, *, base: bool = False) -> argparse
     p.add_argument("--boosts", default=DEFAULT_BOOSTS, help="TailBoost λ values (comma list; ItemCF = λ 0)")
     p.add_argument("--checkpoint", default=None, help="Transformer checkpoint file or registry folder")
     p.add_argument("--train-transformer", type=float, default=0.0, metavar="SECONDS",
-                   help="train a Transformer here for this many seconds (offline/live: on the warm-up part)")
+                   help="train a Transformer here for this many seconds (offline/live: on the warm-up part; loo: on "
+                        "the train part for the validation lists, then again with the validation events)")
     p.add_argument("--train-vae", type=float, default=0.0, metavar="SECONDS",
                    help="with --train-transformer: also train a Mult-VAE for this many seconds and serve it as the "
                         "vae source; adds 'tailcast[s] no VAE' and 'Mult-VAE' rows (loo: a Mult-VAE row)")
