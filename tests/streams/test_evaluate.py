@@ -474,9 +474,10 @@ def test_loo_validation_events_are_learned_in_one_seeded_shuffle(tmp_path, monke
     data = _csv(tmp_path / "d.csv", 600)
     rows = [line.split(",") for line in data.read_text().splitlines()[1:]]
     split = leave_one_out([(u, i, float(ts)) for u, i, ts in rows])
-    at = {}
+    at, count = {}, collections.Counter()  # a validation user -> their validation event's stream position
     for n, (u, _i, _ts) in enumerate(rows):
-        if u in split.valid and sum(1 for r in rows[: n + 1] if r[0] == u) == len(split.train[u]) + 1:
+        count[u] += 1
+        if u in split.valid and count[u] == len(split.train[u]) + 1:
             at[u] = n
     in_stream_order = sorted(split.valid, key=at.__getitem__)
     monkeypatch.setattr(OnlineRecommender, "learn_one", spy_learn)
