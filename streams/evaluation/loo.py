@@ -1,8 +1,8 @@
 """Leave-one-out evaluation (``--mode loo``): ``models/loo.py``'s split, metrics and baselines, plus tailcast,
 which replays the stream minus the test events through the scorer's micro-batches (the trained models as
 frozen batch sources from the validation events on, so the ranker learns their weight out of sample; every
-user re-scored before them, so that each validation event labels a list made as the test list is, and
-the validation events learned in a seeded shuffle) and
+user re-scored before them after a seeded-shuffle burst of every user's last train event, so that each
+validation event labels a list made as the test list is, after the validation events' own burst) and
 ranks one top-``k`` list per user: a rank beyond ``k``, or a target repeating a history item, is a miss.
 """
 
@@ -169,12 +169,19 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
             notes.append(f"the validation lists' batch models: trained on the train part ({len(train_part)} events), "
                          "the {variant} encoder kept, {epochs} epochs".format(**trainer.history[-1]))
         requests = [r for _start, _end, rs in micro_batches(kept, settings, 1) for r in rs]
-        phases = [[r for r in requests if valid_count.get(r.user_id) != r.event_count],
+        # the validation lists are made as the test lists are: the online models learn every user's event before
+        # them in one burst, then every user is re-scored, as the validation events are learned before the test
+        # lists. Learned in stream order instead, those events would leave the online models (MF above all:
+        # item biases and vectors moved by one event of every user) in a state the ranker never met before the
+        # test lists. Each burst is learned in a seeded shuffle: the lists are all made at one model time, so
+        # stream order carries nothing, and kept, it would give the ranker (a constant-rate learner, fit most to
+        # its last lessons) the users who left last as its final lessons, where the test lists are every user's
+        phases = [[r for r in requests if r.event_count < valid_count.get(r.user_id, r.event_count + 2) - 1],
+                  [r for r in requests if valid_count.get(r.user_id) == r.event_count + 1],
                   [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
-        # those lists are all made at one model time, so the validation events' stream order carries nothing; kept,
-        # it would give the ranker (a constant-rate learner, fit most to its last lessons) the users who left last
-        # as its final lessons, and the test lists are every user's: every row learns them in one seeded shuffle
-        random.Random(seed).shuffle(phases[1])
+        shuffle = random.Random(seed).shuffle
+        shuffle(phases[1])
+        shuffle(phases[2])
         rows = [(s.name, s, build_core(s, settings, text_vectors=text_vectors, seed=seed)) for s in specs]
         if ablate:  # tailcast at the first strength with each source off in turn (the models still learn it)
             first = SystemSpec("tailcast", float(strengths[0]))
@@ -190,7 +197,7 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         for phase, reqs in enumerate(phases):
             for name, s, core in rows:
                 t = time.perf_counter()
-                if phase == 1:
+                if phase == 2:
                     if valid_model is not None:
                         core.swap_model(batch_model_for(s.kind, valid_model))
                     for _lists in core.rescore_active(batch=batch, now=max((r.event_ts for r in reqs), default=None)):
@@ -257,7 +264,9 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
             notes.append(f"the same sources masked in {served_name}'s ranker (trained with every source; the source "
                          "off in its lists, as the source gate leaves one out), paired difference: " + listed(masked))
         notes.append("tailcast in leave-one-out: the stream minus each user's test event is replayed through the "
-                     "scorer's micro-batches, then one top-k list per user; ranks beyond k are 'not in the list' "
+                     "scorer's micro-batches (each user's last train event, then their validation event, learned in "
+                     "a seeded shuffle, all users' at once, every user re-scored between them), then one top-k list "
+                     "per user; ranks beyond k are 'not in the list' "
                      "(HR@k/NDCG@k exact), and a target repeating a history item is a miss for tailcast"
                      + ("; tailcast serves the Transformer trained here (and the Mult-VAE, off in the 'no VAE' rows) "
                         "as its batch candidate sources, installed after the train part (trained on it: the ranker learns their "

@@ -454,32 +454,37 @@ def test_loo_validation_events_label_lists_made_after_the_train_part(tmp_path, m
     assert set(at_validation) == {n_train}
 
 
-def test_loo_validation_events_are_learned_in_one_seeded_shuffle(tmp_path, monkeypatch):
-    """The validation lists are all made at one model time, so their events are learned in a shuffle of the
-    stream's order, the same one in every row (the ablations learn what the served row learns) and at every run
-    of a seed."""
+def test_loo_each_users_last_two_events_are_learned_in_seeded_shuffled_bursts(tmp_path, monkeypatch):
+    """The validation lists are made as the test lists are: the online models learn every user's last train event
+    in one burst after the rest of the train part, as they learn the validation events in one burst before the
+    test lists. Both lists are all made at one model time, so each burst is a shuffle of the stream's order, the
+    same in every row (the ablations learn what the served row learns) and at every run of a seed."""
     from models.loo import leave_one_out
     from online.recommender import OnlineRecommender
 
     per_user: dict[tuple[int, str], int] = collections.Counter()
-    order: dict[int, list[str]] = collections.defaultdict(list)  # per recommender: validation users, as learned
+    order: dict[int, list[tuple[str, str]]] = collections.defaultdict(list)  # per recommender: (kind, user) learned
     learn_one = OnlineRecommender.learn_one
+
+    def kind(user: str, count: int) -> str:
+        if user not in split.valid or count < len(split.train[user]):
+            return "train"
+        return "last train" if count == len(split.train[user]) else "valid"
 
     def spy_learn(self, user, item, ts, history):
         per_user[id(self), user] += 1
-        if user in split.valid and per_user[id(self), user] == len(split.train[user]) + 1:
-            order[id(self)].append(user)
+        order[id(self)].append((kind(user, per_user[id(self), user]), user))
         return learn_one(self, user, item, ts, history)
 
     data = _csv(tmp_path / "d.csv", 600)
     rows = [line.split(",") for line in data.read_text().splitlines()[1:]]
     split = leave_one_out([(u, i, float(ts)) for u, i, ts in rows])
-    at, count = {}, collections.Counter()  # a validation user -> their validation event's stream position
-    for n, (u, _i, _ts) in enumerate(rows):
+    count: collections.Counter = collections.Counter()
+    in_stream_order = collections.defaultdict(list)  # kind -> users, in the order of those events in the stream
+    for u, _i, _ts in rows:
         count[u] += 1
-        if u in split.valid and count[u] == len(split.train[u]) + 1:
-            at[u] = n
-    in_stream_order = sorted(split.valid, key=at.__getitem__)
+        if u in split.valid and count[u] <= len(split.train[u]) + 1:
+            in_stream_order[kind(u, count[u])].append(u)
     monkeypatch.setattr(OnlineRecommender, "learn_one", spy_learn)
     runs = []
     for out in ("a", "b"):
@@ -488,10 +493,16 @@ def test_loo_validation_events_are_learned_in_one_seeded_shuffle(tmp_path, monke
         args = _args(data, tmp_path / out, mode="loo", strengths="0")
         args.ablate = True
         assert run_evaluate(SETTINGS, args) == 0
-        assert len(order) > 1 and all(sorted(o) == sorted(in_stream_order) for o in order.values())
-        assert len({tuple(o) for o in order.values()}) == 1  # every row learns them in one order
-        runs.append(next(iter(order.values())))
-    assert runs[0] == runs[1] != in_stream_order
+        assert len(order) > 1 and len({tuple(o) for o in order.values()}) == 1  # every row learns in one order
+        learned = next(iter(order.values()))
+        kinds = [k for k, _u in learned]
+        n_train, n_last = kinds.count("train"), kinds.count("last train")
+        assert kinds == ["train"] * n_train + ["last train"] * n_last + ["valid"] * len(split.valid)  # two bursts
+        bursts = {k: [u for kk, u in learned if kk == k] for k in ("last train", "valid")}
+        for k, users in bursts.items():
+            assert sorted(users) == sorted(in_stream_order[k]) and users != in_stream_order[k]
+        runs.append(bursts)
+    assert runs[0] == runs[1]
 
 
 def test_loo_ablation_rows_switch_one_source_off_each(tmp_path, monkeypatch):
