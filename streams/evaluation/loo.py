@@ -176,9 +176,11 @@ def run_loo(stream: PreparedStream, settings: Settings, *, strengths: Sequence[f
         # test lists. Each burst is learned in a seeded shuffle: the lists are all made at one model time, so
         # stream order carries nothing, and kept, it would give the ranker (a constant-rate learner, fit most to
         # its last lessons) the users who left last as its final lessons, where the test lists are every user's
-        phases = [[r for r in requests if r.event_count < valid_count.get(r.user_id, r.event_count + 2) - 1],
-                  [r for r in requests if valid_count.get(r.user_id) == r.event_count + 1],
-                  [r for r in requests if valid_count.get(r.user_id) == r.event_count]]
+        phases: list[list] = [[], [], []]  # the rest of the train part, the last-train burst, the validation burst
+        for r in requests:  # by how many events it lies before its user's validation event: 2 or more, 1, 0
+            ahead = valid_count.get(r.user_id, r.event_count + 2) - r.event_count
+            if ahead >= 0:
+                phases[max(0, 2 - ahead)].append(r)
         shuffle = random.Random(seed).shuffle
         shuffle(phases[1])
         shuffle(phases[2])
