@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.datasets import TIME_COLUMNS, USER_COLUMNS, column_index, delimiter_of  # noqa: E402
+from streams.datasets import TIME_COLUMNS, USER_COLUMNS, column_index, delimiter_of, parse_time  # noqa: E402
 
 EVENT_FILES = ("ratings.csv", "train.csv")
 
@@ -49,12 +49,12 @@ def sessions(rows: Sequence[list[str]], *, user: int, ts: int, gap: float) -> It
     >>> [r[0] for r in sessions(rows, user=0, ts=1, gap=15)]
     ['u~1', 'v~1', 'u~2', 'u~1']
     """
-    order = sorted(range(len(rows)), key=lambda n: (rows[n][user], float(rows[n][ts]), n))
+    order = sorted(range(len(rows)), key=lambda n: (rows[n][user], parse_time(rows[n][ts]), n))
     label: dict[int, str] = {}
     last: tuple[str, float] | None = None
     count = 0
     for n in order:
-        u, t = rows[n][user], float(rows[n][ts])
+        u, t = rows[n][user], parse_time(rows[n][ts])
         if last is None or last[0] != u:
             count = 1
         elif t - last[1] > gap:

@@ -219,8 +219,8 @@ def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="MovieLens dir/file (ratings.csv, u.data, ratings.dat) or CSV "
-                                     "user_id,item_id,ts[,event]")
+    p.add_argument("--dataset", help="MovieLens dir/file (ratings.csv, u.data, ratings.dat), or a CSV/TSV or JSON "
+                                     "lines (.gz too) naming user_id,item_id,ts[,event] or a public set's names")
     p.add_argument("--synthetic", action="store_true", help="the built-in long-tail synthetic stream")
     p.add_argument("--limit", type=int, default=None, help="first N events (time order)")
     p.add_argument("--users", type=int, default=2000, help="synthetic: users")

@@ -1,18 +1,26 @@
 """Read real interaction datasets into one time-ordered event list plus item texts (docs/design.md §6):
-MovieLens directories or files, or a CSV/TSV with a header naming ``user_id,item_id,ts[,event]``.
+MovieLens directories or files, a CSV/TSV with a header naming the user, item and time columns (``[event]``
+optional), or JSON lines with such keys; ``.gz`` files are read as they are. Times are Unix seconds, milliseconds
+(read as on the events topic: above ``MS_THRESHOLD``) or ISO 8601 dates and times (UTC unless they name a zone).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 from online.synthetic import generate
+from streams.records import MS_THRESHOLD
 
-__all__ = ["Event", "Dataset", "DatasetError", "column_index", "delimiter_of", "load_dataset"]
+__all__ = ["Event", "Dataset", "DatasetError", "column_index", "delimiter_of", "load_dataset", "parse_time"]
 
 
 class DatasetError(ValueError):
@@ -44,10 +52,54 @@ class Event:
     event: str = "click"
 
 
-#: Header names (any case) of the user, item and time columns of a plain CSV/TSV.
-USER_COLUMNS = ("user_id", "userid", "user")
-ITEM_COLUMNS = ("item_id", "itemid", "movieid", "item")
-TIME_COLUMNS = ("ts", "timestamp", "time")
+#: Header names (any case) of the user, item and time columns of a plain CSV/TSV or keys of JSON lines, the first
+#: present taken: the project's own, then those of public sets (Amazon reviews, RetailRocket, session logs).
+USER_COLUMNS = ("user_id", "userid", "user", "reviewerid", "visitorid", "visitor_id", "customer_id", "customerid",
+                "session_id", "sessionid")
+ITEM_COLUMNS = ("item_id", "itemid", "movieid", "item", "parent_asin", "asin", "product_id", "productid",
+                "article_id")
+TIME_COLUMNS = ("ts", "timestamp", "time", "unixreviewtime", "datetime", "event_time", "date", "eventdate")
+
+
+def parse_time(value: str | float) -> float:
+    """Unix seconds from a dataset's time: a number (milliseconds above ``MS_THRESHOLD``, as on the events topic)
+    or an ISO 8601 date or date and time (UTC unless it names a zone); a ValueError for anything else.
+
+    >>> [parse_time(v) for v in ("881250949", 1456793296123, "2016-05-09", "2016-05-09T10:00:00+02:00")]
+    [881250949.0, 1456793296.123, 1462752000.0, 1462780800.0]
+    """
+    try:
+        ts = float(value)
+    except ValueError:
+        when = datetime.fromisoformat(str(value).strip())
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    if not math.isfinite(ts):
+        raise ValueError(f"{value!r} is not a finite time")
+    return ts / 1000.0 if ts > MS_THRESHOLD else ts
+
+
+def _open(path: Path, encoding: str) -> IO[str]:
+    """A dataset file as text, gunzipped if it ends in ``.gz``."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding=encoding, newline="")
+    return path.open(encoding=encoding, newline="")
+
+
+def _kind(path: Path) -> str:
+    """A file's format suffix, a ``.gz`` looked through: ``.csv``, ``.json``, ..."""
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+
+
+def _event(path: Path, n: int, user, item, ts, event) -> Event:
+    """One event read at ``path``:``n``; a DatasetError naming the place for an empty id or a bad time."""
+    user, item = ("" if v is None else str(v).strip() for v in (user, item))
+    if not user or not item:
+        raise DatasetError(f"{path}:{n}: empty {'user' if not user else 'item'} id")
+    try:
+        seconds = parse_time(ts)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}:{n}: bad timestamp {ts!r}") from None
+    return Event(seconds, user, item, str(event) if event else "click")
 
 
 def _sorted(events: list[Event], limit: int | None) -> list[Event]:
@@ -66,12 +118,15 @@ def column_index(header: Sequence[str], names: tuple[str, ...], path: Path) -> i
 
 
 def delimiter_of(header_line: str) -> str:
-    """A plain events file's delimiter, read from its header line: a tab if it has one, else a comma."""
-    return "\t" if "\t" in header_line else ","
+    """A plain events file's delimiter, read from its header line: a tab if it has one, else a semicolon if it
+    has one and no comma, else a comma."""
+    if "\t" in header_line:
+        return "\t"
+    return ";" if ";" in header_line and "," not in header_line else ","
 
 
 def _read_table(path: Path, *, limit: int | None) -> list[Event]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:  # a byte-order mark (spreadsheet exports) is dropped
+    with _open(path, "utf-8-sig") as fh:  # a byte-order mark (spreadsheet exports) is dropped
         sample = fh.readline()
         delimiter = delimiter_of(sample)
         fh.seek(0)
@@ -86,12 +141,32 @@ def _read_table(path: Path, *, limit: int | None) -> list[Event]:
         for n, row in enumerate(reader, start=2):
             if not row:
                 continue
+            if len(row) <= max(iu, ii, it):
+                raise DatasetError(f"{path}:{n}: {len(row)} columns, the header has {len(header)}")
+            event = row[ie] if ie is not None and ie < len(row) else None
+            events.append(_event(path, n, row[iu], row[ii], row[it], event))
+    return _sorted(events, limit)
+
+
+def _read_json_lines(path: Path, *, limit: int | None) -> list[Event]:
+    """One JSON object a line (Amazon's review files), keys as the CSV header names (any case)."""
+    events, keys = [], None
+    with _open(path, "utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
             try:
-                ts = float(row[it])
-            except (ValueError, IndexError):
-                raise DatasetError(f"{path}:{n}: bad timestamp in row {row!r}") from None
-            event = row[ie] if ie is not None and ie < len(row) and row[ie] else "click"
-            events.append(Event(ts, row[iu], row[ii], event))
+                obj = json.loads(line)
+            except ValueError as e:
+                raise DatasetError(f"{path}:{n}: not JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{path}:{n}: not a JSON object")
+            if keys is None:  # the first object's keys name the fields of all
+                names = list(obj)
+                keys = [names[column_index(names, cols, path)] for cols in (USER_COLUMNS, ITEM_COLUMNS, TIME_COLUMNS)]
+                keys.append(next((k for k in names if k.lower() == "event"), None))
+            user, item, ts, event = (obj.get(k) if k is not None else None for k in keys)
+            events.append(_event(path, n, user, item, ts, event))
     return _sorted(events, limit)
 
 
@@ -104,11 +179,7 @@ def _read_sep(path: Path, sep: str, encoding: str, *, limit: int | None) -> list
             parts = line.rstrip("\r\n").split(sep)
             if len(parts) < 4:
                 raise DatasetError(f"{path}:{n}: expected user{sep}item{sep}rating{sep}ts")
-            try:
-                ts = float(parts[3])
-            except ValueError:
-                raise DatasetError(f"{path}:{n}: bad timestamp {parts[3]!r}") from None
-            events.append(Event(ts, parts[0], parts[1], "rating"))
+            events.append(_event(path, n, parts[0], parts[1], parts[3], "rating"))
     return _sorted(events, limit)
 
 
@@ -212,13 +283,17 @@ def load_dataset(path: str | Path, *, limit: int | None = None) -> Dataset:
                 break
         else:
             raise DatasetError(f"{path}: no ratings.csv, u.data, ratings.dat, train.csv or events.csv inside")
-    name = directory.name if path.name in {"ratings.csv", "u.data", "ratings.dat", "train.csv"} else path.stem
+    stem = Path(path.stem).stem if path.suffix == ".gz" else path.stem
+    name = directory.name if path.name in {"ratings.csv", "u.data", "ratings.dat", "train.csv"} else stem
     if path.name == "u.data":
         events = _read_sep(path, "\t", "latin-1", limit=limit)
         item_text = _uitem_text(directory / "u.item") if (directory / "u.item").exists() else {}
     elif path.suffix == ".dat":
         events = _read_sep(path, "::", "latin-1", limit=limit)
         item_text = _movies_dat_text(directory / "movies.dat") if (directory / "movies.dat").exists() else {}
+    elif _kind(path) in (".json", ".jsonl"):
+        events = _read_json_lines(path, limit=limit)
+        item_text = {}
     else:
         events = _read_table(path, limit=limit)
         if path.name == "ratings.csv":

@@ -54,6 +54,39 @@ def test_plain_csv_and_tsv_with_an_event_column_and_a_byte_order_mark(tmp_path):
     assert load_dataset(tsv).events == [Event(5.0, "u1", "a", "click")]
 
 
+def test_public_sets_headers_millisecond_and_iso_times_semicolons_and_gzip(tmp_path):
+    # RetailRocket's events.csv: visitorid, itemid, event, Unix milliseconds
+    (tmp_path / "events.csv").write_text("timestamp,visitorid,event,itemid,transactionid\n"
+                                         "1433221332117,257597,view,355908,\n1433224214164,992329,addtocart,248676,\n")
+    assert load_dataset(tmp_path).events == [Event(1433221332.117, "257597", "355908", "view"),
+                                             Event(1433224214.164, "992329", "248676", "addtocart")]
+    # a session log, semicolon-separated, with ISO dates and date-times
+    log = tmp_path / "views.csv"
+    log.write_text("sessionId;itemId;eventdate\n2;81766;2016-05-09T10:00:00+02:00\n1;31331;2016-05-09\n")
+    assert load_dataset(log).events == [Event(1462752000.0, "1", "31331", "click"),
+                                        Event(1462780800.0, "2", "81766", "click")]
+
+
+def test_json_lines_gzipped_as_amazon_ships_its_reviews(tmp_path):
+    import gzip
+    import json
+
+    path = tmp_path / "reviews_Grocery_5.json.gz"
+    rows = [{"reviewerID": "A1", "asin": "B2", "overall": 5.0, "unixReviewTime": 1381449600},
+            {"reviewerID": "A3", "asin": "B1", "overall": 4.0, "unixReviewTime": 1370000000}]
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    ds = load_dataset(path)
+    assert ds.name == "reviews_Grocery_5"
+    assert ds.events == [Event(1370000000.0, "A3", "B1", "click"), Event(1381449600.0, "A1", "B2", "click")]
+    # Amazon 2023: user_id, parent_asin (the product, not the variant), milliseconds
+    (tmp_path / "g.jsonl").write_text('{"user_id": "U", "asin": "V", "parent_asin": "P", "timestamp": 1588615855070}\n')
+    assert load_dataset(tmp_path / "g.jsonl").events == [Event(1588615855.07, "U", "P", "click")]
+    (tmp_path / "bad.jsonl").write_text('{"user_id": "U", "item_id": "I", "ts": 1}\n{"user_id": "U", \n')
+    with pytest.raises(DatasetError, match=r"bad.jsonl:2: not JSON"):
+        load_dataset(tmp_path / "bad.jsonl")
+
+
 @pytest.mark.parametrize("files, message", [
     ({}, "no ratings.csv, u.data"),
     ({"events.csv": "user_id,item_id\nu,a\n"}, "no column among"),
@@ -61,6 +94,9 @@ def test_plain_csv_and_tsv_with_an_event_column_and_a_byte_order_mark(tmp_path):
     ({"events.csv": "user_id,item_id,ts\n"}, "no events"),
     ({"u.data": "1\t2\t3\n"}, ":1: expected user"),
     ({"u.data": "1\t2\t3\tnoon\n"}, ":1: bad timestamp"),
+    ({"events.csv": "user_id,item_id,ts\nu,a,nan\n"}, ":2: bad timestamp"),
+    ({"events.csv": "user_id,item_id,ts\nu,a,1\n,b,2\n"}, ":3: empty user id"),
+    ({"events.csv": "user_id,item_id,ts\nu,a\n"}, ":2: 2 columns, the header has 3"),
 ])
 def test_what_cannot_be_read_is_a_dataset_error_naming_the_place(tmp_path, files, message):
     for name, text in files.items():
