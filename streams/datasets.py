@@ -91,10 +91,9 @@ def _kind(path: Path) -> str:
 
 
 def _event(path: Path, n: int, user, item, ts, event) -> Event:
-    """One event read at ``path``:``n``; a DatasetError naming the place for an empty id or a bad time."""
-    user, item = ("" if v is None else str(v).strip() for v in (user, item))
-    if not user or not item:
-        raise DatasetError(f"{path}:{n}: empty {'user' if not user else 'item'} id")
+    """One event read at ``path``:``n``; a DatasetError naming the place for a bad time. Ids are kept as read: an
+    empty one is the replay's to reject and count, as the worker dead-letters it."""
+    user, item = ("" if v is None else str(v) for v in (user, item))
     try:
         seconds = parse_time(ts)
     except (TypeError, ValueError):
