@@ -48,6 +48,8 @@ def sessions(rows: Sequence[list[str]], *, user: int, ts: int, gap: float) -> It
     >>> rows = [["u", "1"], ["v", "5"], ["u", "30"], ["u", "10"]]
     >>> [r[0] for r in sessions(rows, user=0, ts=1, gap=15)]
     ['u~1', 'v~1', 'u~2', 'u~1']
+    >>> [r[0] for r in sessions([["u", "1500000000000"], ["u", "1500000010000"]], user=0, ts=1, gap=15)]  # ms
+    ['u~1', 'u~1']
     """
     order = sorted(range(len(rows)), key=lambda n: (rows[n][user], parse_time(rows[n][ts]), n))
     label: dict[int, str] = {}
