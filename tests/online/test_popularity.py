@@ -178,7 +178,7 @@ def test_ranking_is_current_between_head_refreshes(monkeypatch) -> None:
             pop.learn_one("u", item, ts, ())
             if n % 7 == 0 or n == 5999:
                 names = list(pop.item_index.names)
-                stored = np.asarray(pop._score)  # the counts in the clock's frame, as the model ranks them
+                stored = np.array(pop._score)  # a copy: the counts in the clock's frame, as the model ranks them
                 for k in (1, 10, 30):
                     want = [names[i] for i in top_k(stored, k).tolist()]
                     assert [c.item for c in pop.recommend("u", (), k)] == want, (half_life, n, k)
