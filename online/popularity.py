@@ -61,8 +61,8 @@ class DecayedPopularity(ItemIndexed):
         self._clock = DecayClock(half_life_s)
         self._index = IdIndex()
         # Python sequences, not numpy: a scalar update is ~4x cheaper than a numpy item update and learn_one is
-        # on the ingest hot path. The floats in `array`s (8 bytes an item against a list's 32; numpy reads them
-        # without a copy), the counts in a list (small ints are shared objects).
+        # on the ingest hot path. The floats in `array`s (8 bytes an item against a list's 32; numpy copies them
+        # whole, never holds a view: an array with a view cannot grow), the counts in a list (small ints are shared).
         self._score = array("d")  # lazily decayed counts (DecayClock frame)
         self._count: list[int] = []  # events in the window
         self._first_ts = array("d")  # ts of the first event seen
@@ -123,7 +123,7 @@ class DecayedPopularity(ItemIndexed):
     def _compact(self) -> None:
         """Forget out-of-window items, least decayed-popular first, down to ``max_items // 2``."""
         count = np.asarray(self._count)
-        score = np.asarray(self._score)
+        score = np.array(self._score)
         keep = count > 0
         room = self.max_items // 2 - int(keep.sum())
         if room > 0:
@@ -139,7 +139,7 @@ class DecayedPopularity(ItemIndexed):
         self._index = index
         self._score = array("d", score[kept].tolist())
         self._count = count[kept].tolist()
-        self._first_ts = array("d", np.asarray(self._first_ts)[kept].tolist())
+        self._first_ts = array("d", np.array(self._first_ts)[kept].tolist())
         self._window = deque(remap[np.fromiter(self._window, dtype=np.int64)].tolist())
         self._refreshed_at = -1
 
@@ -153,7 +153,7 @@ class DecayedPopularity(ItemIndexed):
         self._head_mask[head] = True
         self._window_counts = count
         self._head = frozenset(names[i] for i in head.tolist())
-        self._top = top_k(np.asarray(self._score), _CACHE_TOP)
+        self._top = top_k(np.array(self._score), _CACHE_TOP)
         self._refreshed_at = self._n_events
 
     def is_tail(self, item: str) -> bool:
@@ -241,7 +241,7 @@ class DecayedPopularity(ItemIndexed):
                 if untouched.size and tie_floor(values[order[-1]]) > score[int(untouched[-1])]:
                     ranked = rows[order].tolist()
         if ranked is None:
-            ranked = top_k(np.asarray(self._score), need).tolist()
+            ranked = top_k(np.array(self._score), need).tolist()
         self._ranked = (self._n_events, ranked)
         return ranked
 
@@ -292,7 +292,7 @@ class DecayedPopularity(ItemIndexed):
         idx = self._index.indices(items)
         if not len(self._score):
             return np.zeros(len(idx))
-        scores = np.asarray(self._score)[np.maximum(idx, 0)] * self._clock.now_factor(self._now())
+        scores = np.array(self._score)[np.maximum(idx, 0)] * self._clock.now_factor(self._now())
         return np.where(idx >= 0, scores, 0.0)
 
     def recommend(
