@@ -292,7 +292,8 @@ class DecayedPopularity(ItemIndexed):
         idx = self._index.indices(items)
         if not len(self._score):
             return np.zeros(len(idx))
-        scores = np.array(self._score)[np.maximum(idx, 0)] * self._clock.now_factor(self._now())
+        score = self._score
+        scores = np.array([score[i] for i in np.maximum(idx, 0).tolist()]) * self._clock.now_factor(self._now())
         return np.where(idx >= 0, scores, 0.0)
 
     def recommend(

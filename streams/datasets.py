@@ -85,9 +85,9 @@ def _open(path: Path, encoding: str) -> IO[str]:
     return path.open(encoding=encoding, newline="")
 
 
-def _kind(path: Path) -> str:
-    """A file's format suffix, a ``.gz`` looked through: ``.csv``, ``.json``, ..."""
-    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+def _unzipped(path: Path) -> Path:
+    """The name a file has inside its ``.gz`` (``a.json.gz`` -> ``a.json``), or its own: its stem and format."""
+    return Path(path.stem) if path.suffix == ".gz" else path
 
 
 def _event(path: Path, n: int, user, item, ts, event) -> Event:
@@ -282,15 +282,15 @@ def load_dataset(path: str | Path, *, limit: int | None = None) -> Dataset:
                 break
         else:
             raise DatasetError(f"{path}: no ratings.csv, u.data, ratings.dat, train.csv or events.csv inside")
-    stem = Path(path.stem).stem if path.suffix == ".gz" else path.stem
-    name = directory.name if path.name in {"ratings.csv", "u.data", "ratings.dat", "train.csv"} else stem
+    name = directory.name if path.name in {"ratings.csv", "u.data", "ratings.dat", "train.csv"} else \
+        _unzipped(path).stem
     if path.name == "u.data":
         events = _read_sep(path, "\t", "latin-1", limit=limit)
         item_text = _uitem_text(directory / "u.item") if (directory / "u.item").exists() else {}
     elif path.suffix == ".dat":
         events = _read_sep(path, "::", "latin-1", limit=limit)
         item_text = _movies_dat_text(directory / "movies.dat") if (directory / "movies.dat").exists() else {}
-    elif _kind(path) in (".json", ".jsonl"):
+    elif _unzipped(path).suffix in (".json", ".jsonl"):
         events = _read_json_lines(path, limit=limit)
         item_text = {}
     else:
